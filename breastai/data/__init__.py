@@ -1,0 +1,1 @@
+"""Data: datalists, image readers, preprocessing presets and dataset preparation."""

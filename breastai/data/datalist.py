@@ -1,0 +1,203 @@
+"""Datalists: one row per lesion or image, as CSV or MONAI-style JSON.
+
+Columns (CSV) or keys (JSON):
+
+- ``image``: path to the image (relative paths resolve against the datalist's folder).
+- ``mask``: optional; several files separated by ``;`` mean their union.
+- ``label``: class name, e.g. ``benign`` / ``malignant``.
+- ``group``: patient or duplicate group; a group never straddles two folds.
+- ``fold`` (int) or ``split`` (``train``/``val``/``test``): optional fixed partition.
+- ``case_id``: optional; defaults to the image file name without suffix.
+
+Any further column is kept as a string in the record.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "DatalistError",
+    "read_datalist",
+    "write_datalist",
+    "atomic_write_text",
+    "FIELDS",
+]
+
+FIELDS = ["case_id", "image", "mask", "label", "group", "fold", "split"]
+_SPLITS = {"train", "val", "test", ""}
+
+
+class DatalistError(ValueError):
+    """A datalist row is unusable; the message names the file and the row."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A crash leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _raw_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, list):
+            return data
+        rows: list[dict[str, Any]] = []
+        # MONAI decathlon-style sections map onto the split column.
+        for section, split in (("data", None), ("training", None), ("validation", "val"), ("test", "test")):
+            for row in data.get(section, []):
+                row = dict(row)
+                if split and not row.get("split"):
+                    row["split"] = split
+                rows.append(row)
+        return rows
+    with open(path, newline="") as fh:
+        return [dict(r) for r in csv.DictReader(fh)]
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def read_datalist(
+    path: str | Path,
+    classes: Sequence[str] | None = None,
+    check_files: bool = True,
+    require_label: bool = True,
+) -> list[dict[str, Any]]:
+    """Read and validate a datalist.
+
+    Args:
+        path: CSV or JSON file.
+        classes: allowed class names; a row with another label is an error.
+        check_files: check that every image and mask file exists.
+        require_label: whether an empty label is an error (inference lists may omit it).
+
+    Returns:
+        Records with ``image`` (absolute path), ``mask`` (list of absolute paths, possibly
+        empty), ``label``, ``group``, ``fold`` (int or None), ``split``, ``case_id`` and any
+        extra columns.
+
+    Raises:
+        DatalistError: naming the datalist, the row number and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatalistError(f"datalist {path}: file not found")
+    base = path.parent.resolve()
+    try:
+        raw = _raw_rows(path)
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as exc:
+        raise DatalistError(f"datalist {path}: cannot parse ({exc})") from exc
+    if not raw:
+        raise DatalistError(f"datalist {path}: no rows")
+    records = []
+    seen_ids: set[str] = set()
+    for i, row in enumerate(raw, start=2 if path.suffix.lower() != ".json" else 0):
+        where = f"datalist {path}, row {i}"
+        row = {k.strip(): ("" if v is None else v) for k, v in row.items() if k is not None}
+        image = str(row.get("image", "")).strip()
+        if not image:
+            raise DatalistError(f"{where}: empty 'image'")
+        rec: dict[str, Any] = {k: v for k, v in row.items() if k not in FIELDS}
+        rec["image"] = _resolve(base, image)
+        masks = row.get("mask", "")
+        if isinstance(masks, str):
+            masks = [m.strip() for m in masks.split(";") if m.strip()]
+        rec["mask"] = [_resolve(base, m) for m in masks]
+        rec["label"] = str(row.get("label", "")).strip()
+        if require_label and not rec["label"]:
+            raise DatalistError(f"{where}: empty 'label'")
+        if classes is not None and rec["label"] and rec["label"] not in classes:
+            raise DatalistError(f"{where}: unknown label {rec['label']!r} (expected one of {list(classes)})")
+        rec["case_id"] = str(row.get("case_id", "")).strip() or Path(image).stem
+        if rec["case_id"] in seen_ids:
+            raise DatalistError(f"{where}: duplicate case_id {rec['case_id']!r}")
+        seen_ids.add(rec["case_id"])
+        rec["group"] = str(row.get("group", "")).strip() or rec["case_id"]
+        fold = str(row.get("fold", "")).strip()
+        try:
+            rec["fold"] = int(fold) if fold else None
+        except ValueError:
+            raise DatalistError(f"{where}: 'fold' must be an integer, got {fold!r}") from None
+        rec["split"] = str(row.get("split", "")).strip().lower()
+        if rec["split"] not in _SPLITS:
+            raise DatalistError(f"{where}: 'split' must be train, val or test, got {rec['split']!r}")
+        if check_files:
+            for f in [rec["image"], *rec["mask"]]:
+                if not Path(f).is_file():
+                    raise DatalistError(f"{where}: file not found: {f}")
+        records.append(rec)
+    return records
+
+
+def write_datalist(rows: Iterable[dict[str, Any]], path: str | Path, relative: bool = True) -> Path:
+    """Write records as CSV or JSON (by suffix), atomically.
+
+    Args:
+        rows: records as returned by :func:`read_datalist` or built by ``prepare``; ``mask``
+            may be a list of paths or a ``;``-joined string.
+        path: output ``.csv`` or ``.json``.
+        relative: store paths relative to the output folder where possible, so the
+            datalist and its data can move together.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def rel(p: str) -> str:
+        if not relative:
+            return str(p)
+        try:
+            return os.path.relpath(Path(p).resolve(), base)
+        except ValueError:  # other drive on Windows
+            return str(p)
+
+    out = []
+    extra: list[str] = []
+    for r in rows:
+        r = dict(r)
+        masks = r.get("mask") or []
+        if isinstance(masks, str):
+            masks = [m for m in masks.split(";") if m]
+        r["image"] = rel(r["image"])
+        r["mask"] = ";".join(rel(m) for m in masks)
+        r["fold"] = "" if r.get("fold") is None else r["fold"]
+        for k in r:
+            if k not in FIELDS and k not in extra:
+                extra.append(k)
+        out.append(r)
+    fields = FIELDS + extra
+    if path.suffix.lower() == ".json":
+        text = json.dumps({"data": [{k: r.get(k, "") for k in fields} for r in out]}, indent=1)
+    else:
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in out:
+            w.writerow({k: r.get(k, "") for k in fields})
+        text = buf.getvalue()
+    atomic_write_text(path, text)
+    return path

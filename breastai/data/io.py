@@ -1,0 +1,171 @@
+"""Image and mask readers behind one pluggable entry point.
+
+Every reader returns a 2D ``float32`` grey array (rows, columns) in the file's own intensity
+units plus a metadata dict. Readers are tried in registration order; the first whose
+``accepts(path)`` is true reads the file. DICOM registers itself from
+``breastai.data.dicom`` when that module imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "register_reader",
+    "load_image",
+    "load_mask",
+    "IMAGE_SUFFIXES",
+]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".nii", ".gz", ".dcm", ".dicom"}
+
+
+class ImageReadError(ValueError):
+    """A file cannot be read as an image; the message names the file and the problem."""
+
+
+@dataclass
+class _Reader:
+    name: str
+    accepts: Callable[[Path], bool]
+    read: Callable[..., tuple[np.ndarray, dict[str, Any]]]
+
+
+_READERS: list[_Reader] = []
+
+
+def register_reader(
+    name: str,
+    accepts: Callable[[Path], bool],
+    read: Callable[..., tuple[np.ndarray, dict[str, Any]]],
+    first: bool = False,
+) -> None:
+    """Add a reader.
+
+    ``read(path, **options)`` returns ``(array2d_float32, meta)``; ``options`` are the
+    entry ``reader_options[name]`` given to :func:`load_image`.
+    """
+    reader = _Reader(name, accepts, read)
+    _READERS[:] = [r for r in _READERS if r.name != name]
+    _READERS.insert(0, reader) if first else _READERS.append(reader)
+
+
+def _to_grey(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 2:
+        return arr.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3].astype(np.float32)
+        # ITU-R 601 luma, the same weights PIL uses for "L".
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha
+        return arr[..., 0].astype(np.float32)
+    raise ImageReadError(f"{path}: unsupported array shape {arr.shape} for a 2D image")
+
+
+def _read_pil(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGB")
+            elif mode in ("I;16", "I;16B", "I;16L"):
+                im = im.convert("I")
+            arr = np.asarray(im)
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: truncated or corrupt image ({exc})") from exc
+    return _to_grey(arr, path), {"format": "pil", "mode": mode, "channels": 1 if arr.ndim == 2 else arr.shape[-1]}
+
+
+def _read_nifti(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    import nibabel as nib
+
+    try:
+        arr = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise ImageReadError(f"{path}: cannot read NIfTI ({exc})") from exc
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ImageReadError(f"{path}: NIfTI has shape {arr.shape}; a 2D image is expected")
+    # NIfTI stores (x, y); images here are (rows, columns).
+    return arr.T.copy(), {"format": "nifti"}
+
+
+def _is_nifti(p: Path) -> bool:
+    name = p.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+register_reader("nifti", _is_nifti, _read_nifti)
+register_reader("pil", lambda p: p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}, _read_pil)
+
+try:  # DICOM registers itself; the package works without it for plain images.
+    from . import dicom as _dicom  # noqa: F401
+except ImportError:
+    pass
+
+
+def load_image(
+    path: str | Path, reader_options: dict[str, dict[str, Any]] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read any supported image as a 2D float32 grey array.
+
+    Args:
+        path: the file.
+        reader_options: per-reader keyword options, e.g. ``{"dicom": {"window_index": 1}}``.
+
+    Raises:
+        ImageReadError: missing, unsupported, unreadable or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty")
+    for reader in _READERS:
+        if reader.accepts(path):
+            arr, meta = reader.read(path, **(reader_options or {}).get(reader.name, {}))
+            break
+    else:
+        raise ImageReadError(f"{path}: unsupported file type {path.suffix!r}")
+    if arr.size == 0 or min(arr.shape) < 1:
+        raise ImageReadError(f"{path}: image has no pixels (shape {arr.shape})")
+    meta.setdefault("reader", reader.name)
+    meta["source_shape"] = tuple(int(s) for s in arr.shape)
+    return arr, meta
+
+
+def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Union of one or more mask files as a boolean array.
+
+    Any non-zero pixel is foreground; for RGBA masks colour or alpha count alike.
+
+    Raises:
+        ImageReadError: unreadable mask, or a mask whose size differs from ``shape``.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [str(paths)]
+    out: np.ndarray | None = None
+    for p in paths:
+        arr, _ = load_image(p)
+        m = arr > 0
+        if out is None:
+            out = m
+        elif m.shape != out.shape:
+            raise ImageReadError(f"{p}: mask shape {m.shape} differs from the other masks {out.shape}")
+        else:
+            out |= m
+    if out is None:
+        raise ImageReadError("no mask file given")
+    if shape is not None and tuple(out.shape) != tuple(shape):
+        raise ImageReadError(f"{paths[0]}: mask shape {tuple(out.shape)} does not match image shape {tuple(shape)}")
+    return out

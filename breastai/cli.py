@@ -1,0 +1,153 @@
+"""The ``breastai`` command: prepare, train, evaluate, predict, radiomics, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = "Run 'breastai COMMAND --help' for the options of a command."
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import main as train_main
+
+    overrides = list(args.overrides)
+    if args.folds is not None:
+        overrides.append(f"train.folds={args.folds}")
+    if args.data is not None:
+        overrides.append(f"data.datalist={args.data}")
+    cfg = load_config(args.config, overrides)
+    out = train_main(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_train_result(out)
+    return 0
+
+
+def _print_train_result(out: dict) -> None:
+    if "mean_sd" in out:
+        ms = out["mean_sd"]
+        print(f"cross-validation: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over {len(out['folds'])} folds; "
+              f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
+        print(f"summary: {out['run_dir']}/cv_summary.json")
+    else:
+        print(f"best epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")
+        if "test" in out:
+            print(f"test AUC {out['test']['auc']:.4f} (95% CI {out['test']['auc_ci_low']:.3f}-{out['test']['auc_ci_high']:.3f})")
+        print(f"checkpoint: {out['run_dir']}/best.pt   TensorBoard: tensorboard --logdir {out['run_dir']}/tb")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    rep = evaluate_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
+    print(
+        f"n={rep['n']}  AUC {rep['auc']:.4f} (95% CI {rep['auc_ci_low']:.3f}-{rep['auc_ci_high']:.3f})  "
+        f"sensitivity {rep['sensitivity']:.3f}  specificity {rep['specificity']:.3f}  ECE {rep['ece']:.3f}"
+    )
+    print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, n_per_class=args.n_per_class, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one sub-parser per command."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="breastai",
+        description="Train, evaluate and run breast lesion malignancy classifiers on ultrasound and mammography.",
+        epilog=_EPILOG,
+    )
+    p.add_argument("--version", action="version", version=f"breastai {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from .data.prepare import add_parser as add_prepare
+
+    add_prepare(sub)
+
+    t = sub.add_parser(
+        "train",
+        help="train a classifier from a YAML config (key=value overrides win)",
+        description="Train a classifier. The YAML config sets the defaults, key=value overrides win, and the "
+        "resolved config is saved in the run folder OUTPUT_DIR/RUN_NAME. Under torchrun, trains with DDP.",
+        epilog="example: breastai train --config configs/busi.yaml train.epochs=5 preprocess.mode=crop",
+    )
+    t.add_argument("--config", help="YAML config file (defaults: breastai.config.DEFAULTS)")
+    t.add_argument("--data", help="datalist CSV/JSON (same as data.datalist=FILE)")
+    t.add_argument("--folds", type=int, help="K-fold group-aware cross-validation (same as train.folds=K)")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled datalist",
+                       description="Evaluate a checkpoint: metrics.json (AUC with bootstrap CI, sensitivity and "
+                       "specificity at the checkpoint's threshold, Brier, ECE), predictions.csv, roc.png, calibration.png.")
+    e.add_argument("--checkpoint", required=True, help="best.pt from a training run")
+    e.add_argument("--data", required=True, help="labelled datalist CSV/JSON")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.set_defaults(func=_cmd_evaluate)
+
+    try:
+        from .predict_cli import add_parser as add_predict
+    except ImportError:
+        pass
+    else:
+        add_predict(sub)
+    try:
+        from .radiomics.cli import add_parser as add_radiomics
+    except ImportError:
+        pass
+    else:
+        add_radiomics(sub)
+
+    d = sub.add_parser("demo", help="zero-data demo: synthetic lesions -> train -> evaluate, in minutes",
+                       description="Write a small synthetic ultrasound lesion dataset (PNG images and masks), train "
+                       "a classifier on it, evaluate it on a second synthetic set and print where everything is.")
+    d.add_argument("--out", default="checkpoints/demo", help="output folder (default: checkpoints/demo)")
+    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--n-per-class", type=int, default=80)
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``breastai`` console command."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.datalist import DatalistError
+    from .data.io import ImageReadError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatalistError, ImageReadError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"breastai {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration: built-in defaults, a YAML file over them, ``key=value`` overrides over both.
+
+The resolved configuration is a plain nested dict; it is saved in every run folder and in every
+checkpoint, so a run can be repeated and a checkpoint rebuilt from itself alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config"]
+
+DEFAULTS: dict[str, Any] = {
+    "run_name": None,
+    "output_dir": "checkpoints",
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "data": {
+        "datalist": None,
+        "classes": ["benign", "malignant"],
+        "val_fraction": 0.15,
+        "cache": "memory",  # memory | disk | none
+        "cache_dir": None,
+        "num_workers": 0,
+        "reader_options": {},
+    },
+    "preprocess": {
+        "mode": "whole",  # whole | crop
+        "size": 224,
+        "margin": 0.3,  # crop mode: context added around the lesion box, as a fraction of its side
+        "min_crop": 64,  # crop mode: smallest crop side in source pixels
+        "normalize": "percentile",  # percentile | zscore | minmax
+        "percentiles": [0.5, 99.5],
+        "mask_channel": False,  # add the lesion mask as a second input channel
+    },
+    "augment": {
+        "enabled": True,
+        "hflip": 0.5,
+        "vflip": 0.0,  # ultrasound depth runs down the image: vertical flips are unphysical there
+        "affine": 0.7,
+        "rotate_deg": 12.0,
+        "scale": 0.12,
+        "translate": 0.06,
+        "gamma": [0.7, 1.5],
+        "contrast_prob": 0.5,
+        "noise_std": 0.03,
+        "noise_prob": 0.3,
+        "blur_prob": 0.2,
+        "speckle_prob": 0.0,
+    },
+    "model": {
+        "name": "efficientnet_lite0",
+        "pretrained": True,
+        "dropout": 0.2,
+    },
+    "train": {
+        "epochs": 12,
+        "batch_size": 32,
+        "lr": 1.0e-3,
+        "weight_decay": 0.02,
+        "warmup_epochs": 1,
+        "min_lr_ratio": 0.02,
+        "class_balance": "weighted_loss",  # weighted_loss | sampler | none
+        "label_smoothing": 0.0,
+        "early_stop_patience": 6,
+        "amp": True,
+        "channels_last": True,
+        "folds": 0,
+        "threads": 0,  # 0 = torch default
+        "grad_clip": 2.0,
+    },
+    "eval": {
+        "threshold_method": "youden",
+        "bootstrap": 2000,
+        "calibrate": True,
+    },
+    "log": {
+        "tensorboard": True,
+        "image_grid": 16,
+        "progress": True,
+    },
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; configs mean a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        __import__("re").X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file or override."""
+
+
+def merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base``; unknown keys are an error."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        where = f"{path}{k}"
+        if k not in out:
+            raise ConfigError(f"unknown config key {where!r}")
+        if isinstance(out[k], dict) and v is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key {where!r} must be a mapping")
+            # reader_options is free-form
+            out[k] = {**out[k], **v} if k == "reader_options" else merge(out[k], v, where + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``1e-3``, ``[a, b]``, ``true``)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = cfg
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            node = node[p]
+        if parts[-1] not in node and not (len(parts) > 1 and parts[-2] == "reader_options"):
+            raise ConfigError(f"unknown config key {key!r}")
+        try:
+            node[parts[-1]] = _yaml(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from exc
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults, then the YAML file, then overrides.
+
+    A relative ``data.datalist`` in the file resolves against the file's folder first and the
+    working directory second, so configs can ship beside their data.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = _yaml(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        cfg = merge(cfg, loaded)
+        dl = cfg["data"].get("datalist")
+        if dl and not Path(dl).is_absolute() and not Path(dl).exists() and (path.parent / dl).exists():
+            cfg["data"]["datalist"] = str((path.parent / dl).resolve())
+        if cfg["run_name"] is None:
+            cfg["run_name"] = path.stem
+    cfg = apply_overrides(cfg, overrides)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    pre = cfg["preprocess"]
+    if pre["mode"] not in ("whole", "crop"):
+        raise ConfigError(f"preprocess.mode must be 'whole' or 'crop', got {pre['mode']!r}")
+    if pre["normalize"] not in ("percentile", "zscore", "minmax"):
+        raise ConfigError(f"preprocess.normalize must be percentile, zscore or minmax, got {pre['normalize']!r}")
+    if int(pre["size"]) < 32:
+        raise ConfigError("preprocess.size must be at least 32")
+    if cfg["train"]["class_balance"] not in ("weighted_loss", "sampler", "none"):
+        raise ConfigError("train.class_balance must be weighted_loss, sampler or none")
+    if len(cfg["data"]["classes"]) != 2:
+        raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
+
+
+def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
+    """Save the resolved configuration as YAML, atomically."""
+    from .data.datalist import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

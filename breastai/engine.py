@@ -1,0 +1,143 @@
+"""The two loops: ``train_one_epoch`` and ``predict_loader`` (evaluation forward passes)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed as dist
+
+__all__ = ["collate", "warmup_cosine", "train_one_epoch", "predict_loader", "autocast"]
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors a loop needs; keep per-sample extras as lists."""
+    out: dict[str, Any] = {
+        "image": torch.stack([b["image"] for b in batch]),
+        "label": torch.tensor([int(b.get("label", -1)) for b in batch], dtype=torch.float32),
+        "case_id": [b.get("case_id", "") for b in batch],
+        "index": torch.tensor([int(b.get("index", -1)) for b in batch]),
+    }
+    return out
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 on CPU."""
+    if not enabled or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    device: torch.device,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    grad_clip: float = 0.0,
+    epoch: int = 0,
+    progress: bool = True,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss (averaged over ranks)."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and dist.is_main()), mininterval=2)
+    for batch in bar:
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch["label"].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            loss = loss_fn(model(x).float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower train.lr")
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+    sums = dist.gather_objects((total, count))
+    return sum(s for s, _ in sums) / max(1, sum(c for _, c in sums))
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Logits for every sample of ``loader``, gathered across ranks and de-duplicated.
+
+    Returns arrays ``index``, ``logit``, ``label`` sorted by dataset index, and ``case_id``.
+    """
+    model.eval()
+    idx, logits, labels, ids = [], [], [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and dist.is_main()), mininterval=2):
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            z = model(x).float()
+        idx.append(batch["index"].numpy())
+        logits.append(z.cpu().numpy())
+        labels.append(batch["label"].numpy())
+        ids.extend(batch["case_id"])
+    local = (
+        np.concatenate(idx) if idx else np.zeros(0, int),
+        np.concatenate(logits) if logits else np.zeros(0),
+        np.concatenate(labels) if labels else np.zeros(0),
+        ids,
+    )
+    parts = dist.gather_objects(local)
+    all_idx = np.concatenate([p[0] for p in parts])
+    all_logit = np.concatenate([p[1] for p in parts])
+    all_label = np.concatenate([p[2] for p in parts])
+    all_ids = [i for p in parts for i in p[3]]
+    # DistributedSampler pads the last shard by repeating samples: keep the first copy.
+    _, first = np.unique(all_idx, return_index=True)
+    return {
+        "index": all_idx[first],
+        "logit": all_logit[first],
+        "label": all_label[first],
+        "case_id": np.array([all_ids[i] for i in first], dtype=object),
+    }

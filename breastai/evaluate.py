@@ -1,0 +1,65 @@
+"""``breastai evaluate``: a checkpoint on a labelled datalist -> metrics, predictions, plots.
+
+The preprocessing, classes, calibration temperature and operating threshold all come from the
+checkpoint (chosen on validation data during training), never from the evaluation data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .calibration import apply_temperature
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data.datalist import atomic_write_text, read_datalist
+from .engine import predict_loader
+from .metrics import evaluation_report
+from .training import _loader, build_dataset, resolve_device
+
+__all__ = ["evaluate_checkpoint"]
+
+log = logging.getLogger("breastai")
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on the labelled datalist ``data``; write reports into ``out``.
+
+    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png``.
+
+    Returns:
+        The metrics dict (see :func:`breastai.metrics.evaluation_report`).
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = dict(state["config"])
+    cfg["data"] = {**cfg["data"], "cache": "none"}
+    classes = state["classes"]
+    records = read_datalist(data, classes=classes)
+    dev = resolve_device(device)
+    model = model_from_checkpoint(state).to(dev)
+    ds = build_dataset(cfg, records, train=False)
+    pred = predict_loader(model, _loader(ds, cfg, False, None, 0), dev, progress=True)
+    y = pred["label"].astype(int)
+    probs = apply_temperature(pred["logit"], state["temperature"])
+    report = evaluation_report(y, probs, state["threshold"])
+    report["ece_uncalibrated"] = evaluation_report(y, apply_temperature(pred["logit"], 1.0), state["threshold"])["ece"]
+    report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"])
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
+    lines = ["case_id,label,probability,predicted"]
+    for c, yy, p in zip(pred["case_id"], y, probs):
+        lines.append(f"{c},{classes[yy]},{p:.6f},{classes[int(p >= state['threshold'])]}")
+    atomic_write_text(out / "predictions.csv", "\n".join(lines) + "\n")
+    from . import plots
+
+    plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")
+    plots.plot_calibration(y, probs, out / "calibration.png")
+    return report

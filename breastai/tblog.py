@@ -1,0 +1,62 @@
+"""TensorBoard logging for a run: scalars per epoch, curves and image grids at the best epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["TBLogger"]
+
+
+class TBLogger:
+    """A thin wrapper that does nothing when disabled (non-zero ranks, or ``log.tensorboard=false``)."""
+
+    def __init__(self, log_dir: Path | None):
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for k, v in values.items():
+                if v is not None and np.isfinite(v):
+                    self.writer.add_scalar(k, float(v), step)
+
+    def image_grid(self, tag: str, images: torch.Tensor, step: int, scores: list[float] | None = None) -> None:
+        """A grid of network inputs (first channel); scores, when given, are drawn as a bar under each tile."""
+        if not self.writer or images.numel() == 0:
+            return
+        from torchvision.utils import make_grid
+
+        x = images[:, :1].float().clamp(0, 1)
+        if scores is not None:
+            # A bar whose length is the score: readable without text rendering.
+            h, w = x.shape[-2:]
+            bar = torch.zeros(x.shape[0], 1, max(4, h // 16), w)
+            for i, s in enumerate(scores):
+                bar[i, :, :, : int(round(w * float(s)))] = 1.0
+            x = torch.cat([x, bar], 2)
+        self.writer.add_image(tag, make_grid(x, nrow=int(np.ceil(np.sqrt(len(x)))), pad_value=0.5), step)
+
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        if self.writer:
+            self.writer.add_figure(tag, fig, step, close=True)
+
+    def pr_curve(self, tag: str, labels: np.ndarray, probs: np.ndarray, step: int) -> None:
+        if self.writer:
+            self.writer.add_pr_curve(tag, labels.astype(bool), probs, step)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        if self.writer:
+            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+            self.writer.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.flush()
+            self.writer.close()

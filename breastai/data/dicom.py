@@ -1,0 +1,571 @@
+"""DICOM ingestion: decode, Modality/VOI LUT, MONOCHROME1, colour, frames, breast geometry.
+
+Grey images go through the DICOM greyscale pipeline as one lookup table built over every
+possible stored value (BitsStored mask and sign, padding, Modality LUT/rescale, VOI LUT or
+window, MONOCHROME1 inversion, scaling to [0, 1]); the table is then applied to the stored
+pixels in a single gather, after cropping and mirroring, so a 26-megapixel mammogram costs one
+pass and no float64 copy. Output convention: float32 in [0, 1], dense tissue bright,
+background/padding 0; mammograms with the chest wall on the left, cropped to the breast.
+
+Nothing patient-identifying ever reaches ``meta``: UIDs appear only as short sha256 hashes.
+Importing this module registers the ``"dicom"`` reader of :func:`breastai.data.io.load_image`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.uid import UID, ImplicitVRLittleEndian
+from scipy import ndimage
+
+from . import mammo
+from .io import ImageReadError, register_reader
+from .mammo import undo_geometry
+
+__all__ = [
+    "DicomImage",
+    "DicomGroups",
+    "read_dicom",
+    "is_dicom",
+    "dicom_frame_count",
+    "group_dicom_folder",
+    "undo_geometry",
+]
+
+log = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# SOP classes that tell modality and intent when the Modality tag is absent.
+_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1.2": ("MG", "FOR PRESENTATION"),
+    "1.2.840.10008.5.1.4.1.1.1.2.1": ("MG", "FOR PROCESSING"),
+    "1.2.840.10008.5.1.4.1.1.1.1": ("DX", "FOR PRESENTATION"),
+    "1.2.840.10008.5.1.4.1.1.1.1.1": ("DX", "FOR PROCESSING"),
+    "1.2.840.10008.5.1.4.1.1.13.1.3": ("MG", None),  # breast tomosynthesis
+    "1.2.840.10008.5.1.4.1.1.13.1.4": ("MG", "FOR PRESENTATION"),  # BT projection
+    "1.2.840.10008.5.1.4.1.1.13.1.5": ("MG", "FOR PROCESSING"),
+    "1.2.840.10008.5.1.4.1.1.6.1": ("US", None),
+    "1.2.840.10008.5.1.4.1.1.3.1": ("US", None),
+}
+_VIEW_MEANINGS = {
+    "cranio-caudal": "CC",
+    "medio-lateral oblique": "MLO",
+    "medio-lateral": "ML",
+    "latero-medial": "LM",
+    "latero-medial oblique": "LMO",
+    "cranio-caudal exaggerated laterally": "XCCL",
+    "cranio-caudal exaggerated medially": "XCCM",
+    "caudo-cranial (from below)": "FB",
+    "superolateral to inferomedial oblique": "SIO",
+    "cleavage": "CV",
+    "axillary tail": "AT",
+}
+# Chroma (max - min channel, on a 0..1 scale) above which a colour pixel is taken to be a
+# burnt-in overlay (calipers, text, Doppler) rather than a grey tissue pixel with JPEG noise.
+_CHROMA_OVERLAY = 0.2
+
+
+@dataclass
+class DicomImage:
+    """A decoded, display-ready DICOM image.
+
+    Attributes:
+        pixels: float32 (H, W), or (F, H, W) for ``frame="all"``/``"stack"``, in [0, 1].
+        meta: de-identified header facts and processing record.
+        flipped_lr: the image was mirrored left-right (after cropping).
+        crop_box: ``(r0, r1, c0, c1)``, half-open, in the original pixel grid; None if not cropped.
+    """
+
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    flipped_lr: bool = False
+    crop_box: tuple[int, int, int, int] | None = None
+
+
+class DicomGroups(dict):
+    """``{(study_uid_hash, series_uid_hash): [paths]}`` plus ``notes`` on skipped files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+
+def uid_hash(value: Any) -> str | None:
+    """First 16 hex digits of the sha256 of a UID string (None for a missing UID)."""
+    if value in (None, ""):
+        return None
+    return hashlib.sha256(str(value).strip().encode()).hexdigest()[:16]
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` suffix or a ``DICM`` magic at byte 128."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _open(path: Path, header_only: bool = False) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        try:  # no preamble: old or hand-written files
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+        except Exception as exc:
+            raise ImageReadError(f"{path}: not a readable DICOM file ({exc})") from exc
+        if "SOPClassUID" not in ds and not any(t in ds for t in _PIXEL_TAGS):
+            raise ImageReadError(f"{path}: not a DICOM file (no preamble and no DICOM image elements)")
+    except Exception as exc:  # pydicom raises many types for truncated files
+        raise ImageReadError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def _n_frames(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def dicom_frame_count(path: str | Path) -> int:
+    """Number of frames of a DICOM image (1 for a single-frame image)."""
+    return _n_frames(_open(Path(path), header_only=True))
+
+
+def _frame_index(frame: str | int, n: int, path: Path) -> int | None:
+    """Frame to decode (None = all frames)."""
+    if frame in ("all", "stack"):
+        return None
+    if frame == "middle":
+        return n // 2
+    if isinstance(frame, (int, np.integer)) and not isinstance(frame, bool):
+        idx = int(frame) + n if frame < 0 else int(frame)
+        if 0 <= idx < n:
+            return idx
+        raise ImageReadError(f"{path}: frame {frame} requested but the image has {n} frame(s)")
+    raise ImageReadError(f"{path}: frame must be 'middle', 'all', 'stack' or an int, got {frame!r}")
+
+
+def _flatten_functional_groups(ds: Dataset, index: int) -> dict[str, Any]:
+    """Copy per-frame facts of enhanced multi-frame objects (tomosynthesis) to the top level.
+
+    pydicom's LUT functions read top-level Rescale/Window elements only; enhanced objects keep
+    them in the shared or per-frame functional groups. Returns extra facts (FrameLaterality).
+    """
+    found: dict[str, Any] = {}
+    groups = []
+    if ds.get("SharedFunctionalGroupsSequence"):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    pf = ds.get("PerFrameFunctionalGroupsSequence")
+    if pf and index < len(pf):
+        groups.append(pf[index])  # per-frame values override shared ones
+    wanted = {
+        "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+        "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "WindowCenterWidthExplanation"),
+        "PixelMeasuresSequence": ("PixelSpacing",),
+        "FrameAnatomySequence": ("FrameLaterality",),
+    }
+    for g in groups:
+        for seq, keys in wanted.items():
+            if g.get(seq):
+                for k in keys:
+                    if k in g[seq][0]:
+                        found[k] = g[seq][0][k].value
+    for k, v in found.items():
+        if k != "FrameLaterality" and k not in ds:
+            setattr(ds, k, v)
+    return found
+
+
+def _modality_and_intent(ds: Dataset) -> tuple[str | None, str | None]:
+    sop_mod, sop_intent = _SOP_CLASSES.get(str(ds.get("SOPClassUID", "")), (None, None))
+    modality = str(ds.get("Modality", "") or "").upper() or sop_mod
+    intent = str(ds.get("PresentationIntentType", "") or "").upper() or sop_intent
+    return modality, intent
+
+
+def _view(ds: Dataset) -> str | None:
+    vp = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if vp:
+        return vp
+    for item in ds.get("ViewCodeSequence") or []:
+        meaning = str(item.get("CodeMeaning", "")).strip().lower()
+        if meaning in _VIEW_MEANINGS:
+            return _VIEW_MEANINGS[meaning]
+    return None
+
+
+def _laterality(ds: Dataset, extra: dict[str, Any]) -> tuple[str | None, str | None]:
+    for key in ("ImageLaterality", "Laterality", "FrameLaterality"):
+        v = extra.get(key) if key == "FrameLaterality" else ds.get(key)
+        v = str(v or "").strip().upper()
+        if v in ("L", "R", "B"):
+            return v, key
+    return None, None
+
+
+def _floats(v: Any) -> list[float]:
+    if v is None:
+        return []
+    items = [v] if isinstance(v, (str, bytes, int, float)) else list(v)
+    try:
+        return [float(x) for x in items]
+    except (TypeError, ValueError):
+        return []
+
+
+def _header_meta(ds: Dataset, path: Path, modality: str | None, intent: str | None) -> dict[str, Any]:
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    spacing, src = _floats(ds.get("PixelSpacing")), "PixelSpacing"
+    if not spacing:
+        spacing, src = _floats(ds.get("ImagerPixelSpacing")), "ImagerPixelSpacing"
+    return {
+        "format": "dicom",
+        "file": path.name,
+        "modality": modality,
+        "presentation_intent": intent,
+        "manufacturer": str(ds.get("Manufacturer", "") or "") or None,
+        "model": str(ds.get("ManufacturerModelName", "") or "") or None,
+        "photometric": str(ds.get("PhotometricInterpretation", "") or "") or None,
+        "transfer_syntax": ts.name,
+        "transfer_syntax_uid": str(ts),
+        "rows": int(ds.get("Rows", 0) or 0),
+        "cols": int(ds.get("Columns", 0) or 0),
+        "bits_allocated": int(ds.get("BitsAllocated", 0) or 0),
+        "bits_stored": int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0),
+        "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
+        "samples_per_pixel": int(ds.get("SamplesPerPixel", 1) or 1),
+        "n_frames": _n_frames(ds),
+        "pixel_spacing": spacing[:2] or None,
+        "pixel_spacing_source": src if spacing else None,
+        "sop_uid_hash": uid_hash(ds.get("SOPInstanceUID")),
+        "study_uid_hash": uid_hash(ds.get("StudyInstanceUID")),
+        "series_uid_hash": uid_hash(ds.get("SeriesInstanceUID")),
+    }
+
+
+def _decode(ds: Dataset, path: Path, index: int | None) -> np.ndarray:
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    what = f"transfer syntax {ts.name!r} ({ts})"
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise ImageReadError(f"{path}: cannot decode pixel data: no decoder exists for {what}") from exc
+    if not decoder.is_available:
+        missing = "; ".join(f"{k}: {v}" for k, v in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
+        raise ImageReadError(f"{path}: cannot decode pixel data: no installed plugin for {what} {missing}".strip())
+    try:
+        return pixel_array(ds, index=index)
+    except Exception as exc:  # decoders raise RuntimeError/ValueError/...
+        raise ImageReadError(f"{path}: decoding {what} failed ({type(exc).__name__}: {exc})") from exc
+
+
+def _window(x: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2/3 windowing, normalised to [0, 1] (pydicom's, divided by its range)."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - centre) / width, -80, 80)))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - centre) / width + 0.5, 0.0, 1.0)
+    if width <= 1:  # LINEAR with width 1 is a threshold at centre - 0.5
+        return (x > centre - 0.5).astype(np.float64)
+    return np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _voi(ds: Dataset, mod: np.ndarray, path: Path, index: int, source: str) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """VOI LUT sequence or window on modality values; None when the header has neither."""
+    seq = ds.get("VOILUTSequence") or []
+    has_lut = bool(seq) and all("LUTDescriptor" in it and "LUTData" in it for it in seq)
+    centres, widths = _floats(ds.get("WindowCenter")), _floats(ds.get("WindowWidth"))
+    has_win = bool(centres) and len(centres) == len(widths)
+    use = {"auto": "lut" if has_lut else "window" if has_win else None, "lut": "lut" if has_lut else None,
+           "window": "window" if has_win else None}.get(source)
+    if source not in ("auto", "lut", "window"):
+        raise ImageReadError(f"{path}: voi_source must be 'auto', 'lut' or 'window', got {source!r}")
+    if use == "lut":
+        if index >= len(seq):
+            raise ImageReadError(f"{path}: window_index {index} but the VOI LUT sequence has {len(seq)} item(s)")
+        item = seq[index]
+        y = apply_voi(np.rint(mod).astype(np.int64), ds, index).astype(np.float32)
+        top = float(2 ** int(item.LUTDescriptor[2]) - 1)
+        data_max = float(y.max())
+        if data_max > top or data_max < top / 16:  # descriptor bit depth wrong (seen in the wild)
+            top = float(2 ** int(np.ceil(np.log2(data_max + 1))) - 1) if data_max > 0 else 1.0
+        return y / top, {"voi": "lut", "voi_index": index, "voi_explanation": str(item.get("LUTExplanation", "") or "") or None}
+    if use == "window":
+        if index >= len(centres):
+            raise ImageReadError(f"{path}: window_index {index} but the header has {len(centres)} window(s)")
+        c, w = centres[index], widths[index]
+        fn = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        if w <= 0 or (fn == "LINEAR" and w < 1):
+            return None, {"voi": "none", "voi_warning": f"invalid window width {w}; min-max scaling used"}
+        expl = _window_explanation(ds, index)
+        return _window(mod, c, w, fn), {"voi": "window", "voi_index": index, "voi_function": fn,
+                                        "window": [c, w], "voi_explanation": expl}
+    return None, {"voi": "none"}
+
+
+def _window_explanation(ds: Dataset, index: int) -> str | None:
+    e = ds.get("WindowCenterWidthExplanation")
+    if e is None:
+        return None
+    items = list(e) if not isinstance(e, str) else [e]
+    return str(items[index]) if index < len(items) else None
+
+
+def _percentile_weighted(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
+    order = np.argsort(values, kind="stable")
+    cw = np.cumsum(weights[order])
+    return [float(values[order][min(len(order) - 1, int(np.searchsorted(cw, q / 100 * cw[-1])))]) for q in qs]
+
+
+def _grey_transform(ds: Dataset, stored: np.ndarray, weights: np.ndarray, path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Map stored values to display values in [0, 1] (float32); see the module docstring.
+
+    ``weights`` counts how often each entry of ``stored`` occurs in (a sample of) the image;
+    it is used only when the header gives no VOI (min-max) and for For Processing images.
+    """
+    info: dict[str, Any] = {}
+    pad = np.zeros(stored.shape, dtype=bool)
+    pv = ds.get("PixelPaddingValue")
+    if pv is not None and not isinstance(pv, (list, tuple, bytes)):
+        lim = ds.get("PixelPaddingRangeLimit")
+        lo, hi = (min(pv, lim), max(pv, lim)) if isinstance(lim, (int, float)) else (pv, pv)
+        pad = (stored >= lo) & (stored <= hi)  # on stored values, before any LUT (PS3.3 C.7.5.1.1.2)
+        info["padding"] = [int(lo), int(hi)]
+    mod = apply_modality_lut(stored, ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    present = (weights > 0) & ~pad
+    if opts["for_processing"]:
+        # Raw detector data has no usable VOI: log (if linear in intensity) then robust percentiles.
+        x = mod.astype(np.float64)
+        if str(ds.get("PixelIntensityRelationship", "")).upper() == "LIN":
+            x = np.log1p(np.maximum(x - x[present].min() if present.any() else x, 0))
+        lo, hi = _percentile_weighted(x[present], weights[present], [0.5, 99.5]) if present.any() else (0.0, 1.0)
+        out = np.clip((x - lo) / max(hi - lo, 1e-9), 0, 1)
+        sign = ds.get("PixelIntensityRelationshipSign")
+        invert = (int(sign) == 1) if sign in (1, -1) else photometric == "MONOCHROME1"
+        info.update(voi="for-processing-percentiles")
+    else:
+        out, vinfo = _voi(ds, mod, path, opts["window_index"], opts["voi_source"]) if opts["apply_voi"] else (None, {"voi": "none"})
+        info.update(vinfo)
+        if out is None:  # min-max of the values present in the image, padding excluded
+            vals = mod[present] if present.any() else mod
+            lo, hi = float(vals.min()), float(vals.max())
+            out = np.clip((mod - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(mod.shape)
+        shape = str(ds.get("PresentationLUTShape", "") or "").upper()
+        # In DX/MG objects INVERSE accompanies MONOCHROME1 (one inversion, not two).
+        invert = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
+    out = out.astype(np.float32)
+    if invert:
+        out = 1.0 - out
+    out[pad] = 0.0
+    info["inverted"] = bool(invert)
+    return out, info
+
+
+def _stored_domain(dtype: np.dtype, bits_stored: int, signed: bool) -> tuple[np.dtype, np.ndarray] | None:
+    """Every possible stored value for 8/16-bit integer pixels, indexed by the raw bit pattern.
+
+    Masking to BitsStored and sign-extending here means garbage in the unused high bits and
+    either signed convention of the decoder give the right value at no per-pixel cost.
+    """
+    if dtype.kind not in "ui" or dtype.itemsize > 2:
+        return None
+    nbits = dtype.itemsize * 8
+    bs = min(max(int(bits_stored or nbits), 1), nbits)
+    v = np.arange(2**nbits, dtype=np.int64) & ((1 << bs) - 1)
+    if signed:
+        sb = 1 << (bs - 1)
+        v = (v ^ sb) - sb
+    return np.dtype(f"uint{nbits}"), v
+
+
+def _to_grey_colour(rgb: np.ndarray, bits: int, overlay: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """RGB (…, H, W, 3) to luminance in [0, 1], inpainting strongly coloured overlay pixels.
+
+    Ultrasound tissue is grey; calipers, text and Doppler boxes are saturated colour. Plain
+    luminance would leave them as bright/dark marks the model may latch onto, so pixels with
+    chroma above ``_CHROMA_OVERLAY`` get the grey value of the nearest non-overlay pixel
+    (``overlay="inpaint"``, default); ``overlay="luminance"`` keeps plain luminance.
+    """
+    x = rgb.astype(np.float32) / float(2**bits - 1)
+    luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    chroma = x.max(axis=-1) - x.min(axis=-1)
+    over = chroma > _CHROMA_OVERLAY
+    frac = float(over.mean())
+    if overlay == "inpaint" and over.any() and frac < 0.5:
+        frames = luma if luma.ndim == 3 else luma[None]
+        masks = over if over.ndim == 3 else over[None]
+        for f, m in zip(frames, masks):
+            if m.any() and not m.all():
+                idx = ndimage.distance_transform_edt(m, return_distances=False, return_indices=True)
+                f[...] = f[tuple(idx)]
+    return np.clip(luma, 0, 1).astype(np.float32), {"colour_overlay_fraction": round(frac, 4), "colour_overlay": overlay}
+
+
+def _grey_pipeline(ds: Dataset, raw: np.ndarray, path: Path, opts: dict[str, Any], mammo_geom: bool,
+                   laterality: str | None) -> tuple[np.ndarray, dict[str, Any], bool, tuple[int, int, int, int] | None]:
+    stack = raw if raw.ndim == 3 else raw[None]
+    _, h, w = stack.shape
+    step = max(1, int(np.ceil(max(h, w) / 512)))  # geometry and statistics on <= 512 px
+    small_raw = stack[:, ::step, ::step]
+    dom = _stored_domain(stack.dtype, int(ds.get("BitsStored", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+    if dom is not None:
+        idx_dtype, stored = dom
+        weights = np.bincount(small_raw.view(idx_dtype).ravel(), minlength=stored.size)
+        lut, info = _grey_transform(ds, stored, weights, path, opts)
+        small = lut[small_raw.view(idx_dtype)].max(axis=0)
+    else:  # 32-bit or float pixels: transform directly (rare; costs a float copy)
+        flat = stack.astype(np.float64)
+        full, info = _grey_transform(ds, flat, np.ones(flat.shape), path, opts)
+        small = full[:, ::step, ::step].max(axis=0)
+    flip, box = False, None
+    if mammo_geom and (opts["canonical"] or opts["crop_breast"]):
+        mask = mammo.breast_mask(small)
+        if opts["crop_breast"]:
+            box = mammo.breast_box(mask, (step, step), (h, w))
+            info["crop_warning"] = None if box is not None else "no breast region found; not cropped"
+        if opts["canonical"]:
+            flip, src, warn = mammo.decide_flip(ds.get("PatientOrientation"), laterality, mask)
+            info.update(orientation_source=src, orientation_warning=warn)
+            if src == "content" and laterality is None:
+                info["laterality_from_content"] = "R" if flip else "L"
+    r0, r1, c0, c1 = box if box is not None else (0, h, 0, w)
+    sub = stack[:, r0:r1, c0:c1]
+    if flip:
+        sub = sub[:, :, ::-1]
+    out = lut[sub.view(idx_dtype)] if dom is not None else np.ascontiguousarray(full[:, r0:r1, c0:c1][:, :, ::-1] if flip else full[:, r0:r1, c0:c1])
+    return (out if raw.ndim == 3 else out[0]), info, flip, box
+
+
+def read_dicom(
+    path: str | Path,
+    *,
+    window_index: int = 0,
+    apply_voi: bool = True,
+    canonical: bool = True,
+    crop_breast: bool = True,
+    frame: str | int = "middle",
+    allow_for_processing: bool = False,
+    voi_source: str = "auto",
+    colour_overlay: str = "inpaint",
+) -> DicomImage:
+    """Read a DICOM image as display-ready float32 in [0, 1], dense tissue bright.
+
+    Args:
+        path: the DICOM file.
+        window_index: which VOI LUT item / window centre-width pair (0 = the default view).
+        apply_voi: apply the VOI LUT or window; if False (or none in the header), min-max scale.
+        canonical: mammograms only: mirror so the chest wall is on the left.
+        crop_breast: mammograms only: crop to the breast bounding box (labels/background out).
+        frame: ``"middle"`` (default), a frame index, ``"all"`` ((F, H, W), frames meant as
+            separate samples) or ``"stack"`` ((F, H, W), one volumetric sample).
+        allow_for_processing: read "For Processing" raw detector images with a log/percentile
+            window instead of refusing them.
+        voi_source: ``"auto"`` (VOI LUT sequence if present, else window), ``"lut"`` or ``"window"``.
+        colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`_to_grey_colour`.
+
+    Raises:
+        ImageReadError: not DICOM, no pixel data, undecodable transfer syntax, For Processing
+            refused, bad ``frame``/``window_index``.
+    """
+    path = Path(path)
+    ds = _open(path)
+    if not any(t in ds for t in _PIXEL_TAGS):
+        raise ImageReadError(f"{path}: DICOM object has no pixel data (no PixelData element; SOP class "
+                             f"{UID(str(ds.get('SOPClassUID', ''))).name or 'unknown'})")
+    n = _n_frames(ds)
+    index = _frame_index(frame, n, path)
+    extra = _flatten_functional_groups(ds, n // 2 if index is None else index)
+    modality, intent = _modality_and_intent(ds)
+    for_processing = intent == "FOR PROCESSING"
+    if for_processing and not allow_for_processing:
+        raise ImageReadError(f"{path}: 'FOR PROCESSING' (raw detector) image refused; its pixels are not meant for "
+                             "display or for models trained on 'FOR PRESENTATION' images (pass allow_for_processing=True)")
+    meta = _header_meta(ds, path, modality, intent)
+    laterality, lat_src = _laterality(ds, extra)
+    meta.update(laterality=laterality, laterality_source=lat_src, view=_view(ds),
+                frame_policy=frame if isinstance(frame, str) else "index", frames=[index] if index is not None else list(range(n)))
+    raw = _decode(ds, path, index)
+    photometric = (meta["photometric"] or "").upper()
+    opts = dict(window_index=int(window_index), apply_voi=apply_voi, canonical=canonical, crop_breast=crop_breast,
+                for_processing=for_processing, voi_source=voi_source)
+    flip, box = False, None
+    if photometric == "PALETTE COLOR":
+        raw = apply_color_lut(raw, ds)
+        meta["samples_per_pixel"] = 3
+    if raw.shape[-1] == 3 and (meta["samples_per_pixel"] == 3 or raw.ndim == 4):
+        bits = 8 if raw.dtype == np.uint8 else meta["bits_stored"] or 16
+        pixels, info = _to_grey_colour(raw, bits, colour_overlay)
+    else:
+        if raw.ndim == 3 and index is not None:
+            raw = raw[0]
+        is_mammo = modality == "MG" or (modality == "DX" and str(ds.get("BodyPartExamined", "")).upper() == "BREAST")
+        pixels, info, flip, box = _grey_pipeline(ds, raw, path, opts, is_mammo, laterality)
+        if info.get("laterality_from_content") and laterality is None:
+            meta.update(laterality=info["laterality_from_content"], laterality_source="content")
+    info.pop("laterality_from_content", None)
+    meta.update(info)
+    meta.update(flipped_lr=bool(flip), crop_box=list(box) if box else None, output_shape=list(pixels.shape))
+    return DicomImage(pixels=pixels, meta=meta, flipped_lr=bool(flip), crop_box=box)
+
+
+def group_dicom_folder(folder: str | Path, recursive: bool = True) -> DicomGroups:
+    """Group the DICOM files of a folder by (study, series), keys hashed.
+
+    Files are sorted by InstanceNumber then name. Non-DICOM and unreadable files are skipped
+    and listed in ``result.notes``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder}: not a folder")
+    groups = DicomGroups()
+    order: dict[tuple[str | None, str | None], list[tuple[int, str, Path]]] = {}
+    for p in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if not p.is_file():
+            continue
+        if p.name.upper() == "DICOMDIR" or not is_dicom(p):
+            groups.notes.append(f"{p}: skipped, not a DICOM image")
+            continue
+        try:
+            ds = _open(p, header_only=True)
+        except ImageReadError as exc:
+            groups.notes.append(f"{p}: skipped, {exc}")
+            continue
+        key = (uid_hash(ds.get("StudyInstanceUID")), uid_hash(ds.get("SeriesInstanceUID")))
+        try:
+            inst = int(ds.get("InstanceNumber") or 0)
+        except (TypeError, ValueError):
+            inst = 0
+        order.setdefault(key, []).append((inst, p.name, p))
+    for key, items in order.items():
+        groups[key] = [p for _, _, p in sorted(items)]
+    return groups
+
+
+def _read_for_io(path: Path, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    frame = options.pop("frame", "middle")
+    if frame in ("all", "stack"):
+        raise ImageReadError(f"{path}: load_image returns one 2D image; use frame='middle' or an index, or read_dicom for {frame!r}")
+    img = read_dicom(path, frame=frame, **options)
+    return img.pixels, dict(img.meta)
+
+
+register_reader("dicom", is_dicom, _read_for_io)

@@ -253,6 +253,7 @@ def _header_meta(ds: Dataset, path: Path, modality: str | None, intent: str | No
         "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
         "samples_per_pixel": int(ds.get("SamplesPerPixel", 1) or 1),
         "n_frames": _n_frames(ds),
+        "image_type": [str(v) for v in (ds.get("ImageType") or [])],
         "pixel_spacing": spacing[:2] or None,
         "pixel_spacing_source": src if spacing else None,
         "sop_uid_hash": uid_hash(ds.get("SOPInstanceUID")),
@@ -431,13 +432,20 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, path: Path, opts: dict[str, Any
         idx_dtype, stored = dom
         weights = np.bincount(small_raw.view(idx_dtype).ravel(), minlength=stored.size)
         lut, info = _grey_transform(ds, stored, weights, path, opts)
-        small = lut[small_raw.view(idx_dtype)].max(axis=0)
     else:  # 32-bit or float pixels: transform directly (rare; costs a float copy)
         flat = stack.astype(np.float64)
         full, info = _grey_transform(ds, flat, np.ones(flat.shape), path, opts)
-        small = full[:, ::step, ::step].max(axis=0)
     flip, box = False, None
     if mammo_geom and (opts["canonical"] or opts["crop_breast"]):
+        # Geometry from min-max scaled values, not the VOI output: a hard window or a sigmoid
+        # pushes the fatty skin line to 0 and would make the crop depend on window_index.
+        geo_opts = {**opts, "apply_voi": False}
+        if dom is not None:
+            geo, _ = _grey_transform(ds, stored, weights, path, geo_opts)
+            small = geo[small_raw.view(idx_dtype)].max(axis=0)
+        else:
+            small_flat = flat[:, ::step, ::step]
+            small = _grey_transform(ds, small_flat, np.ones(small_flat.shape), path, geo_opts)[0].max(axis=0)
         mask = mammo.breast_mask(small)
         if opts["crop_breast"]:
             box = mammo.breast_box(mask, (step, step), (h, w))

@@ -350,3 +350,12 @@ def test_not_dicom_error(tmp_path):
     p.write_bytes(b"this is not dicom at all" * 10)
     with pytest.raises(ImageReadError, match="fake.dcm"):
         D.read_dicom(p)
+
+
+def test_8bit_grey_ultrasound_keeps_contrast(tmp_path):
+    img8 = np.tile(np.linspace(30, 150, 64).astype(np.uint8), (48, 1))
+    p = write_dicom(tmp_path / "usg.dcm", img8, modality="US", sop=US_SOP)
+    img = D.read_dicom(p)
+    assert img.meta["voi"] == "bit-depth" and img.crop_box is None
+    np.testing.assert_allclose(img.pixels, img8 / 255.0, atol=1e-6)
+

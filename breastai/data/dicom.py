@@ -23,11 +23,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, get_decoder, pixel_array
 from pydicom.uid import UID, ImplicitVRLittleEndian
-from scipy import ndimage
 
 from . import mammo
+from .dicom_lut import colour_to_grey, floats, grey_transform, stored_domain
 from .io import ImageReadError, register_reader
 from .mammo import undo_geometry
 
@@ -70,9 +70,6 @@ _VIEW_MEANINGS = {
     "cleavage": "CV",
     "axillary tail": "AT",
 }
-# Chroma (max - min channel, on a 0..1 scale) above which a colour pixel is taken to be a
-# burnt-in overlay (calipers, text, Doppler) rather than a grey tissue pixel with JPEG noise.
-_CHROMA_OVERLAY = 0.2
 
 
 @dataclass
@@ -221,21 +218,11 @@ def _laterality(ds: Dataset, extra: dict[str, Any]) -> tuple[str | None, str | N
     return None, None
 
 
-def _floats(v: Any) -> list[float]:
-    if v is None:
-        return []
-    items = [v] if isinstance(v, (str, bytes, int, float)) else list(v)
-    try:
-        return [float(x) for x in items]
-    except (TypeError, ValueError):
-        return []
-
-
 def _header_meta(ds: Dataset, path: Path, modality: str | None, intent: str | None) -> dict[str, Any]:
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
-    spacing, src = _floats(ds.get("PixelSpacing")), "PixelSpacing"
+    spacing, src = floats(ds.get("PixelSpacing")), "PixelSpacing"
     if not spacing:
-        spacing, src = _floats(ds.get("ImagerPixelSpacing")), "ImagerPixelSpacing"
+        spacing, src = floats(ds.get("ImagerPixelSpacing")), "ImagerPixelSpacing"
     return {
         "format": "dicom",
         "file": path.name,
@@ -278,174 +265,31 @@ def _decode(ds: Dataset, path: Path, index: int | None) -> np.ndarray:
         raise ImageReadError(f"{path}: decoding {what} failed ({type(exc).__name__}: {exc})") from exc
 
 
-def _window(x: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2/3 windowing, normalised to [0, 1] (pydicom's, divided by its range)."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - centre) / width, -80, 80)))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - centre) / width + 0.5, 0.0, 1.0)
-    if width <= 1:  # LINEAR with width 1 is a threshold at centre - 0.5
-        return (x > centre - 0.5).astype(np.float64)
-    return np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-def _voi(ds: Dataset, mod: np.ndarray, path: Path, index: int, source: str) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """VOI LUT sequence or window on modality values; None when the header has neither."""
-    seq = ds.get("VOILUTSequence") or []
-    has_lut = bool(seq) and all("LUTDescriptor" in it and "LUTData" in it for it in seq)
-    centres, widths = _floats(ds.get("WindowCenter")), _floats(ds.get("WindowWidth"))
-    has_win = bool(centres) and len(centres) == len(widths)
-    use = {"auto": "lut" if has_lut else "window" if has_win else None, "lut": "lut" if has_lut else None,
-           "window": "window" if has_win else None}.get(source)
-    if source not in ("auto", "lut", "window"):
-        raise ImageReadError(f"{path}: voi_source must be 'auto', 'lut' or 'window', got {source!r}")
-    if use == "lut":
-        if index >= len(seq):
-            raise ImageReadError(f"{path}: window_index {index} but the VOI LUT sequence has {len(seq)} item(s)")
-        item = seq[index]
-        y = apply_voi(np.rint(mod).astype(np.int64), ds, index).astype(np.float32)
-        top = float(2 ** int(item.LUTDescriptor[2]) - 1)
-        data_max = float(y.max())
-        if data_max > top or data_max < top / 16:  # descriptor bit depth wrong (seen in the wild)
-            top = float(2 ** int(np.ceil(np.log2(data_max + 1))) - 1) if data_max > 0 else 1.0
-        return y / top, {"voi": "lut", "voi_index": index, "voi_explanation": str(item.get("LUTExplanation", "") or "") or None}
-    if use == "window":
-        if index >= len(centres):
-            raise ImageReadError(f"{path}: window_index {index} but the header has {len(centres)} window(s)")
-        c, w = centres[index], widths[index]
-        fn = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        if w <= 0 or (fn == "LINEAR" and w < 1):
-            return None, {"voi": "none", "voi_warning": f"invalid window width {w}; min-max scaling used"}
-        expl = _window_explanation(ds, index)
-        return _window(mod, c, w, fn), {"voi": "window", "voi_index": index, "voi_function": fn,
-                                        "window": [c, w], "voi_explanation": expl}
-    return None, {"voi": "none"}
-
-
-def _window_explanation(ds: Dataset, index: int) -> str | None:
-    e = ds.get("WindowCenterWidthExplanation")
-    if e is None:
-        return None
-    items = list(e) if not isinstance(e, str) else [e]
-    return str(items[index]) if index < len(items) else None
-
-
-def _percentile_weighted(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
-    order = np.argsort(values, kind="stable")
-    cw = np.cumsum(weights[order])
-    return [float(values[order][min(len(order) - 1, int(np.searchsorted(cw, q / 100 * cw[-1])))]) for q in qs]
-
-
-def _grey_transform(ds: Dataset, stored: np.ndarray, weights: np.ndarray, path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Map stored values to display values in [0, 1] (float32); see the module docstring.
-
-    ``weights`` counts how often each entry of ``stored`` occurs in (a sample of) the image;
-    it is used only when the header gives no VOI (min-max) and for For Processing images.
-    """
-    info: dict[str, Any] = {}
-    pad = np.zeros(stored.shape, dtype=bool)
-    pv = ds.get("PixelPaddingValue")
-    if pv is not None and not isinstance(pv, (list, tuple, bytes)):
-        lim = ds.get("PixelPaddingRangeLimit")
-        lo, hi = (min(pv, lim), max(pv, lim)) if isinstance(lim, (int, float)) else (pv, pv)
-        pad = (stored >= lo) & (stored <= hi)  # on stored values, before any LUT (PS3.3 C.7.5.1.1.2)
-        info["padding"] = [int(lo), int(hi)]
-    mod = apply_modality_lut(stored, ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    present = (weights > 0) & ~pad
-    if opts["for_processing"]:
-        # Raw detector data has no usable VOI: log (if linear in intensity) then robust percentiles.
-        x = mod.astype(np.float64)
-        if str(ds.get("PixelIntensityRelationship", "")).upper() == "LIN":
-            x = np.log1p(np.maximum(x - x[present].min() if present.any() else x, 0))
-        lo, hi = _percentile_weighted(x[present], weights[present], [0.5, 99.5]) if present.any() else (0.0, 1.0)
-        out = np.clip((x - lo) / max(hi - lo, 1e-9), 0, 1)
-        sign = ds.get("PixelIntensityRelationshipSign")
-        invert = (int(sign) == 1) if sign in (1, -1) else photometric == "MONOCHROME1"
-        info.update(voi="for-processing-percentiles")
-    else:
-        out, vinfo = _voi(ds, mod, path, opts["window_index"], opts["voi_source"]) if opts["apply_voi"] else (None, {"voi": "none"})
-        info.update(vinfo)
-        if out is None:  # min-max of the values present in the image, padding excluded
-            vals = mod[present] if present.any() else mod
-            lo, hi = float(vals.min()), float(vals.max())
-            out = np.clip((mod - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(mod.shape)
-        shape = str(ds.get("PresentationLUTShape", "") or "").upper()
-        # In DX/MG objects INVERSE accompanies MONOCHROME1 (one inversion, not two).
-        invert = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
-    out = out.astype(np.float32)
-    if invert:
-        out = 1.0 - out
-    out[pad] = 0.0
-    info["inverted"] = bool(invert)
-    return out, info
-
-
-def _stored_domain(dtype: np.dtype, bits_stored: int, signed: bool) -> tuple[np.dtype, np.ndarray] | None:
-    """Every possible stored value for 8/16-bit integer pixels, indexed by the raw bit pattern.
-
-    Masking to BitsStored and sign-extending here means garbage in the unused high bits and
-    either signed convention of the decoder give the right value at no per-pixel cost.
-    """
-    if dtype.kind not in "ui" or dtype.itemsize > 2:
-        return None
-    nbits = dtype.itemsize * 8
-    bs = min(max(int(bits_stored or nbits), 1), nbits)
-    v = np.arange(2**nbits, dtype=np.int64) & ((1 << bs) - 1)
-    if signed:
-        sb = 1 << (bs - 1)
-        v = (v ^ sb) - sb
-    return np.dtype(f"uint{nbits}"), v
-
-
-def _to_grey_colour(rgb: np.ndarray, bits: int, overlay: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """RGB (…, H, W, 3) to luminance in [0, 1], inpainting strongly coloured overlay pixels.
-
-    Ultrasound tissue is grey; calipers, text and Doppler boxes are saturated colour. Plain
-    luminance would leave them as bright/dark marks the model may latch onto, so pixels with
-    chroma above ``_CHROMA_OVERLAY`` get the grey value of the nearest non-overlay pixel
-    (``overlay="inpaint"``, default); ``overlay="luminance"`` keeps plain luminance.
-    """
-    x = rgb.astype(np.float32) / float(2**bits - 1)
-    luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    chroma = x.max(axis=-1) - x.min(axis=-1)
-    over = chroma > _CHROMA_OVERLAY
-    frac = float(over.mean())
-    if overlay == "inpaint" and over.any() and frac < 0.5:
-        frames = luma if luma.ndim == 3 else luma[None]
-        masks = over if over.ndim == 3 else over[None]
-        for f, m in zip(frames, masks):
-            if m.any() and not m.all():
-                idx = ndimage.distance_transform_edt(m, return_distances=False, return_indices=True)
-                f[...] = f[tuple(idx)]
-    return np.clip(luma, 0, 1).astype(np.float32), {"colour_overlay_fraction": round(frac, 4), "colour_overlay": overlay}
-
-
 def _grey_pipeline(ds: Dataset, raw: np.ndarray, path: Path, opts: dict[str, Any], mammo_geom: bool,
                    laterality: str | None) -> tuple[np.ndarray, dict[str, Any], bool, tuple[int, int, int, int] | None]:
     stack = raw if raw.ndim == 3 else raw[None]
     _, h, w = stack.shape
     step = max(1, int(np.ceil(max(h, w) / 512)))  # geometry and statistics on <= 512 px
     small_raw = stack[:, ::step, ::step]
-    dom = _stored_domain(stack.dtype, int(ds.get("BitsStored", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+    dom = stored_domain(stack.dtype, int(ds.get("BitsStored", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0) == 1)
     if dom is not None:
         idx_dtype, stored = dom
         weights = np.bincount(small_raw.view(idx_dtype).ravel(), minlength=stored.size)
-        lut, info = _grey_transform(ds, stored, weights, path, opts)
+        lut, info = grey_transform(ds, stored, weights, path, opts)
     else:  # 32-bit or float pixels: transform directly (rare; costs a float copy)
         flat = stack.astype(np.float64)
-        full, info = _grey_transform(ds, flat, np.ones(flat.shape), path, opts)
+        full, info = grey_transform(ds, flat, np.ones(flat.shape), path, opts)
     flip, box = False, None
     if mammo_geom and (opts["canonical"] or opts["crop_breast"]):
         # Geometry from min-max scaled values, not the VOI output: a hard window or a sigmoid
         # pushes the fatty skin line to 0 and would make the crop depend on window_index.
         geo_opts = {**opts, "apply_voi": False}
         if dom is not None:
-            geo, _ = _grey_transform(ds, stored, weights, path, geo_opts)
+            geo, _ = grey_transform(ds, stored, weights, path, geo_opts)
             small = geo[small_raw.view(idx_dtype)].max(axis=0)
         else:
             small_flat = flat[:, ::step, ::step]
-            small = _grey_transform(ds, small_flat, np.ones(small_flat.shape), path, geo_opts)[0].max(axis=0)
+            small = grey_transform(ds, small_flat, np.ones(small_flat.shape), path, geo_opts)[0].max(axis=0)
         mask = mammo.breast_mask(small)
         if opts["crop_breast"]:
             box = mammo.breast_box(mask, (step, step), (h, w))
@@ -488,7 +332,7 @@ def read_dicom(
         allow_for_processing: read "For Processing" raw detector images with a log/percentile
             window instead of refusing them.
         voi_source: ``"auto"`` (VOI LUT sequence if present, else window), ``"lut"`` or ``"window"``.
-        colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`_to_grey_colour`.
+        colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`breastai.data.dicom_lut.colour_to_grey`.
 
     Raises:
         ImageReadError: not DICOM, no pixel data, undecodable transfer syntax, For Processing
@@ -521,7 +365,7 @@ def read_dicom(
         meta["samples_per_pixel"] = 3
     if raw.shape[-1] == 3 and (meta["samples_per_pixel"] == 3 or raw.ndim == 4):
         bits = 8 if raw.dtype == np.uint8 else meta["bits_stored"] or 16
-        pixels, info = _to_grey_colour(raw, bits, colour_overlay)
+        pixels, info = colour_to_grey(raw, bits, colour_overlay)
     else:
         if raw.ndim == 3 and index is not None:
             raw = raw[0]

@@ -3,6 +3,7 @@ and JPEG 2000, MONOCHROME1/2, VOI LUT sequences, multi-valued windows, L/R, CC/M
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_views_and_meta(images):
         text = repr(img.meta)
         assert "2.25." not in text.replace(name, ""), f"{name}: a UID leaked into meta"
         assert len(img.meta["sop_uid_hash"]) == 16
+        json.dumps(img.meta)  # meta goes into datalists/reports as is
 
 
 def test_window_index_changes_output():

@@ -359,3 +359,14 @@ def test_8bit_grey_ultrasound_keeps_contrast(tmp_path):
     assert img.meta["voi"] == "bit-depth" and img.crop_box is None
     np.testing.assert_allclose(img.pixels, img8 / 255.0, atol=1e-6)
 
+
+def test_decoder_plugin_missing(tmp_path, monkeypatch):
+    class NoPlugin:
+        is_available = False
+        missing_dependencies = ["pyjpegls - requires pyjpegls>=1.2"]
+
+    p = write_dicom(tmp_path / "ls.dcm", phantom())
+    monkeypatch.setattr(D, "get_decoder", lambda uid: NoPlugin())
+    with pytest.raises(ImageReadError, match=r"no installed plugin .*Explicit VR Little Endian.*pyjpegls"):
+        D.read_dicom(p)
+

@@ -257,8 +257,8 @@ def _decode(ds: Dataset, path: Path, index: int | None) -> np.ndarray:
     except NotImplementedError as exc:
         raise ImageReadError(f"{path}: cannot decode pixel data: no decoder exists for {what}") from exc
     if not decoder.is_available:
-        missing = "; ".join(f"{k}: {v}" for k, v in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
-        raise ImageReadError(f"{path}: cannot decode pixel data: no installed plugin for {what} {missing}".strip())
+        missing = "; ".join(str(m) for m in getattr(decoder, "missing_dependencies", []))
+        raise ImageReadError(f"{path}: cannot decode pixel data: no installed plugin for {what} (install one of: {missing})")
     try:
         return pixel_array(ds, index=index)
     except Exception as exc:  # decoders raise RuntimeError/ValueError/...
@@ -328,7 +328,9 @@ def read_dicom(
         canonical: mammograms only: mirror so the chest wall is on the left.
         crop_breast: mammograms only: crop to the breast bounding box (labels/background out).
         frame: ``"middle"`` (default), a frame index, ``"all"`` ((F, H, W), frames meant as
-            separate samples) or ``"stack"`` ((F, H, W), one volumetric sample).
+            separate samples) or ``"stack"`` ((F, H, W), one volumetric sample). All frames
+            share one LUT (the middle frame's per-frame VOI for enhanced objects) and one
+            geometry (crop box and flip from the maximum projection).
         allow_for_processing: read "For Processing" raw detector images with a log/percentile
             window instead of refusing them.
         voi_source: ``"auto"`` (VOI LUT sequence if present, else window), ``"lut"`` or ``"window"``.
@@ -363,7 +365,7 @@ def read_dicom(
     if photometric == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
         meta["samples_per_pixel"] = 3
-    if raw.shape[-1] == 3 and (meta["samples_per_pixel"] == 3 or raw.ndim == 4):
+    if meta["samples_per_pixel"] == 3:
         bits = 8 if raw.dtype == np.uint8 else meta["bits_stored"] or 16
         pixels, info = colour_to_grey(raw, bits, colour_overlay)
     else:

@@ -170,8 +170,13 @@ def colour_to_grey(rgb: np.ndarray, bits: int, overlay: str) -> tuple[np.ndarray
     Ultrasound tissue is grey; calipers, text and Doppler boxes are saturated colour. Plain
     luminance would leave them as bright/dark marks the model may latch onto, so pixels with
     chroma above ``_CHROMA_OVERLAY`` get the grey value of the nearest non-overlay pixel
-    (``overlay="inpaint"``, default); ``overlay="luminance"`` keeps plain luminance.
+    (``overlay="inpaint"``, default); ``overlay="luminance"`` keeps plain luminance. When half
+    the image or more is coloured (colour Doppler filling the field, a photograph) there is no
+    grey tissue to borrow from and plain luminance is kept; ``colour_overlay_fraction`` in the
+    returned info tells how much was coloured.
     """
+    if overlay not in ("inpaint", "luminance"):
+        raise ValueError(f"colour_overlay must be 'inpaint' or 'luminance', got {overlay!r}")
     x = rgb.astype(np.float32) / float(2**bits - 1)
     luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     chroma = x.max(axis=-1) - x.min(axis=-1)

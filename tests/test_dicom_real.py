@@ -109,3 +109,10 @@ def test_undo_geometry_real(images):
     assert back.shape == (img.meta["rows"], img.meta["cols"])
     r0, r1, c0, c1 = img.crop_box
     np.testing.assert_array_equal(back[r0:r1, c0:c1][:, ::-1], img.pixels)
+
+
+def test_group_real_folder():
+    groups = D.group_dicom_folder(FOLDER)
+    assert sum(len(v) for v in groups.values()) == 8 and groups.notes == []
+    assert all(len(k[0]) == 16 and len(k[1]) == 16 for k in groups)
+    assert D.dicom_frame_count(FILES[0]) == 1

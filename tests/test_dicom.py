@@ -370,3 +370,17 @@ def test_decoder_plugin_missing(tmp_path, monkeypatch):
     with pytest.raises(ImageReadError, match=r"no installed plugin .*Explicit VR Little Endian.*pyjpegls"):
         D.read_dicom(p)
 
+
+
+def test_palette_colour_to_grey(tmp_path):
+    idx = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
+    extra = {}
+    for i, name in enumerate(("Red", "Green", "Blue")):
+        p_ds = Dataset()
+        p_ds.add_new(0x00281101 + i, "US", [256, 0, 16])  # <colour> Palette Color LUT Descriptor
+        p_ds.add_new(0x00281201 + i, "OW", (np.arange(256, dtype=np.uint16) * 256).tobytes())  # grey ramp
+        extra[f"{name}PaletteColorLookupTableDescriptor"] = p_ds[0x00281101 + i].value
+        extra[f"{name}PaletteColorLookupTableData"] = p_ds[0x00281201 + i].value
+    p = write_dicom(tmp_path / "pal.dcm", idx, photometric="PALETTE COLOR", modality="US", sop=US_SOP, **extra)
+    img = D.read_dicom(p)
+    np.testing.assert_allclose(img.pixels, idx.astype(np.float32) * 256 / 65535.0, atol=1e-4)

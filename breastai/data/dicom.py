@@ -362,11 +362,12 @@ def read_dicom(
     opts = dict(window_index=int(window_index), apply_voi=apply_voi, canonical=canonical, crop_breast=crop_breast,
                 for_processing=for_processing, voi_source=voi_source)
     flip, box = False, None
+    bits = 8 if raw.dtype == np.uint8 else meta["bits_stored"] or 16
     if photometric == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
         meta["samples_per_pixel"] = 3
+        bits = 8 * raw.dtype.itemsize  # palette entries use their full 8- or 16-bit range
     if meta["samples_per_pixel"] == 3:
-        bits = 8 if raw.dtype == np.uint8 else meta["bits_stored"] or 16
         pixels, info = colour_to_grey(raw, bits, colour_overlay)
     else:
         if raw.ndim == 3 and index is not None:

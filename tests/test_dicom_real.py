@@ -116,3 +116,22 @@ def test_group_real_folder():
     assert sum(len(v) for v in groups.values()) == 8 and groups.notes == []
     assert all(len(k[0]) == 16 and len(k[1]) == 16 for k in groups)
     assert D.dicom_frame_count(FILES[0]) == 1
+
+
+def test_orientation_from_content_when_header_silent(tmp_path, images):
+    """Strip laterality and orientation from real files: the content decision must agree."""
+    import pydicom
+
+    for p in FILES:
+        if "STEREO_SCOUT" in images[p.name].meta["image_type"] or images[p.name].meta["rows"] > 4000:
+            continue  # no chest wall in view / keep the test fast
+        ds = pydicom.dcmread(p)
+        for tag in ("ImageLaterality", "Laterality", "PatientOrientation"):
+            if tag in ds:
+                delattr(ds, tag)
+        q = tmp_path / p.name
+        ds.save_as(q)
+        img = D.read_dicom(q)
+        assert img.meta["orientation_source"] == "content", p.name
+        assert img.flipped_lr == images[p.name].flipped_lr, p.name
+        assert img.meta["laterality"] == images[p.name].meta["laterality"], p.name

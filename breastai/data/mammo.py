@@ -160,7 +160,7 @@ def _resize_bilinear(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     if arr.shape == shape:
         return arr.astype(np.float32, copy=False)
-    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))  # float32 -> mode "F"
     return np.asarray(im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 

@@ -54,7 +54,14 @@ class TBLogger:
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         if self.writer:
             clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-            self.writer.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
+            from torch.utils.tensorboard.summary import hparams
+
+            # Written into this run's own event file (add_hparams would open a second writer).
+            metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items()}
+            for summary in hparams(clean, metric_dict):
+                self.writer.file_writer.add_summary(summary)
+            for k, v in metric_dict.items():
+                self.writer.add_scalar(k, v)
 
     def close(self) -> None:
         if self.writer:

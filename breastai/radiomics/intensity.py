@@ -260,10 +260,14 @@ def ivh_features(
     return out
 
 
-def _sphere_rows(spacing: tuple[float, float, float], radius: float) -> list[tuple[int, int, int]]:
-    """Rows ``(dz, dy, half_width_x)`` of the voxel-centre sphere of ``radius`` mm."""
+def _sphere_rows(spacing: tuple[float, float, float], radius: float, depth: int) -> list[tuple[int, int, int]]:
+    """Rows ``(dz, dy, half_width_x)`` of the voxel-centre sphere of ``radius`` mm.
+
+    Slices further than ``depth - 1`` away can never hold image voxels and are left out.
+    """
     sz, sy, sx = spacing
     rz, ry = int(math.floor(radius / sz + 1e-9)), int(math.floor(radius / sy + 1e-9))
+    rz = min(rz, depth - 1)
     rows = []
     for dz in range(-rz, rz + 1):
         for dy in range(-ry, ry + 1):
@@ -309,7 +313,7 @@ def local_intensity_features(
         spacing: voxel spacing ``(z, y, x)`` in mm, shared by the batch.
         radius_mm: sphere radius (1 cm^3 sphere by default).
     """
-    rows = _sphere_rows(spacing, radius_mm)
+    rows = _sphere_rows(spacing, radius_mm, values.shape[1])
     vf = valid.to(torch.float64)
     x = values.to(torch.float64) * vf
     mean = _sphere_sum(x, rows) / _sphere_sum(vf, rows).clamp_min(1.0)

@@ -2,7 +2,7 @@
 
 Families: ``morphology`` (IBSI 3D morphology, or its 2D analogues for single slices),
 ``statistics``, ``histogram`` (intensity histogram), ``ivh`` (intensity-volume histogram),
-``local`` (local intensity) and, when :mod:`breastai.radiomics.texture` is present, the texture
+``local`` (local intensity), the opt-in ``autocorrelation`` (Moran's I, Geary's C) and, when :mod:`breastai.radiomics.texture` is present, the texture
 families (GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM).
 
 Example::
@@ -15,9 +15,11 @@ Example::
 from .discretise import discretise, resegment
 from .extract import (
     BASE_FAMILIES,
+    OPTIONAL_FAMILIES,
     FeatureTable,
     RadiomicsInputError,
     available_families,
+    default_families,
     extract_features,
     features_for_datalist,
 )
@@ -28,7 +30,9 @@ __all__ = [
     "BASE_FAMILIES",
     "FeatureTable",
     "RadiomicsInputError",
+    "OPTIONAL_FAMILIES",
     "available_families",
+    "default_families",
     "extract_features",
     "features_for_datalist",
     "discretise",

@@ -20,19 +20,23 @@ import torch
 
 from .discretise import discretise
 from .intensity import histogram_features, ivh_features, local_intensity_features, statistics_features
-from .morphology import morphology_features
+from .morphology import autocorrelation, morphology_features
 
 __all__ = [
     "FeatureTable",
     "RadiomicsInputError",
     "BASE_FAMILIES",
+    "OPTIONAL_FAMILIES",
     "available_families",
+    "default_families",
     "texture_families",
     "extract_features",
     "features_for_datalist",
 ]
 
-BASE_FAMILIES = ("morphology", "statistics", "histogram", "ivh", "local")
+BASE_FAMILIES = ("morphology", "statistics", "histogram", "ivh", "local", "autocorrelation")
+# Exact Moran's I / Geary's C cost FFTs over the doubled crop: opt-in.
+OPTIONAL_FAMILIES = ("autocorrelation",)
 _LOCAL_RADIUS_MM = 10.0 * (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
@@ -91,6 +95,11 @@ def texture_families() -> dict[str, tuple[Callable[..., dict[str, torch.Tensor]]
 def available_families() -> list[str]:
     """Every family this installation can compute, in output order."""
     return [*BASE_FAMILIES, *texture_families()]
+
+
+def default_families() -> list[str]:
+    """The families computed when none are named: all available except :data:`OPTIONAL_FAMILIES`."""
+    return [f for f in available_families() if f not in OPTIONAL_FAMILIES]
 
 
 def _texture_aggregations(requested: Sequence[str], offered: Sequence[str]) -> list[str]:
@@ -199,7 +208,11 @@ def _batch_features(lesions: list[_Lesion], families: list[str], tex: dict, aggs
             raise RadiomicsInputError(f"{', '.join(bad)}: no voxel left inside the re-segmentation range {reseg}")
     out: dict[str, torch.Tensor] = {}
     if "morphology" in families:
-        out.update(morphology_features(img, morph_mask, sp, int_mask=int_mask))
+        out.update(morphology_features(img, morph_mask, sp, int_mask=int_mask, autocorr=False))
+    if "autocorrelation" in families:
+        moran, geary = autocorrelation(img, int_mask, sp)
+        pre = "morph2d" if img.shape[1] == 1 else "morph"
+        out.update({f"{pre}_moran_i": moran, f"{pre}_geary_c": geary})
     if "statistics" in families:
         out.update(statistics_features(img, int_mask))
     disc = None
@@ -250,7 +263,8 @@ def extract_features(
         resegment_range: ``(lower, upper)`` IBSI range re-segmentation of the intensity mask
             (either bound may be None); ``lower`` is also the FBS lower bound.
         aggregation: texture aggregation(s), e.g. ``"2d"`` (all 2D ones), ``"2d_avg"``, ``"3d"``.
-        families: subset of :func:`available_families`; default all of them.
+        families: subset of :func:`available_families`; default :func:`default_families` (all
+            but the opt-in ``"autocorrelation"``: Moran's I and Geary's C).
         device: torch device (default CPU).
         batch_size: lesions per batch.
         ids: lesion names used in errors and in the table.
@@ -271,7 +285,7 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tex = texture_families()
-    fams = list(available_families() if families is None else families)
+    fams = list(default_families() if families is None else families)
     unknown = [f for f in fams if f not in BASE_FAMILIES and f not in tex]
     if unknown:
         raise ValueError(f"unknown or unavailable feature families {unknown}; available: {available_families()}")

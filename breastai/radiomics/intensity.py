@@ -89,46 +89,75 @@ LOCAL_FEATURES: dict[str, str] = {
 }
 
 
-class _Sorted:
-    """Per-lesion sorted ROI values; masked-out entries sort to the end as +inf."""
+class _Support:
+    """Each lesion's ROI values as a weighted support: values ``v`` (B, K) with counts ``c``.
+
+    Integral values spanning at most ``2**16`` steps (8/16-bit images, grey levels) become a
+    histogram over ``min..max`` of the batch, so every statistic costs O(K) per lesion rather than
+    O(voxels); other values are sorted (count 1 per ROI voxel, 0 on padding). Both are exact.
+    """
+
+    _MAX_RANGE = 1 << 16
 
     def __init__(self, x: torch.Tensor, m: torch.Tensor) -> None:
-        inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-        self.s = torch.where(m, x, inf).sort(dim=1).values
-        self.n = m.sum(1)
+        dt = x.dtype
+        sel = x[m]
+        if sel.numel():
+            lo, hi = sel.min(), sel.max()
+            if hi - lo < self._MAX_RANGE and bool(torch.all(sel == torch.round(sel))):
+                idx = torch.where(m, x - lo, torch.zeros_like(x)).long()
+                counts = torch.zeros(x.shape[0], int(hi - lo) + 1, dtype=dt, device=x.device)
+                counts.scatter_add_(1, idx, m.to(dt))
+                self.v = (lo + torch.arange(counts.shape[1], device=x.device, dtype=dt)).expand_as(counts)
+                self.c = counts
+                self._finish()
+                return
+        inf = torch.tensor(float("inf"), dtype=dt, device=x.device)
+        srt = torch.where(m, x, inf).sort(dim=1).values
+        self.c = torch.isfinite(srt).to(dt)
+        self.v = torch.where(self.c > 0, srt, torch.zeros_like(srt))
+        self._finish()
+
+    def _finish(self) -> None:
+        self.n = self.c.sum(1)
+        self.cum = torch.cumsum(self.c, 1)
+
+    def sum(self, f: torch.Tensor) -> torch.Tensor:
+        """Count-weighted sum of ``f`` (a function of ``v``, shape (B, K))."""
+        return (self.c * f).sum(1)
+
+    def order(self, k: torch.Tensor) -> torch.Tensor:
+        """The (k+1)-th smallest ROI value of each lesion (``k`` 0-based, shape ``(B,)``)."""
+        pos = torch.searchsorted(self.cum, (k.to(self.cum.dtype) + 0.5)[:, None].contiguous())[:, 0]
+        return self.v.gather(1, pos.clamp_max(self.v.shape[1] - 1)[:, None])[:, 0]
 
     def quantile(self, q: float) -> torch.Tensor:
-        pos = q * (self.n - 1).to(self.s.dtype)
-        lo = pos.floor().long()
-        hi = pos.ceil().long()
-        vlo = self.s.gather(1, lo[:, None])[:, 0]
-        vhi = self.s.gather(1, hi[:, None])[:, 0]
-        return vlo + (vhi - vlo) * (pos - lo.to(self.s.dtype))
+        """Percentile by linear interpolation between order statistics (numpy's default)."""
+        pos = q * (self.n - 1)
+        lo = pos.floor()
+        vlo, vhi = self.order(lo), self.order(pos.ceil())
+        return vlo + (vhi - vlo) * (pos - lo)
 
 
 def _flat(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.flatten(1), mask.flatten(1)
 
 
-def _moment_features(x: torch.Tensor, m: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+def _moment_features(sup: _Support, prefix: str) -> dict[str, torch.Tensor]:
     """Distribution statistics shared by the statistics and histogram families."""
-    mf = m.to(x.dtype)
-    n = mf.sum(1)
-    xz = torch.where(m, x, torch.zeros_like(x))
-    mu = xz.sum(1) / n
-    d = (x - mu[:, None]) * mf
-    m2 = (d**2).sum(1) / n
-    m3 = (d**3).sum(1) / n
-    m4 = (d**4).sum(1) / n
+    v, n = sup.v, sup.n
+    mu = sup.sum(v) / n
+    d = v - mu[:, None]
+    d2 = d * d
+    m2 = sup.sum(d2) / n
+    m3 = sup.sum(d2 * d) / n
+    m4 = sup.sum(d2 * d2) / n
     flat = m2 <= 1e-12 * (mu.abs() + 1) ** 2
     safe = torch.where(flat, torch.ones_like(m2), m2)
-    srt = _Sorted(x, m)
-    p10, p25, p50, p75, p90 = (srt.quantile(q) for q in (0.10, 0.25, 0.50, 0.75, 0.90))
-    lo, hi = srt.s[:, 0], srt.s.gather(1, (srt.n - 1)[:, None])[:, 0]
-    robust = m & (x >= p10[:, None]) & (x <= p90[:, None])
-    rf = robust.to(x.dtype)
-    rn = rf.sum(1)
-    rmu = (x * rf).sum(1) / rn
+    p10, p25, p50, p75, p90 = (sup.quantile(q) for q in (0.10, 0.25, 0.50, 0.75, 0.90))
+    lo, hi = sup.order(torch.zeros_like(n)), sup.order(n - 1)
+    rw = sup.c * ((v >= p10[:, None]) & (v <= p90[:, None]))
+    rmu = (rw * v).sum(1) / rw.sum(1)
     out = {
         "mean": mu,
         "var": m2,
@@ -141,9 +170,9 @@ def _moment_features(x: torch.Tensor, m: torch.Tensor, prefix: str) -> dict[str,
         "max": hi,
         "iqr": p75 - p25,
         "range": hi - lo,
-        "mad": d.abs().sum(1) / n,
-        "rmad": ((x - rmu[:, None]).abs() * rf).sum(1) / rn,
-        "medad": ((x - p50[:, None]).abs() * mf).sum(1) / n,
+        "mad": sup.sum(d.abs()) / n,
+        "rmad": (rw * (v - rmu[:, None]).abs()).sum(1) / rw.sum(1),
+        "medad": sup.sum((v - p50[:, None]).abs()) / n,
         "cov": m2.sqrt() / mu,
         "qcod": (p75 - p25) / (p75 + p25),
     }
@@ -158,10 +187,11 @@ def statistics_features(values: torch.Tensor, mask: torch.Tensor) -> dict[str, t
         mask: bool ``(B, ...)`` ROI intensity mask; every lesion needs at least one voxel.
     """
     x, m = _flat(values, mask)
-    out = _moment_features(x, m, "stat")
-    e = (torch.where(m, x, torch.zeros_like(x)) ** 2).sum(1)
+    sup = _Support(x, m)
+    out = _moment_features(sup, "stat")
+    e = sup.sum(sup.v * sup.v)
     out["stat_energy"] = e
-    out["stat_rms"] = (e / m.sum(1).to(x.dtype)).sqrt()
+    out["stat_rms"] = (e / sup.n).sqrt()
     return out
 
 
@@ -177,7 +207,7 @@ def histogram_features(
             gradient features run over every level in ``lo..hi`` including empty ones.
     """
     x, m = _flat(levels.to(torch.float64), mask)
-    out = _moment_features(x, m, "ih")
+    out = _moment_features(_Support(x, m), "ih")
     lo = lo.to(torch.float64)
     hi = hi.to(torch.float64)
     n_bins = int((hi - lo).max().item()) + 1

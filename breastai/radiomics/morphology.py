@@ -133,6 +133,18 @@ def _com_shift(values: torch.Tensor, mask: torch.Tensor, int_mask: torch.Tensor,
     return (geo - wtd).norm(dim=1)
 
 
+def _fast_size(n: int) -> int:
+    """Smallest 5-smooth integer >= n (FFT lengths with small prime factors are fast)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
 def autocorrelation(values: torch.Tensor, mask: torch.Tensor, spacing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Moran's I and Geary's C with inverse-distance weights, via FFT convolution.
 
@@ -149,15 +161,18 @@ def autocorrelation(values: torch.Tensor, mask: torch.Tensor, spacing: torch.Ten
     n = m.flatten(1).sum(1)
     mu = (x * m).flatten(1).sum(1) / n
     xc = (x - mu.view(-1, 1, 1, 1)) * m
-    sizes = [2 * s - 1 for s in (D, H, W)]
+    sizes = [_fast_size(2 * s - 1) for s in (D, H, W)]
+    # One kernel serves the batch when all lesions share a spacing (the extractor batches so).
+    sp = spacing[:1] if bool((spacing == spacing[:1]).all()) else spacing
+    nb = sp.shape[0]
     # 1/distance kernel on the circular grid; offsets beyond the crop are never reached.
     comps = []
-    for ax, (s, L) in enumerate(zip(sizes, (D, H, W))):
+    for ax, s in enumerate(sizes):
         k = torch.arange(s, device=values.device, dtype=dt)
         k = torch.minimum(k, s - k)
-        shape = [B, 1, 1, 1]
-        shape[ax + 1] = s
-        comps.append((k.view(*shape[1:]).unsqueeze(0) * spacing[:, ax].view(B, 1, 1, 1)) ** 2)
+        shape = [1, 1, 1]
+        shape[ax] = s
+        comps.append((k.view(*shape).unsqueeze(0) * sp[:, ax].view(nb, 1, 1, 1)) ** 2)
     d2 = comps[0] + comps[1] + comps[2]
     kern = torch.where(d2 > 0, 1.0 / d2.clamp_min(1e-300).sqrt(), torch.zeros_like(d2))
     fk = torch.fft.rfftn(kern, s=sizes, dim=(-3, -2, -1))

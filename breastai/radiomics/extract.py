@@ -249,6 +249,7 @@ def extract_features(
     batch_size: int = 64,
     ids: Sequence[str] | None = None,
     progress: Callable[[int], Any] | None = None,
+    max_batch_voxels: int = 1 << 21,
 ) -> FeatureTable:
     """Compute IBSI features for many lesions, batched.
 
@@ -266,9 +267,10 @@ def extract_features(
         families: subset of :func:`available_families`; default :func:`default_families` (all
             but the opt-in ``"autocorrelation"``: Moran's I and Geary's C).
         device: torch device (default CPU).
-        batch_size: lesions per batch.
+        batch_size: most lesions per batch.
         ids: lesion names used in errors and in the table.
         progress: called with the number of lesions finished after every batch.
+        max_batch_voxels: cap on padded voxels per batch (a batch always holds one lesion).
 
     Returns:
         A :class:`FeatureTable` in input order.
@@ -317,9 +319,16 @@ def extract_features(
     done = 0
     while start < len(order):
         batch = [order[start]]
-        while (start + len(batch) < len(order) and len(batch) < batch_size
-               and (order[start + len(batch)].key, order[start + len(batch)].spacing) == (batch[0].key, batch[0].spacing)):
-            batch.append(order[start + len(batch)])
+        dims = list(order[start].image.shape)
+        while start + len(batch) < len(order) and len(batch) < batch_size:
+            nxt = order[start + len(batch)]
+            grown = [max(a, b) for a, b in zip(dims, nxt.image.shape)]
+            # Same level count and spacing, and a padded batch that stays cache/memory friendly.
+            if ((nxt.key, nxt.spacing) != (batch[0].key, batch[0].spacing)
+                    or (len(batch) + 1) * grown[0] * grown[1] * grown[2] > max_batch_voxels):
+                break
+            batch.append(nxt)
+            dims = grown
         start += len(batch)
         res = _batch_features(batch, fams, tex, aggs, disc_kw, resegment_range, dev)
         if names is None:

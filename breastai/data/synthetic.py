@@ -102,7 +102,7 @@ def sample_lesion_params(label: str, rng: np.random.Generator | int | None = Non
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
     rng = _as_rng(rng)
     mal = label == "malignant"
-    s = float(rng.beta(5.0, 2.2) if mal else rng.beta(2.2, 5.0))
+    s = float(rng.beta(5.5, 2.0) if mal else rng.beta(2.0, 5.5))
 
     # Lobulation (k = 2..4) is common to both; fine margin roughness (k = 5..14) grows with s.
     k = np.arange(2, 15)
@@ -119,15 +119,15 @@ def sample_lesion_params(label: str, rng: np.random.Generator | int | None = Non
 
     # Benign lesions are usually wider than tall (parallel to the skin); cancers tend to
     # grow across tissue planes (taller-than-wide).
-    aspect = float(np.exp(rng.normal(np.log(0.62) + 0.75 * s, 0.16)))
+    aspect = float(np.exp(rng.normal(np.log(0.55) + 1.0 * s, 0.15)))
     contrast = 0.03 if cystic else float(np.clip(rng.normal(0.24 - 0.12 * s, 0.06), 0.05, 0.45))
-    posterior = float(rng.normal(0.55 - 1.25 * s, 0.3)) + (0.35 if cystic else 0.0)
+    posterior = float(rng.normal(1.2 - 2.8 * s, 0.35)) + (0.3 if cystic else 0.0)
     return LesionParams(
         label=label,
         s=s,
         cx=float(rng.uniform(0.3, 0.7)),
         cy=float(rng.uniform(0.3, 0.52)),
-        r0=float(rng.uniform(0.08, 0.2)),
+        r0=float(rng.uniform(0.09, 0.21)),
         aspect=aspect,
         rot=float(rng.normal(0.0, 0.25)),
         harm_k=k,

@@ -18,7 +18,7 @@ from .calibration import apply_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.datalist import atomic_write_text, read_datalist
 from .engine import predict_loader
-from .metrics import evaluation_report
+from .metrics import ece, evaluation_report
 from .training import _loader, build_dataset, resolve_device
 
 __all__ = ["evaluate_checkpoint"]
@@ -47,8 +47,9 @@ def evaluate_checkpoint(
     pred = predict_loader(model, _loader(ds, cfg, False, None, 0), dev, progress=True)
     y = pred["label"].astype(int)
     probs = apply_temperature(pred["logit"], state["temperature"])
-    report = evaluation_report(y, probs, state["threshold"])
-    report["ece_uncalibrated"] = evaluation_report(y, apply_temperature(pred["logit"], 1.0), state["threshold"])["ece"]
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    report = evaluation_report(y, probs, state["threshold"], n_boot=n_boot)
+    report["ece_uncalibrated"] = ece(y, apply_temperature(pred["logit"], 1.0))
     report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"])
 
     out = Path(out)

@@ -28,7 +28,7 @@ from .data.datalist import atomic_write_text, read_datalist
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
 from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
-from .metrics import choose_threshold, evaluation_report, roc_auc, summarise_folds
+from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summarise_folds
 from .models import MODELS, create_model
 from .tblog import TBLogger
 
@@ -262,16 +262,17 @@ def fit(
                               "last_weights_digest": last_digest}
     val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
     val_probs = apply_temperature(val["logit"], state["temperature"])
-    val_report = evaluation_report(val["label"], val_probs, state["threshold"])
-    val_report["ece_uncalibrated"] = evaluation_report(val["label"], apply_temperature(val["logit"], 1.0), state["threshold"])["ece"]
+    nb = int(cfg["eval"]["bootstrap"])
+    val_report = evaluation_report(val["label"], val_probs, state["threshold"], n_boot=nb)
+    val_report["ece_uncalibrated"] = ece(val["label"], apply_temperature(val["logit"], 1.0))
     result["val"] = val_report
     if len(split.get("test", [])):
         test_recs = [records[i] for i in split["test"]]
         test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
                               amp=amp, channels_last=channels_last)
         probs = apply_temperature(test["logit"], state["temperature"])
-        rep = evaluation_report(test["label"], probs, state["threshold"])
-        rep["ece_uncalibrated"] = evaluation_report(test["label"], apply_temperature(test["logit"], 1.0), state["threshold"])["ece"]
+        rep = evaluation_report(test["label"], probs, state["threshold"], n_boot=nb)
+        rep["ece_uncalibrated"] = ece(test["label"], apply_temperature(test["logit"], 1.0))
         result["test"] = rep
         result["test_predictions"] = [
             {"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
@@ -302,7 +303,9 @@ def _log_best_epoch(tb: TBLogger, cfg, model, val_ds, val, val_probs, state) -> 
     m = binary_metrics(y, val_probs, state["threshold"])
     cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
     tb.figure("best/confusion", plots.figure_confusion(cm, state["classes"]), step)
-    tb.figure("best/reliability", plots.figure_calibration(y, val_probs), step)
+    raw = apply_temperature(val["logit"], 1.0)
+    tb.figure("best/reliability", plots.figure_calibration(y, {"before scaling": raw, "after scaling": val_probs}), step)
+    tb.scalars({"ece/val_uncalibrated": ece(y, raw), "ece/val_calibrated": ece(y, val_probs)}, step)
     n = min(cfg["log"]["image_grid"], len(val_ds))
     order = np.argsort(val["index"])[:n]
     imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])

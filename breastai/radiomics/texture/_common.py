@@ -1,0 +1,293 @@
+"""Shared machinery for the IBSI texture families.
+
+Conventions used by every family module:
+
+* ``levels`` is an integer tensor ``(B, D, H, W)`` of discretised grey levels ``1..n_levels``;
+  ``mask`` a bool tensor of the same shape (the ROI intensity mask). Voxels outside the mask are
+  ignored whatever their value. 2D images use ``D == 1``. IBSI "2D" slices are the ``(H, W)``
+  planes, i.e. the axial plane when ``D`` is the z axis.
+* Internally the masked image ``lv`` holds ``0`` outside the ROI, so "neighbour is in the ROI"
+  is simply ``lv > 0``.
+* Matrices that are indexed by grey level ``i`` and a second positive integer ``j`` (run length,
+  zone size, zone distance, dependence count) are kept *sparse*: a list of ``(group, i, j, count)``
+  entries, because zone sizes can reach the ROI voxel count. ``grid_features`` computes the 16/17
+  IBSI features shared by GLRLM, GLSZM, GLDZM and NGLDM from that form.
+* Feature values are computed in float64; groups with an empty matrix give NaN and are left out of
+  feature averaging (an ROI slice without any voxel does not count as a slice).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+__all__ = [
+    "DIRECTIONS_2D",
+    "DIRECTIONS_3D",
+    "SparseGrid",
+    "prepare",
+    "parse_directional_aggregation",
+    "parse_zone_aggregation",
+    "neighbour_offsets",
+    "shifted_views",
+    "masked_mean",
+    "reduce_directional",
+    "grid_features",
+    "GRID_KEYS",
+    "line_order",
+]
+
+# Direction vectors (dz, dy, dx) for Chebyshev distance 1; each unordered pair of opposite
+# directions once (IBSI texture section: 4 in-plane directions in 2D, 13 in 3D).
+DIRECTIONS_2D: tuple[tuple[int, int, int], ...] = ((0, 0, 1), (0, 1, 1), (0, 1, 0), (0, 1, -1))
+DIRECTIONS_3D: tuple[tuple[int, int, int], ...] = DIRECTIONS_2D + (
+    (1, 0, 0), (1, 0, 1), (1, 0, -1), (1, 1, 0), (1, -1, 0),
+    (1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1),
+)
+
+_DIRECTIONAL = {
+    "2d_avg": "2d_avg", "2d_averaged": "2d_avg", "2d": "2d_avg",
+    "2d_merged": "2d_merged", "2d_s_mrg": "2d_merged", "2d_smrg": "2d_merged",
+    "2d_comb": "2d_merged", "2d_mrg": "2d_merged", "2d_slice_merged": "2d_merged",
+    "2.5d_d_merged": "2.5d_d_merged", "2.5d_d_mrg": "2.5d_d_merged", "2.5d_dmrg": "2.5d_d_merged",
+    "2.5d_avg": "2.5d_d_merged", "2.5d_direction_merged": "2.5d_d_merged",
+    "2.5d_v_merged": "2.5d_v_merged", "2.5d_v_mrg": "2.5d_v_merged", "2.5d_vmrg": "2.5d_v_merged",
+    "2.5d_comb": "2.5d_v_merged", "2.5d_merged": "2.5d_v_merged", "2.5d_mrg": "2.5d_v_merged",
+    "2.5d": "2.5d_v_merged",
+    "3d_avg": "3d_avg", "3d_averaged": "3d_avg", "3d": "3d_avg",
+    "3d_merged": "3d_merged", "3d_v_mrg": "3d_merged", "3d_mrg": "3d_merged", "3d_comb": "3d_merged",
+}
+_ZONE = {"2d": "2d", "2.5d": "2.5d", "3d": "3d"}
+
+
+def _normalise_name(aggregation: str) -> str:
+    if not isinstance(aggregation, str):
+        raise TypeError(f"aggregation must be a string, got {type(aggregation).__name__}")
+    name = aggregation.strip().lower().replace("-", "_").replace(" ", "_").replace(",", "")
+    return name.replace("2_5d", "2.5d")
+
+
+def parse_directional_aggregation(aggregation: str) -> str:
+    """Map an aggregation name (ours or an IBSI reference tag suffix) to a canonical GLCM/GLRLM one.
+
+    Canonical names: ``2d_avg``, ``2d_merged``, ``2.5d_d_merged``, ``2.5d_v_merged``, ``3d_avg``,
+    ``3d_merged``. Accepted aliases include the IBSI reference tag suffixes ``2D_avg``, ``2D_comb``,
+    ``2_5D_avg``, ``2_5D_comb``, ``3D_avg``, ``3D_comb`` and ``2D_s_mrg``/``2.5D_d_mrg``/
+    ``2.5D_v_mrg``/``3D_v_mrg``.
+    """
+    name = _normalise_name(aggregation)
+    if name not in _DIRECTIONAL:
+        raise ValueError(f"unknown texture aggregation {aggregation!r}; expected one of "
+                         f"{sorted(set(_DIRECTIONAL.values()))} or an IBSI tag suffix")
+    return _DIRECTIONAL[name]
+
+
+def parse_zone_aggregation(aggregation: str) -> str:
+    """Map an aggregation name to ``2d``, ``2.5d`` or ``3d`` for the zone/neighbourhood families.
+
+    The directional names are accepted too and mapped by dimensionality (``2d_*`` -> ``2d``,
+    ``2.5d_*`` -> ``2.5d``, ``3d_*`` -> ``3d``), so one aggregation string can drive all families.
+    """
+    name = _normalise_name(aggregation)
+    if name in _ZONE:
+        return _ZONE[name]
+    if name in _DIRECTIONAL:
+        return _DIRECTIONAL[name].split("_")[0]
+    raise ValueError(f"unknown texture aggregation {aggregation!r}; expected '2d', '2.5d' or '3d'")
+
+
+def prepare(levels: torch.Tensor, mask: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """Validate inputs and return the masked level image (int64, 0 outside the ROI)."""
+    if not isinstance(levels, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise TypeError("levels and mask must be torch tensors")
+    if levels.dim() != 4:
+        raise ValueError(f"levels must have shape (B, D, H, W), got {tuple(levels.shape)}")
+    if mask.shape != levels.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from levels shape {tuple(levels.shape)}")
+    if levels.is_floating_point() or levels.is_complex():
+        raise TypeError(f"levels must be an integer tensor, got {levels.dtype}")
+    if int(n_levels) < 1:
+        raise ValueError(f"n_levels must be >= 1, got {n_levels}")
+    mask = mask.to(torch.bool)
+    lv = torch.where(mask, levels.to(torch.int64), torch.zeros((), dtype=torch.int64, device=levels.device))
+    if mask.any():
+        inside = lv[mask]
+        lo, hi = int(inside.min()), int(inside.max())
+        if lo < 1 or hi > int(n_levels):
+            raise ValueError(f"grey levels inside the mask must lie in 1..{n_levels}, found {lo}..{hi}")
+    return lv
+
+
+def neighbour_offsets(three_d: bool, distance: int = 1) -> list[tuple[int, int, int]]:
+    """All offsets within Chebyshev distance ``distance`` (centre excluded), in-plane if not 3D."""
+    r = range(-distance, distance + 1)
+    zr = r if three_d else range(0, 1)
+    return [o for o in itertools.product(zr, r, r) if o != (0, 0, 0)]
+
+
+def shifted_views(x: torch.Tensor, offset: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Views ``(a, b, z0)`` of ``x`` (B, D, H, W) with ``b[p] = x[p + offset]`` where both exist.
+
+    ``z0`` is the slice index of ``a[:, 0]`` so that slice coordinates can be recovered.
+    """
+    sl_a, sl_b = [slice(None)], [slice(None)]
+    for o, n in zip(offset, x.shape[1:]):
+        sl_a.append(slice(max(0, -o), n - max(0, o)))
+        sl_b.append(slice(max(0, o), n - max(0, -o)))
+    return x[tuple(sl_a)], x[tuple(sl_b)], max(0, -offset[0])
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean of ``values`` over ``dims`` counting only ``valid`` entries (NaN when none is valid)."""
+    if not dims:
+        return torch.where(valid, values, torch.full_like(values, float("nan")))
+    w = valid.to(values.dtype)
+    total = torch.where(valid, values, torch.zeros_like(values)).sum(dim=dims)
+    count = w.sum(dim=dims)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def reduce_directional(mats: torch.Tensor, nv: torch.Tensor, mode: str, feature_fn) -> dict[str, torch.Tensor]:
+    """Apply an IBSI aggregation to directional matrices and return per-lesion features.
+
+    Args:
+        mats: ``(B, Z, K, ...)`` per-slice, per-direction matrices for 2D/2.5D modes, or
+            ``(B, K, ...)`` per-direction 3D matrices for 3D modes (float64).
+        nv: voxel counts, ``(B, Z)`` or ``(B,)``; summed alongside matrices when merging
+            (IBSI: merged matrices use the summed ``N_v``).
+        mode: canonical aggregation name.
+        feature_fn: ``(matrices, nv) -> dict[name, tensor]`` on any leading shape.
+    """
+    extra = mats.dim() - (2 if mode.startswith("3d") else 3)  # trailing matrix dims
+    k = mats.shape[2] if not mode.startswith("3d") else mats.shape[1]
+    if mode == "2d_avg":
+        m, n, dims = mats, nv[:, :, None].expand(-1, -1, k), (1, 2)
+    elif mode == "2d_merged":
+        m, n, dims = mats.sum(2), nv * k, (1,)
+    elif mode == "2.5d_d_merged":
+        m, n, dims = mats.sum(1), nv.sum(1, keepdim=True).expand(-1, k), (1,)
+    elif mode == "2.5d_v_merged":
+        m, n, dims = mats.sum((1, 2)), nv.sum(1) * k, ()
+    elif mode == "3d_avg":
+        m, n, dims = mats, nv[:, None].expand(-1, k), (1,)
+    elif mode == "3d_merged":
+        m, n, dims = mats.sum(1), nv * k, ()
+    else:  # pragma: no cover - parse_directional_aggregation guards this
+        raise ValueError(mode)
+    valid = m.flatten(start_dim=m.dim() - extra).sum(-1) > 0
+    feats = feature_fn(m, n.to(torch.float64))
+    return {name: masked_mean(v, valid, dims) for name, v in feats.items()}
+
+
+@dataclass
+class SparseGrid:
+    """Sparse grey-level x j matrices for ``n_groups`` groups (entries with positive counts)."""
+
+    group: torch.Tensor  # int64 (E,)
+    i: torch.Tensor      # int64 (E,), grey level 1..n_levels
+    j: torch.Tensor      # int64 (E,), run length / zone size / distance / dependence, >= 1
+    count: torch.Tensor  # float64 (E,)
+    n_groups: int
+    n_levels: int
+
+    @staticmethod
+    def from_items(group: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n_groups: int, n_levels: int,
+                   weight: torch.Tensor | None = None) -> "SparseGrid":
+        """Coalesce one entry per item (run, zone, voxel) into counts per ``(group, i, j)``."""
+        jmax = int(j.max()) + 1 if j.numel() else 1
+        key = (group * n_levels + (i - 1)) * jmax + j
+        uniq, inv = torch.unique(key, return_inverse=True)
+        w = torch.ones_like(key, dtype=torch.float64) if weight is None else weight.to(torch.float64)
+        cnt = torch.zeros(uniq.numel(), dtype=torch.float64, device=key.device).index_add_(0, inv, w)
+        jj = uniq % jmax
+        rest = uniq // jmax
+        return SparseGrid(rest // n_levels, rest % n_levels + 1, jj, cnt, n_groups, n_levels)
+
+    @staticmethod
+    def from_dense(mat: torch.Tensor) -> "SparseGrid":
+        """From a dense ``(G, n_levels, J)`` count matrix whose column ``c`` holds ``j = c + 1``."""
+        g, i, j = torch.nonzero(mat, as_tuple=True)
+        return SparseGrid(g, i + 1, j + 1, mat[g, i, j].to(torch.float64), mat.shape[0], mat.shape[1])
+
+    def regroup(self, new_group_of: torch.Tensor, n_groups: int) -> "SparseGrid":
+        """Merge matrices: group ``g`` goes to ``new_group_of[g]`` and counts are summed."""
+        return SparseGrid.from_items(new_group_of[self.group], self.i, self.j, n_groups, self.n_levels,
+                                     weight=self.count)
+
+
+GRID_KEYS = ("sje", "lje", "lge", "hge", "sjlge", "sjhge", "ljlge", "ljhge", "glnu", "glnu_norm",
+             "jnu", "jnu_norm", "perc", "gl_var", "j_var", "entr", "energy")
+
+
+def grid_features(m: SparseGrid, nv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The IBSI features common to GLRLM, GLSZM, GLDZM and NGLDM, per group.
+
+    With counts ``c_ij``, ``N_s = sum c_ij``, ``p_ij = c_ij / N_s``, marginals ``c_i.`` and ``c_.j``:
+    sje = sum c_.j/j^2 / N_s; lje = sum j^2 c_.j / N_s; lge = sum c_i./i^2 / N_s;
+    hge = sum i^2 c_i. / N_s; sjlge = sum c_ij/(i^2 j^2) / N_s; sjhge = sum i^2 c_ij/j^2 / N_s;
+    ljlge = sum j^2 c_ij/i^2 / N_s; ljhge = sum i^2 j^2 c_ij / N_s; glnu = sum c_i.^2 / N_s;
+    glnu_norm = sum c_i.^2 / N_s^2; jnu = sum c_.j^2 / N_s; jnu_norm = sum c_.j^2 / N_s^2;
+    perc = N_s / N_v; gl_var = sum (i - mu_i)^2 p_ij; j_var = sum (j - mu_j)^2 p_ij;
+    entr = -sum p_ij log2 p_ij; energy = sum p_ij^2. Empty groups give NaN.
+    """
+    g, dev, G = m.group, m.count.device, m.n_groups
+    i = m.i.to(torch.float64)
+    j = m.j.to(torch.float64)
+    c = m.count
+
+    def gsum(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, g, x)
+
+    ns = gsum(c)
+    ns_safe = torch.where(ns > 0, ns, torch.full_like(ns, float("nan")))
+    out = {
+        "sje": gsum(c / j**2), "lje": gsum(c * j**2), "lge": gsum(c / i**2), "hge": gsum(c * i**2),
+        "sjlge": gsum(c / (i**2 * j**2)), "sjhge": gsum(c * i**2 / j**2),
+        "ljlge": gsum(c * j**2 / i**2), "ljhge": gsum(c * i**2 * j**2),
+    }
+    out = {k: v / ns_safe for k, v in out.items()}
+    ci = torch.zeros(G * m.n_levels, dtype=torch.float64, device=dev).index_add_(0, g * m.n_levels + m.i - 1, c)
+    ci2 = (ci.view(G, m.n_levels) ** 2).sum(1)
+    jmax = int(m.j.max()) + 1 if m.j.numel() else 1
+    cj = torch.zeros(G * jmax, dtype=torch.float64, device=dev).index_add_(0, g * jmax + m.j, c)
+    cj2 = (cj.view(G, jmax) ** 2).sum(1)
+    out["glnu"], out["glnu_norm"] = ci2 / ns_safe, ci2 / ns_safe**2
+    out["jnu"], out["jnu_norm"] = cj2 / ns_safe, cj2 / ns_safe**2
+    out["perc"] = ns_safe / nv.to(torch.float64)
+    p = c / ns_safe[g]
+    mu_i, mu_j = gsum(p * i), gsum(p * j)
+    out["gl_var"] = gsum(p * (i - mu_i[g]) ** 2) + 0.0 * ns_safe
+    out["j_var"] = gsum(p * (j - mu_j[g]) ** 2) + 0.0 * ns_safe
+    out["entr"] = -gsum(p * torch.log2(p)) + 0.0 * ns_safe
+    out["energy"] = gsum(p**2) + 0.0 * ns_safe
+    return out
+
+
+@lru_cache(maxsize=64)
+def _line_order_cpu(shape: tuple[int, int, int], direction: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permutation putting voxels of each line along ``direction`` contiguously and in order.
+
+    Returns ``(perm, step)``: ``perm`` flat voxel indices sorted by (line, position along line),
+    ``step[k]`` the position of voxel ``perm[k]`` on its line (0 = first voxel of the line).
+    """
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")).reshape(3, -1)
+    big = max(shape) + 1
+    t = torch.full((coords.shape[1],), big, dtype=torch.int64)
+    for ax, d in enumerate(direction):
+        if d > 0:
+            t = torch.minimum(t, coords[ax])
+        elif d < 0:
+            t = torch.minimum(t, shape[ax] - 1 - coords[ax])
+    start = coords - t[None] * torch.tensor(direction)[:, None]
+    line_id = (start[0] * shape[1] + start[1]) * shape[2] + start[2]
+    perm = torch.argsort(line_id * big + t)
+    return perm, t[perm]
+
+
+def line_order(shape: tuple[int, int, int], direction: tuple[int, int, int], device: torch.device):
+    """Device copy of :func:`_line_order_cpu` (cached on CPU)."""
+    perm, step = _line_order_cpu(tuple(int(s) for s in shape), tuple(direction))
+    return perm.to(device), step.to(device)

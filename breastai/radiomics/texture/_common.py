@@ -38,6 +38,10 @@ __all__ = [
     "grid_features",
     "GRID_KEYS",
     "line_order",
+    "padded_neighbours",
+    "slice_groups",
+    "reduce_zone_grid",
+    "label_zones",
 ]
 
 # Direction vectors (dz, dy, dx) for Chebyshev distance 1; each unordered pair of opposite
@@ -291,3 +295,70 @@ def line_order(shape: tuple[int, int, int], direction: tuple[int, int, int], dev
     """Device copy of :func:`_line_order_cpu` (cached on CPU)."""
     perm, step = _line_order_cpu(tuple(int(s) for s in shape), tuple(direction))
     return perm.to(device), step.to(device)
+
+
+def padded_neighbours(lv: torch.Tensor, three_d: bool, distance: int = 1):
+    """Yield, for each Chebyshev neighbour offset, the neighbour image aligned with ``lv``.
+
+    Neighbours outside the image read as 0 (i.e. outside the ROI). Offsets are in-plane unless
+    ``three_d``.
+    """
+    d = int(distance)
+    pad = (d, d, d, d, d, d) if three_d else (d, d, d, d, 0, 0)
+    p = torch.nn.functional.pad(lv, pad)
+    D, H, W = lv.shape[1:]
+    dz0 = d if three_d else 0
+    for oz, oy, ox in neighbour_offsets(three_d, d):
+        yield p[:, dz0 + oz:dz0 + oz + D, d + oy:d + oy + H, d + ox:d + ox + W]
+
+
+def slice_groups(lv: torch.Tensor, three_d: bool) -> torch.Tensor:
+    """Group index per voxel: the lesion ``b`` (3D) or the slice ``b * D + z`` (2D / 2.5D)."""
+    B, D = lv.shape[:2]
+    b = torch.arange(B, device=lv.device).view(B, 1, 1, 1)
+    if three_d:
+        return b.expand_as(lv)
+    return (b * D + torch.arange(D, device=lv.device).view(1, D, 1, 1)).expand_as(lv)
+
+
+def reduce_zone_grid(grid: SparseGrid, nv: torch.Tensor, mode: str, batch: int) -> dict[str, torch.Tensor]:
+    """Aggregate per-slice (``2d``/``2.5d``, groups ``b * D + z``) or per-lesion (``3d``) grids.
+
+    ``2d``: features per slice, averaged over slices that contain ROI voxels; ``2.5d``: slice
+    matrices (and ``N_v``) summed per lesion; ``3d``: the grid already holds one matrix per lesion.
+    """
+    if mode == "3d":
+        return grid_features(grid, nv)
+    n_slices = grid.n_groups // batch
+    if mode == "2.5d":
+        to_lesion = torch.arange(grid.n_groups, device=nv.device) // n_slices
+        return grid_features(grid.regroup(to_lesion, batch), nv.view(batch, n_slices).sum(1))
+    feats = grid_features(grid, nv)
+    valid = (nv > 0).view(batch, n_slices)
+    return {k: masked_mean(v.view(batch, n_slices), valid, (1,)) for k, v in feats.items()}
+
+
+def label_zones(lv: torch.Tensor, three_d: bool) -> tuple[torch.Tensor, int]:
+    """Connected zones of equal grey level (8-connected in-plane, or 26-connected in 3D).
+
+    Returns ``(labels, n_zones)``: int64 labels ``0..n_zones-1`` inside the ROI and -1 outside,
+    unique over the whole batch (zones never link different lesions, nor slices unless 3D).
+    Labelling runs on CPU with :func:`scipy.ndimage.label`, one call per grey level present.
+    """
+    from scipy import ndimage
+    import numpy as np
+
+    arr = lv.detach().cpu().numpy()
+    structure = np.zeros((3, 3, 3, 3), dtype=bool)
+    if three_d:
+        structure[1] = True
+    else:
+        structure[1, 1] = True
+    out = np.full(arr.shape, -1, dtype=np.int64)
+    offset = 0
+    for g in np.unique(arr[arr > 0]):
+        lab, n = ndimage.label(arr == g, structure=structure)
+        sel = lab > 0
+        out[sel] = lab[sel] - 1 + offset
+        offset += n
+    return torch.from_numpy(out).to(lv.device), offset

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, parse_directional_aggregation, prepare,
-                      reduce_directional, shifted_views)
+from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, index_dtype, parse_directional_aggregation, prepare,
+                      reduce_directional, shifted_views, slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glcm_features", "glcm_matrices"]
 
@@ -80,23 +80,24 @@ def glcm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool, distance: int 
     False, else ``(B, 13, Ng, Ng)`` per 3D direction.
     """
     B, D = lv.shape[:2]
-    ng = n_levels
+    ng1 = n_levels + 1
     dirs = DIRECTIONS_3D if three_d else DIRECTIONS_2D
     n_grp = B if three_d else B * D
+    size = n_grp * ng1 * ng1
+    dt = index_dtype(size)
+    lvx = lv.to(dt)
+    # Bin of the first voxel of a pair, including grey level 0 (= outside the ROI); pairs touching
+    # the outside land in row/column 0, which is dropped, so no masked indexing is needed.
+    base = (slice_groups(lv, three_d, dt) * ng1 + lvx) * ng1
     out = []
     for d in dirs:
-        a, b, z0 = shifted_views(lv, tuple(distance * c for c in d))
-        ok = (a > 0) & (b > 0)
-        if three_d:
-            grp = torch.arange(B, device=lv.device).view(B, 1, 1, 1).expand_as(a)
-        else:
-            zi = torch.arange(z0, z0 + a.shape[1], device=lv.device).view(1, -1, 1, 1)
-            grp = (torch.arange(B, device=lv.device).view(B, 1, 1, 1) * D + zi).expand_as(a)
-        idx = (grp[ok] * ng + a[ok] - 1) * ng + b[ok] - 1
-        cnt = torch.bincount(idx, minlength=n_grp * ng * ng).to(torch.float64).view(n_grp, ng, ng)
+        off = tuple(distance * c for c in d)
+        idx = shifted_views(base, off)[0] + shifted_views(lvx, off)[1]
+        cnt = torch.bincount(idx.reshape(-1), minlength=size).view(n_grp, ng1, ng1)[:, 1:, 1:]
+        cnt = cnt.to(torch.float64)
         out.append(cnt + cnt.transpose(1, 2))
     mats = torch.stack(out, dim=1)  # (n_grp, K, ng, ng)
-    return mats if three_d else mats.view(B, D, len(dirs), ng, ng)
+    return mats if three_d else mats.view(B, D, len(dirs), n_levels, n_levels)
 
 
 def _features(m: torch.Tensor, nv: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -103,9 +103,11 @@ def gldzm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
     three_d = mode == "3d"
     zt = zone_table(lv, three_d)
     dist = border_distance(lv > 0, three_d)
-    inside = zt.labels >= 0
-    zone_dist = torch.full((zt.level.numel(),), torch.iinfo(torch.int64).max, dtype=torch.int64, device=lv.device)
-    zone_dist = zone_dist.scatter_reduce(0, zt.labels[inside], dist[inside], reduce="amin")
+    zone_dist = torch.zeros(zt.level.numel(), dtype=torch.int64, device=lv.device)
+    # Voxels outside the ROI carry distance 0 and all fall into entry 0, which has level 0 and is
+    # dropped by SparseGrid; the max-initialised entries are overwritten by every zone's minimum.
+    zone_dist = zone_dist.fill_(torch.iinfo(torch.int64).max).scatter_reduce(
+        0, zt.labels.reshape(-1), dist.reshape(-1), reduce="amin")
     grid = SparseGrid.from_items(zt.group, zt.level, zone_dist, zt.n_groups, int(n_levels))
     f = reduce_zone_grid(grid, zt.nv, mode, lv.shape[0])
     return {tag: f[key] for tag, key, _, _ in _TABLE}

@@ -66,32 +66,36 @@ def glrlm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool) -> torch.Tens
     False, else ``(B, 13, Ng, Lmax)``; column ``c`` holds run length ``c + 1``.
     """
     B, D, H, W = lv.shape
-    ng = n_levels
+    ng1 = n_levels + 1
     dirs = DIRECTIONS_3D if three_d else DIRECTIONS_2D
     lmax = max(D, H, W) if three_d else max(H, W)
     n_grp = B if three_d else B * D
+    size = n_grp * ng1 * lmax
     flat = lv.reshape(B, -1)
+    n_vox = flat.shape[1]
     out = []
     for d in dirs:
         perm, step = line_order((D, H, W), d, lv.device)
         v = flat[:, perm]
         valid = v > 0
-        # A voxel continues the run of its predecessor on the same line when levels are equal
-        # (equal and valid implies the predecessor is in the ROI too).
-        cont = torch.zeros_like(valid)
-        cont[:, 1:] = (step[1:] > 0) & (v[:, 1:] == v[:, :-1])
-        start = (valid & ~cont).reshape(-1)
-        run_id = torch.cumsum(start.to(torch.int64), 0) - 1
-        n_runs = int(run_id[-1]) + 1 if run_id.numel() else 0
-        length = torch.bincount(run_id[valid.reshape(-1)], minlength=n_runs)
-        pos = torch.nonzero(start, as_tuple=True)[0]
-        b_idx, k_idx = pos // perm.numel(), pos % perm.numel()
-        lvl = v.reshape(-1)[pos]
-        grp = b_idx if three_d else b_idx * D + perm[k_idx] // (H * W)
-        idx = (grp * ng + lvl - 1) * lmax + length - 1
-        out.append(torch.bincount(idx, minlength=n_grp * ng * lmax).to(torch.float64).view(n_grp, ng, lmax))
+        # Neighbours along the line with equal levels belong to the same run (equal and valid
+        # implies both are in the ROI); runs begin where that link is missing before the voxel
+        # and end where it is missing after it.
+        link = (step[1:] > 0) & (v[:, 1:] == v[:, :-1]) & valid[:, 1:]
+        no_link = torch.ones((B, 1), dtype=torch.bool, device=lv.device)
+        start = valid & torch.cat([no_link, ~link], dim=1)
+        end = valid & torch.cat([~link, no_link], dim=1)
+        s_pos = torch.nonzero(start.reshape(-1), as_tuple=True)[0]
+        e_pos = torch.nonzero(end.reshape(-1), as_tuple=True)[0]
+        length = e_pos - s_pos + 1
+        lvl = v.reshape(-1)[s_pos].to(torch.int64)
+        b_idx = s_pos // n_vox
+        grp = b_idx if three_d else b_idx * D + perm[s_pos - b_idx * n_vox] // (H * W)
+        idx = (grp * ng1 + lvl) * lmax + length - 1
+        cnt = torch.bincount(idx, minlength=size).view(n_grp, ng1, lmax)[:, 1:]
+        out.append(cnt.to(torch.float64))
     mats = torch.stack(out, dim=1)
-    return mats if three_d else mats.view(B, D, len(dirs), ng, lmax)
+    return mats if three_d else mats.view(B, D, len(dirs), n_levels, lmax)
 
 
 def _features(m: torch.Tensor, nv: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -61,12 +61,12 @@ AGGREGATIONS = ("2d", "2.5d", "3d")
 
 @dataclass
 class ZoneTable:
-    """Per-zone attributes of a labelled batch (zones are numbered ``0..n-1``)."""
+    """Per-zone attributes of a labelled batch; entry 0 stands for "outside the ROI" (level 0)."""
 
-    labels: torch.Tensor  # (B, D, H, W) zone id, -1 outside the ROI
-    level: torch.Tensor   # (n,) grey level
-    size: torch.Tensor    # (n,) voxel count
-    group: torch.Tensor   # (n,) lesion b (3D) or slice b * D + z (2D)
+    labels: torch.Tensor  # (B, D, H, W) int64 zone id 1..n, 0 outside the ROI
+    level: torch.Tensor   # (n + 1,) grey level (0 for entry 0)
+    size: torch.Tensor    # (n + 1,) voxel count
+    group: torch.Tensor   # (n + 1,) lesion b (3D) or slice b * D + z (2D)
     n_groups: int
     nv: torch.Tensor      # (n_groups,) ROI voxels per group
 
@@ -74,15 +74,14 @@ class ZoneTable:
 def zone_table(lv: torch.Tensor, three_d: bool) -> ZoneTable:
     """Label zones of a masked level image and collect their level, size and group."""
     labels, n = label_zones(lv, three_d)
-    inside = labels >= 0
-    ids = labels[inside]
-    grp_vox = slice_groups(lv, three_d)[inside]
-    size = torch.bincount(ids, minlength=n)
-    level = torch.zeros(n, dtype=torch.int64, device=lv.device).scatter_(0, ids, lv[inside])
-    group = torch.zeros(n, dtype=torch.int64, device=lv.device).scatter_(0, ids, grp_vox)
+    flat = labels.reshape(-1)
+    grp_vox = slice_groups(lv, three_d).reshape(-1)
+    size = torch.bincount(flat, minlength=n + 1)
+    level = torch.zeros(n + 1, dtype=torch.int64, device=lv.device).scatter_(0, flat, lv.reshape(-1).to(torch.int64))
+    group = torch.zeros(n + 1, dtype=torch.int64, device=lv.device).scatter_(0, flat, grp_vox)
     B, D = lv.shape[:2]
     n_groups = B if three_d else B * D
-    nv = torch.bincount(grp_vox, minlength=n_groups)
+    nv = torch.bincount(grp_vox, weights=(lv > 0).reshape(-1).to(torch.float64), minlength=n_groups)
     return ZoneTable(labels, level, size, group, n_groups, nv)
 
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import SparseGrid, padded_neighbours, parse_zone_aggregation, prepare, reduce_zone_grid, slice_groups
+from ._common import (SparseGrid, index_dtype, padded_neighbours, parse_zone_aggregation, prepare,
+                      reduce_zone_grid, slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "ngldm_features", "ngldm_matrices"]
 
@@ -63,17 +64,21 @@ AGGREGATIONS = ("2d", "2.5d", "3d")
 def ngldm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool, distance: int = 1,
                    alpha: int = 0) -> tuple[SparseGrid, torch.Tensor]:
     """Sparse NGLDM per slice (``B * D`` groups) or per lesion (3D), and ROI voxels per group."""
-    dep = torch.ones(lv.shape, dtype=torch.int64, device=lv.device)
+    dep = torch.ones(lv.shape, dtype=torch.int32, device=lv.device)
     for nb in padded_neighbours(lv, three_d, distance):
         dep += (nb > 0) & ((nb - lv).abs() <= alpha)
-    inside = lv > 0
-    grp = slice_groups(lv, three_d)[inside]
     B, D = lv.shape[:2]
     n_groups = B if three_d else B * D
+    ng1 = n_levels + 1
     n_dep = (2 * distance + 1) ** (3 if three_d else 2)
-    idx = (grp * n_levels + lv[inside] - 1) * n_dep + dep[inside] - 1
-    dense = torch.bincount(idx, minlength=n_groups * n_levels * n_dep).view(n_groups, n_levels, n_dep)
-    return SparseGrid.from_dense(dense), torch.bincount(grp, minlength=n_groups)
+    size = n_groups * ng1 * n_dep
+    dt = index_dtype(size)
+    grp = slice_groups(lv, three_d, dt)
+    # Level 0 (outside the ROI) goes to row 0, which is dropped.
+    idx = ((grp * ng1 + lv.to(dt)) * n_dep + dep.to(dt) - 1).reshape(-1)
+    dense = torch.bincount(idx, minlength=size).view(n_groups, ng1, n_dep)[:, 1:]
+    nv = torch.bincount(grp.reshape(-1), weights=(lv > 0).reshape(-1).to(torch.float64), minlength=n_groups)
+    return SparseGrid.from_dense(dense), nv
 
 
 def ngldm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int, aggregation: str = "2d",

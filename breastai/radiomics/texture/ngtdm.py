@@ -40,20 +40,22 @@ COARSENESS_MAX = 1.0e6
 def ngtdm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool,
                    distance: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(n, s)``, each float64 ``(G, Ng)``, per slice (``G = B * D``) or per lesion (3D)."""
-    nb_sum = torch.zeros(lv.shape, dtype=torch.float64, device=lv.device)
-    nb_cnt = torch.zeros(lv.shape, dtype=torch.int64, device=lv.device)
+    nb_sum = torch.zeros(lv.shape, dtype=torch.int32, device=lv.device)
+    nb_cnt = torch.zeros(lv.shape, dtype=torch.int32, device=lv.device)
     for nb in padded_neighbours(lv, three_d, distance):
         nb_sum += nb
         nb_cnt += nb > 0
-    ok = (lv > 0) & (nb_cnt > 0)
-    diff = (lv[ok] - nb_sum[ok] / nb_cnt[ok]).abs()
+    # Voxels without an ROI neighbour get level 0 and land in the dropped level-0 bin.
+    lv_ok = lv * (nb_cnt > 0)
+    diff = (lv_ok - nb_sum / nb_cnt.clamp_min(1).to(torch.float64)).abs()
     B, D = lv.shape[:2]
     n_groups = B if three_d else B * D
-    idx = slice_groups(lv, three_d)[ok] * n_levels + lv[ok] - 1
-    size = n_groups * n_levels
-    n = torch.bincount(idx, minlength=size).to(torch.float64).view(n_groups, n_levels)
-    s = torch.zeros(size, dtype=torch.float64, device=lv.device).index_add_(0, idx, diff).view(n_groups, n_levels)
-    return n, s
+    ng1 = n_levels + 1
+    idx = (slice_groups(lv, three_d) * ng1 + lv_ok).reshape(-1)
+    size = n_groups * ng1
+    n = torch.bincount(idx, minlength=size).to(torch.float64).view(n_groups, ng1)[:, 1:]
+    s = torch.bincount(idx, weights=diff.reshape(-1), minlength=size).view(n_groups, ng1)[:, 1:]
+    return n.contiguous(), s.contiguous()
 
 
 def _features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:

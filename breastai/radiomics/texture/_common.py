@@ -38,6 +38,7 @@ __all__ = [
     "grid_features",
     "GRID_KEYS",
     "line_order",
+    "nonzero_1d",
     "padded_neighbours",
     "slice_groups",
     "reduce_zone_grid",
@@ -313,9 +314,24 @@ def _line_order_cpu(shape: tuple[int, int, int], direction: tuple[int, int, int]
 
 
 def line_order(shape: tuple[int, int, int], direction: tuple[int, int, int], device: torch.device):
-    """Device copy of :func:`_line_order_cpu` (cached on CPU)."""
+    """Device copy of :func:`_line_order_cpu` (cached on CPU); ``perm`` is None for the identity.
+
+    Along ``(0, 0, 1)`` the row-major voxel order already lists every line contiguously, which
+    saves a gather of the whole batch.
+    """
     perm, step = _line_order_cpu(tuple(int(s) for s in shape), tuple(direction))
+    if tuple(direction) == (0, 0, 1):
+        return None, step.to(device)
     return perm.to(device), step.to(device)
+
+
+def nonzero_1d(x: torch.Tensor) -> torch.Tensor:
+    """Positions of true entries of a 1D bool tensor (numpy's flatnonzero is ~4x faster on CPU)."""
+    if x.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.flatnonzero(x.numpy()))
+    return torch.nonzero(x, as_tuple=True)[0]
 
 
 def padded_neighbours(lv: torch.Tensor, three_d: bool, distance: int = 1):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, line_order,
+from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, line_order, nonzero_1d,
                       parse_directional_aggregation, prepare, reduce_directional)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glrlm_features", "glrlm_matrices"]
@@ -76,7 +76,7 @@ def glrlm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool) -> torch.Tens
     out = []
     for d in dirs:
         perm, step = line_order((D, H, W), d, lv.device)
-        v = flat[:, perm]
+        v = flat if perm is None else flat.index_select(1, perm)
         valid = v > 0
         # Neighbours along the line with equal levels belong to the same run (equal and valid
         # implies both are in the ROI); runs begin where that link is missing before the voxel
@@ -85,12 +85,16 @@ def glrlm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool) -> torch.Tens
         no_link = torch.ones((B, 1), dtype=torch.bool, device=lv.device)
         start = valid & torch.cat([no_link, ~link], dim=1)
         end = valid & torch.cat([~link, no_link], dim=1)
-        s_pos = torch.nonzero(start.reshape(-1), as_tuple=True)[0]
-        e_pos = torch.nonzero(end.reshape(-1), as_tuple=True)[0]
+        s_pos = nonzero_1d(start.reshape(-1))
+        e_pos = nonzero_1d(end.reshape(-1))
         length = e_pos - s_pos + 1
         lvl = v.reshape(-1)[s_pos].to(torch.int64)
         b_idx = s_pos // n_vox
-        grp = b_idx if three_d else b_idx * D + perm[s_pos - b_idx * n_vox] // (H * W)
+        if three_d:
+            grp = b_idx
+        else:
+            k_idx = s_pos - b_idx * n_vox
+            grp = b_idx * D + (k_idx if perm is None else perm[k_idx]) // (H * W)
         idx = (grp * ng1 + lvl) * lmax + length - 1
         cnt = torch.bincount(idx, minlength=size).view(n_grp, ng1, lmax)[:, 1:]
         out.append(cnt.to(torch.float64))

@@ -108,6 +108,7 @@ def gldzm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
     # dropped by SparseGrid; the max-initialised entries are overwritten by every zone's minimum.
     zone_dist = zone_dist.fill_(torch.iinfo(torch.int64).max).scatter_reduce(
         0, zt.labels.reshape(-1), dist.reshape(-1), reduce="amin")
+    zone_dist[0] = 0  # entry 0 stays at the fill value when the ROI fills the whole image
     grid = SparseGrid.from_items(zt.group, zt.level, zone_dist, zt.n_groups, int(n_levels))
     f = reduce_zone_grid(grid, zt.nv, mode, lv.shape[0])
     return {tag: f[key] for tag, key, _, _ in _TABLE}

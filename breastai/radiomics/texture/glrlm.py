@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, line_order, nonzero_1d,
-                      parse_directional_aggregation, prepare, reduce_directional)
+from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, index_dtype, line_order,
+                      nonzero_1d, parse_directional_aggregation, prepare, reduce_directional, slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glrlm_features", "glrlm_matrices"]
 
@@ -71,31 +71,25 @@ def glrlm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool) -> torch.Tens
     lmax = max(D, H, W) if three_d else max(H, W)
     n_grp = B if three_d else B * D
     size = n_grp * ng1 * lmax
-    flat = lv.reshape(B, -1)
-    n_vox = flat.shape[1]
+    dt = index_dtype(size)
+    # Code each ROI voxel by (group, level) so that a run's matrix row is read off its first voxel
+    # without any division; 0 still means outside the ROI. Neighbours on a line always share the
+    # group, so equal codes mean equal levels.
+    flat = ((slice_groups(lv, three_d, dt) * ng1 + lv.to(dt)) * (lv > 0)).reshape(B, -1)
     out = []
     for d in dirs:
         perm, step = line_order((D, H, W), d, lv.device)
         v = flat if perm is None else flat.index_select(1, perm)
         valid = v > 0
-        # Neighbours along the line with equal levels belong to the same run (equal and valid
-        # implies both are in the ROI); runs begin where that link is missing before the voxel
-        # and end where it is missing after it.
+        # Neighbours along the line with equal codes belong to the same run; runs begin where that
+        # link is missing before the voxel and end where it is missing after it.
         link = (step[1:] > 0) & (v[:, 1:] == v[:, :-1]) & valid[:, 1:]
         no_link = torch.ones((B, 1), dtype=torch.bool, device=lv.device)
         start = valid & torch.cat([no_link, ~link], dim=1)
         end = valid & torch.cat([~link, no_link], dim=1)
         s_pos = nonzero_1d(start.reshape(-1))
         e_pos = nonzero_1d(end.reshape(-1))
-        length = e_pos - s_pos + 1
-        lvl = v.reshape(-1)[s_pos].to(torch.int64)
-        b_idx = s_pos // n_vox
-        if three_d:
-            grp = b_idx
-        else:
-            k_idx = s_pos - b_idx * n_vox
-            grp = b_idx * D + (k_idx if perm is None else perm[k_idx]) // (H * W)
-        idx = (grp * ng1 + lvl) * lmax + length - 1
+        idx = v.reshape(-1)[s_pos].to(torch.int64) * lmax + (e_pos - s_pos)
         cnt = torch.bincount(idx, minlength=size).view(n_grp, ng1, lmax)[:, 1:]
         out.append(cnt.to(torch.float64))
     mats = torch.stack(out, dim=1)

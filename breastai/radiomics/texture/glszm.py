@@ -77,6 +77,7 @@ def zone_table(lv: torch.Tensor, three_d: bool) -> ZoneTable:
     flat = labels.reshape(-1)
     grp_vox = slice_groups(lv, three_d).reshape(-1)
     size = torch.bincount(flat, minlength=n + 1)
+    size[0] = 0  # entry 0 (outside the ROI) is dropped later; keep it from inflating the j range
     level = torch.zeros(n + 1, dtype=torch.int64, device=lv.device).scatter_(0, flat, lv.reshape(-1).to(torch.int64))
     group = torch.zeros(n + 1, dtype=torch.int64, device=lv.device).scatter_(0, flat, grp_vox)
     B, D = lv.shape[:2]

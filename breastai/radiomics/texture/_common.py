@@ -37,7 +37,7 @@ __all__ = [
     "reduce_directional",
     "grid_features",
     "GRID_KEYS",
-    "line_order",
+    "lines_along",
     "nonzero_1d",
     "padded_neighbours",
     "slice_groups",
@@ -313,16 +313,27 @@ def _line_order_cpu(shape: tuple[int, int, int], direction: tuple[int, int, int]
     return perm, t[perm]
 
 
-def line_order(shape: tuple[int, int, int], direction: tuple[int, int, int], device: torch.device):
-    """Device copy of :func:`_line_order_cpu` (cached on CPU); ``perm`` is None for the identity.
+_AXIS_PERMUTES = {(0, 0, 1): (0, 1, 2, 3), (0, 1, 0): (0, 1, 3, 2), (1, 0, 0): (0, 2, 3, 1)}
 
-    Along ``(0, 0, 1)`` the row-major voxel order already lists every line contiguously, which
-    saves a gather of the whole batch.
+
+def lines_along(x: torch.Tensor, direction: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder ``x`` (B, D, H, W) to ``(B, N)`` with each line along ``direction`` contiguous.
+
+    Returns ``(v, linked)``: ``linked[k]`` (N - 1,) is True where entry ``k + 1`` follows entry ``k``
+    on the same line. Axis-aligned directions use a permute (a plain copy); diagonals a cached
+    gather (:func:`_line_order_cpu`).
     """
-    perm, step = _line_order_cpu(tuple(int(s) for s in shape), tuple(direction))
-    if tuple(direction) == (0, 0, 1):
-        return None, step.to(device)
-    return perm.to(device), step.to(device)
+    B, D, H, W = x.shape
+    direction = tuple(direction)
+    if direction in _AXIS_PERMUTES:
+        dims = _AXIS_PERMUTES[direction]
+        v = x.permute(*dims).reshape(B, -1)
+        line_len = x.shape[dims[-1]]
+        linked = (torch.arange(1, v.shape[1], device=x.device) % line_len) != 0
+        return v, linked
+    perm, step = _line_order_cpu((D, H, W), direction)
+    perm, step = perm.to(x.device), step.to(x.device)
+    return x.reshape(B, -1).index_select(1, perm), step[1:] > 0
 
 
 def nonzero_1d(x: torch.Tensor) -> torch.Tensor:

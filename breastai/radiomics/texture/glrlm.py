@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, index_dtype, line_order,
+from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, index_dtype, lines_along,
                       nonzero_1d, parse_directional_aggregation, prepare, reduce_directional, slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glrlm_features", "glrlm_matrices"]
@@ -75,16 +75,16 @@ def glrlm_matrices(lv: torch.Tensor, n_levels: int, three_d: bool) -> torch.Tens
     # Code each ROI voxel by (group, level) so that a run's matrix row is read off its first voxel
     # without any division; 0 still means outside the ROI. Neighbours on a line always share the
     # group, so equal codes mean equal levels.
-    flat = ((slice_groups(lv, three_d, dt) * ng1 + lv.to(dt)) * (lv > 0)).reshape(B, -1)
+    code = (slice_groups(lv, three_d, dt) * ng1 + lv.to(dt)) * (lv > 0)
+    no_link = torch.ones((B, 1), dtype=torch.bool, device=lv.device)
     out = []
     for d in dirs:
-        perm, step = line_order((D, H, W), d, lv.device)
-        v = flat if perm is None else flat.index_select(1, perm)
+        v, linked = lines_along(code, d)
         valid = v > 0
-        # Neighbours along the line with equal codes belong to the same run; runs begin where that
-        # link is missing before the voxel and end where it is missing after it.
-        link = (step[1:] > 0) & (v[:, 1:] == v[:, :-1]) & valid[:, 1:]
-        no_link = torch.ones((B, 1), dtype=torch.bool, device=lv.device)
+        # Consecutive voxels of a line with equal codes belong to the same run (for an ROI voxel,
+        # equal code implies the neighbour is in the ROI too); runs begin where that link is
+        # missing before the voxel and end where it is missing after it.
+        link = (v[:, 1:] == v[:, :-1]) & linked
         start = valid & torch.cat([no_link, ~link], dim=1)
         end = valid & torch.cat([~link, no_link], dim=1)
         s_pos = nonzero_1d(start.reshape(-1))

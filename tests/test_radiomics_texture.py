@@ -311,3 +311,19 @@ def test_throughput_benchmark_64_lesions() -> None:
     total = sum(best.values())
     print({k: round(v, 3) for k, v in best.items()}, f"total {total:.3f} s, {1000 * total / 64:.1f} ms/lesion")
     assert total < 64 * 0.5  # sanity bound only; the printed numbers are the result
+
+
+@pytest.mark.parametrize("family", ["glcm", "glrlm"])
+def test_memory_chunking_over_the_batch_is_exact(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+    import importlib
+
+    module = importlib.import_module(f"breastai.radiomics.texture.{family}")
+    fn = getattr(module, f"{family}_features")
+    levels, roi = _random_lesions(5, 2, 10, 6, seed=8)
+    whole = fn(levels, roi, 6, aggregation="2d_avg")
+    # A budget of one element forces one lesion per chunk.
+    monkeypatch.setattr(module, "in_batch_chunks", functools.partial(module.in_batch_chunks, budget=1))
+    chunked = fn(levels, roi, 6, aggregation="2d_avg")
+    for tag in whole:
+        torch.testing.assert_close(chunked[tag], whole[tag], rtol=0, atol=0, equal_nan=True)

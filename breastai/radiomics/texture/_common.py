@@ -34,6 +34,7 @@ __all__ = [
     "neighbour_offsets",
     "shifted_views",
     "masked_mean",
+    "in_batch_chunks",
     "reduce_directional",
     "grid_features",
     "GRID_KEYS",
@@ -152,6 +153,19 @@ def shifted_views(x: torch.Tensor, offset: tuple[int, int, int]) -> tuple[torch.
         sl_a.append(slice(max(0, -o), n - max(0, o)))
         sl_b.append(slice(max(0, o), n - max(0, -o)))
     return x[tuple(sl_a)], x[tuple(sl_b)], max(0, -offset[0])
+
+
+def in_batch_chunks(fn, lv: torch.Tensor, per_lesion: int, budget: int = 2**25) -> dict[str, torch.Tensor]:
+    """Run ``fn(lv_chunk) -> {name: (b,)}`` over batch chunks of at most ``budget / per_lesion`` lesions.
+
+    Dense per-slice matrices grow as ``B * D * K * N_g^2``; lesions are independent, so splitting
+    the batch bounds memory without changing any value.
+    """
+    step = max(1, budget // max(1, per_lesion))
+    if lv.shape[0] <= step:
+        return fn(lv)
+    parts = [fn(lv[i:i + step]) for i in range(0, lv.shape[0], step)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -27,7 +27,7 @@ cm_inv_diff_norm      Normalised inverse difference         NDRX   sum p_ij / (1
 cm_inv_diff_mom       Inverse difference moment             WF0Z   sum p_ij / (1 + (i - j)^2)
 cm_inv_diff_mom_norm  Normalised inverse difference moment  1QCO   sum p_ij / (1 + (i - j)^2 / N_g^2)
 cm_inv_var            Inverse variance                      E8JP   sum_{k>=1} p_{i-j,k} / k^2
-cm_corr               Correlation                           NI2N   (sum i j p_ij - mu^2) / sigma^2, sigma^2 = sum (i-mu)^2 p_i.
+cm_corr               Correlation                           NI2N   (sum i j p_ij - mu^2) / sigma^2
 cm_auto_corr          Autocorrelation                       QWB0   sum i j p_ij
 cm_clust_tend         Cluster tendency                      DG8W   sum (i + j - 2 mu)^2 p_ij
 cm_clust_shade        Cluster shade                         7NFM   sum (i + j - 2 mu)^3 p_ij
@@ -36,7 +36,7 @@ cm_info_corr1         Information correlation 1             R8DG   (HXY - HXY1) 
 cm_info_corr2         Information correlation 2             JN9H   sqrt(1 - exp(-2 (HXY2 - HXY)))
 ===================== ===================================== ====== ===========================================
 
-with ``HXY = -sum p_ij log2 p_ij``, ``HX = -sum p_i. log2 p_i.``,
+with ``sigma^2 = sum_i (i - mu)^2 p_i.``, ``HXY = -sum p_ij log2 p_ij``, ``HX = -sum p_i. log2 p_i.``,
 ``HXY1 = -sum p_ij log2(p_i. p_.j)``, ``HXY2 = -sum p_i. p_.j log2(p_i. p_.j)``.
 A lesion with a single grey level has ``sigma = HX = 0``: correlation and information correlation 1
 are then NaN (0/0); all other features are finite.
@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, index_dtype, parse_directional_aggregation, prepare,
-                      reduce_directional, shifted_views, slice_groups)
+                      in_batch_chunks, reduce_directional, shifted_views, slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glcm_features", "glcm_matrices"]
 
@@ -191,6 +191,11 @@ def glcm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int, aggre
         raise ValueError(f"distance must be >= 1, got {distance}")
     lv = prepare(levels, mask, n_levels)
     three_d = mode.startswith("3d")
-    mats = glcm_matrices(lv, int(n_levels), three_d, int(distance))
-    nv = (lv > 0).sum((2, 3)) if not three_d else (lv > 0).sum((1, 2, 3))
-    return reduce_directional(mats, nv, mode, _features)
+
+    def run(chunk: torch.Tensor) -> dict[str, torch.Tensor]:
+        mats = glcm_matrices(chunk, int(n_levels), three_d, int(distance))
+        nv = (chunk > 0).sum((2, 3)) if not three_d else (chunk > 0).sum((1, 2, 3))
+        return reduce_directional(mats, nv, mode, _features)
+
+    n_mats = len(DIRECTIONS_3D) if three_d else lv.shape[1] * len(DIRECTIONS_2D)
+    return in_batch_chunks(run, lv, n_mats * (int(n_levels) + 1) ** 2)

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, index_dtype, lines_along,
-                      nonzero_1d, parse_directional_aggregation, prepare, reduce_directional, slice_groups)
+from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, in_batch_chunks, index_dtype,
+                      lines_along, nonzero_1d, parse_directional_aggregation, prepare, reduce_directional,
+                      slice_groups)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glrlm_features", "glrlm_matrices"]
 
@@ -121,6 +122,11 @@ def glrlm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
     mode = parse_directional_aggregation(aggregation)
     lv = prepare(levels, mask, n_levels)
     three_d = mode.startswith("3d")
-    mats = glrlm_matrices(lv, int(n_levels), three_d)
-    nv = (lv > 0).sum((2, 3)) if not three_d else (lv > 0).sum((1, 2, 3))
-    return reduce_directional(mats, nv, mode, _features)
+
+    def run(chunk: torch.Tensor) -> dict[str, torch.Tensor]:
+        mats = glrlm_matrices(chunk, int(n_levels), three_d)
+        nv = (chunk > 0).sum((2, 3)) if not three_d else (chunk > 0).sum((1, 2, 3))
+        return reduce_directional(mats, nv, mode, _features)
+
+    n_mats = len(DIRECTIONS_3D) if three_d else lv.shape[1] * len(DIRECTIONS_2D)
+    return in_batch_chunks(run, lv, n_mats * (int(n_levels) + 1) * max(lv.shape[1:]))

@@ -327,3 +327,15 @@ def test_memory_chunking_over_the_batch_is_exact(family: str, monkeypatch: pytes
     chunked = fn(levels, roi, 6, aggregation="2d_avg")
     for tag in whole:
         torch.testing.assert_close(chunked[tag], whole[tag], rtol=0, atol=0, equal_nan=True)
+
+
+def test_uniform_call_signature() -> None:
+    levels, roi = _random_lesions(1, 1, 8, 4, seed=9)
+    for name, (fn, features, aggs) in FAMILIES.items():
+        out = fn(levels, roi, 4, aggregation=aggs[0], distance=1)
+        assert set(out) == set(features)
+    with pytest.raises(ValueError, match="distance=1"):
+        FAMILIES["glszm"][0](levels, roi, 4, distance=2)
+    # Larger Chebyshev distances are supported where IBSI defines them.
+    assert torch.isfinite(FAMILIES["glcm"][0](levels, roi, 4, distance=2)["cm_contrast"]).all()
+    assert torch.isfinite(FAMILIES["ngldm"][0](levels, roi, 4, distance=2, alpha=1)["ngl_lde"]).all()

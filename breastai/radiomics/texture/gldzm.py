@@ -84,7 +84,7 @@ def border_distance(mask: torch.Tensor, three_d: bool) -> torch.Tensor:
 
 
 def gldzm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
-                   aggregation: str = "2d") -> dict[str, torch.Tensor]:
+                   aggregation: str = "2d", distance: int = 1) -> dict[str, torch.Tensor]:
     """IBSI GLDZM features for a batch of lesions.
 
     Args:
@@ -94,11 +94,15 @@ def gldzm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
         aggregation: ``"2d"`` (per-slice matrices and in-plane distances, features averaged over
             slices; tag suffix ``2D``), ``"2.5d"`` (slice matrices merged; ``2_5D``) or ``"3d"``
             (``3D``). GLCM-style names are mapped by their dimensionality.
+        distance: accepted for a uniform call signature across families; only the IBSI default
+            ``1`` is supported (runs / zone linkage use immediate neighbours).
 
     Returns:
         Mapping from each tag in :data:`FEATURES` to a float64 tensor ``(B,)``; NaN for an empty ROI.
     """
     mode = parse_zone_aggregation(aggregation)
+    if int(distance) != 1:
+        raise ValueError(f"GLDZM supports only distance=1, got {distance}")
     lv = prepare(levels, mask, n_levels)
     three_d = mode == "3d"
     zt = zone_table(lv, three_d)

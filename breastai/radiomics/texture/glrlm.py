@@ -105,7 +105,7 @@ def _features(m: torch.Tensor, nv: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def glrlm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
-                   aggregation: str = "2d_avg") -> dict[str, torch.Tensor]:
+                   aggregation: str = "2d_avg", distance: int = 1) -> dict[str, torch.Tensor]:
     """IBSI GLRLM features for a batch of lesions.
 
     Args:
@@ -115,11 +115,15 @@ def glrlm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
         aggregation: ``"2d_avg"``, ``"2d_merged"``, ``"2.5d_d_merged"``, ``"2.5d_v_merged"``,
             ``"3d_avg"`` or ``"3d_merged"`` (same meaning and accepted IBSI tag suffixes as
             :func:`breastai.radiomics.texture.glcm.glcm_features`).
+        distance: accepted for a uniform call signature across families; only the IBSI default
+            ``1`` is supported (runs / zone linkage use immediate neighbours).
 
     Returns:
         Mapping from each tag in :data:`FEATURES` to a float64 tensor ``(B,)``; NaN for an empty ROI.
     """
     mode = parse_directional_aggregation(aggregation)
+    if int(distance) != 1:
+        raise ValueError(f"GLRLM supports only distance=1, got {distance}")
     lv = prepare(levels, mask, n_levels)
     three_d = mode.startswith("3d")
 

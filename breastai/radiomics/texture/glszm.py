@@ -87,7 +87,7 @@ def zone_table(lv: torch.Tensor, three_d: bool) -> ZoneTable:
 
 
 def glszm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
-                   aggregation: str = "2d") -> dict[str, torch.Tensor]:
+                   aggregation: str = "2d", distance: int = 1) -> dict[str, torch.Tensor]:
     """IBSI GLSZM features for a batch of lesions.
 
     Args:
@@ -98,11 +98,15 @@ def glszm_features(levels: torch.Tensor, mask: torch.Tensor, n_levels: int,
             ``2D``), ``"2.5d"`` (slice matrices merged; ``2_5D``) or ``"3d"`` (one 3D matrix with
             26-connected zones; ``3D``). GLCM-style names (``2d_avg``, ``3d_merged``...) are mapped
             by their dimensionality.
+        distance: accepted for a uniform call signature across families; only the IBSI default
+            ``1`` is supported (runs / zone linkage use immediate neighbours).
 
     Returns:
         Mapping from each tag in :data:`FEATURES` to a float64 tensor ``(B,)``; NaN for an empty ROI.
     """
     mode = parse_zone_aggregation(aggregation)
+    if int(distance) != 1:
+        raise ValueError(f"GLSZM supports only distance=1, got {distance}")
     lv = prepare(levels, mask, n_levels)
     zt = zone_table(lv, mode == "3d")
     grid = SparseGrid.from_items(zt.group, zt.level, zt.size, zt.n_groups, int(n_levels))

@@ -45,7 +45,12 @@ class DedupConfig:
     """Parameters of the duplicate detector.
 
     Attributes:
-        threshold: fine NCC at or above which a candidate pair is a duplicate.
+        threshold: block score at or above which a verified pair is a duplicate. The block
+            score is the mean of the median and the lower quartile of the NCCs of the
+            ``blocks x blocks`` sub-blocks of the template at its best match: one strong edge
+            (the wall of a large cyst) can give a high NCC to unrelated images, but only a
+            copy or an adjacent frame matches in most sub-blocks.
+        min_ncc: the whole template's fine NCC must also reach this.
         coarse_threshold: shortlist NCC below which a pair is never verified.
         shortlist: how many best shortlist partners of each image are verified.
         coarse_side: side (pixels) of the square with the canonical area of the shortlist stage.
@@ -61,21 +66,24 @@ class DedupConfig:
         coarse_highpass: Gaussian sigma (canonical pixels) of the low frequencies removed
             before the shortlist stage.
         fine_highpass: the same for the verification stage.
+        blocks: sub-blocks per side for the block score.
     """
 
-    threshold: float = 0.80
-    coarse_threshold: float = 0.50
+    threshold: float = 0.40
+    min_ncc: float = 0.45
+    coarse_threshold: float = 0.55
     shortlist: int = 8
     coarse_side: int = 32
     fine_side: int = 128
     patch_frac: float = 0.40
-    scale_range: tuple[float, float] = (0.66, 1.52)
-    coarse_scales: int = 7
+    scale_range: tuple[float, float] = (0.76, 1.32)
+    coarse_scales: int = 5
     fine_scale_step: float = 0.025
     fine_scale_span: float = 0.08
     min_patch_std: float = 0.15
     coarse_highpass: float = 1.5
     fine_highpass: float = 3.0
+    blocks: int = 4
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,10 @@ class DuplicatePair:
 
     i: int
     j: int
-    score: float  # fine NCC, 1.0 for exact copies
-    scale: float  # size of image i's content in image j relative to image i
-    kind: str  # "exact" or "near"
+    score: float  # block score (see DedupConfig.threshold), 1.0 for exact copies
+    ncc: float = 1.0  # NCC of the whole template
+    scale: float = 1.0  # size of image i's content in image j relative to image i
+    kind: str = "exact"  # "exact" or "near"
 
 
 @dataclass
@@ -166,7 +175,7 @@ class _Matcher:
 
     def __init__(self, images: list[np.ndarray], patch: int) -> None:
         self.patch = patch
-        self.canvas = (max(a.shape[0] for a in images), max(a.shape[1] for a in images))
+        self.canvas = (max(patch, *(a.shape[0] for a in images)), max(patch, *(a.shape[1] for a in images)))
         n = len(images)
         stack = np.zeros((n, *self.canvas), dtype=np.float32)
         # inv_norm is 1/local norm where a whole window fits the image and is not flat, else 0,
@@ -185,10 +194,15 @@ class _Matcher:
         pad[:, : self.patch, : self.patch] = templates
         return np.conj(np.fft.rfft2(pad))
 
-    def best(self, tfft: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Best NCC of each template (m,) in each target image index (t,): shape (m, t)."""
+    def ncc_maps(self, tfft: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """NCC maps (m, t, rows, cols) of templates against target image indices; 0 where invalid."""
         corr = np.fft.irfft2(tfft[:, None] * self.fft[None, targets], s=self.canvas)
         corr *= self.inv_norm[None, targets]
+        return corr
+
+    def best(self, tfft: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Best NCC of each template (m,) in each target image index (t,): shape (m, t)."""
+        corr = self.ncc_maps(tfft, targets)
         return corr.reshape(corr.shape[0], corr.shape[1], -1).max(-1)
 
 
@@ -276,6 +290,20 @@ def _shortlist_scores(images: list[np.ndarray], cfg: "DedupConfig") -> tuple[np.
     return best, best_scale
 
 
+def _block_score(template: np.ndarray, window: np.ndarray, blocks: int) -> float:
+    """Mean of the median and lower quartile of sub-block NCCs between two aligned patches."""
+    p = template.shape[0]
+    edges = np.linspace(0, p, blocks + 1).astype(int)
+    scores = []
+    for y0, y1 in zip(edges[:-1], edges[1:]):
+        for x0, x1 in zip(edges[:-1], edges[1:]):
+            u = template[y0:y1, x0:x1] - template[y0:y1, x0:x1].mean()
+            v = window[y0:y1, x0:x1] - window[y0:y1, x0:x1].mean()
+            den = float(np.sqrt((u * u).sum() * (v * v).sum()))
+            scores.append(float((u * v).sum()) / den if den > 0 else 0.0)
+    return 0.5 * (float(np.median(scores)) + float(np.percentile(scores, 25)))
+
+
 def _exact_pairs(images: list[np.ndarray], digests: Sequence[str] | None) -> list[tuple[int, int]]:
     keys: dict[str, int] = {}
     pairs = []
@@ -311,7 +339,7 @@ def find_duplicate_pairs(
         if a.ndim != 2 or min(a.shape) < 2:
             raise ValueError(f"image {k}: expected a 2D image, got shape {a.shape}")
     n = len(imgs)
-    pairs = {(i, j): DuplicatePair(i, j, 1.0, 1.0, "exact") for i, j in _exact_pairs(imgs, digests)}
+    pairs = {(i, j): DuplicatePair(i, j, 1.0, 1.0, 1.0, "exact") for i, j in _exact_pairs(imgs, digests)}
     if n < 2:
         return list(pairs.values()), []
     coarse, cscale = _shortlist_scores(imgs, cfg)
@@ -332,25 +360,28 @@ def find_duplicate_pairs(
     steps = int(round(cfg.fine_scale_span / cfg.fine_scale_step))
     verified: list[DuplicatePair] = []
     for i, j in sorted(cand):
-        best, best_scale = 0.0, 1.0
-        # The direction with the better shortlist score first; the other only if needed.
-        for a, b in sorted(((i, j), (j, i)), key=lambda d: -coarse[d[0], d[1]]):
+        best: tuple[float, int, int, float, tuple[int, int], np.ndarray] | None = None
+        for a, b in ((i, j), (j, i)):
             ss = [float(cscale[a, b]) * (1.0 + k * cfg.fine_scale_step) for k in range(-steps, steps + 1)]
             temps = [(s, _template(fine[a], patch, s, cfg.min_patch_std)) for s in ss]
             temps = [(s, t) for s, t in temps if t is not None]
             if not temps:
                 continue
-            sc = matcher.best(matcher.template_fft(np.stack([t for _, t in temps])), np.array([b]))[:, 0]
-            k = int(np.argmax(sc))
-            if sc[k] > best:
-                # Content of size L in image a (original pixels) has size L * s_orig in image b.
-                s_orig = temps[k][0] * factor[a] / factor[b]
-                best, best_scale = float(sc[k]), (s_orig if a == i else 1.0 / s_orig)
-            if best >= cfg.threshold:
-                break
-        pair = DuplicatePair(i, j, round(best, 4), round(best_scale, 4), "near")
+            maps = matcher.ncc_maps(matcher.template_fft(np.stack([t for _, t in temps])), np.array([b]))[:, 0]
+            k, y, x = np.unravel_index(int(np.argmax(maps)), maps.shape)
+            if best is None or maps[k, y, x] > best[0]:
+                best = (float(maps[k, y, x]), a, b, temps[k][0], (int(y), int(x)), temps[k][1])
+        if best is None:
+            continue
+        ncc, a, b, s, (y, x), t = best
+        block = _block_score(t, fine[b][y : y + patch, x : x + patch], cfg.blocks)
+        # Content of size L in image a (original pixels) has size L * s_orig in image b.
+        s_orig = s * factor[a] / factor[b]
+        pair = DuplicatePair(
+            i, j, round(block, 4), round(ncc, 4), round(s_orig if a == i else 1.0 / s_orig, 4), "near"
+        )
         verified.append(pair)
-        if pair.score >= cfg.threshold and (i, j) not in pairs:
+        if ncc >= cfg.min_ncc and block >= cfg.threshold and (i, j) not in pairs:
             pairs[(i, j)] = pair
     if progress:
         progress(f"verified {len(cand)} candidate pairs")

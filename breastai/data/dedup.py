@@ -70,16 +70,16 @@ class DedupConfig:
     """
 
     threshold: float = 0.40
-    min_ncc: float = 0.45
-    coarse_threshold: float = 0.55
-    shortlist: int = 8
+    min_ncc: float = 0.58
+    coarse_threshold: float = 0.62
+    shortlist: int = 4
     coarse_side: int = 32
     fine_side: int = 128
     patch_frac: float = 0.40
     scale_range: tuple[float, float] = (0.76, 1.32)
     coarse_scales: int = 5
-    fine_scale_step: float = 0.025
-    fine_scale_span: float = 0.08
+    fine_scale_step: float = 0.035
+    fine_scale_span: float = 0.07
     min_patch_std: float = 0.15
     coarse_highpass: float = 1.5
     fine_highpass: float = 3.0

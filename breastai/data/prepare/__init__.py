@@ -147,7 +147,8 @@ def add_parser(subparsers: Any) -> None:
         "--threshold",
         type=float,
         default=defaults.threshold,
-        help=f"fine-structure NCC at which two images are copies (default {defaults.threshold})",
+        help="block score (median/lower-quartile NCC of sub-blocks of the best match) at which "
+        f"two images are copies (default {defaults.threshold}); lower merges more",
     )
     b.add_argument(
         "--coarse-threshold",

@@ -74,12 +74,18 @@ def test_crop_and_rescale_detected_unrelated_not():
 def test_exact_copies_by_pixels_and_digest(tmp_path):
     a = _texture(3, (64, 64))
     b = _texture(4, (64, 64))
-    for name, arr in (("a.png", a), ("a_copy.png", a), ("b.png", b)):
-        Image.fromarray(arr.astype(np.uint8)).save(tmp_path / name)
-    res = find_duplicates([tmp_path / "a.png", tmp_path / "a_copy.png", tmp_path / "b.png"])
-    assert [(p.i, p.j, p.kind) for p in res.pairs] == [(0, 1, "exact")]
-    assert res.groups == [0, 0, 1]
-    assert res.duplicate_groups() == [[0, 1]]
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "a.png")
+    # Same pixels, other bytes (no compression): still an exact copy.
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "a_pixels.png", compress_level=0)
+    (tmp_path / "a_bytes.png").write_bytes((tmp_path / "a.png").read_bytes())
+    Image.fromarray(b.astype(np.uint8)).save(tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "a_pixels.png").read_bytes()
+    names = ["a.png", "b.png", "a_pixels.png", "a_bytes.png"]
+    res = find_duplicates([tmp_path / n for n in names])
+    assert [(p.i, p.j) for p in res.pairs if p.kind == "exact"] == [(0, 2), (0, 3)]
+    assert all(p.score > 0.99 for p in res.pairs)  # 2-3 is also found by matching
+    assert res.groups == [0, 1, 0, 0]
+    assert res.duplicate_groups() == [[0, 2, 3]]
 
 
 def test_bad_input():

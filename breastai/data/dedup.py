@@ -7,13 +7,17 @@ pixel of a thumbnail. Here a copy is recognised by finding the central part of o
 inside the other:
 
 1. *Exact*: identical file bytes or identical decoded pixels.
-2. *Shortlist*: every image is reduced to a small canonical size (same area for all); the
+2. *Shortlist*: every image is reduced to a small canonical size (same area for all) and
+   band-passed (the depth-dependent brightness common to all ultrasound images removed); the
    central patch of each image, resampled at a few relative scales, is located in every other
    image by FFT normalised cross-correlation (NCC). The best score over positions, scales and
    both directions ranks candidate partners.
 3. *Verification*: the best candidates of each image are matched again at a finer resolution
-   over a finer range of scales around the shortlist scale. Pairs whose fine NCC reaches
-   ``threshold`` are duplicates.
+   over a finer range of scales around the shortlist scale. At the best match the template is
+   cut into sub-blocks and each is correlated on its own: a copy or an adjacent frame matches
+   in most blocks, while unrelated images that share one strong edge (the wall of a large
+   cyst) do not. Pairs whose block score reaches ``threshold`` (and whose whole-template NCC
+   reaches ``min_ncc``) are duplicates.
 4. Pairs are joined into groups by union-find.
 
 Everything is numpy; nothing is cached on disk.
@@ -22,7 +26,7 @@ Everything is numpy; nothing is cached on disk.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -304,22 +308,26 @@ def _block_score(template: np.ndarray, window: np.ndarray, blocks: int) -> float
     return 0.5 * (float(np.median(scores)) + float(np.percentile(scores, 25)))
 
 
-def _exact_pairs(images: list[np.ndarray], digests: Sequence[str] | None) -> list[tuple[int, int]]:
-    keys: dict[str, int] = {}
+def _pixel_digest(arr: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+
+
+def _exact_pairs(keys_per_image: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
+    """Pairs of images sharing any key (file or pixel digest)."""
+    first: dict[str, int] = {}
     pairs = []
-    for k, arr in enumerate(images):
-        key = hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
-        for kk in ([key] + ([digests[k]] if digests else [])):
-            if kk in keys and keys[kk] != k:
-                pairs.append((keys[kk], k))
-            keys.setdefault(kk, k)
+    for k, keys in enumerate(keys_per_image):
+        for key in keys:
+            if key in first and first[key] != k:
+                pairs.append((first[key], k))
+            first.setdefault(key, k)
     return sorted(set(pairs))
 
 
 def find_duplicate_pairs(
     images: Sequence[np.ndarray],
     config: DedupConfig | None = None,
-    digests: Sequence[str] | None = None,
+    digests: Sequence[str | Sequence[str]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[DuplicatePair], list[DuplicatePair]]:
     """Find exact and near-duplicate pairs among 2D grey images.
@@ -327,7 +335,8 @@ def find_duplicate_pairs(
     Args:
         images: 2D arrays of any sizes.
         config: detector parameters.
-        digests: optional per-image file digests; equal digests are exact duplicates.
+        digests: per-image digest(s) (file bytes, original pixels); images sharing one are
+            exact duplicates. Without them the pixels of ``images`` are hashed.
         progress: optional callback receiving short status lines.
 
     Returns:
@@ -339,7 +348,11 @@ def find_duplicate_pairs(
         if a.ndim != 2 or min(a.shape) < 2:
             raise ValueError(f"image {k}: expected a 2D image, got shape {a.shape}")
     n = len(imgs)
-    pairs = {(i, j): DuplicatePair(i, j, 1.0, 1.0, 1.0, "exact") for i, j in _exact_pairs(imgs, digests)}
+    if digests is None:
+        keys: list[list[str]] = [[_pixel_digest(a)] for a in imgs]
+    else:
+        keys = [[d] if isinstance(d, str) else list(d) for d in digests]
+    pairs = {(i, j): DuplicatePair(i, j, 1.0, 1.0, 1.0, "exact") for i, j in _exact_pairs(keys)}
     if n < 2:
         return list(pairs.values()), []
     coarse, cscale = _shortlist_scores(imgs, cfg)
@@ -416,9 +429,24 @@ def find_duplicates(
         def loader(p: Path) -> np.ndarray:
             return load_image(p)[0]
 
+    cfg = config or DedupConfig()
     ps = [Path(p) for p in paths]
-    images = [loader(p) for p in ps]
-    digests = [_file_digest(p) for p in ps]
-    pairs, candidates = find_duplicate_pairs(images, config, digests=digests, progress=progress)
+    images, digests, factors = [], [], []
+    for p in ps:
+        arr = np.asarray(loader(p), dtype=np.float32)
+        digests.append([_file_digest(p), _pixel_digest(arr)])
+        # Keep only what the finer stage needs (twice its canonical area) to bound memory.
+        f = min(1.0, 2 * cfg.fine_side / float(np.sqrt(arr.shape[0] * arr.shape[1])))
+        if f < 1.0:
+            arr = _resize(arr, (round(arr.shape[0] * f), round(arr.shape[1] * f)))
+        images.append(arr)
+        factors.append(f)
+
+    def original(pair: DuplicatePair) -> DuplicatePair:
+        return replace(pair, scale=round(pair.scale * factors[pair.i] / factors[pair.j], 4))
+
+    pairs, candidates = find_duplicate_pairs(images, cfg, digests=digests, progress=progress)
+    pairs = [p if p.kind == "exact" else original(p) for p in pairs]
+    candidates = [original(p) for p in candidates]
     groups = union_find_groups(len(ps), [(p.i, p.j) for p in pairs])
     return DedupResult(groups=groups, pairs=pairs, candidates=candidates)

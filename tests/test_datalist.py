@@ -1,0 +1,116 @@
+"""The datalist reader/writer: validation errors name the row, relative paths, round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from breastai.data.datalist import DatalistError, read_datalist, write_datalist
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> Path:
+    d = tmp_path / "img"
+    d.mkdir()
+    for name in ("a.png", "b.png", "a_m1.png", "a_m2.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(d / name)
+    return d
+
+
+def _csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_relative_paths_resolve_against_datalist(tmp_path, files):
+    p = _csv(tmp_path / "l.csv", ["image,mask,label", "img/a.png,img/a_m1.png;img/a_m2.png,benign", "img/b.png,,malignant"])
+    recs = read_datalist(p, classes=["benign", "malignant"])
+    assert recs[0]["image"] == str(files / "a.png")
+    assert recs[0]["mask"] == [str(files / "a_m1.png"), str(files / "a_m2.png")]
+    assert recs[1]["mask"] == []
+    assert [r["case_id"] for r in recs] == ["a", "b"]  # defaults to the file stem
+    assert [r["group"] for r in recs] == ["a", "b"]  # defaults to the case_id
+    assert recs[0]["fold"] is None and recs[0]["split"] == ""
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("img/missing.png,benign,,", "row 3: file not found: .*missing.png"),
+        ("img/b.png,cancer,,", "row 3: unknown label 'cancer'"),
+        ("img/b.png,benign,x,", "row 3: 'fold' must be an integer, got 'x'"),
+        ("img/b.png,benign,,holdout", "row 3: 'split' must be train, val or test, got 'holdout'"),
+        (",benign,,", "row 3: empty 'image'"),
+        ("img/b.png,,,", "row 3: empty 'label'"),
+    ],
+)
+def test_errors_name_the_row(tmp_path, files, row, message):
+    p = _csv(tmp_path / "l.csv", ["image,label,fold,split", "img/a.png,benign,0,train", row])
+    with pytest.raises(DatalistError, match=message) as exc:
+        read_datalist(p, classes=["benign", "malignant"])
+    assert str(p) in str(exc.value)
+
+
+def test_missing_mask_and_duplicate_case_id(tmp_path, files):
+    p = _csv(tmp_path / "l.csv", ["case_id,image,mask,label", "x,img/a.png,img/nomask.png,benign"])
+    with pytest.raises(DatalistError, match="row 2: file not found: .*nomask.png"):
+        read_datalist(p)
+    assert read_datalist(p, check_files=False)[0]["mask"][0].endswith("nomask.png")
+    p = _csv(tmp_path / "d.csv", ["case_id,image,label", "x,img/a.png,benign", "x,img/b.png,benign"])
+    with pytest.raises(DatalistError, match="row 3: duplicate case_id 'x'"):
+        read_datalist(p)
+
+
+def test_empty_and_unparseable(tmp_path):
+    with pytest.raises(DatalistError, match="file not found"):
+        read_datalist(tmp_path / "none.csv")
+    p = _csv(tmp_path / "e.csv", ["image,label"])
+    with pytest.raises(DatalistError, match="no rows"):
+        read_datalist(p)
+    j = tmp_path / "bad.json"
+    j.write_text("{not json")
+    with pytest.raises(DatalistError, match="cannot parse"):
+        read_datalist(j)
+
+
+def test_inference_list_without_labels(tmp_path, files):
+    p = _csv(tmp_path / "l.csv", ["image", "img/a.png"])
+    assert read_datalist(p, require_label=False)[0]["label"] == ""
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_round_trip(tmp_path, files, suffix):
+    rows = [
+        {"case_id": "c1", "image": str(files / "a.png"), "mask": [str(files / "a_m1.png"), str(files / "a_m2.png")],
+         "label": "benign", "group": "g1", "fold": 2, "split": "train", "abnormality": "CIRC"},
+        {"case_id": "c2", "image": str(files / "b.png"), "mask": "", "label": "malignant", "group": "g1",
+         "fold": None, "split": "test"},
+    ]
+    out = tmp_path / "sub" / f"list{suffix}"
+    write_datalist(rows, out)
+    text = out.read_text()
+    assert str(tmp_path) not in text and "../img/a.png" in text  # relative paths
+    recs = read_datalist(out)
+    assert [r["case_id"] for r in recs] == ["c1", "c2"]
+    assert recs[0]["image"] == str(files / "a.png") and len(recs[0]["mask"]) == 2
+    assert (recs[0]["fold"], recs[1]["fold"]) == (2, None)
+    assert (recs[0]["split"], recs[1]["split"]) == ("train", "test")
+    assert recs[0]["abnormality"] == "CIRC" and recs[1]["abnormality"] == ""
+    # Writing what was read gives the same file.
+    write_datalist(recs, tmp_path / "sub" / f"again{suffix}")
+    assert (tmp_path / "sub" / f"again{suffix}").read_text() == text
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # atomic: no temp left
+
+
+def test_monai_sections(tmp_path, files):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({
+        "training": [{"image": "img/a.png", "label": "benign"}],
+        "validation": [{"image": "img/b.png", "label": "malignant"}],
+    }))
+    recs = read_datalist(p)
+    assert [r["split"] for r in recs] == ["", "val"]

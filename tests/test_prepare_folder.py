@@ -1,0 +1,81 @@
+"""Generic class-folder preparation on synthetic files."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from breastai.data.datalist import read_datalist
+from breastai.data.prepare import add_parser, prepare_folder
+
+
+def _png(path: Path, value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+
+
+def _tree(root: Path) -> None:
+    _png(root / "benign" / "a.png")
+    _png(root / "benign" / "a_mask.png", 255)
+    _png(root / "benign" / "a_mask_1.png", 255)
+    _png(root / "benign" / "sub" / "b.png")
+    _png(root / "malignant" / "c.png")
+    _png(root / "malignant" / "deep" / "er" / "c.png")  # same stem, other folder
+    (root / "malignant" / "notes.txt").write_text("not an image")
+    _png(root / ".hidden" / "x.png")
+
+
+def test_prepare_folder_rows(tmp_path):
+    root = tmp_path / "data"
+    _tree(root)
+    out = tmp_path / "lists" / "folder.csv"
+    rep = prepare_folder(root, out)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["case_id"] for r in rows] == ["benign_a", "benign_sub_b", "malignant_c", "malignant_deep_er_c"]
+    assert rows[0]["mask"] == "../data/benign/a_mask.png;../data/benign/a_mask_1.png"
+    assert rows[1]["mask"] == "" and rows[1]["image"] == "../data/benign/sub/b.png"
+    assert all(r["group"] == r["case_id"] for r in rows)
+    assert rep.counts == {"benign": 2, "malignant": 2} and rep.n_rows == 4
+    recs = read_datalist(out, classes=["benign", "malignant"])
+    assert len(recs[0]["mask"]) == 2 and Path(recs[0]["mask"][1]).is_file()
+
+
+def test_no_mask_suffix_lists_masks_as_images(tmp_path):
+    root = tmp_path / "data"
+    _tree(root)
+    rep = prepare_folder(root, tmp_path / "f.json", mask_suffix="")
+    assert rep.counts == {"benign": 4, "malignant": 2}
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        prepare_folder(tmp_path / "missing", tmp_path / "x.csv")
+    (tmp_path / "empty" / "benign").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        prepare_folder(tmp_path / "empty", tmp_path / "x.csv")
+    _png(tmp_path / "orph" / "benign" / "z_mask.png")
+    with pytest.raises(ValueError, match="z_mask.png: mask file without a matching image"):
+        prepare_folder(tmp_path / "orph", tmp_path / "x.csv")
+
+
+def test_cli_parser(tmp_path, capsys):
+    root = tmp_path / "data"
+    _tree(root)
+    parser = argparse.ArgumentParser(prog="breastai")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", "folder", str(root), "--out", str(tmp_path / "o.csv")])
+    assert args.func(args) == 0
+    assert "malignant 2" in capsys.readouterr().out
+    assert (tmp_path / "o.csv").is_file()
+    busi = parser.parse_args(["prepare", "busi", "R", "--out", "o.csv", "--include-normal", "--threshold", "0.7"])
+    assert busi.include_normal and busi.threshold == 0.7 and not busi.keep_conflicts
+    mias = parser.parse_args(["prepare", "mias", "R", "--out", "o.csv", "--shape", "box", "--keep-uncoordinated"])
+    assert mias.shape == "box" and mias.keep_uncoordinated and mias.mask_dir is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prepare", "mias", "R", "--out", "o.csv", "--shape", "star"])

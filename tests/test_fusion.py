@@ -185,3 +185,46 @@ def test_disk_cache_round_trip(synth_datalist, tiny_config, tmp_path):
     # A different bin number is a different feature set: not served from this cache.
     names3, x3 = compute_radiomics({**cfg, "model": {**cfg["model"], "radiomics_bins": 8}}, records)
     assert not np.array_equal(x, x3)
+
+
+def _fake_cv(path: Path, scores: np.ndarray, y: np.ndarray, folds: np.ndarray) -> Path:
+    from breastai.metrics import roc_auc
+
+    path.mkdir(parents=True)
+    oof = [{"case_id": f"c{i}", "fold": int(f), "label": int(t), "logit": float(s), "probability": float(s)}
+           for i, (s, t, f) in enumerate(zip(scores, y, folds))]
+    per_fold = [{"fold": k, "auc": roc_auc(y[folds == k], scores[folds == k])} for k in range(3)]
+    (path / "cv_summary.json").write_text(json.dumps({"folds": per_fold, "mean_sd": {}, "oof_predictions": oof}))
+    return path
+
+
+def test_ablation_script_table_and_delong(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation_busi", Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_busi.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 2, n)
+    folds = np.arange(n) % 3
+    good = 1 / (1 + np.exp(-(3 * y - 1.5 + rng.normal(size=n))))
+    weak = 1 / (1 + np.exp(-(1 * y - 0.5 + rng.normal(size=n))))
+    dirs = {k: _fake_cv(tmp_path / k, s, y, folds) for k, s in (("fusion", good), ("image", weak), ("radiomics", weak[::-1]))}
+    # The runs list cases in a different order: matching is by case_id.
+    s = json.loads((dirs["radiomics"] / "cv_summary.json").read_text())
+    s["oof_predictions"] = [{**p, "probability": float(weak[int(p["case_id"][1:])])} for p in s["oof_predictions"][::-1]]
+    (dirs["radiomics"] / "cv_summary.json").write_text(json.dumps(s))
+    out = tmp_path / "ab.json"
+    res = ab.main(["--runs", *(f"{k}={d}" for k, d in dirs.items()), "--out", str(out)])
+    assert json.loads(out.read_text())["n_common_cases"] == n
+    t = {d["b"]: d for d in res["delong"]}
+    assert t["image"]["delta"] > 0.1 and t["image"]["p_value"] < 1e-3
+    assert t["image"]["auc_b"] == pytest.approx(t["radiomics"]["auc_b"])  # same scores once matched by case_id
+    assert res["models"]["fusion"]["mean_auc"] == pytest.approx(np.mean([f["auc"] for f in json.loads((dirs["fusion"] / "cv_summary.json").read_text())["folds"]]))
+    assert "fusion vs image" in capsys.readouterr().out
+    # Different folds for the same case: refused.
+    s["oof_predictions"][0]["fold"] = (s["oof_predictions"][0]["fold"] + 1) % 3
+    (dirs["radiomics"] / "cv_summary.json").write_text(json.dumps(s))
+    with pytest.raises(ValueError, match="not the same folds"):
+        ab.main(["--runs", *(f"{k}={d}" for k, d in dirs.items()), "--out", str(out)])

@@ -144,6 +144,16 @@ def _save_disk(path: Path, shash: str, keys: list[str]) -> None:
         raise
 
 
+def _lesion_crop(img: np.ndarray, mask: np.ndarray, margin: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion's box plus a margin wider than any feature's neighbourhood (the local-intensity
+    sphere needs 7 pixels at unit spacing), so features are unchanged while a chunk of whole
+    mammograms is never held in memory at once."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, r1 = max(rows[0] - margin, 0), rows[-1] + margin + 1
+    c0, c1 = max(cols[0] - margin, 0), cols[-1] + margin + 1
+    return img[r0:r1, c0:c1].astype(np.float64), mask[r0:r1, c0:c1]
+
+
 def compute_radiomics(cfg: dict[str, Any], records: Sequence[dict[str, Any]], chunk: int = 64) -> tuple[list[str], np.ndarray]:
     """Feature names and the ``(N, F)`` float64 matrix of ``records`` (cached; batched extraction).
 
@@ -174,8 +184,9 @@ def compute_radiomics(cfg: dict[str, Any], records: Sequence[dict[str, Any]], ch
             d = norm(load({k: v for k, v in rec.items() if k in ("image", "mask")}))
             if not d["has_mask"]:
                 raise RadiomicsInputError(f"{_row_name(rec)}: the lesion mask is empty; model {model} needs a lesion")
-            imgs.append(d["image"][0].astype(np.float64))
-            masks.append(d["mask"][0] > 0.5)
+            img, msk = _lesion_crop(d["image"][0], d["mask"][0] > 0.5)
+            imgs.append(img)
+            masks.append(msk)
             names.append(_row_name(rec))
         table = extract_features(imgs, masks, n_bins=settings["n_bins"], aggregation=settings["aggregation"],
                                  families=settings["families"], device=_device(cfg), ids=names)

@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
         "name": "efficientnet_lite0",
         "pretrained": True,
         "dropout": 0.2,
+        # Radiomics and fusion models (breastai.models.fusion):
+        "backbone": "efficientnet_lite0",  # image branch of fusion_concat / fusion_gated
+        "radiomics_bins": 32,  # fixed bin number of the texture/histogram discretisation
+        "select_corr": 0.95,  # drop one of each feature pair with |Spearman r| above this (training part)
+        "radiomics_penalty": "l2",  # radiomics_logreg: l1 | l2 (C by inner CV on the training part)
+        "fusion_dim": 128,  # fusion_gated: width of each modality's projection
     },
     "train": {
         "epochs": 12,

@@ -24,7 +24,16 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "case_id": [b.get("case_id", "") for b in batch],
         "index": torch.tensor([int(b.get("index", -1)) for b in batch]),
     }
+    if "radiomics" in batch[0]:  # radiomics and fusion models (breastai.models.fusion)
+        out["radiomics"] = torch.as_tensor(np.stack([np.asarray(b["radiomics"]) for b in batch]), dtype=torch.float32)
     return out
+
+
+def _forward(model: nn.Module, x: torch.Tensor, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Image models take ``x``; radiomics and fusion models also get the lesions' feature vectors."""
+    if "radiomics" in batch:
+        return model(x, radiomics=batch["radiomics"].to(device, non_blocking=True))
+    return model(x)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -73,7 +82,7 @@ def train_one_epoch(
         y = batch["label"].to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = loss_fn(model(x).float(), y)
+            loss = loss_fn(_forward(model, x, batch, device).float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower train.lr")
         if scaler is not None and scaler.is_enabled():
@@ -117,7 +126,7 @@ def predict_loader(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            z = model(x).float()
+            z = _forward(model, x, batch, device).float()
         idx.append(batch["index"].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -30,6 +30,7 @@ from .data.transforms import build_transforms
 from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
 from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summarise_folds
 from .models import MODELS, create_model
+from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
 __all__ = ["resolve_device", "build_dataset", "fit", "cross_validate", "main"]
@@ -59,6 +60,8 @@ def _seed_everything(seed: int) -> None:
 def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train: bool) -> Dataset:
     """A MONAI dataset over ``records`` with the train or eval preset; the deterministic prefix is cached."""
     items = [{**r, "index": i} for i, r in enumerate(records)]
+    if needs_radiomics(cfg):  # feature vector per row, computed once per dataset and cached
+        items = attach_radiomics(cfg, items)
     transform = build_transforms(cfg, train=train)
     mode = cfg["data"]["cache"]
     if mode == "memory":
@@ -108,7 +111,8 @@ def _bce(logits: np.ndarray, labels: np.ndarray) -> float:
 def _ckpt_state(cfg, model, *, epoch, best_epoch, metrics, threshold, temperature, extra=None) -> dict[str, Any]:
     raw = model.module if hasattr(model, "module") else model
     return {
-        "model": {"name": cfg["model"]["name"], "in_chans": _in_chans(cfg), "dropout": cfg["model"]["dropout"]},
+        "model": {"name": cfg["model"]["name"], "in_chans": _in_chans(cfg), "dropout": cfg["model"]["dropout"],
+                  **getattr(raw, "init_kwargs", {})},
         "weights": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
         "config": cfg,
         "classes": list(cfg["data"]["classes"]),
@@ -169,7 +173,9 @@ def fit(
     spec = MODELS[cfg["model"]["name"]] if cfg["model"]["name"] in MODELS else None
     if cfg["model"]["pretrained"] and spec is not None and not spec.pretrained_available and main_rank:
         log.warning("model %s has no bundled pretrained weights: training from scratch", cfg["model"]["name"])
-    model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"])
+    # Radiomics models: feature selection, scaler (and closed-form weights) fitted on the training part only.
+    extra = radiomics_model_kwargs(cfg, train_recs, y_train) if needs_radiomics(cfg) else {}
+    model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"], **extra)
     model.to(device)
     channels_last = bool(tc["channels_last"])
     if channels_last:
@@ -207,7 +213,8 @@ def fit(
 
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     progress = bool(cfg["log"]["progress"])
-    for epoch in range(start_epoch, tc["epochs"]):
+    closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
+    for epoch in range(start_epoch, 1 if closed_form else tc["epochs"]):
         t0 = time.time()
         if epoch == start_epoch and main_rank:
             first = next(iter(_loader(train_ds, cfg, True, y_train, epoch)))
@@ -216,7 +223,7 @@ def fit(
         _seed_everything(cfg["seed"] * 1000 + epoch)
         train_ds.transform.set_random_state(seed=(cfg["seed"] * 1000 + epoch) % 2**32)
         train_loader = _loader(train_ds, cfg, True, y_train, epoch)
-        train_loss = train_one_epoch(
+        train_loss = raw_model.fit_loss if closed_form else train_one_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
             channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress,
         )

@@ -4,26 +4,35 @@ import torch
 from breastai.models import MODELS, create_model, list_models
 
 
+def _call(name, m, x, method=None):
+    """Radiomics and fusion models also take the raw radiomics vector of each sample."""
+    f = getattr(m, method) if method else m
+    if MODELS[name].requires_radiomics:
+        return f(x, radiomics=torch.randn(x.shape[0], m.radiomics.n_in))
+    return f(x)
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("in_chans", [1, 2])
 def test_forward_backward_grey(name, in_chans):
     torch.manual_seed(0)
     m = create_model(name, in_chans=in_chans, pretrained=False)
     x = torch.rand(2, in_chans, 64, 64)
-    y = m(x)
+    y = _call(name, m, x)
     assert y.shape == (2,)
     y.sum().backward()
     grads = [p.grad for p in m.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in grads)
-    assert dict(m.named_modules()).get(m.target_layer_name) is not None, "saliency target layer exists"
+    if MODELS[name].uses_image:
+        assert dict(m.named_modules()).get(m.target_layer_name) is not None, "saliency target layer exists"
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_embedding_size(name):
     m = create_model(name, pretrained=False).eval()
     with torch.no_grad():
-        assert m.embed(torch.rand(1, 1, 64, 64)).shape == (1, m.n_features)
+        assert _call(name, m, torch.rand(1, 1, 64, 64), "embed").shape == (1, m.n_features)
 
 
 def test_pretrained_lite0_loads_imagenet_weights_for_grey_input():

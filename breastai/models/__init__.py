@@ -22,12 +22,20 @@ _GREY_MEAN, _GREY_STD = 0.449, 0.226
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: ``build(in_chans, pretrained, dropout) -> (backbone, n_features)``."""
+    """A registry entry: ``build(in_chans, pretrained, dropout) -> (backbone, n_features)``.
 
-    build: Callable[[int, bool, float], tuple[nn.Module, int]]
-    target_layer: str  # saliency target (last spatial feature map), relative to the Classifier
+    Models that are not a plain :class:`Classifier` give ``factory(in_chans=, pretrained=,
+    dropout=, **kwargs) -> nn.Module`` instead (``build`` unused); ``requires_radiomics`` models
+    are called as ``model(x, radiomics=r)`` (see :mod:`breastai.models.fusion`).
+    """
+
+    build: Callable[[int, bool, float], tuple[nn.Module, int]] | None
+    target_layer: str  # saliency target (last spatial feature map), relative to the model; "" if none
     pretrained_available: bool
     description: str
+    requires_radiomics: bool = False
+    uses_image: bool = True
+    factory: Callable[..., nn.Module] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -169,7 +177,7 @@ register_model(
 )
 
 
-def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **_: Any) -> Classifier:
+def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kwargs: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -177,6 +185,7 @@ def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout
         in_chans: input channels (1 = grey; 2 = grey + lesion mask).
         pretrained: load ImageNet weights (only where ``pretrained_available``).
         dropout: dropout before the head.
+        **kwargs: model-specific arguments for ``factory`` models (ignored by the others).
 
     Raises:
         KeyError: unknown model name.
@@ -184,7 +193,12 @@ def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     spec = MODELS[name]
+    if spec.factory is not None:
+        return spec.factory(in_chans=in_chans, pretrained=pretrained, dropout=dropout, **kwargs)
     backbone, n = spec.build(in_chans, pretrained and spec.pretrained_available, dropout)
     model = Classifier(backbone, n, dropout, normalize=spec.pretrained_available)
     model.target_layer_name = spec.target_layer
     return model
+
+
+from . import fusion as _fusion  # noqa: E402,F401  (registers radiomics_logreg, fusion_concat, fusion_gated)

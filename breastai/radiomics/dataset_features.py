@@ -1,0 +1,349 @@
+"""Radiomics of datalist rows for the radiomics and fusion models: computed once, cached, selected.
+
+Features come from the ORIGINAL image (grey, intensity-normalised with the run's preprocessing
+settings, i.e. :class:`~breastai.data.transforms.NormalizeIntensityRobustd`) and its lesion mask,
+through :func:`breastai.radiomics.extract_features` (2D, fixed bin number, default families).
+They are cached in memory per row, keyed by a hash of image path, its mtime, the mask paths and
+their mtimes, and the settings, so cross-validation folds reuse them; with ``data.cache: disk``
+they are also kept in an ``.npz`` in the cache folder.
+
+Feature selection and standardisation (:func:`select_features`) and the closed-form logistic
+regression (:func:`fit_logistic`) only ever see the training part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .extract import RadiomicsInputError, default_families, extract_features
+
+__all__ = [
+    "needs_radiomics",
+    "radiomics_settings",
+    "compute_radiomics",
+    "attach_radiomics",
+    "Selection",
+    "select_features",
+    "fit_logistic",
+    "radiomics_model_kwargs",
+    "clear_cache",
+]
+
+_FORMAT = 1  # bump when the way features are computed here changes
+_MEMORY: dict[str, np.ndarray] = {}  # row key -> float64 feature vector
+_NAMES: dict[str, list[str]] = {}  # settings hash -> feature names
+
+
+def clear_cache() -> None:
+    """Forget the in-memory feature cache (tests)."""
+    _MEMORY.clear()
+    _NAMES.clear()
+
+
+def needs_radiomics(cfg: dict[str, Any]) -> bool:
+    """Whether ``cfg['model']['name']`` is a model called with a radiomics vector."""
+    from ..models import MODELS
+
+    spec = MODELS.get(cfg["model"]["name"])
+    return bool(spec is not None and spec.requires_radiomics)
+
+
+def radiomics_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes the feature values, as a JSON-able dict."""
+    pre = cfg["preprocess"]
+    return {
+        "format": _FORMAT,
+        "n_bins": int(cfg["model"].get("radiomics_bins", 32)),
+        "discretisation": "fbn",
+        "aggregation": "2d",
+        "families": list(default_families()),
+        "normalize": pre["normalize"],
+        "percentiles": [float(v) for v in pre["percentiles"]],
+        "reader_options": cfg["data"].get("reader_options") or {},
+    }
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _mtime(p: Any) -> int:
+    try:
+        return os.stat(p).st_mtime_ns
+    except OSError:
+        return -1  # unreadable: loading reports it, naming the row
+
+
+def _row_key(rec: dict[str, Any], shash: str) -> str:
+    img = rec["image"]
+    if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__"):
+        src: Any = [str(img), _mtime(img)]
+    else:  # in-memory array (inference API): key by content
+        src = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+    masks = rec.get("mask")
+    if isinstance(masks, (list, tuple)):
+        msk: Any = [[str(m), _mtime(m)] for m in masks]
+    elif masks is None or isinstance(masks, str):
+        msk = [[masks, _mtime(masks)]] if masks else []
+    else:
+        msk = hashlib.sha256(np.ascontiguousarray(masks).tobytes()).hexdigest()
+    return _hash([src, msk, shash])
+
+
+def _row_name(rec: dict[str, Any]) -> str:
+    img = rec["image"]
+    where = str(img) if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else "<array>"
+    return f"case {rec.get('case_id', '?')!r} ({where})"
+
+
+def _device(cfg: dict[str, Any]) -> str:
+    dev = str(cfg.get("device", "cpu"))
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return dev if dev.startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def _disk_path(cfg: dict[str, Any], shash: str) -> Path | None:
+    if cfg["data"].get("cache") != "disk":
+        return None
+    root = cfg["data"].get("cache_dir") or str(Path(cfg["output_dir"]) / ".cache")
+    return Path(root) / f"radiomics-{shash[:16]}.npz"
+
+
+def _load_disk(path: Path | None, shash: str) -> None:
+    if path is None or not path.is_file():
+        return
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names, keys, values = [str(n) for n in z["names"]], [str(k) for k in z["keys"]], z["values"]
+    except (OSError, ValueError, KeyError):
+        return  # a damaged cache is recomputed, never trusted
+    _NAMES.setdefault(shash, names)
+    if _NAMES[shash] == names:
+        _MEMORY.update({k: v for k, v in zip(keys, values) if k not in _MEMORY})
+
+
+def _save_disk(path: Path, shash: str, keys: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, names=np.array(_NAMES[shash]), keys=np.array(keys), values=np.stack([_MEMORY[k] for k in keys]))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _lesion_crop(img: np.ndarray, mask: np.ndarray, margin: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion's box plus a margin wider than any feature's neighbourhood (the local-intensity
+    sphere needs 7 pixels at unit spacing), so features are unchanged while a chunk of whole
+    mammograms is never held in memory at once."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, r1 = max(rows[0] - margin, 0), rows[-1] + margin + 1
+    c0, c1 = max(cols[0] - margin, 0), cols[-1] + margin + 1
+    return img[r0:r1, c0:c1].astype(np.float64), mask[r0:r1, c0:c1]
+
+
+def compute_radiomics(cfg: dict[str, Any], records: Sequence[dict[str, Any]], chunk: int = 64) -> tuple[list[str], np.ndarray]:
+    """Feature names and the ``(N, F)`` float64 matrix of ``records`` (cached; batched extraction).
+
+    Raises:
+        RadiomicsInputError: a row without a usable lesion mask; the message names the row.
+        ImageReadError: an unreadable image (names the file).
+    """
+    from ..data.transforms import LoadSampled, NormalizeIntensityRobustd
+
+    settings = radiomics_settings(cfg)
+    shash = _hash(settings)
+    disk = _disk_path(cfg, shash)
+    _load_disk(disk, shash)
+    keys = [_row_key(r, shash) for r in records]
+    todo = [i for i, k in enumerate(keys) if k not in _MEMORY]
+    load = LoadSampled(settings["reader_options"])
+    norm = NormalizeIntensityRobustd(settings["normalize"], tuple(settings["percentiles"]))
+    model = cfg["model"]["name"]
+    for c0 in range(0, len(todo), chunk):
+        part = todo[c0 : c0 + chunk]
+        imgs, masks, names = [], [], []
+        for i in part:
+            rec = records[i]
+            m = rec.get("mask")
+            if m is None or (isinstance(m, (list, tuple, str)) and not m):
+                raise RadiomicsInputError(f"{_row_name(rec)}: no lesion mask; model {model} uses lesion radiomics "
+                                          "and needs a mask for every row")
+            d = norm(load({k: v for k, v in rec.items() if k in ("image", "mask")}))
+            if not d["has_mask"]:
+                raise RadiomicsInputError(f"{_row_name(rec)}: the lesion mask is empty; model {model} needs a lesion")
+            img, msk = _lesion_crop(d["image"][0], d["mask"][0] > 0.5)
+            imgs.append(img)
+            masks.append(msk)
+            names.append(_row_name(rec))
+        table = extract_features(imgs, masks, n_bins=settings["n_bins"], aggregation=settings["aggregation"],
+                                 families=settings["families"], device=_device(cfg), ids=names)
+        _NAMES.setdefault(shash, list(table.names))
+        if _NAMES[shash] != list(table.names):
+            raise RuntimeError("radiomics feature names changed within one run; clear the cache")
+        for j, i in enumerate(part):
+            _MEMORY[keys[i]] = table.values[j]
+    if todo and disk is not None:
+        _save_disk(disk, shash, [k for k in dict.fromkeys(keys)])
+    if not records:
+        return list(_NAMES.get(shash, [])), np.zeros((0, len(_NAMES.get(shash, []))))
+    return list(_NAMES[shash]), np.stack([_MEMORY[k] for k in keys])
+
+
+def attach_radiomics(cfg: dict[str, Any], items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``items`` with key ``radiomics``: the float32 raw feature vector of each row."""
+    _, x = compute_radiomics(cfg, items)
+    return [{**it, "radiomics": x[i].astype(np.float32)} for i, it in enumerate(items)]
+
+
+@dataclass
+class Selection:
+    """Features kept (in raw order of preference) and their training-part standardisation."""
+
+    names: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _auc_strength(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|AUC - 0.5| of every column (Mann-Whitney via ranks), the order of preference."""
+    from scipy.stats import rankdata
+
+    r = rankdata(x, axis=0)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n0 == 0 or n1 == 0:
+        return np.zeros(x.shape[1])
+    auc = (r[y == 1].sum(0) - n1 * (n1 + 1) / 2) / (n0 * n1)
+    return np.abs(auc - 0.5)
+
+
+def select_features(x: np.ndarray, y: np.ndarray, names: Sequence[str], corr: float = 0.95) -> Selection:
+    """Selection fitted on training rows only.
+
+    Drops features with a non-finite value in any row, near-constant ones (sd below 1e-8 of
+    their magnitude, or one value in >= 95 % of rows), then, going through the rest from the
+    most to the least discriminative (|AUC - 0.5|, ties by name order), drops each feature whose
+    |Spearman r| with an already kept one exceeds ``corr``. Mean and sd of the kept ones follow.
+
+    Raises:
+        ValueError: nothing left, or shapes that do not match.
+    """
+    from scipy.stats import rankdata
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    if x.ndim != 2 or x.shape[1] != len(names) or x.shape[0] != len(y):
+        raise ValueError(f"features {x.shape}, {len(names)} names and {len(y)} labels do not match")
+    dropped: dict[str, list[str]] = {"non_finite": [], "constant": [], "correlated": []}
+    keep = []
+    for j, n in enumerate(names):
+        col = x[:, j]
+        if not np.isfinite(col).all():
+            dropped["non_finite"].append(n)
+            continue
+        sd = col.std()
+        _, counts = np.unique(col, return_counts=True)
+        if sd <= 1e-8 * max(1.0, float(np.abs(col).mean())) or counts.max() >= 0.95 * len(col):
+            dropped["constant"].append(n)
+            continue
+        keep.append(j)
+    if not keep:
+        raise ValueError("radiomics selection: every feature is non-finite or constant on the training part")
+    xs = x[:, keep]
+    order = np.argsort(-_auc_strength(xs, y), kind="stable")
+    ranks = rankdata(xs, axis=0)
+    rho = np.abs(np.corrcoef(ranks, rowvar=False)) if len(keep) > 1 else np.ones((1, 1))
+    chosen: list[int] = []
+    for j in order:
+        if chosen and float(np.max(rho[j, chosen])) > corr:
+            dropped["correlated"].append(names[keep[j]])
+            continue
+        chosen.append(int(j))
+    cols = [keep[j] for j in chosen]
+    sel = x[:, cols]
+    return Selection([names[c] for c in cols], sel.mean(0), sel.std(0), dropped)
+
+
+def _standardise(x: np.ndarray, sel: Selection, names: Sequence[str], clip: float = 10.0) -> np.ndarray:
+    pos = {n: i for i, n in enumerate(names)}
+    z = (x[:, [pos[n] for n in sel.names]] - sel.mean) / sel.scale
+    # Same transform as breastai.models.fusion.RadiomicsInput, so sklearn sees what the module computes.
+    return np.clip(np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip), -clip, clip)
+
+
+def fit_logistic(z: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None = None, penalty: str = "l2",
+                 seed: int = 0) -> dict[str, Any]:
+    """Class-balanced logistic regression on standardised features, C by inner group-aware CV (AUC).
+
+    Returns:
+        ``coef`` (F,), ``intercept``, ``C`` and ``fit_loss`` (training log loss).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if penalty not in ("l1", "l2"):
+        raise ValueError(f"model.radiomics_penalty must be l1 or l2, got {penalty!r}")
+    y = np.asarray(y).astype(int)
+    groups = np.asarray(groups if groups is not None else np.arange(len(y)), dtype=str)
+    cs = np.logspace(-3, 2, 11)
+
+    import sklearn
+
+    # scikit-learn >= 1.8 spells the penalty as l1_ratio (``penalty`` is deprecated there).
+    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
+    kind = {"l1_ratio": float(penalty == "l1")} if new_api else {"penalty": penalty}
+
+    def model(c: float) -> LogisticRegression:
+        # liblinear: exact and fast on a few hundred rows (lbfgs is ~20x slower here); a large
+        # intercept_scaling keeps its regularisation of the intercept negligible.
+        return LogisticRegression(C=c, solver="liblinear", intercept_scaling=100.0, class_weight="balanced",
+                                  max_iter=5000, **kind)
+
+    k = int(min(5, np.bincount(y).min(), len(np.unique(groups))))
+    best_c = 1.0
+    if k >= 2:
+        scores = np.zeros(len(cs))
+        splits = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(z, y, groups))
+        for tr, va in splits:
+            if len(np.unique(y[va])) < 2 or len(np.unique(y[tr])) < 2:
+                continue
+            for i, c in enumerate(cs):
+                scores[i] += roc_auc_score(y[va], model(c).fit(z[tr], y[tr]).decision_function(z[va]))
+        # Ties go to the stronger regularisation (smaller C): the simpler model.
+        best_c = float(cs[int(np.argmax(scores > scores.max() - 1e-9))]) if scores.any() else 1.0
+    lr = model(best_c).fit(z, y)
+    return {"coef": lr.coef_.reshape(-1).astype(np.float64), "intercept": float(lr.intercept_[0]), "C": best_c,
+            "fit_loss": float(log_loss(y, lr.predict_proba(z)[:, 1], labels=[0, 1]))}
+
+
+def radiomics_model_kwargs(cfg: dict[str, Any], train_records: Sequence[dict[str, Any]], y_train: np.ndarray) -> dict[str, Any]:
+    """``create_model`` arguments of a radiomics model, fitted on the training part only.
+
+    Computes (or reuses) the training rows' features, selects and standardises them and, for the
+    closed-form ``radiomics_logreg``, fits the logistic regression.
+    """
+    mc = cfg["model"]
+    names, x = compute_radiomics(cfg, train_records)
+    sel = select_features(x, y_train, names, corr=float(mc.get("select_corr", 0.95)))
+    stats: dict[str, Any] = {"mean": sel.mean, "scale": sel.scale}
+    if mc["name"] == "radiomics_logreg":
+        z = _standardise(x, sel, names)
+        groups = [r.get("group") or r.get("case_id") for r in train_records]
+        stats.update(fit_logistic(z, y_train, groups, penalty=str(mc.get("radiomics_penalty", "l2")), seed=int(cfg["seed"])))
+    return {"backbone": mc.get("backbone", "efficientnet_lite0"), "fusion_dim": int(mc.get("fusion_dim", 128)),
+            "feature_names": names, "selected": sel.names, "stats": stats}

@@ -65,6 +65,9 @@ class SaliencyExplainer:
             layer = getattr(model, "target_layer_name", None)
             if not layer or layer not in dict(model.named_modules()):
                 raise ValueError(f"model has no usable saliency target layer ({layer!r})")
+            for m in model.modules():  # an in-place op after the hooked layer breaks its backward hook
+                if getattr(m, "inplace", False) is True:
+                    m.inplace = False
             cls = GradCAM if method == "gradcam" else GradCAMpp
             # Identity post-processing: MONAI's default normaliser inverts magnitudes (max -> 0).
             self._cam = cls(nn_module=self.wrapper, target_layers=f"net.{layer}", postprocessing=lambda m: m)
@@ -73,11 +76,16 @@ class SaliencyExplainer:
         """Logits (B,) and maps (B, S, S) >= 0 on the input grid (None for ``none``)."""
         self.model.eval()
         if self._cam is not None:
-            with torch.enable_grad():
-                # The input carries the graph, so frozen weights (inference) still give layer gradients.
-                maps = self._cam(x.detach().requires_grad_(True), class_idx=0)
-            logits = self._cam.nn_module.score.detach().reshape(-1)
-            return logits, F.relu(maps.detach()[:, 0])
+            # MONAI's Grad-CAM++ mixes up the batch with B > 1 (score (B,) times grad (B,C,H,W)):
+            # one sample at a time there; Grad-CAM takes the whole batch.
+            chunks = x.split(1) if self.method == "gradcam++" else [x]
+            logits, maps = [], []
+            for xc in chunks:
+                with torch.enable_grad():
+                    # The input carries the graph, so frozen weights (inference) still give layer gradients.
+                    maps.append(self._cam(xc.detach().requires_grad_(True), class_idx=0).detach()[:, 0])
+                logits.append(self._cam.nn_module.score.detach().reshape(-1))
+            return torch.cat(logits), F.relu(torch.cat(maps))
         with torch.no_grad():
             logits = self.model(x).reshape(-1)
         if self.method == "none":
@@ -164,7 +172,8 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray | 
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if heat is not None:
         h = normalise_map(heat)
-        lut = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3]).astype(np.float32)
+        # jet without its dark-red end, so the hottest spot is a bright red
+        lut = (colormaps["jet"](np.linspace(0, 0.88, 256))[:, :3]).astype(np.float32)
         colour = lut[(h * 255).astype(np.uint8)]
         # Weight by the map so cold regions keep the anatomy readable.
         a = (alpha * np.sqrt(h))[..., None]
@@ -181,7 +190,7 @@ def saliency_grid(
     """Heat-map overlays of a batch, for TensorBoard (``writer.add_images`` or ``make_grid``).
 
     Args:
-        model: the classifier (its training/eval mode is restored afterwards).
+        model: the classifier (left untouched: a copy is explained).
         images: (B, C, S, S) network inputs in [0, 1] (channel 0 is the grey image).
         masks: optional (B, 1, S, S) or (B, S, S) lesion masks, drawn as outlines.
         method: ``gradcam``, ``gradcam++`` or ``occlusion``.
@@ -189,12 +198,16 @@ def saliency_grid(
     Returns:
         float tensor (B, 3, S, S) in [0, 1] on the CPU.
     """
-    was_training = model.training
-    try:
-        explainer = SaliencyExplainer(model, method)
-        _, maps = explainer(images)
-    finally:
-        model.train(was_training)
+    import copy
+
+    # A private eval-mode copy: the CAM hooks never touch the model being trained (and a DDP
+    # wrapper is looked through).
+    raw = model.module if hasattr(model, "module") else model
+    clone = copy.deepcopy(raw).eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    device = next(clone.parameters()).device
+    _, maps = SaliencyExplainer(clone, method)(images.detach().to(device))
     out = []
     for i in range(images.shape[0]):
         grey = images[i, 0].detach().cpu().numpy()

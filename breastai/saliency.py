@@ -57,7 +57,9 @@ class SaliencyExplainer:
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
         self.model, self.method, self.occlusion_mask = model, method, occlusion_mask
-        self.wrapper = LogitAsClasses(model)
+        # In eval mode: MONAI restores the wrapper's mode after each map, and a (default) training
+        # wrapper would leave BatchNorm updating its statistics on every later forward pass.
+        self.wrapper = LogitAsClasses(model).eval()
         self._cam = None
         if method in ("gradcam", "gradcam++"):
             from monai.visualize import GradCAM, GradCAMpp
@@ -74,7 +76,7 @@ class SaliencyExplainer:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B,) and maps (B, S, S) >= 0 on the input grid (None for ``none``)."""
-        self.model.eval()
+        self.wrapper.eval()
         if self._cam is not None:
             # MONAI's Grad-CAM++ mixes up the batch with B > 1 (score (B,) times grad (B,C,H,W)):
             # one sample at a time there; Grad-CAM takes the whole batch.

@@ -73,6 +73,10 @@ class SaliencyExplainer:
             cls = GradCAM if method == "gradcam" else GradCAMpp
             # Identity post-processing: MONAI's default normaliser inverts magnitudes (max -> 0).
             self._cam = cls(nn_module=self.wrapper, target_layers=f"net.{layer}", postprocessing=lambda m: m)
+            # The graph starts AT the target layer: its output becomes a leaf that requires grad, so
+            # the backward pass runs through the head only (the map needs nothing below the layer).
+            # With trainable weights upstream the graph exists anyway and this hook does nothing.
+            dict(model.named_modules())[layer].register_forward_hook(_graph_from_here)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B,) and maps (B, S, S) >= 0 on the input grid (None for ``none``)."""
@@ -83,9 +87,10 @@ class SaliencyExplainer:
             chunks = x.split(1) if self.method == "gradcam++" else [x]
             logits, maps = [], []
             for xc in chunks:
-                with torch.enable_grad():
-                    # The input carries the graph, so frozen weights (inference) still give layer gradients.
-                    maps.append(self._cam(xc.detach().requires_grad_(True), class_idx=0).detach()[:, 0])
+                with torch.enable_grad(), warnings.catch_warnings():
+                    # Expected with _graph_from_here: the hook fires for the layer's output gradient.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    maps.append(self._cam(xc.detach(), class_idx=0).detach()[:, 0])
                 logits.append(self._cam.nn_module.score.detach().reshape(-1))
             return torch.cat(logits), F.relu(torch.cat(maps))
         with torch.no_grad():
@@ -110,6 +115,12 @@ class SaliencyExplainer:
             drop = logits[i] - occ_map.reshape(-1, *x.shape[-2:])[0]
             maps.append(F.relu(drop))
         return torch.stack(maps)
+
+
+def _graph_from_here(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_(True)
+    return None
 
 
 def normalise_map(m: np.ndarray) -> np.ndarray:

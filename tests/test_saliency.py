@@ -139,3 +139,22 @@ def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
     assert nll(apply_temperature(over, t)) < nll(apply_temperature(over, 1.0)) - 0.1
     # Ranking (hence AUC) unchanged.
     assert np.array_equal(np.argsort(apply_temperature(over, t)), np.argsort(over))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_frozen_weights_shortcut_gives_the_same_map(method):
+    # Inference freezes the weights and backpropagates from the target layer only; the map must
+    # equal the one from a full backward pass through a trainable copy.
+    import copy
+
+    torch.manual_seed(1)
+    model = create_model("resnet18", pretrained=False).eval()
+    frozen = copy.deepcopy(model)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(2, 1, 64, 64)
+    z1, m1 = SaliencyExplainer(model, method)(x)
+    z2, m2 = SaliencyExplainer(frozen, method)(x)
+    assert m1.abs().max() > 0
+    torch.testing.assert_close(z1, z2)
+    torch.testing.assert_close(m1, m2, rtol=1e-4, atol=1e-6 * float(m1.abs().max()))

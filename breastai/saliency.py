@@ -80,7 +80,8 @@ class SaliencyExplainer:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B,) and maps (B, S, S) >= 0 on the input grid (None for ``none``)."""
-        self.wrapper.eval()
+        if self.wrapper.training or self.model.training:  # eval() walks every module: only when needed
+            self.wrapper.eval()
         if self._cam is not None:
             # MONAI's Grad-CAM++ mixes up the batch with B > 1 (score (B,) times grad (B,C,H,W)):
             # one sample at a time there; Grad-CAM takes the whole batch.

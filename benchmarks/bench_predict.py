@@ -1,0 +1,99 @@
+"""Speed of ``breastai predict``: images/s and ms/image with and without saliency maps.
+
+File decoding, preprocessing, the forward pass, calibration and (for the saliency rows) the map
+sent back to the original geometry are all timed; ``--write`` adds the .npy/PNG output files.
+Images: BUSI PNGs from the shared data when present, else synthetic 500x600 PNGs.
+
+    python benchmarks/bench_predict.py --checkpoint checkpoints/busi/best.pt --n 50
+    python benchmarks/bench_predict.py --model efficientnet_lite0 --n 50      # untrained weights, same speed
+    python benchmarks/bench_predict.py --model efficientnet_lite0 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from breastai.predict import Predictor  # noqa: E402
+
+DATA = Path(os.environ.get("BREASTAI_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _images(n: int, tmp: Path) -> tuple[list[Path], str]:
+    busi = DATA / "busi" / "Dataset_BUSI_with_GT"
+    if busi.is_dir():
+        files = sorted(p for c in ("benign", "malignant") for p in (busi / c).glob("*.png") if "_mask" not in p.name)
+        rng = np.random.default_rng(0)
+        return [files[i] for i in rng.permutation(len(files))[:n]], f"BUSI PNGs from {busi}"
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        p = tmp / f"synthetic{i}.png"
+        Image.fromarray((rng.random((500, 600)) * 255).astype(np.uint8)).save(p)
+        out.append(p)
+    return out, "synthetic 500x600 PNGs (BUSI not found)"
+
+
+def _untrained_state(model: str, size: int) -> dict:
+    from breastai.config import load_config
+    from breastai.models import create_model
+
+    cfg = load_config(None, [f"model.name={model}", f"preprocess.size={size}", "model.pretrained=false"])
+    net = create_model(model, pretrained=False)
+    return {"model": {"name": model, "in_chans": 1, "dropout": 0.2}, "weights": net.state_dict(), "config": cfg,
+            "classes": list(cfg["data"]["classes"]), "threshold": 0.5, "temperature": 1.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="best.pt to time")
+    src.add_argument("--model", help="time an untrained checkpoint of this registered model instead")
+    ap.add_argument("--size", type=int, default=224, help="input size for --model (default 224)")
+    ap.add_argument("--n", type=int, default=50, help="images to time (default 50)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--methods", default="none,gradcam,gradcam++", help="comma-separated saliency methods")
+    ap.add_argument("--write", action="store_true", help="also write predictions and map files (run_predict)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    state = _untrained_state(args.model, args.size) if args.model else None
+    pred = Predictor(state, device=args.device, source=args.model) if state else Predictor.from_checkpoint(args.checkpoint, args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, what = _images(args.n, Path(tmp))
+        print(f"model {pred.cfg['model']['name']} at {pred.pre['size']} px, device {pred.device}, "
+              f"{torch.get_num_threads()} thread(s); {len(files)} images: {what}")
+        print(f"{'saliency':<12}{'images/s':>10}{'ms/image':>10}")
+        for method in args.methods.split(","):
+            pred.predict(files[:3], saliency=method)  # warm-up (allocator, hooks, lazy imports)
+            if pred.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            if args.write:
+                from breastai.predict_cli import run_predict
+
+                recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method)
+            else:
+                recs = pred.predict(files, saliency=method)
+            if pred.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            bad = sum(r["error"] is not None for r in recs)
+            print(f"{method:<12}{len(files) / dt:>10.1f}{1000 * dt / len(files):>10.1f}" + (f"  ({bad} failed)" if bad else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Does the saliency map look at the lesion? Pointing game and mass share on CV held-out images.
+
+For a cross-validation run folder (``DIR/fold{i}/best.pt`` and ``DIR/cv_summary.json`` with its
+out-of-fold predictions), every malignant held-out image is explained by ITS fold's checkpoint
+(never a model that saw it in training); the map is taken in the original image geometry and
+compared with the lesion mask from the datalist:
+
+- pointing game: the fraction of images whose saliency maximum lies inside the lesion mask;
+- mass share: the fraction of the total saliency inside the mask, against the mask's area
+  share of the image (a map blind to the lesion has mass share ~ area share).
+
+    python benchmarks/saliency_pointing.py --cv-run runs/busi_whole_cv --data data/busi.csv --method gradcam++
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E402
+from breastai.data.io import load_mask  # noqa: E402
+from breastai.predict import Predictor  # noqa: E402
+
+
+def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Pointing hit, saliency mass share inside ``mask`` and the mask's area share."""
+    smap = np.clip(np.nan_to_num(np.asarray(smap, dtype=np.float64)), 0, None)
+    mask = np.asarray(mask, dtype=bool)
+    total = smap.sum()
+    peak = np.unravel_index(int(np.argmax(smap)), smap.shape)
+    return {
+        "hit": float(mask[peak]) if total > 0 else 0.0,
+        "mass_share": float(smap[mask].sum() / total) if total > 0 else 0.0,
+        "area_share": float(mask.mean()),
+    }
+
+
+def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None) -> dict:
+    """Pointing game and mass share per fold and overall (see the module docstring)."""
+    summary = json.loads((cv_run / "cv_summary.json").read_text())
+    records = {r["case_id"]: r for r in read_datalist(data, require_label=False)}
+    per_fold: dict[int, list[dict]] = {}
+    missing = 0
+    for fold in sorted({int(p["fold"]) for p in summary["oof_predictions"]}):
+        pred = Predictor.from_checkpoint(cv_run / f"fold{fold}" / "best.pt", device=device)
+        malignant = pred.classes.index("malignant") if "malignant" in pred.classes else 1
+        cases = [p for p in summary["oof_predictions"] if int(p["fold"]) == fold and int(p["label"]) == malignant]
+        rows = []
+        for p in cases[: limit or None]:
+            rec = records.get(str(p["case_id"]))
+            if rec is None or not rec["mask"]:
+                missing += 1
+                continue
+            out = pred.predict(rec["image"], masks=[rec["mask"]] if pred.crop_mode else None, saliency=method,
+                               return_maps=True)[0]
+            if out["error"]:
+                print(f"skipped {p['case_id']}: {out['error']}", file=sys.stderr)
+                missing += 1
+                continue
+            stats = pointing_stats(out["saliency_map"], load_mask(rec["mask"], out["saliency_map"].shape))
+            rows.append({"case_id": p["case_id"], "fold": fold, "probability": out["probability"], **stats})
+        per_fold[fold] = rows
+
+    def agg(rows: list[dict]) -> dict:
+        if not rows:
+            return {"n": 0}
+        hit = np.array([r["hit"] for r in rows])
+        mass = np.array([r["mass_share"] for r in rows])
+        area = np.array([r["area_share"] for r in rows])
+        return {"n": len(rows), "pointing_game": float(hit.mean()), "mass_share": float(mass.mean()),
+                "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
+
+    all_rows = [r for rows in per_fold.values() for r in rows]
+    return {"cv_run": str(cv_run), "data": str(data), "method": method,
+            "folds": {str(f): agg(rows) for f, rows in per_fold.items()}, "overall": agg(all_rows),
+            "skipped": missing, "cases": all_rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cv-run", required=True, type=Path, help="CV run folder (fold{i}/best.pt, cv_summary.json)")
+    ap.add_argument("--data", required=True, type=Path, help="the datalist of the CV run (masks are read from it)")
+    ap.add_argument("--method", default="gradcam++", choices=["gradcam", "gradcam++", "occlusion"])
+    ap.add_argument("--out", type=Path, help="JSON report (default: CV_RUN/saliency_pointing_METHOD.json)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="at most this many malignant images per fold (0 = all)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None)
+    print(f"saliency localisation ({args.method}) on malignant held-out images of {args.cv_run}")
+    print(f"{'fold':<8}{'n':>5}{'pointing':>10}{'mass in mask':>14}{'mask area':>11}{'mass/area':>11}")
+    for name, a in [*rep["folds"].items(), ("all", rep["overall"])]:
+        if a["n"]:
+            print(f"{name:<8}{a['n']:>5}{a['pointing_game']:>10.3f}{a['mass_share']:>14.3f}{a['area_share']:>11.3f}"
+                  f"{a['mass_over_area']:>11.2f}")
+    if rep["skipped"]:
+        print(f"{rep['skipped']} case(s) skipped (no mask or unreadable)")
+    out = args.out or args.cv_run / f"saliency_pointing_{args.method.replace('++', 'pp')}.json"
+    rep["seconds"] = round(time.time() - t0, 1)
+    atomic_write_text(out, json.dumps(rep, indent=1))
+    print(f"report: {out} ({rep['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

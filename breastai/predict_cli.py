@@ -1,0 +1,201 @@
+"""``breastai predict``: score new images, write predictions and saliency maps.
+
+Output folder layout (a rerun never mixes old and new results)::
+
+    OUT/predictions.csv, OUT/predictions.json     replaced atomically at the END of a run
+    OUT/saliency/<run_id>/NNNNN_<id>.npy|.png       maps of that run only
+
+Each run writes its maps into a fresh ``saliency/<run_id>/`` folder; the prediction files,
+which reference only that folder, are swapped in when the run has finished, and only then are
+the folders of earlier runs (marked by a ``.breastai-run`` file) deleted. A crashed run
+leaves the previous predictions and their maps intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["add_parser", "run_predict", "write_predictions"]
+
+log = logging.getLogger("breastai")
+_MARKER = ".breastai-run"
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MapWriter:
+    """Stores each record's map as ``.npy`` (float32, original geometry) and a PNG overlay."""
+
+    def __init__(self, out: Path, run_id: str):
+        self.out = out
+        self.rel = Path("saliency") / run_id
+        self.dir = out / self.rel
+        self.dir.mkdir(parents=True, exist_ok=False)
+        (self.dir / _MARKER).write_text(run_id)
+
+    def __call__(self, index: int, rec: dict[str, Any], smap: np.ndarray, image: np.ndarray, mask: np.ndarray | None):
+        from PIL import Image
+
+        from .predict import _safe_stem
+        from .saliency import heat_overlay
+
+        stem = f"{index:05d}_{_safe_stem(str(rec['id']))}"
+        buf = io.BytesIO()
+        np.save(buf, smap.astype(np.float32))
+        _atomic_bytes(self.dir / f"{stem}.npy", buf.getvalue())
+        buf = io.BytesIO()
+        Image.fromarray(heat_overlay(image, smap, mask)).save(buf, format="PNG", compress_level=1)
+        _atomic_bytes(self.dir / f"{stem}.png", buf.getvalue())
+        return str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
+
+
+def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
+    """``predictions.csv`` and ``predictions.json`` (``{"run": ..., "records": [...]}``), atomically."""
+    from .data.datalist import atomic_write_text
+    from .predict import RECORD_FIELDS
+
+    out = Path(out)
+    fields = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS) - {"saliency_map", "image"})
+    rows = [{k: r.get(k) for k in fields} for r in records]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    atomic_write_text(out / "predictions.json", json.dumps({"run": run, "records": rows}, indent=1))
+    atomic_write_text(out / "predictions.csv", buf.getvalue())
+
+
+def _remove_old_runs(out: Path, keep: str | None) -> None:
+    sal = out / "saliency"
+    if not sal.is_dir():
+        return
+    for d in sal.iterdir():
+        if d.is_dir() and d.name != keep and (d / _MARKER).is_file():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def run_predict(
+    checkpoint: Any,
+    inputs: Sequence[Any],
+    out: str | Path,
+    masks: Sequence[Any] | None = None,
+    saliency: str = "gradcam++",
+    tta: int = 0,
+    keep_identifiers: bool = False,
+    find_masks: bool = False,
+    device: str = "auto",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.predict.Predictor`) into ``out``.
+
+    Returns:
+        The records and the run summary (also stored in ``predictions.json``).
+    """
+    from .predict import Predictor
+
+    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device=device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    writer = MapWriter(out, run_id) if saliency != "none" else None
+    t0 = time.time()
+    try:
+        records = pred.predict(inputs, masks=masks, saliency=saliency, tta=tta, keep_identifiers=keep_identifiers,
+                               find_masks=find_masks, map_writer=writer)
+    except BaseException:
+        if writer is not None:
+            shutil.rmtree(writer.dir, ignore_errors=True)
+        raise
+    n_failed = sum(r["error"] is not None for r in records)
+    run = {
+        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "tta": tta,
+        "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
+        "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
+        "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_predictions(records, out, run)
+    _remove_old_runs(out, keep=run_id if writer is not None else None)
+    return records, run
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .data.datalist import DatalistError
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=args.mask or None,
+                                   saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
+                                   find_masks=args.find_masks, device=args.device)
+    except (CheckpointError, DatalistError, ValueError) as exc:
+        print(f"breastai predict: error: {exc}", file=sys.stderr)
+        return 2
+    for r in records:
+        if r["error"]:
+            print(f"failed: {r['error']}", file=sys.stderr)
+    n, bad = run["n"], run["n_failed"]
+    print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
+          f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else ""))
+    if n == 0:
+        print("breastai predict: no images found in the inputs", file=sys.stderr)
+        return 1
+    return 1 if bad else 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``breastai predict``."""
+    p = subparsers.add_parser(
+        "predict",
+        help="score new images: calibrated malignancy probability, uncertainty, saliency maps",
+        description="Score images with a trained checkpoint (preprocessing, calibration and threshold all come "
+        "from it). INPUT may be image or DICOM files, folders (searched recursively; non-image and *_mask files are "
+        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv and .json and, "
+        "with --saliency, maps in the original image geometry (.npy) with PNG overlays under OUT/saliency/RUN_ID/; "
+        "a rerun replaces the earlier results as a whole. Exit status: 0 all scored, 1 some input failed, "
+        "2 unusable checkpoint or arguments.",
+        epilog="example: breastai predict --checkpoint checkpoints/busi/best.pt scans/ --out preds --saliency gradcam++ --tta 8",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/DICOM files, folders or a datalist CSV/JSON")
+    p.add_argument("--checkpoint", required=True, help="best.pt from a training run")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mask", action="append", metavar="M",
+                   help="lesion mask for an image; repeat once per image, in input order (needed by crop-mode checkpoints)")
+    p.add_argument("--find-masks", action="store_true", help="use BUSI-style sibling <name>_mask*.png files as masks")
+    from .saliency import METHODS
+
+    p.add_argument("--saliency", choices=METHODS, default="gradcam++",
+                   help="saliency method (default gradcam++; occlusion is slow but model-agnostic; none = scores only)")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="DICOM: id = file name and add PatientID/SOPInstanceUID columns (default: hashed SOP UID only)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    p.set_defaults(func=_cmd_predict)
+    return p

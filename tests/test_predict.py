@@ -1,0 +1,245 @@
+"""``breastai predict`` and the Predictor API on a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from breastai.checkpoint import load_checkpoint
+from breastai.predict import Predictor, expand_inputs, tta_views
+from breastai.predict_cli import add_parser, run_predict
+
+PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-7734521"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, synth_datalist) -> Path:
+    from conftest import _tiny_config
+
+    from breastai.training import main
+
+    out = main(_tiny_config(synth_datalist, tmp_path_factory.mktemp("run")))
+    return Path(out["run_dir"]) / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample(synth_datalist) -> tuple[Path, Path]:
+    """One synthetic image and its mask."""
+    row = next(csv.DictReader(open(synth_datalist)))
+    base = synth_datalist.parent
+    return base / row["image"], base / row["mask"].split(";")[0]
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, sop_uid: str = "1.2.826.0.1.3680043.8.498.12345") -> Path:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
+    ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="breastai")
+    add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+def test_png_and_grey_dicom_give_the_same_probability(predictor, sample, tmp_path):
+    pixels = np.asarray(Image.open(sample[0]).convert("L"))
+    dcm = _write_dicom(tmp_path / "same.dcm", pixels)
+    a, b = predictor.predict([sample[0], dcm])
+    assert a["error"] is None and b["error"] is None
+    assert abs(a["probability"] - b["probability"]) < 1e-4
+    # The calibrated probability is sigmoid(logit / T) and the label follows the threshold.
+    assert a["probability"] == pytest.approx(1 / (1 + np.exp(-a["logit"] / predictor.temperature)), abs=1e-9)
+    assert a["label"] == predictor.classes[int(a["probability"] >= predictor.threshold)]
+
+
+def test_identifiers_never_leak(ckpt, sample, tmp_path):
+    from breastai.data.dicom import uid_hash
+
+    pixels = np.asarray(Image.open(sample[0]).convert("L"))
+    uid = "1.2.826.0.1.3680043.8.498.99"
+    (tmp_path / "in").mkdir()
+    dcm = _write_dicom(tmp_path / "in" / "img1.dcm", pixels, uid)
+    out = tmp_path / "out"
+    records, _ = run_predict(ckpt, [dcm], out, saliency="gradcam", device="cpu")
+    assert records[0]["id"] == uid_hash(uid)
+    texts = [(out / "predictions.csv").read_text(), (out / "predictions.json").read_text()]
+    texts += [str(p) for p in out.rglob("*")]
+    for t in texts:
+        for secret in (PATIENT_ID, "Doe", "Janet", uid):
+            assert secret not in t
+    # Asked for explicitly, they are there.
+    records, _ = run_predict(ckpt, [dcm], tmp_path / "out2", saliency="none", keep_identifiers=True, device="cpu")
+    assert records[0]["patient_id"] == PATIENT_ID and records[0]["id"] == "img1.dcm"
+
+
+def test_outputs_maps_in_original_geometry_and_rerun_replaces(ckpt, sample, tmp_path):
+    out = tmp_path / "out"
+    records, run = run_predict(ckpt, [sample[0]], out, masks=[sample[1]], saliency="gradcam++", tta=4, device="cpu")
+    rec = records[0]
+    assert rec["error"] is None and rec["has_mask"] and 0 <= rec["uncertainty"] < 0.5
+    shape = np.asarray(Image.open(sample[0])).shape[:2]
+    smap = np.load(out / rec["saliency_npy"])
+    assert smap.shape == shape and smap.dtype == np.float32 and 0 <= smap.min() and smap.max() <= 1
+    png = np.asarray(Image.open(out / rec["saliency_png"]))
+    assert png.shape == (*shape, 3)
+    assert (png == (0, 255, 0)).all(-1).sum() > 10  # the lesion outline is drawn
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    js = json.loads((out / "predictions.json").read_text())
+    assert rows[0]["id"] == js["records"][0]["id"] == sample[0].name
+    assert float(rows[0]["probability"]) == pytest.approx(rec["probability"], abs=1e-6)
+    assert js["run"]["n"] == 1 and js["run"]["n_failed"] == 0
+    # A rerun into the same folder: only the new run's maps remain, and every referenced file exists.
+    records2, run2 = run_predict(ckpt, [sample[0], sample[0]], out, saliency="gradcam", device="cpu")
+    assert run2["run_id"] != run["run_id"]
+    assert [d.name for d in (out / "saliency").iterdir()] == [run2["run_id"]]
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 2 and all((out / r["saliency_npy"]).is_file() for r in rows)
+    assert len({r["saliency_npy"] for r in rows}) == 2  # same file name twice: no overwrite
+    assert rows[0]["uncertainty"] == ""  # tta=0: no uncertainty
+
+
+def test_every_failure_kind_gives_a_specific_record(predictor, sample, tmp_path):
+    good = sample[0]
+    arr = np.asarray(Image.open(good).convert("L"))
+    trunc = tmp_path / "truncated.png"
+    trunc.write_bytes(good.read_bytes()[:200])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    unsupported = tmp_path / "notes.xyz"
+    unsupported.write_text("hello")
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(blank)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(arr[:4, :4]).save(tiny)
+    bad_mask = tmp_path / "bad_mask.png"
+    Image.fromarray(np.full((10, 12), 255, np.uint8)).save(bad_mask)
+    empty_mask = tmp_path / "empty_mask.png"
+    Image.fromarray(np.zeros(arr.shape, np.uint8)).save(empty_mask)
+    cases = {
+        "missing": (tmp_path / "nope.png", None, "file not found"),
+        "truncated": (trunc, None, "truncated or corrupt"),
+        "empty file": (empty, None, "file is empty"),
+        "unsupported": (unsupported, None, "unsupported file type"),
+        "blank": (blank, None, "blank"),
+        "too small": (tiny, None, "too small"),
+        "mask mismatch": (good, [str(bad_mask)], "does not match image shape"),
+        "empty mask": (good, [str(empty_mask)], "mask is empty"),
+        "good": (good, None, None),
+    }
+    recs = predictor.predict([c[0] for c in cases.values()], masks=[c[1] for c in cases.values()], saliency="gradcam")
+    for (kind, (path, _, expected)), rec in zip(cases.items(), recs):
+        if expected is None:
+            assert rec["error"] is None and rec["probability"] is not None, kind
+        else:
+            assert rec["error"] and expected in rec["error"] and str(path) in rec["error"], (kind, rec["error"])
+            assert rec["probability"] is None and rec["label"] is None
+
+
+def test_crop_mode_checkpoint_needs_a_mask(ckpt, sample):
+    state = load_checkpoint(ckpt)
+    state["config"]["preprocess"]["mode"] = "crop"
+    p = Predictor(state, device="cpu")
+    no_mask, with_mask = p.predict([sample[0], sample[0]], masks=[None, [str(sample[1])]])
+    assert "lesion mask is needed" in no_mask["error"]
+    assert with_mask["error"] is None and with_mask["has_mask"]
+
+
+def test_numpy_input_folder_input_and_tta(predictor, sample, tmp_path):
+    arr = np.asarray(Image.open(sample[0]).convert("L"))
+    rec = predictor.predict(arr, saliency="gradcam++", return_maps=True, tta=6)[0]
+    assert rec["id"] == "array0" and rec["saliency_map"].shape == arr.shape
+    rec2 = predictor.predict(arr, saliency="none", tta=6)[0]
+    assert rec2["probability"] == pytest.approx(rec["probability"], abs=1e-6)
+    assert rec2["uncertainty"] == pytest.approx(rec["uncertainty"], abs=1e-9)  # seeded: reproducible
+    # Folders: recursive, mask files and non-images skipped with a note.
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.fromarray(arr).save(tmp_path / "a" / "b" / "x.png")
+    Image.fromarray(arr).save(tmp_path / "a" / "x_mask.png")
+    (tmp_path / "a" / "readme.txt").write_text("hi")
+    items, notes = expand_inputs(tmp_path / "a", find_masks=True)
+    assert [Path(i.source).name for i in items] == ["x.png"]
+    assert any("x_mask.png: skipped" in n for n in notes) and any("readme.txt: skipped" in n for n in notes)
+    # TTA views: the right shape, and a binary mask channel stays binary.
+    x = torch.rand(1, 2, 16, 16)
+    x[:, 1] = (x[:, 1] > 0.5).float()
+    v = tta_views(x, 5, {"hflip": 0.5})
+    assert v.shape == (5, 2, 16, 16) and set(v[:, 1].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_cli_exit_codes(ckpt, sample, tmp_path, capsys):
+    assert _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), "--out", str(tmp_path / "o1"),
+                 "--saliency", "none"]) == 0
+    assert "predicted 1 of 1 image(s), 0 failed" in capsys.readouterr().out
+    assert _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), str(tmp_path / "missing.png"),
+                 "--out", str(tmp_path / "o2"), "--saliency", "none"]) == 1
+    assert "1 failed" in capsys.readouterr().out
+    assert _cli(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(sample[0]), "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "Traceback" not in err
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"model": {"name": "no_such_model"}, "weights": {}}, bogus)
+    assert _cli(["predict", "--checkpoint", str(bogus), str(sample[0]), "--out", str(tmp_path / "o4")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _cli(["predict", "--help"])
+    assert e.value.code == 0 and "--saliency" in capsys.readouterr().out
+
+
+def test_reader_crop_and_flip_are_undone_and_the_model_stays_intact(predictor, ckpt, sample, tmp_path):
+    from breastai.data import io
+
+    arr = np.asarray(Image.open(sample[0]).convert("L")).astype(np.float32)
+    rows, cols = arr.shape[0] + 20, arr.shape[1] + 30
+
+    def read(path, **_):  # a reader that crops and mirrors, as the DICOM mammography reader does
+        return arr[:, ::-1].copy(), {"crop_box": [5, 5 + arr.shape[0], 30, 30 + arr.shape[1]], "flipped_lr": True,
+                                     "rows": rows, "cols": cols}
+
+    io.register_reader("test_cropflip", lambda p: p.suffix == ".cfl", read, first=True)
+    try:
+        f = tmp_path / "x.cfl"
+        f.write_bytes(b"x")
+        rec = predictor.predict(f, saliency="gradcam++", return_maps=True, tta=3)[0]
+    finally:
+        io._READERS[:] = [r for r in io._READERS if r.name != "test_cropflip"]
+    assert rec["error"] is None
+    assert rec["saliency_map"].shape == rec["image"].shape == (rows, cols)
+    assert rec["image"][:5].max() == 0 and rec["image"][:, :30].max() == 0  # outside the reader's crop
+    # The grey image came back un-mirrored at its place.
+    lo, hi = np.percentile(arr, (0.5, 99.5))
+    np.testing.assert_allclose(rec["image"][5 : 5 + arr.shape[0], 30:], np.clip((arr - lo) / (hi - lo), 0, 1), atol=1e-5)
+    # Saliency and TTA passes never leave the model in training mode or change its weights.
+    assert not predictor.model.training
+    ref = load_checkpoint(ckpt)["weights"]
+    for k, v in predictor.model.state_dict().items():
+        torch.testing.assert_close(v.cpu(), ref[k], msg=k)

@@ -57,7 +57,7 @@ def evaluate_checkpoint(
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
     lines = ["case_id,label,probability,predicted"]
     for c, yy, p in zip(pred["case_id"], y, probs):
-        lines.append(f"{c},{classes[yy]},{p:.6f},{classes[int(p >= state['threshold'])]}")
+        lines.append(f"{c},{classes[yy]},{float(p)!r},{classes[int(p >= state['threshold'])]}")
     atomic_write_text(out / "predictions.csv", "\n".join(lines) + "\n")
     from . import plots
 

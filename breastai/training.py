@@ -317,6 +317,21 @@ def _log_best_epoch(tb: TBLogger, cfg, model, val_ds, val, val_probs, state) -> 
     order = np.argsort(val["index"])[:n]
     imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])
     tb.image_grid("best/val_inputs_scored", imgs, step, scores=[float(val_probs[i]) for i in order])
+    if getattr(model, "target_layer_name", None):
+        from .saliency import saliency_grid
+
+        masks = torch.stack([val_ds[int(val["index"][i])]["mask"] for i in order])
+        extra = _radiomics_batch(val_ds, val, order)
+        if extra is None:
+            tb.writer.add_images("best/val_saliency", saliency_grid(model, imgs, masks), step)
+
+
+def _radiomics_batch(val_ds, val, order):
+    """Radiomics vectors of the logged samples, or None when the model takes none."""
+    first = val_ds[int(val["index"][order[0]])]
+    if "radiomics" not in first:
+        return None
+    return torch.stack([torch.as_tensor(val_ds[int(val["index"][i])]["radiomics"]) for i in order])
 
 
 def _flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:

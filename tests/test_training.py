@@ -48,7 +48,7 @@ def test_two_epoch_run_writes_everything(trained):
     assert not list(run.glob(".*.tmp")), "no temporary checkpoint left behind"
     tags = _tb_tags(run)
     for t in ("loss/train", "loss/val", "auc/val", "lr", "inputs/train_augmented", "best/val_inputs_scored",
-              "best/roc", "best/confusion", "best/reliability"):
+              "best/roc", "best/confusion", "best/reliability", "best/val_saliency"):
         assert t in tags, f"TensorBoard tag {t} missing (have {sorted(tags)})"
 
 

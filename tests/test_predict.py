@@ -243,3 +243,17 @@ def test_reader_crop_and_flip_are_undone_and_the_model_stays_intact(predictor, c
     ref = load_checkpoint(ckpt)["weights"]
     for k, v in predictor.model.state_dict().items():
         torch.testing.assert_close(v.cpu(), ref[k], msg=k)
+
+
+def test_all_real_mammography_dicoms_are_scored(ckpt, tmp_path):
+    """The 8 real DICOM mammograms (JPEG Lossless / JPEG 2000, MONOCHROME1/2) go through predict."""
+    from conftest import real_data
+
+    folder = real_data("dicom-mg")
+    records, _ = run_predict(ckpt, [str(folder)], tmp_path / "out", saliency="gradcam")
+    assert len(records) == 8
+    assert [r["error"] for r in records if r["error"]] == []
+    for r in records:
+        assert 0.0 <= r["probability"] <= 1.0
+        assert r["id"] not in r["source"], "DICOM ids are SOP UID hashes, not file names"
+        assert np.load(tmp_path / "out" / r["saliency_npy"]).ndim == 2

@@ -25,6 +25,7 @@ from .calibration import apply_temperature, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
 from .data.datalist import atomic_write_text, read_datalist
+from .data.frames import expand_frames
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
 from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
@@ -401,7 +402,8 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     try:
         if not cfg["data"]["datalist"]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
-        records = read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"])
+        records = expand_frames(read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"]),
+                                cfg["data"].get("reader_options"))
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,10 @@ class LoadSampled(MapTransform):
         d = dict(data)
         src = d["image"]
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-            img, meta = load_image(src, self.reader_options)
+            opts = self.reader_options
+            if d.get("frame") is not None:  # one frame of a multi-frame row (frame policy "all")
+                opts = {**opts, "dicom": {**opts.get("dicom", {}), "frame": int(d["frame"])}}
+            img, meta = load_image(src, opts)
             d["source"] = str(src)
         else:  # an in-memory array (inference API)
             img = np.asarray(src, dtype=np.float32)
@@ -197,7 +200,7 @@ class ToInputd(MapTransform):
         if self.class_names is not None:
             lab = d.get("label", "")
             d["label"] = self.class_names.index(lab) if lab in self.class_names else -1
-        for k in ("group", "split", "fold"):
+        for k in ("group", "split", "fold", "frame"):
             d.pop(k, None)
         d["case_id"] = str(d.get("case_id", ""))
         return d

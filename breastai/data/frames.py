@@ -1,0 +1,41 @@
+"""Multi-frame DICOM (ultrasound cine, tomosynthesis) in datalists: the frame policy.
+
+``data.reader_options.dicom.frame`` chooses it: ``middle`` (default) or an index reads one frame
+per row; ``all`` expands every multi-frame row into one sample per frame, all in the row's group
+(frames of one acquisition never straddle a split). ``stack`` is a reading mode of
+:func:`breastai.data.dicom.read_dicom` only: the 2D classifiers take one frame per sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["expand_frames"]
+
+
+def expand_frames(records: Sequence[dict[str, Any]], reader_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Apply the frame policy to datalist records.
+
+    Returns the records unchanged unless the policy is ``all``; then each DICOM row with F > 1
+    frames becomes F rows with ``frame`` = 0..F-1 and ``case_id`` suffixed ``_fK``.
+
+    Raises:
+        ValueError: the ``stack`` policy, which yields a volume rather than a 2D image.
+    """
+    policy = ((reader_options or {}).get("dicom") or {}).get("frame", "middle")
+    if policy == "stack":
+        raise ValueError("data.reader_options.dicom.frame=stack gives a frame stack; the 2D models need "
+                         "'middle', a frame index, or 'all' (one sample per frame)")
+    if policy != "all":
+        return list(records)
+    from .dicom import dicom_frame_count, is_dicom
+
+    out: list[dict[str, Any]] = []
+    for r in records:
+        n = dicom_frame_count(r["image"]) if is_dicom(Path(r["image"])) else 1
+        if n <= 1:
+            out.append({**r, "frame": 0} if is_dicom(Path(r["image"])) else dict(r))
+            continue
+        out.extend({**r, "frame": k, "case_id": f"{r['case_id']}_f{k}"} for k in range(n))
+    return out

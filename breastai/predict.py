@@ -180,7 +180,16 @@ class Predictor:
         self.threshold = float(state.get("threshold", 0.5))
         self.aug = dict(cfg.get("augment") or {})
         self.device = resolve_device(device)
-        self.model = model_from_checkpoint(state).to(self.device).eval()
+        model = model_from_checkpoint(state)
+        from .models import MODELS
+
+        spec = MODELS.get(state["model"]["name"])
+        self.needs_radiomics = bool(getattr(spec, "requires_radiomics", False))
+        self.uses_image = bool(getattr(spec, "uses_image", True))
+        self.radiomics_names = state["model"].get("feature_names")
+        if self.needs_radiomics:
+            model = _WithRadiomics(model)
+        self.model = model.to(self.device).eval()
         # channels-last convolutions are about 1.5x faster on CPU (and on tensor cores).
         self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():  # saliency needs activation gradients only
@@ -297,7 +306,16 @@ class Predictor:
             if item.mask is not None and not rec["has_mask"]:
                 raise ImageReadError(f"{item.source}: the lesion mask is empty")
             x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)
-            logit, smap = self.explainer(saliency)(x)
+            if self.needs_radiomics:
+                if not rec["has_mask"]:
+                    raise ImageReadError(f"{item.source}: model {self.cfg['model']['name']} uses lesion radiomics: "
+                                         "a lesion mask is needed (--mask, or a datalist with masks)")
+                from .radiomics.dataset_features import radiomics_of_array
+
+                r = radiomics_of_array(self.cfg, np.asarray(full), np.asarray(full_mask) > 0.5, self.radiomics_names)
+                self.model.radiomics = torch.as_tensor(r)[None].to(self.device)
+            # A radiomics-only model has no image feature map to explain.
+            logit, smap = self.explainer(saliency if self.uses_image else "none")(x)
             z = float(logit[0])
             p = float(apply_temperature(np.array([z]), self.temperature)[0])
             rec.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
@@ -320,6 +338,23 @@ class Predictor:
                 msg = f"{item.source}: {msg}"
             rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
             return rec, None
+
+
+class _WithRadiomics(torch.nn.Module):
+    """A radiomics-taking model bound to the current lesion's feature vector, so that saliency,
+    TTA and plain scoring call it with the image alone."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.radiomics: torch.Tensor | None = None
+        layer = getattr(net, "target_layer_name", "")
+        self.target_layer_name = f"net.{layer}" if layer else ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.radiomics is None:
+            raise ValueError("no radiomics vector bound for this lesion")
+        return self.net(x, radiomics=self.radiomics.expand(x.shape[0], -1))
 
 
 def _reader_to_original(arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:

@@ -228,3 +228,22 @@ def test_ablation_script_table_and_delong(tmp_path, capsys):
     (dirs["radiomics"] / "cv_summary.json").write_text(json.dumps(s))
     with pytest.raises(ValueError, match="not the same folds"):
         ab.main(["--runs", *(f"{k}={d}" for k, d in dirs.items()), "--out", str(out)])
+
+
+def test_predict_computes_radiomics_from_the_given_mask(logreg_cv, synth64):
+    """Inference recomputes the features from image + mask and reproduces the CV's logits."""
+    from breastai.predict import Predictor
+
+    cfg, res = logreg_cv
+    run = Path(res["run_dir"])
+    s = json.loads((run / "cv_summary.json").read_text())
+    oof = {p["case_id"]: p["logit"] for p in s["oof_predictions"] if p["fold"] == 0}
+    records = [r for r in read_datalist(synth64, classes=cfg["data"]["classes"]) if r["case_id"] in oof][:4]
+    pred = Predictor.from_checkpoint(run / "fold0" / "best.pt", device="cpu")
+    out = pred.predict([r["image"] for r in records], masks=[r["mask"][0] for r in records], saliency="gradcam")
+    for r, rec in zip(records, out):
+        assert rec["error"] is None, rec["error"]
+        assert abs(rec["logit"] - oof[r["case_id"]]) < 1e-4
+        assert rec["saliency_npy"] is None  # a radiomics-only model has no image map
+    no_mask = pred.predict(records[0]["image"])[0]
+    assert no_mask["probability"] is None and "lesion" in no_mask["error"] and "mask" in no_mask["error"]

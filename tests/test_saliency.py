@@ -8,7 +8,7 @@ import torch
 
 from breastai.calibration import apply_temperature, fit_temperature
 from breastai.data.transforms import LoadSampled, NormalizeIntensityRobustd, SquareBoxd
-from breastai.models import create_model, list_models
+from breastai.models import MODELS, create_model, list_models
 from breastai.saliency import SaliencyExplainer, heat_overlay, map_to_original, normalise_map, saliency_grid
 
 
@@ -61,9 +61,21 @@ def test_map_goes_back_through_a_dicom_crop_and_flip():
 def test_every_registered_model_yields_a_map(name):
     torch.manual_seed(0)
     in_chans = 2 if name == "small_cnn" else 1  # the mask-channel variant is covered too
-    model = create_model(name, in_chans=in_chans, pretrained=False).eval()
+    spec = MODELS[name]
+    if not spec.uses_image:
+        pytest.skip(f"{name} scores radiomics only: no image feature map to explain")
     b = 2 if name == "small_cnn" else 1  # tiny inputs keep the big models fast on 2 CPU cores
     x = torch.rand(b, in_chans, 32, 40)
+    if spec.requires_radiomics:
+        from breastai.predict import _WithRadiomics
+
+        feats = [f"f{i}" for i in range(6)]
+        net = create_model(name, in_chans=in_chans, pretrained=False, backbone="small_cnn", feature_names=feats,
+                           selected=feats, stats={"mean": np.zeros(6), "scale": np.ones(6)})
+        model = _WithRadiomics(net).eval()  # how predict binds a lesion's radiomics vector
+        model.radiomics = torch.randn(1, 6)
+    else:
+        model = create_model(name, in_chans=in_chans, pretrained=False).eval()
     with torch.no_grad():
         ref = model(x)
     for method in ("gradcam", "gradcam++"):

@@ -202,6 +202,26 @@ def compute_radiomics(cfg: dict[str, Any], records: Sequence[dict[str, Any]], ch
     return list(_NAMES[shash]), np.stack([_MEMORY[k] for k in keys])
 
 
+def radiomics_of_array(cfg: dict[str, Any], image01: np.ndarray, mask: np.ndarray,
+                       expected_names: Sequence[str] | None = None) -> np.ndarray:
+    """The raw feature vector of one lesion at inference: ``image01`` already normalised like the
+    training images (the preprocessing preset's intensity step), ``mask`` boolean, same grid.
+
+    Raises:
+        RadiomicsInputError: empty mask, or feature names differing from those the model was trained on.
+    """
+    if not np.asarray(mask).any():
+        raise RadiomicsInputError(f"model {cfg['model']['name']} uses lesion radiomics: the lesion mask is empty")
+    settings = radiomics_settings(cfg)
+    img, msk = _lesion_crop(np.asarray(image01), np.asarray(mask, dtype=bool))
+    table = extract_features([img], [msk], n_bins=settings["n_bins"], aggregation=settings["aggregation"],
+                             families=settings["families"], device=_device(cfg))
+    if expected_names is not None and list(table.names) != list(expected_names):
+        raise RadiomicsInputError("this checkpoint's radiomics features differ from this breastai's feature set; "
+                                  "retrain the model with this version")
+    return table.values[0].astype(np.float32)
+
+
 def attach_radiomics(cfg: dict[str, Any], items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of ``items`` with key ``radiomics``: the float32 raw feature vector of each row."""
     _, x = compute_radiomics(cfg, items)

@@ -341,6 +341,26 @@ def _flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     return {f"{a}.{b}": cfg[a][b] for a, b in keys}
 
 
+def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:
+    """Results of a fold finished before a ``--resume``: from its ``done`` file, or, for a file
+    without predictions, recomputed from the fold's ``best.pt`` on its held-out part."""
+    done = json.loads((fold_dir / "done").read_text())
+    if "test_predictions" in done:
+        return done
+    from .checkpoint import model_from_checkpoint
+
+    state = load_checkpoint(fold_dir / "best.pt")
+    test_recs = [records[i] for i in test_idx]
+    pred = predict_loader(model_from_checkpoint(state), _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0),
+                          torch.device("cpu"))
+    probs = apply_temperature(pred["logit"], state["temperature"])
+    rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=int(cfg["eval"]["bootstrap"]))
+    rep["seconds"] = done.get("seconds", float("nan"))
+    preds = [{"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
+             for c, y, z, p in zip(pred["case_id"], pred["label"], pred["logit"], probs)]
+    return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
+
+
 def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
 
@@ -355,12 +375,17 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(folds), len(tr), len(va), len(test_idx))
         fold_dir = run_dir / f"fold{i}"
-        t0 = time.time()
-        res = fit(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
-                  resume=resume and (fold_dir / "last.pt").is_file() and not (fold_dir / "done").is_file())
-        res["test"]["seconds"] = time.time() - t0
-        if dist.is_main():
-            atomic_write_text(fold_dir / "done", json.dumps(res["test"]))
+        if resume and (fold_dir / "done").is_file():
+            res = _finished_fold(cfg, records, test_idx, fold_dir)
+            log.info("fold %d already finished: test AUC %.4f", i + 1, res["test"]["auc"])
+        else:
+            t0 = time.time()
+            res = fit(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
+                      resume=resume and (fold_dir / "last.pt").is_file())
+            res["test"]["seconds"] = time.time() - t0
+            if dist.is_main():
+                done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"]}
+                atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
         per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
         oof += [{**p, "fold": i} for p in res["test_predictions"]]
     y = np.array([p["label"] for p in oof])

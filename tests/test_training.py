@@ -108,6 +108,10 @@ def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
     ids = [p["case_id"] for p in s["oof_predictions"]]
     assert len(ids) == len(set(ids)) == 32, "every case predicted exactly once out of fold"
     assert (run / "oof_predictions.csv").is_file()
+    # --resume after the end reuses the finished folds instead of training them again.
+    again = train_main(cfg, resume=True)
+    assert again["run_dir"] == res["run_dir"]
+    assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in s["folds"]]
 
 
 def test_broken_checkpoint_gives_clear_error(tmp_path):

@@ -1,7 +1,12 @@
-"""Temperature scaling (Guo et al., 2017): one scalar T with p = sigmoid(logit / T).
+"""Temperature scaling (Guo et al., 2017): one scalar T with p = sigmoid((logit - offset) / T).
 
 Fitted on the validation predictions of the best epoch by minimising the negative
 log-likelihood; it changes probabilities, never the ranking (AUC is unchanged).
+
+``offset`` undoes the prior shift of a class-weighted loss: BCE with ``pos_weight`` w is
+minimised by logit + log(w), so probabilities are biased towards the positive class by a
+constant that a temperature alone cannot remove. The offset log(w) is known exactly and is
+stored in the checkpoint beside T.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["fit_temperature", "apply_temperature"]
+__all__ = ["fit_temperature", "apply_temperature", "calibrated_probability"]
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
@@ -42,3 +47,9 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated probabilities ``sigmoid(logits / T)``."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def calibrated_probability(logits: np.ndarray, state: dict) -> np.ndarray:
+    """Calibrated probabilities with a checkpoint's ``temperature`` and ``logit_offset``."""
+    z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
+    return apply_temperature(z, float(state.get("temperature", 1.0)))

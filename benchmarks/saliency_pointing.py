@@ -10,6 +10,10 @@ compared with the lesion mask from the datalist:
   share of the image (a map blind to the lesion has mass share ~ area share).
 
     python benchmarks/saliency_pointing.py --cv-run runs/busi_whole_cv --data data/busi.csv --method gradcam++
+
+Choices about the explanation itself (``--layer``, the target layer) are made with ``--part val``:
+the same statistics on each fold's VALIDATION images (carved from its training part exactly as
+in training, never the held-out fold), so the held-out figure stays untouched by the choice.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E402
 from breastai.data.io import load_mask  # noqa: E402
+from breastai.data.frames import expand_frames  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
+from breastai.training import cv_splits  # noqa: E402
 
 
 def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -43,16 +49,34 @@ def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None) -> dict:
+def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
+    """Per fold: the held-out predictions (``test``) or the fold's validation rows (``val``)."""
+    folds = sorted({int(p["fold"]) for p in summary["oof_predictions"]})
+    if part == "test":
+        return {f: [p for p in summary["oof_predictions"] if int(p["fold"]) == f] for f in folds}
+    cfg = summary["config"]
+    classes = list(cfg["data"]["classes"])
+    records = expand_frames(read_datalist(data, classes=classes), cfg["data"].get("reader_options"))
+    splits = cv_splits(records, len(folds), cfg["data"]["val_fraction"], cfg["seed"])
+    return {f: [{"case_id": records[i]["case_id"], "label": classes.index(records[i]["label"])} for i in splits[f][1]]
+            for f in folds}
+
+
+def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None,
+                 part: str = "test", layer: str | None = None) -> dict:
     """Pointing game and mass share per fold and overall (see the module docstring)."""
     summary = json.loads((cv_run / "cv_summary.json").read_text())
     records = {r["case_id"]: r for r in read_datalist(data, require_label=False)}
     per_fold: dict[int, list[dict]] = {}
     missing = 0
-    for fold in sorted({int(p["fold"]) for p in summary["oof_predictions"]}):
+    for fold, fold_cases in _cases(summary, data, part).items():
         pred = Predictor.from_checkpoint(cv_run / f"fold{fold}" / "best.pt", device=device)
+        if layer:
+            if layer not in dict(pred.model.named_modules()):
+                raise SystemExit(f"--layer {layer!r} is not a module of {cv_run}/fold{fold}/best.pt")
+            pred.model.target_layer_name = layer
         malignant = pred.classes.index("malignant") if "malignant" in pred.classes else 1
-        cases = [p for p in summary["oof_predictions"] if int(p["fold"]) == fold and int(p["label"]) == malignant]
+        cases = [p for p in fold_cases if int(p["label"]) == malignant]
         rows = []
         for p in cases[: limit or None]:
             rec = records.get(str(p["case_id"]))
@@ -79,7 +103,7 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
                 "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
 
     all_rows = [r for rows in per_fold.values() for r in rows]
-    return {"cv_run": str(cv_run), "data": str(data), "method": method,
+    return {"cv_run": str(cv_run), "data": str(data), "method": method, "part": part, "layer": layer or "default",
             "folds": {str(f): agg(rows) for f, rows in per_fold.items()}, "overall": agg(all_rows),
             "skipped": missing, "cases": all_rows}
 
@@ -92,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="JSON report (default: CV_RUN/saliency_pointing_METHOD.json)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--part", default="test", choices=["test", "val"],
+                    help="held-out folds (report) or each fold's validation part (for choosing --layer)")
+    ap.add_argument("--layer", help="saliency target layer (module name) instead of the model's registered one")
     ap.add_argument("--limit", type=int, default=0, help="at most this many malignant images per fold (0 = all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None)
-    print(f"saliency localisation ({args.method}) on malignant held-out images of {args.cv_run}")
+    rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None, args.part, args.layer)
+    where = "held-out" if args.part == "test" else "validation"
+    print(f"saliency localisation ({args.method}, layer {rep['layer']}) on malignant {where} images of {args.cv_run}")
     print(f"{'fold':<8}{'n':>5}{'pointing':>10}{'mass in mask':>14}{'mask area':>11}{'mass/area':>11}")
     for name, a in [*rep["folds"].items(), ("all", rep["overall"])]:
         if a["n"]:
@@ -105,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a['mass_over_area']:>11.2f}")
     if rep["skipped"]:
         print(f"{rep['skipped']} case(s) skipped (no mask or unreadable)")
-    out = args.out or args.cv_run / f"saliency_pointing_{args.method.replace('++', 'pp')}.json"
+    tag = args.method.replace("++", "pp") + ("" if args.part == "test" else "_val") + (f"_{args.layer}" if args.layer else "")
+    out = args.out or args.cv_run / f"saliency_pointing_{tag}.json"
     rep["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out, json.dumps(rep, indent=1))
     print(f"report: {out} ({rep['seconds']} s)")

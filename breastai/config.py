@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "select_corr": 0.95,  # drop one of each feature pair with |Spearman r| above this (training part)
         "radiomics_penalty": "l2",  # radiomics_logreg: l1 | l2 (C by inner CV on the training part)
         "fusion_dim": 128,  # fusion_gated: width of each modality's projection
+        "fusion_prior": True,  # fusion_*: start from (and keep) a frozen radiomics logistic regression; learn the image's addition
     },
     "train": {
         "epochs": 12,
@@ -72,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.02,
         "class_balance": "weighted_loss",  # weighted_loss | sampler | none
         "label_smoothing": 0.0,
+        "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
         "early_stop_patience": 6,
         "amp": True,
         "channels_last": True,

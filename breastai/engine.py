@@ -24,6 +24,8 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "case_id": [b.get("case_id", "") for b in batch],
         "index": torch.tensor([int(b.get("index", -1)) for b in batch]),
     }
+    if all(isinstance(b.get("mask"), torch.Tensor) for b in batch):  # lesion masks on the input grid
+        out["mask"] = torch.stack([b["mask"] for b in batch])
     if "radiomics" in batch[0]:  # radiomics and fusion models (breastai.models.fusion)
         out["radiomics"] = torch.as_tensor(np.stack([np.asarray(b["radiomics"]) for b in batch]), dtype=torch.float32)
     return out
@@ -70,8 +72,13 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     epoch: int = 0,
     progress: bool = True,
+    aux_loss: Callable[[dict[str, Any], torch.device], torch.Tensor] | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss (averaged over ranks)."""
+    """One pass over ``loader``; returns the mean training loss (averaged over ranks).
+
+    ``aux_loss(batch, device)``, called right after the forward pass, is added to the loss
+    (e.g. :class:`breastai.attention.LesionAttentionLoss`).
+    """
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and dist.is_main()), mininterval=2)
@@ -83,6 +90,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             loss = loss_fn(_forward(model, x, batch, device).float(), y)
+            if aux_loss is not None:
+                loss = loss + aux_loss(batch, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower train.lr")
         if scaler is not None and scaler.is_enabled():

@@ -34,7 +34,7 @@ from .models import MODELS, create_model
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
-__all__ = ["resolve_device", "build_dataset", "fit", "cross_validate", "main"]
+__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cross_validate", "main"]
 
 log = logging.getLogger("breastai")
 
@@ -213,6 +213,11 @@ def fit(
         if main_rank:
             log.info("resuming %s at epoch %d (best AUC %.4f at epoch %d)", run_dir, start_epoch, best["auc"], best["epoch"])
 
+    attention = None
+    if float(tc.get("attention_loss", 0.0)) > 0:
+        from .attention import LesionAttentionLoss
+
+        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]))
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     progress = bool(cfg["log"]["progress"])
     closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
@@ -227,7 +232,7 @@ def fit(
         train_loader = _loader(train_ds, cfg, True, y_train, epoch)
         train_loss = raw_model.fit_loss if closed_form else train_one_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
-            channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress,
+            channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress, aux_loss=attention,
         )
         val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
         val_auc = roc_auc(val["label"], val["logit"])
@@ -363,19 +368,28 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
 
 
+def cv_splits(records: Sequence[dict[str, Any]], k: int, val_fraction: float, seed: int = 0
+              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them."""
+    out = []
+    for i, test_idx in enumerate(group_kfold(records, k, seed=seed)):
+        train_all = np.setdiff1d(np.arange(len(records)), test_idx)
+        tr, va = carve_validation(records, train_all, val_fraction, seed=seed + i)
+        out.append((tr, va, test_idx))
+    return out
+
+
 def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
 
     Each fold's training part gives up a group-aware validation part for model selection;
     the held-out fold is only evaluated.
     """
-    folds = group_kfold(records, k, seed=cfg["seed"])
     per_fold, oof = [], []
-    for i, test_idx in enumerate(folds):
-        train_all = np.setdiff1d(np.arange(len(records)), test_idx)
-        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=cfg["seed"] + i)
+    splits = cv_splits(records, k, cfg["data"]["val_fraction"], cfg["seed"])
+    for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
-            log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(folds), len(tr), len(va), len(test_idx))
+            log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))
         fold_dir = run_dir / f"fold{i}"
         if resume and (fold_dir / "done").is_file():
             res = _finished_fold(cfg, records, test_idx, fold_dir)

@@ -148,12 +148,32 @@ def test_fusion_forward_backward_and_missing_radiomics(name):
         assert g.shape == (3, 2) and bool(((g > 0) & (g < 1)).all())
 
 
+@pytest.mark.parametrize("name", ["fusion_concat", "fusion_gated"])
+def test_fusion_with_prior_starts_as_the_radiomics_logreg(name):
+    torch.manual_seed(0)
+    feats = [f"f{i}" for i in range(12)]
+    stats = {"mean": np.zeros(7), "scale": np.full(7, 2.0), "coef": np.arange(7) - 3.0, "intercept": 0.5}
+    m = create_model(name, in_chans=1, pretrained=False, backbone="small_cnn", feature_names=feats,
+                     selected=feats[2:9], stats=stats, prior=True)
+    lr = create_model("radiomics_logreg", feature_names=feats, selected=feats[2:9], stats=stats)
+    x, r = torch.rand(3, 1, 64, 64), torch.randn(3, 12)
+    m.eval()
+    torch.testing.assert_close(m(x, radiomics=r), lr(None, radiomics=r))
+    assert m.init_kwargs["prior"] is True
+    # The prior stays fixed; the fusion head (and through it the CNN) learns the image's addition.
+    assert not any(p.requires_grad for p in m.prior.parameters())
+    m.train()
+    m(x, radiomics=r).sum().backward()
+    assert m.prior.weight.grad is None and float(m.head.weight.grad.abs().sum()) > 0
+
+
 def test_fusion_trains_end_to_end_and_round_trips(synth_datalist, tiny_config, tmp_path):
     cfg = tiny_config(synth_datalist, tmp_path, "model.name=fusion_gated", "model.backbone=small_cnn",
                       "model.fusion_dim=16", "preprocess.mode=crop", "train.epochs=1", "log.tensorboard=false")
     res = train_main(cfg)
     state = load_checkpoint(Path(res["run_dir"]) / "best.pt")
     assert state["model"]["backbone"] == "small_cnn" and state["model"]["fusion_dim"] == 16
+    assert state["model"]["prior"] is True and "prior.weight" in state["weights"]
     a = model_from_checkpoint(state)
     b = model_from_checkpoint(load_checkpoint(Path(res["run_dir"]) / "best.pt"))
     records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])[:10]

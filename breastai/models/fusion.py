@@ -11,6 +11,12 @@ entry; numbers (means, scales, weights) live in the state dict.
 - ``fusion_concat``: CNN pooled embedding ++ standardised radiomics -> dropout -> linear.
 - ``fusion_gated``: each modality projected to ``fusion_dim``, scaled by a learned sigmoid gate
   computed from both (``g = sigmoid(W [e; r])``), concatenated -> dropout -> linear.
+
+Both fusion models take ``prior=True`` (the default in configs): a frozen radiomics logistic
+regression, fitted in closed form on the training part like ``radiomics_logreg``, is added to the
+fusion head's output, and the head starts at zero. Training then starts from the radiomics model
+and learns only what the image adds, instead of letting a CNN that can memorise a few hundred
+training images crowd out the mask-shape features that generalise across sites.
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ class _FusionBase(nn.Module):
 
     def __init__(self, name: str, in_chans: int, pretrained: bool, dropout: float, backbone: str,
                  feature_names: Sequence[str] | None, selected: Sequence[str] | None,
-                 stats: dict[str, Any] | None, extra: dict[str, Any]):
+                 stats: dict[str, Any] | None, extra: dict[str, Any], prior: bool = False):
         super().__init__()
         if backbone not in MODELS or MODELS[backbone].factory is not None:
             raise ValueError(f"{name}: model.backbone must be an image model of the registry, got {backbone!r}")
@@ -133,7 +139,27 @@ class _FusionBase(nn.Module):
             self.radiomics.set_stats(stats["mean"], stats["scale"])
         self.model_name = name
         self.target_layer_name = f"image.{image.target_layer_name}"
-        self.init_kwargs = {"backbone": backbone, "feature_names": names, "selected": sel, **extra}
+        self.init_kwargs = {"backbone": backbone, "feature_names": names, "selected": sel, "prior": bool(prior), **extra}
+        self.prior: nn.Linear | None = None
+        if prior:
+            self.prior = nn.Linear(len(sel), 1)
+            self.prior.requires_grad_(False)
+            if stats and "coef" in stats:
+                with torch.no_grad():
+                    self.prior.weight.copy_(torch.as_tensor(stats["coef"], dtype=torch.float32).reshape(1, -1))
+                    self.prior.bias.copy_(torch.as_tensor(stats["intercept"], dtype=torch.float32).reshape(1))
+
+    def _zero_head(self) -> None:
+        # With a prior the untrained model equals the radiomics logistic regression.
+        if self.prior is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def _logit(self, h: torch.Tensor, radiomics: torch.Tensor | None) -> torch.Tensor:
+        z = self.head(self.dropout(h)).squeeze(1)
+        if self.prior is not None:
+            z = z + self.prior(self.radiomics(radiomics, self.model_name)).squeeze(1)
+        return z
 
     def _inputs(self, x: torch.Tensor, radiomics: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.radiomics(radiomics, self.model_name)
@@ -147,19 +173,21 @@ class FusionConcat(_FusionBase):
 
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
                  backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
-                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None):
-        super().__init__("fusion_concat", in_chans, pretrained, dropout, backbone, feature_names, selected, stats, {})
+                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, prior: bool = False):
+        super().__init__("fusion_concat", in_chans, pretrained, dropout, backbone, feature_names, selected, stats, {},
+                         prior)
         self.n_features = self.image.n_features + self.radiomics.n_out
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.n_features, 1)
+        self._zero_head()
 
     def embed(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
         """Joint representation (B, n_features)."""
         return torch.cat(self._inputs(x, radiomics), 1)
 
     def forward(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Malignancy logits (B,)."""
-        return self.head(self.dropout(self.embed(x, radiomics))).squeeze(1)
+        """Malignancy logits (B,): fusion head, plus the radiomics prior when there is one."""
+        return self._logit(self.embed(x, radiomics), radiomics)
 
 
 class FusionGated(_FusionBase):
@@ -167,9 +195,10 @@ class FusionGated(_FusionBase):
 
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
                  backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
-                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, fusion_dim: int = 128):
+                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, fusion_dim: int = 128,
+                 prior: bool = False):
         super().__init__("fusion_gated", in_chans, pretrained, dropout, backbone, feature_names, selected, stats,
-                         {"fusion_dim": int(fusion_dim)})
+                         {"fusion_dim": int(fusion_dim)}, prior)
         n_e, n_r, d = self.image.n_features, self.radiomics.n_out, int(fusion_dim)
         self.proj_image = nn.Sequential(nn.Linear(n_e, d), nn.ReLU(inplace=True))
         self.proj_radiomics = nn.Sequential(nn.Linear(n_r, d), nn.ReLU(inplace=True))
@@ -177,6 +206,7 @@ class FusionGated(_FusionBase):
         self.n_features = 2 * d
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.n_features, 1)
+        self._zero_head()
 
     def gates(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample modality gates (B, 2): image, radiomics."""
@@ -190,8 +220,8 @@ class FusionGated(_FusionBase):
         return torch.cat([g[:, :1] * self.proj_image(e), g[:, 1:] * self.proj_radiomics(r)], 1)
 
     def forward(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Malignancy logits (B,)."""
-        return self.head(self.dropout(self.embed(x, radiomics))).squeeze(1)
+        """Malignancy logits (B,): fusion head, plus the radiomics prior when there is one."""
+        return self._logit(self.embed(x, radiomics), radiomics)
 
 
 def _logreg(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.0, **kw: Any) -> RadiomicsLogReg:
@@ -199,12 +229,12 @@ def _logreg(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.0, *
 
 
 def _concat(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kw: Any) -> FusionConcat:
-    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats") if k in kw}
+    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats", "prior") if k in kw}
     return FusionConcat(in_chans, pretrained, dropout, **keep)
 
 
 def _gated(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kw: Any) -> FusionGated:
-    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats", "fusion_dim") if k in kw}
+    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats", "fusion_dim", "prior") if k in kw}
     return FusionGated(in_chans, pretrained, dropout, **keep)
 
 

@@ -361,9 +361,10 @@ def radiomics_model_kwargs(cfg: dict[str, Any], train_records: Sequence[dict[str
     names, x = compute_radiomics(cfg, train_records)
     sel = select_features(x, y_train, names, corr=float(mc.get("select_corr", 0.95)))
     stats: dict[str, Any] = {"mean": sel.mean, "scale": sel.scale}
-    if mc["name"] == "radiomics_logreg":
+    prior = bool(mc.get("fusion_prior", False)) and mc["name"] != "radiomics_logreg"
+    if mc["name"] == "radiomics_logreg" or prior:
         z = _standardise(x, sel, names)
         groups = [r.get("group") or r.get("case_id") for r in train_records]
         stats.update(fit_logistic(z, y_train, groups, penalty=str(mc.get("radiomics_penalty", "l2")), seed=int(cfg["seed"])))
     return {"backbone": mc.get("backbone", "efficientnet_lite0"), "fusion_dim": int(mc.get("fusion_dim", 128)),
-            "feature_names": names, "selected": sel.names, "stats": stats}
+            "feature_names": names, "selected": sel.names, "stats": stats, "prior": prior}

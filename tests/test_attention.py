@@ -1,0 +1,94 @@
+"""Lesion attention loss (breastai.attention): values on hand-made maps, and training with it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from breastai.attention import LesionAttentionLoss, cam_attention_loss
+from breastai.models import MODELS, create_model
+from breastai.training import main as train_main
+
+
+def _mask(h: int, w: int, cells: list[tuple[int, int]], scale: int = 8) -> torch.Tensor:
+    m = torch.zeros(1, 1, h * scale, w * scale)
+    for i, j in cells:
+        m[0, 0, i * scale:(i + 1) * scale, j * scale:(j + 1) * scale] = 1
+    return m
+
+
+def test_loss_is_minus_log_of_the_softmax_mass_on_the_lesion():
+    cam = torch.zeros(1, 4, 4)
+    cam[0, 1, 2] = math.log(13.0)  # softmax: 13/28 at (1, 2), 1/28 at each of the 15 others
+    mask = _mask(4, 4, [(1, 2), (3, 3)])
+    expected = -math.log(14 / 28)
+    assert float(cam_attention_loss(cam, mask, torch.tensor([1.0]))) == pytest.approx(expected, rel=1e-6)
+    # Benign: the evidence for "benign" is -CAM, so the peak at (1, 2) now counts against it.
+    expected_benign = -math.log((1 / 13 + 1) / (15 + 1 / 13))
+    assert float(cam_attention_loss(cam, mask, torch.tensor([0.0]))) == pytest.approx(expected_benign, rel=1e-6)
+
+
+def test_loss_ignores_empty_full_and_unlabelled_masks():
+    cam = torch.randn(3, 4, 4, requires_grad=True)
+    masks = torch.cat([torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), _mask(4, 4, [(0, 0)])])
+    loss = cam_attention_loss(cam, masks, torch.tensor([1.0, 1.0, -1.0]))
+    assert float(loss.detach()) == 0.0
+    loss.backward()  # still part of the graph
+    one = cam_attention_loss(cam, masks, torch.tensor([1.0, 1.0, 1.0]))
+    assert float(one.detach()) == pytest.approx(float(-torch.log_softmax(cam[2].detach().flatten(), 0)[0]), rel=1e-6)
+
+
+def test_gradient_moves_evidence_onto_the_lesion():
+    cam = torch.zeros(1, 4, 4, requires_grad=True)
+    cam_attention_loss(cam, _mask(4, 4, [(2, 2)]), torch.tensor([1.0])).backward()
+    g = cam.grad[0]
+    assert float(g[2, 2]) < 0 and bool((g.flatten()[torch.arange(16) != 10] > 0).all())
+
+
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.factory is None])
+def test_every_image_model_gives_its_class_activation_map(name):
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, pretrained=False).train()
+    att = LesionAttentionLoss(model, weight=2.0)
+    x = torch.rand(2, 1, 64, 64)
+    logit = model(x)
+    batch = {"mask": torch.cat([_mask(4, 4, [(1, 1)], 16)] * 2), "label": torch.tensor([1.0, 0.0])}
+    loss = att(batch, torch.device("cpu"))
+    assert loss.ndim == 0 and float(loss) > 0
+    (logit.sum() + loss).backward()
+    with pytest.raises(RuntimeError, match="no feature map captured"):
+        att(batch, torch.device("cpu"))
+
+
+def test_models_without_a_cam_are_refused():
+    feats = [f"f{i}" for i in range(4)]
+    stats = {"mean": np.zeros(4), "scale": np.ones(4), "coef": np.ones(4), "intercept": 0.0}
+    with pytest.raises(ValueError, match="attention_loss needs an image model"):
+        LesionAttentionLoss(create_model("radiomics_logreg", feature_names=feats, stats=stats), 1.0)
+
+
+def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist, tiny_config, tmp_path):
+    """Same seed and data with and without the loss: the guided model's CAM mass on the lesion is higher."""
+    from breastai.checkpoint import load_checkpoint, model_from_checkpoint
+    from breastai.data.datalist import read_datalist
+    from breastai.training import _loader, build_dataset
+
+    shares = {}
+    for w in (0.0, 2.0):
+        cfg = tiny_config(synth_datalist, tmp_path / str(w), "preprocess.mode=whole", "model.name=small_cnn",
+                          "train.epochs=3", f"train.attention_loss={w}", "log.tensorboard=false")
+        res = train_main(cfg)
+        model = model_from_checkpoint(load_checkpoint(f"{res['run_dir']}/last.pt")).train()
+        att = LesionAttentionLoss(model, 1.0)
+        records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])
+        batch = next(iter(_loader(build_dataset(cfg, records, False), cfg, False, None, 0)))
+        for m in model.modules():  # train mode for the hook, but no dropout noise / BN updates
+            if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm2d)):
+                m.eval()
+        with torch.no_grad():
+            model(batch["image"])
+            shares[w] = float(att(batch, torch.device("cpu")))
+    assert shares[2.0] < shares[0.0]

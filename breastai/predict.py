@@ -271,6 +271,12 @@ class Predictor:
         else:
             rid = Path(item.source).name if item.source != "<array>" else f"array{index}"
         out = {"id": rid}
+        if is_dicom and not keep:
+            from .data.dicom import identifying_values, redact
+
+            # Folder and file names exported from PACS often carry the patient's name or ID.
+            secrets = identifying_values(item.source)
+            out.update(source=redact(item.source, secrets), _secrets=secrets)
         if keep and is_dicom:
             import pydicom
 
@@ -287,9 +293,12 @@ class Predictor:
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
         rec.update(id=item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}"),
                    source=item.source, has_mask=False)
+        secrets: list[str] = []
         try:
             img, meta = self._load(item)
-            rec.update(self._identity(item, meta, keep, index))
+            ident = self._identity(item, meta, keep, index)
+            secrets = ident.pop("_secrets", [])
+            rec.update(ident)
             arr = np.asarray(img, dtype=np.float32)
             finite = arr[np.isfinite(arr)]
             if finite.size == 0 or float(finite.max()) == float(finite.min()):
@@ -337,6 +346,10 @@ class Predictor:
             msg = str(exc) if isinstance(exc, (ImageReadError, CheckpointError)) else f"{type(exc).__name__}: {exc}"
             if item.source not in msg and item.source != "<array>":
                 msg = f"{item.source}: {msg}"
+            if secrets:
+                from .data.dicom import redact
+
+                msg = redact(msg, secrets)
             rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
             return rec, None
 

@@ -57,7 +57,7 @@ def test_every_image_model_gives_its_class_activation_map(name):
     logit = model(x)
     batch = {"mask": torch.cat([_mask(4, 4, [(1, 1)], 16)] * 2), "label": torch.tensor([1.0, 0.0])}
     loss = att(batch, torch.device("cpu"))
-    assert loss.ndim == 0 and float(loss) > 0
+    assert loss.ndim == 0 and float(loss.detach()) > 0
     (logit.sum() + loss).backward()
     with pytest.raises(RuntimeError, match="no feature map captured"):
         att(batch, torch.device("cpu"))

@@ -88,15 +88,18 @@ def test_identifiers_never_leak(ckpt, sample, tmp_path):
 
     pixels = np.asarray(Image.open(sample[0]).convert("L"))
     uid = "1.2.826.0.1.3680043.8.498.99"
-    (tmp_path / "in").mkdir()
-    dcm = _write_dicom(tmp_path / "in" / "img1.dcm", pixels, uid)
+    # A PACS export that names folders after the patient: the path itself carries identifiers.
+    folder = tmp_path / "in" / f"DOE_JANET_{PATIENT_ID}"
+    folder.mkdir(parents=True)
+    dcm = _write_dicom(folder / "img1.dcm", pixels, uid)
     out = tmp_path / "out"
     records, _ = run_predict(ckpt, [dcm], out, saliency="gradcam", device="cpu")
     assert records[0]["id"] == uid_hash(uid)
+    assert records[0]["source"].endswith("[redacted]_[redacted]_[redacted]/img1.dcm")
     texts = [(out / "predictions.csv").read_text(), (out / "predictions.json").read_text()]
     texts += [str(p) for p in out.rglob("*")]
     for t in texts:
-        for secret in (PATIENT_ID, "Doe", "Janet", uid):
+        for secret in (PATIENT_ID, "Doe", "DOE", "Janet", "JANET", uid):
             assert secret not in t
     # Asked for explicitly, they are there.
     records, _ = run_predict(ckpt, [dcm], tmp_path / "out2", saliency="none", keep_identifiers=True, device="cpu")

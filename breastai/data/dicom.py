@@ -17,7 +17,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pydicom
@@ -32,6 +32,8 @@ from .io import ImageReadError, register_reader
 from .mammo import undo_geometry
 
 __all__ = [
+    "identifying_values",
+    "redact",
     "DicomImage",
     "DicomGroups",
     "read_dicom",
@@ -102,6 +104,43 @@ def uid_hash(value: Any) -> str | None:
     if value in (None, ""):
         return None
     return hashlib.sha256(str(value).strip().encode()).hexdigest()[:16]
+
+
+# Header values that name or number the patient or the visit; a path or message holding one of them
+# would carry it into outputs.
+_IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "PatientBirthDate",
+                "AccessionNumber", "StudyID", "ReferringPhysicianName", "InstitutionName", "OperatorsName")
+
+
+def identifying_values(path: str | Path) -> list[str]:
+    """Patient- and visit-identifying header values of a DICOM file (name parts split at ``^``).
+
+    Values shorter than 3 characters are left out (they would match everywhere). Longest first,
+    so :func:`redact` replaces ``Doe^Janet`` before ``Doe``. An unreadable header gives ``[]``.
+    """
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - the pixel reader reports unreadable files itself
+        return []
+    out: set[str] = set()
+    for tag in _IDENTIFYING:
+        value = ds.get(tag)
+        values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        for v in values:
+            text = str(v or "").strip()
+            for part in {text, *text.replace("=", "^").split("^")}:
+                if len(part.strip()) >= 3:
+                    out.add(part.strip())
+    return sorted(out, key=lambda v: (-len(v), v))
+
+
+def redact(text: str, values: Sequence[str], placeholder: str = "[redacted]") -> str:
+    """``text`` with every (case-insensitive) occurrence of ``values`` replaced by ``placeholder``."""
+    import re
+
+    for v in values:
+        text = re.sub(re.escape(v), placeholder, text, flags=re.IGNORECASE)
+    return text
 
 
 def is_dicom(path: str | Path) -> bool:

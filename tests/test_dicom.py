@@ -384,3 +384,15 @@ def test_palette_colour_to_grey(tmp_path):
     p = write_dicom(tmp_path / "pal.dcm", idx, photometric="PALETTE COLOR", modality="US", sop=US_SOP, **extra)
     img = D.read_dicom(p)
     np.testing.assert_allclose(img.pixels, idx.astype(np.float32) * 256 / 65535.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+def test_compressed_copies_in_the_pydicom_wheel_read_like_the_original(name):
+    """JPEG-LS, RLE and JPEG 2000 copies of one image (files shipped inside pydicom's wheel, no download)."""
+    from pydicom.data import get_testdata_file
+
+    ref = D.read_dicom(get_testdata_file("MR_small.dcm"))
+    img = D.read_dicom(get_testdata_file(name))
+    assert img.pixels.shape == ref.pixels.shape == (64, 64)
+    np.testing.assert_array_equal(img.pixels, ref.pixels)
+    assert img.meta["transfer_syntax"] != ref.meta["transfer_syntax"]

@@ -183,16 +183,21 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray | 
     from matplotlib import colormaps
 
     grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    if heat is not None:
-        h = normalise_map(heat)
-        # jet without its dark-red end, so the hottest spot is a bright red
-        lut = (colormaps["jet"](np.linspace(0, 0.88, 256))[:, :3]).astype(np.float32)
-        colour = lut[(h * 255).astype(np.uint8)]
-        # Weight by the map so cold regions keep the anatomy readable.
-        a = (alpha * np.sqrt(h))[..., None]
-        rgb = rgb * (1 - a) + colour * a
-    out = (rgb * 255 + 0.5).astype(np.uint8)
+    if heat is None:
+        out = np.repeat((grey * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    else:
+        idx = (normalise_map(heat) * 255).astype(np.uint8)
+        # jet without its dark-red end, so the hottest spot is a bright red; weighted by the map
+        # (alpha * sqrt(h)) so cold regions keep the anatomy readable. Per-level tables: the
+        # blend is grey * keep[level] + tint[level], a few operations per pixel on large images.
+        level = np.arange(256, dtype=np.float32) / 255
+        a = alpha * np.sqrt(level)
+        tint = colormaps["jet"](0.88 * level)[:, :3].astype(np.float32) * a[:, None] * 255
+        keep = (1 - a) * 255
+        out = np.empty((*grey.shape, 3), dtype=np.uint8)
+        base = grey * keep[idx] + 0.5
+        for c in range(3):
+            out[..., c] = base + tint[idx, c]
     if mask is not None and np.asarray(mask).any():
         out[_outline(mask)] = (0, 255, 0)
     return out

@@ -98,10 +98,11 @@ def ablation(runs: dict[str, dict[str, Any]], reference: str = "fusion") -> dict
 
 def format_table(res: dict[str, Any]) -> str:
     """Plain-text table: model, mean AUC ± sd over folds, pooled OOF AUC; then the DeLong tests."""
-    lines = [f"{'model':<12} {'mean AUC ± sd (folds)':>24} {'pooled OOF AUC':>15}"]
+    w = max([12, *(len(n) for n in res["models"])])
+    lines = [f"{'model':<{w}} {'mean AUC ± sd (folds)':>24} {'pooled OOF AUC':>15}"]
     for n, m in res["models"].items():
         pooled = f"{m['pooled_auc']:.4f}" if "pooled_auc" in m else "-"
-        lines.append(f"{n:<12} {m['mean_auc']:>14.4f} ± {m['sd_auc']:.4f} ({len(m['fold_auc'])}) {pooled:>15}")
+        lines.append(f"{n:<{w}} {m['mean_auc']:>14.4f} ± {m['sd_auc']:.4f} ({len(m['fold_auc'])}) {pooled:>15}")
     lines.append(f"DeLong on {res['n_common_cases']} pooled out-of-fold cases:")
     for t in res["delong"]:
         lines.append(f"  {t['a']} vs {t['b']}: AUC {t['auc_a']:.4f} vs {t['auc_b']:.4f} "

@@ -77,6 +77,13 @@ class RadiomicsInput(nn.Module):
         return torch.nan_to_num(z, nan=0.0, posinf=self.clip, neginf=-self.clip).clamp(-self.clip, self.clip)
 
 
+def _load_logreg(linear: nn.Linear, stats: dict[str, Any]) -> None:
+    """Closed-form logistic regression weights (``stats['coef']``, ``stats['intercept']``) into ``linear``."""
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(stats["coef"], dtype=torch.float32).reshape(1, -1))
+        linear.bias.copy_(torch.as_tensor(stats["intercept"], dtype=torch.float32).reshape(1))
+
+
 def _names(feature_names: Sequence[str] | None, selected: Sequence[str] | None) -> tuple[list[str], list[str]]:
     names = list(feature_names) if feature_names is not None else [f"feature_{i}" for i in range(DEFAULT_N_RADIOMICS)]
     return names, list(selected) if selected is not None else list(names)
@@ -104,9 +111,7 @@ class RadiomicsLogReg(nn.Module):
         self.target_layer_name = ""  # no spatial feature map: saliency does not apply
         if stats:
             self.radiomics.set_stats(stats["mean"], stats["scale"])
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.as_tensor(stats["coef"], dtype=torch.float32).reshape(1, -1))
-                self.linear.bias.copy_(torch.as_tensor(stats["intercept"], dtype=torch.float32).reshape(1))
+            _load_logreg(self.linear, stats)
             self.fit_loss = float(stats.get("fit_loss", float("nan")))
 
     def embed(self, x: torch.Tensor | None, radiomics: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,7 +124,11 @@ class RadiomicsLogReg(nn.Module):
 
 
 class _FusionBase(nn.Module):
-    """Image branch (a registry CNN without its head) + radiomics input."""
+    """Image branch (a registry CNN without its head) + radiomics input; subclasses define ``_join``.
+
+    ``logit = head(dropout(_join(e, r))) [+ prior(r)]`` with ``e`` the pooled image embedding and
+    ``r`` the standardised selected radiomics.
+    """
 
     def __init__(self, name: str, in_chans: int, pretrained: bool, dropout: float, backbone: str,
                  feature_names: Sequence[str] | None, selected: Sequence[str] | None,
@@ -145,9 +154,7 @@ class _FusionBase(nn.Module):
             self.prior = nn.Linear(len(sel), 1)
             self.prior.requires_grad_(False)
             if stats and "coef" in stats:
-                with torch.no_grad():
-                    self.prior.weight.copy_(torch.as_tensor(stats["coef"], dtype=torch.float32).reshape(1, -1))
-                    self.prior.bias.copy_(torch.as_tensor(stats["intercept"], dtype=torch.float32).reshape(1))
+                _load_logreg(self.prior, stats)
 
     def _zero_head(self) -> None:
         # With a prior the untrained model equals the radiomics logistic regression.
@@ -155,11 +162,18 @@ class _FusionBase(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def _logit(self, h: torch.Tensor, radiomics: torch.Tensor | None) -> torch.Tensor:
-        z = self.head(self.dropout(h)).squeeze(1)
-        if self.prior is not None:
-            z = z + self.prior(self.radiomics(radiomics, self.model_name)).squeeze(1)
-        return z
+    def _join(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
+        """Joint representation (B, n_features)."""
+        return self._join(*self._inputs(x, radiomics))
+
+    def forward(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
+        """Malignancy logits (B,): fusion head, plus the radiomics prior when there is one."""
+        e, r = self._inputs(x, radiomics)
+        z = self.head(self.dropout(self._join(e, r))).squeeze(1)
+        return z + self.prior(r).squeeze(1) if self.prior is not None else z
 
     def _inputs(self, x: torch.Tensor, radiomics: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.radiomics(radiomics, self.model_name)
@@ -181,13 +195,8 @@ class FusionConcat(_FusionBase):
         self.head = nn.Linear(self.n_features, 1)
         self._zero_head()
 
-    def embed(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Joint representation (B, n_features)."""
-        return torch.cat(self._inputs(x, radiomics), 1)
-
-    def forward(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Malignancy logits (B,): fusion head, plus the radiomics prior when there is one."""
-        return self._logit(self.embed(x, radiomics), radiomics)
+    def _join(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.cat([e, r], 1)
 
 
 class FusionGated(_FusionBase):
@@ -213,29 +222,27 @@ class FusionGated(_FusionBase):
         e, r = self._inputs(x, radiomics)
         return torch.sigmoid(self.gate(torch.cat([e, r], 1)))
 
-    def embed(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Gated joint representation (B, n_features)."""
-        e, r = self._inputs(x, radiomics)
+    def _join(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([e, r], 1)))
         return torch.cat([g[:, :1] * self.proj_image(e), g[:, 1:] * self.proj_radiomics(r)], 1)
-
-    def forward(self, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        """Malignancy logits (B,): fusion head, plus the radiomics prior when there is one."""
-        return self._logit(self.embed(x, radiomics), radiomics)
 
 
 def _logreg(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.0, **kw: Any) -> RadiomicsLogReg:
     return RadiomicsLogReg(kw.get("feature_names"), kw.get("selected"), kw.get("stats"))
 
 
-def _concat(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kw: Any) -> FusionConcat:
-    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats", "prior") if k in kw}
-    return FusionConcat(in_chans, pretrained, dropout, **keep)
+def _fusion_factory(cls: type[_FusionBase], keys: tuple[str, ...]):
+    """Registry factory: ``create_model`` passes every model.* option; ``cls`` takes only ``keys``."""
+
+    def build(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kw: Any) -> _FusionBase:
+        return cls(in_chans, pretrained, dropout, **{k: kw[k] for k in keys if k in kw})
+
+    return build
 
 
-def _gated(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kw: Any) -> FusionGated:
-    keep = {k: kw[k] for k in ("backbone", "feature_names", "selected", "stats", "fusion_dim", "prior") if k in kw}
-    return FusionGated(in_chans, pretrained, dropout, **keep)
+_FUSION_KEYS = ("backbone", "feature_names", "selected", "stats", "prior")
+_concat = _fusion_factory(FusionConcat, _FUSION_KEYS)
+_gated = _fusion_factory(FusionGated, (*_FUSION_KEYS, "fusion_dim"))
 
 
 register_model("radiomics_logreg", ModelSpec(

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from breastai.calibration import apply_temperature, fit_temperature  # noqa: E402
 from breastai.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from breastai.data.datalist import read_datalist  # noqa: E402
+from breastai.data.frames import read_samples  # noqa: E402
 from breastai.engine import predict_loader  # noqa: E402
 from breastai.metrics import ece, ece_noise_floor, summarise_folds  # noqa: E402
 from breastai.training import _loader, build_dataset, cv_splits  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = json.loads((args.cv_run / "cv_summary.json").read_text())["config"]
     cfg["data"]["cache"] = "none"
-    records = read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"])
+    records = read_samples(cfg["data"]["datalist"], cfg["data"])
     rows, pooled = [], {"y": [], **{k: [] for k in VARIANTS}}
     for i, (tr, va, test_idx) in enumerate(cv_splits(records, int(cfg["train"]["folds"]), cfg["data"]["val_fraction"],
                                                      cfg["seed"])):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E402
 from breastai.data.io import load_mask  # noqa: E402
-from breastai.data.frames import expand_frames  # noqa: E402
+from breastai.data.frames import read_samples  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
 from breastai.training import cv_splits  # noqa: E402
 
@@ -56,7 +56,7 @@ def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
         return {f: [p for p in summary["oof_predictions"] if int(p["fold"]) == f] for f in folds}
     cfg = summary["config"]
     classes = list(cfg["data"]["classes"])
-    records = expand_frames(read_datalist(data, classes=classes), cfg["data"].get("reader_options"))
+    records = read_samples(data, cfg["data"], classes)
     splits = cv_splits(records, len(folds), cfg["data"]["val_fraction"], cfg["seed"])
     return {f: [{"case_id": records[i]["case_id"], "label": classes.index(records[i]["label"])} for i in splits[f][1]]
             for f in folds}

@@ -11,15 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .calibration import apply_temperature, calibrated_probability
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.datalist import atomic_write_text, read_datalist
+from .data.datalist import atomic_write_text
+from .data.frames import read_samples
 from .engine import predict_loader
-from .metrics import ece, evaluation_report
-from .training import _loader, build_dataset, resolve_device
+from .training import _loader, build_dataset, resolve_device, score_part
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -40,16 +36,14 @@ def evaluate_checkpoint(
     cfg = dict(state["config"])
     cfg["data"] = {**cfg["data"], "cache": "none"}
     classes = state["classes"]
-    records = read_datalist(data, classes=classes)
+    records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
     model = model_from_checkpoint(state).to(dev)
     ds = build_dataset(cfg, records, train=False)
     pred = predict_loader(model, _loader(ds, cfg, False, None, 0), dev, progress=True)
     y = pred["label"].astype(int)
-    probs = calibrated_probability(pred["logit"], state)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    report = evaluation_report(y, probs, state["threshold"], n_boot=n_boot)
-    report["ece_uncalibrated"] = ece(y, apply_temperature(pred["logit"], 1.0))
+    probs, report, _ = score_part(pred, state, n_boot)
     report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"])
 
     out = Path(out)

@@ -24,8 +24,8 @@ from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
-from .data.datalist import atomic_write_text, read_datalist
-from .data.frames import expand_frames
+from .data.datalist import atomic_write_text
+from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
 from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
@@ -219,11 +219,13 @@ def fit(
 
         attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]))
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
+    val_loader = _loader(val_ds, cfg, False, None, 0)  # deterministic: built once
+    best_val: dict[str, np.ndarray] | None = None
     progress = bool(cfg["log"]["progress"])
     closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
     for epoch in range(start_epoch, 1 if closed_form else tc["epochs"]):
         t0 = time.time()
-        if epoch == start_epoch and main_rank:
+        if epoch == start_epoch and tb.writer is not None:
             first = next(iter(_loader(train_ds, cfg, True, y_train, epoch)))
             tb.image_grid("inputs/train_augmented", first["image"][: cfg["log"]["image_grid"]], epoch)
         # Re-seeding per epoch makes --resume replay exactly what an uninterrupted run does.
@@ -234,12 +236,13 @@ def fit(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
             channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress, aux_loss=attention,
         )
-        val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
+        val = predict_loader(model, val_loader, device, amp=amp, channels_last=channels_last)
         val_auc = roc_auc(val["label"], val["logit"])
         val_loss = _bce(val["logit"], val["label"])
         improved = val_auc > best["auc"] + 1e-6
         if improved:
             best.update(auc=val_auc, epoch=epoch, stale=0)
+            best_val = val
         else:
             best["stale"] += 1
         if main_rank:
@@ -251,7 +254,7 @@ def fit(
             )
             if improved:
                 temperature = fit_temperature(val["logit"] - offset, val["label"]) if cfg["eval"]["calibrate"] else 1.0
-                probs = apply_temperature(val["logit"] - offset, temperature)
+                probs = calibrated_probability(val["logit"], {"temperature": temperature, "logit_offset": offset})
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
                 save_checkpoint(best_path, _ckpt_state(cfg, model, epoch=epoch, best_epoch=epoch, metrics=metrics,
@@ -275,24 +278,18 @@ def fit(
     result: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_auc": state["metrics"]["val_auc"],
                               "threshold": state["threshold"], "temperature": state["temperature"],
                               "last_weights_digest": last_digest}
-    val = predict_loader(model, _loader(val_ds, cfg, False, None, 0), device, amp=amp, channels_last=channels_last)
-    val_probs = calibrated_probability(val["logit"], state)
+    # The best epoch's validation predictions come from these very weights; only a run resumed
+    # after its best epoch has to predict them again.
+    val = best_val if best_val is not None else predict_loader(model, val_loader, device, amp=amp,
+                                                                channels_last=channels_last)
     nb = int(cfg["eval"]["bootstrap"])
-    val_report = evaluation_report(val["label"], val_probs, state["threshold"], n_boot=nb)
-    val_report["ece_uncalibrated"] = ece(val["label"], apply_temperature(val["logit"], 1.0))
+    val_probs, val_report, _ = score_part(val, state, nb)
     result["val"] = val_report
     if len(split.get("test", [])):
         test_recs = [records[i] for i in split["test"]]
         test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
                               amp=amp, channels_last=channels_last)
-        probs = calibrated_probability(test["logit"], state)
-        rep = evaluation_report(test["label"], probs, state["threshold"], n_boot=nb)
-        rep["ece_uncalibrated"] = ece(test["label"], apply_temperature(test["logit"], 1.0))
-        result["test"] = rep
-        result["test_predictions"] = [
-            {"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
-            for c, y, z, p in zip(test["case_id"], test["label"], test["logit"], probs)
-        ]
+        _, result["test"], result["test_predictions"] = score_part(test, state, nb)
     if main_rank:
         state["metrics"].update({f"val_{k}": v for k, v in val_report.items()})
         if "test" in result:
@@ -348,6 +345,20 @@ def _flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     return {f"{a}.{b}": cfg[a][b] for a, b in keys}
 
 
+def score_part(pred: dict[str, np.ndarray], state: dict[str, Any], n_boot: int) -> tuple[np.ndarray, dict[str, Any], list[dict]]:
+    """Calibrated probabilities, metrics (with ``ece_uncalibrated``) and per-case rows of one scored part.
+
+    ``pred`` is :func:`breastai.engine.predict_loader` output; ``state`` a checkpoint (its
+    calibration and operating threshold are applied).
+    """
+    probs = calibrated_probability(pred["logit"], state)
+    rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=n_boot)
+    rep["ece_uncalibrated"] = ece(pred["label"], apply_temperature(pred["logit"], 1.0))
+    rows = [{"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
+            for c, y, z, p in zip(pred["case_id"], pred["label"], pred["logit"], probs)]
+    return probs, rep, rows
+
+
 def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:
     """Results of a fold finished before a ``--resume``: from its ``done`` file, or, for a file
     without predictions, recomputed from the fold's ``best.pt`` on its held-out part."""
@@ -360,11 +371,8 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     test_recs = [records[i] for i in test_idx]
     pred = predict_loader(model_from_checkpoint(state), _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0),
                           torch.device("cpu"))
-    probs = calibrated_probability(pred["logit"], state)
-    rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=int(cfg["eval"]["bootstrap"]))
+    _, rep, preds = score_part(pred, state, int(cfg["eval"]["bootstrap"]))
     rep["seconds"] = done.get("seconds", float("nan"))
-    preds = [{"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
-             for c, y, z, p in zip(pred["case_id"], pred["label"], pred["logit"], probs)]
     return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
 
 
@@ -443,8 +451,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     try:
         if not cfg["data"]["datalist"]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
-        records = expand_frames(read_datalist(cfg["data"]["datalist"], classes=cfg["data"]["classes"]),
-                                cfg["data"].get("reader_options"))
+        records = read_samples(cfg["data"]["datalist"], cfg["data"])
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)

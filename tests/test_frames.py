@@ -40,3 +40,12 @@ def test_default_policy_leaves_rows_alone(tmp_path):
     assert expand_frames(rows, {}) == rows
     with pytest.raises(ValueError, match="stack"):
         expand_frames(rows, {"dicom": {"frame": "stack"}})
+
+
+def test_radiomics_cache_keys_frames_apart(tmp_path):
+    """Frame rows of one multi-frame file must not share a cached radiomics vector."""
+    from breastai.radiomics.dataset_features import _row_key
+
+    row = {"image": str(tmp_path / "cine.dcm"), "mask": [str(tmp_path / "m.png")]}
+    keys = {_row_key({**row, "frame": k}, "settings") for k in range(3)}
+    assert len(keys) == 3 and _row_key(row, "settings") not in keys

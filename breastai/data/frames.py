@@ -11,7 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["expand_frames"]
+__all__ = ["expand_frames", "read_samples"]
+
+
+def read_samples(datalist: str | Path, data_cfg: dict[str, Any], classes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The samples of a datalist as training, evaluation and the benchmarks see them.
+
+    :func:`breastai.data.datalist.read_datalist` with ``data_cfg['classes']`` (or ``classes``),
+    then the frame policy of ``data_cfg['reader_options']``.
+    """
+    from .datalist import read_datalist
+
+    rows = read_datalist(datalist, classes=list(classes if classes is not None else data_cfg["classes"]))
+    return expand_frames(rows, data_cfg.get("reader_options"))
 
 
 def expand_frames(records: Sequence[dict[str, Any]], reader_options: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -33,9 +45,10 @@ def expand_frames(records: Sequence[dict[str, Any]], reader_options: dict[str, A
 
     out: list[dict[str, Any]] = []
     for r in records:
-        n = dicom_frame_count(r["image"]) if is_dicom(Path(r["image"])) else 1
+        dcm = is_dicom(Path(r["image"]))
+        n = dicom_frame_count(r["image"]) if dcm else 1
         if n <= 1:
-            out.append({**r, "frame": 0} if is_dicom(Path(r["image"])) else dict(r))
+            out.append({**r, "frame": 0} if dcm else dict(r))
             continue
         out.extend({**r, "frame": k, "case_id": f"{r['case_id']}_f{k}"} for k in range(n))
     return out

@@ -96,7 +96,8 @@ def _row_key(rec: dict[str, Any], shash: str) -> str:
         msk = [[masks, _mtime(masks)]] if masks else []
     else:
         msk = hashlib.sha256(np.ascontiguousarray(masks).tobytes()).hexdigest()
-    return _hash([src, msk, shash])
+    # A multi-frame row (data.reader_options.dicom.frame: all) is one sample per frame.
+    return _hash([src, msk, shash, rec.get("frame")])
 
 
 def _row_name(rec: dict[str, Any]) -> str:
@@ -181,7 +182,7 @@ def compute_radiomics(cfg: dict[str, Any], records: Sequence[dict[str, Any]], ch
             if m is None or (isinstance(m, (list, tuple, str)) and not m):
                 raise RadiomicsInputError(f"{_row_name(rec)}: no lesion mask; model {model} uses lesion radiomics "
                                           "and needs a mask for every row")
-            d = norm(load({k: v for k, v in rec.items() if k in ("image", "mask")}))
+            d = norm(load({k: v for k, v in rec.items() if k in ("image", "mask", "frame")}))
             if not d["has_mask"]:
                 raise RadiomicsInputError(f"{_row_name(rec)}: the lesion mask is empty; model {model} needs a lesion")
             img, msk = _lesion_crop(d["image"][0], d["mask"][0] > 0.5)

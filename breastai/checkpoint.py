@@ -9,9 +9,7 @@ never leaves a broken checkpoint behind.
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +41,10 @@ def package_versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .data.datalist import atomic_write
+
     state = {"format_version": FORMAT_VERSION, "versions": package_versions(), **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

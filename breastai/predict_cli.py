@@ -18,11 +18,9 @@ import csv
 import io
 import json
 import logging
-import os
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,17 +31,6 @@ __all__ = ["add_parser", "run_predict", "write_predictions"]
 
 log = logging.getLogger("breastai")
 _MARKER = ".breastai-run"
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class MapWriter:
@@ -59,16 +46,17 @@ class MapWriter:
     def __call__(self, index: int, rec: dict[str, Any], smap: np.ndarray, image: np.ndarray, mask: np.ndarray | None):
         from PIL import Image
 
+        from .data.datalist import atomic_write_bytes
         from .predict import _safe_stem
         from .saliency import heat_overlay
 
         stem = f"{index:05d}_{_safe_stem(str(rec['id']))}"
         buf = io.BytesIO()
         np.save(buf, smap.astype(np.float32))
-        _atomic_bytes(self.dir / f"{stem}.npy", buf.getvalue())
+        atomic_write_bytes(self.dir / f"{stem}.npy", buf.getvalue())
         buf = io.BytesIO()
         Image.fromarray(heat_overlay(image, smap, mask)).save(buf, format="PNG", compress_level=1)
-        _atomic_bytes(self.dir / f"{stem}.png", buf.getvalue())
+        atomic_write_bytes(self.dir / f"{stem}.png", buf.getvalue())
         return str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
 
 

@@ -114,3 +114,18 @@ def test_monai_sections(tmp_path, files):
     }))
     recs = read_datalist(p)
     assert [r["split"] for r in recs] == ["", "val"]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from breastai.data.datalist import atomic_write, atomic_write_bytes
+
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"old")
+
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -19,13 +19,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "DatalistError",
     "read_datalist",
     "write_datalist",
+    "atomic_write",
     "atomic_write_text",
+    "atomic_write_bytes",
     "FIELDS",
 ]
 
@@ -37,21 +39,38 @@ class DatalistError(ValueError):
     """A datalist row is unusable; the message names the file and the row."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
+def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """Create ``path`` with ``write(tmp)`` on a temporary file in the same folder, then rename.
 
-    A crash leaves either the old file or the new one, never half of one.
+    A crash leaves either the old file or the new one, never half of one. ``suffix`` is for
+    writers that insist on one (``np.savez`` adds ``.npz`` to any other name).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+
+    atomic_write(path, write)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _raw_rows(path: Path) -> list[dict[str, Any]]:

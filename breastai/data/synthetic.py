@@ -28,8 +28,6 @@ benign lesions look suspicious and a few cancers look benign, as in practice.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from breastai.data.datalist import write_datalist
+from breastai.data.datalist import atomic_write, write_datalist
 
 __all__ = ["CLASSES", "LesionParams", "make_lesion", "make_demo_dataset", "sample_lesion_params", "render_lesion"]
 
@@ -360,14 +358,7 @@ def make_lesion(label: str, size: int = 128, rng: np.random.Generator | int | No
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
     """Write an 8-bit grey PNG atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(tmp, format="PNG"))
 
 
 def make_demo_dataset(out_dir: str | Path, n_per_class: int = 60, size: int = 128, seed: int = 0) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,15 +133,10 @@ def _load_disk(path: Path | None, shash: str) -> None:
 
 
 def _save_disk(path: Path, shash: str, keys: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, names=np.array(_NAMES[shash]), keys=np.array(keys), values=np.stack([_MEMORY[k] for k in keys]))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..data.datalist import atomic_write
+
+    atomic_write(path, lambda tmp: np.savez(tmp, names=np.array(_NAMES[shash]), keys=np.array(keys),
+                                            values=np.stack([_MEMORY[k] for k in keys])), suffix=".npz")
 
 
 def _lesion_crop(img: np.ndarray, mask: np.ndarray, margin: int = 16) -> tuple[np.ndarray, np.ndarray]:

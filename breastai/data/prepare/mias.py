@@ -10,9 +10,7 @@ patient (odd number = right, next even number = left) that share a group.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datalist import write_datalist
+from ..datalist import atomic_write, write_datalist
 from . import PrepareReport, label_counts
 
 __all__ = ["MiasFinding", "MiasParseError", "parse_info", "finding_mask", "prepare_mias"]
@@ -126,15 +124,7 @@ def finding_mask(shape: tuple[int, int], finding: MiasFinding, kind: str = "circ
 
 
 def _write_png_atomic(mask: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG"))
 
 
 def prepare_mias(

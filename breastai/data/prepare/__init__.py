@@ -9,10 +9,11 @@ relative to the datalist) and returns a :class:`PrepareReport`.
 from __future__ import annotations
 
 import argparse
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, Iterable
 
 __all__ = [
     "PrepareReport",
@@ -47,6 +48,27 @@ class PrepareReport:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def write(self, rows: list[dict[str, Any]], out: Path, t0: float, empty: str) -> "PrepareReport":
+        """Write ``rows`` as the datalist ``out`` and fill ``out``, ``counts`` and ``seconds``.
+
+        Args:
+            t0: ``time.perf_counter()`` at the start of the preparation.
+            empty: the error message when no row is left to write.
+        """
+        from ..datalist import write_datalist
+
+        if not rows:
+            raise ValueError(empty)
+        write_datalist(rows, out)
+        self.out, self.counts = out, label_counts(rows)
+        self.seconds = time.perf_counter() - t0
+        return self
+
+    def count_groups(self, groups: Iterable[Hashable]) -> None:
+        """``duplicate_groups`` and ``images_in_groups`` from one group key per row."""
+        sizes = [n for n in Counter(groups).values() if n > 1]
+        self.duplicate_groups, self.images_in_groups = len(sizes), sum(sizes)
 
     @property
     def n_rows(self) -> int:

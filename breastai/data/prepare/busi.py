@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..datalist import write_datalist
 from ..dedup import DedupConfig, DedupResult, find_duplicates
-from . import PrepareReport, label_counts
+from . import PrepareReport
 
 __all__ = ["BUSI_CLASSES", "scan_busi", "busi_root", "prepare_busi"]
 
@@ -116,9 +115,7 @@ def prepare_busi(
         gid.setdefault(g, f"g{len(gid) + 1:04d}")
         members.setdefault(g, []).append(k)
     report = PrepareReport("busi", notes=notes)
-    multi = [m for m in members.values() if len(m) > 1]
-    report.duplicate_groups = len(multi)
-    report.images_in_groups = sum(len(m) for m in multi)
+    report.count_groups(dedup.groups)
     kept = []
     n_conflicts = 0
     for k, row in enumerate(rows):
@@ -138,10 +135,4 @@ def prepare_busi(
     if n_conflicts:
         verb = "kept and flagged in column 'conflict'" if keep_conflicts else "dropped"
         report.notes.append(f"{n_conflicts} duplicate groups with conflicting labels {verb}")
-    if not kept:
-        raise ValueError(f"{root}: every image was dropped")
-    write_datalist(kept, out)
-    report.out = out
-    report.counts = label_counts(kept)
-    report.seconds = time.perf_counter() - t0
-    return report
+    return report.write(kept, out, t0, f"{root}: every image was dropped")

@@ -6,9 +6,8 @@ import re
 import time
 from pathlib import Path
 
-from ..datalist import write_datalist
 from ..io import IMAGE_SUFFIXES
-from . import PrepareReport, label_counts
+from . import PrepareReport
 
 __all__ = ["image_stem", "scan_class_folder", "prepare_folder"]
 
@@ -97,10 +96,4 @@ def prepare_folder(root: str | Path, out: str | Path, mask_suffix: str = "_mask"
             rows.append(
                 {"case_id": case_id, "image": str(image), "mask": [str(m) for m in masks], "label": cdir.name, "group": case_id}
             )
-    if not rows:
-        raise ValueError(f"{root}: no images found in class sub-folders")
-    write_datalist(rows, out)
-    report.out = out
-    report.counts = label_counts(rows)
-    report.seconds = time.perf_counter() - t0
-    return report
+    return report.write(rows, out, t0, f"{root}: no images found in class sub-folders")

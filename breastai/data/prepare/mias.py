@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datalist import atomic_write, write_datalist
-from . import PrepareReport, label_counts
+from ..datalist import atomic_write
+from . import PrepareReport
 
 __all__ = ["MiasFinding", "MiasParseError", "parse_info", "finding_mask", "prepare_mias"]
 
@@ -197,19 +197,10 @@ def prepare_mias(
                 "radius": "" if f.radius is None else f.radius,
             }
         )
-    if not rows:
-        raise ValueError(f"{info}: no benign or malignant finding left to write")
-    write_datalist(rows, out)
-    groups: dict[str, int] = {}
-    for r in rows:
-        groups[r["group"]] = groups.get(r["group"], 0) + 1
-    report.out = out
-    report.counts = label_counts(rows)
-    report.duplicate_groups = sum(1 for v in groups.values() if v > 1)
-    report.images_in_groups = sum(v for v in groups.values() if v > 1)
+    report.write(rows, out, t0, f"{info}: no benign or malignant finding left to write")
+    report.count_groups(r["group"] for r in rows)
     report.notes.append(f"masks ({shape}) written to {mask_dir}")
     if keep_uncoordinated:
         n = sum(1 for r in rows if not r["mask"])
         report.notes.append(f"{n} findings without coordinates kept with an empty mask (whole image)")
-    report.seconds = time.perf_counter() - t0
     return report

@@ -9,6 +9,8 @@ never leaves a broken checkpoint behind.
 
 from __future__ import annotations
 
+import functools
+
 import platform
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or incompatible; the message says which and why."""
 
 
+@functools.lru_cache(maxsize=1)  # seven metadata lookups; written into every checkpoint
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape results."""
     from importlib.metadata import PackageNotFoundError, version
@@ -43,7 +46,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, then rename)."""
     from .data.datalist import atomic_write
 
-    state = {"format_version": FORMAT_VERSION, "versions": package_versions(), **state}
+    state = {"format_version": FORMAT_VERSION, "versions": dict(package_versions()), **state}
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 

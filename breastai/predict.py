@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .data.io import IMAGE_SUFFIXES, ImageReadError, load_image
+from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
 from .saliency import METHODS, SaliencyExplainer, map_to_original, normalise_map
 
 __all__ = ["Predictor", "PredictItem", "expand_inputs", "tta_views", "RECORD_FIELDS"]
@@ -55,10 +55,7 @@ class PredictItem:
 
 
 def _is_image_file(p: Path) -> bool:
-    name = p.name.lower()
-    if name.endswith(".nii.gz"):
-        return True
-    if p.suffix.lower() in IMAGE_SUFFIXES - {".gz"}:
+    if image_suffix(p) in IMAGE_SUFFIXES:
         return True
     from .data.dicom import is_dicom  # DICOM files often carry no suffix
 

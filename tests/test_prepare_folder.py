@@ -79,3 +79,15 @@ def test_cli_parser(tmp_path, capsys):
     assert mias.shape == "box" and mias.keep_uncoordinated and mias.mask_dir is None
     with pytest.raises(SystemExit):
         parser.parse_args(["prepare", "mias", "R", "--out", "o.csv", "--shape", "star"])
+
+
+def test_only_image_files_count_gzip_included(tmp_path):
+    """``.nii.gz`` is an image suffix; any other ``.gz`` (notes.csv.gz) is not."""
+    from breastai.data.io import IMAGE_SUFFIXES, image_suffix
+
+    assert image_suffix(tmp_path / "a.NII.GZ") == ".nii.gz" and ".gz" not in IMAGE_SUFFIXES
+    for cls in ("benign", "malignant"):
+        _png(tmp_path / "root" / cls / "a.png")
+        (tmp_path / "root" / cls / "notes.csv.gz").write_bytes(b"\x1f\x8b")
+    report = prepare_folder(tmp_path / "root", tmp_path / "dl.csv")
+    assert report.counts == {"benign": 1, "malignant": 1}

@@ -20,9 +20,19 @@ __all__ = [
     "load_image",
     "load_mask",
     "IMAGE_SUFFIXES",
+    "image_suffix",
+    "to_grey",
 ]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".nii", ".gz", ".dcm", ".dicom"}
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}
+# ".nii.gz" as one suffix: a bare ".gz" would make any gzip file (notes.csv.gz) an image.
+IMAGE_SUFFIXES = PIL_SUFFIXES | {".nii", ".nii.gz", ".dcm", ".dicom"}
+
+
+def image_suffix(path: str | Path) -> str:
+    """Lower-case suffix with ``.nii.gz`` kept together."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 class ImageReadError(ValueError):
@@ -55,7 +65,8 @@ def register_reader(
     _READERS.insert(0, reader) if first else _READERS.append(reader)
 
 
-def _to_grey(arr: np.ndarray, path: Path) -> np.ndarray:
+def to_grey(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """(H, W) float32 grey from grey, grey+alpha, RGB or RGBA arrays (ITU-R 601 luma)."""
     if arr.ndim == 2:
         return arr.astype(np.float32)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -83,7 +94,7 @@ def _read_pil(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
     except (OSError, SyntaxError) as exc:
         raise ImageReadError(f"{path}: truncated or corrupt image ({exc})") from exc
-    return _to_grey(arr, path), {"format": "pil", "mode": mode, "channels": 1 if arr.ndim == 2 else arr.shape[-1]}
+    return to_grey(arr, path), {"format": "pil", "mode": mode, "channels": 1 if arr.ndim == 2 else arr.shape[-1]}
 
 
 def _read_nifti(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
@@ -106,7 +117,7 @@ def _is_nifti(p: Path) -> bool:
 
 
 register_reader("nifti", _is_nifti, _read_nifti)
-register_reader("pil", lambda p: p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}, _read_pil)
+register_reader("pil", lambda p: p.suffix.lower() in PIL_SUFFIXES, _read_pil)
 
 try:  # DICOM registers itself; the package works without it for plain images.
     from . import dicom as _dicom  # noqa: F401

@@ -28,7 +28,7 @@ from monai.transforms import (
     Randomizable,
 )
 
-from .io import ImageReadError, load_image, load_mask
+from .io import ImageReadError, load_image, load_mask, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -41,7 +41,6 @@ __all__ = [
     "build_transforms",
     "Preset",
     "root_cause",
-    "preprocess_sample",
 ]
 
 
@@ -65,11 +64,7 @@ class LoadSampled(MapTransform):
             img, meta = load_image(src, opts)
             d["source"] = str(src)
         else:  # an in-memory array (inference API)
-            img = np.asarray(src, dtype=np.float32)
-            if img.ndim == 3 and img.shape[-1] in (3, 4):
-                img = img[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            if img.ndim != 2:
-                raise ImageReadError(f"array input must be 2D grey or HxWx3, got shape {img.shape}")
+            img = to_grey(np.asarray(src), "array input")
             meta = {"reader": "array"}
             d.setdefault("source", "<array>")
         if min(img.shape) < 8:
@@ -294,7 +289,3 @@ def build_transforms(cfg: dict[str, Any], train: bool) -> Compose:
     rnd = random_transforms(cfg["augment"], int(pre["size"])) if train else []
     return Preset([*det, *rnd, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
 
-
-def preprocess_sample(sample: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Evaluation preprocessing of one sample dict (path or array in ``image``)."""
-    return build_transforms(cfg, train=False)(sample)

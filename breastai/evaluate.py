@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.datalist import atomic_write_text
+from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .engine import predict_loader
 from .training import _loader, build_dataset, resolve_device, score_part
@@ -49,10 +49,9 @@ def evaluate_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
-    lines = ["case_id,label,probability,predicted"]
-    for c, yy, p in zip(pred["case_id"], y, probs):
-        lines.append(f"{c},{classes[yy]},{float(p)!r},{classes[int(p >= state['threshold'])]}")
-    atomic_write_text(out / "predictions.csv", "\n".join(lines) + "\n")
+    atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (
+        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= state["threshold"])]}
+        for c, yy, p in zip(pred["case_id"], y, probs)), exact=True)
     from . import plots
 
     plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")

@@ -14,7 +14,6 @@ leaves the previous predictions and their maps intact.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import logging
@@ -62,19 +61,14 @@ class MapWriter:
 
 def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
     """``predictions.csv`` and ``predictions.json`` (``{"run": ..., "records": [...]}``), atomically."""
-    from .data.datalist import atomic_write_text
+    from .data.datalist import atomic_write_csv, atomic_write_text
     from .predict import RECORD_FIELDS
 
     out = Path(out)
     fields = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS) - {"saliency_map", "image"})
     rows = [{k: r.get(k) for k in fields} for r in records]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
     atomic_write_text(out / "predictions.json", json.dumps({"run": run, "records": rows}, indent=1))
-    atomic_write_text(out / "predictions.csv", buf.getvalue())
+    atomic_write_csv(out / "predictions.csv", fields, rows)
 
 
 def _remove_old_runs(out: Path, keep: str | None) -> None:

@@ -24,7 +24,7 @@ from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
-from .data.datalist import atomic_write_text
+from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
@@ -423,10 +423,7 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     }
     if dist.is_main():
         atomic_write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-        lines = ["case_id,fold,label,logit,probability"] + [
-            f"{p['case_id']},{p['fold']},{p['label']},{p['logit']:.6f},{p['probability']:.6f}" for p in oof
-        ]
-        atomic_write_text(run_dir / "oof_predictions.csv", "\n".join(lines) + "\n")
+        atomic_write_csv(run_dir / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
     return summary
 
 

@@ -129,3 +129,13 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_csv_quotes_case_ids_with_commas(tmp_path):
+    import csv
+
+    from breastai.data.datalist import atomic_write_csv
+
+    atomic_write_csv(tmp_path / "p.csv", ["case_id", "probability", "note"],
+                     [{"case_id": "left, upper", "probability": 0.25, "note": None}])
+    assert list(csv.DictReader(open(tmp_path / "p.csv"))) == [{"case_id": "left, upper", "probability": "0.250000", "note": ""}]

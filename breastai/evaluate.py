@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
-from .engine import predict_loader
-from .training import _loader, build_dataset, resolve_device, score_part
+from .training import predict_records, resolve_device, score_part
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -33,14 +32,16 @@ def evaluate_checkpoint(
         The metrics dict (see :func:`breastai.metrics.evaluation_report`).
     """
     state = load_checkpoint(checkpoint)
-    cfg = dict(state["config"])
-    cfg["data"] = {**cfg["data"], "cache": "none"}
+    cfg = state["config"]
     classes = state["classes"]
     records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
-    model = model_from_checkpoint(state).to(dev)
-    ds = build_dataset(cfg, records, train=False)
-    pred = predict_loader(model, _loader(ds, cfg, False, None, 0), dev, progress=True)
+    if "ensemble" in state:
+        from .ensemble import ensemble_predict_records
+
+        pred = ensemble_predict_records(state, records, dev, progress=True)
+    else:
+        pred = predict_records(state, records, dev, progress=True)
     y = pred["label"].astype(int)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     probs, report, _ = score_part(pred, state, n_boot)

@@ -201,6 +201,10 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
         """Load ``best.pt`` (safely, ``weights_only=True``) and build the predictor."""
         state = load_checkpoint(path, map_location="cpu")
+        if "ensemble" in state:
+            from .ensemble_predict import EnsemblePredictor
+
+            return EnsemblePredictor(state, device=device, source=str(path))
         return cls(state, device=device, source=str(path))
 
     @property
@@ -256,7 +260,7 @@ class Predictor:
                     rec["error"] = f"{item.source}: cannot write saliency files ({exc})"
             if return_maps and arrays is not None:
                 rec["saliency_map"], rec["image"] = arrays[0], arrays[1]
-            records.append(rec)
+            records.append({k: v for k, v in rec.items() if not k.startswith("_")})
         return records
 
     def _identity(self, item: PredictItem, meta: dict[str, Any], keep: bool, index: int) -> dict[str, Any]:
@@ -331,6 +335,7 @@ class Predictor:
                     views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))
                     zs = torch.cat([self.model(v) for v in views.split(32)]).cpu().numpy()
                 rec["uncertainty"] = float(np.std(calibrated_probability(zs, self.calibration)))
+                rec["_tta_logits"] = zs  # for ensembles, which combine the views member by member
             arrays = None
             if smap is not None:
                 shape = tuple(int(s) for s in d["orig_shape"])

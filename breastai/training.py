@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import dump_config
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
@@ -34,7 +34,7 @@ from .models import MODELS, create_model
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
-__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cross_validate", "main"]
+__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "predict_records", "score_part", "cross_validate", "main"]
 
 log = logging.getLogger("breastai")
 
@@ -176,7 +176,8 @@ def fit(
         log.warning("model %s has no bundled pretrained weights: training from scratch", cfg["model"]["name"])
     # Radiomics models: feature selection, scaler (and closed-form weights) fitted on the training part only.
     extra = radiomics_model_kwargs(cfg, train_recs, y_train) if needs_radiomics(cfg) else {}
-    model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"], **extra)
+    model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"],
+                         output_stride=cfg["model"]["output_stride"], **extra)
     model.to(device)
     channels_last = bool(tc["channels_last"])
     if channels_last:
@@ -359,18 +360,24 @@ def score_part(pred: dict[str, np.ndarray], state: dict[str, Any], n_boot: int) 
     return probs, rep, rows
 
 
+def predict_records(state: dict[str, Any], records: Sequence[dict[str, Any]], device: torch.device,
+                    progress: bool = False) -> dict[str, np.ndarray]:
+    """Raw logits of a checkpoint's model on ``records``, preprocessed by the checkpoint's own
+    (evaluation) preset, exactly as validation and test parts are scored in training."""
+    cfg = {**state["config"], "data": {**state["config"]["data"], "cache": "none"}}
+    model = model_from_checkpoint(state).to(device)
+    return predict_loader(model, _loader(build_dataset(cfg, records, False), cfg, False, None, 0), device,
+                          progress=progress)
+
+
 def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:
     """Results of a fold finished before a ``--resume``: from its ``done`` file, or, for a file
     without predictions, recomputed from the fold's ``best.pt`` on its held-out part."""
     done = json.loads((fold_dir / "done").read_text())
     if "test_predictions" in done:
         return done
-    from .checkpoint import model_from_checkpoint
-
     state = load_checkpoint(fold_dir / "best.pt")
-    test_recs = [records[i] for i in test_idx]
-    pred = predict_loader(model_from_checkpoint(state), _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0),
-                          torch.device("cpu"))
+    pred = predict_records(state, [records[i] for i in test_idx], torch.device("cpu"))
     _, rep, preds = score_part(pred, state, int(cfg["eval"]["bootstrap"]))
     rep["seconds"] = done.get("seconds", float("nan"))
     return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}

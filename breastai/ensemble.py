@@ -1,0 +1,259 @@
+"""Ensembles of trained runs: one checkpoint that adds up the calibrated log-odds of its members.
+
+Models that look at different evidence make different mistakes: a lesion-crop CNN sees the
+lesion's outline and texture, a whole-image CNN the tissue around it and the posterior
+shadowing, a radiomics model hand-made shape descriptors. Their calibrated log-odds
+``c_i = (z_i - offset_i) / T_i`` are on one scale, so the ensemble is a logistic regression on them::
+
+    logit = sum_i w_i * c_i + b,      probability = sigmoid(logit)
+
+``combine="mean"`` ties the weights (``w_i = s / n``: one scale ``s`` and the bias ``b``),
+``combine="stack"`` fits one non-negative weight per member (L2-penalised). Either way the
+weights are fitted on the VALIDATION part that each member already used for model selection,
+never on the held-out part, and the fit is the ensemble's calibration (its temperature is 1).
+
+For cross-validation runs trained on the same folds (same datalist, seed and fold count),
+``build_ensemble`` writes one ensemble checkpoint per fold and the same ``cv_summary.json`` /
+``oof_predictions.csv`` as ``breastai train --folds K``, so ablations and DeLong tests treat the
+ensemble like any other run::
+
+    breastai ensemble runs/busi_crop_cv runs/busi_whole_cv --out runs/busi_crop+whole_cv
+
+An ensemble checkpoint holds every member checkpoint whole, so ``breastai predict`` and
+``breastai evaluate`` need nothing else; the saliency map is the weight-averaged map of the
+members that have one (all in the original image geometry).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data.datalist import atomic_write_csv, atomic_write_text
+from .data.frames import read_samples
+from .metrics import choose_threshold, evaluation_report, roc_auc, summarise_folds
+
+__all__ = ["COMBINE", "member_log_odds", "fit_combiner", "ensemble_state", "ensemble_predict_records",
+           "build_ensemble"]
+
+log = logging.getLogger("breastai")
+
+COMBINE = ("mean", "stack")
+
+
+def member_log_odds(logits: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+    """Calibrated log-odds ``(z - logit_offset) / temperature`` of a member checkpoint."""
+    z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
+    return z / float(state.get("temperature", 1.0))
+
+
+def fit_combiner(log_odds: np.ndarray, labels: np.ndarray, combine: str = "mean", l2: float = 1.0
+                 ) -> tuple[np.ndarray, float]:
+    """Weights and bias of ``sum_i w_i * c_i + b`` by penalised maximum likelihood.
+
+    Minimises ``sum_n BCE(y_n, w . c_n + b) + l2 * |w|^2 / 2`` (the bias is not penalised) with
+    ``w >= 0``: a member is never turned against its own evidence.
+
+    Args:
+        log_odds: (n, m) calibrated log-odds of the m members on n validation cases.
+        labels: (n,) 0/1.
+        combine: ``mean`` (one scale shared by all weights) or ``stack`` (one weight each).
+        l2: ridge penalty; with the log-odds already calibrated it only tames separable data.
+
+    Returns:
+        ``(weights (m,), bias)``.
+
+    Raises:
+        ValueError: unknown ``combine``, shapes that do not match, or one class only.
+    """
+    from scipy.optimize import minimize
+
+    c = np.asarray(log_odds, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if combine not in COMBINE:
+        raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
+    if c.ndim != 2 or c.shape[0] != y.shape[0]:
+        raise ValueError(f"log-odds of shape {c.shape} do not fit {y.shape[0]} labels")
+    if len(np.unique(y)) < 2:
+        raise ValueError("the validation part holds one class only: the ensemble weights cannot be fitted")
+    m = c.shape[1]
+    x = c.mean(1, keepdims=True) if combine == "mean" else c
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        z = x @ w + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        nll = float(np.sum(np.logaddexp(0.0, z) - y * z))
+        g = p - y
+        return nll + 0.5 * l2 * float(w @ w), np.concatenate([x.T @ g + l2 * w, [g.sum()]])
+
+    k = x.shape[1]
+    start = np.concatenate([np.full(k, 1.0 if combine == "mean" else 1.0 / m), [0.0]])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * k + [(None, None)])
+    w, b = res.x[:-1], float(res.x[-1])
+    weights = np.full(m, w[0] / m) if combine == "mean" else w
+    return weights, b
+
+
+def ensemble_state(members: Sequence[dict[str, Any]], weights: np.ndarray, bias: float, combine: str,
+                   threshold: float, metrics: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint dict of an ensemble (members kept whole, so it is self-contained)."""
+    classes = list(members[0]["classes"])
+    for s, src in zip(members[1:], sources[1:]):
+        if list(s["classes"]) != classes:
+            raise CheckpointError(f"{src}: classes {s['classes']} differ from {sources[0]}'s {classes}")
+    first = members[0]["config"]
+    cfg = {"data": first["data"], "seed": first.get("seed", 0), "eval": first.get("eval", {}),
+           "preprocess": {"mode": "+".join(str(s["config"]["preprocess"]["mode"]) for s in members)},
+           "model": {"name": "ensemble", "members": [s["model"]["name"] for s in members]},
+           "ensemble": {"combine": combine, "sources": [str(x) for x in sources]}}
+    return {
+        "model": {"name": "ensemble"},
+        "weights": {},
+        "ensemble": {"members": list(members), "weights": [float(w) for w in weights], "bias": float(bias),
+                     "combine": combine},
+        "config": cfg,
+        "classes": classes,
+        "preprocess": cfg["preprocess"],
+        "threshold": float(threshold),
+        "temperature": 1.0,
+        "logit_offset": 0.0,
+        "metrics": metrics,
+    }
+
+
+def _combined(state: dict[str, Any], log_odds: np.ndarray) -> np.ndarray:
+    ens = state["ensemble"]
+    return log_odds @ np.asarray(ens["weights"], dtype=np.float64) + float(ens["bias"])
+
+
+def _members_log_odds(members: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]], device: torch.device,
+                      progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(n, m) calibrated log-odds of every member on ``records``, plus the first member's labels/ids."""
+    from .training import predict_records
+
+    cols, first = [], None
+    for s in members:
+        pred = predict_records(s, records, device, progress=progress)
+        if first is None:
+            first = pred
+        elif list(pred["case_id"]) != list(first["case_id"]):
+            raise CheckpointError("ensemble members scored the cases in different orders")
+        cols.append(member_log_odds(pred["logit"], s))
+    return np.stack(cols, 1), first
+
+
+def ensemble_predict_records(state: dict[str, Any], records: Sequence[dict[str, Any]], device: torch.device,
+                             progress: bool = False) -> dict[str, np.ndarray]:
+    """Like :func:`breastai.training.predict_records` for an ensemble checkpoint: ``logit`` is
+    the combined (already calibrated) log-odds."""
+    c, pred = _members_log_odds(state["ensemble"]["members"], records, device, progress)
+    return {**pred, "logit": _combined(state, c)}
+
+
+def _run_summary(run: Path) -> dict[str, Any]:
+    f = run / "cv_summary.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{run}: no cv_summary.json (train the member with --folds K first)")
+    return json.loads(f.read_text())
+
+
+def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
+    """Members must have been trained and validated on the same parts, case by case."""
+    keys = [("data", "datalist"), ("data", "val_fraction"), ("seed",), ("train", "folds")]
+
+    def get(cfg: dict, key: tuple) -> Any:
+        for k in key:
+            cfg = cfg.get(k) if isinstance(cfg, dict) else None
+        return cfg
+
+    ref = summaries[0]["config"]
+    ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
+    for run, s in zip(runs[1:], summaries[1:]):
+        for key in keys:
+            if get(s["config"], key) != get(ref, key):
+                raise ValueError(f"{run}: {'.'.join(key)} = {get(s['config'], key)!r} differs from {runs[0]}'s "
+                                 f"{get(ref, key)!r}; ensemble members must share their folds")
+        folds = {str(p["case_id"]): int(p["fold"]) for p in s["oof_predictions"]}
+        if folds != ref_folds:
+            moved = sorted(c for c in set(folds) | set(ref_folds) if folds.get(c) != ref_folds.get(c))
+            raise ValueError(f"{run}: held-out folds differ from {runs[0]}'s (e.g. case {moved[0]!r}); "
+                             "ensemble members must share their folds")
+
+
+def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "mean", device: str = "cpu",
+                   n_boot: int | None = None) -> dict[str, Any]:
+    """Combine cross-validation runs fold by fold; write checkpoints and a CV summary into ``out``.
+
+    For each fold, the members' ``fold{i}/best.pt`` score the fold's validation part (carved
+    exactly as in training), :func:`fit_combiner` fits the weights and the operating threshold
+    is chosen there too; the held-out fold is then only scored.
+
+    Args:
+        runs: CV run folders (``cv_summary.json``, ``fold{i}/best.pt``) trained on the same folds.
+        out: output folder: ``fold{i}/best.pt``, ``cv_summary.json``, ``oof_predictions.csv``.
+        combine: ``mean`` or ``stack`` (see :func:`fit_combiner`).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        n_boot: bootstrap resamples for the AUC intervals (default: the first member's setting).
+
+    Returns:
+        The CV summary.
+    """
+    from .training import cv_splits, resolve_device
+
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    if combine not in COMBINE:
+        raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
+    summaries = [_run_summary(r) for r in runs]
+    _check_same_folds(runs, summaries)
+    cfg = summaries[0]["config"]
+    classes = list(cfg["data"]["classes"])
+    records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
+    k = len(summaries[0]["folds"])
+    splits = cv_splits(records, k, cfg["data"]["val_fraction"], cfg["seed"])
+    dev = resolve_device(device)
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    out = Path(out)
+    per_fold, oof = [], []
+    for i, (_, va, te) in enumerate(splits):
+        paths = [r / f"fold{i}" / "best.pt" for r in runs]
+        members = [load_checkpoint(p) for p in paths]
+        c_val, val = _members_log_odds(members, [records[j] for j in va], dev)
+        weights, bias = fit_combiner(c_val, val["label"], combine)
+        z_val = c_val @ weights + bias
+        p_val = 1.0 / (1.0 + np.exp(-z_val))
+        threshold = choose_threshold(val["label"], p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
+        c_test, test = _members_log_odds(members, [records[j] for j in te], dev)
+        z_test = c_test @ weights + bias
+        p_test = 1.0 / (1.0 + np.exp(-z_test))
+        rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot)
+        member_auc = [roc_auc(test["label"], c_test[:, j]) for j in range(len(members))]
+        log.info("fold %d/%d: weights %s, bias %.3f; held-out AUC %.4f (members %s)", i + 1, k,
+                 np.round(weights, 3).tolist(), bias, rep["auc"], np.round(member_auc, 4).tolist())
+        metrics = {"val_auc": roc_auc(val["label"], p_val), "test": rep, "member_test_auc": member_auc}
+        save_checkpoint(out / f"fold{i}" / "best.pt",
+                        ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths]))
+        per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
+        oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "probability": float(p)}
+                for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
+    y = np.array([p["label"] for p in oof])
+    pr = np.array([p["probability"] for p in oof])
+    summary = {
+        "folds": per_fold,
+        "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
+        "pooled_oof_auc": roc_auc(y, pr),
+        "oof_predictions": oof,
+        "config": {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
+                   "ensemble": {"combine": combine, "members": [str(r) for r in runs]}},
+    }
+    atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+    atomic_write_csv(out / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
+    return summary

@@ -1,0 +1,85 @@
+"""Inference with an ensemble checkpoint (see :mod:`breastai.ensemble`).
+
+Each member scores the input with its own preprocessing, calibration and saliency method;
+the record carries the combined probability, the combined TTA spread and the weight-averaged
+saliency map (every member's map is already in the original image geometry, so they add up
+pixel by pixel). A member that cannot score the input (e.g. a crop model given no mask) makes
+the whole record fail with that member's message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import CheckpointError
+from .ensemble import member_log_odds
+from .predict import RECORD_FIELDS, PredictItem, Predictor
+from .saliency import normalise_map
+
+__all__ = ["EnsemblePredictor"]
+
+
+class EnsemblePredictor(Predictor):
+    """A loaded ensemble checkpoint; same ``predict`` API and records as :class:`Predictor`.
+
+    Args:
+        state: an ensemble checkpoint dict (``state["ensemble"]``: members, weights, bias).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        source: where the checkpoint came from (for messages).
+    """
+
+    def __init__(self, state: dict[str, Any], device: str = "auto", source: str = "<state>"):
+        try:
+            ens = state["ensemble"]
+            self.weights = np.asarray(ens["weights"], dtype=np.float64)
+            self.bias = float(ens["bias"])
+            member_states = list(ens["members"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source}: not a usable ensemble checkpoint ({exc})") from exc
+        if len(member_states) != len(self.weights) or not member_states:
+            raise CheckpointError(f"{source}: {len(member_states)} members but {len(self.weights)} weights")
+        self.members = [Predictor(s, device=device, source=f"{source} [member {i}]") for i, s in enumerate(member_states)]
+        self._member_states = member_states
+        self.cfg, self.source = state["config"], source
+        self.classes = list(state["classes"])
+        self.threshold = float(state.get("threshold", 0.5))
+        self.temperature = 1.0
+        self.calibration = {"temperature": 1.0, "logit_offset": 0.0}
+        self.pre = {"mode": "+".join(m.pre["mode"] for m in self.members)}
+        self.device = self.members[0].device
+
+    @property
+    def crop_mode(self) -> bool:
+        """True when any member sees a lesion crop (so every image needs a mask)."""
+        return any(m.crop_mode for m in self.members)
+
+    def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool, index: int):
+        z = self.bias
+        views = np.zeros(tta) + self.bias if tta > 0 else None
+        maps, base = [], None
+        rec: dict[str, Any] = {}
+        for w, member, state in zip(self.weights, self.members, self._member_states):
+            rec, arrays = member._predict_item(item, saliency, tta, keep, index)
+            if rec["error"]:
+                return rec, None
+            z += w * float(member_log_odds(np.array([rec["logit"]]), state)[0])
+            if views is not None:
+                views = views + w * member_log_odds(rec.pop("_tta_logits"), state)
+            if arrays is not None:
+                maps.append((w, arrays[0]))
+                if base is None or (base[1] is None and arrays[2] is not None):
+                    base = (arrays[1], arrays[2])
+        p = float(1.0 / (1.0 + np.exp(-z)))
+        out = {k: rec.get(k) for k in RECORD_FIELDS}
+        out.update({k: v for k, v in rec.items() if k not in out and not k.startswith("_")})
+        out.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
+        if views is not None:
+            out["uncertainty"] = float(np.std(1.0 / (1.0 + np.exp(-views))))
+        arrays = None
+        if maps:
+            total = sum(w for w, _ in maps)
+            m = sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps)
+            arrays = (normalise_map(m), *base)
+        return out, arrays

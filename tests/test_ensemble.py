@@ -1,0 +1,135 @@
+"""Ensembles: the combiner fit, fold-by-fold building from CV runs, and predict/evaluate with the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from breastai.checkpoint import load_checkpoint
+from breastai.ensemble import build_ensemble, fit_combiner, member_log_odds
+from breastai.training import main as train_main
+
+
+def test_stack_weights_follow_the_informative_member():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = (2 * y - 1) * 2.0 + rng.normal(0, 1.5, y.size)  # separates the classes
+    noise = rng.normal(0, 2.0, y.size)  # says nothing
+    w, b = fit_combiner(np.stack([good, noise], 1), y, "stack")
+    assert w[0] > 0.5 and w[1] < 0.1 * w[0]
+    assert (w >= 0).all() and abs(b) < 0.5
+
+
+def test_mean_ties_the_weights_and_never_turns_a_member_around():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    anti = -(2 * y - 1) * 1.0 + rng.normal(0, 1, y.size)  # pointing the wrong way
+    w, _ = fit_combiner(np.stack([anti, anti], 1), y, "mean")
+    assert w[0] == w[1] and w[0] == 0.0, "a negative weight is clipped to zero, not used"
+    w, _ = fit_combiner(np.stack([-anti, -anti + 0.1], 1), y, "mean")
+    assert w[0] == pytest.approx(w[1]) and w[0] > 0
+
+
+def test_combiner_refuses_bad_input():
+    with pytest.raises(ValueError, match="one class"):
+        fit_combiner(np.zeros((5, 2)), np.ones(5))
+    with pytest.raises(ValueError, match="unknown combine"):
+        fit_combiner(np.zeros((4, 2)), np.array([0, 1, 0, 1]), "vote")
+    with pytest.raises(ValueError, match="do not fit"):
+        fit_combiner(np.zeros((4, 2)), np.array([0, 1, 0]))
+
+
+@pytest.fixture(scope="module")
+def cv_runs(synth_datalist, tmp_path_factory):
+    """Two 2-fold CV runs on the same folds (crop + mask channel, whole image) and one on other folds."""
+    from conftest import _tiny_config
+
+    out = tmp_path_factory.mktemp("ens")
+    common = ("train.epochs=1", "train.folds=2", "data.val_fraction=0.25", "log.tensorboard=false")
+    crop = train_main(_tiny_config(synth_datalist, out, "run_name=crop", "preprocess.mode=crop", *common))
+    whole = train_main(_tiny_config(synth_datalist, out, "run_name=whole", "preprocess.mode=whole", *common))
+    other = train_main(_tiny_config(synth_datalist, out, "run_name=other", "seed=7", *common))
+    return Path(crop["run_dir"]), Path(whole["run_dir"]), Path(other["run_dir"]), out
+
+
+@pytest.fixture(scope="module")
+def built(cv_runs):
+    crop, whole, _, out = cv_runs
+    summary = build_ensemble([crop, whole], out / "ens", combine="stack", device="cpu", n_boot=50)
+    return summary, out / "ens"
+
+
+def test_ensemble_cv_output_matches_training_cv(built, cv_runs):
+    summary, ens = built
+    crop, whole, _, _ = cv_runs
+    assert (ens / "cv_summary.json").is_file() and (ens / "oof_predictions.csv").is_file()
+    on_disk = json.loads((ens / "cv_summary.json").read_text())
+    assert on_disk["pooled_oof_auc"] == pytest.approx(summary["pooled_oof_auc"])
+    assert len(summary["folds"]) == 2 and "auc" in summary["mean_sd"]
+    # Held-out predictions are exactly w . (members' calibrated log-odds) + b of the members' own
+    # held-out logits, fold by fold.
+    members = [json.loads((r / "cv_summary.json").read_text())["oof_predictions"] for r in (crop, whole)]
+    by_case = [{p["case_id"]: p for p in m} for m in members]
+    for fold in range(2):
+        state = load_checkpoint(ens / f"fold{fold}" / "best.pt")
+        w, b = np.array(state["ensemble"]["weights"]), state["ensemble"]["bias"]
+        rows = [p for p in summary["oof_predictions"] if p["fold"] == fold]
+        c = np.array([[member_log_odds(np.array([bc[p["case_id"]]["logit"]]), s)[0]
+                       for bc, s in zip(by_case, state["ensemble"]["members"])] for p in rows])
+        assert np.allclose(c @ w + b, [p["logit"] for p in rows], atol=1e-4)
+        assert state["temperature"] == 1.0 and 0 <= state["threshold"] <= 1
+
+
+def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_path):
+    from breastai.data.datalist import read_datalist
+    from breastai.evaluate import evaluate_checkpoint
+    from breastai.predict import Predictor
+
+    summary, ens = built
+    ckpt = ens / "fold0" / "best.pt"
+    state = torch.load(ckpt, weights_only=True)  # self-contained, safe to load
+    assert len(state["ensemble"]["members"]) == 2
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    assert pred.crop_mode, "a crop member makes the ensemble need masks"
+    rows = read_datalist(synth_datalist)
+    held_out = {p["case_id"]: p for p in summary["oof_predictions"] if p["fold"] == 0}
+    row = next(r for r in rows if r["case_id"] in held_out)
+    rec = pred.predict(row["image"], masks=[row["mask"]], saliency="gradcam", tta=3, return_maps=True)[0]
+    assert rec["error"] is None
+    # The per-file path (predict) and the batched path (CV scoring) give the same probability.
+    assert rec["probability"] == pytest.approx(held_out[row["case_id"]]["probability"], abs=1e-4)
+    assert rec["uncertainty"] is not None and rec["uncertainty"] >= 0
+    from breastai.data.io import load_image
+
+    assert rec["saliency_map"].shape == load_image(row["image"])[0].shape[:2]
+    assert 0 <= rec["saliency_map"].min() and rec["saliency_map"].max() <= 1
+    no_mask = pred.predict(row["image"], saliency="none")[0]
+    assert no_mask["probability"] is None and "lesion mask is needed" in no_mask["error"]
+
+    rep = evaluate_checkpoint(ckpt, synth_datalist, tmp_path / "ev", device="cpu", n_boot=50)
+    assert rep["n"] == len(rows) and 0 <= rep["auc"] <= 1
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_members_on_other_folds_are_refused(cv_runs, tmp_path):
+    crop, _, other, _ = cv_runs
+    with pytest.raises(ValueError, match="seed"):
+        build_ensemble([crop, other], tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble([crop], tmp_path / "y", device="cpu")
+    with pytest.raises(FileNotFoundError, match="cv_summary"):
+        build_ensemble([crop, tmp_path], tmp_path / "z", device="cpu")
+
+
+def test_ensemble_command(cv_runs, tmp_path, capsys):
+    from breastai.cli import main
+
+    crop, whole, _, _ = cv_runs
+    assert main(["ensemble", str(crop), str(whole), "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
+    assert "ensemble (mean) of 2 runs: AUC" in capsys.readouterr().out
+    assert main(["ensemble", str(crop), "--out", str(tmp_path / "f")]) == 2
+    assert "at least two" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 File decoding, preprocessing, the forward pass, calibration and (for the saliency rows) the map
 sent back to the original geometry are all timed; ``--write`` adds the .npy/PNG output files.
-Images: BUSI PNGs from the shared data when present, else synthetic 500x600 PNGs.
+Images: BUSI PNGs from the shared data when present, else synthetic 500x600 PNGs. Checkpoints that
+need a lesion mask (crop models, ensembles with a crop member) read BUSI's ``_mask`` files, also timed.
 
     python benchmarks/bench_predict.py --checkpoint checkpoints/busi/best.pt --n 50
     python benchmarks/bench_predict.py --model efficientnet_lite0 --n 50      # untrained weights, same speed
@@ -73,20 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     pred = Predictor(state, device=args.device, source=args.model) if state else Predictor.from_checkpoint(args.checkpoint, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         files, what = _images(args.n, Path(tmp))
-        print(f"model {pred.cfg['model']['name']} at {pred.pre['size']} px, device {pred.device}, "
+        size = pred.pre.get("size") or "+".join(str(m.pre["size"]) for m in getattr(pred, "members", []))
+        print(f"model {pred.cfg['model']['name']} ({pred.pre['mode']}) at {size} px, device {pred.device}, "
               f"{torch.get_num_threads()} thread(s); {len(files)} images: {what}")
+        masks = pred.crop_mode  # crop models (and ensembles with one) read BUSI's sibling mask files
         print(f"{'saliency':<12}{'images/s':>10}{'ms/image':>10}")
         for method in args.methods.split(","):
-            pred.predict(files[:3], saliency=method)  # warm-up (allocator, hooks, lazy imports)
+            pred.predict(files[:3], saliency=method, find_masks=masks)  # warm-up (allocator, hooks, lazy imports)
             if pred.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             if args.write:
                 from breastai.predict_cli import run_predict
 
-                recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method)
+                recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method, find_masks=masks)
             else:
-                recs = pred.predict(files, saliency=method)
+                recs = pred.predict(files, saliency=method, find_masks=masks)
             if pred.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

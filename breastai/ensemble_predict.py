@@ -49,6 +49,15 @@ class EnsemblePredictor(Predictor):
         self.calibration = {"temperature": 1.0, "logit_offset": 0.0}
         self.pre = {"mode": "+".join(m.pre["mode"] for m in self.members)}
         self.device = self.members[0].device
+        # Members read the same file: decode it once per input, not once per member.
+        self._loaded: tuple[Any, Any] | None = None
+        for m in self.members:
+            m._load = self._load
+
+    def _load(self, item: PredictItem):
+        if self._loaded is None or self._loaded[0] is not item:
+            self._loaded = (item, Predictor._load(self.members[0], item))
+        return self._loaded[1]
 
     @property
     def crop_mode(self) -> bool:
@@ -60,6 +69,7 @@ class EnsemblePredictor(Predictor):
         views = np.zeros(tta) + self.bias if tta > 0 else None
         maps, base = [], None
         rec: dict[str, Any] = {}
+        self._loaded = None
         for w, member, state in zip(self.weights, self.members, self._member_states):
             rec, arrays = member._predict_item(item, saliency, tta, keep, index)
             if rec["error"]:
@@ -71,6 +81,7 @@ class EnsemblePredictor(Predictor):
                 maps.append((w, arrays[0]))
                 if base is None or (base[1] is None and arrays[2] is not None):
                     base = (arrays[1], arrays[2])
+        self._loaded = None
         p = float(1.0 / (1.0 + np.exp(-z)))
         out = {k: rec.get(k) for k in RECORD_FIELDS}
         out.update({k: v for k, v in rec.items() if k not in out and not k.startswith("_")})

@@ -42,8 +42,17 @@ def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     mask = np.asarray(mask, dtype=bool)
     total = smap.sum()
     peak = np.unravel_index(int(np.argmax(smap)), smap.shape)
+    # How far a miss lands, in lesion diameters: a miss just outside the outline (coarse map) and
+    # one on the far side of the image (wrong evidence) call for different remedies.
+    ys, xs = np.nonzero(mask)
+    if total > 0 and ys.size and not mask[peak]:
+        diameter = 2.0 * np.sqrt(ys.size / np.pi)
+        miss = float(np.sqrt(np.min((ys - peak[0]) ** 2 + (xs - peak[1]) ** 2)) / diameter)
+    else:
+        miss = 0.0
     return {
         "hit": float(mask[peak]) if total > 0 else 0.0,
+        "miss_distance": miss,
         "mass_share": float(smap[mask].sum() / total) if total > 0 else 0.0,
         "area_share": float(mask.mean()),
     }
@@ -99,7 +108,10 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
         hit = np.array([r["hit"] for r in rows])
         mass = np.array([r["mass_share"] for r in rows])
         area = np.array([r["area_share"] for r in rows])
+        miss = np.array([r["miss_distance"] for r in rows if not r["hit"]])
         return {"n": len(rows), "pointing_game": float(hit.mean()), "mass_share": float(mass.mean()),
+                "miss_within_quarter_diameter": float(np.mean(miss <= 0.25)) if miss.size else 0.0,
+                "miss_median_distance": float(np.median(miss)) if miss.size else 0.0,
                 "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
 
     all_rows = [r for rows in per_fold.values() for r in rows]

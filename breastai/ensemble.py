@@ -35,9 +35,8 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
-from .metrics import choose_threshold, evaluation_report, roc_auc, summarise_folds
+from .metrics import choose_threshold, evaluation_report, roc_auc
 
 __all__ = ["COMBINE", "member_log_odds", "fit_combiner", "ensemble_state", "ensemble_predict_records",
            "build_ensemble"]
@@ -205,7 +204,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     Returns:
         The CV summary.
     """
-    from .training import cv_splits, resolve_device
+    from .training import cv_splits, cv_summary, resolve_device
 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
@@ -244,16 +243,6 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
         oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "probability": float(p)}
                 for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
-    y = np.array([p["label"] for p in oof])
-    pr = np.array([p["probability"] for p in oof])
-    summary = {
-        "folds": per_fold,
-        "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
-        "pooled_oof_auc": roc_auc(y, pr),
-        "oof_predictions": oof,
-        "config": {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
-                   "ensemble": {"combine": combine, "members": [str(r) for r in runs]}},
-    }
-    atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-    atomic_write_csv(out / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
-    return summary
+    cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
+           "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}
+    return cv_summary(per_fold, oof, cfg, out)

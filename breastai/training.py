@@ -34,7 +34,7 @@ from .models import MODELS, create_model
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
-__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "predict_records", "score_part", "cross_validate", "main"]
+__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cv_summary", "predict_records", "score_part", "cross_validate", "main"]
 
 log = logging.getLogger("breastai")
 
@@ -419,6 +419,13 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
                 atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
         per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
         oof += [{**p, "fold": i} for p in res["test_predictions"]]
+    return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
+
+
+def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: dict[str, Any],
+               run_dir: Path | None) -> dict[str, Any]:
+    """Per-fold metrics, mean ± sd, pooled out-of-fold AUC and predictions; written to
+    ``run_dir/cv_summary.json`` and ``oof_predictions.csv`` unless ``run_dir`` is None."""
     y = np.array([p["label"] for p in oof])
     pr = np.array([p["probability"] for p in oof])
     summary = {
@@ -428,9 +435,9 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
         "oof_predictions": oof,
         "config": cfg,
     }
-    if dist.is_main():
-        atomic_write_text(run_dir / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-        atomic_write_csv(run_dir / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
+    if run_dir is not None:
+        atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
     return summary
 
 

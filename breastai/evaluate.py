@@ -14,11 +14,17 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
+from .provenance import seen_before
 from .training import predict_records, resolve_device, score_part
 
 __all__ = ["evaluate_checkpoint"]
 
 log = logging.getLogger("breastai")
+
+
+def _first_member(state: dict[str, Any]) -> dict[str, Any]:
+    # Ensemble members share their folds (checked when built), so one member's parts are all of them.
+    return state["ensemble"]["members"][0] if "ensemble" in state else state
 
 
 def evaluate_checkpoint(
@@ -42,10 +48,16 @@ def evaluate_checkpoint(
         pred = ensemble_predict_records(state, records, dev, progress=True)
     else:
         pred = predict_records(state, records, dev, progress=True)
+    seen = seen_before(_first_member(state), records)
+    if seen["train"] or seen["val"]:
+        log.warning("warning: %d of the %d evaluation images are identical to images this checkpoint was trained on "
+                    "and %d to its validation images: these figures are not an independent test",
+                    seen["train"], len(records), seen["val"])
     y = pred["label"].astype(int)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     probs, report, _ = score_part(pred, state, n_boot)
-    report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"])
+    report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"],
+                  n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

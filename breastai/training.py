@@ -31,6 +31,7 @@ from .data.transforms import build_transforms
 from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
 from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summarise_folds
 from .models import MODELS, create_model
+from .provenance import part_digests
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
@@ -168,6 +169,8 @@ def fit(
         if len(present) < 2:
             raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
 
+    # Digests of the image files learned from and selected on: evaluate warns when it meets them again.
+    seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
     train_ds = build_dataset(cfg, train_recs, train=True)
     val_ds = build_dataset(cfg, val_recs, train=False)
 
@@ -260,7 +263,7 @@ def fit(
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
                 save_checkpoint(best_path, _ckpt_state(cfg, model, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
-                                                       extra={"logit_offset": offset}))
+                                                       extra={"logit_offset": offset, "seen_images": seen_images}))
             save_checkpoint(last_path, _ckpt_state(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
                 threshold=0.5, temperature=1.0,

@@ -1,0 +1,43 @@
+"""Which images a checkpoint learned from, without storing what could identify them.
+
+A checkpoint keeps short SHA-256 digests of the image FILES (their bytes, not names or paths) of
+its training and validation parts. ``breastai evaluate`` compares them with the evaluation
+datalist and warns when it scores images the model was trained or selected on: a renamed or
+re-listed copy of a training image is caught, and the digests reveal nothing about a patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["file_digest", "part_digests", "seen_before"]
+
+_DIGEST_HEX = 16  # 64 bits: collisions between different files are negligible at dataset sizes
+
+
+def file_digest(path: str | Path) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a file's bytes; None if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()[:_DIGEST_HEX]
+
+
+def part_digests(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Sorted unique digests of the image files of ``records`` (array inputs are skipped)."""
+    out = {file_digest(r["image"]) for r in records if isinstance(r.get("image"), (str, Path))}
+    return sorted(d for d in out if d)
+
+
+def seen_before(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many of ``records`` have an image file identical to one of the checkpoint's
+    ``train`` / ``val`` images (0 for checkpoints written before digests were kept)."""
+    seen = state.get("seen_images") or {}
+    digests = [file_digest(r["image"]) if isinstance(r.get("image"), (str, Path)) else None for r in records]
+    return {part: sum(d is not None and d in set(seen.get(part, [])) for d in digests) for part in ("train", "val")}

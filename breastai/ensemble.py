@@ -211,6 +211,9 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         raise ValueError("an ensemble needs at least two runs")
     if combine not in COMBINE:
         raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
+    out = Path(out)
+    if (out / "cv_summary.json").exists():
+        raise ValueError(f"{out} already holds an ensemble (cv_summary.json); choose another --out or remove it")
     summaries = [_run_summary(r) for r in runs]
     _check_same_folds(runs, summaries)
     cfg = summaries[0]["config"]
@@ -220,7 +223,6 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     splits = cv_splits(records, k, cfg["data"]["val_fraction"], cfg["seed"])
     dev = resolve_device(device)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    out = Path(out)
     per_fold, oof = [], []
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]

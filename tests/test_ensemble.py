@@ -133,3 +133,6 @@ def test_ensemble_command(cv_runs, tmp_path, capsys):
     assert "ensemble (mean) of 2 runs: AUC" in capsys.readouterr().out
     assert main(["ensemble", str(crop), "--out", str(tmp_path / "f")]) == 2
     assert "at least two" in capsys.readouterr().err
+    # An earlier ensemble is never overwritten piecemeal.
+    assert main(["ensemble", str(crop), str(whole), "--out", str(tmp_path / "e")]) == 2
+    assert "already holds an ensemble" in capsys.readouterr().err

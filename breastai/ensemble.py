@@ -227,6 +227,9 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
         members = [load_checkpoint(p) for p in paths]
+        for p, m in zip(paths, members):
+            if "ensemble" in m:
+                raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
         c_val, val = _members_log_odds(members, [records[j] for j in va], dev)
         weights, bias = fit_combiner(c_val, val["label"], combine)
         z_val = c_val @ weights + bias

@@ -115,12 +115,14 @@ def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_p
     assert (tmp_path / "ev" / "metrics.json").is_file()
 
 
-def test_members_on_other_folds_are_refused(cv_runs, tmp_path):
+def test_members_on_other_folds_are_refused(cv_runs, built, tmp_path):
     crop, _, other, _ = cv_runs
     with pytest.raises(ValueError, match="seed"):
         build_ensemble([crop, other], tmp_path / "x", device="cpu")
     with pytest.raises(ValueError, match="at least two"):
         build_ensemble([crop], tmp_path / "y", device="cpu")
+    with pytest.raises(ValueError, match="itself an ensemble"):
+        build_ensemble([crop, cv_runs[3] / "ens"], tmp_path / "n", device="cpu")
     with pytest.raises(FileNotFoundError, match="cv_summary"):
         build_ensemble([crop, tmp_path], tmp_path / "z", device="cpu")
 

@@ -29,21 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from breastai.data.datalist import atomic_write_text  # noqa: E402
 from breastai.metrics import delong_test  # noqa: E402
+from breastai.training import load_cv_summary as load_run  # noqa: E402
 
 __all__ = ["load_run", "ablation", "format_table", "main"]
-
-
-def load_run(run: str | Path) -> dict[str, Any]:
-    """``cv_summary.json`` of a CV run folder (or the file itself)."""
-    p = Path(run)
-    p = p / "cv_summary.json" if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"{run}: no cv_summary.json (run training with --folds K first)")
-    s = json.loads(p.read_text())
-    for key in ("folds", "mean_sd", "oof_predictions"):
-        if key not in s:
-            raise ValueError(f"{p}: not a cross-validation summary (no {key!r})")
-    return s
 
 
 def _oof(name: str, s: dict[str, Any]) -> dict[str, dict[str, Any]]:

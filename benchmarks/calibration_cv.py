@@ -26,11 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.calibration import apply_temperature, fit_temperature  # noqa: E402
-from breastai.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from breastai.checkpoint import load_checkpoint  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
-from breastai.engine import predict_loader  # noqa: E402
 from breastai.metrics import ece, ece_noise_floor, summarise_folds  # noqa: E402
-from breastai.training import _loader, build_dataset, cv_splits  # noqa: E402
+from breastai.training import cv_splits, load_cv_summary, predict_records  # noqa: E402
 
 VARIANTS = ("ece_raw", "ece_temperature_only", "ece_offset_temperature")
 
@@ -41,20 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = json.loads((args.cv_run / "cv_summary.json").read_text())["config"]
-    cfg["data"]["cache"] = "none"
+    cfg = load_cv_summary(args.cv_run)["config"]
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
     rows, pooled = [], {"y": [], **{k: [] for k in VARIANTS}}
     for i, (tr, va, test_idx) in enumerate(cv_splits(records, int(cfg["train"]["folds"]), cfg["data"]["val_fraction"],
                                                      cfg["seed"])):
         state = load_checkpoint(args.cv_run / f"fold{i}" / "best.pt")
-        model = model_from_checkpoint(state)
         y_tr = np.array([records[j]["label"] == cfg["data"]["classes"][1] for j in tr])
         offset = float(np.log((~y_tr).sum() / y_tr.sum())) if cfg["train"]["class_balance"] != "none" else 0.0
 
         def logits(idx):
-            recs = [records[j] for j in idx]
-            p = predict_loader(model, _loader(build_dataset(cfg, recs, False), cfg, False, None, 0), torch.device("cpu"))
+            p = predict_records(state, [records[j] for j in idx], torch.device("cpu"))
             return p["logit"], p["label"]
 
         zv, yv = logits(va)

@@ -33,7 +33,7 @@ from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E40
 from breastai.data.io import load_mask  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
-from breastai.training import cv_splits  # noqa: E402
+from breastai.training import cv_splits, load_cv_summary  # noqa: E402
 
 
 def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -74,7 +74,7 @@ def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
 def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None,
                  part: str = "test", layer: str | None = None) -> dict:
     """Pointing game and mass share per fold and overall (see the module docstring)."""
-    summary = json.loads((cv_run / "cv_summary.json").read_text())
+    summary = load_cv_summary(cv_run)
     records = {r["case_id"]: r for r in read_datalist(data, require_label=False)}
     per_fold: dict[int, list[dict]] = {}
     missing = 0

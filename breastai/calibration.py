@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["fit_temperature", "apply_temperature", "calibrated_probability"]
+__all__ = ["fit_temperature", "apply_temperature", "calibrated_logit", "calibrated_probability"]
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
@@ -49,7 +49,12 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def calibrated_logit(logits: np.ndarray, state: dict) -> np.ndarray:
+    """Calibrated log-odds ``(logit - logit_offset) / temperature`` with a checkpoint's values."""
+    z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
+    return z / float(state.get("temperature", 1.0))
+
+
 def calibrated_probability(logits: np.ndarray, state: dict) -> np.ndarray:
     """Calibrated probabilities with a checkpoint's ``temperature`` and ``logit_offset``."""
-    z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
-    return apply_temperature(z, float(state.get("temperature", 1.0)))
+    return apply_temperature(calibrated_logit(logits, state), 1.0)

@@ -26,7 +26,6 @@ members that have one (all in the original image geometry).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,22 +33,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .calibration import calibrated_logit
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data.frames import read_samples
 from .metrics import choose_threshold, evaluation_report, roc_auc
 
-__all__ = ["COMBINE", "member_log_odds", "fit_combiner", "ensemble_state", "ensemble_predict_records",
+__all__ = ["COMBINE", "fit_combiner", "ensemble_state", "ensemble_predict_records",
            "build_ensemble"]
 
 log = logging.getLogger("breastai")
 
 COMBINE = ("mean", "stack")
-
-
-def member_log_odds(logits: np.ndarray, state: dict[str, Any]) -> np.ndarray:
-    """Calibrated log-odds ``(z - logit_offset) / temperature`` of a member checkpoint."""
-    z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
-    return z / float(state.get("temperature", 1.0))
 
 
 def fit_combiner(log_odds: np.ndarray, labels: np.ndarray, combine: str = "mean", l2: float = 1.0
@@ -144,7 +138,7 @@ def _members_log_odds(members: Sequence[dict[str, Any]], records: Sequence[dict[
             first = pred
         elif list(pred["case_id"]) != list(first["case_id"]):
             raise CheckpointError("ensemble members scored the cases in different orders")
-        cols.append(member_log_odds(pred["logit"], s))
+        cols.append(calibrated_logit(pred["logit"], s))
     return np.stack(cols, 1), first
 
 
@@ -154,13 +148,6 @@ def ensemble_predict_records(state: dict[str, Any], records: Sequence[dict[str, 
     the combined (already calibrated) log-odds."""
     c, pred = _members_log_odds(state["ensemble"]["members"], records, device, progress)
     return {**pred, "logit": _combined(state, c)}
-
-
-def _run_summary(run: Path) -> dict[str, Any]:
-    f = run / "cv_summary.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{run}: no cv_summary.json (train the member with --folds K first)")
-    return json.loads(f.read_text())
 
 
 def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
@@ -204,7 +191,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     Returns:
         The CV summary.
     """
-    from .training import cv_splits, cv_summary, resolve_device
+    from .training import cv_splits, cv_summary, load_cv_summary, resolve_device
 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
@@ -214,7 +201,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     out = Path(out)
     if (out / "cv_summary.json").exists():
         raise ValueError(f"{out} already holds an ensemble (cv_summary.json); choose another --out or remove it")
-    summaries = [_run_summary(r) for r in runs]
+    summaries = [load_cv_summary(r) for r in runs]
     _check_same_folds(runs, summaries)
     cfg = summaries[0]["config"]
     classes = list(cfg["data"]["classes"])

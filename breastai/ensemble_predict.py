@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import CheckpointError
-from .ensemble import member_log_odds
-from .predict import RECORD_FIELDS, PredictItem, Predictor
+from .calibration import calibrated_logit
+from .predict import PredictItem, Predictor
 from .saliency import normalise_map
 
 __all__ = ["EnsemblePredictor"]
@@ -41,7 +41,6 @@ class EnsemblePredictor(Predictor):
         if len(member_states) != len(self.weights) or not member_states:
             raise CheckpointError(f"{source}: {len(member_states)} members but {len(self.weights)} weights")
         self.members = [Predictor(s, device=device, source=f"{source} [member {i}]") for i, s in enumerate(member_states)]
-        self._member_states = member_states
         self.cfg, self.source = state["config"], source
         self.classes = list(state["classes"])
         self.threshold = float(state.get("threshold", 0.5))
@@ -66,25 +65,22 @@ class EnsemblePredictor(Predictor):
 
     def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool, index: int):
         z = self.bias
-        views = np.zeros(tta) + self.bias if tta > 0 else None
+        views = np.full(tta, self.bias) if tta > 0 else None
         maps, base = [], None
         rec: dict[str, Any] = {}
-        self._loaded = None
-        for w, member, state in zip(self.weights, self.members, self._member_states):
+        for w, member in zip(self.weights, self.members):
             rec, arrays = member._predict_item(item, saliency, tta, keep, index)
             if rec["error"]:
                 return rec, None
-            z += w * float(member_log_odds(np.array([rec["logit"]]), state)[0])
+            z += w * float(calibrated_logit(np.array([rec["logit"]]), member.calibration)[0])
             if views is not None:
-                views = views + w * member_log_odds(rec.pop("_tta_logits"), state)
+                views = views + w * calibrated_logit(rec.pop("_tta_logits"), member.calibration)
             if arrays is not None:
                 maps.append((w, arrays[0]))
                 if base is None or (base[1] is None and arrays[2] is not None):
                     base = (arrays[1], arrays[2])
-        self._loaded = None
         p = float(1.0 / (1.0 + np.exp(-z)))
-        out = {k: rec.get(k) for k in RECORD_FIELDS}
-        out.update({k: v for k, v in rec.items() if k not in out and not k.startswith("_")})
+        out = {k: v for k, v in rec.items() if not k.startswith("_")}  # the last member's record: id, source, ...
         out.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
         if views is not None:
             out["uncertainty"] = float(np.std(1.0 / (1.0 + np.exp(-views))))

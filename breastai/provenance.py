@@ -29,15 +29,22 @@ def file_digest(path: str | Path) -> str | None:
     return h.hexdigest()[:_DIGEST_HEX]
 
 
+def _digests_by_path(records: Sequence[dict[str, Any]]) -> dict[str, str | None]:
+    # Frame rows of one multi-frame DICOM share a file: hash each file once.
+    return {p: file_digest(p) for p in {str(r["image"]) for r in records if isinstance(r.get("image"), (str, Path))}}
+
+
 def part_digests(records: Sequence[dict[str, Any]]) -> list[str]:
     """Sorted unique digests of the image files of ``records`` (array inputs are skipped)."""
-    out = {file_digest(r["image"]) for r in records if isinstance(r.get("image"), (str, Path))}
-    return sorted(d for d in out if d)
+    return sorted({d for d in _digests_by_path(records).values() if d})
 
 
 def seen_before(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, int]:
     """How many of ``records`` have an image file identical to one of the checkpoint's
     ``train`` / ``val`` images (0 for checkpoints written before digests were kept)."""
-    seen = state.get("seen_images") or {}
-    digests = [file_digest(r["image"]) if isinstance(r.get("image"), (str, Path)) else None for r in records]
-    return {part: sum(d is not None and d in set(seen.get(part, [])) for d in digests) for part in ("train", "val")}
+    seen = {part: set((state.get("seen_images") or {}).get(part, [])) for part in ("train", "val")}
+    if not (seen["train"] or seen["val"]):
+        return {"train": 0, "val": 0}
+    by_path = _digests_by_path(records)
+    digests = [by_path.get(str(r.get("image"))) for r in records]
+    return {part: sum(d is not None and d in known for d in digests) for part, known in seen.items()}

@@ -35,7 +35,7 @@ from .provenance import part_digests
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
 from .tblog import TBLogger
 
-__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cv_summary", "predict_records", "score_part", "cross_validate", "main"]
+__all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cv_summary", "load_cv_summary", "predict_records", "score_part", "cross_validate", "main"]
 
 log = logging.getLogger("breastai")
 
@@ -423,6 +423,24 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
         per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
         oof += [{**p, "fold": i} for p in res["test_predictions"]]
     return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
+
+
+def load_cv_summary(run: str | Path) -> dict[str, Any]:
+    """The ``cv_summary.json`` of a cross-validation run folder (or the file itself).
+
+    Raises:
+        FileNotFoundError: no summary there.
+        ValueError: the file is not a cross-validation summary.
+    """
+    p = Path(run)
+    p = p / "cv_summary.json" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"{run}: no cv_summary.json (train with --folds K first)")
+    s = json.loads(p.read_text())
+    for key in ("folds", "mean_sd", "oof_predictions"):
+        if key not in s:
+            raise ValueError(f"{p}: not a cross-validation summary (no {key!r})")
+    return s
 
 
 def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: dict[str, Any],

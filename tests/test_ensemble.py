@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from breastai.checkpoint import load_checkpoint
-from breastai.ensemble import build_ensemble, fit_combiner, member_log_odds
+from breastai.calibration import calibrated_logit
+from breastai.ensemble import build_ensemble, fit_combiner
 from breastai.training import main as train_main
 
 
@@ -78,7 +79,7 @@ def test_ensemble_cv_output_matches_training_cv(built, cv_runs):
         state = load_checkpoint(ens / f"fold{fold}" / "best.pt")
         w, b = np.array(state["ensemble"]["weights"]), state["ensemble"]["bias"]
         rows = [p for p in summary["oof_predictions"] if p["fold"] == fold]
-        c = np.array([[member_log_odds(np.array([bc[p["case_id"]]["logit"]]), s)[0]
+        c = np.array([[calibrated_logit(np.array([bc[p["case_id"]]["logit"]]), s)[0]
                        for bc, s in zip(by_case, state["ensemble"]["members"])] for p in rows])
         assert np.allclose(c @ w + b, [p["logit"] for p in rows], atol=1e-4)
         assert state["temperature"] == 1.0 and 0 <= state["threshold"] <= 1

@@ -115,6 +115,9 @@ def ensemble_state(members: Sequence[dict[str, Any]], weights: np.ndarray, bias:
         "classes": classes,
         "preprocess": cfg["preprocess"],
         "threshold": float(threshold),
+        # What any member learned from or was selected on (the ensemble's weights were fitted on the latter).
+        "seen_images": {part: sorted({d for s in members for d in (s.get("seen_images") or {}).get(part, [])})
+                        for part in ("train", "val")},
         "temperature": 1.0,
         "logit_offset": 0.0,
         "metrics": metrics,

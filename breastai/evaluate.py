@@ -22,11 +22,6 @@ __all__ = ["evaluate_checkpoint"]
 log = logging.getLogger("breastai")
 
 
-def _first_member(state: dict[str, Any]) -> dict[str, Any]:
-    # Ensemble members share their folds (checked when built), so one member's parts are all of them.
-    return state["ensemble"]["members"][0] if "ensemble" in state else state
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None
 ) -> dict[str, Any]:
@@ -42,13 +37,8 @@ def evaluate_checkpoint(
     classes = state["classes"]
     records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
-    if "ensemble" in state:
-        from .ensemble import ensemble_predict_records
-
-        pred = ensemble_predict_records(state, records, dev, progress=True)
-    else:
-        pred = predict_records(state, records, dev, progress=True)
-    seen = seen_before(_first_member(state), records)
+    pred = predict_records(state, records, dev, progress=True)
+    seen = seen_before(state, records)
     if seen["train"] or seen["val"]:
         log.warning("warning: %d of the %d evaluation images are identical to images this checkpoint was trained on "
                     "and %d to its validation images: these figures are not an independent test",

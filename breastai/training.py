@@ -366,7 +366,12 @@ def score_part(pred: dict[str, np.ndarray], state: dict[str, Any], n_boot: int) 
 def predict_records(state: dict[str, Any], records: Sequence[dict[str, Any]], device: torch.device,
                     progress: bool = False) -> dict[str, np.ndarray]:
     """Raw logits of a checkpoint's model on ``records``, preprocessed by the checkpoint's own
-    (evaluation) preset, exactly as validation and test parts are scored in training."""
+    (evaluation) preset, exactly as validation and test parts are scored in training. For an
+    ensemble checkpoint, the combined log-odds of its members (:mod:`breastai.ensemble`)."""
+    if "ensemble" in state:
+        from .ensemble import ensemble_predict_records
+
+        return ensemble_predict_records(state, records, device, progress)
     cfg = {**state["config"], "data": {**state["config"]["data"], "cache": "none"}}
     model = model_from_checkpoint(state).to(device)
     return predict_loader(model, _loader(build_dataset(cfg, records, False), cfg, False, None, 0), device,

@@ -113,6 +113,9 @@ def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_p
 
     rep = evaluate_checkpoint(ckpt, synth_datalist, tmp_path / "ev", device="cpu", n_boot=50)
     assert rep["n"] == len(rows) and 0 <= rep["auc"] <= 1
+    # The members trained and were selected on everything but fold 0's held-out part, and evaluate says so.
+    assert rep["n_seen_in_training"] > 0 and rep["n_seen_in_validation"] > 0
+    assert rep["n_seen_in_training"] + rep["n_seen_in_validation"] == len(rows) - len(held_out)
     assert (tmp_path / "ev" / "metrics.json").is_file()
 
 

@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.02,
         "class_balance": "weighted_loss",  # weighted_loss | sampler | none
         "label_smoothing": 0.0,
+        "ema": 0.0,  # > 0: per-step decay of a moving average of the weights, which is validated and saved instead
         "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
         "early_stop_patience": 6,
         "amp": True,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 
-__all__ = ["collate", "warmup_cosine", "train_one_epoch", "predict_loader", "autocast"]
+__all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast"]
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -50,6 +50,26 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return f
 
 
+def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics, or None.
+
+    ``W_ema <- decay * W_ema + (1 - decay) * W`` after every optimiser step (PyTorch's
+    ``AveragedModel``). On a few hundred images one epoch's weights move a lot from one epoch to the
+    next; the average is a smoother model for selection, calibration and inference.
+
+    Args:
+        model: the (unwrapped) model being trained.
+        decay: per-step decay in [0, 1); 0 disables the average.
+    """
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema must be in [0, 1), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def autocast(device: torch.device, enabled: bool):
     """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 on CPU."""
     if not enabled or device.type != "cuda":
@@ -73,11 +93,13 @@ def train_one_epoch(
     epoch: int = 0,
     progress: bool = True,
     aux_loss: Callable[[dict[str, Any], torch.device], torch.Tensor] | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss (averaged over ranks).
 
     ``aux_loss(batch, device)``, called right after the forward pass, is added to the loss
-    (e.g. :class:`breastai.attention.LesionAttentionLoss`).
+    (e.g. :class:`breastai.attention.LesionAttentionLoss`). ``ema`` (from :func:`weight_ema`) is
+    updated after every optimiser step.
     """
     model.train()
     total, count = 0.0, 0
@@ -107,6 +129,8 @@ def train_one_epoch(
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if hasattr(model, "module") else model)
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / max(count, 1):.4f}")

@@ -28,7 +28,7 @@ from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
-from .engine import collate, predict_loader, train_one_epoch, warmup_cosine
+from .engine import collate, predict_loader, train_one_epoch, warmup_cosine, weight_ema
 from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summarise_folds
 from .models import MODELS, create_model
 from .provenance import part_digests
@@ -186,6 +186,8 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     raw_model = model
+    # Built before any hook is registered on the model, so the copy carries none.
+    ema = weight_ema(raw_model, float(tc["ema"]))
     if dist.is_distributed():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -211,6 +213,10 @@ def fit(
             raise FileNotFoundError(f"--resume: no {last_path} to continue from")
         state = load_checkpoint(last_path, map_location=device)
         raw_model.load_state_dict(state["weights"])
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"--resume: {last_path} was written without train.ema; resume with the same config")
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, dict(state["early_stop"])
@@ -239,8 +245,11 @@ def fit(
         train_loss = raw_model.fit_loss if closed_form else train_one_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
             channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress, aux_loss=attention,
+            ema=ema,
         )
-        val = predict_loader(model, val_loader, device, amp=amp, channels_last=channels_last)
+        # With train.ema the averaged weights are the model: validated, selected and saved.
+        selected = ema.module if ema is not None else model
+        val = predict_loader(selected, val_loader, device, amp=amp, channels_last=channels_last)
         val_auc = roc_auc(val["label"], val["logit"])
         val_loss = _bce(val["logit"], val["label"])
         improved = val_auc > best["auc"] + 1e-6
@@ -261,13 +270,14 @@ def fit(
                 probs = calibrated_probability(val["logit"], {"temperature": temperature, "logit_offset": offset})
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
-                save_checkpoint(best_path, _ckpt_state(cfg, model, epoch=epoch, best_epoch=epoch, metrics=metrics,
+                save_checkpoint(best_path, _ckpt_state(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
                                                        extra={"logit_offset": offset, "seen_images": seen_images}))
             save_checkpoint(last_path, _ckpt_state(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
                 threshold=0.5, temperature=1.0,
-                extra={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "early_stop": dict(best)},
+                extra={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "early_stop": dict(best),
+                       **({"ema": ema.state_dict()} if ema is not None else {})},
             ))
         dist.barrier()
         if best["stale"] >= tc["early_stop_patience"]:

@@ -65,10 +65,11 @@ def test_checkpoint_is_self_contained(trained):
     assert "val_auc" in state["metrics"] and "val_ece" in state["metrics"]
 
 
-def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.6])
+def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config, monkeypatch, ema):
     import breastai.training as tr
 
-    straight = train_main(tiny_config(synth_datalist, tmp_path / "straight"))
+    straight = train_main(tiny_config(synth_datalist, tmp_path / "straight", f"train.ema={ema}"))
 
     real = tr.train_one_epoch
 
@@ -77,7 +78,7 @@ def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config
             raise KeyboardInterrupt("simulated crash")
         return real(*a, **k)
 
-    cfg = tiny_config(synth_datalist, tmp_path / "crashed")
+    cfg = tiny_config(synth_datalist, tmp_path / "crashed", f"train.ema={ema}")
     monkeypatch.setattr(tr, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_main(cfg)
@@ -89,6 +90,37 @@ def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     # Per-epoch seeding makes the resumed run end exactly where the uninterrupted one did.
     assert straight["last_weights_digest"] == again["last_weights_digest"]
+    a, b = (load_checkpoint(Path(r["run_dir"]) / "best.pt")["weights"] for r in (straight, again))
+    assert all(torch.equal(a[k], b[k]) for k in a), "the selected (with train.ema: averaged) weights match too"
+
+
+def test_weight_average_is_validated_and_saved(synth_datalist, tmp_path, tiny_config):
+    res = train_main(tiny_config(synth_datalist, tmp_path, "train.epochs=1", "train.ema=0.6"))
+    run = Path(res["run_dir"])
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    averaged = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert averaged.keys() == best["weights"].keys()
+    assert all(torch.equal(best["weights"][k], averaged[k]) for k in averaged), "best.pt holds the averaged weights"
+    moved = [k for k, v in last["weights"].items() if v.is_floating_point() and not torch.equal(v, averaged[k])]
+    assert moved, "the averaged weights differ from the last raw weights"
+
+
+def test_weight_ema_formula():
+    from breastai.engine import weight_ema
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = weight_ema(net, 0.75)
+    w0 = net[0].weight.detach().clone()
+    ema.update_parameters(net)  # first update copies
+    with torch.no_grad():
+        net[0].weight += 1.0
+    net.train()(torch.randn(4, 2))  # moves the BatchNorm statistics
+    ema.update_parameters(net)
+    assert torch.allclose(ema.module[0].weight, 0.75 * w0 + 0.25 * (w0 + 1.0))
+    assert torch.allclose(ema.module[1].running_mean, 0.25 * net[1].running_mean), "BatchNorm statistics are averaged too"
+    assert weight_ema(net, 0.0) is None
+    with pytest.raises(ValueError, match="train.ema"):
+        weight_ema(net, 1.0)
 
 
 def test_fresh_run_never_overwrites(synth_datalist, tmp_path, tiny_config):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TBLogger"]
+__all__ = ["TBLogger", "log_best_epoch", "flat_hparams"]
 
 
 class TBLogger:
@@ -67,3 +67,49 @@ class TBLogger:
         if self.writer:
             self.writer.flush()
             self.writer.close()
+
+
+def log_best_epoch(tb: TBLogger, cfg: dict[str, Any], model: torch.nn.Module, val_ds: Any, val: dict[str, np.ndarray],
+                   val_probs: np.ndarray, state: dict[str, Any]) -> None:
+    """Curves, confusion matrix, reliability diagram, a scored input grid and saliency maps at the best epoch.
+
+    Args:
+        tb: the run's logger (does nothing when disabled).
+        cfg: the resolved config.
+        model: the model with the best epoch's weights.
+        val_ds: the validation dataset; ``val`` its predictions, ``val_probs`` their calibrated values.
+        state: the best checkpoint (threshold, classes, best epoch).
+    """
+    if tb.writer is None:
+        return
+    from . import plots
+    from .calibration import apply_temperature
+    from .metrics import binary_metrics, ece
+
+    step, y = state["best_epoch"], val["label"].astype(int)
+    tb.figure("best/roc", plots.figure_roc(y, val_probs, title="validation ROC"), step)
+    tb.pr_curve("best/pr", y, val_probs, step)
+    m = binary_metrics(y, val_probs, state["threshold"])
+    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    tb.figure("best/confusion", plots.figure_confusion(cm, state["classes"]), step)
+    raw = apply_temperature(val["logit"], 1.0)
+    tb.figure("best/reliability", plots.figure_calibration(y, {"before scaling": raw, "after scaling": val_probs}), step)
+    tb.scalars({"ece/val_uncalibrated": ece(y, raw), "ece/val_calibrated": ece(y, val_probs)}, step)
+    n = min(cfg["log"]["image_grid"], len(val_ds))
+    order = np.argsort(val["index"])[:n]
+    imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])
+    tb.image_grid("best/val_inputs_scored", imgs, step, scores=[float(val_probs[i]) for i in order])
+    if getattr(model, "target_layer_name", None):
+        from .saliency import saliency_grid
+
+        masks = torch.stack([val_ds[int(val["index"][i])]["mask"] for i in order])
+        if "radiomics" not in val_ds[int(val["index"][order[0]])]:  # Grad-CAM of a fusion model needs its features
+            tb.writer.add_images("best/val_saliency", saliency_grid(model, imgs, masks), step)
+
+
+def flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config values shown in TensorBoard's hparams table."""
+    keys = [("model", "name"), ("preprocess", "mode"), ("preprocess", "size"), ("train", "lr"), ("train", "epochs"),
+            ("train", "batch_size"), ("train", "weight_decay"), ("train", "class_balance"), ("train", "ema"),
+            ("train", "attention_loss")]
+    return {f"{a}.{b}": cfg[a][b] for a, b in keys}

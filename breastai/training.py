@@ -33,7 +33,7 @@ from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summaris
 from .models import MODELS, create_model
 from .provenance import part_digests
 from .radiomics.dataset_features import attach_radiomics, needs_radiomics, radiomics_model_kwargs
-from .tblog import TBLogger
+from .tblog import TBLogger, flat_hparams, log_best_epoch
 
 __all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cv_summary", "load_cv_summary", "predict_records", "score_part", "cross_validate", "main"]
 
@@ -309,54 +309,11 @@ def fit(
         if "test" in result:
             state["metrics"].update({f"test_{k}": v for k, v in result["test"].items()})
         save_checkpoint(best_path, state)
-        _log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, state)
-        tb.hparams(_flat_hparams(cfg), {"val_auc": result["val_auc"], **({"test_auc": result["test"]["auc"]} if "test" in result else {})})
+        log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, state)
+        tb.hparams(flat_hparams(cfg), {"val_auc": result["val_auc"], **({"test_auc": result["test"]["auc"]} if "test" in result else {})})
     tb.close()
     dist.barrier()
     return result
-
-
-def _log_best_epoch(tb: TBLogger, cfg, model, val_ds, val, val_probs, state) -> None:
-    """Curves, confusion matrix, reliability diagram and a scored input grid, at the best epoch."""
-    if tb.writer is None:
-        return
-    from . import plots
-    from .metrics import binary_metrics
-
-    step, y = state["best_epoch"], val["label"].astype(int)
-    tb.figure("best/roc", plots.figure_roc(y, val_probs, title="validation ROC"), step)
-    tb.pr_curve("best/pr", y, val_probs, step)
-    m = binary_metrics(y, val_probs, state["threshold"])
-    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-    tb.figure("best/confusion", plots.figure_confusion(cm, state["classes"]), step)
-    raw = apply_temperature(val["logit"], 1.0)
-    tb.figure("best/reliability", plots.figure_calibration(y, {"before scaling": raw, "after scaling": val_probs}), step)
-    tb.scalars({"ece/val_uncalibrated": ece(y, raw), "ece/val_calibrated": ece(y, val_probs)}, step)
-    n = min(cfg["log"]["image_grid"], len(val_ds))
-    order = np.argsort(val["index"])[:n]
-    imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])
-    tb.image_grid("best/val_inputs_scored", imgs, step, scores=[float(val_probs[i]) for i in order])
-    if getattr(model, "target_layer_name", None):
-        from .saliency import saliency_grid
-
-        masks = torch.stack([val_ds[int(val["index"][i])]["mask"] for i in order])
-        extra = _radiomics_batch(val_ds, val, order)
-        if extra is None:
-            tb.writer.add_images("best/val_saliency", saliency_grid(model, imgs, masks), step)
-
-
-def _radiomics_batch(val_ds, val, order):
-    """Radiomics vectors of the logged samples, or None when the model takes none."""
-    first = val_ds[int(val["index"][order[0]])]
-    if "radiomics" not in first:
-        return None
-    return torch.stack([torch.as_tensor(val_ds[int(val["index"][i])]["radiomics"]) for i in order])
-
-
-def _flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
-    keys = [("model", "name"), ("preprocess", "mode"), ("preprocess", "size"), ("train", "lr"), ("train", "epochs"),
-            ("train", "batch_size"), ("train", "weight_decay"), ("train", "class_balance")]
-    return {f"{a}.{b}": cfg[a][b] for a, b in keys}
 
 
 def score_part(pred: dict[str, np.ndarray], state: dict[str, Any], n_boot: int) -> tuple[np.ndarray, dict[str, Any], list[dict]]:

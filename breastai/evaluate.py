@@ -39,7 +39,10 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     pred = predict_records(state, records, dev, progress=True)
     seen = seen_before(state, records)
-    if seen["train"] or seen["val"]:
+    if seen["train"] is None:
+        log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
+                 Path(checkpoint).name)
+    elif seen["train"] or seen["val"]:
         log.warning("warning: %d of the %d evaluation images are identical to images this checkpoint was trained on "
                     "and %d to its validation images: these figures are not an independent test",
                     seen["train"], len(records), seen["val"])

@@ -39,12 +39,13 @@ def part_digests(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({d for d in _digests_by_path(records).values() if d})
 
 
-def seen_before(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, int]:
+def seen_before(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, int | None]:
     """How many of ``records`` have an image file identical to one of the checkpoint's
-    ``train`` / ``val`` images (0 for checkpoints written before digests were kept)."""
+    ``train`` / ``val`` images; None for both when the checkpoint keeps no digests (written
+    before they were kept, or trained on arrays), since then nothing can be said."""
     seen = {part: set((state.get("seen_images") or {}).get(part, [])) for part in ("train", "val")}
     if not (seen["train"] or seen["val"]):
-        return {"train": 0, "val": 0}
+        return {"train": None, "val": None}
     by_path = _digests_by_path(records)
     digests = [by_path.get(str(r.get("image"))) for r in records]
     return {part: sum(d is not None and d in known for d in digests) for part, known in seen.items()}

@@ -57,5 +57,5 @@ def test_evaluate_counts_images_the_model_learned_from(synth_datalist, tmp_path,
     assert "1 of the 2 evaluation images are identical to images this checkpoint was trained on" in caplog.text
 
 
-def test_old_checkpoints_without_digests_count_nothing():
-    assert seen_before({}, [{"image": "x.png"}]) == {"train": 0, "val": 0}
+def test_old_checkpoints_without_digests_say_unknown():
+    assert seen_before({}, [{"image": "x.png"}]) == {"train": None, "val": None}, "no digests: unknown, not zero"

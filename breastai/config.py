@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "size": 224,
         "margin": 0.3,  # crop mode: context added around the lesion box, as a fraction of its side
         "min_crop": 64,  # crop mode: smallest crop side in source pixels
+        "min_crop_fraction": 0.0,  # crop mode: smallest crop side as a fraction of the image's shorter side
         "normalize": "percentile",  # percentile | zscore | minmax
         "percentiles": [0.5, 99.5],
         "mask_channel": False,  # add the lesion mask as a second input channel

@@ -48,6 +48,19 @@ def test_crop_centres_lesion(tmp_path):
     assert m.sum() / m.size == pytest.approx(20 * 30 / 60**2, rel=0.1)
 
 
+def test_crop_floor_relative_to_image_keeps_lesion_size_visible():
+    small, large = np.zeros((200, 300), bool), np.zeros((200, 300), bool)
+    small[90:110, 140:160] = True  # 20 px
+    large[20:180, 70:230] = True  # 160 px
+    # Without the floor both lesions fill the same share of their crop (size is lost) ...
+    assert square_box(small, (200, 300), "crop", 0.25, 16)[2] == 30
+    assert square_box(large, (200, 300), "crop", 0.25, 16)[2] == 240
+    # ... with it, a small lesion keeps a crop of 0.6 x the short side (120 px), centred on it,
+    # and a large one is unaffected.
+    assert square_box(small, (200, 300), "crop", 0.25, 16, 0.6).tolist() == [40, 90, 120]
+    assert square_box(large, (200, 300), "crop", 0.25, 16, 0.6)[2] == 240
+
+
 def test_whole_image_box_pads_short_side():
     box = square_box(None, (90, 150), "whole", 0.3, 64)
     assert box.tolist() == [-30, 0, 150]

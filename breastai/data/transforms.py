@@ -122,13 +122,19 @@ class NormalizeIntensityRobustd(MapTransform):
         return d
 
 
-def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margin: float, min_side: int) -> np.ndarray:
+def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margin: float, min_side: int,
+               min_fraction: float = 0.0) -> np.ndarray:
     """Square region ``[r0, c0, side]`` of the source image to feed the network.
 
     ``whole``: the centred square that holds the whole image (the short side is padded).
     ``crop``: the lesion's bounding box grown by ``margin`` of its longer side on each side,
-    at least ``min_side`` pixels, centred on the lesion. The square may extend past the image;
-    the outside is zero-padded, so lesion shape and scale are never distorted.
+    at least ``min_side`` pixels and at least ``min_fraction`` of the image's shorter side,
+    centred on the lesion. The square may extend past the image; the outside is zero-padded, so
+    lesion shape and scale are never distorted.
+
+    A crop that always grows with the lesion shows every lesion at the same size, and size is
+    itself a malignancy sign (the lesion box side alone gives AUC 0.74 on BUSI); a floor relative
+    to the image keeps small lesions small in the network input.
     """
     h, w = shape
     if mode == "whole" or mask is None or not mask.any():
@@ -138,7 +144,7 @@ def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margi
     cols = np.flatnonzero(mask.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     side = int(round(max(r1 - r0, c1 - c0) * (1 + 2 * margin)))
-    side = max(side, min_side)
+    side = max(side, min_side, int(round(min_fraction * min(h, w))))
     rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
     return np.array([int(round(rc - side / 2)), int(round(cc - side / 2)), side], dtype=np.int64)
 
@@ -164,16 +170,17 @@ def _crop_resize(x: np.ndarray, box: np.ndarray, size: int, mode: str) -> np.nda
 class SquareBoxd(MapTransform):
     """Cut the square input region (see :func:`square_box`) and resize image and mask to ``size``."""
 
-    def __init__(self, mode: str, size: int, margin: float = 0.3, min_side: int = 64):
+    def __init__(self, mode: str, size: int, margin: float = 0.3, min_side: int = 64, min_fraction: float = 0.0):
         super().__init__(keys=["image", "mask"])
         self.mode, self.size, self.margin, self.min_side = mode, int(size), float(margin), int(min_side)
+        self.min_fraction = float(min_fraction)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         mask = d["mask"][0] > 0.5
         if self.mode == "crop" and not mask.any():
             raise ImageReadError(f"{d.get('source', '<array>')}: lesion-crop mode needs a non-empty lesion mask")
-        box = square_box(mask, d["image"].shape[1:], self.mode, self.margin, self.min_side)
+        box = square_box(mask, d["image"].shape[1:], self.mode, self.margin, self.min_side, self.min_fraction)
         d["box"] = box
         d["image"] = _crop_resize(d["image"], box, self.size, "bilinear")
         d["mask"] = (_crop_resize(d["mask"], box, self.size, "bilinear") > 0.5).astype(np.float32)
@@ -224,7 +231,8 @@ def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any]
     return [
         LoadSampled(reader_options),
         NormalizeIntensityRobustd(pre["normalize"], tuple(pre["percentiles"])),
-        SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"]),
+        # Checkpoints written before min_crop_fraction existed had none.
+        SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre.get("min_crop_fraction", 0.0)),
     ]
 
 

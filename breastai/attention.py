@@ -17,6 +17,12 @@ logit). With ``s = +1`` for malignant and ``-1`` for benign samples and ``M`` th
     L = -log( sum_{(i,j) in M} p_ij )         averaged over samples with a non-empty mask
 
 so ``L = 0`` when all of the map's evidence for the true class lies on the lesion.
+
+Which cells are the lesion's (``train.attention_cells``): ``touched`` counts every cell the mask
+touches, so evidence on a cell that only grazes the outline is rewarded too; ``covered`` counts the
+cells at least half covered by the mask (for a lesion smaller than that, its best-covered cell).
+An upsampled map peaks near a cell's centre, so ``covered`` asks for what the pointing game checks:
+the maximum inside the lesion, not beside it.
 """
 
 from __future__ import annotations
@@ -27,23 +33,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LesionAttentionLoss", "cam_attention_loss"]
+__all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells"]
 
 
-def cam_attention_loss(cam: torch.Tensor, mask: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+CELLS = ("touched", "covered")
+
+
+def lesion_cells(mask: torch.Tensor, shape: tuple[int, int], rule: str = "touched") -> torch.Tensor:
+    """(B, h*w) bool: the feature-map cells that count as the lesion's (see the module docstring).
+
+    Args:
+        mask: (B, 1, H, W) lesion masks on the network input grid.
+        shape: (h, w) of the feature map.
+        rule: ``touched`` or ``covered``.
+    """
+    if rule not in CELLS:
+        raise ValueError(f"train.attention_cells must be one of {', '.join(CELLS)}, got {rule!r}")
+    if rule == "touched":
+        return F.adaptive_max_pool2d(mask.float(), shape)[:, 0].flatten(1) > 0.5
+    cover = F.adaptive_avg_pool2d(mask.float(), shape)[:, 0].flatten(1)
+    best = cover.amax(1, keepdim=True)
+    return (cover >= 0.5) | ((cover >= best) & (best > 0))
+
+
+def cam_attention_loss(cam: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, cells: str = "touched") -> torch.Tensor:
     """The loss of the module docstring.
 
     Args:
         cam: (B, h, w) class-activation maps (malignancy evidence).
         mask: (B, 1, H, W) or (B, H, W) lesion masks on the network input grid.
         label: (B,) 1 malignant, 0 benign; other values are ignored.
+        cells: which cells are the lesion's, ``touched`` or ``covered``.
 
     Returns:
         Scalar loss; 0 (with a graph) when no sample has a usable mask.
     """
     if mask.ndim == 3:
         mask = mask[:, None]
-    cells = F.adaptive_max_pool2d(mask.float(), cam.shape[-2:])[:, 0].flatten(1) > 0.5
+    cells = lesion_cells(mask, cam.shape[-2:], cells)
     n_in = cells.sum(1)
     usable = (n_in > 0) & (n_in < cells.shape[1]) & ((label == 0) | (label == 1))
     if not bool(usable.any()):
@@ -61,9 +88,10 @@ class LesionAttentionLoss:
         model: a registry image model (``Classifier``: pooled target layer -> one-logit ``head``);
             a DDP wrapper is looked through.
         weight: factor of the loss added to the classification loss.
+        cells: which feature-map cells are the lesion's, ``touched`` or ``covered``.
     """
 
-    def __init__(self, model: nn.Module, weight: float):
+    def __init__(self, model: nn.Module, weight: float, cells: str = "touched"):
         raw = model.module if hasattr(model, "module") else model
         layer = getattr(raw, "target_layer_name", "")
         head = getattr(raw, "head", None)
@@ -73,7 +101,9 @@ class LesionAttentionLoss:
                 "train.attention_loss needs an image model whose last feature map is pooled into a one-logit "
                 f"linear head (the registry CNNs); {type(raw).__name__} has none"
             )
-        self.head, self.weight, self._feat = head, float(weight), None
+        if cells not in CELLS:
+            raise ValueError(f"train.attention_cells must be one of {', '.join(CELLS)}, got {cells!r}")
+        self.head, self.weight, self.cells, self._feat = head, float(weight), cells, None
         modules[layer].register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -92,4 +122,4 @@ class LesionAttentionLoss:
         if "mask" not in batch:
             raise ValueError("train.attention_loss needs lesion masks in the datalist")
         cam = torch.einsum("bchw,c->bhw", feat.float(), self.head.weight[0].float())
-        return self.weight * cam_attention_loss(cam, batch["mask"].to(device), batch["label"].to(device))
+        return self.weight * cam_attention_loss(cam, batch["mask"].to(device), batch["label"].to(device), self.cells)

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.0,
         "ema": 0.0,  # > 0: per-step decay of a moving average of the weights, which is validated and saved instead
         "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
+        "attention_cells": "touched",  # touched | covered: feature-map cells counted as the lesion's
         "early_stop_patience": 6,
         "amp": True,
         "channels_last": True,

@@ -227,7 +227,7 @@ def fit(
     if float(tc.get("attention_loss", 0.0)) > 0:
         from .attention import LesionAttentionLoss
 
-        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]))
+        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"])
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = _loader(val_ds, cfg, False, None, 0)  # deterministic: built once
     best_val: dict[str, np.ndarray] | None = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.attention import LesionAttentionLoss, cam_attention_loss
+from breastai.attention import LesionAttentionLoss, cam_attention_loss, lesion_cells
 from breastai.models import MODELS, create_model
 from breastai.training import main as train_main
 
@@ -39,6 +39,24 @@ def test_loss_ignores_empty_full_and_unlabelled_masks():
     loss.backward()  # still part of the graph
     one = cam_attention_loss(cam, masks, torch.tensor([1.0, 1.0, 1.0]))
     assert float(one.detach()) == pytest.approx(float(-torch.log_softmax(cam[2].detach().flatten(), 0)[0]), rel=1e-6)
+
+
+def test_covered_cells_are_the_mostly_covered_ones():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 0:8, 0:8] = 1  # cell (0, 0) fully covered
+    mask[0, 0, 8:13, 0:8] = 1  # cell (1, 0): 5 of 8 rows, covered
+    mask[0, 0, 13:16, 0:8] = 0
+    mask[0, 0, 0:2, 8:16] = 1  # cell (0, 1): grazed (2 of 8 rows)
+    touched = lesion_cells(mask, (4, 4), "touched").reshape(4, 4)
+    covered = lesion_cells(mask, (4, 4), "covered").reshape(4, 4)
+    assert touched[0, 0] and touched[1, 0] and touched[0, 1] and int(touched.sum()) == 3
+    assert covered[0, 0] and covered[1, 0] and not covered[0, 1] and int(covered.sum()) == 2
+    # A lesion smaller than half a cell still has its best-covered cell.
+    tiny = torch.zeros(1, 1, 32, 32)
+    tiny[0, 0, 14:17, 22:24] = 1  # mostly in cell (1, 2)
+    assert lesion_cells(tiny, (4, 4), "covered").reshape(4, 4).nonzero().tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="attention_cells"):
+        lesion_cells(mask, (4, 4), "inside")
 
 
 def test_gradient_moves_evidence_onto_the_lesion():

@@ -1,0 +1,78 @@
+"""Wall time of one cross-validation fold of a training config, run alone.
+
+Trains exactly what ``breastai train --config C --folds K`` trains for fold ``--fold`` (same
+split, same code path: :func:`breastai.training.fit`) into a temporary folder and prints the
+fold's wall time (data caching, epochs, calibration, held-out scoring), the time per epoch and
+the training throughput. Run it with nothing else on the machine: the fold times in a CV run's
+``cv_summary.json`` are only comparable when the runs did not share the cores.
+
+    python benchmarks/bench_train.py --config configs/busi.yaml [--fold 0] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from breastai.config import load_config  # noqa: E402
+from breastai.data.frames import read_samples  # noqa: E402
+from breastai.training import cv_splits, fit  # noqa: E402
+
+
+class _EpochTimes(logging.Handler):
+    """Collects the seconds that training logs at the end of each epoch line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.match(r"epoch \d+/\d+ .* (\d+)s$", record.getMessage())
+        if m:
+            self.seconds.append(float(m.group(1)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, [*args.overrides, "log.progress=false", "log.tensorboard=true"])
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+    records = read_samples(cfg["data"]["datalist"], cfg["data"])
+    tr, va, te = cv_splits(records, args.folds, cfg["data"]["val_fraction"], cfg["seed"])[args.fold]
+    times = _EpochTimes()
+    log = logging.getLogger("breastai")
+    log.addHandler(times)
+    log.setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = fit(cfg, records, {"train": tr, "val": va, "test": te}, Path(tmp) / "fold")
+        wall = time.perf_counter() - t0
+    per_epoch = sorted(times.seconds)[len(times.seconds) // 2] if times.seconds else float("nan")
+    report = {
+        "config": args.config, "overrides": args.overrides, "fold": args.fold, "threads": torch.get_num_threads(),
+        "n_train": len(tr), "n_val": len(va), "n_test": len(te), "epochs_run": len(times.seconds),
+        "fold_seconds": round(wall, 1), "median_epoch_seconds": per_epoch,
+        "best_epoch": res["best_epoch"], "test_auc": res["test"]["auc"],
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

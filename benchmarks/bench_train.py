@@ -2,8 +2,8 @@
 
 Trains exactly what ``breastai train --config C --folds K`` trains for fold ``--fold`` (same
 split, same code path: :func:`breastai.training.fit`) into a temporary folder and prints the
-fold's wall time (data caching, epochs, calibration, held-out scoring), the time per epoch and
-the training throughput. Run it with nothing else on the machine: the fold times in a CV run's
+fold's wall time (data caching, epochs, calibration, held-out scoring) and the median time per
+epoch (training plus validation). Run it with nothing else on the machine: the fold times in a CV run's
 ``cv_summary.json`` are only comparable when the runs did not share the cores.
 
     python benchmarks/bench_train.py --config configs/busi.yaml [--fold 0] [key=value ...]
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import re
 import sys
 import tempfile
 import time
@@ -30,19 +28,6 @@ from breastai.data.frames import read_samples  # noqa: E402
 from breastai.training import cv_splits, fit  # noqa: E402
 
 
-class _EpochTimes(logging.Handler):
-    """Collects the seconds that training logs at the end of each epoch line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = re.match(r"epoch \d+/\d+ .* (\d+)s$", record.getMessage())
-        if m:
-            self.seconds.append(float(m.group(1)))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -55,18 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(cfg["train"]["threads"]))
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
     tr, va, te = cv_splits(records, args.folds, cfg["data"]["val_fraction"], cfg["seed"])[args.fold]
-    times = _EpochTimes()
-    log = logging.getLogger("breastai")
-    log.addHandler(times)
-    log.setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = fit(cfg, records, {"train": tr, "val": va, "test": te}, Path(tmp) / "fold")
         wall = time.perf_counter() - t0
-    per_epoch = sorted(times.seconds)[len(times.seconds) // 2] if times.seconds else float("nan")
+    seconds = sorted(res["epoch_seconds"])
+    per_epoch = round(seconds[len(seconds) // 2], 1) if seconds else float("nan")
     report = {
         "config": args.config, "overrides": args.overrides, "fold": args.fold, "threads": torch.get_num_threads(),
-        "n_train": len(tr), "n_val": len(va), "n_test": len(te), "epochs_run": len(times.seconds),
+        "n_train": len(tr), "n_val": len(va), "n_test": len(te), "epochs_run": len(seconds),
         "fold_seconds": round(wall, 1), "median_epoch_seconds": per_epoch,
         "best_epoch": res["best_epoch"], "test_auc": res["test"]["auc"],
     }

@@ -39,6 +39,11 @@ __all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells"]
 CELLS = ("touched", "covered")
 
 
+def _check_rule(rule: str) -> None:
+    if rule not in CELLS:
+        raise ValueError(f"train.attention_cells must be one of {', '.join(CELLS)}, got {rule!r}")
+
+
 def lesion_cells(mask: torch.Tensor, shape: tuple[int, int], rule: str = "touched") -> torch.Tensor:
     """(B, h*w) bool: the feature-map cells that count as the lesion's (see the module docstring).
 
@@ -47,8 +52,7 @@ def lesion_cells(mask: torch.Tensor, shape: tuple[int, int], rule: str = "touche
         shape: (h, w) of the feature map.
         rule: ``touched`` or ``covered``.
     """
-    if rule not in CELLS:
-        raise ValueError(f"train.attention_cells must be one of {', '.join(CELLS)}, got {rule!r}")
+    _check_rule(rule)
     if rule == "touched":
         return F.adaptive_max_pool2d(mask.float(), shape)[:, 0].flatten(1) > 0.5
     cover = F.adaptive_avg_pool2d(mask.float(), shape)[:, 0].flatten(1)
@@ -101,8 +105,7 @@ class LesionAttentionLoss:
                 "train.attention_loss needs an image model whose last feature map is pooled into a one-logit "
                 f"linear head (the registry CNNs); {type(raw).__name__} has none"
             )
-        if cells not in CELLS:
-            raise ValueError(f"train.attention_cells must be one of {', '.join(CELLS)}, got {cells!r}")
+        _check_rule(cells)  # at construction, not at the first batch
         self.head, self.weight, self.cells, self._feat = head, float(weight), cells, None
         modules[layer].register_forward_hook(self._keep)
 

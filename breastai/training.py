@@ -233,6 +233,7 @@ def fit(
     best_val: dict[str, np.ndarray] | None = None
     progress = bool(cfg["log"]["progress"])
     closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
+    epoch_seconds: list[float] = []
     for epoch in range(start_epoch, 1 if closed_form else tc["epochs"]):
         t0 = time.time()
         if epoch == start_epoch and tb.writer is not None:
@@ -280,6 +281,7 @@ def fit(
                        **({"ema": ema.state_dict()} if ema is not None else {})},
             ))
         dist.barrier()
+        epoch_seconds.append(time.time() - t0)
         if best["stale"] >= tc["early_stop_patience"]:
             if main_rank:
                 log.info("early stop: no validation AUC gain for %d epochs", best["stale"])
@@ -291,7 +293,7 @@ def fit(
     raw_model.load_state_dict(state["weights"])
     result: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_auc": state["metrics"]["val_auc"],
                               "threshold": state["threshold"], "temperature": state["temperature"],
-                              "last_weights_digest": last_digest}
+                              "last_weights_digest": last_digest, "epoch_seconds": epoch_seconds}
     # The best epoch's validation predictions come from these very weights; only a run resumed
     # after its best epoch has to predict them again.
     val = best_val if best_val is not None else predict_loader(model, val_loader, device, amp=amp,

@@ -44,7 +44,9 @@ def test_two_epoch_run_writes_everything(trained):
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["preprocess"]["mode"] == "crop"
-    assert json.loads((run / "summary.json").read_text())["best_epoch"] in (0, 1)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] in (0, 1)
+    assert len(summary["epoch_seconds"]) == 2 and all(t > 0 for t in summary["epoch_seconds"])
     assert not list(run.glob(".*.tmp")), "no temporary checkpoint left behind"
     tags = _tb_tags(run)
     for t in ("loss/train", "loss/val", "auc/val", "lr", "inputs/train_augmented", "best/val_inputs_scored",

@@ -228,11 +228,14 @@ class RandSpeckled(Randomizable, MapTransform):
 
 def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any] | None = None) -> list:
     """The cached part of the preset: load, normalise, box, resize."""
+    from ..config import DEFAULTS
+
+    # A checkpoint written before a preprocessing key existed behaves as that key's default.
+    pre = {**DEFAULTS["preprocess"], **pre}
     return [
         LoadSampled(reader_options),
         NormalizeIntensityRobustd(pre["normalize"], tuple(pre["percentiles"])),
-        # Checkpoints written before min_crop_fraction existed had none.
-        SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre.get("min_crop_fraction", 0.0)),
+        SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre["min_crop_fraction"]),
     ]
 
 

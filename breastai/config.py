@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "flip_average"]
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
         "threshold_method": "youden",
         "bootstrap": 2000,
         "calibrate": True,
+        # Score an image as the mean logit of itself and its left-right mirror, wherever a score is
+        # made (validation and epoch selection, held-out parts, evaluate, predict).
+        "flip_average": False,
     },
     "log": {
         "tensorboard": True,
@@ -210,3 +213,11 @@ def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     from .data.datalist import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+def flip_average(cfg: dict[str, Any]) -> bool:
+    """Whether a run (or a checkpoint's saved config) scores images with left-right flip averaging.
+
+    Checkpoints written before ``eval.flip_average`` existed scored the image alone, and still do.
+    """
+    return bool((cfg.get("eval") or {}).get("flip_average", DEFAULTS["eval"]["flip_average"]))

@@ -147,8 +147,12 @@ def predict_loader(
     amp: bool = False,
     channels_last: bool = False,
     progress: bool = False,
+    flip: bool = False,
 ) -> dict[str, np.ndarray]:
     """Logits for every sample of ``loader``, gathered across ranks and de-duplicated.
+
+    With ``flip``, a sample's logit is the mean of the logits of its image and of the image
+    mirrored left to right (``eval.flip_average``).
 
     Returns arrays ``index``, ``logit``, ``label`` sorted by dataset index, and ``case_id``.
     """
@@ -160,6 +164,8 @@ def predict_loader(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             z = _forward(model, x, batch, device).float()
+            if flip:
+                z = (z + _forward(model, torch.flip(x, dims=[-1]), batch, device).float()) / 2
         idx.append(batch["index"].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .config import flip_average
 from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
 from .saliency import METHODS, SaliencyExplainer, map_to_original, normalise_map
 
@@ -177,6 +178,7 @@ class Predictor:
         self.calibration = {"temperature": self.temperature, "logit_offset": float(state.get("logit_offset", 0.0))}
         self.threshold = float(state.get("threshold", 0.5))
         self.aug = dict(cfg.get("augment") or {})
+        self.flip_average = flip_average(cfg)
         self.device = resolve_device(device)
         model = model_from_checkpoint(state)
         from .models import MODELS
@@ -328,6 +330,9 @@ class Predictor:
             # A radiomics-only model has no image feature map to explain.
             logit, smap = self.explainer(saliency if self.uses_image else "none")(x)
             z = float(logit[0])
+            if self.flip_average and self.uses_image:  # scored as in training and evaluate; the map is the image's own
+                with torch.no_grad():
+                    z = (z + float(self.model(torch.flip(x, dims=[-1]))[0])) / 2
             p = float(calibrated_probability(np.array([z]), self.calibration)[0])
             rec.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
             if tta > 0:

@@ -111,5 +111,5 @@ def flat_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config values shown in TensorBoard's hparams table."""
     keys = [("model", "name"), ("preprocess", "mode"), ("preprocess", "size"), ("train", "lr"), ("train", "epochs"),
             ("train", "batch_size"), ("train", "weight_decay"), ("train", "class_balance"), ("train", "ema"),
-            ("train", "attention_loss")]
+            ("train", "attention_loss"), ("eval", "flip_average")]
     return {f"{a}.{b}": cfg[a][b] for a, b in keys}

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import dump_config
+from .config import dump_config, flip_average
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
@@ -183,6 +183,7 @@ def fit(
                          output_stride=cfg["model"]["output_stride"], **extra)
     model.to(device)
     channels_last = bool(tc["channels_last"])
+    flip = flip_average(cfg)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     raw_model = model
@@ -250,7 +251,7 @@ def fit(
         )
         # With train.ema the averaged weights are the model: validated, selected and saved.
         selected = ema.module if ema is not None else model
-        val = predict_loader(selected, val_loader, device, amp=amp, channels_last=channels_last)
+        val = predict_loader(selected, val_loader, device, amp=amp, channels_last=channels_last, flip=flip)
         val_auc = roc_auc(val["label"], val["logit"])
         val_loss = _bce(val["logit"], val["label"])
         improved = val_auc > best["auc"] + 1e-6
@@ -297,14 +298,14 @@ def fit(
     # The best epoch's validation predictions come from these very weights; only a run resumed
     # after its best epoch has to predict them again.
     val = best_val if best_val is not None else predict_loader(model, val_loader, device, amp=amp,
-                                                                channels_last=channels_last)
+                                                                channels_last=channels_last, flip=flip)
     nb = int(cfg["eval"]["bootstrap"])
     val_probs, val_report, _ = score_part(val, state, nb)
     result["val"] = val_report
     if len(split.get("test", [])):
         test_recs = [records[i] for i in split["test"]]
         test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
-                              amp=amp, channels_last=channels_last)
+                              amp=amp, channels_last=channels_last, flip=flip)
         _, result["test"], result["test_predictions"] = score_part(test, state, nb)
     if main_rank:
         state["metrics"].update({f"val_{k}": v for k, v in val_report.items()})
@@ -344,7 +345,7 @@ def predict_records(state: dict[str, Any], records: Sequence[dict[str, Any]], de
     cfg = {**state["config"], "data": {**state["config"]["data"], "cache": "none"}}
     model = model_from_checkpoint(state).to(device)
     return predict_loader(model, _loader(build_dataset(cfg, records, False), cfg, False, None, 0), device,
-                          progress=progress)
+                          progress=progress, flip=flip_average(cfg))
 
 
 def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:

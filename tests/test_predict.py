@@ -261,3 +261,30 @@ def test_all_real_mammography_dicoms_are_scored(ckpt, tmp_path):
         assert 0.0 <= r["probability"] <= 1.0
         assert r["id"] not in r["source"], "DICOM ids are SOP UID hashes, not file names"
         assert np.load(tmp_path / "out" / r["saliency_npy"]).ndim == 2
+
+
+def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datalist, tmp_path):
+    """``eval.flip_average``: the run's held-out logits, ``evaluate``'s and ``predict``'s agree, and
+    each is the mean of the image's and its mirror's logits."""
+    from conftest import _tiny_config
+
+    from breastai.data.frames import read_samples
+    from breastai.training import main, predict_records
+
+    cfg = _tiny_config(synth_datalist, tmp_path, "eval.flip_average=true")
+    run_dir = Path(main(cfg)["run_dir"])
+    state = load_checkpoint(run_dir / "best.pt")
+    records = read_samples(synth_datalist, state["config"]["data"])[:6]
+    flipped = predict_records(state, records, torch.device("cpu"))["logit"]
+    plain_state = {**state, "config": {**state["config"], "eval": {**state["config"]["eval"], "flip_average": False}}}
+    plain = predict_records(plain_state, records, torch.device("cpu"))["logit"]
+    assert np.abs(flipped - plain).max() > 1e-4  # the toy model is not mirror-symmetric
+
+    pred = Predictor(state, device="cpu")
+    recs = pred.predict([r["image"] for r in records], masks=[r["mask"] for r in records])
+    np.testing.assert_allclose([r["logit"] for r in recs], flipped, atol=1e-4)
+    # The mirror half: what the plain model gives on left-right mirrored pixels.
+    mirrored = [np.asarray(Image.open(r["image"]).convert("L"))[:, ::-1].copy() for r in records]
+    mirror_masks = [np.asarray(Image.open(r["mask"][0]).convert("L"))[:, ::-1] > 0 for r in records]
+    recs_m = Predictor(plain_state, device="cpu").predict(mirrored, masks=mirror_masks)
+    np.testing.assert_allclose((plain + np.array([r["logit"] for r in recs_m])) / 2, flipped, atol=1e-4)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .config import fill_missing
 from .models import Classifier, create_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "package_versions"]
@@ -65,6 +66,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} is newer than this breastai supports ({FORMAT_VERSION})"
         )
+    for s in state["ensemble"]["members"] if "ensemble" in state else [state]:
+        if isinstance(s.get("config"), dict):
+            s["config"] = fill_missing(s["config"])
     return state
 
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "flip_average"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing"]
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -215,9 +215,19 @@ def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
 
-def flip_average(cfg: dict[str, Any]) -> bool:
-    """Whether a run (or a checkpoint's saved config) scores images with left-right flip averaging.
 
-    Checkpoints written before ``eval.flip_average`` existed scored the image alone, and still do.
+def fill_missing(cfg: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """A copy of a saved config with every key it lacks taken from ``defaults``.
+
+    A checkpoint written before a key existed behaved as that key's default, so filling it in
+    once, where the checkpoint is loaded, lets every reader index the config plainly. Sections the
+    config lacks altogether are not invented (their absence means it is not a breastai config).
     """
-    return bool((cfg.get("eval") or {}).get("flip_average", DEFAULTS["eval"]["flip_average"]))
+    out = dict(cfg)
+    for k, v in defaults.items():
+        if isinstance(v, dict):
+            if isinstance(out.get(k), dict) and k != "reader_options":
+                out[k] = fill_missing(out[k], v)
+        elif k not in out:
+            out[k] = copy.deepcopy(v)
+    return out

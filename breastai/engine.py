@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 
-__all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast"]
+__all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "mirror_average", "autocast"]
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -36,6 +36,11 @@ def _forward(model: nn.Module, x: torch.Tensor, batch: dict[str, Any], device: t
     if "radiomics" in batch:
         return model(x, radiomics=batch["radiomics"].to(device, non_blocking=True))
     return model(x)
+
+
+def mirror_average(z: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``eval.flip_average``: the mean of ``z`` (the logits of ``x``) and the logits of ``x`` mirrored left to right."""
+    return (z + forward(torch.flip(x, dims=[-1])).float()) / 2
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -165,7 +170,7 @@ def predict_loader(
         with autocast(device, amp):
             z = _forward(model, x, batch, device).float()
             if flip:
-                z = (z + _forward(model, torch.flip(x, dims=[-1]), batch, device).float()) / 2
+                z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
         idx.append(batch["index"].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .config import flip_average
 from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
+from .engine import mirror_average
 from .saliency import METHODS, SaliencyExplainer, map_to_original, normalise_map
 
 __all__ = ["Predictor", "PredictItem", "expand_inputs", "tta_views", "RECORD_FIELDS"]
@@ -168,6 +168,7 @@ class Predictor:
                 self.pre[key]
             self.classes = list(state.get("classes") or cfg["data"]["classes"])
             self.reader_options = cfg["data"].get("reader_options") or {}
+            self.flip_average = bool(cfg["eval"]["flip_average"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: checkpoint lacks the preprocessing description ({exc}); "
                                   "it was not written by breastai train") from exc
@@ -178,7 +179,6 @@ class Predictor:
         self.calibration = {"temperature": self.temperature, "logit_offset": float(state.get("logit_offset", 0.0))}
         self.threshold = float(state.get("threshold", 0.5))
         self.aug = dict(cfg.get("augment") or {})
-        self.flip_average = flip_average(cfg)
         self.device = resolve_device(device)
         model = model_from_checkpoint(state)
         from .models import MODELS
@@ -332,7 +332,7 @@ class Predictor:
             z = float(logit[0])
             if self.flip_average and self.uses_image:  # scored as in training and evaluate; the map is the image's own
                 with torch.no_grad():
-                    z = (z + float(self.model(torch.flip(x, dims=[-1]))[0])) / 2
+                    z = float(mirror_average(logit[:1].detach().float(), self.model, x)[0])
             p = float(calibrated_probability(np.array([z]), self.calibration)[0])
             rec.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
             if tta > 0:

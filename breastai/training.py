@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import dump_config, flip_average
+from .config import dump_config
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
@@ -183,7 +183,7 @@ def fit(
                          output_stride=cfg["model"]["output_stride"], **extra)
     model.to(device)
     channels_last = bool(tc["channels_last"])
-    flip = flip_average(cfg)
+    flip = bool(cfg["eval"]["flip_average"])
     if channels_last:
         model.to(memory_format=torch.channels_last)
     raw_model = model
@@ -345,7 +345,7 @@ def predict_records(state: dict[str, Any], records: Sequence[dict[str, Any]], de
     cfg = {**state["config"], "data": {**state["config"]["data"], "cache": "none"}}
     model = model_from_checkpoint(state).to(device)
     return predict_loader(model, _loader(build_dataset(cfg, records, False), cfg, False, None, 0), device,
-                          progress=progress, flip=flip_average(cfg))
+                          progress=progress, flip=bool(cfg["eval"]["flip_average"]))
 
 
 def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:

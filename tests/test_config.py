@@ -61,3 +61,15 @@ def test_shipped_configs_load():
     assert files, "configs/ holds the shipped configurations"
     for f in files:
         load_config(f)
+
+
+def test_fill_missing_adds_only_absent_keys_of_present_sections():
+    from breastai.config import DEFAULTS, fill_missing
+
+    saved = {"preprocess": {"mode": "crop", "margin": 0.5}, "data": {"reader_options": {"frame": 2}}, "seed": 7}
+    out = fill_missing(saved)
+    assert out["preprocess"]["margin"] == 0.5 and out["preprocess"]["min_crop_fraction"] == 0.0
+    assert out["seed"] == 7 and out["data"]["reader_options"] == {"frame": 2}
+    assert out["data"]["val_fraction"] == DEFAULTS["data"]["val_fraction"]
+    assert "eval" not in out and "flip_average" not in saved.get("eval", {})  # no section invented, input untouched
+    assert "min_crop_fraction" not in saved["preprocess"]

@@ -288,3 +288,23 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
     mirror_masks = [np.asarray(Image.open(r["mask"][0]).convert("L"))[:, ::-1] > 0 for r in records]
     recs_m = Predictor(plain_state, device="cpu").predict(mirrored, masks=mirror_masks)
     np.testing.assert_allclose((plain + np.array([r["logit"] for r in recs_m])) / 2, flipped, atol=1e-4)
+
+
+def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, tmp_path):
+    """Keys added after a checkpoint was written are filled in from the defaults at load time, so
+    the checkpoint scores exactly as before."""
+    from breastai.checkpoint import save_checkpoint
+
+    state = load_checkpoint(ckpt)
+    old = {**state, "config": {**state["config"],
+                               "preprocess": {k: v for k, v in state["config"]["preprocess"].items() if k != "min_crop_fraction"},
+                               "eval": {k: v for k, v in state["config"]["eval"].items() if k != "flip_average"}}}
+    save_checkpoint(tmp_path / "old.pt", old)
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["config"]["preprocess"]["min_crop_fraction"] == 0.0
+    assert loaded["config"]["eval"]["flip_average"] is False
+    pred = Predictor(loaded, device="cpu")
+    box = [t for t in pred._steps if hasattr(t, "min_fraction")][0]
+    assert box.min_fraction == 0.0
+    a, b = pred.predict([sample[0]], masks=[sample[1]])[0], Predictor(state, device="cpu").predict([sample[0]], masks=[sample[1]])[0]
+    assert a["error"] is None and a["probability"] == pytest.approx(b["probability"], abs=1e-6)

@@ -61,15 +61,6 @@ def test_crop_floor_relative_to_image_keeps_lesion_size_visible():
     assert square_box(large, (200, 300), "crop", 0.25, 16, 0.6)[2] == 240
 
 
-def test_preprocessing_of_an_older_checkpoint_takes_defaults_for_newer_keys(tmp_path):
-    from breastai.data.transforms import deterministic_transforms
-
-    cfg = load_config(None, ["preprocess.mode=crop", "preprocess.size=64"])
-    old = {k: v for k, v in cfg["preprocess"].items() if k != "min_crop_fraction"}
-    box = [t for t in deterministic_transforms(old) if hasattr(t, "min_fraction")][0]
-    assert box.min_fraction == 0.0
-
-
 def test_whole_image_box_pads_short_side():
     box = square_box(None, (90, 150), "whole", 0.3, 64)
     assert box.tolist() == [-30, 0, 150]

@@ -228,10 +228,6 @@ class RandSpeckled(Randomizable, MapTransform):
 
 def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any] | None = None) -> list:
     """The cached part of the preset: load, normalise, box, resize."""
-    from ..config import DEFAULTS
-
-    # A checkpoint written before a preprocessing key existed behaves as that key's default.
-    pre = {**DEFAULTS["preprocess"], **pre}
     return [
         LoadSampled(reader_options),
         NormalizeIntensityRobustd(pre["normalize"], tuple(pre["percentiles"])),

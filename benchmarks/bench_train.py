@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
-    tr, va, te = cv_splits(records, args.folds, cfg["data"]["val_fraction"], cfg["seed"])[args.fold]
+    tr, va, te = cv_splits(records, args.folds, cfg)[args.fold]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = fit(cfg, records, {"train": tr, "val": va, "test": te}, Path(tmp) / "fold")

@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_cv_summary(args.cv_run)["config"]
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
     rows, pooled = [], {"y": [], **{k: [] for k in VARIANTS}}
-    for i, (tr, va, test_idx) in enumerate(cv_splits(records, int(cfg["train"]["folds"]), cfg["data"]["val_fraction"],
-                                                     cfg["seed"])):
+    for i, (tr, va, test_idx) in enumerate(cv_splits(records, int(cfg["train"]["folds"]), cfg)):
         state = load_checkpoint(args.cv_run / f"fold{i}" / "best.pt")
         y_tr = np.array([records[j]["label"] == cfg["data"]["classes"][1] for j in tr])
         offset = float(np.log((~y_tr).sum() / y_tr.sum())) if cfg["train"]["class_balance"] != "none" else 0.0

@@ -66,7 +66,7 @@ def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
     cfg = summary["config"]
     classes = list(cfg["data"]["classes"])
     records = read_samples(data, cfg["data"], classes)
-    splits = cv_splits(records, len(folds), cfg["data"]["val_fraction"], cfg["seed"])
+    splits = cv_splits(records, len(folds), cfg)
     return {f: [{"case_id": records[i]["case_id"], "label": classes.index(records[i]["label"])} for i in splits[f][1]]
             for f in folds}
 

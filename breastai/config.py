@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing", "split_seed"]
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
         "datalist": None,
         "classes": ["benign", "malignant"],
         "val_fraction": 0.15,
+        # Seed of the fold and validation split; None = ``seed``. Fixing it while varying ``seed``
+        # retrains on the same folds with another initialisation order (repeat runs of a recipe).
+        "split_seed": None,
         "cache": "memory",  # memory | disk | none
         "cache_dir": None,
         "num_workers": 0,
@@ -231,3 +234,9 @@ def fill_missing(cfg: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> di
         elif k not in out:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def split_seed(cfg: dict[str, Any]) -> int:
+    """The seed of the CV folds and validation carve-out: ``data.split_seed``, else ``seed``."""
+    value = cfg["data"].get("split_seed")
+    return int(cfg["seed"] if value is None else value)

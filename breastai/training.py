@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from . import distributed as dist
 from .calibration import apply_temperature, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import dump_config
+from .config import dump_config, split_seed
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
@@ -361,13 +361,16 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
 
 
-def cv_splits(records: Sequence[dict[str, Any]], k: int, val_fraction: float, seed: int = 0
+def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them."""
-    out = []
+    """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them.
+
+    The folds depend on ``data.val_fraction`` and :func:`breastai.config.split_seed` only.
+    """
+    seed, out = split_seed(cfg), []
     for i, test_idx in enumerate(group_kfold(records, k, seed=seed)):
         train_all = np.setdiff1d(np.arange(len(records)), test_idx)
-        tr, va = carve_validation(records, train_all, val_fraction, seed=seed + i)
+        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=seed + i)
         out.append((tr, va, test_idx))
     return out
 
@@ -379,7 +382,7 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     the held-out fold is only evaluated.
     """
     per_fold, oof = [], []
-    splits = cv_splits(records, k, cfg["data"]["val_fraction"], cfg["seed"])
+    splits = cv_splits(records, k, cfg)
     for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))
@@ -466,7 +469,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         if cfg["train"]["folds"] and int(cfg["train"]["folds"]) > 1:
             out = cross_validate(cfg, records, int(cfg["train"]["folds"]), run_dir, resume=resume)
         else:
-            out = fit(cfg, records, fixed_split(records, cfg["data"]["val_fraction"], cfg["seed"]), run_dir, resume=resume)
+            out = fit(cfg, records, fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg)), run_dir, resume=resume)
             if dist.is_main():
                 slim = {k: v for k, v in out.items() if k != "test_predictions"}
                 atomic_write_text(run_dir / "summary.json", json.dumps(slim, indent=1, default=float))

@@ -54,3 +54,26 @@ def test_fixed_split_rejects_group_across_splits():
     same["split"] = "train"
     with pytest.raises(ValueError, match="more than one split"):
         fixed_split(recs, 0.2)
+
+
+def test_split_seed_keeps_the_folds_while_the_training_seed_varies():
+    import copy
+
+    from breastai.config import DEFAULTS
+    from breastai.training import cv_splits
+
+    def cfg(seed, split_seed=None):
+        c = copy.deepcopy(DEFAULTS)
+        c["seed"], c["data"]["split_seed"] = seed, split_seed
+        return c
+
+    def as_lists(splits):
+        return [[part.tolist() for part in fold] for fold in splits]
+
+    recs = _records()
+    base = as_lists(cv_splits(recs, 3, cfg(0)))
+    assert as_lists(cv_splits(recs, 3, cfg(1, split_seed=0))) == base
+    assert as_lists(cv_splits(recs, 3, cfg(1))) != base  # without it, the seed moves folds and validation parts
+    older = cfg(1)
+    del older["data"]["split_seed"]  # a config saved before the key existed
+    assert as_lists(cv_splits(recs, 3, older)) == as_lists(cv_splits(recs, 3, cfg(1)))

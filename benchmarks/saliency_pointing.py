@@ -33,6 +33,7 @@ from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E40
 from breastai.data.io import load_mask  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
+from breastai.saliency import UPSAMPLING, SaliencyExplainer  # noqa: E402
 from breastai.training import cv_splits, load_cv_summary  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
 
 
 def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None,
-                 part: str = "test", layer: str | None = None) -> dict:
+                 part: str = "test", layer: str | None = None, upsample: str = "bilinear") -> dict:
     """Pointing game and mass share per fold and overall (see the module docstring)."""
     summary = load_cv_summary(cv_run)
     records = {r["case_id"]: r for r in read_datalist(data, require_label=False)}
@@ -84,6 +85,8 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
             if layer not in dict(pred.model.named_modules()):
                 raise SystemExit(f"--layer {layer!r} is not a module of {cv_run}/fold{fold}/best.pt")
             pred.model.target_layer_name = layer
+        if method in ("gradcam", "gradcam++"):
+            pred._explainers[method] = SaliencyExplainer(pred.model, method, upsample=upsample)
         malignant = pred.classes.index("malignant") if "malignant" in pred.classes else 1
         cases = [p for p in fold_cases if int(p["label"]) == malignant]
         rows = []
@@ -115,7 +118,7 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
                 "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
 
     all_rows = [r for rows in per_fold.values() for r in rows]
-    return {"cv_run": str(cv_run), "data": str(data), "method": method, "part": part, "layer": layer or "default",
+    return {"cv_run": str(cv_run), "data": str(data), "method": method, "part": part, "layer": layer or "default", "upsample": upsample,
             "folds": {str(f): agg(rows) for f, rows in per_fold.items()}, "overall": agg(all_rows),
             "skipped": missing, "cases": all_rows}
 
@@ -131,13 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", default="test", choices=["test", "val"],
                     help="held-out folds (report) or each fold's validation part (for choosing --layer)")
     ap.add_argument("--layer", help="saliency target layer (module name) instead of the model's registered one")
+    ap.add_argument("--upsample", default="bilinear", choices=list(UPSAMPLING),
+                    help="interpolation of the coarse Grad-CAM map to the input grid")
     ap.add_argument("--limit", type=int, default=0, help="at most this many malignant images per fold (0 = all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None, args.part, args.layer)
+    rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None, args.part, args.layer,
+                       args.upsample)
     where = "held-out" if args.part == "test" else "validation"
-    print(f"saliency localisation ({args.method}, layer {rep['layer']}) on malignant {where} images of {args.cv_run}")
+    print(f"saliency localisation ({args.method}, layer {rep['layer']}, {args.upsample} map) on malignant {where} images of {args.cv_run}")
     print(f"{'fold':<8}{'n':>5}{'pointing':>10}{'mass in mask':>14}{'mask area':>11}{'mass/area':>11}")
     for name, a in [*rep["folds"].items(), ("all", rep["overall"])]:
         if a["n"]:
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if rep["skipped"]:
         print(f"{rep['skipped']} case(s) skipped (no mask or unreadable)")
     tag = args.method.replace("++", "pp") + ("" if args.part == "test" else "_val") + (f"_{args.layer}" if args.layer else "")
+    tag += "" if args.upsample == "bilinear" else f"_{args.upsample}"
     out = args.out or args.cv_run / f"saliency_pointing_{tag}.json"
     rep["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out, json.dumps(rep, indent=1))

@@ -22,6 +22,7 @@ from torch import nn
 
 __all__ = [
     "METHODS",
+    "UPSAMPLING",
     "LogitAsClasses",
     "SaliencyExplainer",
     "map_to_original",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 METHODS = ("gradcam", "gradcam++", "occlusion", "none")
+UPSAMPLING = ("bilinear", "bicubic")
 
 
 class LogitAsClasses(nn.Module):
@@ -51,11 +53,17 @@ class SaliencyExplainer:
         model: a :class:`breastai.models.Classifier` (carries ``target_layer_name``).
         method: ``gradcam``, ``gradcam++``, ``occlusion`` or ``none``.
         occlusion_mask: occluded patch side as a fraction of the input side.
+        upsample: interpolation of the coarse Grad-CAM map to the input grid, ``bilinear`` or
+            ``bicubic``. A bilinear map peaks at the centre of its strongest cell; a bicubic one
+            also weighs the neighbouring cells, so its peak can fall between cell centres.
     """
 
-    def __init__(self, model: nn.Module, method: str = "gradcam++", occlusion_mask: float = 0.125):
+    def __init__(self, model: nn.Module, method: str = "gradcam++", occlusion_mask: float = 0.125,
+                 upsample: str = "bilinear"):
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown map upsampling {upsample!r}; choose one of {', '.join(UPSAMPLING)}")
         self.model, self.method, self.occlusion_mask = model, method, occlusion_mask
         # In eval mode: MONAI restores the wrapper's mode after each map, and a (default) training
         # wrapper would leave BatchNorm updating its statistics on every later forward pass.
@@ -72,7 +80,8 @@ class SaliencyExplainer:
                     m.inplace = False
             cls = GradCAM if method == "gradcam" else GradCAMpp
             # Identity post-processing: MONAI's default normaliser inverts magnitudes (max -> 0).
-            self._cam = cls(nn_module=self.wrapper, target_layers=f"net.{layer}", postprocessing=lambda m: m)
+            self._cam = cls(nn_module=self.wrapper, target_layers=f"net.{layer}", postprocessing=lambda m: m,
+                            upsampler=_upsampler(upsample))
             # The graph starts AT the target layer: its output becomes a leaf that requires grad, so
             # the backward pass runs through the head only (the map needs nothing below the layer).
             # With trainable weights upstream the graph exists anyway and this hook does nothing.
@@ -116,6 +125,15 @@ class SaliencyExplainer:
             drop = logits[i] - occ_map.reshape(-1, *x.shape[-2:])[0]
             maps.append(F.relu(drop))
         return torch.stack(maps)
+
+
+def _upsampler(mode: str):
+    """MONAI's upsampler factory (input size -> function) for ``mode``."""
+
+    def factory(size):
+        return lambda m: F.interpolate(m, size=tuple(size), mode=mode, align_corners=False)
+
+    return factory
 
 
 def _graph_from_here(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:

@@ -170,3 +170,29 @@ def test_frozen_weights_shortcut_gives_the_same_map(method):
     assert m1.abs().max() > 0
     torch.testing.assert_close(z1, z2)
     torch.testing.assert_close(m1, m2, rtol=1e-4, atol=1e-6 * float(m1.abs().max()))
+
+
+def test_bicubic_map_peaks_between_cell_centres_towards_the_stronger_neighbour():
+    from breastai.saliency import _upsampler
+
+    cam = torch.zeros(1, 1, 7, 7)
+    cam[0, 0, 3, 3], cam[0, 0, 3, 4] = 1.0, 0.8  # evidence on cell 3, a little less on cell 4 to its right
+    peaks = {}
+    for mode in ("bilinear", "bicubic"):
+        up = _upsampler(mode)((224, 224))(cam)[0, 0]
+        peaks[mode] = np.unravel_index(int(up.argmax()), (224, 224))
+    assert peaks["bilinear"][0] in (111, 112) and peaks["bicubic"][0] in (111, 112)  # same row
+    assert peaks["bilinear"][1] in (111, 112)  # cell 3's centre: 3.5 cells of 32 px
+    assert 112 < peaks["bicubic"][1] < 128  # pulled towards cell 4, still inside cell 3
+
+
+def test_explainer_upsampling_option():
+    torch.manual_seed(0)
+    model = create_model("small_cnn", pretrained=False).eval()
+    x = torch.rand(2, 1, 64, 64)
+    z1, m1 = SaliencyExplainer(model, "gradcam++")(x)
+    z2, m2 = SaliencyExplainer(model, "gradcam++", upsample="bicubic")(x)
+    torch.testing.assert_close(z1, z2)  # the score does not depend on how the map is drawn
+    assert m2.shape == m1.shape == (2, 64, 64) and float(m2.min()) >= 0.0
+    with pytest.raises(ValueError, match="bilinear, bicubic"):
+        SaliencyExplainer(model, "gradcam", upsample="nearest")

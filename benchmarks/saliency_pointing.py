@@ -33,7 +33,7 @@ from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E40
 from breastai.data.io import load_mask  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
-from breastai.saliency import UPSAMPLING, SaliencyExplainer  # noqa: E402
+from breastai.saliency import UPSAMPLING  # noqa: E402
 from breastai.training import cv_splits, load_cv_summary  # noqa: E402
 
 
@@ -85,8 +85,7 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
             if layer not in dict(pred.model.named_modules()):
                 raise SystemExit(f"--layer {layer!r} is not a module of {cv_run}/fold{fold}/best.pt")
             pred.model.target_layer_name = layer
-        if method in ("gradcam", "gradcam++"):
-            pred._explainers[method] = SaliencyExplainer(pred.model, method, upsample=upsample)
+        pred.saliency_upsample = upsample
         malignant = pred.classes.index("malignant") if "malignant" in pred.classes else 1
         cases = [p for p in fold_cases if int(p["label"]) == malignant]
         rows = []
@@ -118,7 +117,8 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
                 "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
 
     all_rows = [r for rows in per_fold.values() for r in rows]
-    return {"cv_run": str(cv_run), "data": str(data), "method": method, "part": part, "layer": layer or "default", "upsample": upsample,
+    return {"cv_run": str(cv_run), "data": str(data), "method": method, "part": part, "layer": layer or "default",
+            "upsample": upsample,
             "folds": {str(f): agg(rows) for f, rows in per_fold.items()}, "overall": agg(all_rows),
             "skipped": missing, "cases": all_rows}
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = evaluate_run(args.cv_run, args.data, args.method, args.device, args.limit or None, args.part, args.layer,
                        args.upsample)
     where = "held-out" if args.part == "test" else "validation"
-    print(f"saliency localisation ({args.method}, layer {rep['layer']}, {args.upsample} map) on malignant {where} images of {args.cv_run}")
+    print(f"saliency localisation ({args.method}, layer {rep['layer']}, {args.upsample} map) on malignant {where} "
+          f"images of {args.cv_run}")
     print(f"{'fold':<8}{'n':>5}{'pointing':>10}{'mass in mask':>14}{'mask area':>11}{'mass/area':>11}")
     for name, a in [*rep["folds"].items(), ("all", rep["overall"])]:
         if a["n"]:

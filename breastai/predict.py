@@ -198,6 +198,7 @@ class Predictor:
 
         self._steps = list(build_transforms({**cfg, "preprocess": self.pre}, train=False).transforms)
         self._explainers: dict[str, SaliencyExplainer] = {}
+        self.saliency_upsample = "bilinear"  # how Grad-CAM maps are drawn (SaliencyExplainer's ``upsample``)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
@@ -217,7 +218,7 @@ class Predictor:
     def explainer(self, method: str) -> SaliencyExplainer:
         """The (cached) saliency explainer for ``method``."""
         if method not in self._explainers:
-            self._explainers[method] = SaliencyExplainer(self.model, method)
+            self._explainers[method] = SaliencyExplainer(self.model, method, upsample=self.saliency_upsample)
         return self._explainers[method]
 
     def predict(

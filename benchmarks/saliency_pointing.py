@@ -73,7 +73,7 @@ def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
 
 
 def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", limit: int | None = None,
-                 part: str = "test", layer: str | None = None, upsample: str = "bilinear") -> dict:
+                 part: str = "test", layer: str | None = None, upsample: str = "bicubic") -> dict:
     """Pointing game and mass share per fold and overall (see the module docstring)."""
     summary = load_cv_summary(cv_run)
     records = {r["case_id"]: r for r in read_datalist(data, require_label=False)}
@@ -85,7 +85,7 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
             if layer not in dict(pred.model.named_modules()):
                 raise SystemExit(f"--layer {layer!r} is not a module of {cv_run}/fold{fold}/best.pt")
             pred.model.target_layer_name = layer
-        pred.saliency_upsample = upsample
+        pred.set_saliency_upsample(upsample)
         malignant = pred.classes.index("malignant") if "malignant" in pred.classes else 1
         cases = [p for p in fold_cases if int(p["label"]) == malignant]
         rows = []
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", default="test", choices=["test", "val"],
                     help="held-out folds (report) or each fold's validation part (for choosing --layer)")
     ap.add_argument("--layer", help="saliency target layer (module name) instead of the model's registered one")
-    ap.add_argument("--upsample", default="bilinear", choices=list(UPSAMPLING),
+    ap.add_argument("--upsample", default="bicubic", choices=list(UPSAMPLING),
                     help="interpolation of the coarse Grad-CAM map to the input grid")
     ap.add_argument("--limit", type=int, default=0, help="at most this many malignant images per fold (0 = all)")
     args = ap.parse_args(argv)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if rep["skipped"]:
         print(f"{rep['skipped']} case(s) skipped (no mask or unreadable)")
     tag = args.method.replace("++", "pp") + ("" if args.part == "test" else "_val") + (f"_{args.layer}" if args.layer else "")
-    tag += "" if args.upsample == "bilinear" else f"_{args.upsample}"
+    tag += "" if args.upsample == "bicubic" else f"_{args.upsample}"
     out = args.out or args.cv_run / f"saliency_pointing_{tag}.json"
     rep["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out, json.dumps(rep, indent=1))

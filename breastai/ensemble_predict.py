@@ -58,6 +58,12 @@ class EnsemblePredictor(Predictor):
             self._loaded = (item, Predictor._load(self.members[0], item))
         return self._loaded[1]
 
+    def set_saliency_upsample(self, mode: str) -> None:
+        """As :meth:`Predictor.set_saliency_upsample`, for every member's maps."""
+        for m in self.members:
+            m.set_saliency_upsample(mode)
+        self.saliency_upsample = mode
+
     @property
     def crop_mode(self) -> bool:
         """True when any member sees a lesion crop (so every image needs a mask)."""

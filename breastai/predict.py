@@ -33,7 +33,7 @@ from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
 from .engine import mirror_average
-from .saliency import METHODS, SaliencyExplainer, map_to_original, normalise_map
+from .saliency import METHODS, UPSAMPLING, SaliencyExplainer, map_to_original, normalise_map
 
 __all__ = ["Predictor", "PredictItem", "expand_inputs", "tta_views", "RECORD_FIELDS"]
 
@@ -198,7 +198,7 @@ class Predictor:
 
         self._steps = list(build_transforms({**cfg, "preprocess": self.pre}, train=False).transforms)
         self._explainers: dict[str, SaliencyExplainer] = {}
-        self.saliency_upsample = "bilinear"  # how Grad-CAM maps are drawn (SaliencyExplainer's ``upsample``)
+        self.saliency_upsample = "bicubic"  # how Grad-CAM maps are drawn (SaliencyExplainer's ``upsample``)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
@@ -214,6 +214,13 @@ class Predictor:
     def crop_mode(self) -> bool:
         """True when the model sees a lesion-centred crop and so needs a mask per image."""
         return self.pre["mode"] == "crop"
+
+    def set_saliency_upsample(self, mode: str) -> None:
+        """Draw Grad-CAM maps with ``bicubic`` (default) or ``bilinear`` interpolation of the coarse map."""
+        if mode not in UPSAMPLING:
+            raise ValueError(f"unknown map upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
+        if mode != self.saliency_upsample:
+            self.saliency_upsample, self._explainers = mode, {}
 
     def explainer(self, method: str) -> SaliencyExplainer:
         """The (cached) saliency explainer for ``method``."""

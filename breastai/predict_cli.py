@@ -90,6 +90,7 @@ def run_predict(
     keep_identifiers: bool = False,
     find_masks: bool = False,
     device: str = "auto",
+    saliency_upsample: str = "bicubic",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.predict.Predictor`) into ``out``.
 
@@ -99,6 +100,7 @@ def run_predict(
     from .predict import Predictor
 
     pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device=device)
+    pred.set_saliency_upsample(saliency_upsample)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -113,7 +115,8 @@ def run_predict(
         raise
     n_failed = sum(r["error"] is not None for r in records)
     run = {
-        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "tta": tta,
+        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": saliency_upsample,
+        "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -134,7 +137,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=args.mask or None,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
-                                   find_masks=args.find_masks, device=args.device)
+                                   find_masks=args.find_masks, device=args.device,
+                                   saliency_upsample=args.saliency_upsample)
     except (CheckpointError, DatalistError, ValueError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -169,10 +173,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mask", action="append", metavar="M",
                    help="lesion mask for an image; repeat once per image, in input order (needed by crop-mode checkpoints)")
     p.add_argument("--find-masks", action="store_true", help="use BUSI-style sibling <name>_mask*.png files as masks")
-    from .saliency import METHODS
+    from .saliency import METHODS, UPSAMPLING
 
     p.add_argument("--saliency", choices=METHODS, default="gradcam++",
                    help="saliency method (default gradcam++; occlusion is slow but model-agnostic; none = scores only)")
+    p.add_argument("--saliency-upsample", choices=UPSAMPLING, default="bicubic",
+                   help="how the coarse Grad-CAM map is drawn at image resolution (default bicubic: its peak can fall "
+                   "between feature-map cells; bilinear peaks at a cell centre)")
     p.add_argument("--tta", type=int, default=0, metavar="N",
                    help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
     p.add_argument("--keep-identifiers", action="store_true",

@@ -108,6 +108,11 @@ def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_p
 
     assert rec["saliency_map"].shape == load_image(row["image"])[0].shape[:2]
     assert 0 <= rec["saliency_map"].min() and rec["saliency_map"].max() <= 1
+    assert {m.explainer("gradcam").upsample for m in pred.members} == {"bicubic"}
+    pred.set_saliency_upsample("bilinear")  # reaches every member's maps
+    assert {m.explainer("gradcam").upsample for m in pred.members} == {"bilinear"}
+    linear = pred.predict(row["image"], masks=[row["mask"]], saliency="gradcam", return_maps=True)[0]
+    assert linear["error"] is None and linear["saliency_map"].shape == rec["saliency_map"].shape
     no_mask = pred.predict(row["image"], saliency="none")[0]
     assert no_mask["probability"] is None and "lesion mask is needed" in no_mask["error"]
 

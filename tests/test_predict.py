@@ -132,6 +132,19 @@ def test_outputs_maps_in_original_geometry_and_rerun_replaces(ckpt, sample, tmp_
     assert rows[0]["uncertainty"] == ""  # tta=0: no uncertainty
 
 
+def test_map_upsampling_is_chosen_and_recorded(ckpt, sample, tmp_path):
+    runs = {}
+    for mode in ("bicubic", "bilinear"):
+        records, run = run_predict(ckpt, [sample[0]], tmp_path / mode, masks=[sample[1]], saliency="gradcam++",
+                                   device="cpu", saliency_upsample=mode)
+        assert run["saliency_upsample"] == mode
+        runs[mode] = (records[0]["probability"], np.load(tmp_path / mode / records[0]["saliency_npy"]))
+    assert runs["bicubic"][0] == runs["bilinear"][0]  # the score does not depend on how the map is drawn
+    assert not np.allclose(runs["bicubic"][1], runs["bilinear"][1])
+    with pytest.raises(ValueError, match="unknown map upsampling"):
+        run_predict(ckpt, [sample[0]], tmp_path / "bad", masks=[sample[1]], device="cpu", saliency_upsample="nearest")
+
+
 def test_every_failure_kind_gives_a_specific_record(predictor, sample, tmp_path):
     good = sample[0]
     arr = np.asarray(Image.open(good).convert("L"))

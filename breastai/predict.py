@@ -33,7 +33,7 @@ from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
 from .engine import mirror_average
-from .saliency import METHODS, UPSAMPLING, SaliencyExplainer, map_to_original, normalise_map
+from .saliency import METHODS, SaliencyExplainer, check_upsampling, map_to_original, normalise_map
 
 __all__ = ["Predictor", "PredictItem", "expand_inputs", "tta_views", "RECORD_FIELDS"]
 
@@ -217,8 +217,7 @@ class Predictor:
 
     def set_saliency_upsample(self, mode: str) -> None:
         """Draw Grad-CAM maps with ``bicubic`` (default) or ``bilinear`` interpolation of the coarse map."""
-        if mode not in UPSAMPLING:
-            raise ValueError(f"unknown map upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
+        check_upsampling(mode)
         if mode != self.saliency_upsample:
             self.saliency_upsample, self._explainers = mode, {}
 

@@ -5,7 +5,9 @@ Methods: Grad-CAM and Grad-CAM++ (``monai.visualize``) on the model's registered
 (``monai.visualize.OcclusionSensitivity``) as the slow, model-agnostic option. Every map explains
 the MALIGNANCY logit, whatever the predicted class: it shows what pushed the score up.
 
-Maps are computed on the S x S network input and sent back to the original pixel grid by
+The coarse Grad-CAM map is drawn on the S x S network input by bicubic interpolation (its peak
+can fall between feature-map cells; ``upsample="bilinear"`` peaks at a cell centre). Maps are
+computed on the S x S network input and sent back to the original pixel grid by
 :func:`map_to_original` (undo the resize, the square box and any reader crop/flip), then
 normalised by their maximum (so 0 stays 0 and ratios of saliency mass are preserved).
 """
@@ -23,6 +25,7 @@ from torch import nn
 __all__ = [
     "METHODS",
     "UPSAMPLING",
+    "check_upsampling",
     "LogitAsClasses",
     "SaliencyExplainer",
     "map_to_original",
@@ -64,8 +67,7 @@ class SaliencyExplainer:
                  upsample: str = "bicubic"):
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
-        if upsample not in UPSAMPLING:
-            raise ValueError(f"unknown map upsampling {upsample!r}; choose one of {', '.join(UPSAMPLING)}")
+        check_upsampling(upsample)
         self.model, self.method, self.occlusion_mask, self.upsample = model, method, occlusion_mask, upsample
         # In eval mode: MONAI restores the wrapper's mode after each map, and a (default) training
         # wrapper would leave BatchNorm updating its statistics on every later forward pass.
@@ -127,6 +129,12 @@ class SaliencyExplainer:
             drop = logits[i] - occ_map.reshape(-1, *x.shape[-2:])[0]
             maps.append(F.relu(drop))
         return torch.stack(maps)
+
+
+def check_upsampling(mode: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``mode`` is one of :data:`UPSAMPLING`."""
+    if mode not in UPSAMPLING:
+        raise ValueError(f"unknown map upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
 
 
 def _upsampler(mode: str):

@@ -229,7 +229,7 @@ def fill_missing(cfg: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> di
     out = dict(cfg)
     for k, v in defaults.items():
         if isinstance(v, dict):
-            if isinstance(out.get(k), dict) and k != "reader_options":
+            if isinstance(out.get(k), dict):
                 out[k] = fill_missing(out[k], v)
         elif k not in out:
             out[k] = copy.deepcopy(v)

@@ -62,7 +62,11 @@ class EnsemblePredictor(Predictor):
         """As :meth:`Predictor.set_saliency_upsample`, for every member's maps."""
         for m in self.members:
             m.set_saliency_upsample(mode)
-        self.saliency_upsample = mode
+
+    @property
+    def saliency_upsample(self) -> str:
+        """How the members draw their Grad-CAM maps (they are set together)."""
+        return self.members[0].saliency_upsample
 
     @property
     def crop_mode(self) -> bool:

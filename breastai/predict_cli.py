@@ -90,7 +90,7 @@ def run_predict(
     keep_identifiers: bool = False,
     find_masks: bool = False,
     device: str = "auto",
-    saliency_upsample: str = "bicubic",
+    saliency_upsample: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.predict.Predictor`) into ``out``.
 
@@ -100,7 +100,8 @@ def run_predict(
     from .predict import Predictor
 
     pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device=device)
-    pred.set_saliency_upsample(saliency_upsample)
+    if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
+        pred.set_saliency_upsample(saliency_upsample)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -115,7 +116,7 @@ def run_predict(
         raise
     n_failed = sum(r["error"] is not None for r in records)
     run = {
-        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": saliency_upsample,
+        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
         "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,

@@ -111,6 +111,7 @@ def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_p
     assert {m.explainer("gradcam").upsample for m in pred.members} == {"bicubic"}
     pred.set_saliency_upsample("bilinear")  # reaches every member's maps
     assert {m.explainer("gradcam").upsample for m in pred.members} == {"bilinear"}
+    assert pred.saliency_upsample == "bilinear"
     linear = pred.predict(row["image"], masks=[row["mask"]], saliency="gradcam", return_maps=True)[0]
     assert linear["error"] is None and linear["saliency_map"].shape == rec["saliency_map"].shape
     no_mask = pred.predict(row["image"], saliency="none")[0]

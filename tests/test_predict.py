@@ -139,6 +139,8 @@ def test_map_upsampling_is_chosen_and_recorded(ckpt, sample, tmp_path):
                                    device="cpu", saliency_upsample=mode)
         assert run["saliency_upsample"] == mode
         runs[mode] = (records[0]["probability"], np.load(tmp_path / mode / records[0]["saliency_npy"]))
+    _, run = run_predict(ckpt, [sample[0]], tmp_path / "default", masks=[sample[1]], device="cpu")
+    assert run["saliency_upsample"] == "bicubic"
     assert runs["bicubic"][0] == runs["bilinear"][0]  # the score does not depend on how the map is drawn
     assert not np.allclose(runs["bicubic"][1], runs["bilinear"][1])
     with pytest.raises(ValueError, match="unknown map upsampling"):

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "name": "efficientnet_lite0",
         "pretrained": True,
         "dropout": 0.2,
+        "mask_init": "zero",  # zero | grey: mask channel of a pretrained stem (breastai.models.create_model)
         "output_stride": 32,  # 16: finer last feature map and saliency map (efficientnet_lite0), ~1.35x compute
         # Radiomics and fusion models (breastai.models.fusion):
         "backbone": "efficientnet_lite0",  # image branch of fusion_concat / fusion_gated

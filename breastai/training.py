@@ -180,7 +180,7 @@ def fit(
     # Radiomics models: feature selection, scaler (and closed-form weights) fitted on the training part only.
     extra = radiomics_model_kwargs(cfg, train_recs, y_train) if needs_radiomics(cfg) else {}
     model = create_model(cfg["model"]["name"], in_chans=_in_chans(cfg), pretrained=cfg["model"]["pretrained"], dropout=cfg["model"]["dropout"],
-                         output_stride=cfg["model"]["output_stride"], **extra)
+                         output_stride=cfg["model"]["output_stride"], mask_init=cfg["model"]["mask_init"], **extra)
     model.to(device)
     channels_last = bool(tc["channels_last"])
     flip = bool(cfg["eval"]["flip_average"])

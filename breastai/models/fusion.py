@@ -132,12 +132,12 @@ class _FusionBase(nn.Module):
 
     def __init__(self, name: str, in_chans: int, pretrained: bool, dropout: float, backbone: str,
                  feature_names: Sequence[str] | None, selected: Sequence[str] | None,
-                 stats: dict[str, Any] | None, extra: dict[str, Any], prior: bool = False):
+                 stats: dict[str, Any] | None, extra: dict[str, Any], prior: bool = False, mask_init: str = "zero"):
         super().__init__()
         if backbone not in MODELS or MODELS[backbone].factory is not None:
             raise ValueError(f"{name}: model.backbone must be an image model of the registry, got {backbone!r}")
         image = create_model(backbone, in_chans=in_chans, pretrained=pretrained and MODELS[backbone].pretrained_available,
-                             dropout=dropout)
+                             dropout=dropout, mask_init=mask_init)
         assert isinstance(image, Classifier)
         # Only the pooled embedding is used: drop the image-only head so every parameter trains.
         image.head, image.dropout = nn.Identity(), nn.Identity()
@@ -187,9 +187,10 @@ class FusionConcat(_FusionBase):
 
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
                  backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
-                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, prior: bool = False):
+                 selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, prior: bool = False,
+                 mask_init: str = "zero"):
         super().__init__("fusion_concat", in_chans, pretrained, dropout, backbone, feature_names, selected, stats, {},
-                         prior)
+                         prior, mask_init)
         self.n_features = self.image.n_features + self.radiomics.n_out
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.n_features, 1)
@@ -205,9 +206,9 @@ class FusionGated(_FusionBase):
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
                  backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
                  selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, fusion_dim: int = 128,
-                 prior: bool = False):
+                 prior: bool = False, mask_init: str = "zero"):
         super().__init__("fusion_gated", in_chans, pretrained, dropout, backbone, feature_names, selected, stats,
-                         {"fusion_dim": int(fusion_dim)}, prior)
+                         {"fusion_dim": int(fusion_dim)}, prior, mask_init)
         n_e, n_r, d = self.image.n_features, self.radiomics.n_out, int(fusion_dim)
         self.proj_image = nn.Sequential(nn.Linear(n_e, d), nn.ReLU(inplace=True))
         self.proj_radiomics = nn.Sequential(nn.Linear(n_r, d), nn.ReLU(inplace=True))
@@ -240,7 +241,7 @@ def _fusion_factory(cls: type[_FusionBase], keys: tuple[str, ...]):
     return build
 
 
-_FUSION_KEYS = ("backbone", "feature_names", "selected", "stats", "prior")
+_FUSION_KEYS = ("backbone", "feature_names", "selected", "stats", "prior", "mask_init")
 _concat = _fusion_factory(FusionConcat, _FUSION_KEYS)
 _gated = _fusion_factory(FusionGated, (*_FUSION_KEYS, "fusion_dim"))
 

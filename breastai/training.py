@@ -436,7 +436,8 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
     }
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof)
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof,
+                         exact=True)
     return summary
 
 

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "noise_prob": 0.3,
         "blur_prob": 0.2,
         "speckle_prob": 0.0,
+        "coarse_outline": 0.0,  # P(mask channel shows the lesion's moment ellipse or box instead of its outline)
     },
     "model": {
         "name": "efficientnet_lite0",

@@ -116,3 +116,56 @@ def test_augmentation_is_random_but_seeded(tmp_path):
     c = t(s)["image"]
     assert torch.equal(a, b)
     assert not torch.equal(b, c)
+
+
+def test_coarse_outline_recovers_an_ellipse_and_a_box():
+    from breastai.data.transforms import coarse_outline
+
+    yy, xx = np.mgrid[:120, :160]
+    ell = ((yy - 50) / 30.0) ** 2 + ((xx - 90) / 55.0) ** 2 <= 1  # axis-aligned
+    rot = ((yy - 60 + (xx - 80) * 0.5) / 15.0) ** 2 + ((xx - 80) / 40.0) ** 2 <= 1  # sheared: a tilted ellipse
+    for m in (ell, rot):
+        e = coarse_outline(m.astype(np.float32), "ellipse") > 0
+        assert (e & m).sum() / (e | m).sum() > 0.97
+    b = coarse_outline(rot.astype(np.float32), "box")
+    ys, xs = np.nonzero(rot)
+    assert b.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1) and b[ys.min(), xs.min()] == 1
+    assert coarse_outline(np.zeros((8, 8)), "ellipse").sum() == 0
+
+
+def _star_sample(tmp_path):
+    yy, xx = np.mgrid[:120, :160]
+    ang, r = np.arctan2(yy - 60, xx - 80), np.hypot(yy - 60, xx - 80)
+    star = (r <= 25 + 12 * np.cos(7 * ang)).astype(np.uint8) * 255  # spiculated: far from its ellipse and box
+    img = np.full((120, 160), 90, np.uint8)
+    img[star > 0] = 40
+    ip, mp = tmp_path / "s.png", tmp_path / "s_mask.png"
+    Image.fromarray(img).save(ip)
+    Image.fromarray(star).save(mp)
+    return {"image": str(ip), "mask": [str(mp)], "label": "malignant", "case_id": "s", "group": "g"}
+
+
+def test_coarse_outline_augmentation_changes_only_the_mask_channel(tmp_path):
+    from breastai.data.transforms import coarse_outline
+
+    plain = ["augment.hflip=0", "augment.affine=0", "augment.contrast_prob=0", "augment.noise_prob=0",
+             "augment.blur_prob=0"]
+    base = ["preprocess.mode=crop", "preprocess.size=64", "preprocess.mask_channel=true", *plain]
+    s = _star_sample(tmp_path)
+    ref = build_transforms(load_config(None, base), train=True)(s)
+    assert torch.equal(ref["image"][1], ref["mask"][0])  # coarse_outline defaults to 0: the traced outline
+    t = build_transforms(load_config(None, [*base, "augment.coarse_outline=1.0"]), train=True)
+    t.set_random_state(seed=0)
+    traced = ref["mask"][0].numpy()
+    kinds = set()
+    for _ in range(8):
+        out = t(s)
+        assert torch.equal(out["mask"], ref["mask"]) and torch.equal(out["image"][0], ref["image"][0])
+        channel = out["image"][1].numpy()
+        kind = [k for k in ("ellipse", "box") if np.array_equal(channel, coarse_outline(traced, k))]
+        assert len(kind) == 1 and not np.array_equal(channel, traced)
+        kinds |= set(kind)
+    assert kinds == {"ellipse", "box"}
+    # Evaluation and inference never coarsen.
+    ev = build_transforms(load_config(None, [*base, "augment.coarse_outline=1.0"]), train=False)(s)
+    assert torch.equal(ev["image"][1], ev["mask"][0])

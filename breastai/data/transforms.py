@@ -35,6 +35,8 @@ __all__ = [
     "NormalizeIntensityRobustd",
     "SquareBoxd",
     "ToInputd",
+    "RandCoarseOutlined",
+    "coarse_outline",
     "square_box",
     "deterministic_transforms",
     "random_transforms",
@@ -199,7 +201,9 @@ class ToInputd(MapTransform):
         d = dict(data)
         img = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32).clamp_(0.0, 1.0)
         mask = torch.as_tensor(np.asarray(d["mask"]), dtype=torch.float32)
-        d["image"] = torch.cat([img, mask], 0) if self.mask_channel else img
+        outline = d.pop("outline", None)  # a coarsened mask channel (RandCoarseOutlined), training only
+        channel = mask if outline is None else torch.as_tensor(np.asarray(outline), dtype=torch.float32)
+        d["image"] = torch.cat([img, channel], 0) if self.mask_channel else img
         d["mask"] = mask
         if self.class_names is not None:
             lab = d.get("label", "")
@@ -207,6 +211,48 @@ class ToInputd(MapTransform):
         for k in ("group", "split", "fold", "frame"):
             d.pop(k, None)
         d["case_id"] = str(d.get("case_id", ""))
+        return d
+
+
+def coarse_outline(mask: np.ndarray, kind: str) -> np.ndarray:
+    """A coarse stand-in for a traced (H, W) lesion mask: ``ellipse`` (the ellipse with the mask's
+    centroid and second moments, ``(p - c)^T S^-1 (p - c) <= 4`` with S the pixel covariance, as a
+    uniform ellipse of semi-axes a, b has variances a^2/4, b^2/4) or ``box`` (its bounding box)."""
+    m = np.asarray(mask) > 0.5
+    ys, xs = np.nonzero(m)
+    out = np.zeros(m.shape, np.float32)
+    if len(ys) == 0:
+        return out
+    if kind == "box":
+        out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 1.0
+        return out
+    pts = np.stack([ys, xs], 1).astype(np.float64)
+    c = pts.mean(0)
+    cov = np.cov(pts.T, bias=True) + np.eye(2) / 12.0  # + the variance of one pixel: no degenerate lines
+    (a, b), (_, e) = np.linalg.inv(cov)
+    dy = np.arange(m.shape[0])[:, None] - c[0]
+    dx = np.arange(m.shape[1])[None, :] - c[1]
+    out[a * dy * dy + 2.0 * b * dy * dx + e * dx * dx <= 4.0] = 1.0
+    return out
+
+
+class RandCoarseOutlined(Randomizable, MapTransform):
+    """With probability ``prob``, the mask *channel* shows a coarse outline (moment ellipse or
+    bounding box, half the time each) instead of the traced one; ``mask`` itself is unchanged.
+
+    A model given the traced outline leans on its fine shape; users often supply a rough ellipse or
+    box, where such a model loses most of its accuracy. Seeing coarse outlines in training keeps the
+    image features in use."""
+
+    def __init__(self, prob: float):
+        MapTransform.__init__(self, keys=["mask"])
+        self.prob = prob
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.R.rand() < self.prob:
+            kind = "ellipse" if self.R.rand() < 0.5 else "box"
+            d["outline"] = coarse_outline(np.asarray(d["mask"])[0], kind)[None]
         return d
 
 
@@ -265,6 +311,8 @@ def random_transforms(aug: dict[str, Any], size: int) -> list:
         t.append(RandGaussianSmoothd(["image"], prob=aug["blur_prob"], sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)))
     if aug["noise_prob"] > 0:
         t.append(RandGaussianNoised(["image"], prob=aug["noise_prob"], std=aug["noise_std"]))
+    if aug.get("coarse_outline", 0) > 0:
+        t.append(RandCoarseOutlined(aug["coarse_outline"]))
     return t
 
 

@@ -72,11 +72,15 @@ def ablation(runs: dict[str, dict[str, Any]], reference: str = "fusion") -> dict
             "n_cases": len(oofs[n]),
         }
     tests = []
-    ref_p = np.array([float(oofs[reference][c]["probability"]) for c in common])
+    def score(o: dict[str, Any]) -> float:
+        # Runs written before `calibrated_logit` was stored have only probabilities, which may tie at 1.
+        return float(o["calibrated_logit"] if o.get("calibrated_logit") is not None else o["probability"])
+
+    ref_p = np.array([score(oofs[reference][c]) for c in common])
     for n in runs:
         if n == reference:
             continue
-        p = np.array([float(oofs[n][c]["probability"]) for c in common])
+        p = np.array([score(oofs[n][c]) for c in common])
         a1, a2, z, pv = delong_test(y, ref_p, p)
         tests.append({"a": reference, "b": n, "auc_a": a1, "auc_b": a2, "delta": a1 - a2, "z": z, "p_value": pv})
         models[n]["pooled_auc"] = a2

@@ -228,15 +228,16 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         c_test, test = _members_log_odds(members, [records[j] for j in te], dev)
         z_test = c_test @ weights + bias
         p_test = 1.0 / (1.0 + np.exp(-z_test))
-        rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot)
+        rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot, scores=z_test)
         member_auc = [roc_auc(test["label"], c_test[:, j]) for j in range(len(members))]
         log.info("fold %d/%d: weights %s, bias %.3f; held-out AUC %.4f (members %s)", i + 1, k,
                  np.round(weights, 3).tolist(), bias, rep["auc"], np.round(member_auc, 4).tolist())
-        metrics = {"val_auc": roc_auc(val["label"], p_val), "test": rep, "member_test_auc": member_auc}
+        metrics = {"val_auc": roc_auc(val["label"], z_val), "test": rep, "member_test_auc": member_auc}
         save_checkpoint(out / f"fold{i}" / "best.pt",
                         ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths]))
         per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
-        oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "probability": float(p)}
+        oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
+                 "probability": float(p)}
                 for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
     cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
            "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}

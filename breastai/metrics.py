@@ -395,6 +395,7 @@ def evaluation_report(
     alpha: float = 0.05,
     n_bins: int = 10,
     seed: int = 0,
+    scores: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """All headline metrics of one set of probabilities, as a flat JSON-friendly dict.
 
@@ -405,6 +406,9 @@ def evaluation_report(
             which is optimistic: prefer a threshold fixed on validation data.
         n_boot, alpha, seed: bootstrap CI of the AUC.
         n_bins: bins of the ECE.
+        scores: what the AUC and its CI rank (default ``p``); pass the log-odds that ``p`` came
+            from: a sharp model's probabilities round to exactly 0 or 1 in float64 (|logit| > 37)
+            and tie, which lowers the AUC of a ranking the log-odds still hold.
 
     Returns:
         auc, auc_ci_low, auc_ci_high, ci_level, sensitivity, specificity,
@@ -415,9 +419,10 @@ def evaluation_report(
     source = "given"
     if threshold is None:
         threshold, source = choose_threshold(y, p, "youden"), "youden_on_these_data"
-    low, high = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed)
+    r = p if scores is None else check_scores(y, scores)[1]
+    low, high = bootstrap_auc_ci(y, r, n_boot=n_boot, alpha=alpha, seed=seed)
     report: dict[str, Any] = {
-        "auc": roc_auc(y, p),
+        "auc": roc_auc(y, r),
         "auc_ci_low": low,
         "auc_ci_high": high,
         "ci_level": 1 - alpha,

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from . import distributed as dist
-from .calibration import apply_temperature, calibrated_probability, fit_temperature
+from .calibration import apply_temperature, calibrated_logit, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import dump_config, split_seed
 from .data.datalist import atomic_write_csv, atomic_write_text
@@ -325,11 +325,12 @@ def score_part(pred: dict[str, np.ndarray], state: dict[str, Any], n_boot: int) 
     ``pred`` is :func:`breastai.engine.predict_loader` output; ``state`` a checkpoint (its
     calibration and operating threshold are applied).
     """
-    probs = calibrated_probability(pred["logit"], state)
-    rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=n_boot)
+    z_cal = calibrated_logit(pred["logit"], state)
+    probs = apply_temperature(z_cal, 1.0)
+    rep = evaluation_report(pred["label"], probs, state["threshold"], n_boot=n_boot, scores=z_cal)
     rep["ece_uncalibrated"] = ece(pred["label"], apply_temperature(pred["logit"], 1.0))
-    rows = [{"case_id": str(c), "label": int(y), "logit": float(z), "probability": float(p)}
-            for c, y, z, p in zip(pred["case_id"], pred["label"], pred["logit"], probs)]
+    rows = [{"case_id": str(c), "label": int(y), "logit": float(z), "calibrated_logit": float(zc), "probability": float(p)}
+            for c, y, z, zc, p in zip(pred["case_id"], pred["label"], pred["logit"], z_cal, probs)]
     return probs, rep, rows
 
 
@@ -426,17 +427,21 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
     """Per-fold metrics, mean ± sd, pooled out-of-fold AUC and predictions; written to
     ``run_dir/cv_summary.json`` and ``oof_predictions.csv`` unless ``run_dir`` is None."""
     y = np.array([p["label"] for p in oof])
-    pr = np.array([p["probability"] for p in oof])
+    # Calibrated log-odds share one scale across folds and, unlike float probabilities, never tie at 0 or 1.
+    # (A fold finished before the column existed, then resumed, has only probabilities.)
+    key = "calibrated_logit" if all("calibrated_logit" in p for p in oof) else "probability"
+    pooled = np.array([p[key] for p in oof])
     summary = {
         "folds": per_fold,
         "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
-        "pooled_oof_auc": roc_auc(y, pr),
+        "pooled_oof_auc": roc_auc(y, pooled),
         "oof_predictions": oof,
         "config": cfg,
     }
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "probability"], oof,
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "calibrated_logit",
+                                                                         "probability"], oof,
                          exact=True)
     return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -176,3 +177,24 @@ def test_oof_csv_keeps_the_ranking_of_confident_predictions(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "oof_predictions.csv")))
     assert [float(r["probability"]) for r in rows] == probs
     assert roc_auc([int(r["label"]) for r in rows], [float(r["probability"]) for r in rows]) == s["pooled_oof_auc"]
+
+
+def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
+    """A sharp temperature (T = 0.06 was fitted on a separable BUSI validation part) rounds
+    probabilities to exactly 1.0 in float64; ranked by them, a negative ties with the positives."""
+    import csv
+
+    from breastai.metrics import roc_auc
+    from breastai.training import cv_summary, score_part
+
+    logit = np.array([-3.0, 2.5, 3.0, 4.0, 5.0])
+    label = np.array([0, 1, 0, 1, 1])
+    state = {"temperature": 0.05, "logit_offset": 0.0, "threshold": 0.5}
+    pred = {"logit": logit, "label": label, "case_id": np.array([f"c{i}" for i in range(5)])}
+    probs, rep, rows = score_part(pred, state, n_boot=50)
+    assert np.all(probs[1:] == 1.0) and roc_auc(label, probs) == pytest.approx(4.5 / 6)
+    assert rep["auc"] == pytest.approx(5 / 6)  # the negative at 3.0 outranks only the positive at 2.5
+    s = cv_summary([rep], [{**r, "fold": 0} for r in rows], {}, tmp_path)
+    assert s["pooled_oof_auc"] == pytest.approx(5 / 6)
+    on_disk = list(csv.DictReader(open(tmp_path / "oof_predictions.csv")))
+    assert [float(r["calibrated_logit"]) for r in on_disk] == pytest.approx(list(logit / 0.05))

@@ -9,7 +9,10 @@ all held-out cases, next to the ECE a perfectly calibrated model would show at t
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/calibration_cv.py --cv-run checkpoints/busi_crop_cv [--out calib.json]
+    PYTHONPATH=. python benchmarks/calibration_cv.py --cv-run checkpoints/busi_crop_cv [--targets platt|hard] [--out calib.json]
+
+``--targets`` picks the temperature fit's targets (:func:`breastai.calibration.fit_temperature`);
+``saturated`` counts held-out probabilities that are exactly 0 or 1 in float64.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.calibration import apply_temperature, fit_temperature  # noqa: E402
+from breastai.calibration import TARGETS, apply_temperature, fit_temperature  # noqa: E402
 from breastai.checkpoint import load_checkpoint  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.metrics import ece, ece_noise_floor, summarise_folds  # noqa: E402
@@ -37,6 +40,7 @@ VARIANTS = ("ece_raw", "ece_temperature_only", "ece_offset_temperature")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cv-run", required=True, type=Path)
+    ap.add_argument("--targets", choices=TARGETS, default="hard", help="targets of the temperature fit (default hard)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -54,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
         zv, yv = logits(va)
         zt, yt = logits(test_idx)
-        t_only = fit_temperature(zv, yv)
-        t_off = fit_temperature(zv - offset, yv)
+        t_only = fit_temperature(zv, yv, targets=args.targets)
+        t_off = fit_temperature(zv - offset, yv, targets=args.targets)
         probs = {"ece_raw": apply_temperature(zt, 1.0), "ece_temperature_only": apply_temperature(zt, t_only),
                  "ece_offset_temperature": apply_temperature(zt - offset, t_off)}
         row = {"fold": i, "offset": offset, "temperature": t_off, **{k: ece(yt, p) for k, p in probs.items()},
-               "ece_floor_mean": ece_noise_floor(probs["ece_offset_temperature"])["mean"]}
+               "ece_floor_mean": ece_noise_floor(probs["ece_offset_temperature"])["mean"],
+               "saturated": int(np.isin(probs["ece_offset_temperature"], (0.0, 1.0)).sum())}
         rows.append(row)
         pooled["y"].extend(yt.tolist())
         for k, p in probs.items():

@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "threshold_method": "youden",
         "bootstrap": 2000,
         "calibrate": True,
+        "calibration_targets": "hard",  # hard | platt: Platt's targets keep T finite on separable validation data
         # Score an image as the mean logit of itself and its left-right mirror, wherever a score is
         # made (validation and epoch selection, held-out parts, evaluate, predict).
         "flip_average": False,
@@ -209,6 +210,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("preprocess.size must be at least 32")
     if cfg["train"]["class_balance"] not in ("weighted_loss", "sampler", "none"):
         raise ConfigError("train.class_balance must be weighted_loss, sampler or none")
+    if cfg["eval"]["calibration_targets"] not in ("platt", "hard"):
+        raise ConfigError(f"eval.calibration_targets must be platt or hard, got {cfg['eval']['calibration_targets']!r}")
     if len(cfg["data"]["classes"]) != 2:
         raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
 

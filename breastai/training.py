@@ -268,7 +268,8 @@ def fit(
                 epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "", lr, time.time() - t0,
             )
             if improved:
-                temperature = fit_temperature(val["logit"] - offset, val["label"]) if cfg["eval"]["calibrate"] else 1.0
+                temperature = fit_temperature(val["logit"] - offset, val["label"],
+                                              targets=cfg["eval"]["calibration_targets"]) if cfg["eval"]["calibrate"] else 1.0
                 probs = calibrated_probability(val["logit"], {"temperature": temperature, "logit_offset": offset})
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}

@@ -23,3 +23,32 @@ def test_prior_offset_removes_class_weighting_bias():
 def test_calibrated_probability_defaults():
     z = np.array([-1.0, 0.0, 2.0])
     assert np.allclose(calibrated_probability(z, {}), 1 / (1 + np.exp(-z)))
+
+
+def test_platt_targets_keep_the_temperature_finite_on_separable_data():
+    # 25 malignant and 48 benign validation images that the model separates perfectly: the plain
+    # NLL fit runs towards T = 0 (probabilities of exactly 0 and 1 for confident cases).
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.uniform(1, 12, 25), rng.uniform(-12, -1, 48)])
+    y = np.r_[np.ones(25), np.zeros(48)].astype(int)
+    assert fit_temperature(z, y) < 0.15
+    t = fit_temperature(z, y, targets="platt")
+    p = apply_temperature(z, t)
+    assert t > 0.5
+    # The most confident cases sit near Platt's targets 26/27 and 1/50, not at 0 and 1.
+    assert 0.9 < p.max() < 0.9999 and 1e-4 < p.min() < 0.1
+
+
+def test_platt_targets_agree_with_plain_fit_when_data_are_plentiful():
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 3, 5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-z / 2.0))).astype(int)  # true T = 2
+    t_hard, t_platt = fit_temperature(z, y), fit_temperature(z, y, targets="platt")
+    assert abs(t_hard - 2.0) < 0.15 and abs(t_platt - t_hard) < 0.01
+
+
+def test_unknown_targets_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="platt"):
+        fit_temperature(np.array([0.0, 1.0]), np.array([0, 1]), targets="soft")

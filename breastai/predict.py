@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .data.io import IMAGE_SUFFIXES, ImageReadError, image_suffix, load_image
+from .data.io import IMAGE_SUFFIXES, ImageReadError, LesionBox, image_suffix, load_image
 from .engine import mirror_average
 from .saliency import METHODS, SaliencyExplainer, check_upsampling, map_to_original, normalise_map
 
@@ -75,7 +75,8 @@ def expand_inputs(
 
     Args:
         inputs: one input or a list; a path, a folder, a datalist or a numpy array.
-        masks: one mask (path, list of paths or array) per resulting image, in order.
+        masks: one mask (path, list of paths, array or :class:`~breastai.data.io.LesionBox`)
+            per resulting image, in order.
         find_masks: pair images found in folders or given as files with BUSI-style sibling
             ``<stem>_mask*.png`` files.
 
@@ -114,7 +115,7 @@ def expand_inputs(
         if len(masks) != len(items):
             raise ValueError(f"{len(masks)} mask(s) given for {len(items)} image(s); give one mask per image, in order")
         for it, m in zip(items, masks):
-            it.mask = m if isinstance(m, (np.ndarray, list)) or m is None else [str(m)]
+            it.mask = m if isinstance(m, (np.ndarray, list, LesionBox)) or m is None else [str(m)]
     return items, notes
 
 
@@ -242,7 +243,8 @@ class Predictor:
 
         Args:
             inputs: paths, folders, datalists or numpy arrays (2D grey or HxWx3), or a list.
-            masks: one mask per image (path, list of paths, array or None), in order.
+            masks: one mask per image (path, list of paths, array,
+                :class:`~breastai.data.io.LesionBox` or None), in order.
             saliency: ``gradcam``, ``gradcam++``, ``occlusion`` or ``none``.
             tta: number of test-time augmentations for ``uncertainty`` (0 disables).
             keep_identifiers: DICOM ``id`` = file name (plus ``patient_id``) instead of the UID hash.

@@ -135,8 +135,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from .data.io import LesionBox
+
+    if args.mask and args.box:
+        print("breastai predict: error: give either --mask or --box, not both", file=sys.stderr)
+        return 2
     try:
-        records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=args.mask or None,
+        masks = [LesionBox.parse(b) for b in args.box] if args.box else args.mask or None
+    except ValueError as exc:
+        print(f"breastai predict: error: --{exc}", file=sys.stderr)
+        return 2
+    try:
+        records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=masks,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
                                    saliency_upsample=args.saliency_upsample)
@@ -173,6 +183,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mask", action="append", metavar="M",
                    help="lesion mask for an image; repeat once per image, in input order (needed by crop-mode checkpoints)")
+    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
+                   help="the lesion's bounding box instead of a mask (pixel columns X0..X1 and rows Y0..Y1, inclusive, "
+                   "of the image as stored); repeat once per image, in input order")
     p.add_argument("--find-masks", action="store_true", help="use BUSI-style sibling <name>_mask*.png files as masks")
     from .saliency import METHODS, UPSAMPLING
 

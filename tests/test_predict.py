@@ -323,3 +323,50 @@ def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, 
     assert box.min_fraction == 0.0
     a, b = pred.predict([sample[0]], masks=[sample[1]])[0], Predictor(state, device="cpu").predict([sample[0]], masks=[sample[1]])[0]
     assert a["error"] is None and a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
+    from breastai.data.io import LesionBox
+
+    state = load_checkpoint(ckpt)
+    state["config"]["preprocess"]["mode"] = "crop"
+    p = Predictor(state, device="cpu")
+    m = np.asarray(Image.open(sample[1]).convert("L")) > 0
+    ys, xs = np.nonzero(m)
+    box = LesionBox(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    filled = np.zeros_like(m)
+    filled[box.y0:box.y1 + 1, box.x0:box.x1 + 1] = True
+    Image.fromarray(filled.astype(np.uint8) * 255).save(tmp_path / "box_mask.png")
+    as_box, as_png = p.predict([sample[0], sample[0]], masks=[box, str(tmp_path / "box_mask.png")])
+    assert as_box["error"] is None and as_box["has_mask"]
+    assert as_box["probability"] == pytest.approx(as_png["probability"], abs=1e-7)
+    # From the command line; a box outside the image fails that image only.
+    ckpt_crop = tmp_path / "crop.pt"
+    torch.save(state, ckpt_crop)
+    spec = f"{box.x0},{box.y0},{box.x1},{box.y1}"
+    assert _cli(["predict", "--checkpoint", str(ckpt_crop), str(sample[0]), str(sample[0]), "--box", spec,
+                 "--box", "5000,5000,5010,5010", "--out", str(tmp_path / "o"), "--saliency", "none"]) == 1
+    rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
+    assert float(rows[0]["probability"]) == pytest.approx(as_box["probability"], abs=1e-6)
+    assert "lies outside the image" in rows[1]["error"] and str(sample[0]) in rows[1]["error"]
+    capsys.readouterr()
+    for bad, msg in ((["--box", "1,2,3"], "four integers"), (["--box", "9,2,3,4"], "X1 must be >= X0"),
+                     (["--box", spec, "--mask", str(sample[1])], "either --mask or --box")):
+        assert _cli(["predict", "--checkpoint", str(ckpt_crop), str(sample[0]), *bad, "--out", str(tmp_path / "o2")]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_a_box_follows_the_reader_crop_and_flip():
+    from breastai.data.io import ImageReadError, LesionBox
+    from breastai.data.mammo import undo_geometry
+
+    # Stored image 30 x 60; the reader kept rows 5..14 and columns 30..49, then mirrored them.
+    meta = {"crop_box": [5, 15, 30, 50], "flipped_lr": True, "rows": 30, "cols": 60}
+    mask = LesionBox(32, 6, 35, 8).to_mask((10, 20), meta)
+    assert mask.sum() == 4 * 3 and mask[1:4, 14:18].all()
+    back = undo_geometry(mask.astype(np.float32), meta) > 0.5
+    expected = np.zeros((30, 60), bool)
+    expected[6:9, 32:36] = True
+    np.testing.assert_array_equal(back, expected)
+    with pytest.raises(ImageReadError, match="outside the part the reader kept"):
+        LesionBox(0, 0, 20, 4).to_mask((10, 20), meta, "x.dcm")

@@ -19,6 +19,7 @@ __all__ = [
     "register_reader",
     "load_image",
     "load_mask",
+    "LesionBox",
     "IMAGE_SUFFIXES",
     "image_suffix",
     "to_grey",
@@ -180,3 +181,58 @@ def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None) -> n
     if shape is not None and tuple(out.shape) != tuple(shape):
         raise ImageReadError(f"{paths[0]}: mask shape {tuple(out.shape)} does not match image shape {tuple(shape)}")
     return out
+
+
+@dataclass(frozen=True)
+class LesionBox:
+    """A lesion given by its bounding box instead of a traced mask.
+
+    ``x0 <= x <= x1`` (columns) and ``y0 <= y <= y1`` (rows), inclusive, in pixels of the image
+    as stored (for DICOM: the original pixel grid, before any breast crop or flip by the reader).
+    A crop-mode model trained with coarse outlines (``augment.coarse_outline``) reads it as it
+    saw boxes in training; one trained on traced outlines only loses much of its accuracy.
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @classmethod
+    def parse(cls, text: str) -> "LesionBox":
+        """``"X0,Y0,X1,Y1"`` -> box.
+
+        Raises:
+            ValueError: not four integers, or a corner after the opposite one.
+        """
+        parts = [p.strip() for p in str(text).split(",")]
+        try:
+            x0, y0, x1, y1 = (int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"box {text!r}: expected four integers X0,Y0,X1,Y1 (pixels, inclusive)") from None
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"box {text!r}: X1 must be >= X0 and Y1 >= Y0")
+        return cls(x0, y0, x1, y1)
+
+    def to_mask(self, shape: tuple[int, int], meta: dict[str, Any] | None = None, source: str = "image") -> np.ndarray:
+        """The filled box as a boolean mask on the reader's grid of ``shape``.
+
+        ``meta`` is the reader's metadata: its ``crop_box`` ``(r0, r1, c0, c1)`` and
+        ``flipped_lr`` move the box from the stored grid onto the grid the reader returned.
+
+        Raises:
+            ImageReadError: the box lies outside the image (or outside the reader's crop).
+        """
+        meta = meta or {}
+        r0, _, c0, _ = meta.get("crop_box") or (0, 0, 0, 0)
+        rows = (max(self.y0 - r0, 0), min(self.y1 - r0 + 1, shape[0]))
+        cols = (max(self.x0 - c0, 0), min(self.x1 - c0 + 1, shape[1]))
+        if rows[0] >= rows[1] or cols[0] >= cols[1]:
+            where = " or outside the part the reader kept" if meta.get("crop_box") is not None else ""
+            raise ImageReadError(f"{source}: box {self.x0},{self.y0},{self.x1},{self.y1} lies outside the image "
+                                 f"({shape[1]} x {shape[0]} pixels{where})")
+        if meta.get("flipped_lr"):
+            cols = (shape[1] - cols[1], shape[1] - cols[0])
+        mask = np.zeros(shape, dtype=bool)
+        mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+        return mask

@@ -28,7 +28,7 @@ from monai.transforms import (
     Randomizable,
 )
 
-from .io import ImageReadError, load_image, load_mask, to_grey
+from .io import ImageReadError, LesionBox, load_image, load_mask, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -74,7 +74,9 @@ class LoadSampled(MapTransform):
         if not np.isfinite(img).all():
             img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
         m = d.get("mask")
-        if isinstance(m, np.ndarray) or torch.is_tensor(m):
+        if isinstance(m, LesionBox):
+            mask = m.to_mask(img.shape, meta, d["source"])
+        elif isinstance(m, np.ndarray) or torch.is_tensor(m):
             mask = np.asarray(m) > 0
             if mask.shape != img.shape:
                 raise ImageReadError(f"{d['source']}: mask shape {mask.shape} does not match image shape {img.shape}")

@@ -14,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import CHOICES
+
 __all__ = ["TARGETS", "fit_temperature", "apply_temperature", "calibrated_logit", "calibrated_probability"]
 
 
-TARGETS = ("platt", "hard")
+TARGETS = CHOICES["eval.calibration_targets"]  # ("hard", "platt")
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200, targets: str = "hard") -> float:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing", "split_seed"]
+__all__ = ["DEFAULTS", "CHOICES", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing", "split_seed"]
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -200,18 +200,26 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return cfg
 
 
+# Settings that take one of a few words; other modules import their tuple from here, so the
+# config check and the code that acts on the word cannot disagree.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "preprocess.mode": ("whole", "crop"),
+    "preprocess.normalize": ("percentile", "zscore", "minmax"),
+    "train.class_balance": ("weighted_loss", "sampler", "none"),
+    "model.mask_init": ("zero", "grey"),
+    "eval.calibration_targets": ("hard", "platt"),
+}
+
+
 def _validate(cfg: dict[str, Any]) -> None:
-    pre = cfg["preprocess"]
-    if pre["mode"] not in ("whole", "crop"):
-        raise ConfigError(f"preprocess.mode must be 'whole' or 'crop', got {pre['mode']!r}")
-    if pre["normalize"] not in ("percentile", "zscore", "minmax"):
-        raise ConfigError(f"preprocess.normalize must be percentile, zscore or minmax, got {pre['normalize']!r}")
-    if int(pre["size"]) < 32:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if cfg[section][name] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg[section][name]!r}")
+    if int(cfg["preprocess"]["size"]) < 32:
         raise ConfigError("preprocess.size must be at least 32")
-    if cfg["train"]["class_balance"] not in ("weighted_loss", "sampler", "none"):
-        raise ConfigError("train.class_balance must be weighted_loss, sampler or none")
-    if cfg["eval"]["calibration_targets"] not in ("platt", "hard"):
-        raise ConfigError(f"eval.calibration_targets must be platt or hard, got {cfg['eval']['calibration_targets']!r}")
+    if not 0.0 <= float(cfg["augment"]["coarse_outline"]) <= 1.0:
+        raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
     if len(cfg["data"]["classes"]) != 2:
         raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
 

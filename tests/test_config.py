@@ -37,7 +37,10 @@ def test_relative_datalist_resolves_against_config_folder(tmp_path: Path):
         ("trian:\n  lr: 1\n", [], "unknown config key 'trian'"),
         ("", ["train.nope=1"], "unknown config key 'train.nope'"),
         ("", ["train.lr"], "not of the form key=value"),
-        ("", ["preprocess.mode=sideways"], "preprocess.mode"),
+        ("", ["preprocess.mode=sideways"], "preprocess.mode must be one of whole, crop, got 'sideways'"),
+        ("", ["model.mask_init=blue"], "model.mask_init must be one of zero, grey"),
+        ("", ["eval.calibration_targets=soft"], "eval.calibration_targets must be one of hard, platt"),
+        ("", ["augment.coarse_outline=1.5"], r"augment.coarse_outline is a probability in \[0, 1\]"),
         ("- a\n", [], "top level must be a mapping"),
     ],
 )
@@ -73,3 +76,15 @@ def test_fill_missing_adds_only_absent_keys_of_present_sections():
     assert out["data"]["val_fraction"] == DEFAULTS["data"]["val_fraction"]
     assert "eval" not in out and "flip_average" not in saved.get("eval", {})  # no section invented, input untouched
     assert "min_crop_fraction" not in saved["preprocess"]
+
+
+def test_choices_are_what_the_code_accepts():
+    from breastai.calibration import TARGETS, fit_temperature
+    from breastai.models import MASK_INITS, create_model
+    from breastai.config import CHOICES
+
+    assert MASK_INITS == CHOICES["model.mask_init"] and TARGETS == CHOICES["eval.calibration_targets"]
+    for t in TARGETS:  # every word the config admits runs
+        assert fit_temperature([-2.0, -1.0, 1.0, 2.5], [0, 0, 1, 1], targets=t) > 0
+    for m in MASK_INITS:
+        assert create_model("resnet18", in_chans=2, mask_init=m) is not None

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..config import CHOICES
+
 __all__ = ["Classifier", "ModelSpec", "MODELS", "MASK_INITS", "create_model", "register_model", "list_models"]
 
 # Grey-level mean/std of ImageNet (luma of the RGB statistics).
@@ -195,7 +197,7 @@ register_model(
 )
 
 
-MASK_INITS = ("zero", "grey")
+MASK_INITS = CHOICES["model.mask_init"]  # ("zero", "grey")
 
 
 def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, output_stride: int = 32,

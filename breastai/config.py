@@ -200,8 +200,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return cfg
 
 
-# Settings that take one of a few words; other modules import their tuple from here, so the
-# config check and the code that acts on the word cannot disagree.
+# Settings that take one of a few words. Modules that check a word themselves too (calibration's
+# TARGETS, models' MASK_INITS) take their tuple from here, so the two checks cannot disagree.
 CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess.mode": ("whole", "crop"),
     "preprocess.normalize": ("percentile", "zscore", "minmax"),

@@ -248,7 +248,8 @@ class Predictor:
             saliency: ``gradcam``, ``gradcam++``, ``occlusion`` or ``none``.
             tta: number of test-time augmentations for ``uncertainty`` (0 disables).
             keep_identifiers: DICOM ``id`` = file name (plus ``patient_id``) instead of the UID hash.
-            return_maps: add ``saliency_map`` (original geometry) and ``image`` (for overlays).
+            return_maps: add ``saliency_map``, ``image`` (for overlays) and ``lesion_mask`` (the
+                mask or box the model was given, None without one), all in the original geometry.
             find_masks: use BUSI-style sibling ``<stem>_mask*.png`` files as masks.
             map_writer: callable ``(index, record, map, image, mask) -> (png, npy)`` that stores
                 the maps (used by :func:`breastai.predict_cli.run_predict`).
@@ -270,7 +271,7 @@ class Predictor:
                 except OSError as exc:
                     rec["error"] = f"{item.source}: cannot write saliency files ({exc})"
             if return_maps and arrays is not None:
-                rec["saliency_map"], rec["image"] = arrays[0], arrays[1]
+                rec["saliency_map"], rec["image"], rec["lesion_mask"] = arrays
             records.append({k: v for k, v in rec.items() if not k.startswith("_")})
         return records
 
@@ -318,7 +319,8 @@ class Predictor:
             if self.crop_mode and not item.mask:
                 raise ImageReadError(f"{item.source}: this checkpoint classifies lesion crops (preprocess.mode=crop): "
                                      "a lesion mask is needed for this image (--mask, or a datalist with masks)")
-            d: dict[str, Any] = {"image": img, "mask": item.mask, "case_id": rec["id"], "source": item.source}
+            d: dict[str, Any] = {"image": img, "reader_meta": meta, "mask": item.mask, "case_id": rec["id"],
+                                 "source": item.source}
             full = full_mask = None
             for step in self._steps:  # step by step: MONAI's Compose would wrap the specific errors
                 d = step(d)

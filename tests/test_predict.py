@@ -356,6 +356,49 @@ def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
+def test_masks_and_boxes_drawn_on_the_stored_image_follow_the_readers_crop_and_flip(ckpt, sample, tmp_path):
+    """A DICOM mammogram is cropped to the breast and mirrored by its reader; the user's mask or box
+    is drawn on the image as stored and must land on the same lesion in the reader's grid."""
+    from breastai.data import io
+    from breastai.data.io import LesionBox
+
+    state = load_checkpoint(ckpt)
+    state["config"]["preprocess"]["mode"] = "crop"
+    p = Predictor(state, device="cpu")
+    arr = np.asarray(Image.open(sample[0]).convert("L")).astype(np.float32)
+    m = np.asarray(Image.open(sample[1]).convert("L")) > 0
+    h, w = arr.shape
+    rows, cols = h + 20, w + 30
+    stored_mask = np.zeros((rows, cols), bool)
+    stored_mask[5:5 + h, 30:30 + w] = m[:, ::-1]  # the reader keeps rows 5.., columns 30.. and mirrors them
+    Image.fromarray(stored_mask.astype(np.uint8) * 255).save(tmp_path / "stored_mask.png")
+
+    def read(path, **_):
+        return arr.copy(), {"crop_box": [5, 5 + h, 30, 30 + w], "flipped_lr": True, "rows": rows, "cols": cols}
+
+    ys, xs = np.nonzero(m)
+    sy, sx = np.nonzero(stored_mask)
+    io.register_reader("test_cropflip", lambda q: q.suffix == ".cfl", read, first=True)
+    try:
+        f = tmp_path / "x.cfl"
+        f.write_bytes(b"x")
+        ref_mask, ref_box = p.predict([sample[0], sample[0]], masks=[str(sample[1]),
+                                      LesionBox(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))])
+        got_mask, got_box = p.predict([f, f], masks=[str(tmp_path / "stored_mask.png"),
+                                      LesionBox(int(sx.min()), int(sy.min()), int(sx.max()), int(sy.max()))],
+                                      saliency="gradcam", return_maps=True)
+    finally:
+        io._READERS[:] = [r for r in io._READERS if r.name != "test_cropflip"]
+    assert got_mask["error"] is None and got_box["error"] is None
+    assert got_mask["probability"] == pytest.approx(ref_mask["probability"], abs=1e-6)
+    assert got_box["probability"] == pytest.approx(ref_box["probability"], abs=1e-6)
+    # Mapped back, the model's lesion is where the user drew it on the stored image.
+    np.testing.assert_array_equal(got_mask["lesion_mask"], stored_mask)
+    stored_box = np.zeros_like(stored_mask)
+    stored_box[sy.min():sy.max() + 1, sx.min():sx.max() + 1] = True
+    np.testing.assert_array_equal(got_box["lesion_mask"], stored_box)
+
+
 def test_a_box_follows_the_reader_crop_and_flip():
     from breastai.data.io import ImageReadError, LesionBox
     from breastai.data.mammo import undo_geometry
@@ -370,3 +413,19 @@ def test_a_box_follows_the_reader_crop_and_flip():
     np.testing.assert_array_equal(back, expected)
     with pytest.raises(ImageReadError, match="outside the part the reader kept"):
         LesionBox(0, 0, 20, 4).to_mask((10, 20), meta, "x.dcm")
+
+
+def test_mask_on_reader_grid_moves_stored_masks_and_names_misfits():
+    from breastai.data.io import ImageReadError, mask_on_reader_grid
+
+    m = np.zeros((4, 6), bool)
+    m[1, 0] = True
+    # Mirrored without a crop: same size both ways, and a mask is drawn on the stored image.
+    np.testing.assert_array_equal(mask_on_reader_grid(m, (4, 6), {"flipped_lr": True, "rows": 4, "cols": 6}), m[:, ::-1])
+    # Cropped: a stored-size mask is cut like the image, a reader-size one is taken as is.
+    meta = {"crop_box": [1, 3, 0, 3], "flipped_lr": False, "rows": 4, "cols": 6}
+    np.testing.assert_array_equal(mask_on_reader_grid(m, (2, 3), meta), m[1:3, 0:3])
+    np.testing.assert_array_equal(mask_on_reader_grid(m[1:3, 0:3], (2, 3), meta), m[1:3, 0:3])
+    np.testing.assert_array_equal(mask_on_reader_grid(m, (4, 6), {}), m)  # a plain image: nothing moves
+    with pytest.raises(ImageReadError, match=r"m.png: mask shape \(5, 5\) does not match image shape \(2, 3\) \(stored \(4, 6\)\)"):
+        mask_on_reader_grid(np.ones((5, 5)), (2, 3), meta, "m.png")

@@ -20,6 +20,8 @@ __all__ = [
     "load_image",
     "load_mask",
     "LesionBox",
+    "mask_on_reader_grid",
+    "stored_shape",
     "IMAGE_SUFFIXES",
     "image_suffix",
     "to_grey",
@@ -156,13 +158,16 @@ def load_image(
     return arr, meta
 
 
-def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None,
+              meta: dict[str, Any] | None = None) -> np.ndarray:
     """Union of one or more mask files as a boolean array.
 
-    Any non-zero pixel is foreground; for RGBA masks colour or alpha count alike.
+    Any non-zero pixel is foreground; for RGBA masks colour or alpha count alike. With ``shape``
+    (the grid the image reader returned) and the reader's ``meta``, the mask is moved onto that
+    grid by :func:`mask_on_reader_grid`.
 
     Raises:
-        ImageReadError: unreadable mask, or a mask whose size differs from ``shape``.
+        ImageReadError: unreadable mask, or a mask that fits neither ``shape`` nor the stored image.
     """
     if isinstance(paths, (str, Path)):
         paths = [str(paths)]
@@ -178,9 +183,7 @@ def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None) -> n
             out |= m
     if out is None:
         raise ImageReadError("no mask file given")
-    if shape is not None and tuple(out.shape) != tuple(shape):
-        raise ImageReadError(f"{paths[0]}: mask shape {tuple(out.shape)} does not match image shape {tuple(shape)}")
-    return out
+    return out if shape is None else mask_on_reader_grid(out, shape, meta, paths[0])
 
 
 @dataclass(frozen=True)
@@ -217,22 +220,52 @@ class LesionBox:
     def to_mask(self, shape: tuple[int, int], meta: dict[str, Any] | None = None, source: str = "image") -> np.ndarray:
         """The filled box as a boolean mask on the reader's grid of ``shape``.
 
-        ``meta`` is the reader's metadata: its ``crop_box`` ``(r0, r1, c0, c1)`` and
-        ``flipped_lr`` move the box from the stored grid onto the grid the reader returned.
+        The box is drawn on the stored image (``meta``'s ``rows`` x ``cols`` where the reader
+        reports them, else ``shape``) and moved like any mask by :func:`mask_on_reader_grid`.
 
         Raises:
             ImageReadError: the box lies outside the image (or outside the reader's crop).
         """
         meta = meta or {}
-        r0, _, c0, _ = meta.get("crop_box") or (0, 0, 0, 0)
-        rows = (max(self.y0 - r0, 0), min(self.y1 - r0 + 1, shape[0]))
-        cols = (max(self.x0 - c0, 0), min(self.x1 - c0 + 1, shape[1]))
-        if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        stored = stored_shape(shape, meta)
+        mask = np.zeros(stored, dtype=bool)
+        mask[max(self.y0, 0):max(self.y1 + 1, 0), max(self.x0, 0):max(self.x1 + 1, 0)] = True
+        mask = mask_on_reader_grid(mask, shape, meta, source)
+        if not mask.any():
             where = " or outside the part the reader kept" if meta.get("crop_box") is not None else ""
             raise ImageReadError(f"{source}: box {self.x0},{self.y0},{self.x1},{self.y1} lies outside the image "
-                                 f"({shape[1]} x {shape[0]} pixels{where})")
-        if meta.get("flipped_lr"):
-            cols = (shape[1] - cols[1], shape[1] - cols[0])
-        mask = np.zeros(shape, dtype=bool)
-        mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+                                 f"({stored[1]} x {stored[0]} pixels{where})")
         return mask
+
+
+def stored_shape(shape: tuple[int, int], meta: dict[str, Any]) -> tuple[int, int]:
+    """(rows, cols) of the image as stored: the reader's ``rows``/``cols`` if it reports them
+    (DICOM), else ``shape``, the grid it returned."""
+    if "rows" in meta and "cols" in meta:
+        return int(meta["rows"]), int(meta["cols"])
+    return tuple(int(v) for v in shape)
+
+
+def mask_on_reader_grid(mask: np.ndarray, shape: tuple[int, int], meta: dict[str, Any] | None = None,
+                        source: str = "mask") -> np.ndarray:
+    """A boolean lesion mask on the grid of the image the reader returned (``shape``).
+
+    Masks are drawn on the image as stored. Where the reader cropped or mirrored it (DICOM
+    mammograms: breast crop, chest wall to the left), a mask of the stored size is moved the same
+    way (:func:`breastai.data.mammo.to_reader_grid`); one already of the returned size is taken as is.
+
+    Raises:
+        ImageReadError: the mask fits neither size (``source`` names the mask).
+    """
+    meta = meta or {}
+    mask = np.asarray(mask) > 0
+    stored = stored_shape(shape, meta)
+    moved = meta.get("crop_box") is not None or bool(meta.get("flipped_lr"))
+    if moved and mask.shape == stored:
+        from .mammo import to_reader_grid
+
+        return to_reader_grid(mask, meta)
+    if mask.shape == tuple(shape):
+        return mask
+    sizes = f"image shape {tuple(shape)}" + (f" (stored {stored})" if stored != tuple(shape) else "")
+    raise ImageReadError(f"{source}: mask shape {mask.shape} does not match {sizes}")

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "to_reader_grid",
     "otsu_threshold",
     "breast_mask",
     "breast_box",
@@ -194,3 +195,20 @@ def undo_geometry(map2d: np.ndarray, image: Any, fill: float = 0.0) -> np.ndarra
     out = np.full(orig, fill, dtype=np.float32)
     out[r0:r1, c0:c1] = arr
     return out
+
+
+def to_reader_grid(arr: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """Move a (rows, cols) array on the original pixel grid onto the grid the reader returned.
+
+    The inverse of :func:`undo_geometry` at full resolution: keep the reader's ``crop_box``
+    ``(r0, r1, c0, c1)``, then mirror if ``flipped_lr``. Used for masks and boxes, which a user
+    draws on the image as stored (what a DICOM viewer shows).
+    """
+    out = np.asarray(arr)
+    box = meta.get("crop_box")
+    if box is not None:
+        r0, r1, c0, c1 = (int(v) for v in box)
+        out = out[r0:r1, c0:c1]
+    if meta.get("flipped_lr"):
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)

@@ -28,7 +28,7 @@ from monai.transforms import (
     Randomizable,
 )
 
-from .io import ImageReadError, LesionBox, load_image, load_mask, to_grey
+from .io import ImageReadError, LesionBox, load_image, load_mask, mask_on_reader_grid, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -65,9 +65,9 @@ class LoadSampled(MapTransform):
                 opts = {**opts, "dicom": {**opts.get("dicom", {}), "frame": int(d["frame"])}}
             img, meta = load_image(src, opts)
             d["source"] = str(src)
-        else:  # an in-memory array (inference API)
+        else:  # an in-memory array: the inference API, or a file the Predictor has read (its reader's meta given)
             img = to_grey(np.asarray(src), "array input")
-            meta = {"reader": "array"}
+            meta = d.pop("reader_meta", None) or {"reader": "array"}
             d.setdefault("source", "<array>")
         if min(img.shape) < 8:
             raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least 8x8 pixels needed)")
@@ -77,11 +77,9 @@ class LoadSampled(MapTransform):
         if isinstance(m, LesionBox):
             mask = m.to_mask(img.shape, meta, d["source"])
         elif isinstance(m, np.ndarray) or torch.is_tensor(m):
-            mask = np.asarray(m) > 0
-            if mask.shape != img.shape:
-                raise ImageReadError(f"{d['source']}: mask shape {mask.shape} does not match image shape {img.shape}")
+            mask = mask_on_reader_grid(np.asarray(m), img.shape, meta, f"{d['source']}: mask array")
         elif m:
-            mask = load_mask(m, img.shape)
+            mask = load_mask(m, img.shape, meta)
         else:
             mask = np.zeros(img.shape, dtype=bool)
         # An empty mask is legitimate for whole-image samples (BUSI "normal"); crop mode refuses it.

@@ -393,8 +393,8 @@ def features_for_datalist(
                 fail(rec, "no mask given")
                 continue
             try:
-                img, _ = load_image(rec["image"])
-                msk = load_mask(rec["mask"], img.shape)
+                img, meta = load_image(rec["image"])
+                msk = load_mask(rec["mask"], img.shape, meta)
                 _prepare(0, img, msk, (1.0, 1.0, 1.0), (1, 1, 1), None)
             except (ImageReadError, RadiomicsInputError, OSError) as exc:
                 fail(rec, str(exc).replace("lesion 0: ", ""))

@@ -115,7 +115,6 @@ def prepare_busi(
         gid.setdefault(g, f"g{len(gid) + 1:04d}")
         members.setdefault(g, []).append(k)
     report = PrepareReport("busi", notes=notes)
-    report.count_groups(dedup.groups)
     kept = []
     n_conflicts = 0
     for k, row in enumerate(rows):
@@ -135,4 +134,5 @@ def prepare_busi(
     if n_conflicts:
         verb = "kept and flagged in column 'conflict'" if keep_conflicts else "dropped"
         report.notes.append(f"{n_conflicts} duplicate groups with conflicting labels {verb}")
+    report.count_groups(row["group"] for row in kept)  # the groups of the datalist written, as mias.py counts them
     return report.write(kept, out, t0, f"{root}: every image was dropped")

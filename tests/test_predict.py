@@ -159,7 +159,7 @@ def test_every_failure_kind_gives_a_specific_record(predictor, sample, tmp_path)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64), 7, np.uint8)).save(blank)
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(arr[:4, :4]).save(tiny)
+    Image.fromarray(arr[:31, :200]).save(tiny)  # one side under MIN_IMAGE_SIDE
     bad_mask = tmp_path / "bad_mask.png"
     Image.fromarray(np.full((10, 12), 255, np.uint8)).save(bad_mask)
     empty_mask = tmp_path / "empty_mask.png"

@@ -43,7 +43,12 @@ __all__ = [
     "build_transforms",
     "Preset",
     "root_cause",
+    "MIN_IMAGE_SIDE",
 ]
+
+# An image with fewer pixels a side than the networks' total stride (32) fills less than one
+# cell of their last feature map once resized: there is nothing to classify or explain in it.
+MIN_IMAGE_SIDE = 32
 
 
 class LoadSampled(MapTransform):
@@ -69,8 +74,9 @@ class LoadSampled(MapTransform):
             img = to_grey(np.asarray(src), "array input")
             meta = d.pop("reader_meta", None) or {"reader": "array"}
             d.setdefault("source", "<array>")
-        if min(img.shape) < 8:
-            raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least 8x8 pixels needed)")
+        if min(img.shape) < MIN_IMAGE_SIDE:
+            raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+                                 "pixels needed)")
         if not np.isfinite(img).all():
             img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
         m = d.get("mask")

@@ -59,6 +59,17 @@ def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``hits / n`` (image sampling only; a second
+    training run of the same recipe moves the pointing game by more, see the README)."""
+    if n == 0:
+        return 0.0, 0.0
+    p, z2 = hits / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def _cases(summary: dict, data: Path, part: str) -> dict[int, list[dict]]:
     """Per fold: the held-out predictions (``test``) or the fold's validation rows (``val``)."""
     folds = sorted({int(p["fold"]) for p in summary["oof_predictions"]})
@@ -111,7 +122,8 @@ def evaluate_run(cv_run: Path, data: Path, method: str, device: str = "cpu", lim
         mass = np.array([r["mass_share"] for r in rows])
         area = np.array([r["area_share"] for r in rows])
         miss = np.array([r["miss_distance"] for r in rows if not r["hit"]])
-        return {"n": len(rows), "pointing_game": float(hit.mean()), "mass_share": float(mass.mean()),
+        return {"n": len(rows), "hits": int(hit.sum()), "pointing_game": float(hit.mean()),
+                "pointing_ci95": wilson_interval(int(hit.sum()), len(rows)), "mass_share": float(mass.mean()),
                 "miss_within_quarter_diameter": float(np.mean(miss <= 0.25)) if miss.size else 0.0,
                 "miss_median_distance": float(np.median(miss)) if miss.size else 0.0,
                 "area_share": float(area.mean()), "mass_over_area": float(np.mean(mass / np.maximum(area, 1e-9)))}
@@ -150,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         if a["n"]:
             print(f"{name:<8}{a['n']:>5}{a['pointing_game']:>10.3f}{a['mass_share']:>14.3f}{a['area_share']:>11.3f}"
                   f"{a['mass_over_area']:>11.2f}")
+    o = rep["overall"]
+    if o["n"]:
+        lo, hi = o["pointing_ci95"]
+        print(f"pointing game {o['hits']} of {o['n']} = {o['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f}, images only)")
     if rep["skipped"]:
         print(f"{rep['skipped']} case(s) skipped (no mask or unreadable)")
     tag = args.method.replace("++", "pp") + ("" if args.part == "test" else "_val") + (f"_{args.layer}" if args.layer else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,42 @@ def test_explainer_upsampling_option():
     assert not torch.allclose(m1, m2)
     with pytest.raises(ValueError, match="bicubic, bilinear"):
         SaliencyExplainer(model, "gradcam", upsample="nearest")
+
+
+def _pointing_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "saliency_pointing.py"
+    spec = importlib.util.spec_from_file_location("saliency_pointing", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pointing_stats_hit_miss_distance_and_mass():
+    sp = _pointing_benchmark()
+    mask = np.zeros((100, 100), bool)
+    mask[40:60, 40:60] = True  # area 400: diameter of the equal-area disc 2*sqrt(400/pi) = 22.57
+    inside = np.zeros((100, 100), np.float32)
+    inside[50, 50], inside[0, 0] = 3.0, 1.0
+    s = sp.pointing_stats(inside, mask)
+    assert s["hit"] == 1.0 and s["miss_distance"] == 0.0
+    assert s["mass_share"] == pytest.approx(0.75) and s["area_share"] == pytest.approx(0.04)
+    outside = np.zeros((100, 100), np.float32)
+    outside[50, 70] = 1.0  # 11 pixels right of the nearest mask column (59)
+    s = sp.pointing_stats(outside, mask)
+    assert s["hit"] == 0.0 and s["mass_share"] == 0.0
+    assert s["miss_distance"] == pytest.approx(11 / (2 * np.sqrt(400 / np.pi)))
+    assert sp.pointing_stats(np.zeros((100, 100)), mask)["hit"] == 0.0  # an all-zero map points nowhere
+
+
+def test_wilson_interval_reference_values():
+    sp = _pointing_benchmark()
+    from scipy.stats import binomtest
+
+    for hits, n in ((153, 203), (517, 609), (3, 40)):
+        ref = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = sp.wilson_interval(hits, n)
+        assert lo == pytest.approx(ref.low, abs=2e-4) and hi == pytest.approx(ref.high, abs=2e-4)
+    assert sp.wilson_interval(0, 10)[0] == 0.0 and sp.wilson_interval(10, 10)[1] == 1.0
+    assert sp.wilson_interval(0, 0) == (0.0, 0.0)

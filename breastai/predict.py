@@ -275,27 +275,35 @@ class Predictor:
             records.append({k: v for k, v in rec.items() if not k.startswith("_")})
         return records
 
-    def _identity(self, item: PredictItem, meta: dict[str, Any], keep: bool, index: int) -> dict[str, Any]:
-        is_dicom = meta.get("format") == "dicom"
-        if item.case_id is not None and not (is_dicom and not keep and item.case_id == Path(item.source).stem):
-            rid = item.case_id
-        elif is_dicom and not keep:
-            rid = meta.get("sop_uid_hash") or f"dicom-{index:05d}"
-        else:
-            rid = Path(item.source).name if item.source != "<array>" else f"array{index}"
-        out = {"id": rid}
-        if is_dicom and not keep:
-            from .data.dicom import identifying_values, redact
+    def _identity(self, item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:
+        """``id`` and ``source`` of an input and the header values to redact from its messages.
 
-            # Folder and file names exported from PACS often carry the patient's name or ID.
-            secrets = identifying_values(item.source)
-            out.update(source=redact(item.source, secrets), _secrets=secrets)
-        if keep and is_dicom:
-            import pydicom
+        Decided before the pixels are read, so that a DICOM file that then fails to load is named
+        as safely as one that loads: its id is the hash of its SOP Instance UID, and its path and
+        errors lose every identifying header value (folder and file names exported from PACS
+        often carry the patient's name, ID or the UIDs).
+        """
+        default = item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}")
+        if keep or isinstance(item.image, np.ndarray):
+            return {"id": default}, []
+        from .data.dicom import is_dicom, private_identity, redact
 
-            ds = pydicom.dcmread(item.source, stop_before_pixels=True, force=True)
-            out.update(patient_id=str(ds.get("PatientID", "")), sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
-        return out
+        if not is_dicom(item.image):
+            return {"id": default}, []
+        secrets, sop_hash = private_identity(item.image)
+        rid = item.case_id
+        # A case_id made from the file name (a folder input, or `prepare folder`) may hold an identifier.
+        if rid is None or rid == Path(item.source).stem or redact(rid, secrets) != rid:
+            rid = sop_hash or f"dicom-{index:05d}"
+        return {"id": rid, "source": redact(item.source, secrets)}, secrets
+
+    @staticmethod
+    def _identifiers(item: PredictItem) -> dict[str, str]:
+        """``patient_id`` and ``sop_instance_uid`` columns (``--keep-identifiers``)."""
+        import pydicom
+
+        ds = pydicom.dcmread(item.image, stop_before_pixels=True, force=True)
+        return {"patient_id": str(ds.get("PatientID", "")), "sop_instance_uid": str(ds.get("SOPInstanceUID", ""))}
 
     def _load(self, item: PredictItem) -> tuple[np.ndarray, dict[str, Any]]:
         if isinstance(item.image, np.ndarray):
@@ -304,14 +312,13 @@ class Predictor:
 
     def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool, index: int):
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
-        rec.update(id=item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}"),
-                   source=item.source, has_mask=False)
-        secrets: list[str] = []
+        rec.update(source=item.source, has_mask=False)
+        ident, secrets = self._identity(item, keep, index)
+        rec.update(ident)
         try:
             img, meta = self._load(item)
-            ident = self._identity(item, meta, keep, index)
-            secrets = ident.pop("_secrets", [])
-            rec.update(ident)
+            if keep and meta.get("format") == "dicom":
+                rec.update(self._identifiers(item))
             arr = np.asarray(img, dtype=np.float32)
             finite = arr[np.isfinite(arr)]
             if finite.size == 0 or float(finite.max()) == float(finite.min()):

@@ -106,6 +106,33 @@ def test_identifiers_never_leak(ckpt, sample, tmp_path):
     assert records[0]["patient_id"] == PATIENT_ID and records[0]["id"] == "img1.dcm"
 
 
+def test_identifiers_never_leak_from_failed_files_datalist_ids_or_uid_file_names(ckpt, sample, tmp_path):
+    from breastai.data.datalist import write_datalist
+    from breastai.data.dicom import uid_hash
+
+    pixels = np.asarray(Image.open(sample[0]).convert("L"))
+    folder = tmp_path / "in" / PATIENT_ID
+    folder.mkdir(parents=True)
+    uid_named = _write_dicom(folder / "1.2.826.0.1.3680043.8.498.77.dcm", pixels, "1.2.826.0.1.3680043.8.498.77")
+    good = _write_dicom(folder / f"{PATIENT_ID}_scan.dcm", pixels, "1.2.826.0.1.3680043.8.498.78")
+    broken = _write_dicom(folder / "broken.dcm", pixels, "1.2.826.0.1.3680043.8.498.79")
+    broken.write_bytes(broken.read_bytes()[: -(pixels.size // 2)])  # header intact, pixel data cut short
+    # A datalist whose case_id was made from the file name (as `prepare folder` does).
+    datalist = tmp_path / "list.csv"
+    write_datalist([{"case_id": f"malignant_{PATIENT_ID}_scan", "image": str(good), "label": "malignant"}], datalist)
+    out = tmp_path / "out"
+    records, run = run_predict(ckpt, [uid_named, broken, datalist], out, saliency="gradcam", device="cpu")
+    assert [r["id"] for r in records] == [uid_hash("1.2.826.0.1.3680043.8.498.77"),
+                                          uid_hash("1.2.826.0.1.3680043.8.498.79"),
+                                          uid_hash("1.2.826.0.1.3680043.8.498.78")]
+    assert records[1]["error"] and "broken.dcm" in records[1]["error"] and run["n_failed"] == 1
+    texts = [(out / "predictions.csv").read_text(), (out / "predictions.json").read_text()]
+    texts += [str(p) for p in out.rglob("*")]
+    for t in texts:
+        for secret in (PATIENT_ID, "1.2.826.0.1.3680043.8.498.7"):
+            assert secret not in t
+
+
 def test_outputs_maps_in_original_geometry_and_rerun_replaces(ckpt, sample, tmp_path):
     out = tmp_path / "out"
     records, run = run_predict(ckpt, [sample[0]], out, masks=[sample[1]], saliency="gradcam++", tta=4, device="cpu")

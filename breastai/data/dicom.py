@@ -33,6 +33,7 @@ from .mammo import undo_geometry
 
 __all__ = [
     "identifying_values",
+    "private_identity",
     "redact",
     "DicomImage",
     "DicomGroups",
@@ -106,22 +107,39 @@ def uid_hash(value: Any) -> str | None:
     return hashlib.sha256(str(value).strip().encode()).hexdigest()[:16]
 
 
-# Header values that name or number the patient or the visit; a path or message holding one of them
-# would carry it into outputs.
+# Header values that name or number the patient, the visit or the image; a path or message holding
+# one of them would carry it into outputs. The instance UIDs count: PACS exports often name files
+# and folders by them, and a UID links an output back to the exam as surely as a patient ID (the
+# DICOM de-identification profile, PS3.15 E.1, replaces them too).
 _IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "PatientBirthDate",
-                "AccessionNumber", "StudyID", "ReferringPhysicianName", "InstitutionName", "OperatorsName")
+                "AccessionNumber", "StudyID", "ReferringPhysicianName", "InstitutionName", "OperatorsName",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-def identifying_values(path: str | Path) -> list[str]:
-    """Patient- and visit-identifying header values of a DICOM file (name parts split at ``^``).
+def private_identity(path: str | Path) -> tuple[list[str], str | None]:
+    """What naming a DICOM file safely needs, from one header-only read.
 
-    Values shorter than 3 characters are left out (they would match everywhere). Longest first,
-    so :func:`redact` replaces ``Doe^Janet`` before ``Doe``. An unreadable header gives ``[]``.
+    Returns:
+        ``(identifying_values(path), uid_hash(SOPInstanceUID))``; ``([], None)`` for an
+        unreadable header.
     """
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - the pixel reader reports unreadable files itself
-        return []
+        return [], None
+    return _identifying(ds), uid_hash(ds.get("SOPInstanceUID"))
+
+
+def identifying_values(path: str | Path) -> list[str]:
+    """Patient-, visit- and instance-identifying header values of a DICOM file (name parts split at ``^``).
+
+    Values shorter than 3 characters are left out (they would match everywhere). Longest first,
+    so :func:`redact` replaces ``Doe^Janet`` before ``Doe``. An unreadable header gives ``[]``.
+    """
+    return private_identity(path)[0]
+
+
+def _identifying(ds: Dataset) -> list[str]:
     out: set[str] = set()
     for tag in _IDENTIFYING:
         value = ds.get(tag)

@@ -150,3 +150,35 @@ def test_cli_exit_codes(datalist: Path, tmp_path: Path) -> None:
     assert _cli(["radiomics", "--data", str(good), "--out", str(out), "--families", "statistics",
                  "--no-progress", "--batch-size", "2"]) == 0
     assert _cli(["radiomics", "--data", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
+
+
+def test_aggregations_are_checked_and_a_comma_list_is_split(datalist: Path, tmp_path: Path, capsys) -> None:
+    img, m = _lesion(40, 40, 1)
+    with pytest.raises(ValueError, match="unknown texture aggregation.*offered: .*2d_avg"):
+        extract_features([img], [m], families=["glcm"], aggregation="foo")
+    with pytest.raises(ValueError, match="unknown texture aggregation"):
+        extract_features([img], [m], families=["statistics"], aggregation=["2d", "foo"])  # not silently ignored
+    from breastai.radiomics.extract import _check_aggregations
+
+    fake = {"a": (None, {}, ("2d",)), "b": (None, {}, ("3d_avg",))}  # no shipped family lacks a 2D or 3D form
+    with pytest.raises(ValueError, match="family b offers none of the aggregations"):
+        _check_aggregations(["2d"], ["a", "b"], fake)
+    both = extract_features([img], [m], families=["glcm", "glszm"], aggregation=["2d_avg", "3d"])
+    # "3d" names every 3D form (glcm: 3d_avg and 3d_merged; glszm: 3d); "2d_avg" gives glszm its one 2D form.
+    assert any(n.endswith("_2d_avg") for n in both.names) and any(n.endswith("_3d_merged") for n in both.names)
+    assert not any(n.endswith("_2d_merged") or n.endswith("2.5d") for n in both.names)
+    good = tmp_path / "good.csv"
+    good.write_text("\n".join(datalist.read_text().splitlines()[:3]) + "\n")
+    out = tmp_path / "f.csv"
+    assert _cli(["radiomics", "--data", str(good), "--out", str(out), "--families", "glcm",
+                 "--aggregation", "2d_avg,3d_avg", "--no-progress"]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert any(h.endswith("_2d_avg") for h in header) and any(h.endswith("_3d_avg") for h in header)
+    assert _cli(["radiomics", "--data", str(good), "--out", str(out), "--aggregation", "foo", "--no-progress"]) == 2
+    assert "unknown texture aggregation" in capsys.readouterr().err
+
+
+def test_out_naming_a_folder_fails_before_any_work(datalist: Path, tmp_path: Path, capsys) -> None:
+    assert _cli(["radiomics", "--data", str(datalist), "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "skipped" not in err  # refused before a single lesion was read

@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="lesions per batch (default 64)")
     p.add_argument("--families", default=None, help="comma-separated families (default: all available)")
-    p.add_argument("--aggregation", default="2d", help="texture aggregation, e.g. 2d, 2d_avg, 3d (default 2d)")
+    p.add_argument("--aggregation", default="2d",
+                   help="texture aggregation(s), comma-separated, e.g. 2d, 2d_avg,3d_avg or 3d (default 2d: every 2D one)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
@@ -41,13 +42,14 @@ def run(args: argparse.Namespace) -> int:
             print("error: --device cuda requested but no CUDA device is available", file=sys.stderr)
             return 2
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    aggregation = [a.strip() for a in args.aggregation.split(",") if a.strip()]
     try:
         table, errors = features_for_datalist(
             args.data, args.out, n_bins=args.bins, bin_width=args.bin_width, device=args.device,
-            batch_size=args.batch_size, families=families, aggregation=args.aggregation,
+            batch_size=args.batch_size, families=families, aggregation=aggregation,
             show_progress=not args.no_progress,
         )
-    except (DatalistError, RadiomicsInputError, ValueError) as exc:
+    except (DatalistError, RadiomicsInputError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(table)} lesions x {len(table.names)} features to {args.out}"

@@ -102,6 +102,18 @@ def default_families() -> list[str]:
     return [f for f in available_families() if f not in OPTIONAL_FAMILIES]
 
 
+def _check_aggregations(requested: Sequence[str], families: Sequence[str], tex: dict[str, Any]) -> None:
+    """Refuse an aggregation no texture family offers, or a texture family that would give no feature."""
+    offered = sorted({a for _, _, aggs in tex.values() for a in aggs})
+    unknown = [a for a in requested if not _texture_aggregations([a], offered)]
+    if unknown or not requested:
+        raise ValueError(f"unknown texture aggregation(s) {unknown or list(requested)}; offered: {', '.join(offered)}")
+    for f in families:
+        if not _texture_aggregations(requested, tex[f][2]):
+            raise ValueError(f"feature family {f} offers none of the aggregations {list(requested)}; "
+                             f"it offers {', '.join(tex[f][2])}")
+
+
 def _texture_aggregations(requested: Sequence[str], offered: Sequence[str]) -> list[str]:
     """Map user aggregations ("2d", "2d_avg", ...) onto those a family offers."""
     out: list[str] = []
@@ -296,6 +308,7 @@ def extract_features(
     disc_kw = {"method": discretisation, "n_bins": n_bins, "bin_width": bin_width,
                "min_bound": None if resegment_range is None else resegment_range[0]}
     aggs = [aggregation] if isinstance(aggregation, str) else list(aggregation)
+    _check_aggregations(aggs, [f for f in fams if f in tex], tex)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     n = len(images)
     ndims = {np.ndim(im) for im in images}
@@ -375,6 +388,8 @@ def features_for_datalist(
     from ..data.io import ImageReadError, load_image, load_mask
 
     datalist_path = Path(datalist_path)
+    if Path(out_csv).is_dir():  # found now, not after every lesion has been measured
+        raise ValueError(f"{out_csv} is a folder; --out names the CSV file to write")
     records = read_datalist(datalist_path, check_files=False, require_label=False)
     errors: list[str] = []
     tables: list[FeatureTable] = []

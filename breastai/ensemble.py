@@ -155,7 +155,9 @@ def ensemble_predict_records(state: dict[str, Any], records: Sequence[dict[str, 
 
 def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
     """Members must have been trained and validated on the same parts, case by case."""
-    keys = [("data", "datalist"), ("data", "val_fraction"), ("seed",), ("train", "folds")]
+    from .config import split_seed
+
+    keys = [("data", "datalist"), ("data", "val_fraction"), ("train", "folds")]
 
     def get(cfg: dict, key: tuple) -> Any:
         for k in key:
@@ -165,6 +167,11 @@ def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]])
     ref = summaries[0]["config"]
     ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
     for run, s in zip(runs[1:], summaries[1:]):
+        # The folds follow data.split_seed (or the seed when it is unset): runs trained with other
+        # seeds on the same folds are what a seed ensemble is made of.
+        if split_seed(s["config"]) != split_seed(ref):
+            raise ValueError(f"{run}: its folds come from split seed {split_seed(s['config'])}, {runs[0]}'s from "
+                             f"{split_seed(ref)}; ensemble members must share their folds")
         for key in keys:
             if get(s["config"], key) != get(ref, key):
                 raise ValueError(f"{run}: {'.'.join(key)} = {get(s['config'], key)!r} differs from {runs[0]}'s "
@@ -211,6 +218,15 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
     k = len(summaries[0]["folds"])
     splits = cv_splits(records, k, cfg)
+    # The datalist is read again (its path as the members saw it, relative to where they were
+    # trained): the folds it gives must be the members' own, or "held-out" cases were trained on.
+    ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
+    now = {str(records[j]["case_id"]): i for i, (_, _, te) in enumerate(splits) for j in te}
+    if now != ref_folds:
+        moved = sorted(c for c in set(now) | set(ref_folds) if now.get(c) != ref_folds.get(c))
+        raise ValueError(f"{cfg['data']['datalist']} (read from {Path.cwd()}) gives other held-out folds than the "
+                         f"members' (e.g. case {moved[0]!r}, {len(moved)} cases in all): run this from the folder "
+                         "the members were trained in, with their datalist unchanged")
     dev = resolve_device(device)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     per_fold, oof = [], []

@@ -137,6 +137,36 @@ def test_members_on_other_folds_are_refused(cv_runs, built, tmp_path):
         build_ensemble([crop, tmp_path], tmp_path / "z", device="cpu")
 
 
+def test_members_of_other_seeds_on_the_same_folds_are_accepted(cv_runs):
+    import copy
+
+    from breastai.config import split_seed
+    from breastai.ensemble import _check_same_folds
+    from breastai.training import load_cv_summary
+
+    crop, whole, _, _ = cv_runs
+    a = load_cv_summary(crop)
+    b = copy.deepcopy(load_cv_summary(whole))
+    b["config"]["data"]["split_seed"] = split_seed(b["config"])
+    b["config"]["seed"] = split_seed(b["config"]) + 5  # another training seed, the same folds
+    _check_same_folds([crop, whole], [a, b])
+    b["config"]["data"]["split_seed"] += 1
+    with pytest.raises(ValueError, match="split seed"):
+        _check_same_folds([crop, whole], [a, b])
+
+
+def test_a_datalist_that_gives_other_folds_is_refused(cv_runs, tmp_path, monkeypatch):
+    import breastai.ensemble as ens
+
+    crop, whole, _, _ = cv_runs
+    real = ens.read_samples
+    # As if the members' relative datalist path now led to another file (another working folder).
+    monkeypatch.setattr(ens, "read_samples", lambda *a, **k: real(*a, **k)[::-1][: len(real(*a, **k)) - 3])
+    with pytest.raises(ValueError, match="other held-out folds than the members'"):
+        build_ensemble([crop, whole], tmp_path / "e", device="cpu")
+    assert not (tmp_path / "e" / "cv_summary.json").exists()
+
+
 def test_ensemble_command(cv_runs, tmp_path, capsys):
     from breastai.cli import main
 

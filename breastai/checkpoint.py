@@ -51,8 +51,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``) and check it is a breastai checkpoint."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", resume: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check it is a breastai checkpoint.
+
+    Args:
+        path: ``best.pt`` (or an ensemble's), or with ``resume=True`` a training run's ``last.pt``.
+        map_location: where tensors are loaded.
+        resume: accept a resume checkpoint. Without it one is refused: its weights are the last
+            epoch's and its temperature and threshold are placeholders, so scores from it would be
+            uncalibrated and cut at 0.5 without a word.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -66,6 +74,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} is newer than this breastai supports ({FORMAT_VERSION})"
         )
+    if "optimizer" in state and not resume:
+        raise CheckpointError(f"{path}: a resume checkpoint (the last epoch, not calibrated, no operating threshold); "
+                              f"use best.pt from the same folder")
     for s in state["ensemble"]["members"] if "ensemble" in state else [state]:
         if isinstance(s.get("config"), dict):
             s["config"] = fill_missing(s["config"])

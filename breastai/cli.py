@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatalistError, ImageReadError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, DatalistError, ImageReadError, CheckpointError, OSError, ValueError, RuntimeError) as exc:
         if args.verbose:
             raise
         # MONAI datasets wrap a transform's error in RuntimeError("applying transform ..."): say the real one.

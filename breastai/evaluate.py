@@ -32,6 +32,9 @@ def evaluate_checkpoint(
     Returns:
         The metrics dict (see :func:`breastai.metrics.evaluation_report`).
     """
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # found now, not after every image has been scored
+        raise ValueError(f"{out} is a file; --out names the report folder")
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
     classes = state["classes"]
@@ -52,7 +55,6 @@ def evaluate_checkpoint(
     report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"],
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
     atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (

@@ -212,7 +212,7 @@ def fit(
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no {last_path} to continue from")
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_checkpoint(last_path, map_location=device, resume=True)
         raw_model.load_state_dict(state["weights"])
         if ema is not None:
             if "ema" not in state:

@@ -99,7 +99,7 @@ def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist
         cfg = tiny_config(synth_datalist, tmp_path / str(w), "preprocess.mode=whole", "model.name=small_cnn",
                           "train.epochs=3", f"train.attention_loss={w}", "log.tensorboard=false")
         res = train_main(cfg)
-        model = model_from_checkpoint(load_checkpoint(f"{res['run_dir']}/last.pt")).train()
+        model = model_from_checkpoint(load_checkpoint(f"{res['run_dir']}/last.pt", resume=True)).train()
         att = LesionAttentionLoss(model, 1.0)
         records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])
         batch = next(iter(_loader(build_dataset(cfg, records, False), cfg, False, None, 0)))

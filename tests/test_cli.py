@@ -70,6 +70,15 @@ def test_evaluate_writes_report(cli_run, synth_datalist, capsys):
     assert m["sensitivity"] == pytest.approx(sens)
     for png in ("roc.png", "calibration.png"):
         assert (rep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The resume checkpoint beside it is refused (uncalibrated, threshold 0.5), and so is a file as --out.
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "ev" / "last.pt"), "--data", str(synth_datalist),
+                 "--out", str(out / "r2")]) == 2
+    assert "resume checkpoint" in capsys.readouterr().err and not (out / "r2").exists()
+    (out / "afile").write_text("x")
+    assert main(["evaluate", "--checkpoint", str(out / "ev" / "best.pt"), "--data", str(synth_datalist),
+                 "--out", str(out / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_errors_are_one_line(tmp_path, capsys):

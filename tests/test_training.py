@@ -86,11 +86,11 @@ def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config
     with pytest.raises(KeyboardInterrupt):
         train_main(cfg)
     run = Path(cfg["output_dir"]) / "t"
-    assert load_checkpoint(run / "last.pt")["epoch"] == 0
+    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == 0
     monkeypatch.setattr(tr, "train_one_epoch", real)
     again = train_main(cfg, resume=True)
     assert again["run_dir"] == str(run)
-    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == 1
     # Per-epoch seeding makes the resumed run end exactly where the uninterrupted one did.
     assert straight["last_weights_digest"] == again["last_weights_digest"]
     a, b = (load_checkpoint(Path(r["run_dir"]) / "best.pt")["weights"] for r in (straight, again))
@@ -100,7 +100,7 @@ def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config
 def test_weight_average_is_validated_and_saved(synth_datalist, tmp_path, tiny_config):
     res = train_main(tiny_config(synth_datalist, tmp_path, "train.epochs=1", "train.ema=0.6"))
     run = Path(res["run_dir"])
-    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt", resume=True)
     averaged = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
     assert averaged.keys() == best["weights"].keys()
     assert all(torch.equal(best["weights"][k], averaged[k]) for k in averaged), "best.pt holds the averaged weights"

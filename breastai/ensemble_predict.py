@@ -48,15 +48,22 @@ class EnsemblePredictor(Predictor):
         self.calibration = {"temperature": 1.0, "logit_offset": 0.0}
         self.pre = {"mode": "+".join(m.pre["mode"] for m in self.members)}
         self.device = self.members[0].device
-        # Members read the same file: decode it once per input, not once per member.
-        self._loaded: tuple[Any, Any] | None = None
+        # Members read the same file: decode it once per input and reader setting, not once per
+        # member (members trained with other reader options, e.g. no DICOM breast crop, get their own).
+        self._loaded_item: PredictItem | None = None
+        self._loaded: dict[str, Any] = {}
         for m in self.members:
-            m._load = self._load
+            m._load = lambda item, m=m: self._load_for(m, item)
 
-    def _load(self, item: PredictItem):
-        if self._loaded is None or self._loaded[0] is not item:
-            self._loaded = (item, Predictor._load(self.members[0], item))
-        return self._loaded[1]
+    def _load_for(self, member: Predictor, item: PredictItem):
+        import json
+
+        if self._loaded_item is not item:
+            self._loaded_item, self._loaded = item, {}
+        key = json.dumps(member.reader_options, sort_keys=True, default=str)
+        if key not in self._loaded:
+            self._loaded[key] = Predictor._load(member, item)
+        return self._loaded[key]
 
     def set_saliency_upsample(self, mode: str) -> None:
         """As :meth:`Predictor.set_saliency_upsample`, for every member's maps."""

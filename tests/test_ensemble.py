@@ -137,6 +137,24 @@ def test_members_on_other_folds_are_refused(cv_runs, built, tmp_path):
         build_ensemble([crop, tmp_path], tmp_path / "z", device="cpu")
 
 
+def test_members_decode_with_their_own_reader_options(built, synth_datalist, monkeypatch):
+    import breastai.predict as bp
+    from breastai.data.datalist import read_datalist
+
+    _, ens = built
+    pred = bp.Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
+    row = read_datalist(synth_datalist)[0]
+    seen: list[dict] = []
+    real = bp.load_image
+    monkeypatch.setattr(bp, "load_image", lambda src, opts: seen.append(opts) or real(src, opts))
+    pred.predict(row["image"], masks=[row["mask"]])
+    assert len(seen) == 1, "members with the same reader settings decode the file once"
+    pred.members[1].reader_options = {"dicom": {"crop_breast": False}}
+    seen.clear()
+    pred.predict(row["image"], masks=[row["mask"]])
+    assert seen == [pred.members[0].reader_options, {"dicom": {"crop_breast": False}}]
+
+
 def test_members_of_other_seeds_on_the_same_folds_are_accepted(cv_runs):
     import copy
 

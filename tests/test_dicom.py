@@ -252,6 +252,15 @@ def test_missing_pixel_data(tmp_path):
     assert "np.dcm" in str(e.value)
 
 
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, RLELossless])
+def test_truncated_file_is_named_truncated(tmp_path, ts):
+    p = write_dicom(tmp_path / "cut.dcm", phantom(), bits_stored=12, ts=ts)
+    p.write_bytes(p.read_bytes()[:-300])  # cut inside the pixel data (encapsulated for RLE)
+    with pytest.raises(ImageReadError, match="truncated or corrupt") as e:
+        load_image(p)
+    assert "cut.dcm" in str(e.value) and "no pixel data" not in str(e.value)
+
+
 def test_undecodable_transfer_syntax(tmp_path):
     from pydicom.encaps import encapsulate
 

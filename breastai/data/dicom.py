@@ -175,8 +175,19 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def _open(path: Path, header_only: bool = False) -> Dataset:
+    import warnings
+
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+        # pydicom reads a file cut inside encapsulated pixel data as an EMPTY dataset and only warns.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+        cut = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+        if cut or len(ds) == 0:
+            why = cut[0].replace(f" in file {path}", "") if cut else "no elements"
+            raise ImageReadError(f"{path}: truncated or corrupt DICOM file ({why})")
+    except ImageReadError:
+        raise
     except InvalidDicomError:
         try:  # no preamble: old or hand-written files
             ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
@@ -319,6 +330,8 @@ def _decode(ds: Dataset, path: Path, index: int | None) -> np.ndarray:
     try:
         return pixel_array(ds, index=index)
     except Exception as exc:  # decoders raise RuntimeError/ValueError/...
+        if "less than expected" in str(exc):  # native pixel data cut short
+            raise ImageReadError(f"{path}: truncated or corrupt DICOM file ({exc})") from exc
         raise ImageReadError(f"{path}: decoding {what} failed ({type(exc).__name__}: {exc})") from exc
 
 

@@ -28,6 +28,7 @@ def _tree(root: Path) -> None:
     _png(root / "malignant" / "deep" / "er" / "c.png")  # same stem, other folder
     (root / "malignant" / "notes.txt").write_text("not an image")
     _png(root / ".hidden" / "x.png")
+    _png(root / "benign" / ".ipynb_checkpoints" / "a-checkpoint.png")  # a copy of a.png, hidden
 
 
 def test_prepare_folder_rows(tmp_path):
@@ -59,6 +60,10 @@ def test_errors(tmp_path):
     (tmp_path / "empty" / "benign").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images"):
         prepare_folder(tmp_path / "empty", tmp_path / "x.csv")
+    _png(tmp_path / "twice" / "benign" / "y.png")
+    _png(tmp_path / "twice" / "benign" / "y.jpg")
+    with pytest.raises(ValueError, match=r"y.jpg and y.png: two images with one name"):
+        prepare_folder(tmp_path / "twice", tmp_path / "x.csv")
     _png(tmp_path / "orph" / "benign" / "z_mask.png")
     with pytest.raises(ValueError, match="z_mask.png: mask file without a matching image"):
         prepare_folder(tmp_path / "orph", tmp_path / "x.csv")

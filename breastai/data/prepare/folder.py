@@ -34,12 +34,17 @@ def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Pa
     images: dict[tuple[Path, str], Path] = {}
     masks: dict[tuple[Path, str], list[Path]] = {}
     for p in sorted(folder.rglob("*")):
-        if not _is_image(p):
+        # Hidden folders (.ipynb_checkpoints, .thumbnails) hold copies of real images: listed, they
+        # would put one image on both sides of a split.
+        if not _is_image(p) or any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
         stem, _ = image_stem(p)
         m = mask_re.search(stem) if mask_re else None
         if m:
             masks.setdefault((p.parent, stem[: m.start()]), []).append(p)
+        elif (p.parent, stem) in images:
+            raise ValueError(f"{images[(p.parent, stem)]} and {p.name}: two images with one name in one folder; "
+                             "their masks and case_id would be shared, so rename or remove one")
         else:
             images[(p.parent, stem)] = p
     orphans = [m for key, ms in masks.items() if key not in images for m in ms]

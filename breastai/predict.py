@@ -53,6 +53,12 @@ class PredictItem:
     case_id: str | None = None
     source: str = "<array>"
     notes: list[str] = field(default_factory=list)
+    mask_given: bool = False  # passed by the caller (``masks=``/``--mask``), not found beside the image or in a datalist
+
+    @property
+    def has_mask_input(self) -> bool:
+        """A mask (path list, array or box) comes with this input; arrays have no truth value."""
+        return self.mask is not None and not (isinstance(self.mask, (list, tuple)) and len(self.mask) == 0)
 
 
 def _is_image_file(p: Path) -> bool:
@@ -64,8 +70,22 @@ def _is_image_file(p: Path) -> bool:
 
 
 def _sibling_masks(p: Path) -> list[str]:
-    """BUSI-style masks next to an image: ``<stem>_mask.png``, ``<stem>_mask_1.png``, ..."""
-    return [str(m) for m in sorted(p.parent.glob(f"{p.stem}_mask*{p.suffix}")) if _MASK_NAME.search(m.stem)]
+    """BUSI-style masks next to an image: ``<stem>_mask.png``, ``<stem>_mask_1.png``, ... (any image
+    suffix, in any case: a JPEG's mask is usually a PNG)."""
+    import glob
+
+    out = []
+    for m in sorted(p.parent.glob(glob.escape(p.stem) + "_mask*")):
+        stem = m.name[: -len(image_suffix(m))] if image_suffix(m) else m.stem
+        hit = _MASK_NAME.search(stem)
+        if hit and stem[: hit.start()] == p.stem and image_suffix(m) in IMAGE_SUFFIXES:
+            out.append(str(m))
+    return out
+
+
+def _predict_output_folders(root: Path) -> set[Path]:
+    """Folders under ``root`` that hold predict output (maps of a run, marked by ``.breastai-run``)."""
+    return {m.parent for m in root.rglob(".breastai-run")}
 
 
 def expand_inputs(
@@ -98,7 +118,12 @@ def expand_inputs(
             continue
         p = Path(inp)
         if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
+            outputs = _predict_output_folders(p)
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p).parts
+                # Hidden folders (.ipynb_checkpoints) hold copies; earlier predict runs hold overlays.
+                if not f.is_file() or any(part.startswith(".") for part in rel) or outputs & set(f.parents):
+                    continue
                 if _MASK_NAME.search(f.stem.replace(".nii", "")):
                     notes.append(f"{f}: skipped (a mask file)")
                 elif not _is_image_file(f):
@@ -115,7 +140,10 @@ def expand_inputs(
         if len(masks) != len(items):
             raise ValueError(f"{len(masks)} mask(s) given for {len(items)} image(s); give one mask per image, in order")
         for it, m in zip(items, masks):
+            if isinstance(m, torch.Tensor):
+                m = m.detach().cpu().numpy()
             it.mask = m if isinstance(m, (np.ndarray, list, LesionBox)) or m is None else [str(m)]
+            it.mask_given = it.has_mask_input
     return items, notes
 
 
@@ -323,7 +351,7 @@ class Predictor:
             finite = arr[np.isfinite(arr)]
             if finite.size == 0 or float(finite.max()) == float(finite.min()):
                 raise ImageReadError(f"{item.source}: image is blank (every pixel has the same value)")
-            if self.crop_mode and not item.mask:
+            if self.crop_mode and not item.has_mask_input:
                 raise ImageReadError(f"{item.source}: this checkpoint classifies lesion crops (preprocess.mode=crop): "
                                      "a lesion mask is needed for this image (--mask, or a datalist with masks)")
             d: dict[str, Any] = {"image": img, "reader_meta": meta, "mask": item.mask, "case_id": rec["id"],
@@ -334,7 +362,10 @@ class Predictor:
                 if full is None and step.__class__.__name__ == "NormalizeIntensityRobustd":
                     full, full_mask = d["image"][0], d["mask"][0]
             rec["has_mask"] = bool(d.get("has_mask", False))
-            if item.mask is not None and not rec["has_mask"]:
+            # A whole-image model needs no mask: an empty one found beside the image or in a datalist
+            # (BUSI's normal images) only means no outline is drawn; one the caller gave is a mistake.
+            needs_mask = self.crop_mode or self.needs_radiomics or item.mask_given
+            if item.has_mask_input and not rec["has_mask"] and needs_mask:
                 raise ImageReadError(f"{item.source}: the lesion mask is empty")
             x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)
             if self.needs_radiomics:

@@ -114,6 +114,10 @@ def run_predict(
         if writer is not None:
             shutil.rmtree(writer.dir, ignore_errors=True)
         raise
+    if not records:  # nothing scored: the earlier results stay as they were
+        if writer is not None:
+            shutil.rmtree(writer.dir, ignore_errors=True)
+        return records, {"run_id": None, "n": 0, "n_failed": 0, "seconds": round(time.time() - t0, 3)}
     n_failed = sum(r["error"] is not None for r in records)
     run = {
         "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
@@ -153,16 +157,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, DatalistError, ValueError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
+    if not records:
+        print(f"breastai predict: no images found in the inputs; {Path(args.out)} left as it was", file=sys.stderr)
+        return 1
     for r in records:
         if r["error"]:
             print(f"failed: {r['error']}", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
     print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
           f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else ""))
-    if n == 0:
-        print("breastai predict: no images found in the inputs", file=sys.stderr)
-        return 1
     return 1 if bad else 0
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -194,7 +205,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--saliency-upsample", choices=UPSAMPLING, default="bicubic",
                    help="how the coarse Grad-CAM map is drawn at image resolution (default bicubic: its peak can fall "
                    "between feature-map cells; bilinear peaks at a cell centre)")
-    p.add_argument("--tta", type=int, default=0, metavar="N",
+    p.add_argument("--tta", type=_count, default=0, metavar="N",
                    help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="DICOM: id = file name and add PatientID/SOPInstanceUID columns (default: hashed SOP UID only)")

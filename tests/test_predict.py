@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -456,3 +457,96 @@ def test_mask_on_reader_grid_moves_stored_masks_and_names_misfits():
     np.testing.assert_array_equal(mask_on_reader_grid(m, (4, 6), {}), m)  # a plain image: nothing moves
     with pytest.raises(ImageReadError, match=r"m.png: mask shape \(5, 5\) does not match image shape \(2, 3\) \(stored \(4, 6\)\)"):
         mask_on_reader_grid(np.ones((5, 5)), (2, 3), meta, "m.png")
+
+
+def test_folder_search_skips_hidden_folders_and_earlier_outputs(ckpt, sample, tmp_path):
+    src = tmp_path / "in"
+    (src / ".ipynb_checkpoints").mkdir(parents=True)
+    shutil.copy(sample[0], src / "a.png")
+    shutil.copy(sample[0], src / ".ipynb_checkpoints" / "a-checkpoint.png")  # a hidden copy
+    for _ in range(2):  # the second run finds the first run's overlays inside the input folder
+        records, _ = run_predict(ckpt, [src], src / "preds", saliency="gradcam", device="cpu")
+        assert [r["id"] for r in records] == ["a.png"]
+
+
+def test_sibling_masks_any_image_suffix_and_glob_characters(tmp_path):
+    from breastai.predict import expand_inputs
+
+    img = np.full((40, 40), 90, np.uint8)
+    for name, mask in (("img[1].png", "img[1]_mask.png"), ("up.PNG", "up_mask.png"), ("j.jpg", "j_mask.png"),
+                       ("k.png", "k_mask_1.png")):
+        Image.fromarray(img).save(tmp_path / name)
+        Image.fromarray(img).save(tmp_path / mask)
+    Image.fromarray(img).save(tmp_path / "k_1_mask.png")  # another image's mask (k_1), not k's
+    items, _ = expand_inputs([tmp_path], find_masks=True)
+    got = {Path(it.image).name: [Path(m).name for m in it.mask or []] for it in items}
+    assert got == {"img[1].png": ["img[1]_mask.png"], "up.PNG": ["up_mask.png"], "j.jpg": ["j_mask.png"],
+                   "k.png": ["k_mask_1.png"]}
+
+
+def test_masks_as_arrays_and_tensors_for_a_crop_checkpoint(ckpt, sample):
+    state = load_checkpoint(ckpt)
+    state["config"]["preprocess"]["mode"] = "crop"
+    p = Predictor(state, device="cpu")
+    img = np.asarray(Image.open(sample[0]).convert("L"))
+    mask = np.asarray(Image.open(sample[1])) > 0
+    by_file, by_array, by_tensor = p.predict([sample[0]] * 3, masks=[[str(sample[1])], mask, torch.from_numpy(mask)])
+    assert by_file["error"] is None and by_array["error"] is None and by_tensor["error"] is None
+    assert by_array["probability"] == pytest.approx(by_file["probability"], abs=1e-6)
+    assert by_tensor["probability"] == pytest.approx(by_file["probability"], abs=1e-6)
+    assert p.predict(img, masks=[mask])[0]["error"] is None
+
+
+def test_an_empty_mask_found_beside_an_image_is_no_error_for_a_whole_image_model(predictor, sample, tmp_path):
+    shutil.copy(sample[0], tmp_path / "normal.png")
+    Image.fromarray(np.zeros(Image.open(sample[0]).size[::-1], np.uint8)).save(tmp_path / "normal_mask.png")
+    found = predictor.predict(tmp_path / "normal.png", find_masks=True)[0]
+    assert found["error"] is None and found["has_mask"] is False
+    given = predictor.predict(tmp_path / "normal.png", masks=[str(tmp_path / "normal_mask.png")])[0]
+    assert "mask is empty" in given["error"]  # given explicitly, an empty mask is still a mistake
+
+
+def test_alpha_masks_and_cmyk_images(tmp_path):
+    from breastai.data.io import load_image, load_mask
+
+    lesion = np.zeros((40, 50), bool)
+    lesion[10:20, 15:30] = True
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., 3] = lesion * 255  # drawn in black on a transparent layer
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha_mask.png")
+    opaque = np.zeros((40, 50, 4), np.uint8)
+    opaque[..., 3] = 255  # opaque black background, white lesion
+    opaque[lesion, :3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque_mask.png")
+    white_bg = np.full((40, 50, 4), 255, np.uint8)
+    white_bg[..., 3] = lesion * 255  # white everywhere, but only the lesion visible
+    Image.fromarray(white_bg, "RGBA").save(tmp_path / "white_mask.png")
+    for name in ("alpha_mask.png", "opaque_mask.png", "white_mask.png"):
+        np.testing.assert_array_equal(load_mask(str(tmp_path / name)), lesion, err_msg=name)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), "RGB")
+    rgb.save(tmp_path / "rgb.png")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.tif")
+    np.testing.assert_allclose(load_image(tmp_path / "cmyk.tif")[0], load_image(tmp_path / "rgb.png")[0], atol=1e-3)
+
+
+def test_no_images_leaves_earlier_results_and_outputs_keep_the_umask(ckpt, sample, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    before = (out / "predictions.csv").read_text()
+    maps = sorted(p.name for p in out.rglob("*.npy"))
+    assert maps and (out / "predictions.csv").stat().st_mode & 0o777 == 0o644
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.rglob("*.npy"))
+    (tmp_path / "empty").mkdir()
+    assert _cli(["predict", "--checkpoint", str(ckpt), str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert "no images found" in capsys.readouterr().err
+    assert (out / "predictions.csv").read_text() == before and sorted(p.name for p in out.rglob("*.npy")) == maps
+    assert len(list((out / "saliency").iterdir())) == 1
+    with pytest.raises(SystemExit):
+        _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), "--out", str(out), "--tta", "-3"])

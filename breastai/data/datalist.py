@@ -40,6 +40,12 @@ class DatalistError(ValueError):
     """A datalist row is unusable; the message names the file and the row."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
     """Create ``path`` with ``write(tmp)`` on a temporary file in the same folder, then rename.
 
@@ -52,6 +58,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = 
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file owner-only; the result gets the mode a plain open() would give.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

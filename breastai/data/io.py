@@ -90,8 +90,12 @@ def _read_pil(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
             mode = im.mode
             if mode == "P":
                 im = im.convert("RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
             elif mode in ("I;16", "I;16B", "I;16L"):
                 im = im.convert("I")
+            elif mode not in ("1", "L", "LA", "I", "F", "RGB", "RGBA"):  # CMYK, YCbCr, LAB, ... as RGB, not as channels
+                im = im.convert("RGB")
             arr = np.asarray(im)
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
@@ -158,11 +162,29 @@ def load_image(
     return arr, meta
 
 
+def _mask_pixels(path: str | Path) -> np.ndarray:
+    """Foreground of one mask file (see :func:`load_mask` for the alpha rule)."""
+    arr, meta = load_image(path)
+    if meta.get("format") != "pil" or meta.get("mode") not in ("RGBA", "LA", "PA"):
+        return arr > 0
+    from PIL import Image
+
+    with Image.open(path) as im:
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+    visible = alpha > 0
+    fg = (arr > 0) & visible
+    if not fg.any() and not visible.all():
+        fg = visible
+    return fg
+
+
 def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None,
               meta: dict[str, Any] | None = None) -> np.ndarray:
     """Union of one or more mask files as a boolean array.
 
-    Any non-zero pixel is foreground; for RGBA masks colour or alpha count alike. With ``shape``
+    Any non-zero pixel is foreground. In a mask with an alpha channel, transparent pixels are
+    background whatever their colour, and a drawing in black on a transparent layer counts by its
+    alpha (no visible pixel is non-zero in colour there). With ``shape``
     (the grid the image reader returned) and the reader's ``meta``, the mask is moved onto that
     grid by :func:`mask_on_reader_grid`.
 
@@ -173,8 +195,7 @@ def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None,
         paths = [str(paths)]
     out: np.ndarray | None = None
     for p in paths:
-        arr, _ = load_image(p)
-        m = arr > 0
+        m = _mask_pixels(p)
         if out is None:
             out = m
         elif m.shape != out.shape:

@@ -159,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``breastai`` console command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may come after options too (train --config C run_name=x --folds 5 a.b=1)
+        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.parse_args(argv)  # reports the unrecognised arguments and exits 2
     _setup_logging(args.verbose)
     from .checkpoint import CheckpointError
     from .config import ConfigError

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["DEFAULTS", "CHOICES", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config", "fill_missing", "split_seed"]
+__all__ = ["DEFAULTS", "CHOICES", "RESUMABLE", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config",
+           "fill_missing", "check_resume", "split_seed"]
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -196,6 +197,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if cfg["run_name"] is None:
             cfg["run_name"] = path.stem
     cfg = apply_overrides(cfg, overrides)
+    if isinstance(cfg["data"].get("classes"), list):  # datalist labels are text: classes [0, 1] must match "0", "1"
+        cfg["data"]["classes"] = [str(c) for c in cfg["data"]["classes"]]
     _validate(cfg)
     return cfg
 
@@ -222,6 +225,11 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
     if len(cfg["data"]["classes"]) != 2:
         raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
+    from .models import MODELS  # here, not at import: the models import this module
+
+    for key in ("name", "backbone"):
+        if cfg["model"][key] not in MODELS:
+            raise ConfigError(f"model.{key} must be one of {', '.join(MODELS)}, got {cfg['model'][key]!r}")
 
 
 def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
@@ -230,6 +238,46 @@ def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
 
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
+
+
+# What may change when a run is resumed: how long it trains and how it runs, not what it learns from.
+RESUMABLE = ("train.epochs", "train.threads", "device", "log", "output_dir", "run_name")
+
+
+def check_resume(saved_path: str | Path, cfg: dict[str, Any]) -> None:
+    """Refuse to resume a run with settings other than those it was started with.
+
+    Args:
+        saved_path: the run's ``config.yaml``.
+        cfg: the resolved configuration of the resuming command.
+
+    Raises:
+        ConfigError: a setting outside :data:`RESUMABLE` differs (the weights, folds and cached
+            inputs of the run would no longer match its config).
+    """
+    saved_path = Path(saved_path)
+    if not saved_path.is_file():
+        return  # a run killed before it wrote its config has nothing to compare with
+    saved = fill_missing(yaml.safe_load(saved_path.read_text()) or {})
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and not key.startswith(("data.reader_options",)):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(saved), flat(cfg)
+    changed = sorted(k for k in set(a) | set(b)
+                     if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE))
+    if changed:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"--resume: {saved_path.parent} was started with other settings ({shown}"
+                          f"{', ...' if len(changed) > 5 else ''}); only {', '.join(RESUMABLE)} may change. "
+                          "Resume with the same settings, or start a new run")
 
 
 def fill_missing(cfg: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from . import distributed as dist
 from .calibration import apply_temperature, calibrated_logit, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import dump_config, split_seed
+from .config import check_resume, dump_config, split_seed
 from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
@@ -221,8 +221,11 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, dict(state["early_stop"])
+        if best["stale"] >= tc["early_stop_patience"]:
+            start_epoch = tc["epochs"]  # it had stopped early: training again would undo that decision
         if main_rank:
-            log.info("resuming %s at epoch %d (best AUC %.4f at epoch %d)", run_dir, start_epoch, best["auc"], best["epoch"])
+            log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, state["epoch"] + 1,
+                     tc["epochs"], best["auc"], best["epoch"] + 1)
 
     attention = None
     if float(tc.get("attention_loss", 0.0)) > 0:
@@ -354,6 +357,10 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     """Results of a fold finished before a ``--resume``: from its ``done`` file, or, for a file
     without predictions, recomputed from the fold's ``best.pt`` on its held-out part."""
     done = json.loads((fold_dir / "done").read_text())
+    ids = [str(records[i]["case_id"]) for i in test_idx]
+    if "test_case_ids" in done and done["test_case_ids"] != ids:  # (older done files keep no ids)
+        raise ValueError(f"--resume: {fold_dir} was finished on other held-out cases than this split gives "
+                         "(datalist, folds or seeds changed); start a new run instead")
     if "test_predictions" in done:
         return done
     state = load_checkpoint(fold_dir / "best.pt")
@@ -398,7 +405,8 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
                       resume=resume and (fold_dir / "last.pt").is_file())
             res["test"]["seconds"] = time.time() - t0
             if dist.is_main():
-                done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"]}
+                done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"],
+                        "test_case_ids": [str(records[j]["case_id"]) for j in test_idx]}
                 atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
         per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
         oof += [{**p, "fold": i} for p in res["test_predictions"]]
@@ -470,6 +478,9 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
         records = read_samples(cfg["data"]["datalist"], cfg["data"])
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
+        if resume:
+            check_resume(run_dir / "config.yaml", cfg)
+        cfg = {**cfg, "run_name": run_dir.name}  # the folder used (a fresh run may add -2), so config.yaml resumes it
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")

@@ -81,6 +81,22 @@ def test_evaluate_writes_report(cli_run, synth_datalist, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_overrides_after_options_numeric_classes_and_model_names(tmp_path, capsys):
+    from breastai.cli import build_parser
+    from breastai.config import ConfigError, load_config
+
+    p = build_parser()
+    args, extra = p.parse_known_args(["train", "--config", "c.yaml", "run_name=cv", "--folds", "2", "eval.bootstrap=50"])
+    assert extra == ["eval.bootstrap=50"]
+    assert main(["train", "train.nope=1", "--folds", "2", "also.nope=2"]) == 2  # both reach the config check
+    assert "unknown config key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "x.pt", "--data", "d.csv", "--out", "o", "stray=1"])
+    assert load_config(None, ["data.classes=[0, 1]"])["data"]["classes"] == ["0", "1"]
+    with pytest.raises(ConfigError, match="model.name must be one of .*efficientnet_lite0"):
+        load_config(None, ["model.name=foo"])
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", "x.csv", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

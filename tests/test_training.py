@@ -147,6 +147,35 @@ def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
     again = train_main(cfg, resume=True)
     assert again["run_dir"] == res["run_dir"]
     assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in s["folds"]]
+    # A resume that would split the cases otherwise is refused, by the config or by the folds' own cases.
+    from breastai.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"seed: 0 -> 3"):
+        train_main({**cfg, "seed": 3}, resume=True)
+    done = json.loads((run / "fold0" / "done").read_text())
+    done["test_case_ids"] = done["test_case_ids"][::-1]
+    (run / "fold0" / "done").write_text(json.dumps(done))
+    with pytest.raises(ValueError, match="finished on other held-out cases"):
+        train_main(cfg, resume=True)
+
+
+def test_resume_refuses_other_settings_keeps_run_name_and_an_early_stop(synth_datalist, tmp_path, tiny_config):
+    import yaml
+
+    from breastai.config import ConfigError
+
+    cfg = tiny_config(synth_datalist, tmp_path, "train.epochs=3", "train.lr=0", "train.early_stop_patience=1")
+    first = train_main(cfg)
+    second = train_main(cfg)  # the folder t exists: this run goes to t-2, and its config says so
+    assert yaml.safe_load((Path(second["run_dir"]) / "config.yaml").read_text())["run_name"] == "t-2"
+    run = Path(first["run_dir"])
+    stopped_at = load_checkpoint(run / "last.pt", resume=True)["epoch"]
+    assert stopped_at < 2, "lr 0: no AUC gain after the first epoch, so patience 1 stops it early"
+    with pytest.raises(ConfigError, match=r"preprocess.size: 64 -> 96.*only train.epochs"):
+        train_main({**cfg, "preprocess": {**cfg["preprocess"], "size": 96}}, resume=True)
+    again = train_main({**cfg, "train": {**cfg["train"], "epochs": 4}}, resume=True)  # epochs may change
+    assert again["run_dir"] == str(run)
+    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == stopped_at, "an early stop is not undone"
 
 
 def test_broken_checkpoint_gives_clear_error(tmp_path):

@@ -141,7 +141,9 @@ def merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[st
         where = f"{path}{k}"
         if k not in out:
             raise ConfigError(f"unknown config key {where!r}")
-        if isinstance(out[k], dict) and v is not None:
+        if isinstance(out[k], dict) and v is None:
+            continue  # a section left empty in the YAML file keeps its defaults
+        if isinstance(out[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"config key {where!r} must be a mapping")
             # reader_options is free-form
@@ -160,17 +162,53 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = cfg
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if "reader_options" in parts[:i] and p not in node:
+                node[p] = {}  # reader options are free-form: data.reader_options.dicom.frame=all
             if not isinstance(node.get(p), dict):
                 raise ConfigError(f"unknown config key {key!r}")
             node = node[p]
-        if parts[-1] not in node and not (len(parts) > 1 and parts[-2] == "reader_options"):
+        free = len(parts) > 1 and "reader_options" in parts[:-1]
+        if parts[-1] not in node and not free:
             raise ConfigError(f"unknown config key {key!r}")
         try:
-            node[parts[-1]] = _yaml(raw)
+            value = _yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: {exc}") from exc
+        node[parts[-1]] = value if free else _typed(key.strip(), node[parts[-1]], raw, value)
     return cfg
+
+
+# Settings that hold text although they default to None: their value is taken as typed, so a
+# path with ": " or " #" in it, or a run name like 2024, stays the text it is.
+_TEXT_KEYS = {"run_name", "data.datalist", "data.cache_dir"}
+
+
+def _typed(key: str, default: Any, raw: str, value: Any) -> Any:
+    """An override's value, checked against the type of the setting it replaces."""
+    if isinstance(default, dict):
+        raise ConfigError(f"{key} is a section: set its keys one by one ({key}.KEY=VALUE)")
+    if key in _TEXT_KEYS or isinstance(default, str):
+        text = raw.strip()
+        if text.lower() in ("null", "~", ""):
+            return None
+        quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+        return value if quoted and isinstance(value, str) else text
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} is true or false, got {raw!r}")
+        return value
+    if isinstance(default, int) and not (value is None and default is None):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key} is a whole number, got {raw!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} is a number, got {raw!r}")
+        return float(value)
+    return value
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:

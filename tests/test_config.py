@@ -92,3 +92,21 @@ def test_every_admitted_word_loads_and_runs():
         assert fit_temperature([-2.0, -1.0, 1.0, 2.5], [0, 0, 1, 1], targets=t) > 0
     for m in CHOICES["model.mask_init"]:
         assert create_model("resnet18", in_chans=2, mask_init=m)(torch.zeros(1, 2, 64, 64)).shape == (1,)
+
+
+def test_override_values_keep_their_setting_type(tmp_path):
+    from breastai.config import ConfigError, load_config
+
+    c = load_config(None, ["run_name=2024", "output_dir=/tmp/x #1", "data.datalist=/d/a: b.csv", "train.lr=1e-3",
+                           "train.epochs=3.0", "data.reader_options.dicom.frame=all", "data.cache=none",
+                           "data.datalist='quoted.csv'"])
+    assert c["run_name"] == "2024" and c["output_dir"] == "/tmp/x #1" and c["data"]["datalist"] == "quoted.csv"
+    assert c["train"]["lr"] == 1e-3 and c["train"]["epochs"] == 3 and isinstance(c["train"]["epochs"], int)
+    assert c["data"]["reader_options"] == {"dicom": {"frame": "all"}} and c["data"]["cache"] == "none"
+    for bad, why in (("train.epochs=1.5", "whole number"), ("train.lr=abc", "a number"), ("log.progress=maybe", "true or false"),
+                     ("preprocess={size: 64}", "is a section"), ("model=x", "is a section")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(None, [bad])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\ntrain: {epochs: 2}\n")  # a section left empty keeps its defaults
+    assert load_config(cfg)["model"]["name"] == "efficientnet_lite0"

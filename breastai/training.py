@@ -164,9 +164,10 @@ def fit(
         raise ValueError("no validation data: set data.val_fraction > 0 or give rows with split=val")
     classes = list(cfg["data"]["classes"])
     y_train = np.array([classes.index(r["label"]) for r in train_recs])
-    for name, part in (("training", train_recs), ("validation", val_recs)):
+    test_recs = [records[i] for i in split.get("test", [])]
+    for name, part in (("training", train_recs), ("validation", val_recs), ("test", test_recs)):
         present = {r["label"] for r in part}
-        if len(present) < 2:
+        if part and len(present) < 2:  # found before training, not after it (an empty test part is allowed)
             raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
 
     # Digests of the image files learned from and selected on: evaluate warns when it meets them again.

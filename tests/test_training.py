@@ -227,3 +227,24 @@ def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
     assert s["pooled_oof_auc"] == pytest.approx(5 / 6)
     on_disk = list(csv.DictReader(open(tmp_path / "oof_predictions.csv")))
     assert [float(r["calibrated_logit"]) for r in on_disk] == pytest.approx(list(logit / 0.05))
+
+
+def test_a_one_class_test_part_is_refused_before_training(synth_datalist, tmp_path, tiny_config, monkeypatch):
+    import csv
+
+    import breastai.training as tr
+
+    rows = list(csv.DictReader(open(synth_datalist)))
+    groups = sorted({r["group"] for r in rows if r["label"] == "benign"})[:2]
+    for r in rows:
+        r["split"] = "test" if r["group"] in groups else ""
+        r["image"] = str(synth_datalist.parent / r["image"])
+        r["mask"] = ";".join(str(synth_datalist.parent / m) for m in r["mask"].split(";") if m)
+    dl = tmp_path / "one_class_test.csv"
+    with open(dl, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    monkeypatch.setattr(tr, "train_one_epoch", lambda *a, **k: pytest.fail("trained before checking the test part"))
+    with pytest.raises(ValueError, match=r"the test part holds only \['benign'\]"):
+        train_main(tiny_config(dl, tmp_path / "runs"))

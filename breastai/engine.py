@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
@@ -13,7 +14,8 @@ from tqdm import tqdm
 
 from . import distributed as dist
 
-__all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "mirror_average", "autocast"]
+__all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "mirror_average", "autocast",
+           "seed_everything", "reseed_worker"]
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -194,3 +196,22 @@ def predict_loader(
         "label": all_label[first],
         "case_id": np.array([all_ids[i] for i in first], dtype=object),
     }
+
+
+def reseed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker after the first its own augmentation stream.
+
+    Workers get copies of the transforms' random state; torch and ``random`` are reseeded per
+    worker by PyTorch, MONAI's per-transform states are not, so every worker would repeat the
+    same draws. Worker 0 keeps the main process's stream (one worker = no worker, exactly).
+    """
+    info = torch.utils.data.get_worker_info()
+    if worker_id > 0 and info is not None and hasattr(info.dataset, "transform"):
+        info.dataset.transform.set_random_state(seed=torch.initial_seed() % 2**32)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, NumPy and torch alike."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +27,7 @@ from .data.datalist import atomic_write_csv, atomic_write_text
 from .data.frames import read_samples
 from .data.splits import carve_validation, fixed_split, group_kfold
 from .data.transforms import build_transforms
-from .engine import collate, predict_loader, train_one_epoch, warmup_cosine, weight_ema
+from .engine import collate, predict_loader, reseed_worker, seed_everything, train_one_epoch, warmup_cosine, weight_ema
 from .metrics import choose_threshold, ece, evaluation_report, roc_auc, summarise_folds
 from .models import MODELS, create_model
 from .provenance import part_digests
@@ -51,12 +50,6 @@ def resolve_device(spec: str) -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for but CUDA is not available; use device=cpu or auto")
     return torch.device(spec)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train: bool) -> Dataset:
@@ -91,6 +84,7 @@ def _loader(ds: Dataset, cfg: dict[str, Any], train: bool, labels: np.ndarray | 
         sampler=sampler,
         generator=g,
         num_workers=cfg["data"]["num_workers"],
+        worker_init_fn=reseed_worker if train else None,
         collate_fn=collate,
         drop_last=train and len(ds) > tc["batch_size"] * dist.world_size(),
     )
@@ -157,7 +151,7 @@ def fit(
     tc, device = cfg["train"], resolve_device(cfg["device"])
     main_rank = dist.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
-    _seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"])
     train_recs = [records[i] for i in split["train"]]
     val_recs = [records[i] for i in split["val"]]
     if not val_recs:
@@ -245,8 +239,10 @@ def fit(
             first = next(iter(_loader(train_ds, cfg, True, y_train, epoch)))
             tb.image_grid("inputs/train_augmented", first["image"][: cfg["log"]["image_grid"]], epoch)
         # Re-seeding per epoch makes --resume replay exactly what an uninterrupted run does.
-        _seed_everything(cfg["seed"] * 1000 + epoch)
-        train_ds.transform.set_random_state(seed=(cfg["seed"] * 1000 + epoch) % 2**32)
+        # Per rank: ranks see other images but would otherwise draw the same flips, affines and noise.
+        epoch_seed = cfg["seed"] * 1000 + epoch + 7919 * dist.rank()
+        seed_everything(epoch_seed)
+        train_ds.transform.set_random_state(seed=epoch_seed % 2**32)
         train_loader = _loader(train_ds, cfg, True, y_train, epoch)
         train_loss = raw_model.fit_loss if closed_form else train_one_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,

@@ -248,3 +248,24 @@ def test_a_one_class_test_part_is_refused_before_training(synth_datalist, tmp_pa
     monkeypatch.setattr(tr, "train_one_epoch", lambda *a, **k: pytest.fail("trained before checking the test part"))
     with pytest.raises(ValueError, match=r"the test part holds only \['benign'\]"):
         train_main(tiny_config(dl, tmp_path / "runs"))
+
+
+def test_dataloader_workers_draw_their_own_augmentations():
+    import copy
+
+    from breastai.config import DEFAULTS
+    from breastai.training import _loader, build_dataset
+
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["preprocess"].update(mode="whole", size=32)
+    cfg["train"]["batch_size"] = 1
+    img = np.random.default_rng(0).normal(100, 30, (64, 64)).astype(np.float32)
+    recs = [{"image": img, "mask": None, "label": "benign", "case_id": f"c{i}"} for i in range(8)]
+    ds = build_dataset(cfg, recs, train=True)
+    views = {}
+    for workers in (0, 1, 2):
+        cfg["data"]["num_workers"] = workers
+        ds.transform.set_random_state(seed=123)
+        views[workers] = [b["image"][0].numpy().tobytes() for b in _loader(ds, cfg, True, None, 0)]
+    assert len(set(views[2])) == 8, "two workers repeated each other's flips and affines"
+    assert views[1] == views[0], "one worker draws exactly what the main process draws"

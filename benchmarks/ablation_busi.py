@@ -72,15 +72,18 @@ def ablation(runs: dict[str, dict[str, Any]], reference: str = "fusion") -> dict
             "n_cases": len(oofs[n]),
         }
     tests = []
-    def score(o: dict[str, Any]) -> float:
-        # Runs written before `calibrated_logit` was stored have only probabilities, which may tie at 1.
-        return float(o["calibrated_logit"] if o.get("calibrated_logit") is not None else o["probability"])
+    def scores(run: str) -> np.ndarray:
+        # One column per run, as training pools them: log-odds only when every row has them (a run
+        # resumed across the change has probabilities in its older folds; mixed, they would not rank).
+        rows = [oofs[run][c] for c in common]
+        key = "calibrated_logit" if all(r.get("calibrated_logit") is not None for r in rows) else "probability"
+        return np.array([float(r[key]) for r in rows])
 
-    ref_p = np.array([score(oofs[reference][c]) for c in common])
+    ref_p = scores(reference)
     for n in runs:
         if n == reference:
             continue
-        p = np.array([score(oofs[n][c]) for c in common])
+        p = scores(n)
         a1, a2, z, pv = delong_test(y, ref_p, p)
         tests.append({"a": reference, "b": n, "auc_a": a1, "auc_b": a2, "delta": a1 - a2, "z": z, "p_value": pv})
         models[n]["pooled_auc"] = a2

@@ -164,7 +164,10 @@ def choose_threshold(y: Sequence[int], p: Sequence[float], method: str = "youden
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]
     method = method.strip().lower()
     if method == "youden":
-        i = int(np.argmax(tpr - fpr))  # first maximum = highest threshold
+        # J * P * N in whole counts: equal J values must compare equal for "first maximum =
+        # highest threshold" to hold (tpr - fpr in floats differs in the last bit).
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        i = int(np.argmax(np.rint(tpr * n_pos) * n_neg - np.rint(fpr * n_neg) * n_pos))
     elif method == "closest":
         i = int(np.argmin(fpr**2 + (1 - tpr) ** 2))
     else:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from breastai.calibration import apply_temperature, calibrated_probability, fit_temperature
 from breastai.metrics import ece
@@ -52,3 +53,10 @@ def test_unknown_targets_are_refused():
 
     with pytest.raises(ValueError, match="platt"):
         fit_temperature(np.array([0.0, 1.0]), np.array([0, 1]), targets="soft")
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0, 20.0, 40.0])
+def test_separated_validation_gives_the_floor_whatever_the_logit_scale(scale):
+    z = scale * np.array([1.0, 2, 3, -1, -2, -3])
+    assert fit_temperature(z, [1, 1, 1, 0, 0, 0]) == 0.05
+    assert 0.05 < fit_temperature(z, [1, 1, 1, 0, 0, 0], targets="platt") <= 20  # Platt keeps it finite

@@ -243,6 +243,15 @@ def test_ablation_script_table_and_delong(tmp_path, capsys):
     assert t["image"]["auc_b"] == pytest.approx(t["radiomics"]["auc_b"])  # same scores once matched by case_id
     assert res["models"]["fusion"]["mean_auc"] == pytest.approx(np.mean([f["auc"] for f in json.loads((dirs["fusion"] / "cv_summary.json").read_text())["folds"]]))
     assert "fusion vs image" in capsys.readouterr().out
+    # A run whose later folds carry calibrated log-odds and whose first does not (resumed across the
+    # change) is ranked on one column, its probabilities, not on a mix of log-odds and probabilities.
+    f = json.loads((dirs["fusion"] / "cv_summary.json").read_text())
+    for p in f["oof_predictions"]:
+        if p["fold"] > 0:
+            p["calibrated_logit"] = float(np.log(p["probability"] / (1 - p["probability"])) * 10)
+    (dirs["fusion"] / "cv_summary.json").write_text(json.dumps(f))
+    mixed = ab.main(["--runs", *(f"{k}={d}" for k, d in dirs.items()), "--out", str(out)])
+    assert mixed["models"]["fusion"]["pooled_auc"] == pytest.approx(res["models"]["fusion"]["pooled_auc"])
     # Different folds for the same case: refused.
     s["oof_predictions"][0]["fold"] = (s["oof_predictions"][0]["fold"] + 1) % 3
     (dirs["radiomics"] / "cv_summary.json").write_text(json.dumps(s))

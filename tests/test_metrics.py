@@ -323,3 +323,10 @@ def test_ece_noise_floor_of_a_calibrated_model():
     assert 0.06 < small["mean"] < 0.12 and small["q95"] > small["mean"]
     assert large["mean"] < small["mean"] / 2 and large["n"] == 1008
     assert ece_noise_floor(np.zeros(50), n_draws=50)["mean"] == 0.0
+
+
+def test_youden_ties_go_to_the_highest_threshold_exactly():
+    from breastai.metrics import choose_threshold
+
+    # J = 1/3 at thresholds 0.6 and 0.5; in floats tpr - fpr differs in the last bit between them.
+    assert choose_threshold([0, 1, 1, 0, 1, 0], [0.8, 0.5, 0.6, 0.5, 0.8, 0.2]) == 0.6

@@ -47,9 +47,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200,
     labels = np.asarray(labels, dtype=np.float64)
     if logits.size < 2 or len(np.unique(labels)) < 2:
         return 1.0
-    if targets == "hard" and logits[labels > 0.5].min() > logits[labels <= 0.5].max():
-        # Separated: the NLL falls all the way to T -> 0, so the answer is the floor. L-BFGS stopped
-        # short of it at a T set by the logits' scale (exactly 1.0 once the gradient underflowed).
+    if targets == "hard" and logits[labels > 0.5].min() > 0 > logits[labels <= 0.5].max():
+        # Every case already on its side of 0: the NLL falls all the way to T -> 0, so the answer is
+        # the floor. L-BFGS stopped short of it at a T set by the logits' scale (exactly 1.0 once the
+        # gradient underflowed). Ranked apart but not on both sides of 0, the optimum is finite.
         return 0.05
     z = torch.tensor(logits)
     y = torch.tensor(labels)

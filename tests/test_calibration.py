@@ -60,3 +60,8 @@ def test_separated_validation_gives_the_floor_whatever_the_logit_scale(scale):
     z = scale * np.array([1.0, 2, 3, -1, -2, -3])
     assert fit_temperature(z, [1, 1, 1, 0, 0, 0]) == 0.05
     assert 0.05 < fit_temperature(z, [1, 1, 1, 0, 0, 0], targets="platt") <= 20  # Platt keeps it finite
+    # Ranked apart (AUC 1) but with a negative above 0: a finite T is the optimum, not the floor.
+    shifted = z + 1.5 * scale
+    t = fit_temperature(shifted, [1, 1, 1, 0, 0, 0])
+    nll = lambda t: -np.mean(np.log(apply_temperature(shifted[:3], t))) - np.mean(np.log(1 - apply_temperature(shifted[3:], t)))
+    assert t > 0.05 and (t == 20.0 or nll(t) <= min(nll(t * 1.1), nll(t / 1.1)) + 1e-9)  # 20: the upper clip

@@ -202,7 +202,7 @@ def fit(
     eps = float(tc["label_smoothing"])
     loss_fn = (lambda z, y: bce(z, y * (1 - eps) + eps / 2)) if eps > 0 else bce
 
-    start_epoch, best = 0, {"auc": -1.0, "epoch": -1, "stale": 0}
+    start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume:
         if not last_path.is_file():
@@ -216,6 +216,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, dict(state["early_stop"])
+        done_seconds = list(state.get("epoch_seconds", []))
         if best["stale"] >= tc["early_stop_patience"]:
             start_epoch = tc["epochs"]  # it had stopped early: training again would undo that decision
         if main_rank:
@@ -232,7 +233,7 @@ def fit(
     best_val: dict[str, np.ndarray] | None = None
     progress = bool(cfg["log"]["progress"])
     closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
-    epoch_seconds: list[float] = []
+    epoch_seconds: list[float] = list(done_seconds)  # a resumed run's summary still times every epoch
     for epoch in range(start_epoch, 1 if closed_form else tc["epochs"]):
         t0 = time.time()
         if epoch == start_epoch and tb.writer is not None:
@@ -280,6 +281,7 @@ def fit(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
                 threshold=0.5, temperature=1.0,
                 extra={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "early_stop": dict(best),
+                       "epoch_seconds": [*epoch_seconds, time.time() - t0],
                        **({"ema": ema.state_dict()} if ema is not None else {})},
             ))
         dist.barrier()
@@ -313,6 +315,7 @@ def fit(
         if "test" in result:
             state["metrics"].update({f"test_{k}": v for k, v in result["test"].items()})
         save_checkpoint(best_path, state)
+    if main_rank and len(epoch_seconds) > len(done_seconds):  # a resume with nothing left to train logs nothing twice
         log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, state)
         tb.hparams(flat_hparams(cfg), {"val_auc": result["val_auc"], **({"test_auc": result["test"]["auc"]} if "test" in result else {})})
     tb.close()

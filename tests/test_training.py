@@ -176,6 +176,7 @@ def test_resume_refuses_other_settings_keeps_run_name_and_an_early_stop(synth_da
     again = train_main({**cfg, "train": {**cfg["train"], "epochs": 4}}, resume=True)  # epochs may change
     assert again["run_dir"] == str(run)
     assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == stopped_at, "an early stop is not undone"
+    assert len(again["epoch_seconds"]) == stopped_at + 1, "the resumed summary still times the epochs run before"
 
 
 def test_broken_checkpoint_gives_clear_error(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, [*args.overrides, "log.progress=false", "log.tensorboard=true"])
+    cfg = load_config(args.config, ["log.progress=false", *args.overrides])  # trains what `breastai train` would
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = fit(cfg, records, {"train": tr, "val": va, "test": te}, Path(tmp) / "fold")
         wall = time.perf_counter() - t0
-    seconds = sorted(res["epoch_seconds"])
-    per_epoch = round(seconds[len(seconds) // 2], 1) if seconds else float("nan")
+    seconds = res["epoch_seconds"]
+    per_epoch = round(statistics.median(seconds), 1) if seconds else float("nan")
     report = {
         "config": args.config, "overrides": args.overrides, "fold": args.fold, "threads": torch.get_num_threads(),
         "n_train": len(tr), "n_val": len(va), "n_test": len(te), "epochs_run": len(seconds),

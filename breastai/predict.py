@@ -136,7 +136,8 @@ def expand_inputs(
         else:  # a file (missing or unsupported ones become error records)
             items.append(PredictItem(str(p), (_sibling_masks(p) or None) if find_masks and p.is_file() else None, source=str(p)))
     if masks is not None:
-        masks = list(masks)
+        # One mask for one image may come bare (a path, an array, a box), like the image itself.
+        masks = [masks] if isinstance(masks, (str, Path, np.ndarray, torch.Tensor, LesionBox)) else list(masks)
         if len(masks) != len(items):
             raise ValueError(f"{len(masks)} mask(s) given for {len(items)} image(s); give one mask per image, in order")
         for it, m in zip(items, masks):

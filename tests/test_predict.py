@@ -550,3 +550,9 @@ def test_no_images_leaves_earlier_results_and_outputs_keep_the_umask(ckpt, sampl
     assert len(list((out / "saliency").iterdir())) == 1
     with pytest.raises(SystemExit):
         _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), "--out", str(out), "--tta", "-3"])
+
+
+def test_one_bare_mask_for_one_image(predictor, sample):
+    bare = predictor.predict(sample[0], masks=str(sample[1]))[0]  # as in the README's Python example
+    listed = predictor.predict(sample[0], masks=[str(sample[1])])[0]
+    assert bare["error"] is None and bare["has_mask"] and bare["probability"] == listed["probability"]

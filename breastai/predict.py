@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .data.io import IMAGE_SUFFIXES, ImageReadError, LesionBox, image_suffix, load_image
+from .data.io import IMAGE_SUFFIXES, ImageReadError, LesionBox, image_suffix, load_image, visible_files
 from .engine import mirror_average
 from .saliency import METHODS, SaliencyExplainer, check_upsampling, map_to_original, normalise_map
 
@@ -119,10 +119,8 @@ def expand_inputs(
         p = Path(inp)
         if p.is_dir():
             outputs = _predict_output_folders(p)
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p).parts
-                # Hidden folders (.ipynb_checkpoints) hold copies; earlier predict runs hold overlays.
-                if not f.is_file() or any(part.startswith(".") for part in rel) or outputs & set(f.parents):
+            for f in visible_files(p):
+                if outputs & set(f.parents):  # an earlier predict run's overlays, not inputs
                     continue
                 if _MASK_NAME.search(f.stem.replace(".nii", "")):
                     notes.append(f"{f}: skipped (a mask file)")

@@ -59,3 +59,69 @@ def _tiny_config(datalist: Path, out: Path, *extra: str) -> dict:
             *extra,
         ],
     )
+
+
+# --- a tiny trained checkpoint shared by the predict tests (test_predict*.py) ---
+
+PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-7734521"
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory, synth_datalist) -> Path:
+    from breastai.training import main
+
+    out = main(_tiny_config(synth_datalist, tmp_path_factory.mktemp("run")))
+    return Path(out["run_dir"]) / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def predictor(ckpt):
+    from breastai.predict import Predictor
+
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample(synth_datalist) -> tuple[Path, Path]:
+    """One synthetic image and its mask."""
+    import csv
+
+    row = next(csv.DictReader(open(synth_datalist)))
+    base = synth_datalist.parent
+    return base / row["image"], base / row["mask"].split(";")[0]
+
+
+def write_grey_dicom(path: Path, pixels, sop_uid: str = "1.2.826.0.1.3680043.8.498.12345") -> Path:
+    """An 8-bit MONOCHROME2 DICOM of ``pixels`` carrying PATIENT_NAME / PATIENT_ID."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
+    ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.asarray(pixels).astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def predict_cli(argv: list[str]) -> int:
+    """``breastai predict ...`` through its own parser, returning the exit status."""
+    import argparse
+
+    from breastai.predict_cli import add_parser
+
+    p = argparse.ArgumentParser(prog="breastai")
+    add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(argv)
+    return args.func(args)

@@ -24,12 +24,24 @@ __all__ = [
     "stored_shape",
     "IMAGE_SUFFIXES",
     "image_suffix",
+    "visible_files",
     "to_grey",
 ]
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}
 # ".nii.gz" as one suffix: a bare ".gz" would make any gzip file (notes.csv.gz) an image.
 IMAGE_SUFFIXES = PIL_SUFFIXES | {".nii", ".nii.gz", ".dcm", ".dicom"}
+
+
+def visible_files(root: str | Path) -> list[Path]:
+    """Files under ``root``, sorted, leaving out hidden files and everything in hidden folders.
+
+    Hidden folders such as ``.ipynb_checkpoints`` hold copies of real images: listed, one image
+    would sit on both sides of a split, or be scored twice.
+    """
+    root = Path(root)
+    return [f for f in sorted(root.rglob("*"))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)]
 
 
 def image_suffix(path: str | Path) -> str:

@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES
+from ..io import IMAGE_SUFFIXES, visible_files
 from . import PrepareReport
 
 __all__ = ["image_stem", "scan_class_folder", "prepare_folder"]
@@ -21,7 +21,7 @@ def image_stem(path: Path) -> tuple[str, str]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and image_stem(path)[1].lower() in IMAGE_SUFFIXES
+    return image_stem(path)[1].lower() in IMAGE_SUFFIXES  # visible_files already left hidden ones out
 
 
 def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Path, list[Path]]]:
@@ -33,10 +33,8 @@ def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Pa
     mask_re = re.compile(re.escape(mask_suffix) + r"(_\d+)?$") if mask_suffix else None
     images: dict[tuple[Path, str], Path] = {}
     masks: dict[tuple[Path, str], list[Path]] = {}
-    for p in sorted(folder.rglob("*")):
-        # Hidden folders (.ipynb_checkpoints, .thumbnails) hold copies of real images: listed, they
-        # would put one image on both sides of a split.
-        if not _is_image(p) or any(part.startswith(".") for part in p.relative_to(folder).parts):
+    for p in visible_files(folder):
+        if not _is_image(p):
             continue
         stem, _ = image_stem(p)
         m = mask_re.search(stem) if mask_re else None

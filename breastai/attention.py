@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells"]
+__all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells", "pointing_game"]
 
 
 CELLS = ("touched", "covered")
@@ -126,3 +126,36 @@ class LesionAttentionLoss:
             raise ValueError("train.attention_loss needs lesion masks in the datalist")
         cam = torch.einsum("bchw,c->bhw", feat.float(), self.head.weight[0].float())
         return self.weight * cam_attention_loss(cam, batch["mask"].to(device), batch["label"].to(device), self.cells)
+
+
+def pointing_game(model: nn.Module, dataset: Any, indices: Any, device: torch.device) -> tuple[int, int]:
+    """Pointing game of Grad-CAM++ on the network input grid: for how many of ``dataset[i]``
+    (``i`` in ``indices``, samples with ``image`` and ``mask``) the map's maximum lies in the mask.
+
+    Training logs it per epoch for the validation part's malignant images, so a run shows whether
+    its maps follow the lesion (the held-out measure in the original geometry is
+    ``benchmarks/saliency_pointing.py``). Samples with an empty or full mask are not counted.
+
+    Returns:
+        (hits, counted samples).
+    """
+    import copy
+
+    from .saliency import SaliencyExplainer
+
+    # A copy: the explainer hooks its model and switches off in-place ops, the trained one stays as it is.
+    net = copy.deepcopy(model).float().to(device).eval()
+    for m in net.modules():
+        m._forward_hooks.clear()
+    explain = SaliencyExplainer(net, "gradcam++")
+    hits = n = 0
+    for i in indices:
+        sample = dataset[int(i)]
+        inside = torch.as_tensor(sample["mask"])[0] > 0.5
+        if not bool(inside.any()) or bool(inside.all()):
+            continue
+        _, smap = explain(torch.as_tensor(sample["image"])[None].float().to(device))
+        smap = smap[0].cpu()
+        n += 1
+        hits += int(float(smap.max()) > 0 and bool(inside.flatten()[int(smap.argmax())]))
+    return hits, n

@@ -85,6 +85,9 @@ DEFAULTS: dict[str, Any] = {
         "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
         "attention_cells": "touched",  # touched | covered: feature-map cells counted as the lesion's
         "early_stop_patience": 6,
+        # Which epoch is kept: val_auc = the best validation AUC (with early stopping); last = the
+        # last epoch (no early stopping), for objectives besides AUC that keep improving (attention).
+        "select": "val_auc",
         "amp": True,
         "channels_last": True,
         "folds": 0,
@@ -247,6 +250,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess.mode": ("whole", "crop"),
     "preprocess.normalize": ("percentile", "zscore", "minmax"),
     "train.class_balance": ("weighted_loss", "sampler", "none"),
+    "train.select": ("val_auc", "last"),
     "model.mask_init": ("zero", "grey"),
     "eval.calibration_targets": ("hard", "platt"),
 }

@@ -11,7 +11,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects", "cleanup"]
+__all__ = ["resolve_device", "init_distributed", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects", "cleanup"]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and "LOCAL_RANK" in os.environ:
+        spec = f"cuda:{os.environ['LOCAL_RANK']}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for but CUDA is not available; use device=cpu or auto")
+    return torch.device(spec)
 
 
 def init_distributed(device: torch.device) -> bool:

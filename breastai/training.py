@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from . import distributed as dist
+from .distributed import resolve_device
 from .calibration import apply_temperature, calibrated_logit, calibrated_probability, fit_temperature
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import check_resume, dump_config, split_seed
@@ -37,19 +38,6 @@ from .tblog import TBLogger, flat_hparams, log_best_epoch
 __all__ = ["resolve_device", "build_dataset", "fit", "cv_splits", "cv_summary", "load_cv_summary", "predict_records", "score_part", "cross_validate", "main"]
 
 log = logging.getLogger("breastai")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
-    import os
-
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda" and "LOCAL_RANK" in os.environ:
-        spec = f"cuda:{os.environ['LOCAL_RANK']}"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but CUDA is not available; use device=cpu or auto")
-    return torch.device(spec)
 
 
 def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train: bool) -> Dataset:
@@ -225,7 +213,7 @@ def fit(
 
     attention = None
     if float(tc.get("attention_loss", 0.0)) > 0:
-        from .attention import LesionAttentionLoss
+        from .attention import LesionAttentionLoss, pointing_game
 
         attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"])
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
@@ -255,7 +243,8 @@ def fit(
         val = predict_loader(selected, val_loader, device, amp=amp, channels_last=channels_last, flip=flip)
         val_auc = roc_auc(val["label"], val["logit"])
         val_loss = _bce(val["logit"], val["label"])
-        improved = val_auc > best["auc"] + 1e-6
+        # train.select=last keeps every epoch in turn (stale stays 0: no early stop), so the last is kept.
+        improved = val_auc > best["auc"] + 1e-6 or tc["select"] == "last"
         if improved:
             best.update(auc=val_auc, epoch=epoch, stale=0)
             best_val = val
@@ -263,17 +252,25 @@ def fit(
             best["stale"] += 1
         if main_rank:
             lr = optimizer.param_groups[0]["lr"]
-            tb.scalars({"loss/train": train_loss, "loss/val": val_loss, "auc/val": val_auc, "lr": lr}, epoch)
+            pointing = None
+            if attention is not None:  # are the maps on the lesion? (malignant validation images)
+                hits, n = pointing_game(ema.module if ema is not None else raw_model, val_ds,
+                                        val["index"][val["label"] == 1], device)
+                pointing = hits / n if n else None
+            tb.scalars({"loss/train": train_loss, "loss/val": val_loss, "auc/val": val_auc, "lr": lr,
+                        "pointing/val": pointing}, epoch)
             log.info(
-                "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f%s  lr %.2e  %.0fs",
-                epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "", lr, time.time() - t0,
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f%s%s  lr %.2e  %.0fs",
+                epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "",
+                "" if pointing is None else f"  val pointing {pointing:.3f}", lr, time.time() - t0,
             )
             if improved:
                 temperature = fit_temperature(val["logit"] - offset, val["label"],
                                               targets=cfg["eval"]["calibration_targets"]) if cfg["eval"]["calibrate"] else 1.0
                 probs = calibrated_probability(val["logit"], {"temperature": temperature, "logit_offset": offset})
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
-                metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss}
+                metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss,
+                           **({"val_pointing": pointing} if pointing is not None else {})}
                 save_checkpoint(best_path, _ckpt_state(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
                                                        extra={"logit_offset": offset, "seen_images": seen_images}))

@@ -110,3 +110,81 @@ def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist
             model(batch["image"])
             shares[w] = float(att(batch, torch.device("cpu")))
     assert shares[2.0] < shares[0.0]
+
+
+class _Bright(torch.nn.Module):
+    """A model whose class-activation map is its input: saliency peaks at the brightest pixel."""
+
+    target_layer_name = "feat"
+
+    def __init__(self):
+        super().__init__()
+        self.feat = torch.nn.Conv2d(1, 1, 1)
+        self.head = torch.nn.Linear(1, 1)
+        for p in (self.feat.weight, self.head.weight):
+            torch.nn.init.ones_(p)
+        torch.nn.init.zeros_(self.feat.bias)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.feat(x).mean((2, 3))).squeeze(1)
+
+
+def _spot(y: int, x: int, mask_box: tuple[int, int, int, int] | None) -> dict:
+    image = torch.full((1, 32, 32), 0.1)
+    image[0, y - 1:y + 2, x - 1:x + 2] = 1.0
+    mask = torch.zeros(1, 32, 32)
+    if mask_box:
+        y0, y1, x0, x1 = mask_box
+        mask[0, y0:y1, x0:x1] = 1
+    return {"image": image, "mask": mask}
+
+
+def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alone():
+    from breastai.attention import pointing_game
+
+    model = _Bright()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [
+        _spot(8, 8, (4, 12, 4, 12)),  # peak inside its lesion
+        _spot(24, 24, (4, 12, 4, 12)),  # peak outside
+        _spot(20, 10, (16, 26, 6, 14)),  # inside
+        _spot(8, 8, None),  # no lesion: not counted
+        _spot(8, 8, (4, 12, 4, 12)),  # inside, but not asked for
+    ]
+    assert pointing_game(model, data, [0, 1, 2, 3], torch.device("cpu")) == (2, 3)
+    assert pointing_game(model, data, [1], torch.device("cpu")) == (0, 1)
+    # The explainer works on a copy: no hook left on the trained model, weights untouched.
+    assert not model.feat._forward_hooks and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(synth_datalist, tiny_config, tmp_path):
+    """Same seed: the trajectory is the same; val_auc keeps its best epoch, last the final one (never
+    stopped early), calibrated like any kept epoch; the validation pointing game is recorded."""
+    from breastai.checkpoint import load_checkpoint
+
+    runs = {}
+    for select in ("val_auc", "last"):
+        cfg = tiny_config(synth_datalist, tmp_path / select, "preprocess.mode=whole", "train.epochs=4",
+                          "train.attention_loss=0.5", "train.early_stop_patience=1", f"train.select={select}",
+                          "log.tensorboard=false")
+        res = train_main(cfg)
+        runs[select] = (res, load_checkpoint(f"{res['run_dir']}/best.pt"),
+                        load_checkpoint(f"{res['run_dir']}/last.pt", resume=True))
+    res, best, last = runs["last"]
+    assert best["best_epoch"] == last["epoch"] == 3  # patience 1 did not stop it
+    assert all(torch.equal(best["weights"][k], v) for k, v in last["weights"].items())
+    assert best["temperature"] != 1.0 and 0.0 <= best["metrics"]["val_pointing"] <= 1.0
+    res_auc, best_auc, last_auc = runs["val_auc"]
+    if last_auc["epoch"] == 3:  # ran to the end: the same weights, and the best AUC is no lower than the last's
+        assert res_auc["last_weights_digest"] == res["last_weights_digest"]
+        assert best_auc["metrics"]["val_auc"] >= best["metrics"]["val_auc"]
+    else:  # stopped early, one epoch after its best
+        assert last_auc["epoch"] == best_auc["best_epoch"] + 1
+
+
+def test_train_select_takes_known_words_only():
+    from breastai.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.select must be one of val_auc, last"):
+        load_config(None, ["train.select=best"])

@@ -233,6 +233,7 @@ def fit(
         seed_everything(epoch_seed)
         train_ds.transform.set_random_state(seed=epoch_seed % 2**32)
         train_loader = _loader(train_ds, cfg, True, y_train, epoch)
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's first step: afterwards it is the next epoch's
         train_loss = raw_model.fit_loss if closed_form else train_one_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler, amp=amp,
             channels_last=channels_last, grad_clip=tc["grad_clip"], epoch=epoch, progress=progress, aux_loss=attention,
@@ -251,8 +252,7 @@ def fit(
         else:
             best["stale"] += 1
         if main_rank:
-            lr = optimizer.param_groups[0]["lr"]
-            pointing = None
+            pointing, hits, n = None, 0, 0
             if attention is not None:  # are the maps on the lesion? (malignant validation images)
                 hits, n = pointing_game(ema.module if ema is not None else raw_model, val_ds,
                                         val["index"][val["label"] == 1], device)
@@ -262,7 +262,7 @@ def fit(
             log.info(
                 "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f%s%s  lr %.2e  %.0fs",
                 epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "",
-                "" if pointing is None else f"  val pointing {pointing:.3f}", lr, time.time() - t0,
+                "" if pointing is None else f"  val pointing {pointing:.3f} ({hits}/{n})", lr, time.time() - t0,
             )
             if improved:
                 temperature = fit_temperature(val["logit"] - offset, val["label"],

@@ -55,6 +55,19 @@ def test_two_epoch_run_writes_everything(trained):
         assert t in tags, f"TensorBoard tag {t} missing (have {sorted(tags)})"
 
 
+def test_logged_learning_rate_is_the_epochs_own(trained):
+    """Epoch 0 is the linear warm-up (its first step: lr / steps); epoch 1 starts the cosine at lr."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, res, run = trained
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    lrs = {e.step: e.value for e in acc.Scalars("lr")}
+    assert cfg["train"]["warmup_epochs"] == 1
+    assert lrs[1] == pytest.approx(cfg["train"]["lr"], rel=1e-6)
+    assert 0 < lrs[0] < lrs[1] / 2
+
+
 def test_checkpoint_is_self_contained(trained):
     cfg, res, run = trained
     state = torch.load(run / "best.pt", weights_only=True)

@@ -253,9 +253,9 @@ def fit(
             best["stale"] += 1
         if main_rank:
             pointing, hits, n = None, 0, 0
-            if attention is not None:  # are the maps on the lesion? (malignant validation images)
+            if attention is not None and cfg["log"]["pointing_images"]:  # are the maps on the lesion?
                 hits, n = pointing_game(ema.module if ema is not None else raw_model, val_ds,
-                                        val["index"][val["label"] == 1], device)
+                                        val["index"][val["label"] == 1][: cfg["log"]["pointing_images"]], device)
                 pointing = hits / n if n else None
             tb.scalars({"loss/train": train_loss, "loss/val": val_loss, "auc/val": val_auc, "lr": lr,
                         "pointing/val": pointing}, epoch)

@@ -188,3 +188,29 @@ def test_train_select_takes_known_words_only():
 
     with pytest.raises(ConfigError, match="train.select must be one of val_auc, last"):
         load_config(None, ["train.select=best"])
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+def test_validation_pointing_game_is_capped_or_off(synth_datalist, tiny_config, tmp_path, caplog, cap):
+    import logging
+    import re
+
+    from breastai.checkpoint import load_checkpoint
+
+    cfg = tiny_config(synth_datalist, tmp_path, "preprocess.mode=whole", "train.epochs=1", "train.attention_loss=0.5",
+                      f"log.pointing_images={cap}", "log.tensorboard=false")
+    with caplog.at_level(logging.INFO):
+        res = train_main(cfg)
+    metrics = load_checkpoint(f"{res['run_dir']}/best.pt")["metrics"]
+    counts = [tuple(map(int, m)) for m in re.findall(r"val pointing [\d.]+ \((\d+)/(\d+)\)", caplog.text)]
+    if cap == 0:
+        assert "val_pointing" not in metrics and not counts
+    else:
+        assert counts and all(0 <= h <= n == 2 for h, n in counts) and metrics["val_pointing"] in (0.0, 0.5, 1.0)
+
+
+def test_pointing_images_must_not_be_negative():
+    from breastai.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="log.pointing_images"):
+        load_config(None, ["log.pointing_images=-1"])

@@ -33,7 +33,7 @@ from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E40
 from breastai.data.io import load_mask  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.predict import Predictor  # noqa: E402
-from breastai.saliency import UPSAMPLING  # noqa: E402
+from breastai.saliency import UPSAMPLING, peak_in_mask  # noqa: E402
 from breastai.training import cv_splits, load_cv_summary  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     else:
         miss = 0.0
     return {
-        "hit": float(mask[peak]) if total > 0 else 0.0,
+        "hit": float(peak_in_mask(smap, mask)),
         "miss_distance": miss,
         "mass_share": float(smap[mask].sum() / total) if total > 0 else 0.0,
         "area_share": float(mask.mean()),

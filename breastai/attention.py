@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells", "pointing_game"]
+__all__ = ["CELLS", "LesionAttentionLoss", "cam_attention_loss", "lesion_cells", "PointingGame"]
 
 
 CELLS = ("touched", "covered")
@@ -128,34 +128,39 @@ class LesionAttentionLoss:
         return self.weight * cam_attention_loss(cam, batch["mask"].to(device), batch["label"].to(device), self.cells)
 
 
-def pointing_game(model: nn.Module, dataset: Any, indices: Any, device: torch.device) -> tuple[int, int]:
-    """Pointing game of Grad-CAM++ on the network input grid: for how many of ``dataset[i]``
-    (``i`` in ``indices``, samples with ``image`` and ``mask``) the map's maximum lies in the mask.
+class PointingGame:
+    """Pointing game of Grad-CAM++ on the network input grid, for a model in training.
 
     Training logs it per epoch for the validation part's malignant images, so a run shows whether
     its maps follow the lesion (the held-out measure in the original geometry is
-    ``benchmarks/saliency_pointing.py``). Samples with an empty or full mask are not counted.
+    ``benchmarks/saliency_pointing.py``). Build it before any hook is registered on the trained
+    model: it keeps one frozen copy for the explainer (which hooks its model and switches off
+    in-place ops), and each call loads the current weights into that copy.
 
-    Returns:
-        (hits, counted samples).
+    Args:
+        model: the registry image model being trained (not a DDP wrapper).
     """
-    import copy
 
-    from .saliency import SaliencyExplainer
+    def __init__(self, model: nn.Module):
+        from .saliency import SaliencyExplainer, frozen_copy
 
-    # A copy: the explainer hooks its model and switches off in-place ops, the trained one stays as it is.
-    net = copy.deepcopy(model).float().to(device).eval()
-    for m in net.modules():
-        m._forward_hooks.clear()
-    explain = SaliencyExplainer(net, "gradcam++")
-    hits = n = 0
-    for i in indices:
-        sample = dataset[int(i)]
-        inside = torch.as_tensor(sample["mask"])[0] > 0.5
-        if not bool(inside.any()) or bool(inside.all()):
-            continue
-        _, smap = explain(torch.as_tensor(sample["image"])[None].float().to(device))
-        smap = smap[0].cpu()
-        n += 1
-        hits += int(float(smap.max()) > 0 and bool(inside.flatten()[int(smap.argmax())]))
-    return hits, n
+        self.net = frozen_copy(model).float()
+        self.explain = SaliencyExplainer(self.net, "gradcam++")
+
+    def __call__(self, model: nn.Module, dataset: Any, indices: Any, device: torch.device) -> tuple[int, int]:
+        """(hits, counted samples) over ``dataset[i]`` for ``i`` in ``indices`` (samples with
+        ``image`` and ``mask``; an empty or full mask is not counted), with ``model``'s weights."""
+        from .saliency import peak_in_mask
+
+        self.net.load_state_dict(model.state_dict())
+        self.net.to(device)
+        hits = n = 0
+        for i in indices:
+            sample = dataset[int(i)]
+            inside = torch.as_tensor(sample["mask"])[0] > 0.5
+            if not bool(inside.any()) or bool(inside.all()):
+                continue
+            _, smap = self.explain(torch.as_tensor(sample["image"])[None].float().to(device))
+            n += 1
+            hits += peak_in_mask(smap[0].cpu().numpy(), inside.numpy())
+        return hits, n

@@ -181,7 +181,15 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             value = _yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: {exc}") from exc
-        node[parts[-1]] = value if free else _typed(key.strip(), node[parts[-1]], raw, value)
+        # The type comes from the built-in setting, not from the value a YAML file put there
+        # (``ema: 0`` in a file must not make ``train.ema=0.999`` "a whole number").
+        if free:
+            node[parts[-1]] = value
+            continue
+        default: Any = DEFAULTS
+        for part in parts:
+            default = default.get(part, node[parts[-1]]) if isinstance(default, dict) else node[parts[-1]]
+        node[parts[-1]] = _typed(key.strip(), default, raw, value)
     return cfg
 
 
@@ -204,7 +212,7 @@ def _typed(key: str, default: Any, raw: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} is true or false, got {raw!r}")
         return value
-    if isinstance(default, int) and not (value is None and default is None):
+    if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):

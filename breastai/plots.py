@@ -10,8 +10,6 @@ Scores may be one array or a mapping ``{name: scores}`` to overlay several model
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
@@ -20,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
+from breastai.data.datalist import atomic_write
 from breastai.metrics import check_scores, bootstrap_auc_ci, reliability_curve, roc_auc
 
 __all__ = [
@@ -51,17 +50,7 @@ def _series(p: Scores) -> list[tuple[str | None, np.ndarray]]:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def figure_roc(y: Sequence[int], p: Scores, title: str = "ROC curve", ci: bool = True, n_boot: int = 1000) -> Figure:

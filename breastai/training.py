@@ -57,7 +57,8 @@ def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train:
 
 def _loader(ds: Dataset, cfg: dict[str, Any], train: bool, labels: np.ndarray | None, epoch: int) -> DataLoader:
     tc = cfg["train"]
-    g = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
+    # Per rank: it seeds the workers (reseed_worker), which would otherwise repeat across ranks.
+    g = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch + 7919 * dist.rank())
     sampler = None
     if dist.is_distributed():
         sampler = DistributedSampler(ds, shuffle=train, seed=cfg["seed"], drop_last=False)
@@ -149,7 +150,7 @@ def fit(
     test_recs = [records[i] for i in split.get("test", [])]
     for name, part in (("training", train_recs), ("validation", val_recs), ("test", test_recs)):
         present = {r["label"] for r in part}
-        if part and len(present) < 2:  # found before training, not after it (an empty test part is allowed)
+        if (part or name != "test") and len(present) < 2:  # found before training; only the test part may be empty
             raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
 
     # Digests of the image files learned from and selected on: evaluate warns when it meets them again.
@@ -211,10 +212,12 @@ def fit(
             log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, state["epoch"] + 1,
                      tc["epochs"], best["auc"], best["epoch"] + 1)
 
-    attention = None
+    attention = pointing = None
     if float(tc.get("attention_loss", 0.0)) > 0:
-        from .attention import LesionAttentionLoss, pointing_game
+        from .attention import LesionAttentionLoss, PointingGame
 
+        if main_rank and cfg["log"]["pointing_images"]:  # its copy is made before the loss hooks the model
+            pointing = PointingGame(raw_model)
         attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"])
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = _loader(val_ds, cfg, False, None, 0)  # deterministic: built once
@@ -222,7 +225,8 @@ def fit(
     progress = bool(cfg["log"]["progress"])
     closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
     epoch_seconds: list[float] = list(done_seconds)  # a resumed run's summary still times every epoch
-    for epoch in range(start_epoch, 1 if closed_form else tc["epochs"]):
+    n_epochs = 1 if closed_form else tc["epochs"]
+    for epoch in range(start_epoch, n_epochs):
         t0 = time.time()
         if epoch == start_epoch and tb.writer is not None:
             first = next(iter(_loader(train_ds, cfg, True, y_train, epoch)))
@@ -244,25 +248,22 @@ def fit(
         val = predict_loader(selected, val_loader, device, amp=amp, channels_last=channels_last, flip=flip)
         val_auc = roc_auc(val["label"], val["logit"])
         val_loss = _bce(val["logit"], val["label"])
-        # train.select=last keeps every epoch in turn (stale stays 0: no early stop), so the last is kept.
-        improved = val_auc > best["auc"] + 1e-6 or tc["select"] == "last"
+        improved = epoch == n_epochs - 1 if tc["select"] == "last" else val_auc > best["auc"] + 1e-6
         if improved:
             best.update(auc=val_auc, epoch=epoch, stale=0)
             best_val = val
-        else:
+        elif tc["select"] == "val_auc":  # train.select=last never stops early
             best["stale"] += 1
         if main_rank:
-            pointing, hits, n = None, 0, 0
-            if attention is not None and cfg["log"]["pointing_images"]:  # are the maps on the lesion?
-                hits, n = pointing_game(ema.module if ema is not None else raw_model, val_ds,
-                                        val["index"][val["label"] == 1][: cfg["log"]["pointing_images"]], device)
-                pointing = hits / n if n else None
+            hits, n = pointing(ema.module if ema is not None else raw_model, val_ds,
+                               val["index"][val["label"] == 1][: cfg["log"]["pointing_images"]], device) if pointing is not None else (0, 0)
+            val_pointing = hits / n if n else None  # are the maps on the lesion?
             tb.scalars({"loss/train": train_loss, "loss/val": val_loss, "auc/val": val_auc, "lr": lr,
-                        "pointing/val": pointing}, epoch)
+                        "pointing/val": val_pointing}, epoch)
             log.info(
                 "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f%s%s  lr %.2e  %.0fs",
                 epoch + 1, tc["epochs"], train_loss, val_loss, val_auc, " *" if improved else "",
-                "" if pointing is None else f"  val pointing {pointing:.3f} ({hits}/{n})", lr, time.time() - t0,
+                "" if val_pointing is None else f"  val pointing {val_pointing:.3f} ({hits}/{n})", lr, time.time() - t0,
             )
             if improved:
                 temperature = fit_temperature(val["logit"] - offset, val["label"],
@@ -270,7 +271,7 @@ def fit(
                 probs = calibrated_probability(val["logit"], {"temperature": temperature, "logit_offset": offset})
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss,
-                           **({"val_pointing": pointing} if pointing is not None else {})}
+                           **({"val_pointing": val_pointing} if val_pointing is not None else {})}
                 save_checkpoint(best_path, _ckpt_state(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
                                                        extra={"logit_offset": offset, "seen_images": seen_images}))

@@ -141,9 +141,10 @@ def _spot(y: int, x: int, mask_box: tuple[int, int, int, int] | None) -> dict:
 
 
 def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alone():
-    from breastai.attention import pointing_game
+    from breastai.attention import PointingGame
 
     model = _Bright()
+    pointing_game = PointingGame(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = [
         _spot(8, 8, (4, 12, 4, 12)),  # peak inside its lesion
@@ -156,6 +157,10 @@ def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alon
     assert pointing_game(model, data, [1], torch.device("cpu")) == (0, 1)
     # The explainer works on a copy: no hook left on the trained model, weights untouched.
     assert not model.feat._forward_hooks and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # Each call uses the current weights: with the head negated no channel adds evidence, the map is 0 and points nowhere.
+    with torch.no_grad():
+        model.head.weight.neg_()
+    assert pointing_game(model, data, [0, 2], torch.device("cpu")) == (0, 2)
 
 
 def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(synth_datalist, tiny_config, tmp_path):

@@ -110,3 +110,15 @@ def test_override_values_keep_their_setting_type(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\ntrain: {epochs: 2}\n")  # a section left empty keeps its defaults
     assert load_config(cfg)["model"]["name"] == "efficientnet_lite0"
+
+
+def test_override_types_come_from_the_built_in_settings_not_the_yaml_file(tmp_path):
+    """A YAML `ema: 0` or `split_seed: 7` must not make a float override or a reset to null fail."""
+    from breastai.config import ConfigError, load_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {ema: 0, attention_loss: 1}\ndata: {split_seed: 7}\n")
+    cfg = load_config(f, ["train.ema=0.999", "train.attention_loss=0.5", "data.split_seed=null"])
+    assert cfg["train"]["ema"] == 0.999 and cfg["train"]["attention_loss"] == 0.5 and cfg["data"]["split_seed"] is None
+    with pytest.raises(ConfigError, match="train.epochs is a whole number"):
+        load_config(f, ["train.epochs=1.5"])

@@ -283,3 +283,27 @@ def test_dataloader_workers_draw_their_own_augmentations():
         views[workers] = [b["image"][0].numpy().tobytes() for b in _loader(ds, cfg, True, None, 0)]
     assert len(set(views[2])) == 8, "two workers repeated each other's flips and affines"
     assert views[1] == views[0], "one worker draws exactly what the main process draws"
+
+
+def test_loader_seed_differs_per_rank_and_keeps_rank_0(monkeypatch):
+    """The loader's generator seeds the workers' augmentation: one per rank, rank 0 as before."""
+    import breastai.training as tr
+    from breastai.config import load_config
+
+    cfg = load_config(None, ["seed=3"])
+    seeds = []
+    for r in (0, 1):
+        monkeypatch.setattr(tr.dist, "rank", lambda r=r: r)
+        seeds.append(tr._loader(list(range(10)), cfg, True, None, 2).generator.initial_seed())
+    assert seeds[0] == 3 * 1000 + 2 and seeds[1] != seeds[0]
+
+
+def test_empty_training_part_is_refused_before_training(synth_datalist, tiny_config, tmp_path):
+    from breastai.data.datalist import read_datalist
+    from breastai.training import fit
+
+    cfg = tiny_config(synth_datalist, tmp_path)
+    records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])
+    split = {"train": np.array([], dtype=int), "val": np.arange(len(records)), "test": np.array([], dtype=int)}
+    with pytest.raises(ValueError, match="the training part holds only"):
+        fit(cfg, records, split, tmp_path / "run")

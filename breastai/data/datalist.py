@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -40,12 +40,6 @@ class DatalistError(ValueError):
     """A datalist row is unusable; the message names the file and the row."""
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
     """Create ``path`` with ``write(tmp)`` on a temporary file in the same folder, then rename.
 
@@ -54,15 +48,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    while True:
+        # Created like a plain open() would (mode 0666 less the umask, applied by the kernel); mkstemp
+        # would make it owner-only, and reading the umask means changing it for the whole process.
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        write(Path(tmp))
-        # mkstemp makes the file owner-only; the result gets the mode a plain open() would give.
-        os.chmod(tmp, 0o666 & ~_umask())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -108,7 +108,7 @@ DEFAULTS: dict[str, Any] = {
         "image_grid": 16,
         "progress": True,
         # With the attention loss on: the pointing game on at most this many malignant validation
-        # images every epoch (~65 ms each on 2 CPU cores); 0 turns it off.
+        # images every epoch (~50 ms each on 2 CPU cores); 0 turns it off.
         "pointing_images": 200,
     },
 }

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .calibration import calibrated_probability
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .data.io import IMAGE_SUFFIXES, ImageReadError, LesionBox, image_suffix, load_image, visible_files
+from .data.io import IMAGE_SUFFIXES, ImageReadError, LesionBox, image_stem, image_suffix, load_image, visible_files
 from .engine import mirror_average
 from .saliency import METHODS, SaliencyExplainer, check_upsampling, map_to_original, normalise_map
 
@@ -75,17 +75,21 @@ def _sibling_masks(p: Path) -> list[str]:
     import glob
 
     out = []
-    for m in sorted(p.parent.glob(glob.escape(p.stem) + "_mask*")):
-        stem = m.name[: -len(image_suffix(m))] if image_suffix(m) else m.stem
+    base = image_stem(p)
+    for m in sorted(p.parent.glob(glob.escape(base) + "_mask*")):
+        stem = image_stem(m)
         hit = _MASK_NAME.search(stem)
-        if hit and stem[: hit.start()] == p.stem and image_suffix(m) in IMAGE_SUFFIXES:
+        if hit and stem[: hit.start()] == base and image_suffix(m) in IMAGE_SUFFIXES:
             out.append(str(m))
     return out
 
 
+RUN_MARKER = ".breastai-run"  # in a folder of maps written by one predict run
+
+
 def _predict_output_folders(root: Path) -> set[Path]:
     """Folders under ``root`` that hold predict output (maps of a run, marked by ``.breastai-run``)."""
-    return {m.parent for m in root.rglob(".breastai-run")}
+    return {m.parent for m in root.rglob(RUN_MARKER)}
 
 
 def expand_inputs(
@@ -122,7 +126,7 @@ def expand_inputs(
             for f in visible_files(p):
                 if outputs & set(f.parents):  # an earlier predict run's overlays, not inputs
                     continue
-                if _MASK_NAME.search(f.stem.replace(".nii", "")):
+                if _MASK_NAME.search(image_stem(f)):
                     notes.append(f"{f}: skipped (a mask file)")
                 elif not _is_image_file(f):
                     notes.append(f"{f}: skipped (not an image file)")
@@ -141,6 +145,8 @@ def expand_inputs(
         for it, m in zip(items, masks):
             if isinstance(m, torch.Tensor):
                 m = m.detach().cpu().numpy()
+            if isinstance(m, tuple):  # several mask files of one image, like a list
+                m = list(m)
             it.mask = m if isinstance(m, (np.ndarray, list, LesionBox)) or m is None else [str(m)]
             it.mask_given = it.has_mask_input
     return items, notes

@@ -29,18 +29,19 @@ import numpy as np
 __all__ = ["add_parser", "run_predict", "write_predictions"]
 
 log = logging.getLogger("breastai")
-_MARKER = ".breastai-run"
 
 
 class MapWriter:
     """Stores each record's map as ``.npy`` (float32, original geometry) and a PNG overlay."""
 
     def __init__(self, out: Path, run_id: str):
+        from .predict import RUN_MARKER
+
         self.out = out
         self.rel = Path("saliency") / run_id
         self.dir = out / self.rel
         self.dir.mkdir(parents=True, exist_ok=False)
-        (self.dir / _MARKER).write_text(run_id)
+        (self.dir / RUN_MARKER).write_text(run_id)
 
     def __call__(self, index: int, rec: dict[str, Any], smap: np.ndarray, image: np.ndarray, mask: np.ndarray | None):
         from PIL import Image
@@ -72,11 +73,13 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: d
 
 
 def _remove_old_runs(out: Path, keep: str | None) -> None:
+    from .predict import RUN_MARKER
+
     sal = out / "saliency"
     if not sal.is_dir():
         return
     for d in sal.iterdir():
-        if d.is_dir() and d.name != keep and (d / _MARKER).is_file():
+        if d.is_dir() and d.name != keep and (d / RUN_MARKER).is_file():
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -98,10 +98,12 @@ def test_sibling_masks_any_image_suffix_and_glob_characters(tmp_path):
         Image.fromarray(img).save(tmp_path / name)
         Image.fromarray(img).save(tmp_path / mask)
     Image.fromarray(img).save(tmp_path / "k_1_mask.png")  # another image's mask (k_1), not k's
+    (tmp_path / "n.nii.gz").touch()  # a double suffix: the mask is n_mask.nii.gz, not n.nii_mask...
+    (tmp_path / "n_mask.nii.gz").touch()
     items, _ = expand_inputs([tmp_path], find_masks=True)
     got = {Path(it.image).name: [Path(m).name for m in it.mask or []] for it in items}
     assert got == {"img[1].png": ["img[1]_mask.png"], "up.PNG": ["up_mask.png"], "j.jpg": ["j_mask.png"],
-                   "k.png": ["k_mask_1.png"]}
+                   "k.png": ["k_mask_1.png"], "n.nii.gz": ["n_mask.nii.gz"]}
 
 
 def test_masks_as_arrays_and_tensors_for_a_crop_checkpoint(ckpt, sample):
@@ -141,7 +143,13 @@ def test_alpha_masks_and_cmyk_images(tmp_path):
     white_bg = np.full((40, 50, 4), 255, np.uint8)
     white_bg[..., 3] = lesion * 255  # white everywhere, but only the lesion visible
     Image.fromarray(white_bg, "RGBA").save(tmp_path / "white_mask.png")
-    for name in ("alpha_mask.png", "opaque_mask.png", "white_mask.png"):
+    # A palette mask whose white background index is transparent (tRNS): the red lesion only.
+    pal = np.zeros((40, 50), np.uint8)
+    pal[lesion] = 1
+    im = Image.fromarray(pal, "P")
+    im.putpalette([255, 255, 255, 255, 0, 0])
+    im.save(tmp_path / "palette_mask.png", transparency=0)
+    for name in ("alpha_mask.png", "opaque_mask.png", "white_mask.png", "palette_mask.png"):
         np.testing.assert_array_equal(load_mask(str(tmp_path / name)), lesion, err_msg=name)
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), "RGB")
@@ -154,3 +162,5 @@ def test_one_bare_mask_for_one_image(predictor, sample):
     bare = predictor.predict(sample[0], masks=str(sample[1]))[0]  # as in the README's Python example
     listed = predictor.predict(sample[0], masks=[str(sample[1])])[0]
     assert bare["error"] is None and bare["has_mask"] and bare["probability"] == listed["probability"]
+    as_tuple = predictor.predict([sample[0]], masks=[(str(sample[1]),)])[0]  # one image's mask files as a tuple
+    assert as_tuple["error"] is None and as_tuple["probability"] == listed["probability"]

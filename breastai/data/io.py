@@ -24,6 +24,7 @@ __all__ = [
     "stored_shape",
     "IMAGE_SUFFIXES",
     "image_suffix",
+    "image_stem",
     "visible_files",
     "to_grey",
 ]
@@ -48,6 +49,12 @@ def image_suffix(path: str | Path) -> str:
     """Lower-case suffix with ``.nii.gz`` kept together."""
     name = Path(path).name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def image_stem(path: str | Path) -> str:
+    """The file name without its image suffix (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    return name[: len(name) - len(image_suffix(name))]
 
 
 class ImageReadError(ValueError):
@@ -100,11 +107,11 @@ def _read_pil(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if mode == "P":
-                im = im.convert("RGB")
-            elif mode == "PA":
+            if mode == "PA" or (mode in ("P", "L", "RGB") and "transparency" in im.info):  # a tRNS colour is alpha
                 im = im.convert("RGBA")
-            elif mode in ("I;16", "I;16B", "I;16L"):
+            elif mode == "P":
+                im = im.convert("RGB")
+            elif mode.startswith("I;16"):
                 im = im.convert("I")
             elif mode not in ("1", "L", "LA", "I", "F", "RGB", "RGBA"):  # CMYK, YCbCr, LAB, ... as RGB, not as channels
                 im = im.convert("RGB")
@@ -113,7 +120,8 @@ def _read_pil(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
     except (OSError, SyntaxError) as exc:
         raise ImageReadError(f"{path}: truncated or corrupt image ({exc})") from exc
-    return to_grey(arr, path), {"format": "pil", "mode": mode, "channels": 1 if arr.ndim == 2 else arr.shape[-1]}
+    channels = 1 if arr.ndim == 2 else arr.shape[-1]
+    return to_grey(arr, path), {"format": "pil", "mode": mode, "channels": channels, "alpha": channels in (2, 4)}
 
 
 def _read_nifti(path: Path, **_: Any) -> tuple[np.ndarray, dict[str, Any]]:
@@ -177,7 +185,7 @@ def load_image(
 def _mask_pixels(path: str | Path) -> np.ndarray:
     """Foreground of one mask file (see :func:`load_mask` for the alpha rule)."""
     arr, meta = load_image(path)
-    if meta.get("format") != "pil" or meta.get("mode") not in ("RGBA", "LA", "PA"):
+    if not meta.get("alpha"):
         return arr > 0
     from PIL import Image
 

@@ -6,22 +6,14 @@ import re
 import time
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES, visible_files
+from ..io import IMAGE_SUFFIXES, image_stem, image_suffix, visible_files
 from . import PrepareReport
 
-__all__ = ["image_stem", "scan_class_folder", "prepare_folder"]
-
-
-def image_stem(path: Path) -> tuple[str, str]:
-    """(stem, suffix) with double suffixes such as ``.nii.gz`` kept together."""
-    name = path.name
-    if name.lower().endswith(".nii.gz"):
-        return name[: -len(".nii.gz")], ".nii.gz"
-    return path.stem, path.suffix
+__all__ = ["scan_class_folder", "prepare_folder"]
 
 
 def _is_image(path: Path) -> bool:
-    return image_stem(path)[1].lower() in IMAGE_SUFFIXES  # visible_files already left hidden ones out
+    return image_suffix(path) in IMAGE_SUFFIXES  # visible_files already left hidden ones out
 
 
 def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Path, list[Path]]]:
@@ -36,7 +28,7 @@ def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Pa
     for p in visible_files(folder):
         if not _is_image(p):
             continue
-        stem, _ = image_stem(p)
+        stem = image_stem(p)
         m = mask_re.search(stem) if mask_re else None
         if m:
             masks.setdefault((p.parent, stem[: m.start()]), []).append(p)
@@ -50,14 +42,14 @@ def scan_class_folder(folder: Path, mask_suffix: str = "_mask") -> list[tuple[Pa
         raise ValueError(f"{orphans[0]}: mask file without a matching image in {orphans[0].parent}")
 
     def mask_order(p: Path) -> tuple[int, str]:
-        n = re.search(r"_(\d+)$", image_stem(p)[0])
+        n = re.search(r"_(\d+)$", image_stem(p))
         return (int(n.group(1)) + 1 if n else 0, p.name)
 
     return [(img, sorted(masks.get(key, []), key=mask_order)) for key, img in sorted(images.items(), key=lambda kv: str(kv[1]))]
 
 
 def _case_id(label: str, rel: Path) -> str:
-    stem, _ = image_stem(rel)
+    stem = image_stem(rel)
     parts = [*rel.parent.parts, stem] if rel.parent != Path(".") else [stem]
     return label + "_" + "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") for p in parts)
 

@@ -319,14 +319,14 @@ class Predictor:
         default = item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}")
         if keep or isinstance(item.image, np.ndarray):
             return {"id": default}, []
-        from .data.dicom import is_dicom, private_identity, redact
+        from .data.dicom import holds_identifier, is_dicom, private_identity, redact
 
         if not is_dicom(item.image):
             return {"id": default}, []
         secrets, sop_hash = private_identity(item.image)
         rid = item.case_id
         # A case_id made from the file name (a folder input, or `prepare folder`) may hold an identifier.
-        if rid is None or rid == Path(item.source).stem or redact(rid, secrets) != rid:
+        if rid is None or rid == Path(item.source).stem or holds_identifier(rid, secrets):
             rid = sop_hash or f"dicom-{index:05d}"
         return {"id": rid, "source": redact(item.source, secrets)}, secrets
 

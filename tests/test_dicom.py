@@ -405,3 +405,14 @@ def test_compressed_copies_in_the_pydicom_wheel_read_like_the_original(name):
     assert img.pixels.shape == ref.pixels.shape == (64, 64)
     np.testing.assert_array_equal(img.pixels, ref.pixels)
     assert img.meta["transfer_syntax"] != ref.meta["transfer_syntax"]
+
+
+def test_identifiers_are_found_after_a_file_name_sanitiser():
+    """`prepare folder` rewrites punctuation in case_ids; an identifier must still be recognised there."""
+    from breastai.data.dicom import holds_identifier
+
+    secrets = ["Doe^Janet", "AB_123", "Janet"]
+    assert holds_identifier("benign_AB-123_scan", secrets)
+    assert holds_identifier("malignant_doe-janet-2", ["Doe^Janet"])
+    assert not holds_identifier("benign_case-7", secrets)
+    assert not holds_identifier("benign_ab", ["a^b"])  # too short to mean anything once squashed

@@ -35,6 +35,7 @@ __all__ = [
     "identifying_values",
     "private_identity",
     "redact",
+    "holds_identifier",
     "DicomImage",
     "DicomGroups",
     "read_dicom",
@@ -159,6 +160,19 @@ def redact(text: str, values: Sequence[str], placeholder: str = "[redacted]") ->
     for v in values:
         text = re.sub(re.escape(v), placeholder, text, flags=re.IGNORECASE)
     return text
+
+
+def holds_identifier(text: str, values: Sequence[str]) -> bool:
+    """Whether ``text`` contains one of ``values`` even after a file-name sanitiser rewrote its
+    punctuation (``prepare folder`` makes ``AB_123`` and ``Doe^Janet`` into ``AB-123`` and ``Doe-Janet``):
+    compared on letters and digits only, case-insensitively."""
+    import re
+
+    def squash(t: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", t.lower())
+
+    flat = squash(text)
+    return any(len(squash(v)) >= 3 and squash(v) in flat for v in values)
 
 
 def is_dicom(path: str | Path) -> bool:

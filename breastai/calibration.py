@@ -16,10 +16,12 @@ import torch
 
 from .config import CHOICES
 
-__all__ = ["TARGETS", "fit_temperature", "apply_temperature", "calibrated_logit", "calibrated_probability"]
+__all__ = ["TARGETS", "T_MIN", "T_MAX", "fit_temperature", "apply_temperature", "calibrated_logit", "calibrated_probability"]
 
 
 TARGETS = CHOICES["eval.calibration_targets"]  # ("hard", "platt")
+# Bounds of T: a separable validation set drives it to 0 (infinitely sharp), which would be a lie.
+T_MIN, T_MAX = 0.05, 20.0
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200, targets: str = "hard") -> float:
@@ -51,7 +53,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200,
         # Every case already on its side of 0: the NLL falls all the way to T -> 0, so the answer is
         # the floor. L-BFGS stopped short of it at a T set by the logits' scale (exactly 1.0 once the
         # gradient underflowed). Ranked apart but not on both sides of 0, the optimum is finite.
-        return 0.05
+        return T_MIN
     z = torch.tensor(logits)
     y = torch.tensor(labels)
     if targets == "platt":
@@ -69,8 +71,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200,
 
     opt.step(closure)
     t = float(log_t.detach().exp())
-    # Bound T: a separable validation set drives it to 0 (infinitely sharp), which would be a lie.
-    return float(np.clip(t, 0.05, 20.0))
+    return float(np.clip(t, T_MIN, T_MAX))
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -303,8 +303,7 @@ def fit(
     nb = int(cfg["eval"]["bootstrap"])
     val_probs, val_report, _ = score_part(val, state, nb)
     result["val"] = val_report
-    if len(split.get("test", [])):
-        test_recs = [records[i] for i in split["test"]]
+    if test_recs:
         test = predict_loader(model, _loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
                               amp=amp, channels_last=channels_last, flip=flip)
         _, result["test"], result["test_predictions"] = score_part(test, state, nb)

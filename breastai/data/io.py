@@ -42,7 +42,7 @@ def visible_files(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     return [f for f in sorted(root.rglob("*"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)]
+            if not any(part.startswith(".") for part in f.relative_to(root).parts) and f.is_file()]
 
 
 def image_suffix(path: str | Path) -> str:

@@ -35,7 +35,8 @@ class ModelSpec:
     """
 
     build: Callable[..., tuple[nn.Module, int]] | None
-    target_layer: str  # saliency target (last spatial feature map), relative to the model; "" if none
+    target_layer: str  # saliency target (last spatial feature map), relative to the model; "" if none or
+    # if the factory's model names its own (fusion models: image.<their backbone's target layer>)
     pretrained_available: bool
     description: str
     requires_radiomics: bool = False

@@ -251,10 +251,10 @@ register_model("radiomics_logreg", ModelSpec(
     requires_radiomics=True, uses_image=False, factory=_logreg,
 ))
 register_model("fusion_concat", ModelSpec(
-    None, "image.backbone.bn2", True, "CNN embedding concatenated with selected radiomics -> linear",
+    None, "", True, "CNN embedding concatenated with selected radiomics -> linear",
     requires_radiomics=True, factory=_concat,
 ))
 register_model("fusion_gated", ModelSpec(
-    None, "image.backbone.bn2", True, "CNN embedding and radiomics, each gated by a learned sigmoid -> linear",
+    None, "", True, "CNN embedding and radiomics, each gated by a learned sigmoid -> linear",
     requires_radiomics=True, factory=_gated,
 ))

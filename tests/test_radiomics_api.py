@@ -158,6 +158,15 @@ def test_aggregations_are_checked_and_a_comma_list_is_split(datalist: Path, tmp_
         extract_features([img], [m], families=["glcm"], aggregation="foo")
     with pytest.raises(ValueError, match="unknown texture aggregation"):
         extract_features([img], [m], families=["statistics"], aggregation=["2d", "foo"])  # not silently ignored
+    # A datalist run is refused before any image is read (its only row here could not be read anyway).
+    from breastai.radiomics.extract import features_for_datalist
+
+    missing = tmp_path / "missing.csv"
+    missing.write_text("case_id,image,mask,label\nc1,nowhere.png,nowhere_mask.png,benign\n")
+    with pytest.raises(ValueError, match="unknown texture aggregation"):
+        features_for_datalist(missing, tmp_path / "x.csv", families=["glcm"], aggregation="foo", show_progress=False)
+    with pytest.raises(ValueError, match="unknown or unavailable feature families"):
+        features_for_datalist(missing, tmp_path / "x.csv", families=["nope"], show_progress=False)
     from breastai.radiomics.extract import _check_aggregations
 
     fake = {"a": (None, {}, ("2d",)), "b": (None, {}, ("3d_avg",))}  # no shipped family lacks a 2D or 3D form

@@ -246,6 +246,19 @@ def _batch_features(lesions: list[_Lesion], families: list[str], tex: dict, aggs
     return out
 
 
+def _check_request(families: Sequence[str] | None, aggregation: str | Sequence[str]
+                   ) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(families, aggregations, texture families) of a request, refused if any name is unknown."""
+    tex = texture_families()
+    fams = list(default_families() if families is None else families)
+    unknown = [f for f in fams if f not in BASE_FAMILIES and f not in tex]
+    if unknown:
+        raise ValueError(f"unknown or unavailable feature families {unknown}; available: {available_families()}")
+    aggs = [aggregation] if isinstance(aggregation, str) else list(aggregation)
+    _check_aggregations(aggs, [f for f in fams if f in tex], tex)
+    return fams, aggs, tex
+
+
 def extract_features(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -298,17 +311,11 @@ def extract_features(
         raise RadiomicsInputError(f"got {len(ids)} ids for {len(images)} lesions")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tex = texture_families()
-    fams = list(default_families() if families is None else families)
-    unknown = [f for f in fams if f not in BASE_FAMILIES and f not in tex]
-    if unknown:
-        raise ValueError(f"unknown or unavailable feature families {unknown}; available: {available_families()}")
+    fams, aggs, tex = _check_request(families, aggregation)
     if bin_width is not None and discretisation == "fbn":
         discretisation = "fbs"
     disc_kw = {"method": discretisation, "n_bins": n_bins, "bin_width": bin_width,
                "min_bound": None if resegment_range is None else resegment_range[0]}
-    aggs = [aggregation] if isinstance(aggregation, str) else list(aggregation)
-    _check_aggregations(aggs, [f for f in fams if f in tex], tex)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     n = len(images)
     ndims = {np.ndim(im) for im in images}
@@ -388,8 +395,10 @@ def features_for_datalist(
     from ..data.io import ImageReadError, load_image, load_mask
 
     datalist_path = Path(datalist_path)
-    if Path(out_csv).is_dir():  # found now, not after every lesion has been measured
+    # Found now, not after the first chunk of images has been read.
+    if Path(out_csv).is_dir():
         raise ValueError(f"{out_csv} is a folder; --out names the CSV file to write")
+    _check_request(families, aggregation)
     records = read_datalist(datalist_path, check_files=False, require_label=False)
     errors: list[str] = []
     tables: list[FeatureTable] = []

@@ -9,6 +9,7 @@ the whole record fail with that member's message.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -49,21 +50,24 @@ class EnsemblePredictor(Predictor):
         self.pre = {"mode": "+".join(m.pre["mode"] for m in self.members)}
         self.device = self.members[0].device
         # Members read the same file: decode it once per input and reader setting, not once per
-        # member (members trained with other reader options, e.g. no DICOM breast crop, get their own).
-        self._loaded_item: PredictItem | None = None
-        self._loaded: dict[str, Any] = {}
+        # member (members trained with other reader options, e.g. no DICOM breast crop, get their own),
+        # and read its DICOM header for naming once.
+        self._item: PredictItem | None = None
+        self._cache: dict[tuple, Any] = {}
         for m in self.members:
-            m._load = lambda item, m=m: self._load_for(m, item)
+            m._load = lambda item, m=m: self._once(item, ("load", json.dumps(m.reader_options, sort_keys=True, default=str)),
+                                                   lambda: Predictor._load(m, item))
+            m._identity = lambda item, keep, index: self._once(
+                item, ("identity", keep, index), lambda: Predictor._identity(item, keep, index))
+            m._identifiers = lambda item: self._once(item, ("identifiers",), lambda: Predictor._identifiers(item))
 
-    def _load_for(self, member: Predictor, item: PredictItem):
-        import json
-
-        if self._loaded_item is not item:
-            self._loaded_item, self._loaded = item, {}
-        key = json.dumps(member.reader_options, sort_keys=True, default=str)
-        if key not in self._loaded:
-            self._loaded[key] = Predictor._load(member, item)
-        return self._loaded[key]
+    def _once(self, item: PredictItem, key: tuple, make: Any) -> Any:
+        """``make()`` once per input (the cache is kept for the input being predicted only)."""
+        if self._item is not item:
+            self._item, self._cache = item, {}
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def set_saliency_upsample(self, mode: str) -> None:
         """As :meth:`Predictor.set_saliency_upsample`, for every member's maps."""

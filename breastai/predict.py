@@ -308,7 +308,8 @@ class Predictor:
             records.append({k: v for k, v in rec.items() if not k.startswith("_")})
         return records
 
-    def _identity(self, item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:
+    @staticmethod
+    def _identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:
         """``id`` and ``source`` of an input and the header values to redact from its messages.
 
         Decided before the pixels are read, so that a DICOM file that then fails to load is named

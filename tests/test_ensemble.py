@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from breastai.checkpoint import load_checkpoint
 from breastai.calibration import calibrated_logit
@@ -153,6 +154,24 @@ def test_members_decode_with_their_own_reader_options(built, synth_datalist, mon
     seen.clear()
     pred.predict(row["image"], masks=[row["mask"]])
     assert seen == [pred.members[0].reader_options, {"dicom": {"crop_breast": False}}]
+
+
+def test_members_read_a_dicom_header_for_naming_once(built, synth_datalist, tmp_path, monkeypatch):
+    import breastai.data.dicom as dcm
+    import breastai.predict as bp
+    from conftest import write_grey_dicom
+
+    from breastai.data.datalist import read_datalist
+
+    _, ens = built
+    pred = bp.Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
+    row = read_datalist(synth_datalist)[0]
+    path = write_grey_dicom(tmp_path / "x.dcm", np.asarray(Image.open(row["image"]).convert("L")))
+    calls = []
+    real = dcm.private_identity
+    monkeypatch.setattr(dcm, "private_identity", lambda p: calls.append(p) or real(p))
+    rec = pred.predict(path, masks=[row["mask"]])[0]
+    assert rec["error"] is None and len(calls) == 1 and len(pred.members) > 1
 
 
 def test_members_of_other_seeds_on_the_same_folds_are_accepted(cv_runs):

@@ -346,6 +346,9 @@ def test_group_dicom_folder(tmp_path):
     for i, (series, inst) in enumerate([(s1, 3), (s1, 1), (s2, 1), (s1, 2)]):
         write_dicom(tmp_path / "sub" / f"f{i}.dcm", phantom(), StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=inst)
     (tmp_path / "readme.txt").write_text("not an image")
+    (tmp_path / "sub" / ".ipynb_checkpoints").mkdir()  # a notebook's copy is not a second instance
+    write_dicom(tmp_path / "sub" / ".ipynb_checkpoints" / "f1.dcm", phantom(), StudyInstanceUID=study,
+                SeriesInstanceUID=s1, InstanceNumber=1)
     groups = D.group_dicom_folder(tmp_path)
     assert len(groups) == 2
     key1 = (D.uid_hash(study), D.uid_hash(s1))

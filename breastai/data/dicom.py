@@ -28,7 +28,8 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from . import mammo
 from .dicom_lut import colour_to_grey, floats, grey_transform, stored_domain
-from .io import ImageReadError, register_reader
+from .io import ImageReadError, register_reader, visible_files
+from .redaction import holds_identifier, redact
 from .mammo import undo_geometry
 
 __all__ = [
@@ -151,28 +152,6 @@ def _identifying(ds: Dataset) -> list[str]:
                 if len(part.strip()) >= 3:
                     out.add(part.strip())
     return sorted(out, key=lambda v: (-len(v), v))
-
-
-def redact(text: str, values: Sequence[str], placeholder: str = "[redacted]") -> str:
-    """``text`` with every (case-insensitive) occurrence of ``values`` replaced by ``placeholder``."""
-    import re
-
-    for v in values:
-        text = re.sub(re.escape(v), placeholder, text, flags=re.IGNORECASE)
-    return text
-
-
-def holds_identifier(text: str, values: Sequence[str]) -> bool:
-    """Whether ``text`` contains one of ``values`` even after a file-name sanitiser rewrote its
-    punctuation (``prepare folder`` makes ``AB_123`` and ``Doe^Janet`` into ``AB-123`` and ``Doe-Janet``):
-    compared on letters and digits only, case-insensitively."""
-    import re
-
-    def squash(t: str) -> str:
-        return re.sub(r"[^0-9a-z]", "", t.lower())
-
-    flat = squash(text)
-    return any(len(squash(v)) >= 3 and squash(v) in flat for v in values)
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -477,7 +456,8 @@ def group_dicom_folder(folder: str | Path, recursive: bool = True) -> DicomGroup
         raise ImageReadError(f"{folder}: not a folder")
     groups = DicomGroups()
     order: dict[tuple[str | None, str | None], list[tuple[int, str, Path]]] = {}
-    for p in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+    # Hidden folders (.ipynb_checkpoints) hold copies: listed, one image would count twice.
+    for p in visible_files(folder) if recursive else sorted(q for q in folder.iterdir() if not q.name.startswith(".")):
         if not p.is_file():
             continue
         if p.name.upper() == "DICOMDIR" or not is_dicom(p):

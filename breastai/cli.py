@@ -42,7 +42,7 @@ def _print_train_result(out: dict) -> None:
               f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
         print(f"summary: {out['run_dir']}/cv_summary.json")
     else:
-        print(f"best epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")
+        print(f"kept epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")
         if "test" in out:
             print(f"test AUC {out['test']['auc']:.4f} (95% CI {out['test']['auc_ci_low']:.3f}-{out['test']['auc_ci_high']:.3f})")
         print(f"checkpoint: {out['run_dir']}/best.pt   TensorBoard: tensorboard --logdir {out['run_dir']}/tb")

@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.data.datalist import atomic_write_text  # noqa: E402
-from breastai.metrics import delong_test  # noqa: E402
-from breastai.training import load_cv_summary as load_run  # noqa: E402
+from breastai.core.files import atomic_write_text  # noqa: E402
+from breastai.reporting.metrics import delong_test  # noqa: E402
+from breastai.engine.cv import load_cv_summary as load_run  # noqa: E402
 
 __all__ = ["load_run", "ablation", "format_table", "main"]
 

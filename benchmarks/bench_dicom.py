@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from breastai.data import dicom as D
+from breastai.data.readers import dicom as D
 
 
 def _timed(fn, runs: int) -> tuple[float, float]:

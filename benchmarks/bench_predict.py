@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from breastai.predict import Predictor  # noqa: E402
+from breastai.inference.predictor import Predictor  # noqa: E402
 
 DATA = Path(os.environ.get("BREASTAI_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -47,8 +47,8 @@ def _images(n: int, tmp: Path) -> tuple[list[Path], str]:
 
 
 def _untrained_state(model: str, size: int) -> dict:
-    from breastai.config import load_config
-    from breastai.models import create_model
+    from breastai.core.config import load_config
+    from breastai.models.registry import create_model
 
     cfg = load_config(None, [f"model.name={model}", f"preprocess.size={size}", "model.pretrained=false"])
     net = create_model(model, pretrained=False)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             if args.write:
-                from breastai.predict_cli import run_predict
+                from breastai.inference.writers import run_predict
 
                 recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method, find_masks=masks)
             else:

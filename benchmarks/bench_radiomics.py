@@ -25,7 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.data.io import load_image, load_mask  # noqa: E402
+from breastai.data.readers.registry import load_image  # noqa: E402
+from breastai.data.readers.masks import load_mask
 from breastai.radiomics import extract_features  # noqa: E402
 
 # pyradiomics name -> (breastai name, transform of the breastai value)

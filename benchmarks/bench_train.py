@@ -24,9 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.config import load_config  # noqa: E402
+from breastai.core.config import load_config  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
-from breastai.training import cv_splits, fit  # noqa: E402
+from breastai.engine.cv import cv_splits  # noqa: E402
+from breastai.engine.trainer import fit
 
 
 def main(argv: list[str] | None = None) -> int:

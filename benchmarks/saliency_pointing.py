@@ -29,12 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from breastai.data.datalist import atomic_write_text, read_datalist  # noqa: E402
-from breastai.data.io import load_mask  # noqa: E402
+from breastai.core.files import atomic_write_text  # noqa: E402
+from breastai.data.datalist import read_datalist
+from breastai.data.readers.masks import load_mask  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
-from breastai.predict import Predictor  # noqa: E402
-from breastai.saliency import UPSAMPLING, peak_in_mask  # noqa: E402
-from breastai.training import cv_splits, load_cv_summary  # noqa: E402
+from breastai.inference.predictor import Predictor  # noqa: E402
+from breastai.models.saliency import UPSAMPLING, peak_in_mask  # noqa: E402
+from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
 
 
 def pointing_stats(smap: np.ndarray, mask: np.ndarray) -> dict[str, float]:

@@ -37,7 +37,7 @@ def tiny_config():
 
 def _tiny_config(datalist: Path, out: Path, *extra: str) -> dict:
     """A config that trains in seconds on the synthetic set."""
-    from breastai.config import load_config
+    from breastai.core.config import load_config
 
     return load_config(
         None,
@@ -68,7 +68,7 @@ PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-7734521"
 
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory, synth_datalist) -> Path:
-    from breastai.training import main
+    from breastai.engine.run import main
 
     out = main(_tiny_config(synth_datalist, tmp_path_factory.mktemp("run")))
     return Path(out["run_dir"]) / "best.pt"
@@ -76,7 +76,7 @@ def ckpt(tmp_path_factory, synth_datalist) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(ckpt):
-    from breastai.predict import Predictor
+    from breastai.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(ckpt, device="cpu")
 
@@ -119,7 +119,7 @@ def predict_cli(argv: list[str]) -> int:
     """``breastai predict ...`` through its own parser, returning the exit status."""
     import argparse
 
-    from breastai.predict_cli import add_parser
+    from breastai.cli.predict import add_parser
 
     p = argparse.ArgumentParser(prog="breastai")
     add_parser(p.add_subparsers(dest="command"))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.attention import LesionAttentionLoss, cam_attention_loss, lesion_cells
-from breastai.models import MODELS, create_model
-from breastai.training import main as train_main
+from breastai.engine.attention import LesionAttentionLoss, cam_attention_loss, lesion_cells
+from breastai.models.registry import MODELS, create_model
+from breastai.engine.run import main as train_main
 
 
 def _mask(h: int, w: int, cells: list[tuple[int, int]], scale: int = 8) -> torch.Tensor:
@@ -90,9 +90,9 @@ def test_models_without_a_cam_are_refused():
 
 def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist, tiny_config, tmp_path):
     """Same seed and data with and without the loss: the guided model's CAM mass on the lesion is higher."""
-    from breastai.checkpoint import load_checkpoint, model_from_checkpoint
+    from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint
     from breastai.data.datalist import read_datalist
-    from breastai.training import _loader, build_dataset
+    from breastai.engine.loaders import make_loader, build_dataset
 
     shares = {}
     for w in (0.0, 2.0):
@@ -102,7 +102,7 @@ def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist
         model = model_from_checkpoint(load_checkpoint(f"{res['run_dir']}/last.pt", resume=True)).train()
         att = LesionAttentionLoss(model, 1.0)
         records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])
-        batch = next(iter(_loader(build_dataset(cfg, records, False), cfg, False, None, 0)))
+        batch = next(iter(make_loader(build_dataset(cfg, records, False), cfg, False, None, 0)))
         for m in model.modules():  # train mode for the hook, but no dropout noise / BN updates
             if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm2d)):
                 m.eval()
@@ -141,7 +141,7 @@ def _spot(y: int, x: int, mask_box: tuple[int, int, int, int] | None) -> dict:
 
 
 def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alone():
-    from breastai.attention import PointingGame
+    from breastai.engine.attention import PointingGame
 
     model = _Bright()
     pointing_game = PointingGame(model)
@@ -166,7 +166,7 @@ def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alon
 def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(synth_datalist, tiny_config, tmp_path):
     """Same seed: the trajectory is the same; val_auc keeps its best epoch, last the final one (never
     stopped early), calibrated like any kept epoch; the validation pointing game is recorded."""
-    from breastai.checkpoint import load_checkpoint
+    from breastai.models.checkpoint import load_checkpoint
 
     runs = {}
     for select in ("val_auc", "last"):
@@ -189,7 +189,7 @@ def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(s
 
 
 def test_train_select_takes_known_words_only():
-    from breastai.config import ConfigError, load_config
+    from breastai.core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="train.select must be one of val_auc, last"):
         load_config(None, ["train.select=best"])
@@ -200,7 +200,7 @@ def test_validation_pointing_game_is_capped_or_off(synth_datalist, tiny_config, 
     import logging
     import re
 
-    from breastai.checkpoint import load_checkpoint
+    from breastai.models.checkpoint import load_checkpoint
 
     cfg = tiny_config(synth_datalist, tmp_path, "preprocess.mode=whole", "train.epochs=1", "train.attention_loss=0.5",
                       f"log.pointing_images={cap}", "log.tensorboard=false")
@@ -215,7 +215,7 @@ def test_validation_pointing_game_is_capped_or_off(synth_datalist, tiny_config, 
 
 
 def test_pointing_images_must_not_be_negative():
-    from breastai.config import ConfigError, load_config
+    from breastai.core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="log.pointing_images"):
         load_config(None, ["log.pointing_images=-1"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from breastai.calibration import apply_temperature, calibrated_probability, fit_temperature
-from breastai.metrics import ece
+from breastai.models.calibration import apply_temperature, calibrated_probability, fit_temperature
+from breastai.reporting.metrics import ece
 
 
 def test_prior_offset_removes_class_weighting_bias():

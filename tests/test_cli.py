@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from breastai.cli import build_parser, main
-from breastai.metrics import roc_auc
+from breastai.reporting.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_evaluate_writes_report(cli_run, synth_datalist, capsys):
 
 def test_overrides_after_options_numeric_classes_and_model_names(tmp_path, capsys):
     from breastai.cli import build_parser
-    from breastai.config import ConfigError, load_config
+    from breastai.core.config import ConfigError, load_config
 
     p = build_parser()
     args, extra = p.parse_known_args(["train", "--config", "c.yaml", "run_name=cv", "--folds", "2", "eval.bootstrap=50"])
@@ -93,8 +93,13 @@ def test_overrides_after_options_numeric_classes_and_model_names(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["evaluate", "--checkpoint", "x.pt", "--data", "d.csv", "--out", "o", "stray=1"])
     assert load_config(None, ["data.classes=[0, 1]"])["data"]["classes"] == ["0", "1"]
+    from breastai.models.registry import check_model_config
+
     with pytest.raises(ConfigError, match="model.name must be one of .*efficientnet_lite0"):
-        load_config(None, ["model.name=foo"])
+        check_model_config(load_config(None, ["model.name=foo"]))
+    # A run refuses it before it reads any data.
+    assert main(["train", "model.name=foo", f"data.datalist={tmp_path / 'missing.csv'}"]) == 2
+    assert "model.name must be one of" in capsys.readouterr().err
 
 
 def test_errors_are_one_line(tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from breastai.config import DEFAULTS, ConfigError, apply_overrides, dump_config, load_config
+from breastai.core.config import DEFAULTS, ConfigError, apply_overrides, dump_config, load_config
 
 
 def test_defaults_without_file():
@@ -68,7 +68,7 @@ def test_shipped_configs_load():
 
 
 def test_fill_missing_adds_only_absent_keys_of_present_sections():
-    from breastai.config import DEFAULTS, fill_missing
+    from breastai.core.config import DEFAULTS, fill_missing
 
     saved = {"preprocess": {"mode": "crop", "margin": 0.5}, "data": {"reader_options": {"frame": 2}}, "seed": 7}
     out = fill_missing(saved)
@@ -80,9 +80,9 @@ def test_fill_missing_adds_only_absent_keys_of_present_sections():
 
 
 def test_every_admitted_word_loads_and_runs():
-    from breastai.calibration import fit_temperature
-    from breastai.config import CHOICES
-    from breastai.models import create_model
+    from breastai.models.calibration import fit_temperature
+    from breastai.core.config import CHOICES
+    from breastai.models.registry import create_model
 
     for key, words in CHOICES.items():
         for w in words:
@@ -95,7 +95,7 @@ def test_every_admitted_word_loads_and_runs():
 
 
 def test_override_values_keep_their_setting_type(tmp_path):
-    from breastai.config import ConfigError, load_config
+    from breastai.core.config import ConfigError, load_config
 
     c = load_config(None, ["run_name=2024", "output_dir=/tmp/x #1", "data.datalist=/d/a: b.csv", "train.lr=1e-3",
                            "train.epochs=3.0", "data.reader_options.dicom.frame=all", "data.cache=none",
@@ -114,7 +114,7 @@ def test_override_values_keep_their_setting_type(tmp_path):
 
 def test_override_types_come_from_the_built_in_settings_not_the_yaml_file(tmp_path):
     """A YAML `ema: 0` or `split_seed: 7` must not make a float override or a reset to null fail."""
-    from breastai.config import ConfigError, load_config
+    from breastai.core.config import ConfigError, load_config
 
     f = tmp_path / "c.yaml"
     f.write_text("train: {ema: 0, attention_loss: 1}\ndata: {split_seed: 7}\n")

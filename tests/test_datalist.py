@@ -117,7 +117,7 @@ def test_monai_sections(tmp_path, files):
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
-    from breastai.data.datalist import atomic_write, atomic_write_bytes
+    from breastai.core.files import atomic_write, atomic_write_bytes
 
     target = tmp_path / "out.bin"
     atomic_write_bytes(target, b"old")
@@ -134,7 +134,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_atomic_write_csv_quotes_case_ids_with_commas(tmp_path):
     import csv
 
-    from breastai.data.datalist import atomic_write_csv
+    from breastai.core.files import atomic_write_csv
 
     atomic_write_csv(tmp_path / "p.csv", ["case_id", "probability", "note"],
                      [{"case_id": "left, upper", "probability": 0.25, "note": None}])

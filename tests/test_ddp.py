@@ -22,7 +22,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from breastai.training import main
+    from breastai.engine.run import main
 
     res = main(cfg)
     Path(out, f"rank{rank}.json").write_text(json.dumps({"digest": res["last_weights_digest"], "run_dir": res["run_dir"],

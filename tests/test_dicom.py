@@ -13,8 +13,8 @@ from pydicom.pixels import apply_windowing, convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, UID, generate_uid
 
-from breastai.data import dicom as D
-from breastai.data.io import ImageReadError, load_image
+from breastai.data.readers import dicom as D
+from breastai.data.readers.registry import ImageReadError, load_image
 
 MG_SOP = "1.2.840.10008.5.1.4.1.1.1.2"
 US_SOP = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -412,7 +412,7 @@ def test_compressed_copies_in_the_pydicom_wheel_read_like_the_original(name):
 
 def test_identifiers_are_found_after_a_file_name_sanitiser():
     """`prepare folder` rewrites punctuation in case_ids; an identifier must still be recognised there."""
-    from breastai.data.dicom import holds_identifier
+    from breastai.data.readers.redaction import holds_identifier
 
     secrets = ["Doe^Janet", "AB_123", "Janet"]
     assert holds_identifier("benign_AB-123_scan", secrets)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from breastai.data import dicom as D
-from breastai.data import mammo
-from breastai.data.io import load_image
+from breastai.data.readers import dicom as D
+from breastai.data.readers import mammo
+from breastai.data.readers.registry import load_image
 
 DATA = Path(os.environ.get("BREASTAI_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 FOLDER = DATA / "dicom-mg"

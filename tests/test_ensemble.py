@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from breastai.checkpoint import load_checkpoint
-from breastai.calibration import calibrated_logit
-from breastai.ensemble import build_ensemble, fit_combiner
-from breastai.training import main as train_main
+from breastai.models.checkpoint import load_checkpoint
+from breastai.models.calibration import calibrated_logit
+from breastai.engine.ensemble import build_ensemble, fit_combiner
+from breastai.engine.run import main as train_main
 
 
 def test_stack_weights_follow_the_informative_member():
@@ -88,8 +88,8 @@ def test_ensemble_cv_output_matches_training_cv(built, cv_runs):
 
 def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_path):
     from breastai.data.datalist import read_datalist
-    from breastai.evaluate import evaluate_checkpoint
-    from breastai.predict import Predictor
+    from breastai.engine.evaluate import evaluate_checkpoint
+    from breastai.inference.predictor import Predictor
 
     summary, ens = built
     ckpt = ens / "fold0" / "best.pt"
@@ -105,7 +105,7 @@ def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_p
     # The per-file path (predict) and the batched path (CV scoring) give the same probability.
     assert rec["probability"] == pytest.approx(held_out[row["case_id"]]["probability"], abs=1e-4)
     assert rec["uncertainty"] is not None and rec["uncertainty"] >= 0
-    from breastai.data.io import load_image
+    from breastai.data.readers.registry import load_image
 
     assert rec["saliency_map"].shape == load_image(row["image"])[0].shape[:2]
     assert 0 <= rec["saliency_map"].min() and rec["saliency_map"].max() <= 1
@@ -139,7 +139,7 @@ def test_members_on_other_folds_are_refused(cv_runs, built, tmp_path):
 
 
 def test_members_decode_with_their_own_reader_options(built, synth_datalist, monkeypatch):
-    import breastai.predict as bp
+    import breastai.inference.predictor as bp
     from breastai.data.datalist import read_datalist
 
     _, ens = built
@@ -157,8 +157,8 @@ def test_members_decode_with_their_own_reader_options(built, synth_datalist, mon
 
 
 def test_members_read_a_dicom_header_for_naming_once(built, synth_datalist, tmp_path, monkeypatch):
-    import breastai.data.dicom as dcm
-    import breastai.predict as bp
+    import breastai.data.readers.dicom as dcm
+    import breastai.inference.predictor as bp
     from conftest import write_grey_dicom
 
     from breastai.data.datalist import read_datalist
@@ -177,9 +177,9 @@ def test_members_read_a_dicom_header_for_naming_once(built, synth_datalist, tmp_
 def test_members_of_other_seeds_on_the_same_folds_are_accepted(cv_runs):
     import copy
 
-    from breastai.config import split_seed
-    from breastai.ensemble import _check_same_folds
-    from breastai.training import load_cv_summary
+    from breastai.core.config import split_seed
+    from breastai.engine.ensemble import _check_same_folds
+    from breastai.engine.cv import load_cv_summary
 
     crop, whole, _, _ = cv_runs
     a = load_cv_summary(crop)
@@ -193,7 +193,7 @@ def test_members_of_other_seeds_on_the_same_folds_are_accepted(cv_runs):
 
 
 def test_a_datalist_that_gives_other_folds_is_refused(cv_runs, tmp_path, monkeypatch):
-    import breastai.ensemble as ens
+    import breastai.engine.ensemble as ens
 
     crop, whole, _, _ = cv_runs
     real = ens.read_samples

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_dicom import US_SOP, write_dicom
 
-from breastai.config import load_config
+from breastai.core.config import load_config
 from breastai.data.frames import expand_frames
 from breastai.data.transforms import LoadSampled, build_transforms
 
@@ -44,7 +44,7 @@ def test_default_policy_leaves_rows_alone(tmp_path):
 
 def test_radiomics_cache_keys_frames_apart(tmp_path):
     """Frame rows of one multi-frame file must not share a cached radiomics vector."""
-    from breastai.radiomics.dataset_features import _row_key
+    from breastai.radiomics.dataset import _row_key
 
     row = {"image": str(tmp_path / "cine.dcm"), "mask": [str(tmp_path / "m.png")]}
     keys = {_row_key({**row, "frame": k}, "settings") for k in range(3)}

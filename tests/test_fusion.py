@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.checkpoint import load_checkpoint, model_from_checkpoint
+from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint
 from breastai.data.datalist import read_datalist, write_datalist
-from breastai.engine import predict_loader
-from breastai.models import create_model
+from breastai.engine.loops import predict_loader
+from breastai.models.registry import create_model
 from breastai.radiomics import RadiomicsInputError
-from breastai.radiomics.dataset_features import clear_cache, compute_radiomics, select_features
-from breastai.training import _loader, build_dataset
-from breastai.training import main as train_main
+from breastai.radiomics.dataset import clear_cache, compute_radiomics
+from breastai.models.radiomics_fit import select_features
+from breastai.engine.loaders import make_loader, build_dataset
+from breastai.engine.run import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_checkpoint_round_trip_reproduces_oof_predictions_exactly(logreg_cv, syn
     records = read_datalist(synth64, classes=cfg["data"]["classes"])
     oof = {p["case_id"]: p["logit"] for p in s["oof_predictions"] if p["fold"] == 0}
     test = [r for r in records if r["case_id"] in oof]
-    pred = predict_loader(model, _loader(build_dataset(state["config"], test, False), state["config"], False, None, 0),
+    pred = predict_loader(model, make_loader(build_dataset(state["config"], test, False), state["config"], False, None, 0),
                           torch.device("cpu"))
     got = dict(zip(pred["case_id"], pred["logit"]))
     for cid, z in oof.items():
@@ -71,7 +72,7 @@ def test_checkpoint_round_trip_reproduces_oof_predictions_exactly(logreg_cv, syn
 
 
 def test_evaluate_radiomics_checkpoint(logreg_cv, synth64, tmp_path):
-    from breastai.evaluate import evaluate_checkpoint
+    from breastai.engine.evaluate import evaluate_checkpoint
 
     _, res = logreg_cv
     rep = evaluate_checkpoint(Path(res["run_dir"]) / "fold1" / "best.pt", synth64, tmp_path, device="cpu", n_boot=50)
@@ -80,7 +81,7 @@ def test_evaluate_radiomics_checkpoint(logreg_cv, synth64, tmp_path):
 
 
 def test_selection_is_fitted_on_training_rows_only(synth_datalist, tiny_config, tmp_path, monkeypatch):
-    import breastai.training as tr
+    import breastai.engine.trainer as tr
 
     seen = {}
     real = tr.radiomics_model_kwargs
@@ -177,7 +178,7 @@ def test_fusion_trains_end_to_end_and_round_trips(synth_datalist, tiny_config, t
     a = model_from_checkpoint(state)
     b = model_from_checkpoint(load_checkpoint(Path(res["run_dir"]) / "best.pt"))
     records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])[:10]
-    loader = _loader(build_dataset(cfg, records, False), cfg, False, None, 0)
+    loader = make_loader(build_dataset(cfg, records, False), cfg, False, None, 0)
     pa = predict_loader(a, loader, torch.device("cpu"))["logit"]
     pb = predict_loader(b, loader, torch.device("cpu"))["logit"]
     assert np.isfinite(pa).all() and np.array_equal(pa, pb)
@@ -208,7 +209,7 @@ def test_disk_cache_round_trip(synth_datalist, tiny_config, tmp_path):
 
 
 def _fake_cv(path: Path, scores: np.ndarray, y: np.ndarray, folds: np.ndarray) -> Path:
-    from breastai.metrics import roc_auc
+    from breastai.reporting.metrics import roc_auc
 
     path.mkdir(parents=True)
     oof = [{"case_id": f"c{i}", "fold": int(f), "label": int(t), "logit": float(s), "probability": float(s)}
@@ -261,7 +262,7 @@ def test_ablation_script_table_and_delong(tmp_path, capsys):
 
 def test_predict_computes_radiomics_from_the_given_mask(logreg_cv, synth64):
     """Inference recomputes the features from image + mask and reproduces the CV's logits."""
-    from breastai.predict import Predictor
+    from breastai.inference.predictor import Predictor
 
     cfg, res = logreg_cv
     run = Path(res["run_dir"])

@@ -9,30 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from breastai.metrics import (
-    MetricError,
-    binary_metrics,
-    bootstrap_auc_ci,
-    brier,
-    choose_threshold,
-    delong_auc_variance,
-    delong_test,
-    ece,
-    evaluation_report,
-    nll,
-    reliability_curve,
-    roc_auc,
-    summarise_folds,
-)
-from breastai.plots import (
-    figure_calibration,
-    figure_confusion,
-    figure_roc,
-    plot_calibration,
-    plot_confusion,
-    plot_pr,
-    plot_roc,
-)
+from breastai.reporting.metrics import MetricError, binary_metrics, bootstrap_auc_ci, brier, choose_threshold, delong_auc_variance, delong_test, ece, evaluation_report, nll, reliability_curve, roc_auc, summarise_folds
+from breastai.reporting.plots import figure_calibration, figure_confusion, figure_roc, plot_calibration, plot_confusion, plot_pr, plot_roc
 
 # The small worked example used throughout.
 Y = [0, 0, 1, 1]
@@ -315,7 +293,7 @@ def test_figures_for_tensorboard():
 
 
 def test_ece_noise_floor_of_a_calibrated_model():
-    from breastai.metrics import ece_noise_floor
+    from breastai.reporting.metrics import ece_noise_floor
 
     p = np.linspace(0.02, 0.98, 126)
     small, large = ece_noise_floor(p, n_draws=400), ece_noise_floor(np.tile(p, 8), n_draws=400)
@@ -326,7 +304,7 @@ def test_ece_noise_floor_of_a_calibrated_model():
 
 
 def test_youden_ties_go_to_the_highest_threshold_exactly():
-    from breastai.metrics import choose_threshold
+    from breastai.reporting.metrics import choose_threshold
 
     # J = 1/3 at thresholds 0.6 and 0.5; in floats tpr - fpr differs in the last bit between them.
     assert choose_threshold([0, 1, 1, 0, 1, 0], [0.8, 0.5, 0.6, 0.5, 0.8, 0.2]) == 0.6

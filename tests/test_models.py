@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from breastai.models import MODELS, create_model, list_models
+from breastai.models.registry import MODELS, create_model, list_models
 
 
 def _call(name, m, x, method=None):

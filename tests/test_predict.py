@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from conftest import predict_cli as _cli
 
-from breastai.checkpoint import load_checkpoint
-from breastai.predict import Predictor
-from breastai.predict_cli import run_predict
+from breastai.models.checkpoint import load_checkpoint
+from breastai.inference.predictor import Predictor
+from breastai.inference.writers import run_predict
 
 
 def test_outputs_maps_in_original_geometry_and_rerun_replaces(ckpt, sample, tmp_path):
@@ -120,7 +120,8 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
     from conftest import _tiny_config
 
     from breastai.data.frames import read_samples
-    from breastai.training import main, predict_records
+    from breastai.engine.run import main
+    from breastai.engine.scoring import predict_records
 
     cfg = _tiny_config(synth_datalist, tmp_path, "eval.flip_average=true")
     run_dir = Path(main(cfg)["run_dir"])
@@ -144,7 +145,7 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
 def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, tmp_path):
     """Keys added after a checkpoint was written are filled in from the defaults at load time, so
     the checkpoint scores exactly as before."""
-    from breastai.checkpoint import save_checkpoint
+    from breastai.models.checkpoint import save_checkpoint
 
     state = load_checkpoint(ckpt)
     old = {**state, "config": {**state["config"],

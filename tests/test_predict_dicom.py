@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from conftest import PATIENT_ID, write_grey_dicom as _write_dicom
 
-from breastai.checkpoint import load_checkpoint
-from breastai.predict import Predictor
-from breastai.predict_cli import run_predict
+from breastai.models.checkpoint import load_checkpoint
+from breastai.inference.predictor import Predictor
+from breastai.inference.writers import run_predict
 
 
 def test_png_and_grey_dicom_give_the_same_probability(predictor, sample, tmp_path):
@@ -28,7 +28,7 @@ def test_png_and_grey_dicom_give_the_same_probability(predictor, sample, tmp_pat
 
 
 def test_identifiers_never_leak(ckpt, sample, tmp_path):
-    from breastai.data.dicom import uid_hash
+    from breastai.data.readers.dicom import uid_hash
 
     pixels = np.asarray(Image.open(sample[0]).convert("L"))
     uid = "1.2.826.0.1.3680043.8.498.99"
@@ -52,7 +52,7 @@ def test_identifiers_never_leak(ckpt, sample, tmp_path):
 
 def test_identifiers_never_leak_from_failed_files_datalist_ids_or_uid_file_names(ckpt, sample, tmp_path):
     from breastai.data.datalist import write_datalist
-    from breastai.data.dicom import uid_hash
+    from breastai.data.readers.dicom import uid_hash
 
     pixels = np.asarray(Image.open(sample[0]).convert("L"))
     folder = tmp_path / "in" / PATIENT_ID
@@ -78,7 +78,7 @@ def test_identifiers_never_leak_from_failed_files_datalist_ids_or_uid_file_names
 
 
 def test_reader_crop_and_flip_are_undone_and_the_model_stays_intact(predictor, ckpt, sample, tmp_path):
-    from breastai.data import io
+    from breastai.data.readers import registry as io
 
     arr = np.asarray(Image.open(sample[0]).convert("L")).astype(np.float32)
     rows, cols = arr.shape[0] + 20, arr.shape[1] + 30
@@ -124,8 +124,8 @@ def test_all_real_mammography_dicoms_are_scored(ckpt, tmp_path):
 def test_masks_and_boxes_drawn_on_the_stored_image_follow_the_readers_crop_and_flip(ckpt, sample, tmp_path):
     """A DICOM mammogram is cropped to the breast and mirrored by its reader; the user's mask or box
     is drawn on the image as stored and must land on the same lesion in the reader's grid."""
-    from breastai.data import io
-    from breastai.data.io import LesionBox
+    from breastai.data.readers import registry as io
+    from breastai.data.readers.masks import LesionBox
 
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
@@ -165,8 +165,9 @@ def test_masks_and_boxes_drawn_on_the_stored_image_follow_the_readers_crop_and_f
 
 
 def test_a_box_follows_the_reader_crop_and_flip():
-    from breastai.data.io import ImageReadError, LesionBox
-    from breastai.data.mammo import undo_geometry
+    from breastai.data.readers.registry import ImageReadError
+    from breastai.data.readers.masks import LesionBox
+    from breastai.data.geometry import undo_geometry
 
     # Stored image 30 x 60; the reader kept rows 5..14 and columns 30..49, then mirrored them.
     meta = {"crop_box": [5, 15, 30, 50], "flipped_lr": True, "rows": 30, "cols": 60}
@@ -181,7 +182,8 @@ def test_a_box_follows_the_reader_crop_and_flip():
 
 
 def test_mask_on_reader_grid_moves_stored_masks_and_names_misfits():
-    from breastai.data.io import ImageReadError, mask_on_reader_grid
+    from breastai.data.readers.registry import ImageReadError
+    from breastai.data.readers.masks import mask_on_reader_grid
 
     m = np.zeros((4, 6), bool)
     m[1, 0] = True

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 from conftest import predict_cli as _cli
 
-from breastai.checkpoint import load_checkpoint
-from breastai.predict import Predictor, expand_inputs, tta_views
-from breastai.predict_cli import run_predict
+from breastai.models.checkpoint import load_checkpoint
+from breastai.inference.predictor import Predictor
+from breastai.inference.inputs import expand_inputs
+from breastai.models.tta import tta_views
+from breastai.inference.writers import run_predict
 
 
 def test_crop_mode_checkpoint_needs_a_mask(ckpt, sample):
@@ -49,7 +51,7 @@ def test_numpy_input_folder_input_and_tta(predictor, sample, tmp_path):
 
 
 def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
-    from breastai.data.io import LesionBox
+    from breastai.data.readers.masks import LesionBox
 
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
@@ -90,7 +92,7 @@ def test_folder_search_skips_hidden_folders_and_earlier_outputs(ckpt, sample, tm
 
 
 def test_sibling_masks_any_image_suffix_and_glob_characters(tmp_path):
-    from breastai.predict import expand_inputs
+    from breastai.inference.inputs import expand_inputs
 
     img = np.full((40, 40), 90, np.uint8)
     for name, mask in (("img[1].png", "img[1]_mask.png"), ("up.PNG", "up_mask.png"), ("j.jpg", "j_mask.png"),
@@ -129,7 +131,8 @@ def test_an_empty_mask_found_beside_an_image_is_no_error_for_a_whole_image_model
 
 
 def test_alpha_masks_and_cmyk_images(tmp_path):
-    from breastai.data.io import load_image, load_mask
+    from breastai.data.readers.registry import load_image
+    from breastai.data.readers.masks import load_mask
 
     lesion = np.zeros((40, 50), bool)
     lesion[10:20, 15:30] = True

@@ -17,7 +17,7 @@ from PIL import Image
 
 from breastai.data.datalist import read_datalist
 from breastai.data.dedup import DedupResult, find_duplicates, union_find_groups
-from breastai.data.io import load_mask
+from breastai.data.readers.masks import load_mask
 from breastai.data.prepare import prepare_busi
 from breastai.data.prepare.busi import scan_busi
 

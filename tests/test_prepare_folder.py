@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from breastai.data.datalist import read_datalist
-from breastai.data.prepare import add_parser, prepare_folder
+from breastai.cli.prepare import add_parser
+from breastai.data.prepare import prepare_folder
 
 
 def _png(path: Path, value: int = 100) -> None:
@@ -88,7 +89,7 @@ def test_cli_parser(tmp_path, capsys):
 
 def test_only_image_files_count_gzip_included(tmp_path):
     """``.nii.gz`` is an image suffix; any other ``.gz`` (notes.csv.gz) is not."""
-    from breastai.data.io import IMAGE_SUFFIXES, image_suffix
+    from breastai.data.readers.registry import IMAGE_SUFFIXES, image_suffix
 
     assert image_suffix(tmp_path / "a.NII.GZ") == ".nii.gz" and ".gz" not in IMAGE_SUFFIXES
     for cls in ("benign", "malignant"):

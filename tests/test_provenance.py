@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from breastai.data.datalist import read_datalist
-from breastai.evaluate import evaluate_checkpoint
-from breastai.provenance import file_digest, part_digests, seen_before
-from breastai.training import main as train_main
+from breastai.engine.evaluate import evaluate_checkpoint
+from breastai.data.provenance import file_digest, part_digests, seen_before
+from breastai.engine.run import main as train_main
 
 
 def test_digest_follows_content_not_name(tmp_path):

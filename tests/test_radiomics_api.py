@@ -18,7 +18,7 @@ from breastai.radiomics import (
     extract_features,
     features_for_datalist,
 )
-from breastai.radiomics.cli import add_parser
+from breastai.cli.radiomics import add_parser
 
 
 def _lesion(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.calibration import apply_temperature, fit_temperature
+from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.data.transforms import LoadSampled, NormalizeIntensityRobustd, SquareBoxd
-from breastai.models import MODELS, create_model, list_models
-from breastai.saliency import SaliencyExplainer, heat_overlay, map_to_original, normalise_map, saliency_grid
+from breastai.models.registry import MODELS, create_model, list_models
+from breastai.models.saliency import SaliencyExplainer, heat_overlay, normalise_map, saliency_grid
+from breastai.data.geometry import map_to_original
 
 
 def _blob_image(shape, centre, radius=4.0):
@@ -69,7 +70,7 @@ def test_every_registered_model_yields_a_map(name):
     b = 2 if name == "small_cnn" else 1  # tiny inputs keep the big models fast on 2 CPU cores
     x = torch.rand(b, in_chans, 32, 40)
     if spec.requires_radiomics:
-        from breastai.predict import _WithRadiomics
+        from breastai.inference.predictor import _WithRadiomics
 
         feats = [f"f{i}" for i in range(6)]
         net = create_model(name, in_chans=in_chans, pretrained=False, backbone="small_cnn", feature_names=feats,
@@ -175,7 +176,7 @@ def test_frozen_weights_shortcut_gives_the_same_map(method):
 
 
 def test_bicubic_map_peaks_between_cell_centres_towards_the_stronger_neighbour():
-    from breastai.saliency import _upsampler
+    from breastai.models.saliency import _upsampler
 
     cam = torch.zeros(1, 1, 7, 7)
     cam[0, 0, 3, 3], cam[0, 0, 3, 4] = 1.0, 0.8  # evidence on cell 3, a little less on cell 4 to its right

@@ -59,8 +59,8 @@ def test_fixed_split_rejects_group_across_splits():
 def test_split_seed_keeps_the_folds_while_the_training_seed_varies():
     import copy
 
-    from breastai.config import DEFAULTS
-    from breastai.training import cv_splits
+    from breastai.core.config import DEFAULTS
+    from breastai.engine.cv import cv_splits
 
     def cfg(seed, split_seed=None):
         c = copy.deepcopy(DEFAULTS)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from breastai.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from breastai.training import main as train_main
+from breastai.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from breastai.engine.run import main as train_main
 
 
 
@@ -83,7 +83,7 @@ def test_checkpoint_is_self_contained(trained):
 
 @pytest.mark.parametrize("ema", [0.0, 0.6])
 def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config, monkeypatch, ema):
-    import breastai.training as tr
+    import breastai.engine.trainer as tr
 
     straight = train_main(tiny_config(synth_datalist, tmp_path / "straight", f"train.ema={ema}"))
 
@@ -122,7 +122,7 @@ def test_weight_average_is_validated_and_saved(synth_datalist, tmp_path, tiny_co
 
 
 def test_weight_ema_formula():
-    from breastai.engine import weight_ema
+    from breastai.engine.loops import weight_ema
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
     ema = weight_ema(net, 0.75)
@@ -161,7 +161,7 @@ def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
     assert again["run_dir"] == res["run_dir"]
     assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in s["folds"]]
     # A resume that would split the cases otherwise is refused, by the config or by the folds' own cases.
-    from breastai.config import ConfigError
+    from breastai.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"seed: 0 -> 3"):
         train_main({**cfg, "seed": 3}, resume=True)
@@ -175,7 +175,7 @@ def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
 def test_resume_refuses_other_settings_keeps_run_name_and_an_early_stop(synth_datalist, tmp_path, tiny_config):
     import yaml
 
-    from breastai.config import ConfigError
+    from breastai.core.config import ConfigError
 
     cfg = tiny_config(synth_datalist, tmp_path, "train.epochs=3", "train.lr=0", "train.early_stop_patience=1")
     first = train_main(cfg)
@@ -209,8 +209,8 @@ def test_oof_csv_keeps_the_ranking_of_confident_predictions(tmp_path):
     tie and the AUC recomputed from the CSV drifts from the summary's (seen on BUSI: 0.979 vs 0.982)."""
     import csv
 
-    from breastai.metrics import roc_auc
-    from breastai.training import cv_summary
+    from breastai.reporting.metrics import roc_auc
+    from breastai.engine.cv import cv_summary
 
     probs = [1e-9, 3e-8, 2e-7, 4e-9, 1 - 1e-9, 1 - 2e-8, 5e-8, 1 - 3e-7]
     labels = [0, 1, 0, 0, 1, 1, 0, 0]
@@ -227,8 +227,9 @@ def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
     probabilities to exactly 1.0 in float64; ranked by them, a negative ties with the positives."""
     import csv
 
-    from breastai.metrics import roc_auc
-    from breastai.training import cv_summary, score_part
+    from breastai.reporting.metrics import roc_auc
+    from breastai.engine.cv import cv_summary
+    from breastai.engine.scoring import score_part
 
     logit = np.array([-3.0, 2.5, 3.0, 4.0, 5.0])
     label = np.array([0, 1, 0, 1, 1])
@@ -246,7 +247,7 @@ def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
 def test_a_one_class_test_part_is_refused_before_training(synth_datalist, tmp_path, tiny_config, monkeypatch):
     import csv
 
-    import breastai.training as tr
+    import breastai.engine.trainer as tr
 
     rows = list(csv.DictReader(open(synth_datalist)))
     groups = sorted({r["group"] for r in rows if r["label"] == "benign"})[:2]
@@ -267,8 +268,8 @@ def test_a_one_class_test_part_is_refused_before_training(synth_datalist, tmp_pa
 def test_dataloader_workers_draw_their_own_augmentations():
     import copy
 
-    from breastai.config import DEFAULTS
-    from breastai.training import _loader, build_dataset
+    from breastai.core.config import DEFAULTS
+    from breastai.engine.loaders import make_loader, build_dataset
 
     cfg = copy.deepcopy(DEFAULTS)
     cfg["preprocess"].update(mode="whole", size=32)
@@ -280,27 +281,27 @@ def test_dataloader_workers_draw_their_own_augmentations():
     for workers in (0, 1, 2):
         cfg["data"]["num_workers"] = workers
         ds.transform.set_random_state(seed=123)
-        views[workers] = [b["image"][0].numpy().tobytes() for b in _loader(ds, cfg, True, None, 0)]
+        views[workers] = [b["image"][0].numpy().tobytes() for b in make_loader(ds, cfg, True, None, 0)]
     assert len(set(views[2])) == 8, "two workers repeated each other's flips and affines"
     assert views[1] == views[0], "one worker draws exactly what the main process draws"
 
 
 def test_loader_seed_differs_per_rank_and_keeps_rank_0(monkeypatch):
     """The loader's generator seeds the workers' augmentation: one per rank, rank 0 as before."""
-    import breastai.training as tr
-    from breastai.config import load_config
+    import breastai.engine.loaders as tr
+    from breastai.core.config import load_config
 
     cfg = load_config(None, ["seed=3"])
     seeds = []
     for r in (0, 1):
         monkeypatch.setattr(tr.dist, "rank", lambda r=r: r)
-        seeds.append(tr._loader(list(range(10)), cfg, True, None, 2).generator.initial_seed())
+        seeds.append(tr.make_loader(list(range(10)), cfg, True, None, 2).generator.initial_seed())
     assert seeds[0] == 3 * 1000 + 2 and seeds[1] != seeds[0]
 
 
 def test_empty_training_part_is_refused_before_training(synth_datalist, tiny_config, tmp_path):
     from breastai.data.datalist import read_datalist
-    from breastai.training import fit
+    from breastai.engine.trainer import fit
 
     cfg = tiny_config(synth_datalist, tmp_path)
     records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])

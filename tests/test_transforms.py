@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from breastai.config import load_config
-from breastai.data.io import ImageReadError
+from breastai.core.config import load_config
+from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import build_transforms, square_box
 
 

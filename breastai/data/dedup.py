@@ -424,7 +424,7 @@ def find_duplicates(
         Groups (an index per path) and the pairs that joined them.
     """
     if loader is None:
-        from .io import load_image
+        from breastai.data.readers.registry import load_image
 
         def loader(p: Path) -> np.ndarray:
             return load_image(p)[0]

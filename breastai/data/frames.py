@@ -20,7 +20,7 @@ def read_samples(datalist: str | Path, data_cfg: dict[str, Any], classes: Sequen
     :func:`breastai.data.datalist.read_datalist` with ``data_cfg['classes']`` (or ``classes``),
     then the frame policy of ``data_cfg['reader_options']``.
     """
-    from .datalist import read_datalist
+    from breastai.data.datalist import read_datalist
 
     rows = read_datalist(datalist, classes=list(classes if classes is not None else data_cfg["classes"]))
     return expand_frames(rows, data_cfg.get("reader_options"))
@@ -41,7 +41,7 @@ def expand_frames(records: Sequence[dict[str, Any]], reader_options: dict[str, A
                          "'middle', a frame index, or 'all' (one sample per frame)")
     if policy != "all":
         return list(records)
-    from .dicom import dicom_frame_count, is_dicom
+    from breastai.data.readers.dicom import dicom_frame_count, is_dicom
 
     out: list[dict[str, Any]] = []
     for r in records:

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from breastai.data.datalist import atomic_write, write_datalist
+from breastai.core.files import atomic_write
+from breastai.data.datalist import write_datalist
 
 __all__ = ["CLASSES", "LesionParams", "make_lesion", "make_demo_dataset", "sample_lesion_params", "render_lesion"]
 

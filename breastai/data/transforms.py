@@ -28,7 +28,8 @@ from monai.transforms import (
     Randomizable,
 )
 
-from .io import ImageReadError, LesionBox, load_image, load_mask, mask_on_reader_grid, to_grey
+from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
+from breastai.data.readers.registry import ImageReadError, load_image, to_grey
 
 __all__ = [
     "LoadSampled",

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import MODELS, Classifier, ModelSpec, create_model, register_model
+from breastai.models.classifier import Classifier
+from breastai.models.registry import MODELS, ModelSpec, create_model, register_model
 
 __all__ = ["RadiomicsInput", "RadiomicsLogReg", "FusionConcat", "FusionGated", "DEFAULT_N_RADIOMICS"]
 

@@ -12,8 +12,8 @@ Example::
     table.names, table.values  # (N, F)
 """
 
-from .discretise import discretise, resegment
-from .extract import (
+from breastai.radiomics.discretise import discretise, resegment
+from breastai.radiomics.extract import (
     BASE_FAMILIES,
     OPTIONAL_FAMILIES,
     FeatureTable,
@@ -23,8 +23,17 @@ from .extract import (
     extract_features,
     features_for_datalist,
 )
-from .intensity import IH_FEATURES, IVH_FEATURES, LOCAL_FEATURES, STAT_FEATURES
-from .morphology import MORPH2D_FEATURES, MORPH_FEATURES, NOT_IMPLEMENTED
+from breastai.radiomics.intensity import (
+    IH_FEATURES,
+    IVH_FEATURES,
+    LOCAL_FEATURES,
+    STAT_FEATURES,
+)
+from breastai.radiomics.morphology import (
+    MORPH2D_FEATURES,
+    MORPH_FEATURES,
+    NOT_IMPLEMENTED,
+)
 
 __all__ = [
     "BASE_FAMILIES",
@@ -53,7 +62,7 @@ def feature_docs() -> dict[str, str]:
     out: dict[str, str] = {}
     for d in (MORPH_FEATURES, MORPH2D_FEATURES, STAT_FEATURES, IH_FEATURES, IVH_FEATURES, LOCAL_FEATURES):
         out.update(d)
-    from .extract import texture_families
+    from breastai.radiomics.extract import texture_families
 
     for _, (_, feats, _) in texture_families().items():
         out.update(feats)

@@ -7,8 +7,8 @@ padded into batches, and every feature family runs on the whole batch at once (C
 from __future__ import annotations
 
 import csv
-import io
 import importlib
+import io
 import math
 import sys
 from dataclasses import dataclass, field
@@ -18,9 +18,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .discretise import discretise
-from .intensity import histogram_features, ivh_features, local_intensity_features, statistics_features
-from .morphology import autocorrelation, morphology_features
+from breastai.radiomics.discretise import discretise
+from breastai.radiomics.intensity import (
+    histogram_features,
+    ivh_features,
+    local_intensity_features,
+    statistics_features,
+)
+from breastai.radiomics.morphology import autocorrelation, morphology_features
 
 __all__ = [
     "FeatureTable",
@@ -391,8 +396,10 @@ def features_for_datalist(
     """
     from tqdm.auto import tqdm
 
-    from ..data.datalist import atomic_write_text, read_datalist
-    from ..data.io import ImageReadError, load_image, load_mask
+    from breastai.core.files import atomic_write_text
+    from breastai.data.datalist import read_datalist
+    from breastai.data.readers.masks import load_mask
+    from breastai.data.readers.registry import ImageReadError, load_image
 
     datalist_path = Path(datalist_path)
     # Found now, not after the first chunk of images has been read.

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..dedup import DedupConfig, DedupResult, find_duplicates
-from . import PrepareReport
+from breastai.data.dedup import DedupConfig, DedupResult, find_duplicates
+from breastai.data.prepare import PrepareReport
 
 __all__ = ["BUSI_CLASSES", "scan_busi", "busi_root", "prepare_busi"]
 

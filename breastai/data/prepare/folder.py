@@ -6,8 +6,9 @@ import re
 import time
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES, image_stem, image_suffix, visible_files
-from . import PrepareReport
+from breastai.core.files import visible_files
+from breastai.data.prepare import PrepareReport
+from breastai.data.readers.registry import IMAGE_SUFFIXES, image_stem, image_suffix
 
 __all__ = ["scan_class_folder", "prepare_folder"]
 

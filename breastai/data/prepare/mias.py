@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datalist import atomic_write
-from . import PrepareReport
+from breastai.core.files import atomic_write
+from breastai.data.prepare import PrepareReport
 
 __all__ = ["MiasFinding", "MiasParseError", "parse_info", "finding_mask", "prepare_mias"]
 

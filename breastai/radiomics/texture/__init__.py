@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import gldzm, glcm, glrlm, glszm, ngldm, ngtdm
-from ._common import parse_directional_aggregation, parse_zone_aggregation
-from .gldzm import gldzm_features
-from .glcm import glcm_features
-from .glrlm import glrlm_features
-from .glszm import glszm_features
-from .ngldm import ngldm_features
-from .ngtdm import ngtdm_features
+from breastai.radiomics.texture import glcm, gldzm, glrlm, glszm, ngldm, ngtdm
+from breastai.radiomics.texture._common import (
+    parse_directional_aggregation,
+    parse_zone_aggregation,
+)
+from breastai.radiomics.texture.glcm import glcm_features
+from breastai.radiomics.texture.gldzm import gldzm_features
+from breastai.radiomics.texture.glrlm import glrlm_features
+from breastai.radiomics.texture.glszm import glszm_features
+from breastai.radiomics.texture.ngldm import ngldm_features
+from breastai.radiomics.texture.ngtdm import ngtdm_features
 
 __all__ = [
     "FAMILIES",

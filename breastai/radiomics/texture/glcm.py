@@ -46,8 +46,17 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, index_dtype, parse_directional_aggregation, prepare,
-                      in_batch_chunks, reduce_directional, shifted_views, slice_groups)
+from breastai.radiomics.texture._common import (
+    DIRECTIONS_2D,
+    DIRECTIONS_3D,
+    in_batch_chunks,
+    index_dtype,
+    parse_directional_aggregation,
+    prepare,
+    reduce_directional,
+    shifted_views,
+    slice_groups,
+)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glcm_features", "glcm_matrices"]
 

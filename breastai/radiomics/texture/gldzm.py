@@ -34,8 +34,13 @@ from __future__ import annotations
 
 import torch
 
-from ._common import SparseGrid, parse_zone_aggregation, prepare, reduce_zone_grid
-from .glszm import zone_table
+from breastai.radiomics.texture._common import (
+    SparseGrid,
+    parse_zone_aggregation,
+    prepare,
+    reduce_zone_grid,
+)
+from breastai.radiomics.texture.glszm import zone_table
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "gldzm_features", "border_distance"]
 

@@ -32,9 +32,20 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (DIRECTIONS_2D, DIRECTIONS_3D, SparseGrid, grid_features, in_batch_chunks, index_dtype,
-                      lines_along, nonzero_1d, parse_directional_aggregation, prepare, reduce_directional,
-                      slice_groups)
+from breastai.radiomics.texture._common import (
+    DIRECTIONS_2D,
+    DIRECTIONS_3D,
+    SparseGrid,
+    grid_features,
+    in_batch_chunks,
+    index_dtype,
+    lines_along,
+    nonzero_1d,
+    parse_directional_aggregation,
+    prepare,
+    reduce_directional,
+    slice_groups,
+)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glrlm_features", "glrlm_matrices"]
 

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import SparseGrid, label_zones, parse_zone_aggregation, prepare, reduce_zone_grid, slice_groups
+from breastai.radiomics.texture._common import (
+    SparseGrid,
+    label_zones,
+    parse_zone_aggregation,
+    prepare,
+    reduce_zone_grid,
+    slice_groups,
+)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "glszm_features", "ZoneTable", "zone_table"]
 

@@ -33,8 +33,15 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (SparseGrid, index_dtype, padded_neighbours, parse_zone_aggregation, prepare,
-                      reduce_zone_grid, slice_groups)
+from breastai.radiomics.texture._common import (
+    SparseGrid,
+    index_dtype,
+    padded_neighbours,
+    parse_zone_aggregation,
+    prepare,
+    reduce_zone_grid,
+    slice_groups,
+)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "ngldm_features", "ngldm_matrices"]
 

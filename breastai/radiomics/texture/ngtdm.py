@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from ._common import masked_mean, padded_neighbours, parse_zone_aggregation, prepare, slice_groups
+from breastai.radiomics.texture._common import (
+    masked_mean,
+    padded_neighbours,
+    parse_zone_aggregation,
+    prepare,
+    slice_groups,
+)
 
 __all__ = ["FEATURES", "IBSI_CODES", "AGGREGATIONS", "ngtdm_features", "ngtdm_matrices"]
 

@@ -1,0 +1,118 @@
+"""``breastai predict``: score new images, write predictions and saliency maps.
+
+Output folder layout (a rerun never mixes old and new results)::
+
+    OUT/predictions.csv, OUT/predictions.json     replaced atomically at the END of a run
+    OUT/saliency/<run_id>/NNNNN_<id>.npy|.png       maps of that run only
+
+Each run writes its maps into a fresh ``saliency/<run_id>/`` folder; the prediction files,
+which reference only that folder, are swapped in when the run has finished, and only then are
+the folders of earlier runs (marked by a ``.breastai-run`` file) deleted. A crashed run
+leaves the previous predictions and their maps intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from breastai.inference.writers import run_predict
+
+__all__ = ["add_parser"]
+
+log = logging.getLogger("breastai")
+
+
+
+
+
+
+
+
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from breastai.data.datalist import DatalistError
+    from breastai.models.checkpoint import CheckpointError
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from breastai.data.readers.masks import LesionBox
+
+    if args.mask and args.box:
+        print("breastai predict: error: give either --mask or --box, not both", file=sys.stderr)
+        return 2
+    try:
+        masks = [LesionBox.parse(b) for b in args.box] if args.box else args.mask or None
+    except ValueError as exc:
+        print(f"breastai predict: error: --{exc}", file=sys.stderr)
+        return 2
+    try:
+        records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=masks,
+                                   saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
+                                   find_masks=args.find_masks, device=args.device,
+                                   saliency_upsample=args.saliency_upsample)
+    except (CheckpointError, DatalistError, ValueError) as exc:
+        print(f"breastai predict: error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"breastai predict: no images found in the inputs; {Path(args.out)} left as it was", file=sys.stderr)
+        return 1
+    for r in records:
+        if r["error"]:
+            print(f"failed: {r['error']}", file=sys.stderr)
+    n, bad = run["n"], run["n_failed"]
+    print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
+          f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else ""))
+    return 1 if bad else 0
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``breastai predict``."""
+    p = subparsers.add_parser(
+        "predict",
+        help="score new images: calibrated malignancy probability, uncertainty, saliency maps",
+        description="Score images with a trained checkpoint (preprocessing, calibration and threshold all come "
+        "from it). INPUT may be image or DICOM files, folders (searched recursively; non-image and *_mask files are "
+        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv and .json and, "
+        "with --saliency, maps in the original image geometry (.npy) with PNG overlays under OUT/saliency/RUN_ID/; "
+        "a rerun replaces the earlier results as a whole. Exit status: 0 all scored, 1 some input failed, "
+        "2 unusable checkpoint or arguments.",
+        epilog="example: breastai predict --checkpoint checkpoints/busi/best.pt scans/ --out preds --saliency gradcam++ --tta 8",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/DICOM files, folders or a datalist CSV/JSON")
+    p.add_argument("--checkpoint", required=True, help="best.pt from a training run")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mask", action="append", metavar="M",
+                   help="lesion mask for an image; repeat once per image, in input order (needed by crop-mode checkpoints)")
+    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
+                   help="the lesion's bounding box instead of a mask (pixel columns X0..X1 and rows Y0..Y1, inclusive, "
+                   "of the image as stored); repeat once per image, in input order")
+    p.add_argument("--find-masks", action="store_true", help="use BUSI-style sibling <name>_mask*.png files as masks")
+    from breastai.models.saliency import METHODS, UPSAMPLING
+
+    p.add_argument("--saliency", choices=METHODS, default="gradcam++",
+                   help="saliency method (default gradcam++; occlusion is slow but model-agnostic; none = scores only)")
+    p.add_argument("--saliency-upsample", choices=UPSAMPLING, default="bicubic",
+                   help="how the coarse Grad-CAM map is drawn at image resolution (default bicubic: its peak can fall "
+                   "between feature-map cells; bilinear peaks at a cell centre)")
+    p.add_argument("--tta", type=_count, default=0, metavar="N",
+                   help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="DICOM: id = file name and add PatientID/SOPInstanceUID columns (default: hashed SOP UID only)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    p.set_defaults(func=_cmd_predict)
+    return p

@@ -1,0 +1,57 @@
+"""``breastai train``: train or cross-validate a classifier from a YAML config and overrides."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``breastai train``."""
+    t = subparsers.add_parser(
+        "train",
+        help="train a classifier from a YAML config (key=value overrides win)",
+        description="Train a classifier. The YAML config sets the defaults, key=value overrides win, and the "
+        "resolved config is saved in the run folder OUTPUT_DIR/RUN_NAME. Under torchrun, trains with DDP.",
+        epilog="example: breastai train --config configs/busi.yaml train.epochs=5 preprocess.mode=crop",
+    )
+    t.add_argument("--config", help="YAML config file (defaults: breastai.core.config.DEFAULTS)")
+    t.add_argument("--data", help="datalist CSV/JSON (same as data.datalist=FILE)")
+    t.add_argument("--folds", type=int, help="K-fold group-aware cross-validation (same as train.folds=K)")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    t.set_defaults(func=run)
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, train, print where the results are."""
+    from breastai.core.config import load_config
+    from breastai.engine.run import main as train_main
+
+    overrides = list(args.overrides)
+    if args.folds is not None:
+        overrides.append(f"train.folds={args.folds}")
+    if args.data is not None:
+        overrides.append(f"data.datalist={args.data}")
+    cfg = load_config(args.config, overrides)
+    out = train_main(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_train_result(out)
+    return 0
+
+
+def _print_train_result(out: dict) -> None:
+    if "mean_sd" in out:
+        ms = out["mean_sd"]
+        print(f"cross-validation: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over {len(out['folds'])} folds; "
+              f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
+        print(f"summary: {out['run_dir']}/cv_summary.json")
+    else:
+        print(f"kept epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")
+        if "test" in out:
+            print(f"test AUC {out['test']['auc']:.4f} (95% CI {out['test']['auc_ci_low']:.3f}-{out['test']['auc_ci_high']:.3f})")
+        print(f"checkpoint: {out['run_dir']}/best.pt   TensorBoard: tensorboard --logdir {out['run_dir']}/tb")

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: configuration, sample keys, file writing, devices and DDP."""

@@ -1,0 +1,353 @@
+"""Configuration: built-in defaults, a YAML file over them, ``key=value`` overrides over both.
+
+The resolved configuration is a plain nested dict; it is saved in every run folder and in every
+checkpoint, so a run can be repeated and a checkpoint rebuilt from itself alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = ["DEFAULTS", "CHOICES", "RESUMABLE", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config",
+           "fill_missing", "check_resume", "split_seed"]
+
+DEFAULTS: dict[str, Any] = {
+    "run_name": None,
+    "output_dir": "checkpoints",
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "data": {
+        "datalist": None,
+        "classes": ["benign", "malignant"],
+        "val_fraction": 0.15,
+        # Seed of the fold and validation split; None = ``seed``. Fixing it while varying ``seed``
+        # retrains on the same folds with another initialisation order (repeat runs of a recipe).
+        "split_seed": None,
+        "cache": "memory",  # memory | disk | none
+        "cache_dir": None,
+        "num_workers": 0,
+        "reader_options": {},
+    },
+    "preprocess": {
+        "mode": "whole",  # whole | crop
+        "size": 224,
+        "margin": 0.3,  # crop mode: context added around the lesion box, as a fraction of its side
+        "min_crop": 64,  # crop mode: smallest crop side in source pixels
+        "min_crop_fraction": 0.0,  # crop mode: smallest crop side as a fraction of the image's shorter side
+        "normalize": "percentile",  # percentile | zscore | minmax
+        "percentiles": [0.5, 99.5],
+        "mask_channel": False,  # add the lesion mask as a second input channel
+    },
+    "augment": {
+        "enabled": True,
+        "hflip": 0.5,
+        "vflip": 0.0,  # ultrasound depth runs down the image: vertical flips are unphysical there
+        "affine": 0.7,
+        "rotate_deg": 12.0,
+        "scale": 0.12,
+        "translate": 0.06,
+        "gamma": [0.7, 1.5],
+        "contrast_prob": 0.5,
+        "noise_std": 0.03,
+        "noise_prob": 0.3,
+        "blur_prob": 0.2,
+        "speckle_prob": 0.0,
+        "coarse_outline": 0.0,  # P(mask channel shows the lesion's moment ellipse or box instead of its outline)
+    },
+    "model": {
+        "name": "efficientnet_lite0",
+        "pretrained": True,
+        "dropout": 0.2,
+        "mask_init": "zero",  # zero | grey: mask channel of a pretrained stem (breastai.models.create_model)
+        "output_stride": 32,  # 16: finer last feature map and saliency map (efficientnet_lite0), ~1.35x compute
+        # Radiomics and fusion models (breastai.models.fusion):
+        "backbone": "efficientnet_lite0",  # image branch of fusion_concat / fusion_gated
+        "radiomics_bins": 32,  # fixed bin number of the texture/histogram discretisation
+        "select_corr": 0.95,  # drop one of each feature pair with |Spearman r| above this (training part)
+        "radiomics_penalty": "l2",  # radiomics_logreg: l1 | l2 (C by inner CV on the training part)
+        "fusion_dim": 128,  # fusion_gated: width of each modality's projection
+        "fusion_prior": True,  # fusion_*: start from (and keep) a frozen radiomics logistic regression; learn the image's addition
+    },
+    "train": {
+        "epochs": 12,
+        "batch_size": 32,
+        "lr": 1.0e-3,
+        "weight_decay": 0.02,
+        "warmup_epochs": 1,
+        "min_lr_ratio": 0.02,
+        "class_balance": "weighted_loss",  # weighted_loss | sampler | none
+        "label_smoothing": 0.0,
+        "ema": 0.0,  # > 0: per-step decay of a moving average of the weights, which is validated and saved instead
+        "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
+        "attention_cells": "touched",  # touched | covered: feature-map cells counted as the lesion's
+        "early_stop_patience": 6,
+        # Which epoch is kept: val_auc = the best validation AUC (with early stopping); last = the
+        # last epoch (no early stopping), for objectives besides AUC that keep improving (attention).
+        "select": "val_auc",
+        "amp": True,
+        "channels_last": True,
+        "folds": 0,
+        "threads": 0,  # 0 = torch default
+        "grad_clip": 2.0,
+    },
+    "eval": {
+        "threshold_method": "youden",
+        "bootstrap": 2000,
+        "calibrate": True,
+        "calibration_targets": "hard",  # hard | platt: Platt's targets keep T finite on separable validation data
+        # Score an image as the mean logit of itself and its left-right mirror, wherever a score is
+        # made (validation and epoch selection, held-out parts, evaluate, predict).
+        "flip_average": False,
+    },
+    "log": {
+        "tensorboard": True,
+        "image_grid": 16,
+        "progress": True,
+        # With the attention loss on: the pointing game on at most this many malignant validation
+        # images every epoch (~50 ms each on 2 CPU cores); 0 turns it off.
+        "pointing_images": 200,
+    },
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; configs mean a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        __import__("re").X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file or override."""
+
+
+def merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base``; unknown keys are an error."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        where = f"{path}{k}"
+        if k not in out:
+            raise ConfigError(f"unknown config key {where!r}")
+        if isinstance(out[k], dict) and v is None:
+            continue  # a section left empty in the YAML file keeps its defaults
+        if isinstance(out[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key {where!r} must be a mapping")
+            # reader_options is free-form
+            out[k] = {**out[k], **v} if k == "reader_options" else merge(out[k], v, where + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``1e-3``, ``[a, b]``, ``true``)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = cfg
+        for i, p in enumerate(parts[:-1]):
+            if "reader_options" in parts[:i] and p not in node:
+                node[p] = {}  # reader options are free-form: data.reader_options.dicom.frame=all
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            node = node[p]
+        free = len(parts) > 1 and "reader_options" in parts[:-1]
+        if parts[-1] not in node and not free:
+            raise ConfigError(f"unknown config key {key!r}")
+        try:
+            value = _yaml(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from exc
+        # The type comes from the built-in setting, not from the value a YAML file put there
+        # (``ema: 0`` in a file must not make ``train.ema=0.999`` "a whole number").
+        if free:
+            node[parts[-1]] = value
+            continue
+        default: Any = DEFAULTS
+        for part in parts:
+            default = default.get(part, node[parts[-1]]) if isinstance(default, dict) else node[parts[-1]]
+        node[parts[-1]] = _typed(key.strip(), default, raw, value)
+    return cfg
+
+
+# Settings that hold text although they default to None: their value is taken as typed, so a
+# path with ": " or " #" in it, or a run name like 2024, stays the text it is.
+_TEXT_KEYS = {"run_name", "data.datalist", "data.cache_dir"}
+
+
+def _typed(key: str, default: Any, raw: str, value: Any) -> Any:
+    """An override's value, checked against the type of the setting it replaces."""
+    if isinstance(default, dict):
+        raise ConfigError(f"{key} is a section: set its keys one by one ({key}.KEY=VALUE)")
+    if key in _TEXT_KEYS or isinstance(default, str):
+        text = raw.strip()
+        if text.lower() in ("null", "~", ""):
+            return None
+        quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+        return value if quoted and isinstance(value, str) else text
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} is true or false, got {raw!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key} is a whole number, got {raw!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} is a number, got {raw!r}")
+        return float(value)
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults, then the YAML file, then overrides.
+
+    A relative ``data.datalist`` in the file resolves against the file's folder first and the
+    working directory second, so configs can ship beside their data.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = _yaml(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        cfg = merge(cfg, loaded)
+        dl = cfg["data"].get("datalist")
+        if dl and not Path(dl).is_absolute() and not Path(dl).exists() and (path.parent / dl).exists():
+            cfg["data"]["datalist"] = str((path.parent / dl).resolve())
+        if cfg["run_name"] is None:
+            cfg["run_name"] = path.stem
+    cfg = apply_overrides(cfg, overrides)
+    if isinstance(cfg["data"].get("classes"), list):  # datalist labels are text: classes [0, 1] must match "0", "1"
+        cfg["data"]["classes"] = [str(c) for c in cfg["data"]["classes"]]
+    _validate(cfg)
+    return cfg
+
+
+# Settings that take one of a few words. Modules that check a word themselves too (calibration's
+# TARGETS, models' MASK_INITS) take their tuple from here, so the two checks cannot disagree.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "preprocess.mode": ("whole", "crop"),
+    "preprocess.normalize": ("percentile", "zscore", "minmax"),
+    "train.class_balance": ("weighted_loss", "sampler", "none"),
+    "train.select": ("val_auc", "last"),
+    "model.mask_init": ("zero", "grey"),
+    "eval.calibration_targets": ("hard", "platt"),
+}
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if cfg[section][name] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg[section][name]!r}")
+    if int(cfg["preprocess"]["size"]) < 32:
+        raise ConfigError("preprocess.size must be at least 32")
+    if not 0.0 <= float(cfg["augment"]["coarse_outline"]) <= 1.0:
+        raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
+    if int(cfg["log"]["pointing_images"]) < 0:
+        raise ConfigError(f"log.pointing_images is a count (0 turns it off), got {cfg['log']['pointing_images']!r}")
+    if len(cfg["data"]["classes"]) != 2:
+        raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
+
+
+def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
+    """Save the resolved configuration as YAML, atomically."""
+    from breastai.core.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+
+# What may change when a run is resumed: how long it trains and how it runs, not what it learns from.
+RESUMABLE = ("train.epochs", "train.threads", "device", "log", "output_dir", "run_name")
+
+
+def check_resume(saved_path: str | Path, cfg: dict[str, Any]) -> None:
+    """Refuse to resume a run with settings other than those it was started with.
+
+    Args:
+        saved_path: the run's ``config.yaml``.
+        cfg: the resolved configuration of the resuming command.
+
+    Raises:
+        ConfigError: a setting outside :data:`RESUMABLE` differs (the weights, folds and cached
+            inputs of the run would no longer match its config).
+    """
+    saved_path = Path(saved_path)
+    if not saved_path.is_file():
+        return  # a run killed before it wrote its config has nothing to compare with
+    saved = fill_missing(yaml.safe_load(saved_path.read_text()) or {})
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and not key.startswith(("data.reader_options",)):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(saved), flat(cfg)
+    changed = sorted(k for k in set(a) | set(b)
+                     if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE))
+    if changed:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"--resume: {saved_path.parent} was started with other settings ({shown}"
+                          f"{', ...' if len(changed) > 5 else ''}); only {', '.join(RESUMABLE)} may change. "
+                          "Resume with the same settings, or start a new run")
+
+
+def fill_missing(cfg: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """A copy of a saved config with every key it lacks taken from ``defaults``.
+
+    A checkpoint written before a key existed behaved as that key's default, so filling it in
+    once, where the checkpoint is loaded, lets every reader index the config plainly. Sections the
+    config lacks altogether are not invented (their absence means it is not a breastai config).
+    """
+    out = dict(cfg)
+    for k, v in defaults.items():
+        if isinstance(v, dict):
+            if isinstance(out.get(k), dict):
+                out[k] = fill_missing(out[k], v)
+        elif k not in out:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def split_seed(cfg: dict[str, Any]) -> int:
+    """The seed of the CV folds and validation carve-out: ``data.split_seed``, else ``seed``."""
+    value = cfg["data"].get("split_seed")
+    return int(cfg["seed"] if value is None else value)

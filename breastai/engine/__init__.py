@@ -1,0 +1,1 @@
+"""Training and scoring: the loops, the trainer, cross-validation, ensembles, evaluation."""

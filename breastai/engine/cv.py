@@ -1,0 +1,125 @@
+"""Cross-validation: group-aware folds, one :func:`~breastai.engine.trainer.fit` per fold, the pooled summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from breastai.core import distributed as dist
+from breastai.core.config import split_seed
+from breastai.core.files import atomic_write_csv, atomic_write_text
+from breastai.data.splits import carve_validation, group_kfold
+from breastai.engine.scoring import predict_records, score_part
+from breastai.engine.trainer import fit
+from breastai.models.checkpoint import load_checkpoint
+from breastai.reporting.metrics import roc_auc, summarise_folds
+
+log = logging.getLogger("breastai")
+
+
+def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_idx: np.ndarray, fold_dir: Path) -> dict[str, Any]:
+    """Results of a fold finished before a ``--resume``: from its ``done`` file, or, for a file
+    without predictions, recomputed from the fold's ``best.pt`` on its held-out part."""
+    done = json.loads((fold_dir / "done").read_text())
+    ids = [str(records[i]["case_id"]) for i in test_idx]
+    if "test_case_ids" in done and done["test_case_ids"] != ids:  # (older done files keep no ids)
+        raise ValueError(f"--resume: {fold_dir} was finished on other held-out cases than this split gives "
+                         "(datalist, folds or seeds changed); start a new run instead")
+    if "test_predictions" in done:
+        return done
+    state = load_checkpoint(fold_dir / "best.pt")
+    pred = predict_records(state, [records[i] for i in test_idx], torch.device("cpu"))
+    _, rep, preds = score_part(pred, state, int(cfg["eval"]["bootstrap"]))
+    rep["seconds"] = done.get("seconds", float("nan"))
+    return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
+
+
+def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
+              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them.
+
+    The folds depend on ``data.val_fraction`` and :func:`breastai.config.split_seed` only.
+    """
+    seed, out = split_seed(cfg), []
+    for i, test_idx in enumerate(group_kfold(records, k, seed=seed)):
+        train_all = np.setdiff1d(np.arange(len(records)), test_idx)
+        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=seed + i)
+        out.append((tr, va, test_idx))
+    return out
+
+
+def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
+
+    Each fold's training part gives up a group-aware validation part for model selection;
+    the held-out fold is only evaluated.
+    """
+    per_fold, oof = [], []
+    splits = cv_splits(records, k, cfg)
+    for i, (tr, va, test_idx) in enumerate(splits):
+        if dist.is_main():
+            log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))
+        fold_dir = run_dir / f"fold{i}"
+        if resume and (fold_dir / "done").is_file():
+            res = _finished_fold(cfg, records, test_idx, fold_dir)
+            log.info("fold %d already finished: test AUC %.4f", i + 1, res["test"]["auc"])
+        else:
+            t0 = time.time()
+            res = fit(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
+                      resume=resume and (fold_dir / "last.pt").is_file())
+            res["test"]["seconds"] = time.time() - t0
+            if dist.is_main():
+                done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"],
+                        "test_case_ids": [str(records[j]["case_id"]) for j in test_idx]}
+                atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
+        per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
+        oof += [{**p, "fold": i} for p in res["test_predictions"]]
+    return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
+
+
+def load_cv_summary(run: str | Path) -> dict[str, Any]:
+    """The ``cv_summary.json`` of a cross-validation run folder (or the file itself).
+
+    Raises:
+        FileNotFoundError: no summary there.
+        ValueError: the file is not a cross-validation summary.
+    """
+    p = Path(run)
+    p = p / "cv_summary.json" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"{run}: no cv_summary.json (train with --folds K first)")
+    s = json.loads(p.read_text())
+    for key in ("folds", "mean_sd", "oof_predictions"):
+        if key not in s:
+            raise ValueError(f"{p}: not a cross-validation summary (no {key!r})")
+    return s
+
+
+def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: dict[str, Any],
+               run_dir: Path | None) -> dict[str, Any]:
+    """Per-fold metrics, mean ± sd, pooled out-of-fold AUC and predictions; written to
+    ``run_dir/cv_summary.json`` and ``oof_predictions.csv`` unless ``run_dir`` is None."""
+    y = np.array([p["label"] for p in oof])
+    # Calibrated log-odds share one scale across folds and, unlike float probabilities, never tie at 0 or 1.
+    # (A fold finished before the column existed, then resumed, has only probabilities.)
+    key = "calibrated_logit" if all("calibrated_logit" in p for p in oof) else "probability"
+    pooled = np.array([p[key] for p in oof])
+    summary = {
+        "folds": per_fold,
+        "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
+        "pooled_oof_auc": roc_auc(y, pooled),
+        "oof_predictions": oof,
+        "config": cfg,
+    }
+    if run_dir is not None:
+        atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "calibrated_logit",
+                                                                         "probability"], oof,
+                         exact=True)
+    return summary

@@ -1,0 +1,230 @@
+"""Ensembles of trained runs: one checkpoint that adds up the calibrated log-odds of its members.
+
+Models that look at different evidence make different mistakes: a lesion-crop CNN sees the
+lesion's outline and texture, a whole-image CNN the tissue around it and the posterior
+shadowing, a radiomics model hand-made shape descriptors. Their calibrated log-odds
+``c_i = (z_i - offset_i) / T_i`` are on one scale, so the ensemble is a logistic regression on them::
+
+    logit = sum_i w_i * c_i + b,      probability = sigmoid(logit)
+
+``combine="mean"`` ties the weights (``w_i = s / n``: one scale ``s`` and the bias ``b``),
+``combine="stack"`` fits one non-negative weight per member (L2-penalised). Either way the
+weights are fitted on the VALIDATION part that each member already used for model selection,
+never on the held-out part, and the fit is the ensemble's calibration (its temperature is 1).
+
+For cross-validation runs trained on the same folds (same datalist, seed and fold count),
+``build_ensemble`` writes one ensemble checkpoint per fold and the same ``cv_summary.json`` /
+``oof_predictions.csv`` as ``breastai train --folds K``, so ablations and DeLong tests treat the
+ensemble like any other run::
+
+    breastai ensemble runs/busi_crop_cv runs/busi_whole_cv --out runs/busi_crop+whole_cv
+
+An ensemble checkpoint holds every member checkpoint whole, so ``breastai predict`` and
+``breastai evaluate`` need nothing else; the saliency map is the weight-averaged map of the
+members that have one (all in the original image geometry).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from breastai.data.frames import read_samples
+from breastai.engine.scoring import members_log_odds
+from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
+
+__all__ = ["COMBINE", "fit_combiner", "ensemble_state", "build_ensemble"]
+
+log = logging.getLogger("breastai")
+
+COMBINE = ("mean", "stack")
+
+
+def fit_combiner(log_odds: np.ndarray, labels: np.ndarray, combine: str = "mean", l2: float = 1.0
+                 ) -> tuple[np.ndarray, float]:
+    """Weights and bias of ``sum_i w_i * c_i + b`` by penalised maximum likelihood.
+
+    Minimises ``sum_n BCE(y_n, w . c_n + b) + l2 * |w|^2 / 2`` (the bias is not penalised) with
+    ``w >= 0``: a member is never turned against its own evidence.
+
+    Args:
+        log_odds: (n, m) calibrated log-odds of the m members on n validation cases.
+        labels: (n,) 0/1.
+        combine: ``mean`` (one scale shared by all weights) or ``stack`` (one weight each).
+        l2: ridge penalty; with the log-odds already calibrated it only tames separable data.
+
+    Returns:
+        ``(weights (m,), bias)``.
+
+    Raises:
+        ValueError: unknown ``combine``, shapes that do not match, or one class only.
+    """
+    from scipy.optimize import minimize
+
+    c = np.asarray(log_odds, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if combine not in COMBINE:
+        raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
+    if c.ndim != 2 or c.shape[0] != y.shape[0]:
+        raise ValueError(f"log-odds of shape {c.shape} do not fit {y.shape[0]} labels")
+    if len(np.unique(y)) < 2:
+        raise ValueError("the validation part holds one class only: the ensemble weights cannot be fitted")
+    m = c.shape[1]
+    x = c.mean(1, keepdims=True) if combine == "mean" else c
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        z = x @ w + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        nll = float(np.sum(np.logaddexp(0.0, z) - y * z))
+        g = p - y
+        return nll + 0.5 * l2 * float(w @ w), np.concatenate([x.T @ g + l2 * w, [g.sum()]])
+
+    k = x.shape[1]
+    start = np.concatenate([np.full(k, 1.0 if combine == "mean" else 1.0 / m), [0.0]])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * k + [(None, None)])
+    w, b = res.x[:-1], float(res.x[-1])
+    weights = np.full(m, w[0] / m) if combine == "mean" else w
+    return weights, b
+
+
+def ensemble_state(members: Sequence[dict[str, Any]], weights: np.ndarray, bias: float, combine: str,
+                   threshold: float, metrics: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint dict of an ensemble (members kept whole, so it is self-contained)."""
+    classes = list(members[0]["classes"])
+    for s, src in zip(members[1:], sources[1:]):
+        if list(s["classes"]) != classes:
+            raise CheckpointError(f"{src}: classes {s['classes']} differ from {sources[0]}'s {classes}")
+    first = members[0]["config"]
+    cfg = {"data": first["data"], "seed": first.get("seed", 0), "eval": first.get("eval", {}),
+           "preprocess": {"mode": "+".join(str(s["config"]["preprocess"]["mode"]) for s in members)},
+           "model": {"name": "ensemble", "members": [s["model"]["name"] for s in members]},
+           "ensemble": {"combine": combine, "sources": [str(x) for x in sources]}}
+    return {
+        "model": {"name": "ensemble"},
+        "weights": {},
+        "ensemble": {"members": list(members), "weights": [float(w) for w in weights], "bias": float(bias),
+                     "combine": combine},
+        "config": cfg,
+        "classes": classes,
+        "preprocess": cfg["preprocess"],
+        "threshold": float(threshold),
+        # What any member learned from or was selected on (the ensemble's weights were fitted on the latter).
+        "seen_images": {part: sorted({d for s in members for d in (s.get("seen_images") or {}).get(part, [])})
+                        for part in ("train", "val")},
+        "temperature": 1.0,
+        "logit_offset": 0.0,
+        "metrics": metrics,
+    }
+
+
+def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
+    """Members must have been trained and validated on the same parts, case by case."""
+    from breastai.core.config import split_seed
+
+    keys = [("data", "datalist"), ("data", "val_fraction"), ("train", "folds")]
+
+    def get(cfg: dict, key: tuple) -> Any:
+        for k in key:
+            cfg = cfg.get(k) if isinstance(cfg, dict) else None
+        return cfg
+
+    ref = summaries[0]["config"]
+    ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
+    for run, s in zip(runs[1:], summaries[1:]):
+        # The folds follow data.split_seed (or the seed when it is unset): runs trained with other
+        # seeds on the same folds are what a seed ensemble is made of.
+        if split_seed(s["config"]) != split_seed(ref):
+            raise ValueError(f"{run}: its folds come from split seed {split_seed(s['config'])}, {runs[0]}'s from "
+                             f"{split_seed(ref)}; ensemble members must share their folds")
+        for key in keys:
+            if get(s["config"], key) != get(ref, key):
+                raise ValueError(f"{run}: {'.'.join(key)} = {get(s['config'], key)!r} differs from {runs[0]}'s "
+                                 f"{get(ref, key)!r}; ensemble members must share their folds")
+        folds = {str(p["case_id"]): int(p["fold"]) for p in s["oof_predictions"]}
+        if folds != ref_folds:
+            moved = sorted(c for c in set(folds) | set(ref_folds) if folds.get(c) != ref_folds.get(c))
+            raise ValueError(f"{run}: held-out folds differ from {runs[0]}'s (e.g. case {moved[0]!r}); "
+                             "ensemble members must share their folds")
+
+
+def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "mean", device: str = "cpu",
+                   n_boot: int | None = None) -> dict[str, Any]:
+    """Combine cross-validation runs fold by fold; write checkpoints and a CV summary into ``out``.
+
+    For each fold, the members' ``fold{i}/best.pt`` score the fold's validation part (carved
+    exactly as in training), :func:`fit_combiner` fits the weights and the operating threshold
+    is chosen there too; the held-out fold is then only scored.
+
+    Args:
+        runs: CV run folders (``cv_summary.json``, ``fold{i}/best.pt``) trained on the same folds.
+        out: output folder: ``fold{i}/best.pt``, ``cv_summary.json``, ``oof_predictions.csv``.
+        combine: ``mean`` or ``stack`` (see :func:`fit_combiner`).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        n_boot: bootstrap resamples for the AUC intervals (default: the first member's setting).
+
+    Returns:
+        The CV summary.
+    """
+    from breastai.core.distributed import resolve_device
+    from breastai.engine.cv import cv_splits, cv_summary, load_cv_summary
+
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    if combine not in COMBINE:
+        raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
+    out = Path(out)
+    if (out / "cv_summary.json").exists():
+        raise ValueError(f"{out} already holds an ensemble (cv_summary.json); choose another --out or remove it")
+    summaries = [load_cv_summary(r) for r in runs]
+    _check_same_folds(runs, summaries)
+    cfg = summaries[0]["config"]
+    classes = list(cfg["data"]["classes"])
+    records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
+    k = len(summaries[0]["folds"])
+    splits = cv_splits(records, k, cfg)
+    # The datalist is read again (its path as the members saw it, relative to where they were
+    # trained): the folds it gives must be the members' own, or "held-out" cases were trained on.
+    ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
+    now = {str(records[j]["case_id"]): i for i, (_, _, te) in enumerate(splits) for j in te}
+    if now != ref_folds:
+        moved = sorted(c for c in set(now) | set(ref_folds) if now.get(c) != ref_folds.get(c))
+        raise ValueError(f"{cfg['data']['datalist']} (read from {Path.cwd()}) gives other held-out folds than the "
+                         f"members' (e.g. case {moved[0]!r}, {len(moved)} cases in all): run this from the folder "
+                         "the members were trained in, with their datalist unchanged")
+    dev = resolve_device(device)
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    per_fold, oof = [], []
+    for i, (_, va, te) in enumerate(splits):
+        paths = [r / f"fold{i}" / "best.pt" for r in runs]
+        members = [load_checkpoint(p) for p in paths]
+        for p, m in zip(paths, members):
+            if "ensemble" in m:
+                raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
+        c_val, val = members_log_odds(members, [records[j] for j in va], dev)
+        weights, bias = fit_combiner(c_val, val["label"], combine)
+        z_val = c_val @ weights + bias
+        p_val = 1.0 / (1.0 + np.exp(-z_val))
+        threshold = choose_threshold(val["label"], p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
+        c_test, test = members_log_odds(members, [records[j] for j in te], dev)
+        z_test = c_test @ weights + bias
+        p_test = 1.0 / (1.0 + np.exp(-z_test))
+        rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot, scores=z_test)
+        member_auc = [roc_auc(test["label"], c_test[:, j]) for j in range(len(members))]
+        log.info("fold %d/%d: weights %s, bias %.3f; held-out AUC %.4f (members %s)", i + 1, k,
+                 np.round(weights, 3).tolist(), bias, rep["auc"], np.round(member_auc, 4).tolist())
+        metrics = {"val_auc": roc_auc(val["label"], z_val), "test": rep, "member_test_auc": member_auc}
+        save_checkpoint(out / f"fold{i}" / "best.pt",
+                        ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths]))
+        per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
+        oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
+                 "probability": float(p)}
+                for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
+    cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
+           "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}
+    return cv_summary(per_fold, oof, cfg, out)

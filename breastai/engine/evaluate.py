@@ -1,0 +1,68 @@
+"""``breastai evaluate``: a checkpoint on a labelled datalist -> metrics, predictions, plots.
+
+The preprocessing, classes, calibration temperature and operating threshold all come from the
+checkpoint (chosen on validation data during training), never from the evaluation data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from breastai.core.distributed import resolve_device
+from breastai.core.files import atomic_write_csv, atomic_write_text
+from breastai.data.frames import read_samples
+from breastai.data.provenance import seen_before
+from breastai.engine.scoring import predict_records, score_part
+from breastai.models.checkpoint import load_checkpoint
+
+__all__ = ["evaluate_checkpoint"]
+
+log = logging.getLogger("breastai")
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on the labelled datalist ``data``; write reports into ``out``.
+
+    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png``.
+
+    Returns:
+        The metrics dict (see :func:`breastai.metrics.evaluation_report`).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # found now, not after every image has been scored
+        raise ValueError(f"{out} is a file; --out names the report folder")
+    state = load_checkpoint(checkpoint)
+    cfg = state["config"]
+    classes = state["classes"]
+    records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
+    dev = resolve_device(device)
+    pred = predict_records(state, records, dev, progress=True)
+    seen = seen_before(state, records)
+    if seen["train"] is None:
+        log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
+                 Path(checkpoint).name)
+    elif seen["train"] or seen["val"]:
+        log.warning("warning: %d of the %d evaluation images are identical to images this checkpoint was trained on "
+                    "and %d to its validation images: these figures are not an independent test",
+                    seen["train"], len(records), seen["val"])
+    y = pred["label"].astype(int)
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    probs, report, _ = score_part(pred, state, n_boot)
+    report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"],
+                  n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
+    atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (
+        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= state["threshold"])]}
+        for c, yy, p in zip(pred["case_id"], y, probs)), exact=True)
+    from breastai.reporting import plots
+
+    plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")
+    plots.plot_calibration(y, probs, out / "calibration.png")
+    return report

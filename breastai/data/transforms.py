@@ -12,7 +12,7 @@ source image that became the network input, so maps can be sent back to the orig
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -279,11 +279,18 @@ class RandSpeckled(Randomizable, MapTransform):
         return d
 
 
-def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any] | None = None) -> list:
-    """The cached part of the preset: load, normalise, box, resize."""
+def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any] | None = None,
+                             full_image: Sequence[Callable[[dict[str, Any]], dict[str, Any]]] = ()) -> list:
+    """The cached part of the preset: load, normalise, (``full_image`` steps), box, resize.
+
+    ``full_image`` steps see the normalised image at its full resolution and its lesion mask on the
+    same grid, before the crop: where lesion radiomics are computed, and where inference keeps the
+    image its maps are drawn on.
+    """
     return [
         LoadSampled(reader_options),
         NormalizeIntensityRobustd(pre["normalize"], tuple(pre["percentiles"])),
+        *full_image,
         SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre["min_crop_fraction"]),
     ]
 
@@ -344,10 +351,15 @@ class Preset(Compose):
             raise cause from None
 
 
-def build_transforms(cfg: dict[str, Any], train: bool) -> Compose:
-    """The full preset for training (with augmentation) or evaluation/inference (without)."""
+def build_transforms(cfg: dict[str, Any], train: bool,
+                     full_image: Sequence[Callable[[dict[str, Any]], dict[str, Any]]] = ()) -> Compose:
+    """The full preset for training (with augmentation) or evaluation/inference (without).
+
+    ``full_image``: extra steps on the normalised full-resolution image and mask (see
+    :func:`deterministic_transforms`).
+    """
     pre = cfg["preprocess"]
-    det = deterministic_transforms(pre, cfg["data"].get("reader_options"))
+    det = deterministic_transforms(pre, cfg["data"].get("reader_options"), full_image)
     rnd = random_transforms(cfg["augment"], int(pre["size"])) if train else []
     return Preset([*det, *rnd, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
 

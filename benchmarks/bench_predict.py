@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     state = _untrained_state(args.model, args.size) if args.model else None
-    pred = Predictor(state, device=args.device, source=args.model) if state else Predictor.from_checkpoint(args.checkpoint, args.device)
+    pred = Predictor.from_state(state, device=args.device, source=args.model) if state else Predictor.from_checkpoint(args.checkpoint, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         files, what = _images(args.n, Path(tmp))
         size = pred.pre.get("size") or "+".join(str(m.pre["size"]) for m in getattr(pred, "members", []))

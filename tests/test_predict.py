@@ -132,13 +132,13 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
     plain = predict_records(plain_state, records, torch.device("cpu"))["logit"]
     assert np.abs(flipped - plain).max() > 1e-4  # the toy model is not mirror-symmetric
 
-    pred = Predictor(state, device="cpu")
+    pred = Predictor.from_state(state, device="cpu")
     recs = pred.predict([r["image"] for r in records], masks=[r["mask"] for r in records])
     np.testing.assert_allclose([r["logit"] for r in recs], flipped, atol=1e-4)
     # The mirror half: what the plain model gives on left-right mirrored pixels.
     mirrored = [np.asarray(Image.open(r["image"]).convert("L"))[:, ::-1].copy() for r in records]
     mirror_masks = [np.asarray(Image.open(r["mask"][0]).convert("L"))[:, ::-1] > 0 for r in records]
-    recs_m = Predictor(plain_state, device="cpu").predict(mirrored, masks=mirror_masks)
+    recs_m = Predictor.from_state(plain_state, device="cpu").predict(mirrored, masks=mirror_masks)
     np.testing.assert_allclose((plain + np.array([r["logit"] for r in recs_m])) / 2, flipped, atol=1e-4)
 
 
@@ -155,10 +155,10 @@ def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, 
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert loaded["config"]["preprocess"]["min_crop_fraction"] == 0.0
     assert loaded["config"]["eval"]["flip_average"] is False
-    pred = Predictor(loaded, device="cpu")
-    box = [t for t in pred._steps if hasattr(t, "min_fraction")][0]
+    pred = Predictor.from_state(loaded, device="cpu")
+    box = [t for t in pred.scorer.steps if hasattr(t, "min_fraction")][0]
     assert box.min_fraction == 0.0
-    a, b = pred.predict([sample[0]], masks=[sample[1]])[0], Predictor(state, device="cpu").predict([sample[0]], masks=[sample[1]])[0]
+    a, b = pred.predict([sample[0]], masks=[sample[1]])[0], Predictor.from_state(state, device="cpu").predict([sample[0]], masks=[sample[1]])[0]
     assert a["error"] is None and a["probability"] == pytest.approx(b["probability"], abs=1e-6)
 
 

@@ -129,7 +129,7 @@ def test_masks_and_boxes_drawn_on_the_stored_image_follow_the_readers_crop_and_f
 
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
-    p = Predictor(state, device="cpu")
+    p = Predictor.from_state(state, device="cpu")
     arr = np.asarray(Image.open(sample[0]).convert("L")).astype(np.float32)
     m = np.asarray(Image.open(sample[1]).convert("L")) > 0
     h, w = arr.shape

@@ -22,7 +22,7 @@ from breastai.inference.writers import run_predict
 def test_crop_mode_checkpoint_needs_a_mask(ckpt, sample):
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
-    p = Predictor(state, device="cpu")
+    p = Predictor.from_state(state, device="cpu")
     no_mask, with_mask = p.predict([sample[0], sample[0]], masks=[None, [str(sample[1])]])
     assert "lesion mask is needed" in no_mask["error"]
     assert with_mask["error"] is None and with_mask["has_mask"]
@@ -55,7 +55,7 @@ def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
 
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
-    p = Predictor(state, device="cpu")
+    p = Predictor.from_state(state, device="cpu")
     m = np.asarray(Image.open(sample[1]).convert("L")) > 0
     ys, xs = np.nonzero(m)
     box = LesionBox(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
@@ -111,7 +111,7 @@ def test_sibling_masks_any_image_suffix_and_glob_characters(tmp_path):
 def test_masks_as_arrays_and_tensors_for_a_crop_checkpoint(ckpt, sample):
     state = load_checkpoint(ckpt)
     state["config"]["preprocess"]["mode"] = "crop"
-    p = Predictor(state, device="cpu")
+    p = Predictor.from_state(state, device="cpu")
     img = np.asarray(Image.open(sample[0]).convert("L"))
     mask = np.asarray(Image.open(sample[1])) > 0
     by_file, by_array, by_tensor = p.predict([sample[0]] * 3, masks=[[str(sample[1])], mask, torch.from_numpy(mask)])

@@ -70,7 +70,7 @@ def test_every_registered_model_yields_a_map(name):
     b = 2 if name == "small_cnn" else 1  # tiny inputs keep the big models fast on 2 CPU cores
     x = torch.rand(b, in_chans, 32, 40)
     if spec.requires_radiomics:
-        from breastai.inference.predictor import _WithRadiomics
+        from breastai.inference.scorer import _WithRadiomics
 
         feats = [f"f{i}" for i in range(6)]
         net = create_model(name, in_chans=in_chans, pretrained=False, backbone="small_cnn", feature_names=feats,

@@ -1,14 +1,7 @@
 """``breastai predict``: score new images, write predictions and saliency maps.
 
-Output folder layout (a rerun never mixes old and new results)::
-
-    OUT/predictions.csv, OUT/predictions.json     replaced atomically at the END of a run
-    OUT/saliency/<run_id>/NNNNN_<id>.npy|.png       maps of that run only
-
-Each run writes its maps into a fresh ``saliency/<run_id>/`` folder; the prediction files,
-which reference only that folder, are swapped in when the run has finished, and only then are
-the folders of earlier runs (marked by a ``.breastai-run`` file) deleted. A crashed run
-leaves the previous predictions and their maps intact.
+The output folder's layout and the way a rerun replaces earlier results are described in
+:mod:`breastai.inference.writers`.
 """
 
 from __future__ import annotations
@@ -21,20 +14,12 @@ from typing import Any
 
 from breastai.inference.writers import run_predict
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "run"]
 
 log = logging.getLogger("breastai")
 
 
-
-
-
-
-
-
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from breastai.data.datalist import DatalistError
     from breastai.models.checkpoint import CheckpointError
 
@@ -114,5 +99,5 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="DICOM: id = file name and add PatientID/SOPInstanceUID columns (default: hashed SOP UID only)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=run)
     return p

@@ -1,114 +1,116 @@
-"""Inference with an ensemble checkpoint (see :mod:`breastai.ensemble`).
+"""An ensemble checkpoint as a scorer composed of member scorers (see :mod:`breastai.engine.ensemble`).
 
-Each member scores the input with its own preprocessing, calibration and saliency method;
-the record carries the combined probability, the combined TTA spread and the weight-averaged
-saliency map (every member's map is already in the original image geometry, so they add up
-pixel by pixel). A member that cannot score the input (e.g. a crop model given no mask) makes
-the whole record fail with that member's message.
+Each member scores the input with its own preprocessing, calibration and saliency method; the
+ensemble adds their calibrated log-odds with its fitted weights and bias, combines the TTA views
+the same way, and averages the members' maps by weight (every member's map is already in the
+stored image geometry, so they add up pixel by pixel). A member that cannot score the input (a
+crop model given no mask) makes the whole input fail with that member's message.
+
+The members never decode the file themselves: the predictor decodes it once per distinct reader
+setting and hands every member the decode made with its own options.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
-from breastai.inference.inputs import PredictItem
-from breastai.inference.predictor import Predictor
-from breastai.models.calibration import calibrated_logit
+from breastai.inference.scorer import ModelScorer, Scored
 from breastai.models.checkpoint import CheckpointError
 from breastai.models.saliency import normalise_map
 
-__all__ = ["EnsemblePredictor"]
+__all__ = ["EnsembleScorer", "reader_key"]
 
 
-class EnsemblePredictor(Predictor):
-    """A loaded ensemble checkpoint; same ``predict`` API and records as :class:`Predictor`.
+def reader_key(options: dict[str, Any]) -> str:
+    """A decode's identity: inputs decoded with equal reader options are decoded once."""
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+class EnsembleScorer:
+    """Members' calibrated log-odds ``c_i`` combined as ``sum_i w_i c_i + b``.
 
     Args:
-        state: an ensemble checkpoint dict (``state["ensemble"]``: members, weights, bias).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        members: the member scorers.
+        weights: one weight per member.
+        bias: the combination's bias.
         source: where the checkpoint came from (for messages).
+
+    Raises:
+        CheckpointError: no members, a weight count that does not match, or members that read
+            DICOM frames differently (their inputs would not be the same images).
     """
 
-    def __init__(self, state: dict[str, Any], device: str = "auto", source: str = "<state>"):
+    def __init__(self, members: Sequence[ModelScorer], weights: Sequence[float], bias: float, source: str = "<state>"):
+        self.members = list(members)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.bias = float(bias)
+        if len(self.members) != len(self.weights) or not self.members:
+            raise CheckpointError(f"{source}: {len(self.members)} members but {len(self.weights)} weights")
+        if len({str(_frame_policy(m.reader_options)) for m in self.members}) > 1:
+            raise CheckpointError(f"{source}: the members read multi-frame DICOM with different frame policies")
+        self.source = source
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device, source: str = "<state>") -> "EnsembleScorer":
+        """Build the members from an ensemble checkpoint (``state["ensemble"]``: members, weights, bias)."""
         try:
             ens = state["ensemble"]
-            self.weights = np.asarray(ens["weights"], dtype=np.float64)
-            self.bias = float(ens["bias"])
-            member_states = list(ens["members"])
+            weights, bias, member_states = ens["weights"], float(ens["bias"]), list(ens["members"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: not a usable ensemble checkpoint ({exc})") from exc
-        if len(member_states) != len(self.weights) or not member_states:
-            raise CheckpointError(f"{source}: {len(member_states)} members but {len(self.weights)} weights")
-        self.members = [Predictor(s, device=device, source=f"{source} [member {i}]") for i, s in enumerate(member_states)]
-        self.cfg, self.source = state["config"], source
-        self.classes = list(state["classes"])
-        self.threshold = float(state.get("threshold", 0.5))
-        self.temperature = 1.0
-        self.calibration = {"temperature": 1.0, "logit_offset": 0.0}
-        self.pre = {"mode": "+".join(m.pre["mode"] for m in self.members)}
-        self.device = self.members[0].device
-        # Members read the same file: decode it once per input and reader setting, not once per
-        # member (members trained with other reader options, e.g. no DICOM breast crop, get their own),
-        # and read its DICOM header for naming once.
-        self._item: PredictItem | None = None
-        self._cache: dict[tuple, Any] = {}
-        for m in self.members:
-            m._load = lambda item, m=m: self._once(item, ("load", json.dumps(m.reader_options, sort_keys=True, default=str)),
-                                                   lambda: Predictor._load(m, item))
-            m._identity = lambda item, keep, index: self._once(
-                item, ("identity", keep, index), lambda: Predictor._identity(item, keep, index))
-            m._identifiers = lambda item: self._once(item, ("identifiers",), lambda: Predictor._identifiers(item))
-
-    def _once(self, item: PredictItem, key: tuple, make: Any) -> Any:
-        """``make()`` once per input (the cache is kept for the input being predicted only)."""
-        if self._item is not item:
-            self._item, self._cache = item, {}
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    def set_saliency_upsample(self, mode: str) -> None:
-        """As :meth:`Predictor.set_saliency_upsample`, for every member's maps."""
-        for m in self.members:
-            m.set_saliency_upsample(mode)
+        if len(member_states) != len(weights):
+            raise CheckpointError(f"{source}: {len(member_states)} members but {len(weights)} weights")
+        members = [ModelScorer(s, device, source=f"{source} [member {i}]") for i, s in enumerate(member_states)]
+        return cls(members, weights, bias, source)
 
     @property
-    def saliency_upsample(self) -> str:
-        """How the members draw their Grad-CAM maps (they are set together)."""
-        return self.members[0].saliency_upsample
+    def reader_options(self) -> dict[str, Any]:
+        """The first member's reader options (their frame policy is shared by every member)."""
+        return self.members[0].reader_options
 
     @property
     def crop_mode(self) -> bool:
         """True when any member sees a lesion crop (so every image needs a mask)."""
         return any(m.crop_mode for m in self.members)
 
-    def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool, index: int):
+    @property
+    def saliency_upsample(self) -> str:
+        """How the members draw their Grad-CAM maps (they are set together)."""
+        return self.members[0].saliency_upsample
+
+    def set_saliency_upsample(self, mode: str) -> None:
+        """As :meth:`ModelScorer.set_saliency_upsample`, for every member's maps."""
+        for m in self.members:
+            m.set_saliency_upsample(mode)
+
+    def score_decoded(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any,
+                      source: str, case_id: str, saliency: str, tta: int, mask_given: bool) -> Scored:
+        """Score with every member on its own decode (``decode(reader_options)``) and combine."""
         z = self.bias
         views = np.full(tta, self.bias) if tta > 0 else None
-        maps, base = [], None
-        rec: dict[str, Any] = {}
+        maps, base, has_mask = [], None, False
         for w, member in zip(self.weights, self.members):
-            rec, arrays = member._predict_item(item, saliency, tta, keep, index)
-            if rec["error"]:
-                return rec, None
-            z += w * float(calibrated_logit(np.array([rec["logit"]]), member.calibration)[0])
+            image, meta = decode(member.reader_options)
+            s = member.score(image, meta, mask, source, case_id, saliency, tta, mask_given)
+            z += w * s.calibrated_logit
             if views is not None:
-                views = views + w * calibrated_logit(rec.pop("_tta_logits"), member.calibration)
-            if arrays is not None:
-                maps.append((w, arrays[0]))
-                if base is None or (base[1] is None and arrays[2] is not None):
-                    base = (arrays[1], arrays[2])
-        p = float(1.0 / (1.0 + np.exp(-z)))
-        out = {k: v for k, v in rec.items() if not k.startswith("_")}  # the last member's record: id, source, ...
-        out.update(logit=z, probability=p, label=self.classes[int(p >= self.threshold)])
-        if views is not None:
-            out["uncertainty"] = float(np.std(1.0 / (1.0 + np.exp(-views))))
-        arrays = None
+                views = views + w * s.tta_calibrated
+            if s.saliency is not None:
+                maps.append((w, s.saliency))
+                if base is None or (base[1] is None and s.lesion_mask is not None):
+                    base = (s.image, s.lesion_mask)
+            has_mask = s.has_mask
+        out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views)
         if maps:
             total = sum(w for w, _ in maps)
-            m = sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps)
-            arrays = (normalise_map(m), *base)
-        return out, arrays
+            out.saliency = normalise_map(sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps))
+            out.image, out.lesion_mask = base
+        return out
+
+
+def _frame_policy(reader_options: dict[str, Any]) -> Any:
+    return ((reader_options or {}).get("dicom") or {}).get("frame", "middle")

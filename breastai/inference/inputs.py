@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -11,8 +11,11 @@ import numpy as np
 import torch
 
 from breastai.core.files import visible_files
+from breastai.data.frames import expand_frames
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import IMAGE_SUFFIXES, image_stem, image_suffix
+
+__all__ = ["PredictItem", "expand_inputs", "expand_frames_of_items", "RUN_MARKER"]
 
 _MASK_NAME = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 
@@ -27,6 +30,8 @@ class PredictItem:
     source: str = "<array>"
     notes: list[str] = field(default_factory=list)
     mask_given: bool = False  # passed by the caller (``masks=``/``--mask``), not found beside the image or in a datalist
+    frame: int | None = None  # one frame of a multi-frame DICOM (the checkpoint's frame policy ``all``)
+    frame_suffix: bool = False  # the record id gets ``_f<frame>`` (the file has several frames)
 
     @property
     def has_mask_input(self) -> bool:
@@ -127,5 +132,22 @@ def expand_inputs(
     return items, notes
 
 
-def _safe_stem(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).stem if "." in text else text).strip("_")[:80] or "image"
+def expand_frames_of_items(items: list[PredictItem], reader_options: dict[str, Any] | None) -> list[PredictItem]:
+    """Apply the checkpoint's frame policy to the items, as training applied it to its datalist.
+
+    With ``data.reader_options.dicom.frame: all`` a model was trained on one sample per frame, so
+    each frame of a multi-frame DICOM input becomes an item of its own (record id suffixed ``_fK``,
+    as :func:`breastai.data.frames.expand_frames` suffixes case ids); other policies keep the items.
+    """
+    files = [k for k, it in enumerate(items) if not isinstance(it.image, np.ndarray) and Path(str(it.image)).is_file()]
+    rows = expand_frames([{"image": str(items[k].image), "case_id": "", "item": k} for k in files], reader_options)
+    if all("frame" not in r for r in rows):
+        return items
+    frames: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        frames.setdefault(r["item"], []).append(r)
+    out: list[PredictItem] = []
+    for k, it in enumerate(items):
+        parts = frames.get(k, [{}])
+        out.extend(replace(it, frame=r.get("frame"), frame_suffix=len(parts) > 1) for r in parts)
+    return out

@@ -1,4 +1,8 @@
-"""Writing a predict run: ``predictions.csv``/``.json`` and the saliency maps of one run.
+"""Writing a predict run: output writers are plug-ins of :func:`run_predict`.
+
+A writer (see :class:`Writer`) is told when a run starts, gets every record with its maps as the
+predictor makes it, and is told when the run finishes (or fails). Built in: :class:`SaliencyMaps`
+(maps as ``.npy`` and PNG overlays) and :class:`PredictionTables` (``predictions.csv``/``.json``).
 
 Output folder layout (a rerun never mixes old and new results)::
 
@@ -15,49 +19,109 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from breastai.core.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from breastai.inference.inputs import RUN_MARKER
+from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
+from breastai.models.saliency import heat_overlay
 
-class MapWriter:
-    """Stores each record's map as ``.npy`` (float32, original geometry) and a PNG overlay."""
+__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "write_predictions", "run_predict"]
 
-    def __init__(self, out: Path, run_id: str):
-        from breastai.inference.inputs import RUN_MARKER
+# (map, image, lesion mask) of one record, all in the stored image geometry
+Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
-        self.out = out
-        self.rel = Path("saliency") / run_id
+
+class Writer(Protocol):
+    """An output of a predict run (tables, maps; DICOM objects later)."""
+
+    def start(self, out: Path, run_id: str) -> None:
+        """A run writing into ``out`` begins."""
+
+    def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
+        """One input scored (or failed); the writer may add its fields to ``record``."""
+
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        """Every input is done; ``run`` is the run summary."""
+
+    def abort(self) -> None:
+        """The run failed: remove what this run wrote, leave earlier results as they were."""
+
+
+def _safe_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).stem if "." in text else text).strip("_")[:80] or "image"
+
+
+class SaliencyMaps:
+    """Stores each record's map as ``.npy`` (float32, original geometry) and a PNG overlay under
+    ``OUT/saliency/<run_id>/``, and names them in the record (``saliency_png``, ``saliency_npy``)."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.rel = Path()
+        self.run_id: str | None = None
+
+    def start(self, out: Path, run_id: str) -> None:
+        self.run_id, self.rel = run_id, Path("saliency") / run_id
         self.dir = out / self.rel
         self.dir.mkdir(parents=True, exist_ok=False)
         (self.dir / RUN_MARKER).write_text(run_id)
 
-    def __call__(self, index: int, rec: dict[str, Any], smap: np.ndarray, image: np.ndarray, mask: np.ndarray | None):
+    def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
+        if maps is None or self.dir is None:
+            return
         from PIL import Image
 
-        from breastai.core.files import atomic_write_bytes
-        from breastai.inference.inputs import _safe_stem
-        from breastai.models.saliency import heat_overlay
+        smap, image, mask = maps
+        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
+        try:
+            buf = io.BytesIO()
+            np.save(buf, smap.astype(np.float32))
+            atomic_write_bytes(self.dir / f"{stem}.npy", buf.getvalue())
+            buf = io.BytesIO()
+            Image.fromarray(heat_overlay(image, smap, mask)).save(buf, format="PNG", compress_level=1)
+            atomic_write_bytes(self.dir / f"{stem}.png", buf.getvalue())
+        except OSError as exc:
+            record["error"] = f"{record['source']}: cannot write saliency files ({exc})"
+            return
+        record["saliency_png"], record["saliency_npy"] = str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
 
-        stem = f"{index:05d}_{_safe_stem(str(rec['id']))}"
-        buf = io.BytesIO()
-        np.save(buf, smap.astype(np.float32))
-        atomic_write_bytes(self.dir / f"{stem}.npy", buf.getvalue())
-        buf = io.BytesIO()
-        Image.fromarray(heat_overlay(image, smap, mask)).save(buf, format="PNG", compress_level=1)
-        atomic_write_bytes(self.dir / f"{stem}.png", buf.getvalue())
-        return str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PredictionTables:
+    """``predictions.csv`` and ``predictions.json``, swapped in atomically when the run finishes."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+
+    def start(self, out: Path, run_id: str) -> None:
+        self.out = out
+
+    def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
+        pass
+
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        write_predictions(records, self.out, run)
+
+    def abort(self) -> None:
+        pass
 
 
 def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
     """``predictions.csv`` and ``predictions.json`` (``{"run": ..., "records": [...]}``), atomically."""
-    from breastai.core.files import atomic_write_csv, atomic_write_text
-    from breastai.inference.predictor import RECORD_FIELDS
-
     out = Path(out)
     fields = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS) - {"saliency_map", "image"})
     rows = [{k: r.get(k) for k in fields} for r in records]
@@ -66,8 +130,6 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: d
 
 
 def _remove_old_runs(out: Path, keep: str | None) -> None:
-    from breastai.inference.inputs import RUN_MARKER
-
     sal = out / "saliency"
     if not sal.is_dir():
         return
@@ -87,32 +149,48 @@ def run_predict(
     find_masks: bool = False,
     device: str = "auto",
     saliency_upsample: str | None = None,
+    writers: Sequence[Writer] | None = None,
+    mask_providers: Sequence[MaskProvider] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.predict.Predictor`) into ``out``.
+    """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
+
+    Args:
+        writers: the outputs (default: :class:`SaliencyMaps` unless ``saliency`` is ``none``, then
+            :class:`PredictionTables`); they finish in this order, so tables come last.
+        mask_providers: outline inputs that come without a mask (a path-loaded predictor only).
 
     Returns:
         The records and the run summary (also stored in ``predictions.json``).
     """
-    from breastai.inference.predictor import Predictor
-
-    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device=device)
+    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
+        checkpoint, device=device, mask_providers=mask_providers)
     if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
         pred.set_saliency_upsample(saliency_upsample)
+    if writers is None:
+        writers = ([SaliencyMaps()] if saliency != "none" else []) + [PredictionTables()]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-    writer = MapWriter(out, run_id) if saliency != "none" else None
     t0 = time.time()
+    started: list[Writer] = []
     try:
+        for w in writers:
+            w.start(out, run_id)
+            started.append(w)
+
+        def on_item(index: int, record: dict[str, Any], maps: Maps | None) -> None:
+            for w in writers:
+                w.write_item(index, record, maps)
+
         records = pred.predict(inputs, masks=masks, saliency=saliency, tta=tta, keep_identifiers=keep_identifiers,
-                               find_masks=find_masks, map_writer=writer)
+                               find_masks=find_masks, on_item=on_item)
     except BaseException:
-        if writer is not None:
-            shutil.rmtree(writer.dir, ignore_errors=True)
+        for w in started:
+            w.abort()
         raise
     if not records:  # nothing scored: the earlier results stay as they were
-        if writer is not None:
-            shutil.rmtree(writer.dir, ignore_errors=True)
+        for w in writers:
+            w.abort()
         return records, {"run_id": None, "n": 0, "n_failed": 0, "seconds": round(time.time() - t0, 3)}
     n_failed = sum(r["error"] is not None for r in records)
     run = {
@@ -122,6 +200,8 @@ def run_predict(
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_predictions(records, out, run)
-    _remove_old_runs(out, keep=run_id if writer is not None else None)
+    for w in writers:
+        w.finish(records, run)
+    maps = [w for w in writers if isinstance(w, SaliencyMaps)]
+    _remove_old_runs(out, keep=maps[0].run_id if maps else None)
     return records, run

@@ -7,7 +7,6 @@ padded into batches, and every feature family runs on the whole batch at once (C
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import math
 import sys
@@ -18,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from breastai.radiomics import texture
 from breastai.radiomics.discretise import discretise
 from breastai.radiomics.intensity import (
     histogram_features,
@@ -89,12 +89,8 @@ class FeatureTable:
 
 
 def texture_families() -> dict[str, tuple[Callable[..., dict[str, torch.Tensor]], dict[str, str], tuple[str, ...]]]:
-    """The texture registry ``name -> (fn, FEATURES, aggregations)``, empty when not installed."""
-    try:
-        mod = importlib.import_module("breastai.radiomics.texture")
-    except ImportError:
-        return {}
-    return dict(getattr(mod, "FAMILIES", {}))
+    """The texture registry ``name -> (fn, FEATURES, aggregations)``."""
+    return dict(texture.FAMILIES)
 
 
 def available_families() -> list[str]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from breastai.inference.writers import run_predict
+from breastai.inference.writers import OutputBusyError, run_predict
 
 __all__ = ["add_parser", "run"]
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
                                    saliency_upsample=args.saliency_upsample)
-    except (CheckpointError, DatalistError, ValueError) as exc:
+    except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
     if not records:

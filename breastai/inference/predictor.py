@@ -247,11 +247,20 @@ class Predictor:
                 msg = redact(msg, secrets)
             rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
             return rec, None
+        if not np.isfinite(scored.calibrated_logit):  # corrupt weights or input: never a silent "benign"
+            rec.update(error=f"{rec['source']}: the score is not a number ({scored.logit}); the checkpoint's weights "
+                             "or this input are corrupt", logit=None)
+            return rec, None
         p = float(apply_temperature(np.array([scored.calibrated_logit]), 1.0)[0])
         rec.update(has_mask=scored.has_mask, logit=scored.logit, probability=p,
                    label=self.classes[int(p >= self.threshold)])
         if scored.tta_calibrated is not None:
-            rec["uncertainty"] = float(np.std(apply_temperature(scored.tta_calibrated, 1.0)))
+            spread = float(np.std(apply_temperature(scored.tta_calibrated, 1.0)))
+            if not np.isfinite(spread):
+                rec.update(error=f"{rec['source']}: a test-time augmentation score is not a number; the checkpoint's "
+                                 "weights or this input are corrupt", probability=None, label=None, logit=None)
+                return rec, None
+            rec["uncertainty"] = spread
         return rec, scored
 
 

@@ -17,14 +17,17 @@ leaves the previous predictions and their maps intact.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import re
 import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -33,7 +36,7 @@ from breastai.inference.inputs import RUN_MARKER
 from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
 from breastai.models.saliency import heat_overlay
 
-__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "write_predictions", "run_predict"]
+__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "OutputBusyError", "output_lock", "write_predictions", "run_predict"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry
 Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -53,6 +56,36 @@ class Writer(Protocol):
 
     def abort(self) -> None:
         """The run failed: remove what this run wrote, leave earlier results as they were."""
+
+
+class OutputBusyError(RuntimeError):
+    """Another predict run is writing into the same output folder."""
+
+
+LOCK_NAME = ".breastai-lock"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder for one run; a second run is refused at once.
+
+    Two runs into one folder would each replace the other's tables and delete the other's maps.
+    The lock is the kernel's (``flock``): it is released when the run ends, however it ends, even
+    by ``kill -9``, so a crashed run never leaves a stale lock behind.
+
+    Raises:
+        OutputBusyError: another live run holds the folder.
+    """
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(f"{out}: another breastai predict run is writing into this folder; wait for it "
+                                  "to finish or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _safe_stem(text: str) -> str:
@@ -170,6 +203,13 @@ def run_predict(
         writers = ([SaliencyMaps()] if saliency != "none" else []) + [PredictionTables()]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _run_locked(pred, inputs, out, masks, saliency, tta, keep_identifiers, find_masks, writers)
+
+
+def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequence[Any] | None, saliency: str,
+                tta: int, keep_identifiers: bool, find_masks: bool,
+                writers: Sequence[Writer]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     t0 = time.time()
     started: list[Writer] = []

@@ -165,6 +165,8 @@ def is_dicom(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
+    if not path.is_file():  # a FIFO or device would block the read below forever
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)

@@ -101,7 +101,8 @@ def load_image(
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(f"{path}: " + ("not a regular file (a folder, FIFO or device)" if path.exists()
+                                            else "file not found"))
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
     for reader in _READERS:

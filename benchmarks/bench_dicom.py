@@ -5,7 +5,7 @@ Usage:
 
 Wall time and process CPU time are both printed: on a shared machine the CPU time is the
 steadier figure. "decode" is header parse + pixel decode (pydicom + pylibjpeg); "full" is
-:func:`breastai.data.dicom.read_dicom` with default options (LUTs, inversion, breast crop,
+:func:`breastai.data.readers.dicom.read_dicom` with default options (LUTs, inversion, breast crop,
 canonical orientation).
 """
 

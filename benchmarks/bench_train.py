@@ -1,7 +1,7 @@
 """Wall time of one cross-validation fold of a training config, run alone.
 
 Trains exactly what ``breastai train --config C --folds K`` trains for fold ``--fold`` (same
-split, same code path: :func:`breastai.training.fit`) into a temporary folder and prints the
+split, same code path: :func:`breastai.engine.trainer.fit`) into a temporary folder and prints the
 fold's wall time (data caching, epochs, calibration, held-out scoring) and the median time per
 epoch (training plus validation). Run it with nothing else on the machine: the fold times in a CV run's
 ``cv_summary.json`` are only comparable when the runs did not share the cores.

@@ -5,13 +5,13 @@ training) and its held-out part; the class-weighting offset log(w) (w = negative
 the fold's training part) and the temperature are fitted on validation only; the held-out ECE
 is reported raw, with temperature only, and with offset + temperature, per fold and pooled over
 all held-out cases, next to the ECE a perfectly calibrated model would show at that sample size
-(:func:`breastai.metrics.ece_noise_floor`).
+(:func:`breastai.reporting.metrics.ece_noise_floor`).
 
 Usage::
 
     PYTHONPATH=. python benchmarks/calibration_cv.py --cv-run checkpoints/busi_crop_cv [--targets platt|hard] [--out calib.json]
 
-``--targets`` picks the temperature fit's targets (:func:`breastai.calibration.fit_temperature`);
+``--targets`` picks the temperature fit's targets (:func:`breastai.models.calibration.fit_temperature`);
 ``saturated`` counts held-out probabilities that are exactly 0 or 1 in float64.
 """
 

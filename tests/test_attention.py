@@ -1,4 +1,4 @@
-"""Lesion attention loss (breastai.attention): values on hand-made maps, and training with it."""
+"""Lesion attention loss (breastai.engine.attention): values on hand-made maps, and training with it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for breastai.metrics and breastai.plots, with hand-computed reference values."""
+"""Tests for breastai.reporting.metrics and breastai.reporting.plots, with hand-computed reference values."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "name": "efficientnet_lite0",
         "pretrained": True,
         "dropout": 0.2,
-        "mask_init": "zero",  # zero | grey: mask channel of a pretrained stem (breastai.models.create_model)
+        "mask_init": "zero",  # zero | grey: mask channel of a pretrained stem (breastai.models.registry.create_model)
         "output_stride": 32,  # 16: finer last feature map and saliency map (efficientnet_lite0), ~1.35x compute
         # Radiomics and fusion models (breastai.models.fusion):
         "backbone": "efficientnet_lite0",  # image branch of fusion_concat / fusion_gated
@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "class_balance": "weighted_loss",  # weighted_loss | sampler | none
         "label_smoothing": 0.0,
         "ema": 0.0,  # > 0: per-step decay of a moving average of the weights, which is validated and saved instead
-        "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.attention; needs masks)
+        "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.engine.attention; needs masks)
         "attention_cells": "touched",  # touched | covered: feature-map cells counted as the lesion's
         "early_stop_patience": 6,
         # Which epoch is kept: val_auc = the best validation AUC (with early stopping); last = the

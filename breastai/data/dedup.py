@@ -417,7 +417,7 @@ def find_duplicates(
         paths: image files.
         config: detector parameters.
         loader: returns a 2D grey array for a path; defaults to
-            :func:`breastai.data.io.load_image`.
+            :func:`breastai.data.readers.load_image`.
         progress: optional callback receiving short status lines.
 
     Returns:

@@ -79,7 +79,7 @@ def expand_inputs(
 
     Args:
         inputs: one input or a list; a path, a folder, a datalist or a numpy array.
-        masks: one mask (path, list of paths, array or :class:`~breastai.data.io.LesionBox`)
+        masks: one mask (path, list of paths, array or :class:`~breastai.data.readers.masks.LesionBox`)
             per resulting image, in order.
         find_masks: pair images found in folders or given as files with BUSI-style sibling
             ``<stem>_mask*.png`` files.

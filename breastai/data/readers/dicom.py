@@ -8,7 +8,7 @@ pass and no float64 copy. Output convention: float32 in [0, 1], dense tissue bri
 background/padding 0; mammograms with the chest wall on the left, cropped to the breast.
 
 Nothing patient-identifying ever reaches ``meta``: UIDs appear only as short sha256 hashes.
-Importing this module registers the ``"dicom"`` reader of :func:`breastai.data.io.load_image`.
+Importing this module registers the ``"dicom"`` reader of :func:`breastai.data.readers.load_image`.
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def read_dicom(
         allow_for_processing: read "For Processing" raw detector images with a log/percentile
             window instead of refusing them.
         voi_source: ``"auto"`` (VOI LUT sequence if present, else window), ``"lut"`` or ``"window"``.
-        colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`breastai.data.dicom_lut.colour_to_grey`.
+        colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`breastai.data.readers.dicom_lut.colour_to_grey`.
 
     Raises:
         ImageReadError: not DICOM, no pixel data, undecodable transfer syntax, For Processing

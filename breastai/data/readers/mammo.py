@@ -2,7 +2,7 @@
 
 Everything here works on already-windowed images in [0, 1] (dense tissue bright, background
 near 0), usually a downsampled copy, so it stays cheap on 5000-pixel detector images. The
-geometry found here is applied by :mod:`breastai.data.dicom` to the full-resolution pixels and
+geometry found here is applied by :mod:`breastai.data.readers.dicom` to the full-resolution pixels and
 recorded (``crop_box`` in the original pixel grid, ``flipped_lr``) so that any map computed
 on the processed image can be put back on the original with :func:`undo_geometry`.
 """

@@ -115,7 +115,7 @@ def mask_on_reader_grid(mask: np.ndarray, shape: tuple[int, int], meta: dict[str
 
     Masks are drawn on the image as stored. Where the reader cropped or mirrored it (DICOM
     mammograms: breast crop, chest wall to the left), a mask of the stored size is moved the same
-    way (:func:`breastai.data.mammo.to_reader_grid`); one already of the returned size is taken as is.
+    way (:func:`breastai.data.geometry.to_reader_grid`); one already of the returned size is taken as is.
 
     Raises:
         ImageReadError: the mask fits neither size (``source`` names the mask).

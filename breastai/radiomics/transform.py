@@ -6,8 +6,10 @@ image at full resolution and its lesion mask on the same grid, so the image a Da
 the network is the one the features are measured on, and nothing decodes it a second time.
 
 The feature vector of a lesion is :func:`breastai.radiomics.extract_features` of its
-:func:`lesion_crop` (2D, fixed bin number ``n_bins``, the default families); every feature's IBSI
-definition and formula is in :func:`breastai.radiomics.feature_docs`.
+:func:`lesion_crop`: 2D, the default families, and texture and histogram features on grey levels
+of a fixed bin number ``N_g = n_bins`` over the lesion's own range (IBSI FBN),
+``x_d = floor(N_g (x - X_min) / (X_max - X_min)) + 1`` (``x_d = N_g`` at ``X_max``). Every
+feature's IBSI definition and formula is in :func:`breastai.radiomics.feature_docs`.
 
 Vectors are cached in memory per row, keyed by :meth:`RadiomicsFeaturesd.row_key`: a hash of the
 image path and its mtime (or the array's bytes), the mask paths and their mtimes, the frame and
@@ -25,6 +27,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
@@ -64,11 +67,12 @@ def radiomics_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def radiomics_transform(cfg: dict[str, Any]) -> RadiomicsFeaturesd:
-    """The transform of a run: its settings, device and (with ``data.cache: disk``) ``.npz`` cache."""
+def radiomics_transform(cfg: dict[str, Any], disk: bool = True) -> RadiomicsFeaturesd:
+    """The transform of a run: its settings, device and, with ``data.cache: disk`` and ``disk``,
+    its ``.npz`` cache."""
     settings = radiomics_settings(cfg)
     cache_file = None
-    if cfg["data"].get("cache") == "disk":
+    if disk and cfg["data"].get("cache") == "disk":
         root = cfg["data"].get("cache_dir") or str(Path(cfg["output_dir"]) / ".cache")
         cache_file = Path(root) / f"radiomics-{_hash(settings)[:16]}.npz"
     return RadiomicsFeaturesd(settings, device=_device(cfg), cache_file=cache_file,
@@ -111,10 +115,11 @@ class RadiomicsFeaturesd(MapTransform):
     Raises:
         RadiomicsInputError: an empty lesion mask, naming the row (``__call__``); a row without a
             mask (:meth:`keyed`).
+        ValueError: image or mask not ``(1, H, W)`` on one grid.
     """
 
-    def __init__(self, settings: Mapping[str, Any], keys: Any = "image", mask_key: str = "mask",
-                 output_keys: Any = "radiomics", device: str | torch.device = "cpu",
+    def __init__(self, settings: Mapping[str, Any], keys: KeysCollection = "image", mask_key: str = "mask",
+                 output_keys: KeysCollection = "radiomics", device: str | torch.device = "cpu",
                  cache_file: str | Path | None = None, consumer: str = "lesion radiomics",
                  allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)

@@ -44,8 +44,9 @@ def test_default_policy_leaves_rows_alone(tmp_path):
 
 def test_radiomics_cache_keys_frames_apart(tmp_path):
     """Frame rows of one multi-frame file must not share a cached radiomics vector."""
-    from breastai.radiomics.dataset import _row_key
+    from breastai.radiomics.transform import RadiomicsFeaturesd
 
+    rad = RadiomicsFeaturesd({"n_bins": 32})
     row = {"image": str(tmp_path / "cine.dcm"), "mask": [str(tmp_path / "m.png")]}
-    keys = {_row_key({**row, "frame": k}, "settings") for k in range(3)}
-    assert len(keys) == 3 and _row_key(row, "settings") not in keys
+    keys = {rad.row_key({**row, "frame": k}) for k in range(3)}
+    assert len(keys) == 3 and rad.row_key(row) not in keys

@@ -14,7 +14,8 @@ from breastai.data.datalist import read_datalist, write_datalist
 from breastai.engine.loops import predict_loader
 from breastai.models.registry import create_model
 from breastai.radiomics import RadiomicsInputError
-from breastai.radiomics.dataset import clear_cache, compute_radiomics
+from breastai.radiomics.dataset import radiomics_matrix
+from breastai.radiomics.transform import clear_cache
 from breastai.models.radiomics_fit import select_features
 from breastai.engine.loaders import make_loader, build_dataset
 from breastai.engine.run import main as train_main
@@ -98,7 +99,7 @@ def test_selection_is_fitted_on_training_rows_only(synth_datalist, tiny_config, 
     all_ids = {r["case_id"] for r in read_datalist(synth_datalist)}
     assert 0 < len(seen["ids"]) < len(all_ids), "the validation rows are not given to the selection"
     # The stored scaler is the training rows' mean and sd of the selected features.
-    names, x = compute_radiomics(cfg, [r for r in read_datalist(synth_datalist) if r["case_id"] in seen["ids"]])
+    names, x = radiomics_matrix(cfg, [r for r in read_datalist(synth_datalist) if r["case_id"] in seen["ids"]])
     cols = [names.index(n) for n in state["model"]["selected"]]
     np.testing.assert_allclose(state["weights"]["radiomics.mean"].numpy(), x[:, cols].mean(0), rtol=1e-5)
     np.testing.assert_allclose(state["weights"]["radiomics.scale"].numpy(), x[:, cols].std(0), rtol=1e-5)
@@ -197,14 +198,14 @@ def test_disk_cache_round_trip(synth_datalist, tiny_config, tmp_path):
     cfg = tiny_config(synth_datalist, tmp_path, "model.name=radiomics_logreg", "data.cache=disk")
     records = read_datalist(synth_datalist)[:6]
     clear_cache()
-    names, x = compute_radiomics(cfg, records)
+    names, x = radiomics_matrix(cfg, records)
     files = list((tmp_path / ".cache").glob("radiomics-*.npz"))
     assert len(files) == 1
     clear_cache()
-    names2, x2 = compute_radiomics(cfg, records)
+    names2, x2 = radiomics_matrix(cfg, records)
     assert names2 == names and np.array_equal(x, x2)
     # A different bin number is a different feature set: not served from this cache.
-    names3, x3 = compute_radiomics({**cfg, "model": {**cfg["model"], "radiomics_bins": 8}}, records)
+    names3, x3 = radiomics_matrix({**cfg, "model": {**cfg["model"], "radiomics_bins": 8}}, records)
     assert not np.array_equal(x, x3)
 
 

@@ -14,16 +14,28 @@ from breastai.core import distributed as dist
 from breastai.data.transforms import build_transforms
 from breastai.engine.loops import collate, reseed_worker
 from breastai.models.radiomics_fit import needs_radiomics
-from breastai.radiomics.dataset import attach_radiomics
+from breastai.radiomics.dataset import radiomics_matrix
+from breastai.radiomics.transform import radiomics_transform
 
 
 def build_dataset(cfg: dict[str, Any], records: Sequence[dict[str, Any]], train: bool) -> Dataset:
-    """A MONAI dataset over ``records`` with the train or eval preset; the deterministic prefix is cached."""
+    """A MONAI dataset over ``records`` with the train or eval preset; the deterministic prefix is cached.
+
+    Radiomics models get the lesion's feature vector (``radiomics``) from the preset itself, measured
+    on the image the dataset decodes (cached per row, so folds and epochs reuse it).
+    """
     items = [{**r, "index": i} for i, r in enumerate(records)]
-    if needs_radiomics(cfg):  # feature vector per row, computed once per dataset and cached
-        items = attach_radiomics(cfg, items)
-    transform = build_transforms(cfg, train=train)
+    full_image = []
     mode = cfg["data"]["cache"]
+    if needs_radiomics(cfg):
+        rad = radiomics_transform(cfg)
+        items = rad.keyed(items)  # a row without a mask is refused before any image is read
+        full_image.append(rad)
+        if mode != "memory":
+            # These datasets run the preset in loader workers, whose cache dies with them: measure
+            # here, once, where the model's feature selection and the .npz can see the result.
+            radiomics_matrix(cfg, records)
+    transform = build_transforms(cfg, train=train, full_image=full_image)
     if mode == "memory":
         return CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False, copy_cache=False)
     if mode == "disk":

@@ -1,7 +1,7 @@
 """Radiomics-only and fusion models: ``model(x, radiomics=r)`` with ``r`` the lesion's raw feature vector.
 
 Every model here holds its own feature selection and standardisation as buffers (fitted on the
-training part, see :mod:`breastai.radiomics.dataset_features`), so a checkpoint maps the raw
+training part, see :mod:`breastai.models.radiomics_fit`), so a checkpoint maps the raw
 vector computed from image and mask to a score with nothing else needed. Constructor arguments
 that define the architecture are kept in ``init_kwargs`` and stored in the checkpoint's ``model``
 entry; numbers (means, scales, weights) live in the state dict.
@@ -70,7 +70,7 @@ class RadiomicsInput(nn.Module):
         if radiomics is None:
             raise ValueError(
                 f"{owner} needs the lesion's radiomics vector: call model(x, radiomics=r); compute r from the "
-                "image and its lesion mask with breastai.radiomics.dataset_features.attach_radiomics"
+                "image and its lesion mask with breastai.radiomics.transform.RadiomicsFeaturesd"
             )
         if radiomics.ndim != 2 or radiomics.shape[1] != self.n_in:
             raise ValueError(f"{owner}: radiomics must have shape (B, {self.n_in}), got {tuple(radiomics.shape)}")

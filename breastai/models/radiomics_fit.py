@@ -2,7 +2,8 @@
 
 Feature selection and standardisation (:func:`select_features`) and the closed-form logistic
 regression (:func:`fit_logistic`) only ever see the training part; the feature vectors come from
-:mod:`breastai.radiomics.dataset`.
+:func:`breastai.radiomics.dataset.radiomics_matrix`, i.e. from the cache the training Dataset's
+preset filled as it decoded the images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from breastai.radiomics.dataset import compute_radiomics
+from breastai.radiomics.dataset import radiomics_matrix
 
 
 def needs_radiomics(cfg: dict[str, Any]) -> bool:
@@ -129,11 +130,12 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None = No
 def radiomics_model_kwargs(cfg: dict[str, Any], train_records: Sequence[dict[str, Any]], y_train: np.ndarray) -> dict[str, Any]:
     """``create_model`` arguments of a radiomics model, fitted on the training part only.
 
-    Computes (or reuses) the training rows' features, selects and standardises them and, for the
-    closed-form ``radiomics_logreg``, fits the logistic regression.
+    Reads the training rows' features (cached by the training Dataset; computed for rows it has not
+    measured), selects and standardises them and, for the closed-form ``radiomics_logreg``, fits
+    the logistic regression.
     """
     mc = cfg["model"]
-    names, x = compute_radiomics(cfg, train_records)
+    names, x = radiomics_matrix(cfg, train_records)
     sel = select_features(x, y_train, names, corr=float(mc.get("select_corr", 0.95)))
     stats: dict[str, Any] = {"mean": sel.mean, "scale": sel.scale}
     prior = bool(mc.get("fusion_prior", False)) and mc["name"] != "radiomics_logreg"

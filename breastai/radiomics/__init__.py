@@ -10,6 +10,9 @@ Example::
     from breastai.radiomics import extract_features
     table = extract_features(images, masks, n_bins=32)
     table.names, table.values  # (N, F)
+
+:class:`breastai.radiomics.transform.RadiomicsFeaturesd` is the same extraction as a MONAI
+dictionary transform (cached per datalist row), the form the training preset uses.
 """
 
 from breastai.radiomics.discretise import discretise, resegment

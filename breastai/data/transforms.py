@@ -16,7 +16,6 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     MapTransform,
@@ -28,6 +27,7 @@ from monai.transforms import (
     Randomizable,
 )
 
+from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
 from breastai.data.readers.registry import ImageReadError, load_image, to_grey
 
@@ -131,53 +131,13 @@ class NormalizeIntensityRobustd(MapTransform):
         return d
 
 
-def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margin: float, min_side: int,
-               min_fraction: float = 0.0) -> np.ndarray:
-    """Square region ``[r0, c0, side]`` of the source image to feed the network.
-
-    ``whole``: the centred square that holds the whole image (the short side is padded).
-    ``crop``: the lesion's bounding box grown by ``margin`` of its longer side on each side,
-    at least ``min_side`` pixels and at least ``min_fraction`` of the image's shorter side,
-    centred on the lesion. The square may extend past the image; the outside is zero-padded, so
-    lesion shape and scale are never distorted.
-
-    A crop that always grows with the lesion shows every lesion at the same size, and size is
-    itself a malignancy sign (the lesion box side alone gives AUC 0.74 on BUSI); a floor relative
-    to the image keeps small lesions small in the network input.
-    """
-    h, w = shape
-    if mode == "whole" or mask is None or not mask.any():
-        side = max(h, w)
-        return np.array([(h - side) // 2, (w - side) // 2, side], dtype=np.int64)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    side = int(round(max(r1 - r0, c1 - c0) * (1 + 2 * margin)))
-    side = max(side, min_side, int(round(min_fraction * min(h, w))))
-    rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
-    return np.array([int(round(rc - side / 2)), int(round(cc - side / 2)), side], dtype=np.int64)
-
-
-def _crop_resize(x: np.ndarray, box: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Cut the square ``box`` from (C, H, W) ``x`` with zero padding and resize it to ``size``."""
-    r0, c0, side = (int(v) for v in box)
-    c, h, w = x.shape
-    out = np.zeros((c, side, side), dtype=np.float32)
-    rs, re = max(r0, 0), min(r0 + side, h)
-    cs, ce = max(c0, 0), min(c0 + side, w)
-    if re > rs and ce > cs:
-        out[:, rs - r0 : re - r0, cs - c0 : ce - c0] = x[:, rs:re, cs:ce]
-    t = torch.from_numpy(out)[None]
-    if side > 2 * size and mode != "nearest":
-        # Anti-aliasing for strong downsampling (mammograms): area interpolation.
-        t = F.interpolate(t, size=(size, size), mode="area")
-    else:
-        t = F.interpolate(t, size=(size, size), mode=mode, align_corners=False if mode == "bilinear" else None)
-    return t[0].numpy()
-
-
 class SquareBoxd(MapTransform):
-    """Cut the square input region (see :func:`square_box`) and resize image and mask to ``size``."""
+    """Cut the square input region and resize image and mask to ``size``.
+
+    The box is :func:`breastai.data.geometry.square_box` and the cut
+    :func:`breastai.data.geometry.crop_resize`, the forward half of the geometry whose inverse
+    (:func:`breastai.data.geometry.map_to_original`) sends maps back.
+    """
 
     def __init__(self, mode: str, size: int, margin: float = 0.3, min_side: int = 64, min_fraction: float = 0.0):
         super().__init__(keys=["image", "mask"])
@@ -191,8 +151,8 @@ class SquareBoxd(MapTransform):
             raise ImageReadError(f"{d.get('source', '<array>')}: lesion-crop mode needs a non-empty lesion mask")
         box = square_box(mask, d["image"].shape[1:], self.mode, self.margin, self.min_side, self.min_fraction)
         d["box"] = box
-        d["image"] = _crop_resize(d["image"], box, self.size, "bilinear")
-        d["mask"] = (_crop_resize(d["mask"], box, self.size, "bilinear") > 0.5).astype(np.float32)
+        d["image"] = crop_resize(d["image"], box, self.size, "bilinear")
+        d["mask"] = (crop_resize(d["mask"], box, self.size, "bilinear") > 0.5).astype(np.float32)
         return d
 
 

@@ -9,7 +9,8 @@ Columns (CSV) or keys (JSON):
 - ``fold`` (int) or ``split`` (``train``/``val``/``test``): optional fixed partition.
 - ``case_id``: optional; defaults to the image file name without suffix.
 
-Any further column is kept as a string in the record.
+Any further column is kept as a string in the record. The column names are the sample keys of
+:class:`breastai.core.keys.Keys`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from breastai.core.files import atomic_write_text
+from breastai.core.keys import Keys
 
 __all__ = ["DatalistError", "read_datalist", "write_datalist", "FIELDS"]
 
-FIELDS = ["case_id", "image", "mask", "label", "group", "fold", "split"]
+FIELDS = [Keys.CASE_ID, Keys.IMAGE, Keys.MASK, Keys.LABEL, Keys.GROUP, Keys.FOLD, Keys.SPLIT]
 _SPLITS = {"train", "val", "test", ""}
 
 
@@ -50,8 +52,8 @@ def _raw_rows(path: Path) -> list[dict[str, Any]]:
         for section, split in (("data", None), ("training", None), ("validation", "val"), ("test", "test")):
             for row in data.get(section, []):
                 row = dict(row)
-                if split and not row.get("split"):
-                    row["split"] = split
+                if split and not row.get(Keys.SPLIT):
+                    row[Keys.SPLIT] = split
                 rows.append(row)
         return rows
     with open(path, newline="") as fh:
@@ -100,35 +102,35 @@ def read_datalist(
     for i, row in enumerate(raw, start=2 if path.suffix.lower() != ".json" else 0):
         where = f"datalist {path}, row {i}"
         row = {k.strip(): ("" if v is None else v) for k, v in row.items() if k is not None}
-        image = str(row.get("image", "")).strip()
+        image = str(row.get(Keys.IMAGE, "")).strip()
         if not image:
             raise DatalistError(f"{where}: empty 'image'")
         rec: dict[str, Any] = {k: v for k, v in row.items() if k not in FIELDS}
-        rec["image"] = _resolve(base, image)
-        masks = row.get("mask", "")
+        rec[Keys.IMAGE] = _resolve(base, image)
+        masks = row.get(Keys.MASK, "")
         if isinstance(masks, str):
             masks = [m.strip() for m in masks.split(";") if m.strip()]
-        rec["mask"] = [_resolve(base, m) for m in masks]
-        rec["label"] = str(row.get("label", "")).strip()
-        if require_label and not rec["label"]:
+        rec[Keys.MASK] = [_resolve(base, m) for m in masks]
+        rec[Keys.LABEL] = str(row.get(Keys.LABEL, "")).strip()
+        if require_label and not rec[Keys.LABEL]:
             raise DatalistError(f"{where}: empty 'label'")
-        if classes is not None and rec["label"] and rec["label"] not in classes:
+        if classes is not None and rec[Keys.LABEL] and rec[Keys.LABEL] not in classes:
             raise DatalistError(f"{where}: unknown label {rec['label']!r} (expected one of {list(classes)})")
-        rec["case_id"] = str(row.get("case_id", "")).strip() or Path(image).stem
-        if rec["case_id"] in seen_ids:
+        rec[Keys.CASE_ID] = str(row.get(Keys.CASE_ID, "")).strip() or Path(image).stem
+        if rec[Keys.CASE_ID] in seen_ids:
             raise DatalistError(f"{where}: duplicate case_id {rec['case_id']!r}")
-        seen_ids.add(rec["case_id"])
-        rec["group"] = str(row.get("group", "")).strip() or rec["case_id"]
-        fold = str(row.get("fold", "")).strip()
+        seen_ids.add(rec[Keys.CASE_ID])
+        rec[Keys.GROUP] = str(row.get(Keys.GROUP, "")).strip() or rec[Keys.CASE_ID]
+        fold = str(row.get(Keys.FOLD, "")).strip()
         try:
-            rec["fold"] = int(fold) if fold else None
+            rec[Keys.FOLD] = int(fold) if fold else None
         except ValueError:
             raise DatalistError(f"{where}: 'fold' must be an integer, got {fold!r}") from None
-        rec["split"] = str(row.get("split", "")).strip().lower()
-        if rec["split"] not in _SPLITS:
+        rec[Keys.SPLIT] = str(row.get(Keys.SPLIT, "")).strip().lower()
+        if rec[Keys.SPLIT] not in _SPLITS:
             raise DatalistError(f"{where}: 'split' must be train, val or test, got {rec['split']!r}")
         if check_files:
-            for f in [rec["image"], *rec["mask"]]:
+            for f in [rec[Keys.IMAGE], *rec[Keys.MASK]]:
                 if not Path(f).is_file():
                     raise DatalistError(f"{where}: file not found: {f}")
         records.append(rec)
@@ -163,12 +165,12 @@ def write_datalist(rows: Iterable[dict[str, Any]], path: str | Path, relative: b
     extra: list[str] = []
     for r in rows:
         r = dict(r)
-        masks = r.get("mask") or []
+        masks = r.get(Keys.MASK) or []
         if isinstance(masks, str):
             masks = [m for m in masks.split(";") if m]
-        r["image"] = rel(r["image"])
-        r["mask"] = ";".join(rel(m) for m in masks)
-        r["fold"] = "" if r.get("fold") is None else r["fold"]
+        r[Keys.IMAGE] = rel(r[Keys.IMAGE])
+        r[Keys.MASK] = ";".join(rel(m) for m in masks)
+        r[Keys.FOLD] = "" if r.get(Keys.FOLD) is None else r[Keys.FOLD]
         for k in r:
             if k not in FIELDS and k not in extra:
                 extra.append(k)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from breastai.core.keys import Keys
+
 __all__ = ["expand_frames", "read_samples"]
 
 
@@ -45,10 +47,10 @@ def expand_frames(records: Sequence[dict[str, Any]], reader_options: dict[str, A
 
     out: list[dict[str, Any]] = []
     for r in records:
-        dcm = is_dicom(Path(r["image"]))
-        n = dicom_frame_count(r["image"]) if dcm else 1
+        dcm = is_dicom(Path(r[Keys.IMAGE]))
+        n = dicom_frame_count(r[Keys.IMAGE]) if dcm else 1
         if n <= 1:
-            out.append({**r, "frame": 0} if dcm else dict(r))
+            out.append({**r, Keys.FRAME: 0} if dcm else dict(r))
             continue
-        out.extend({**r, "frame": k, "case_id": f"{r['case_id']}_f{k}"} for k in range(n))
+        out.extend({**r, Keys.FRAME: k, Keys.CASE_ID: f"{r[Keys.CASE_ID]}_f{k}"} for k in range(n))
     return out

@@ -10,12 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from breastai.core.keys import Keys
+
 __all__ = ["group_kfold", "carve_validation", "fixed_split"]
 
 
 def _labels_groups(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.array([r["label"] for r in records])
-    groups = np.array([r["group"] for r in records])
+    labels = np.array([r[Keys.LABEL] for r in records])
+    groups = np.array([r[Keys.GROUP] for r in records])
     return labels, groups
 
 
@@ -24,8 +26,8 @@ def group_kfold(records: Sequence[dict[str, Any]], k: int, seed: int = 0) -> lis
 
     A ``fold`` column in the datalist, when present on every row, is used as given.
     """
-    if all(r.get("fold") is not None for r in records):
-        folds = np.array([r["fold"] for r in records])
+    if all(r.get(Keys.FOLD) is not None for r in records):
+        folds = np.array([r[Keys.FOLD] for r in records])
         return [np.flatnonzero(folds == f) for f in sorted(set(folds.tolist()))]
     labels, groups = _labels_groups(records)
     if k < 2:
@@ -61,7 +63,7 @@ def fixed_split(records: Sequence[dict[str, Any]], val_fraction: float, seed: in
     Rows with ``split`` = test are held out; rows with ``split`` = val are validation. Without
     any val rows, a stratified group-aware validation part is carved from the training rows.
     """
-    splits = np.array([r.get("split", "") or "train" for r in records])
+    splits = np.array([r.get(Keys.SPLIT, "") or "train" for r in records])
     test = np.flatnonzero(splits == "test")
     val = np.flatnonzero(splits == "val")
     train = np.flatnonzero(splits == "train")
@@ -75,6 +77,6 @@ def _check_disjoint_groups(records: Sequence[dict[str, Any]], parts: list[np.nda
     seen: dict[str, int] = {}
     for pi, part in enumerate(parts):
         for i in part:
-            g = records[i]["group"]
+            g = records[i][Keys.GROUP]
             if seen.setdefault(g, pi) != pi:
-                raise ValueError(f"group {g!r} appears in more than one split (case {records[i]['case_id']!r})")
+                raise ValueError(f"group {g!r} appears in more than one split (case {records[i][Keys.CASE_ID]!r})")

@@ -36,6 +36,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from breastai.core.files import atomic_write
+from breastai.core.keys import Keys
 from breastai.data.datalist import write_datalist
 
 __all__ = ["CLASSES", "LesionParams", "make_lesion", "make_demo_dataset", "sample_lesion_params", "render_lesion"]
@@ -409,8 +410,8 @@ def make_demo_dataset(out_dir: str | Path, n_per_class: int = 60, size: int = 12
         _save_png(img, img_path)
         _save_png(mask.astype(np.uint8) * 255, mask_path)
         rows.append(
-            {"case_id": cid, "image": str(img_path), "mask": str(mask_path), "label": label,
-             "group": f"lesion{grp:04d}", "view": view}
+            {Keys.CASE_ID: cid, Keys.IMAGE: str(img_path), Keys.MASK: str(mask_path), Keys.LABEL: label,
+             Keys.GROUP: f"lesion{grp:04d}", "view": view}
         )
-    rows.sort(key=lambda r: r["case_id"])
+    rows.sort(key=lambda r: r[Keys.CASE_ID])
     return write_datalist(rows, out / "datalist.csv")

@@ -1,7 +1,8 @@
 """Preprocessing presets: the one definition shared by training, evaluation and inference.
 
-A sample is a dict keyed by name (MONAI style): ``image`` (path, then array), ``mask`` (list of
-paths, then array), ``label``, ``case_id``, ``group``. The deterministic part
+A sample is a dict keyed by name (MONAI style; the names are :class:`breastai.core.keys.Keys`):
+``image`` (path, then array), ``mask`` (list of paths, then array), ``label``, ``case_id``,
+``group``. The deterministic part
 
     load -> grey float -> intensity normalisation -> square box (whole image or lesion crop)
     -> resize to ``size``
@@ -16,7 +17,6 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     MapTransform,
@@ -28,6 +28,8 @@ from monai.transforms import (
     Randomizable,
 )
 
+from breastai.core.keys import Keys
+from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
 from breastai.data.readers.registry import ImageReadError, load_image, to_grey
 
@@ -59,30 +61,30 @@ class LoadSampled(MapTransform):
     """
 
     def __init__(self, reader_options: dict[str, Any] | None = None):
-        super().__init__(keys=["image"])
+        super().__init__(keys=[Keys.IMAGE])
         self.reader_options = reader_options or {}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        src = d["image"]
+        src = d[Keys.IMAGE]
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
             opts = self.reader_options
-            if d.get("frame") is not None:  # one frame of a multi-frame row (frame policy "all")
-                opts = {**opts, "dicom": {**opts.get("dicom", {}), "frame": int(d["frame"])}}
+            if d.get(Keys.FRAME) is not None:  # one frame of a multi-frame row (frame policy "all")
+                opts = {**opts, "dicom": {**opts.get("dicom", {}), "frame": int(d[Keys.FRAME])}}
             img, meta = load_image(src, opts)
-            d["source"] = str(src)
+            d[Keys.SOURCE] = str(src)
         else:  # an in-memory array: the inference API, or a file the Predictor has read (its reader's meta given)
             img = to_grey(np.asarray(src), "array input")
-            meta = d.pop("reader_meta", None) or {"reader": "array"}
-            d.setdefault("source", "<array>")
+            meta = d.pop(Keys.READER_META, None) or {"reader": "array"}
+            d.setdefault(Keys.SOURCE, "<array>")
         if min(img.shape) < MIN_IMAGE_SIDE:
             raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                                  "pixels needed)")
         if not np.isfinite(img).all():
             img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
-        m = d.get("mask")
+        m = d.get(Keys.MASK)
         if isinstance(m, LesionBox):
-            mask = m.to_mask(img.shape, meta, d["source"])
+            mask = m.to_mask(img.shape, meta, d[Keys.SOURCE])
         elif isinstance(m, np.ndarray) or torch.is_tensor(m):
             mask = mask_on_reader_grid(np.asarray(m), img.shape, meta, f"{d['source']}: mask array")
         elif m:
@@ -90,13 +92,13 @@ class LoadSampled(MapTransform):
         else:
             mask = np.zeros(img.shape, dtype=bool)
         # An empty mask is legitimate for whole-image samples (BUSI "normal"); crop mode refuses it.
-        d["has_mask"] = bool(mask.any())
-        d["image"] = img[None].astype(np.float32, copy=False)
-        d["mask"] = mask[None].astype(np.float32)
-        d["orig_shape"] = np.asarray(img.shape, dtype=np.int64)
-        for k in ("flipped_lr", "crop_box"):
+        d[Keys.HAS_MASK] = bool(mask.any())
+        d[Keys.IMAGE] = img[None].astype(np.float32, copy=False)
+        d[Keys.MASK] = mask[None].astype(np.float32)
+        d[Keys.ORIG_SHAPE] = np.asarray(img.shape, dtype=np.int64)
+        for key, k in ((Keys.READER_FLIPPED_LR, "flipped_lr"), (Keys.READER_CROP_BOX, "crop_box")):
             if k in meta and meta[k] is not None:
-                d[f"reader_{k}"] = np.asarray(meta[k])
+                d[key] = np.asarray(meta[k])
         return d
 
 
@@ -109,13 +111,13 @@ class NormalizeIntensityRobustd(MapTransform):
     """
 
     def __init__(self, method: str = "percentile", percentiles: tuple[float, float] = (0.5, 99.5)):
-        super().__init__(keys=["image"])
+        super().__init__(keys=[Keys.IMAGE])
         self.method = method
         self.percentiles = tuple(percentiles)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        x = d["image"].astype(np.float32, copy=False)
+        x = d[Keys.IMAGE].astype(np.float32, copy=False)
         if self.method == "percentile":
             # Percentiles on a subsample: identical in expectation, far cheaper on 25-Mpixel mammograms.
             flat = x.ravel()
@@ -127,72 +129,32 @@ class NormalizeIntensityRobustd(MapTransform):
         else:
             lo, hi = float(x.min()), float(x.max())
             y = (x - lo) / max(hi - lo, 1e-6)
-        d["image"] = y.astype(np.float32)
+        d[Keys.IMAGE] = y.astype(np.float32)
         return d
 
 
-def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margin: float, min_side: int,
-               min_fraction: float = 0.0) -> np.ndarray:
-    """Square region ``[r0, c0, side]`` of the source image to feed the network.
-
-    ``whole``: the centred square that holds the whole image (the short side is padded).
-    ``crop``: the lesion's bounding box grown by ``margin`` of its longer side on each side,
-    at least ``min_side`` pixels and at least ``min_fraction`` of the image's shorter side,
-    centred on the lesion. The square may extend past the image; the outside is zero-padded, so
-    lesion shape and scale are never distorted.
-
-    A crop that always grows with the lesion shows every lesion at the same size, and size is
-    itself a malignancy sign (the lesion box side alone gives AUC 0.74 on BUSI); a floor relative
-    to the image keeps small lesions small in the network input.
-    """
-    h, w = shape
-    if mode == "whole" or mask is None or not mask.any():
-        side = max(h, w)
-        return np.array([(h - side) // 2, (w - side) // 2, side], dtype=np.int64)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    side = int(round(max(r1 - r0, c1 - c0) * (1 + 2 * margin)))
-    side = max(side, min_side, int(round(min_fraction * min(h, w))))
-    rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
-    return np.array([int(round(rc - side / 2)), int(round(cc - side / 2)), side], dtype=np.int64)
-
-
-def _crop_resize(x: np.ndarray, box: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Cut the square ``box`` from (C, H, W) ``x`` with zero padding and resize it to ``size``."""
-    r0, c0, side = (int(v) for v in box)
-    c, h, w = x.shape
-    out = np.zeros((c, side, side), dtype=np.float32)
-    rs, re = max(r0, 0), min(r0 + side, h)
-    cs, ce = max(c0, 0), min(c0 + side, w)
-    if re > rs and ce > cs:
-        out[:, rs - r0 : re - r0, cs - c0 : ce - c0] = x[:, rs:re, cs:ce]
-    t = torch.from_numpy(out)[None]
-    if side > 2 * size and mode != "nearest":
-        # Anti-aliasing for strong downsampling (mammograms): area interpolation.
-        t = F.interpolate(t, size=(size, size), mode="area")
-    else:
-        t = F.interpolate(t, size=(size, size), mode=mode, align_corners=False if mode == "bilinear" else None)
-    return t[0].numpy()
-
-
 class SquareBoxd(MapTransform):
-    """Cut the square input region (see :func:`square_box`) and resize image and mask to ``size``."""
+    """Cut the square input region and resize image and mask to ``size``.
+
+    The box is :func:`breastai.data.geometry.square_box` and the cut
+    :func:`breastai.data.geometry.crop_resize`, the forward half of the geometry whose inverse
+    (:func:`breastai.data.geometry.map_to_original`) sends maps back.
+    """
 
     def __init__(self, mode: str, size: int, margin: float = 0.3, min_side: int = 64, min_fraction: float = 0.0):
-        super().__init__(keys=["image", "mask"])
+        super().__init__(keys=[Keys.IMAGE, Keys.MASK])
         self.mode, self.size, self.margin, self.min_side = mode, int(size), float(margin), int(min_side)
         self.min_fraction = float(min_fraction)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        mask = d["mask"][0] > 0.5
+        mask = d[Keys.MASK][0] > 0.5
         if self.mode == "crop" and not mask.any():
             raise ImageReadError(f"{d.get('source', '<array>')}: lesion-crop mode needs a non-empty lesion mask")
-        box = square_box(mask, d["image"].shape[1:], self.mode, self.margin, self.min_side, self.min_fraction)
-        d["box"] = box
-        d["image"] = _crop_resize(d["image"], box, self.size, "bilinear")
-        d["mask"] = (_crop_resize(d["mask"], box, self.size, "bilinear") > 0.5).astype(np.float32)
+        box = square_box(mask, d[Keys.IMAGE].shape[1:], self.mode, self.margin, self.min_side, self.min_fraction)
+        d[Keys.BOX] = box
+        d[Keys.IMAGE] = crop_resize(d[Keys.IMAGE], box, self.size, "bilinear")
+        d[Keys.MASK] = (crop_resize(d[Keys.MASK], box, self.size, "bilinear") > 0.5).astype(np.float32)
         return d
 
 
@@ -200,24 +162,24 @@ class ToInputd(MapTransform):
     """Final network input: ``image`` (C, S, S) float tensor, C = 2 when the mask is a channel."""
 
     def __init__(self, mask_channel: bool, class_names: list[str] | None):
-        super().__init__(keys=["image"])
+        super().__init__(keys=[Keys.IMAGE])
         self.mask_channel = mask_channel
         self.class_names = class_names
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        img = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32).clamp_(0.0, 1.0)
-        mask = torch.as_tensor(np.asarray(d["mask"]), dtype=torch.float32)
-        outline = d.pop("outline", None)  # a coarsened mask channel (RandCoarseOutlined), training only
+        img = torch.as_tensor(np.asarray(d[Keys.IMAGE]), dtype=torch.float32).clamp_(0.0, 1.0)
+        mask = torch.as_tensor(np.asarray(d[Keys.MASK]), dtype=torch.float32)
+        outline = d.pop(Keys.OUTLINE, None)  # a coarsened mask channel (RandCoarseOutlined), training only
         channel = mask if outline is None else torch.as_tensor(np.asarray(outline), dtype=torch.float32)
-        d["image"] = torch.cat([img, channel], 0) if self.mask_channel else img
-        d["mask"] = mask
+        d[Keys.IMAGE] = torch.cat([img, channel], 0) if self.mask_channel else img
+        d[Keys.MASK] = mask
         if self.class_names is not None:
-            lab = d.get("label", "")
-            d["label"] = self.class_names.index(lab) if lab in self.class_names else -1
-        for k in ("group", "split", "fold", "frame"):
+            lab = d.get(Keys.LABEL, "")
+            d[Keys.LABEL] = self.class_names.index(lab) if lab in self.class_names else -1
+        for k in (Keys.GROUP, Keys.SPLIT, Keys.FOLD, Keys.FRAME):
             d.pop(k, None)
-        d["case_id"] = str(d.get("case_id", ""))
+        d[Keys.CASE_ID] = str(d.get(Keys.CASE_ID, ""))
         return d
 
 
@@ -252,14 +214,14 @@ class RandCoarseOutlined(Randomizable, MapTransform):
     image features in use."""
 
     def __init__(self, prob: float):
-        MapTransform.__init__(self, keys=["mask"])
+        MapTransform.__init__(self, keys=[Keys.MASK])
         self.prob = prob
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.R.rand() < self.prob:
             kind = "ellipse" if self.R.rand() < 0.5 else "box"
-            d["outline"] = coarse_outline(np.asarray(d["mask"])[0], kind)[None]
+            d[Keys.OUTLINE] = coarse_outline(np.asarray(d[Keys.MASK])[0], kind)[None]
         return d
 
 
@@ -267,15 +229,15 @@ class RandSpeckled(Randomizable, MapTransform):
     """Multiplicative gamma speckle: scanner and frequency differences change the speckle grain."""
 
     def __init__(self, prob: float, strength: float = 0.25):
-        MapTransform.__init__(self, keys=["image"])
+        MapTransform.__init__(self, keys=[Keys.IMAGE])
         self.prob, self.strength = prob, strength
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.R.rand() < self.prob:
             k = 1.0 / self.strength**2
-            noise = self.R.gamma(k, 1.0 / k, size=np.asarray(d["image"]).shape).astype(np.float32)
-            d["image"] = np.clip(np.asarray(d["image"]) * noise, 0, 1)
+            noise = self.R.gamma(k, 1.0 / k, size=np.asarray(d[Keys.IMAGE]).shape).astype(np.float32)
+            d[Keys.IMAGE] = np.clip(np.asarray(d[Keys.IMAGE]) * noise, 0, 1)
         return d
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from breastai.core import distributed as dist
+from breastai.core.keys import Keys
 from breastai.models.tta import mirror_average
 
 __all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast", "seed_everything", "reseed_worker"]
@@ -21,22 +22,22 @@ __all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors a loop needs; keep per-sample extras as lists."""
     out: dict[str, Any] = {
-        "image": torch.stack([b["image"] for b in batch]),
-        "label": torch.tensor([int(b.get("label", -1)) for b in batch], dtype=torch.float32),
-        "case_id": [b.get("case_id", "") for b in batch],
-        "index": torch.tensor([int(b.get("index", -1)) for b in batch]),
+        Keys.IMAGE: torch.stack([b[Keys.IMAGE] for b in batch]),
+        Keys.LABEL: torch.tensor([int(b.get(Keys.LABEL, -1)) for b in batch], dtype=torch.float32),
+        Keys.CASE_ID: [b.get(Keys.CASE_ID, "") for b in batch],
+        Keys.INDEX: torch.tensor([int(b.get(Keys.INDEX, -1)) for b in batch]),
     }
-    if all(isinstance(b.get("mask"), torch.Tensor) for b in batch):  # lesion masks on the input grid
-        out["mask"] = torch.stack([b["mask"] for b in batch])
-    if "radiomics" in batch[0]:  # radiomics and fusion models (breastai.models.fusion)
-        out["radiomics"] = torch.as_tensor(np.stack([np.asarray(b["radiomics"]) for b in batch]), dtype=torch.float32)
+    if all(isinstance(b.get(Keys.MASK), torch.Tensor) for b in batch):  # lesion masks on the input grid
+        out[Keys.MASK] = torch.stack([b[Keys.MASK] for b in batch])
+    if Keys.RADIOMICS in batch[0]:  # radiomics and fusion models (breastai.models.fusion)
+        out[Keys.RADIOMICS] = torch.as_tensor(np.stack([np.asarray(b[Keys.RADIOMICS]) for b in batch]), dtype=torch.float32)
     return out
 
 
 def _forward(model: nn.Module, x: torch.Tensor, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     """Image models take ``x``; radiomics and fusion models also get the lesions' feature vectors."""
-    if "radiomics" in batch:
-        return model(x, radiomics=batch["radiomics"].to(device, non_blocking=True))
+    if Keys.RADIOMICS in batch:
+        return model(x, radiomics=batch[Keys.RADIOMICS].to(device, non_blocking=True))
     return model(x)
 
 
@@ -109,10 +110,10 @@ def train_one_epoch(
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and dist.is_main()), mininterval=2)
     for batch in bar:
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch[Keys.IMAGE].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = batch["label"].to(device)
+        y = batch[Keys.LABEL].to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             loss = loss_fn(_forward(model, x, batch, device).float(), y)
@@ -163,17 +164,17 @@ def predict_loader(
     model.eval()
     idx, logits, labels, ids = [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and dist.is_main()), mininterval=2):
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch[Keys.IMAGE].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             z = _forward(model, x, batch, device).float()
             if flip:
                 z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
-        idx.append(batch["index"].numpy())
+        idx.append(batch[Keys.INDEX].numpy())
         logits.append(z.cpu().numpy())
-        labels.append(batch["label"].numpy())
-        ids.extend(batch["case_id"])
+        labels.append(batch[Keys.LABEL].numpy())
+        ids.extend(batch[Keys.CASE_ID])
     local = (
         np.concatenate(idx) if idx else np.zeros(0, int),
         np.concatenate(logits) if logits else np.zeros(0),

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from breastai.data.dedup import DedupConfig, DedupResult, find_duplicates
-from breastai.data.prepare import PrepareReport
+from breastai.data.prepare.registry import Option, Preparer, register_preparer
+from breastai.data.prepare.report import PrepareReport
 
 __all__ = ["BUSI_CLASSES", "scan_busi", "busi_root", "prepare_busi"]
 
@@ -136,3 +137,58 @@ def prepare_busi(
         report.notes.append(f"{n_conflicts} duplicate groups with conflicting labels {verb}")
     report.count_groups(row["group"] for row in kept)  # the groups of the datalist written, as mias.py counts them
     return report.write(kept, out, t0, f"{root}: every image was dropped")
+
+
+_DEDUP = DedupConfig()
+
+
+def _prepare_busi_options(
+    root: str | Path,
+    out: str | Path,
+    include_normal: bool = False,
+    keep_conflicts: bool = False,
+    threshold: float = _DEDUP.threshold,
+    coarse_threshold: float = _DEDUP.coarse_threshold,
+) -> PrepareReport:
+    """:func:`prepare_busi` with the duplicate detector's thresholds as plain options (the registry's)."""
+    return prepare_busi(
+        root,
+        out,
+        include_normal=include_normal,
+        keep_conflicts=keep_conflicts,
+        config=DedupConfig(threshold=threshold, coarse_threshold=coarse_threshold),
+    )
+
+
+register_preparer(
+    Preparer(
+        name="busi",
+        run=_prepare_busi_options,
+        help="BUSI breast ultrasound (Dataset_BUSI_with_GT)",
+        description="One row per BUSI image with the union of its masks. Exact and near-duplicate "
+        "images (re-cropped, re-scaled, adjacent frames) share a group; a group holding "
+        "conflicting labels is dropped unless --keep-conflicts.",
+        root_help="folder holding benign/, malignant/ (and normal/)",
+        options=(
+            Option("include_normal", "also list normal/ images (label 'normal')", switch=True),
+            Option(
+                "keep_conflicts",
+                "keep duplicate groups with conflicting labels, flagged in a 'conflict' column",
+                switch=True,
+            ),
+            Option(
+                "threshold",
+                "block score (median/lower-quartile NCC of sub-blocks of the best match) at which "
+                f"two images are copies (default {_DEDUP.threshold}); lower merges more",
+                type=float,
+                default=_DEDUP.threshold,
+            ),
+            Option(
+                "coarse_threshold",
+                f"shortlist NCC below which a pair is not verified (default {_DEDUP.coarse_threshold})",
+                type=float,
+                default=_DEDUP.coarse_threshold,
+            ),
+        ),
+    )
+)

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from breastai.core.files import visible_files
-from breastai.data.prepare import PrepareReport
+from breastai.data.prepare.registry import Option, Preparer, register_preparer
+from breastai.data.prepare.report import PrepareReport
 from breastai.data.readers.registry import IMAGE_SUFFIXES, image_stem, image_suffix
 
 __all__ = ["scan_class_folder", "prepare_folder"]
@@ -93,3 +94,16 @@ def prepare_folder(root: str | Path, out: str | Path, mask_suffix: str = "_mask"
                 {"case_id": case_id, "image": str(image), "mask": [str(m) for m in masks], "label": cdir.name, "group": case_id}
             )
     return report.write(rows, out, t0, f"{root}: no images found in class sub-folders")
+
+
+register_preparer(
+    Preparer(
+        name="folder",
+        run=prepare_folder,
+        help="generic ROOT/<class>/... image folders",
+        description="One row per image found recursively under ROOT/<class>/; label = class folder; "
+        "files named <image><mask-suffix>[_N].<ext> are that image's masks.",
+        root_help="folder with one sub-folder per class",
+        options=(Option("mask_suffix", "mask file name suffix (default _mask)", default="_mask"),),
+    )
+)

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from breastai.core.files import atomic_write
-from breastai.data.prepare import PrepareReport
+from breastai.data.prepare.registry import Option, Preparer, register_preparer
+from breastai.data.prepare.report import PrepareReport
 
 __all__ = ["MiasFinding", "MiasParseError", "parse_info", "finding_mask", "prepare_mias"]
 
@@ -204,3 +205,24 @@ def prepare_mias(
         n = sum(1 for r in rows if not r["mask"])
         report.notes.append(f"{n} findings without coordinates kept with an empty mask (whole image)")
     return report
+
+
+register_preparer(
+    Preparer(
+        name="mias",
+        run=prepare_mias,
+        help="mini-MIAS mammograms (Info.txt)",
+        description="One row per benign or malignant finding of Info.txt, with a circular (or box) "
+        "mask written per finding; the left and right films of a patient share a group.",
+        root_help="folder holding Info.txt and mdbNNN.png",
+        options=(
+            Option("mask_dir", "where to write masks (default: masks/ beside --out)", type=Path),
+            Option("shape", "mask shape (default circle)", default="circle", choices=("circle", "box")),
+            Option(
+                "keep_uncoordinated",
+                "keep findings without coordinates, with an empty mask (= whole image)",
+                switch=True,
+            ),
+        ),
+    )
+)

@@ -81,6 +81,15 @@ def test_every_image_model_gives_its_class_activation_map(name):
         att(batch, torch.device("cpu"))
 
 
+def test_training_names_the_hooked_layer_from_the_spec():
+    model = create_model("small_cnn", in_chans=1, pretrained=False).train()
+    model.target_layer_name = "no.such.layer"  # the instance's own name is not consulted when one is given
+    att = LesionAttentionLoss(model, 1.0, layer=MODELS["small_cnn"].saliency_layer())
+    model(torch.rand(2, 1, 64, 64))
+    batch = {"mask": torch.cat([_mask(4, 4, [(1, 1)], 16)] * 2), "label": torch.tensor([1.0, 0.0])}
+    assert float(att(batch, torch.device("cpu")).detach()) > 0
+
+
 def test_models_without_a_cam_are_refused():
     feats = [f"f{i}" for i in range(4)]
     stats = {"mean": np.zeros(4), "scale": np.ones(4), "coef": np.ones(4), "intercept": 0.0}

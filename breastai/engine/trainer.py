@@ -31,7 +31,7 @@ from breastai.engine.scoring import score_part
 from breastai.models.calibration import calibrated_probability, fit_temperature
 from breastai.models.checkpoint import load_checkpoint, save_checkpoint
 from breastai.models.radiomics_fit import needs_radiomics, radiomics_model_kwargs
-from breastai.models.registry import MODELS, create_model
+from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
 from breastai.reporting.tblog import TBLogger, flat_hparams, log_best_epoch
 
@@ -62,7 +62,7 @@ def _ckpt_state(cfg, model, *, epoch, best_epoch, metrics, threshold, temperatur
     raw = model.module if hasattr(model, "module") else model
     return {
         "model": {"name": cfg["model"]["name"], "in_chans": _in_chans(cfg), "dropout": cfg["model"]["dropout"],
-                  **getattr(raw, "init_kwargs", {})},
+                  **raw.init_kwargs},
         "weights": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
         "config": cfg,
         "classes": list(cfg["data"]["classes"]),
@@ -123,8 +123,8 @@ def fit(
     train_ds = build_dataset(cfg, train_recs, train=True)
     val_ds = build_dataset(cfg, val_recs, train=False)
 
-    spec = MODELS[cfg["model"]["name"]] if cfg["model"]["name"] in MODELS else None
-    if cfg["model"]["pretrained"] and spec is not None and not spec.pretrained_available and main_rank:
+    spec = get_spec(cfg["model"]["name"])
+    if cfg["model"]["pretrained"] and not spec.pretrained_available and main_rank:
         log.warning("model %s has no bundled pretrained weights: training from scratch", cfg["model"]["name"])
     # Radiomics models: feature selection, scaler (and closed-form weights) fitted on the training part only.
     extra = radiomics_model_kwargs(cfg, train_recs, y_train) if needs_radiomics(cfg) else {}
@@ -183,12 +183,13 @@ def fit(
 
         if main_rank and cfg["log"]["pointing_images"]:  # its copy is made before the loss hooks the model
             pointing = PointingGame(raw_model)
-        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"])
+        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"],
+                                        layer=spec.saliency_layer(cfg["model"]["backbone"]))
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = make_loader(val_ds, cfg, False, None, 0)  # deterministic: built once
     best_val: dict[str, np.ndarray] | None = None
     progress = bool(cfg["log"]["progress"])
-    closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
+    closed_form = spec.closed_form  # fitted at construction: one pass, no steps
     epoch_seconds: list[float] = list(done_seconds)  # a resumed run's summary still times every epoch
     n_epochs = 1 if closed_form else tc["epochs"]
     for epoch in range(start_epoch, n_epochs):

@@ -81,6 +81,15 @@ def test_every_image_model_gives_its_class_activation_map(name):
         att(batch, torch.device("cpu"))
 
 
+def test_training_names_the_hooked_layer_from_the_spec():
+    model = create_model("small_cnn", in_chans=1, pretrained=False).train()
+    model.target_layer_name = "no.such.layer"  # the instance's own name is not consulted when one is given
+    att = LesionAttentionLoss(model, 1.0, layer=MODELS["small_cnn"].saliency_layer())
+    model(torch.rand(2, 1, 64, 64))
+    batch = {"mask": torch.cat([_mask(4, 4, [(1, 1)], 16)] * 2), "label": torch.tensor([1.0, 0.0])}
+    assert float(att(batch, torch.device("cpu")).detach()) > 0
+
+
 def test_models_without_a_cam_are_refused():
     feats = [f"f{i}" for i in range(4)]
     stats = {"mean": np.zeros(4), "scale": np.ones(4), "coef": np.ones(4), "intercept": 0.0}
@@ -177,15 +186,15 @@ def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(s
         runs[select] = (res, load_checkpoint(f"{res['run_dir']}/best.pt"),
                         load_checkpoint(f"{res['run_dir']}/last.pt", resume=True))
     res, best, last = runs["last"]
-    assert best["best_epoch"] == last["epoch"] == 3  # patience 1 did not stop it
-    assert all(torch.equal(best["weights"][k], v) for k, v in last["weights"].items())
-    assert best["temperature"] != 1.0 and 0.0 <= best["metrics"]["val_pointing"] <= 1.0
+    assert best.best_epoch == last.epoch == 3  # patience 1 did not stop it
+    assert all(torch.equal(best.weights[k], v) for k, v in last.weights.items())
+    assert best.temperature != 1.0 and 0.0 <= best.metrics["val_pointing"] <= 1.0
     res_auc, best_auc, last_auc = runs["val_auc"]
-    if last_auc["epoch"] == 3:  # ran to the end: the same weights, and the best AUC is no lower than the last's
+    if last_auc.epoch == 3:  # ran to the end: the same weights, and the best AUC is no lower than the last's
         assert res_auc["last_weights_digest"] == res["last_weights_digest"]
-        assert best_auc["metrics"]["val_auc"] >= best["metrics"]["val_auc"]
+        assert best_auc.metrics["val_auc"] >= best.metrics["val_auc"]
     else:  # stopped early, one epoch after its best
-        assert last_auc["epoch"] == best_auc["best_epoch"] + 1
+        assert last_auc.epoch == best_auc.best_epoch + 1
 
 
 def test_train_select_takes_known_words_only():
@@ -206,7 +215,7 @@ def test_validation_pointing_game_is_capped_or_off(synth_datalist, tiny_config, 
                       f"log.pointing_images={cap}", "log.tensorboard=false")
     with caplog.at_level(logging.INFO):
         res = train_main(cfg)
-    metrics = load_checkpoint(f"{res['run_dir']}/best.pt")["metrics"]
+    metrics = load_checkpoint(f"{res['run_dir']}/best.pt").metrics
     counts = [tuple(map(int, m)) for m in re.findall(r"val pointing [\d.]+ \((\d+)/(\d+)\)", caplog.text)]
     if cap == 0:
         assert "val_pointing" not in metrics and not counts

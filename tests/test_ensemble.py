@@ -77,13 +77,14 @@ def test_ensemble_cv_output_matches_training_cv(built, cv_runs):
     members = [json.loads((r / "cv_summary.json").read_text())["oof_predictions"] for r in (crop, whole)]
     by_case = [{p["case_id"]: p for p in m} for m in members]
     for fold in range(2):
-        state = load_checkpoint(ens / f"fold{fold}" / "best.pt")
-        w, b = np.array(state["ensemble"]["weights"]), state["ensemble"]["bias"]
+        ckpt = load_checkpoint(ens / f"fold{fold}" / "best.pt")
+        assert ckpt.is_ensemble and all(not m.is_ensemble for m in ckpt.members)
+        w, b = np.array(ckpt.member_weights), ckpt.bias
         rows = [p for p in summary["oof_predictions"] if p["fold"] == fold]
-        c = np.array([[calibrated_logit(np.array([bc[p["case_id"]]["logit"]]), s)[0]
-                       for bc, s in zip(by_case, state["ensemble"]["members"])] for p in rows])
+        c = np.array([[calibrated_logit(np.array([bc[p["case_id"]]["logit"]]), m.calibration)[0]
+                       for bc, m in zip(by_case, ckpt.members)] for p in rows])
         assert np.allclose(c @ w + b, [p["logit"] for p in rows], atol=1e-4)
-        assert state["temperature"] == 1.0 and 0 <= state["threshold"] <= 1
+        assert ckpt.temperature == 1.0 and 0 <= ckpt.threshold <= 1 and ckpt.combine == "stack"
 
 
 def test_ensemble_checkpoint_predicts_and_evaluates(built, synth_datalist, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint
+from breastai.models.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from breastai.data.datalist import read_datalist, write_datalist
 from breastai.engine.loops import predict_loader
 from breastai.models.registry import create_model
@@ -48,7 +48,7 @@ def test_radiomics_logreg_cv_separates_synthetic_lesions(logreg_cv):
     assert s["mean_sd"]["auc"]["mean"] > 0.8
     for f in range(3):
         assert (run / f"fold{f}" / "best.pt").is_file() and (run / f"fold{f}" / "last.pt").is_file()
-        assert load_checkpoint(run / f"fold{f}" / "best.pt")["best_epoch"] == 0, "closed form: a single pass"
+        assert load_checkpoint(run / f"fold{f}" / "best.pt").best_epoch == 0, "closed form: a single pass"
 
 
 def test_checkpoint_round_trip_reproduces_oof_predictions_exactly(logreg_cv, synth64):
@@ -61,7 +61,7 @@ def test_checkpoint_round_trip_reproduces_oof_predictions_exactly(logreg_cv, syn
     assert spec["selected"] and set(spec["selected"]) <= set(spec["feature_names"])
     assert all(isinstance(n, str) for n in spec["selected"])
     assert 0 < state["threshold"] < 1 and state["temperature"] > 0
-    model = model_from_checkpoint(state)
+    model = model_from_checkpoint(Checkpoint.from_state(state))
     records = read_datalist(synth64, classes=cfg["data"]["classes"])
     oof = {p["case_id"]: p["logit"] for p in s["oof_predictions"] if p["fold"] == 0}
     test = [r for r in records if r["case_id"] in oof]
@@ -95,14 +95,14 @@ def test_selection_is_fitted_on_training_rows_only(synth_datalist, tiny_config, 
     cfg = tiny_config(synth_datalist, tmp_path, "model.name=radiomics_logreg", "preprocess.mode=crop",
                       "data.val_fraction=0.3", "log.tensorboard=false")
     res = train_main(cfg)
-    state = load_checkpoint(Path(res["run_dir"]) / "best.pt")
+    ckpt = load_checkpoint(Path(res["run_dir"]) / "best.pt")
     all_ids = {r["case_id"] for r in read_datalist(synth_datalist)}
     assert 0 < len(seen["ids"]) < len(all_ids), "the validation rows are not given to the selection"
     # The stored scaler is the training rows' mean and sd of the selected features.
     names, x = radiomics_matrix(cfg, [r for r in read_datalist(synth_datalist) if r["case_id"] in seen["ids"]])
-    cols = [names.index(n) for n in state["model"]["selected"]]
-    np.testing.assert_allclose(state["weights"]["radiomics.mean"].numpy(), x[:, cols].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(state["weights"]["radiomics.scale"].numpy(), x[:, cols].std(0), rtol=1e-5)
+    cols = [names.index(n) for n in ckpt.model.init_kwargs["selected"]]
+    np.testing.assert_allclose(ckpt.weights["radiomics.mean"].numpy(), x[:, cols].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ckpt.weights["radiomics.scale"].numpy(), x[:, cols].std(0), rtol=1e-5)
 
 
 def test_select_features_drops_constant_correlated_and_non_finite():
@@ -173,10 +173,13 @@ def test_fusion_trains_end_to_end_and_round_trips(synth_datalist, tiny_config, t
     cfg = tiny_config(synth_datalist, tmp_path, "model.name=fusion_gated", "model.backbone=small_cnn",
                       "model.fusion_dim=16", "preprocess.mode=crop", "train.epochs=1", "log.tensorboard=false")
     res = train_main(cfg)
-    state = load_checkpoint(Path(res["run_dir"]) / "best.pt")
-    assert state["model"]["backbone"] == "small_cnn" and state["model"]["fusion_dim"] == 16
-    assert state["model"]["prior"] is True and "prior.weight" in state["weights"]
-    a = model_from_checkpoint(state)
+    ckpt = load_checkpoint(Path(res["run_dir"]) / "best.pt")
+    kwargs = ckpt.model.init_kwargs
+    assert kwargs["backbone"] == "small_cnn" and kwargs["fusion_dim"] == 16
+    assert kwargs["prior"] is True and "prior.weight" in ckpt.weights
+    assert ckpt.model.saliency_layer == "image.backbone.14"
+    a = model_from_checkpoint(ckpt)
+    assert a.target_layer_name == ckpt.model.saliency_layer
     b = model_from_checkpoint(load_checkpoint(Path(res["run_dir"]) / "best.pt"))
     records = read_datalist(synth_datalist, classes=cfg["data"]["classes"])[:10]
     loader = make_loader(build_dataset(cfg, records, False), cfg, False, None, 0)

@@ -18,8 +18,8 @@ from breastai.models.checkpoint import load_checkpoint
 
 def test_a_model_that_scores_nan_gives_an_error_record_not_a_benign_call(ckpt, sample, tmp_path):
     state = load_checkpoint(ckpt)
-    state["weights"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                        for k, v in state["weights"].items()}
+    state.weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                     for k, v in state.weights.items()}
     records, run = run_predict(Predictor.from_state(state, device="cpu"), [sample[0]], tmp_path / "out",
                                saliency="none", tta=2)
     assert records[0]["error"] and "not a number" in records[0]["error"]

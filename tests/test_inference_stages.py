@@ -13,12 +13,12 @@ from breastai.inference.ensemble import EnsembleScorer
 from breastai.inference.predictor import Predictor
 from breastai.inference.scorer import ModelScorer
 from breastai.inference.writers import PredictionTables, run_predict
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint
 
 
-def _with_frames(state: dict, frame) -> dict:
+def _with_frames(state: Checkpoint, frame) -> Checkpoint:
     s = copy.deepcopy(state)
-    s["config"]["data"]["reader_options"] = {"dicom": {"frame": frame}}
+    s.config["data"]["reader_options"] = {"dicom": {"frame": frame}}
     return s
 
 
@@ -51,7 +51,7 @@ def test_a_mask_provider_outlines_inputs_that_come_without_a_mask(ckpt, sample, 
     """A crop model given no mask asks the providers, with the decoded image on the reader's grid."""
     state = load_checkpoint(ckpt)
     crop = copy.deepcopy(state)
-    crop["config"]["preprocess"]["mode"] = "crop"
+    crop.config["preprocess"]["mode"] = "crop"
     truth = np.asarray(Image.open(sample[1])) > 0
     seen = []
 
@@ -73,17 +73,17 @@ def test_a_mask_provider_outlines_inputs_that_come_without_a_mask(ckpt, sample, 
 
 def test_an_ensemble_is_a_scorer_of_members_not_a_predictor(ckpt, sample):
     state = load_checkpoint(ckpt)
-    ens = {**{k: state[k] for k in ("config", "classes")}, "model": {"name": "ensemble"}, "weights": {},
-           "threshold": 0.5, "ensemble": {"members": [state, state], "weights": [0.5, 0.25], "bias": 0.1}}
+    ens = Checkpoint(model=ModelArgs("ensemble"), weights={}, config=state.config, classes=state.classes,
+                     members=[state, state], member_weights=[0.5, 0.25], bias=0.1)
     pred = Predictor.from_state(ens, device="cpu")
     assert isinstance(pred.scorer, EnsembleScorer) and not isinstance(pred.scorer, Predictor)
     assert all(isinstance(m, ModelScorer) for m in pred.members)
     one = Predictor.from_state(state, device="cpu").predict(sample[0])[0]
     both = pred.predict(sample[0])[0]
-    c = (one["logit"] - state.get("logit_offset", 0.0)) / state["temperature"]
+    c = (one["logit"] - (state.logit_offset or 0.0)) / state.temperature
     assert both["logit"] == pytest.approx(0.1 + 0.75 * c, abs=1e-9)
     bad = copy.deepcopy(ens)
-    bad["ensemble"]["members"][1] = _with_frames(state, "all")
+    bad.members[1] = _with_frames(state, "all")
     with pytest.raises(Exception, match="frame policies"):
         Predictor.from_state(bad, device="cpu")
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from breastai.models.registry import MODELS, create_model, list_models
+from breastai.models.registry import MODELS, ModelSpec, create_model, get_spec, list_models
 
 
 def _call(name, m, x, method=None):
@@ -102,3 +102,35 @@ def test_output_stride_16_halves_the_last_feature_map_step(name):
     # Same parameters either way: the ImageNet weights and a checkpoint's weights still fit.
     assert create_model(name, output_stride=16).state_dict().keys() == create_model(name).state_dict().keys()
     assert create_model(name, output_stride=16).init_kwargs == {"output_stride": 16}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_spec_carries_the_metadata_of_the_model_it_builds(name):
+    """Every registry entry describes what its models are: code reads the spec, not the instance."""
+    spec = get_spec(name)
+    assert isinstance(spec, ModelSpec) and spec is MODELS[name] and spec.description
+    assert (spec.build is None) != (spec.factory is None), "exactly one way to build it"
+    assert 32 in spec.strides and spec.in_chans and set(spec.in_chans) <= {1, 2}
+    assert spec.uses_image or spec.requires_radiomics, "a model scores some input"
+    assert not spec.closed_form or spec.factory is not None, "closed-form fits live in factory models"
+    kwargs = {"backbone": "small_cnn"} if spec.image_module else {}
+    model = create_model(name, in_chans=spec.in_chans[-1], **kwargs)
+    layer = spec.saliency_layer(kwargs.get("backbone"))
+    assert model.target_layer_name == layer, "the instance's saliency layer is the spec's"
+    if spec.uses_image:
+        assert layer and dict(model.named_modules()).get(layer) is not None
+        if spec.image_module:
+            assert layer == f"{spec.image_module}.{get_spec('small_cnn').saliency_layer()}"
+            assert spec.default_backbone in MODELS
+            default_layer = get_spec(spec.default_backbone).saliency_layer()
+            assert spec.saliency_layer() == f"{spec.image_module}.{default_layer}"
+        else:
+            assert layer == spec.target_layer
+    else:
+        assert layer == ""
+    assert spec.requires_radiomics == hasattr(model, "radiomics"), "radiomics models hold their feature input"
+    if spec.closed_form:
+        assert isinstance(model.fit_loss, float), "training reports the closed-form fit's loss as its epoch loss"
+    assert isinstance(model.init_kwargs, dict), "what a checkpoint records to rebuild it"
+    with pytest.raises(ValueError, match="in_chans"):
+        create_model(name, in_chans=3, **kwargs)

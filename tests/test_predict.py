@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +127,9 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
     cfg = _tiny_config(synth_datalist, tmp_path, "eval.flip_average=true")
     run_dir = Path(main(cfg)["run_dir"])
     state = load_checkpoint(run_dir / "best.pt")
-    records = read_samples(synth_datalist, state["config"]["data"])[:6]
+    records = read_samples(synth_datalist, state.config["data"])[:6]
     flipped = predict_records(state, records, torch.device("cpu"))["logit"]
-    plain_state = {**state, "config": {**state["config"], "eval": {**state["config"]["eval"], "flip_average": False}}}
+    plain_state = replace(state, config={**state.config, "eval": {**state.config["eval"], "flip_average": False}})
     plain = predict_records(plain_state, records, torch.device("cpu"))["logit"]
     assert np.abs(flipped - plain).max() > 1e-4  # the toy model is not mirror-symmetric
 
@@ -148,13 +149,13 @@ def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, 
     from breastai.models.checkpoint import save_checkpoint
 
     state = load_checkpoint(ckpt)
-    old = {**state, "config": {**state["config"],
-                               "preprocess": {k: v for k, v in state["config"]["preprocess"].items() if k != "min_crop_fraction"},
-                               "eval": {k: v for k, v in state["config"]["eval"].items() if k != "flip_average"}}}
+    old = replace(state, config={**state.config,
+                                 "preprocess": {k: v for k, v in state.config["preprocess"].items() if k != "min_crop_fraction"},
+                                 "eval": {k: v for k, v in state.config["eval"].items() if k != "flip_average"}})
     save_checkpoint(tmp_path / "old.pt", old)
     loaded = load_checkpoint(tmp_path / "old.pt")
-    assert loaded["config"]["preprocess"]["min_crop_fraction"] == 0.0
-    assert loaded["config"]["eval"]["flip_average"] is False
+    assert loaded.config["preprocess"]["min_crop_fraction"] == 0.0
+    assert loaded.config["eval"]["flip_average"] is False
     pred = Predictor.from_state(loaded, device="cpu")
     box = [t for t in pred.scorer.steps if hasattr(t, "min_fraction")][0]
     assert box.min_fraction == 0.0

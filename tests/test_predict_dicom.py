@@ -101,7 +101,7 @@ def test_reader_crop_and_flip_are_undone_and_the_model_stays_intact(predictor, c
     np.testing.assert_allclose(rec["image"][5 : 5 + arr.shape[0], 30:], np.clip((arr - lo) / (hi - lo), 0, 1), atol=1e-5)
     # Saliency and TTA passes never leave the model in training mode or change its weights.
     assert not predictor.model.training
-    ref = load_checkpoint(ckpt)["weights"]
+    ref = load_checkpoint(ckpt).weights
     for k, v in predictor.model.state_dict().items():
         torch.testing.assert_close(v.cpu(), ref[k], msg=k)
 
@@ -127,7 +127,7 @@ def test_masks_and_boxes_drawn_on_the_stored_image_follow_the_readers_crop_and_f
     from breastai.data.readers.masks import LesionBox
 
     state = load_checkpoint(ckpt)
-    state["config"]["preprocess"]["mode"] = "crop"
+    state.config["preprocess"]["mode"] = "crop"
     p = Predictor.from_state(state, device="cpu")
     arr = np.asarray(Image.open(sample[0]).convert("L")).astype(np.float32)
     m = np.asarray(Image.open(sample[1]).convert("L")) > 0

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from conftest import predict_cli as _cli
 
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint import load_checkpoint, save_checkpoint
 from breastai.inference.predictor import Predictor
 from breastai.inference.inputs import expand_inputs
 from breastai.models.tta import tta_views
@@ -21,7 +21,7 @@ from breastai.inference.writers import run_predict
 
 def test_crop_mode_checkpoint_needs_a_mask(ckpt, sample):
     state = load_checkpoint(ckpt)
-    state["config"]["preprocess"]["mode"] = "crop"
+    state.config["preprocess"]["mode"] = "crop"
     p = Predictor.from_state(state, device="cpu")
     no_mask, with_mask = p.predict([sample[0], sample[0]], masks=[None, [str(sample[1])]])
     assert "lesion mask is needed" in no_mask["error"]
@@ -54,7 +54,7 @@ def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
     from breastai.data.readers.masks import LesionBox
 
     state = load_checkpoint(ckpt)
-    state["config"]["preprocess"]["mode"] = "crop"
+    state.config["preprocess"]["mode"] = "crop"
     p = Predictor.from_state(state, device="cpu")
     m = np.asarray(Image.open(sample[1]).convert("L")) > 0
     ys, xs = np.nonzero(m)
@@ -67,7 +67,7 @@ def test_a_bounding_box_stands_in_for_a_mask(ckpt, sample, tmp_path, capsys):
     assert as_box["probability"] == pytest.approx(as_png["probability"], abs=1e-7)
     # From the command line; a box outside the image fails that image only.
     ckpt_crop = tmp_path / "crop.pt"
-    torch.save(state, ckpt_crop)
+    save_checkpoint(ckpt_crop, state)
     spec = f"{box.x0},{box.y0},{box.x1},{box.y1}"
     assert _cli(["predict", "--checkpoint", str(ckpt_crop), str(sample[0]), str(sample[0]), "--box", spec,
                  "--box", "5000,5000,5010,5010", "--out", str(tmp_path / "o"), "--saliency", "none"]) == 1
@@ -110,7 +110,7 @@ def test_sibling_masks_any_image_suffix_and_glob_characters(tmp_path):
 
 def test_masks_as_arrays_and_tensors_for_a_crop_checkpoint(ckpt, sample):
     state = load_checkpoint(ckpt)
-    state["config"]["preprocess"]["mode"] = "crop"
+    state.config["preprocess"]["mode"] = "crop"
     p = Predictor.from_state(state, device="cpu")
     img = np.asarray(Image.open(sample[0]).convert("L"))
     mask = np.asarray(Image.open(sample[1])) > 0

@@ -32,7 +32,7 @@ def test_evaluate_counts_images_the_model_learned_from(synth_datalist, tmp_path,
     assert seen["train"] and seen["val"] and not set(seen["train"]) & set(seen["val"])
     rows = read_datalist(synth_datalist)
     # Without a test split, every row of the datalist was either trained or validated on.
-    counts = seen_before(state, rows)
+    counts = seen_before(seen, rows)
     assert counts["train"] == len(seen["train"]) and counts["val"] == len(seen["val"])
     assert counts["train"] + counts["val"] == len(rows)
 
@@ -59,3 +59,4 @@ def test_evaluate_counts_images_the_model_learned_from(synth_datalist, tmp_path,
 
 def test_old_checkpoints_without_digests_say_unknown():
     assert seen_before({}, [{"image": "x.png"}]) == {"train": None, "val": None}, "no digests: unknown, not zero"
+    assert seen_before(None, [{"image": "x.png"}]) == {"train": None, "val": None}

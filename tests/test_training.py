@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from breastai.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, model_from_checkpoint
 from breastai.engine.run import main as train_main
 
 
@@ -75,7 +75,7 @@ def test_checkpoint_is_self_contained(trained):
         assert key in state
     assert state["classes"] == ["benign", "malignant"]
     assert 0.0 <= state["threshold"] <= 1.0 and state["temperature"] > 0
-    model = model_from_checkpoint(state)
+    model = model_from_checkpoint(Checkpoint.from_state(state))
     x = torch.rand(1, 1, 64, 64)
     assert torch.isfinite(model(x)).all()
     assert "val_auc" in state["metrics"] and "val_ece" in state["metrics"]
@@ -99,14 +99,14 @@ def test_resume_continues_from_saved_epoch(synth_datalist, tmp_path, tiny_config
     with pytest.raises(KeyboardInterrupt):
         train_main(cfg)
     run = Path(cfg["output_dir"]) / "t"
-    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == 0
+    assert load_checkpoint(run / "last.pt", resume=True).epoch == 0
     monkeypatch.setattr(tr, "train_one_epoch", real)
     again = train_main(cfg, resume=True)
     assert again["run_dir"] == str(run)
-    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == 1
+    assert load_checkpoint(run / "last.pt", resume=True).epoch == 1
     # Per-epoch seeding makes the resumed run end exactly where the uninterrupted one did.
     assert straight["last_weights_digest"] == again["last_weights_digest"]
-    a, b = (load_checkpoint(Path(r["run_dir"]) / "best.pt")["weights"] for r in (straight, again))
+    a, b = (load_checkpoint(Path(r["run_dir"]) / "best.pt").weights for r in (straight, again))
     assert all(torch.equal(a[k], b[k]) for k in a), "the selected (with train.ema: averaged) weights match too"
 
 
@@ -114,10 +114,10 @@ def test_weight_average_is_validated_and_saved(synth_datalist, tmp_path, tiny_co
     res = train_main(tiny_config(synth_datalist, tmp_path, "train.epochs=1", "train.ema=0.6"))
     run = Path(res["run_dir"])
     best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt", resume=True)
-    averaged = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
-    assert averaged.keys() == best["weights"].keys()
-    assert all(torch.equal(best["weights"][k], averaged[k]) for k in averaged), "best.pt holds the averaged weights"
-    moved = [k for k, v in last["weights"].items() if v.is_floating_point() and not torch.equal(v, averaged[k])]
+    averaged = {k[len("module."):]: v for k, v in last.ema.items() if k.startswith("module.")}
+    assert averaged.keys() == best.weights.keys()
+    assert all(torch.equal(best.weights[k], averaged[k]) for k in averaged), "best.pt holds the averaged weights"
+    moved = [k for k, v in last.weights.items() if v.is_floating_point() and not torch.equal(v, averaged[k])]
     assert moved, "the averaged weights differ from the last raw weights"
 
 
@@ -182,13 +182,13 @@ def test_resume_refuses_other_settings_keeps_run_name_and_an_early_stop(synth_da
     second = train_main(cfg)  # the folder t exists: this run goes to t-2, and its config says so
     assert yaml.safe_load((Path(second["run_dir"]) / "config.yaml").read_text())["run_name"] == "t-2"
     run = Path(first["run_dir"])
-    stopped_at = load_checkpoint(run / "last.pt", resume=True)["epoch"]
+    stopped_at = load_checkpoint(run / "last.pt", resume=True).epoch
     assert stopped_at < 2, "lr 0: no AUC gain after the first epoch, so patience 1 stops it early"
     with pytest.raises(ConfigError, match=r"preprocess.size: 64 -> 96.*only train.epochs"):
         train_main({**cfg, "preprocess": {**cfg["preprocess"], "size": 96}}, resume=True)
     again = train_main({**cfg, "train": {**cfg["train"], "epochs": 4}}, resume=True)  # epochs may change
     assert again["run_dir"] == str(run)
-    assert load_checkpoint(run / "last.pt", resume=True)["epoch"] == stopped_at, "an early stop is not undone"
+    assert load_checkpoint(run / "last.pt", resume=True).epoch == stopped_at, "an early stop is not undone"
     assert len(again["epoch_seconds"]) == stopped_at + 1, "the resumed summary still times the epochs run before"
 
 
@@ -197,7 +197,7 @@ def test_broken_checkpoint_gives_clear_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable breastai checkpoint"):
         load_checkpoint(bad)
-    save_checkpoint(tmp_path / "x.pt", {"something": 1})
+    torch.save({"something": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not a breastai checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not found"):
@@ -233,9 +233,10 @@ def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
 
     logit = np.array([-3.0, 2.5, 3.0, 4.0, 5.0])
     label = np.array([0, 1, 0, 1, 1])
-    state = {"temperature": 0.05, "logit_offset": 0.0, "threshold": 0.5}
+    ckpt = Checkpoint(ModelArgs("small_cnn"), weights={}, config={}, classes=["benign", "malignant"], threshold=0.5,
+                      temperature=0.05, logit_offset=0.0)
     pred = {"logit": logit, "label": label, "case_id": np.array([f"c{i}" for i in range(5)])}
-    probs, rep, rows = score_part(pred, state, n_boot=50)
+    probs, rep, rows = score_part(pred, ckpt, n_boot=50)
     assert np.all(probs[1:] == 1.0) and roc_auc(label, probs) == pytest.approx(4.5 / 6)
     assert rep["auc"] == pytest.approx(5 / 6)  # the negative at 3.0 outranks only the positive at 2.5
     s = cv_summary([rep], [{**r, "fold": 0} for r in rows], {}, tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = ["file_digest", "part_digests", "seen_before"]
 
@@ -39,11 +39,12 @@ def part_digests(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({d for d in _digests_by_path(records).values() if d})
 
 
-def seen_before(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, int | None]:
-    """How many of ``records`` have an image file identical to one of the checkpoint's
-    ``train`` / ``val`` images; None for both when the checkpoint keeps no digests (written
-    before they were kept, or trained on arrays), since then nothing can be said."""
-    seen = {part: set((state.get("seen_images") or {}).get(part, [])) for part in ("train", "val")}
+def seen_before(seen_images: Mapping[str, Sequence[str]] | None, records: Sequence[dict[str, Any]]
+                ) -> dict[str, int | None]:
+    """How many of ``records`` have an image file identical to one of a checkpoint's ``train`` /
+    ``val`` images (``seen_images``: its digests by part); None for both when the checkpoint keeps
+    no digests (written before they were kept, or trained on arrays), since then nothing can be said."""
+    seen = {part: set((seen_images or {}).get(part, [])) for part in ("train", "val")}
     if not (seen["train"] or seen["val"]):
         return {"train": None, "val": None}
     by_path = _digests_by_path(records)

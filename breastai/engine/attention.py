@@ -93,11 +93,15 @@ class LesionAttentionLoss:
             a DDP wrapper is looked through.
         weight: factor of the loss added to the classification loss.
         cells: which feature-map cells are the lesion's, ``touched`` or ``covered``.
+        layer: the hooked feature map, a module name (training passes its spec's
+            :meth:`~breastai.models.registry.ModelSpec.saliency_layer`); None: the model's own
+            ``target_layer_name``, which :func:`~breastai.models.registry.create_model` sets from the spec.
     """
 
-    def __init__(self, model: nn.Module, weight: float, cells: str = "touched"):
+    def __init__(self, model: nn.Module, weight: float, cells: str = "touched", layer: str | None = None):
         raw = model.module if hasattr(model, "module") else model
-        layer = getattr(raw, "target_layer_name", "")
+        if layer is None:
+            layer = getattr(raw, "target_layer_name", "")
         head = getattr(raw, "head", None)
         modules = dict(raw.named_modules())
         if not layer or layer not in modules or not isinstance(head, nn.Linear) or head.out_features != 1:

@@ -20,6 +20,8 @@ from breastai.engine.trainer import fit
 from breastai.models.checkpoint import load_checkpoint
 from breastai.reporting.metrics import roc_auc, summarise_folds
 
+__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary"]
+
 log = logging.getLogger("breastai")
 
 
@@ -33,11 +35,11 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
                          "(datalist, folds or seeds changed); start a new run instead")
     if "test_predictions" in done:
         return done
-    state = load_checkpoint(fold_dir / "best.pt")
-    pred = predict_records(state, [records[i] for i in test_idx], torch.device("cpu"))
-    _, rep, preds = score_part(pred, state, int(cfg["eval"]["bootstrap"]))
+    ckpt = load_checkpoint(fold_dir / "best.pt")
+    pred = predict_records(ckpt, [records[i] for i in test_idx], torch.device("cpu"))
+    _, rep, preds = score_part(pred, ckpt, int(cfg["eval"]["bootstrap"]))
     rep["seconds"] = done.get("seconds", float("nan"))
-    return {"best_epoch": state["best_epoch"], "test": rep, "test_predictions": preds}
+    return {"best_epoch": ckpt.best_epoch, "test": rep, "test_predictions": preds}
 
 
 def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]

@@ -34,7 +34,7 @@ import numpy as np
 
 from breastai.data.frames import read_samples
 from breastai.engine.scoring import members_log_odds
-from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
 __all__ = ["COMBINE", "fit_combiner", "ensemble_state", "build_ensemble"]
@@ -92,34 +92,40 @@ def fit_combiner(log_odds: np.ndarray, labels: np.ndarray, combine: str = "mean"
     return weights, b
 
 
-def ensemble_state(members: Sequence[dict[str, Any]], weights: np.ndarray, bias: float, combine: str,
-                   threshold: float, metrics: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
-    """The checkpoint dict of an ensemble (members kept whole, so it is self-contained)."""
-    classes = list(members[0]["classes"])
-    for s, src in zip(members[1:], sources[1:]):
-        if list(s["classes"]) != classes:
-            raise CheckpointError(f"{src}: classes {s['classes']} differ from {sources[0]}'s {classes}")
-    first = members[0]["config"]
+def ensemble_state(members: Sequence[Checkpoint], weights: np.ndarray, bias: float, combine: str,
+                   threshold: float, metrics: dict[str, Any], sources: Sequence[str]) -> Checkpoint:
+    """The checkpoint of an ensemble (members kept whole, so it is self-contained).
+
+    Raises:
+        CheckpointError: the members name other classes.
+    """
+    classes = list(members[0].classes)
+    for m, src in zip(members[1:], sources[1:]):
+        if list(m.classes) != classes:
+            raise CheckpointError(f"{src}: classes {m.classes} differ from {sources[0]}'s {classes}")
+    first = members[0].config
     cfg = {"data": first["data"], "seed": first.get("seed", 0), "eval": first.get("eval", {}),
-           "preprocess": {"mode": "+".join(str(s["config"]["preprocess"]["mode"]) for s in members)},
-           "model": {"name": "ensemble", "members": [s["model"]["name"] for s in members]},
+           "preprocess": {"mode": "+".join(str(m.config["preprocess"]["mode"]) for m in members)},
+           "model": {"name": "ensemble", "members": [m.model.name for m in members]},
            "ensemble": {"combine": combine, "sources": [str(x) for x in sources]}}
-    return {
-        "model": {"name": "ensemble"},
-        "weights": {},
-        "ensemble": {"members": list(members), "weights": [float(w) for w in weights], "bias": float(bias),
-                     "combine": combine},
-        "config": cfg,
-        "classes": classes,
-        "preprocess": cfg["preprocess"],
-        "threshold": float(threshold),
+    return Checkpoint(
+        model=ModelArgs("ensemble"),
+        weights={},
+        config=cfg,
+        classes=classes,
+        threshold=float(threshold),
+        # The fit of the weights is the ensemble's calibration.
+        temperature=1.0,
+        logit_offset=0.0,
+        metrics=metrics,
         # What any member learned from or was selected on (the ensemble's weights were fitted on the latter).
-        "seen_images": {part: sorted({d for s in members for d in (s.get("seen_images") or {}).get(part, [])})
-                        for part in ("train", "val")},
-        "temperature": 1.0,
-        "logit_offset": 0.0,
-        "metrics": metrics,
-    }
+        seen_images={part: sorted({d for m in members for d in (m.seen_images or {}).get(part, [])})
+                     for part in ("train", "val")},
+        members=list(members),
+        member_weights=[float(w) for w in weights],
+        bias=float(bias),
+        combine=combine,
+    )
 
 
 def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
@@ -204,7 +210,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
         members = [load_checkpoint(p) for p in paths]
         for p, m in zip(paths, members):
-            if "ensemble" in m:
+            if m.is_ensemble:
                 raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
         c_val, val = members_log_odds(members, [records[j] for j in va], dev)
         weights, bias = fit_combiner(c_val, val["label"], combine)

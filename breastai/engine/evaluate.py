@@ -36,13 +36,13 @@ def evaluate_checkpoint(
     out = Path(out)
     if out.exists() and not out.is_dir():  # found now, not after every image has been scored
         raise ValueError(f"{out} is a file; --out names the report folder")
-    state = load_checkpoint(checkpoint)
-    cfg = state["config"]
-    classes = state["classes"]
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    classes = ckpt.classes
     records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
-    pred = predict_records(state, records, dev, progress=True)
-    seen = seen_before(state, records)
+    pred = predict_records(ckpt, records, dev, progress=True)
+    seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
         log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
                  Path(checkpoint).name)
@@ -52,14 +52,14 @@ def evaluate_checkpoint(
                     seen["train"], len(records), seen["val"])
     y = pred["label"].astype(int)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    probs, report, _ = score_part(pred, state, n_boot)
-    report.update(checkpoint=str(checkpoint), data=str(data), temperature=state["temperature"],
+    probs, report, _ = score_part(pred, ckpt, n_boot)
+    report.update(checkpoint=str(checkpoint), data=str(data), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
     atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (
-        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= state["threshold"])]}
+        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)]}
         for c, yy, p in zip(pred["case_id"], y, probs)), exact=True)
     from breastai.reporting import plots
 

@@ -29,19 +29,15 @@ from breastai.engine.loops import (
 )
 from breastai.engine.scoring import score_part
 from breastai.models.calibration import calibrated_probability, fit_temperature
-from breastai.models.checkpoint import load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.models.radiomics_fit import needs_radiomics, radiomics_model_kwargs
-from breastai.models.registry import MODELS, create_model
+from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
 from breastai.reporting.tblog import TBLogger, flat_hparams, log_best_epoch
 
 __all__ = ["resolve_device", "fit"]
 
 log = logging.getLogger("breastai")
-
-
-
-
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -58,22 +54,22 @@ def _bce(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(labels, dtype=torch.float64)))
 
 
-def _ckpt_state(cfg, model, *, epoch, best_epoch, metrics, threshold, temperature, extra=None) -> dict[str, Any]:
+def _checkpoint(cfg: dict[str, Any], model: nn.Module, *, epoch: int, best_epoch: int, metrics: dict[str, Any],
+                threshold: float, temperature: float, **extra: Any) -> Checkpoint:
+    """The checkpoint of ``model`` (a DDP wrapper is looked through); ``extra``: more Checkpoint fields."""
     raw = model.module if hasattr(model, "module") else model
-    return {
-        "model": {"name": cfg["model"]["name"], "in_chans": _in_chans(cfg), "dropout": cfg["model"]["dropout"],
-                  **getattr(raw, "init_kwargs", {})},
-        "weights": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-        "config": cfg,
-        "classes": list(cfg["data"]["classes"]),
-        "preprocess": cfg["preprocess"],
-        "threshold": float(threshold),
-        "temperature": float(temperature),
-        "epoch": int(epoch),
-        "best_epoch": int(best_epoch),
-        "metrics": metrics,
-        **(extra or {}),
-    }
+    return Checkpoint(
+        model=ModelArgs(cfg["model"]["name"], _in_chans(cfg), cfg["model"]["dropout"], dict(raw.init_kwargs)),
+        weights={k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        config=cfg,
+        classes=list(cfg["data"]["classes"]),
+        threshold=float(threshold),
+        temperature=float(temperature),
+        epoch=int(epoch),
+        best_epoch=int(best_epoch),
+        metrics=metrics,
+        **extra,
+    )
 
 
 def _digest(model: nn.Module) -> str:
@@ -123,8 +119,8 @@ def fit(
     train_ds = build_dataset(cfg, train_recs, train=True)
     val_ds = build_dataset(cfg, val_recs, train=False)
 
-    spec = MODELS[cfg["model"]["name"]] if cfg["model"]["name"] in MODELS else None
-    if cfg["model"]["pretrained"] and spec is not None and not spec.pretrained_available and main_rank:
+    spec = get_spec(cfg["model"]["name"])
+    if cfg["model"]["pretrained"] and not spec.pretrained_available and main_rank:
         log.warning("model %s has no bundled pretrained weights: training from scratch", cfg["model"]["name"])
     # Radiomics models: feature selection, scaler (and closed-form weights) fitted on the training part only.
     extra = radiomics_model_kwargs(cfg, train_recs, y_train) if needs_radiomics(cfg) else {}
@@ -161,20 +157,20 @@ def fit(
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no {last_path} to continue from")
-        state = load_checkpoint(last_path, map_location=device, resume=True)
-        raw_model.load_state_dict(state["weights"])
+        last = load_checkpoint(last_path, map_location=device, resume=True)
+        raw_model.load_state_dict(last.weights)
         if ema is not None:
-            if "ema" not in state:
+            if last.ema is None:
                 raise ValueError(f"--resume: {last_path} was written without train.ema; resume with the same config")
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"] + 1, dict(state["early_stop"])
-        done_seconds = list(state.get("epoch_seconds", []))
+            ema.load_state_dict(last.ema)
+        optimizer.load_state_dict(last.optimizer)
+        scheduler.load_state_dict(last.scheduler)
+        start_epoch, best = last.epoch + 1, dict(last.early_stop)
+        done_seconds = list(last.epoch_seconds or [])
         if best["stale"] >= tc["early_stop_patience"]:
             start_epoch = tc["epochs"]  # it had stopped early: training again would undo that decision
         if main_rank:
-            log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, state["epoch"] + 1,
+            log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, last.epoch + 1,
                      tc["epochs"], best["auc"], best["epoch"] + 1)
 
     attention = pointing = None
@@ -183,12 +179,13 @@ def fit(
 
         if main_rank and cfg["log"]["pointing_images"]:  # its copy is made before the loss hooks the model
             pointing = PointingGame(raw_model)
-        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"])
+        attention = LesionAttentionLoss(raw_model, float(tc["attention_loss"]), tc["attention_cells"],
+                                        layer=spec.saliency_layer(cfg["model"]["backbone"]))
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = make_loader(val_ds, cfg, False, None, 0)  # deterministic: built once
     best_val: dict[str, np.ndarray] | None = None
     progress = bool(cfg["log"]["progress"])
-    closed_form = bool(getattr(raw_model, "closed_form", False))  # fitted at construction: one pass, no steps
+    closed_form = spec.closed_form  # fitted at construction: one pass, no steps
     epoch_seconds: list[float] = list(done_seconds)  # a resumed run's summary still times every epoch
     n_epochs = 1 if closed_form else tc["epochs"]
     for epoch in range(start_epoch, n_epochs):
@@ -237,15 +234,14 @@ def fit(
                 threshold = choose_threshold(val["label"], probs, method=cfg["eval"]["threshold_method"])
                 metrics = {"val_auc": val_auc, "val_loss": val_loss, "train_loss": train_loss,
                            **({"val_pointing": val_pointing} if val_pointing is not None else {})}
-                save_checkpoint(best_path, _ckpt_state(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
+                save_checkpoint(best_path, _checkpoint(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
-                                                       extra={"logit_offset": offset, "seen_images": seen_images}))
-            save_checkpoint(last_path, _ckpt_state(
+                                                       logit_offset=offset, seen_images=seen_images))
+            save_checkpoint(last_path, _checkpoint(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
-                threshold=0.5, temperature=1.0,
-                extra={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "early_stop": dict(best),
-                       "epoch_seconds": [*epoch_seconds, time.time() - t0],
-                       **({"ema": ema.state_dict()} if ema is not None else {})},
+                threshold=0.5, temperature=1.0, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                early_stop=dict(best), epoch_seconds=[*epoch_seconds, time.time() - t0],
+                ema=ema.state_dict() if ema is not None else None,
             ))
         dist.barrier()
         epoch_seconds.append(time.time() - t0)
@@ -256,48 +252,30 @@ def fit(
 
     last_digest = _digest(raw_model)
     # Everything below uses the best epoch's weights, on every rank.
-    state = load_checkpoint(best_path, map_location=device)
-    raw_model.load_state_dict(state["weights"])
-    result: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_auc": state["metrics"]["val_auc"],
-                              "threshold": state["threshold"], "temperature": state["temperature"],
+    kept = load_checkpoint(best_path, map_location=device)
+    raw_model.load_state_dict(kept.weights)
+    result: dict[str, Any] = {"best_epoch": kept.best_epoch, "val_auc": kept.metrics["val_auc"],
+                              "threshold": kept.threshold, "temperature": kept.temperature,
                               "last_weights_digest": last_digest, "epoch_seconds": epoch_seconds}
     # The best epoch's validation predictions come from these very weights; only a run resumed
     # after its best epoch has to predict them again.
     val = best_val if best_val is not None else predict_loader(model, val_loader, device, amp=amp,
                                                                 channels_last=channels_last, flip=flip)
     nb = int(cfg["eval"]["bootstrap"])
-    val_probs, val_report, _ = score_part(val, state, nb)
+    val_probs, val_report, _ = score_part(val, kept, nb)
     result["val"] = val_report
     if test_recs:
         test = predict_loader(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
                               amp=amp, channels_last=channels_last, flip=flip)
-        _, result["test"], result["test_predictions"] = score_part(test, state, nb)
+        _, result["test"], result["test_predictions"] = score_part(test, kept, nb)
     if main_rank:
-        state["metrics"].update({f"val_{k}": v for k, v in val_report.items()})
+        kept.metrics.update({f"val_{k}": v for k, v in val_report.items()})
         if "test" in result:
-            state["metrics"].update({f"test_{k}": v for k, v in result["test"].items()})
-        save_checkpoint(best_path, state)
+            kept.metrics.update({f"test_{k}": v for k, v in result["test"].items()})
+        save_checkpoint(best_path, kept)
     if main_rank and len(epoch_seconds) > len(done_seconds):  # a resume with nothing left to train logs nothing twice
-        log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, state)
+        log_best_epoch(tb, cfg, raw_model, val_ds, val, val_probs, kept)
         tb.hparams(flat_hparams(cfg), {"val_auc": result["val_auc"], **({"test_auc": result["test"]["auc"]} if "test" in result else {})})
     tb.close()
     dist.barrier()
     return result
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from breastai.inference.scorer import ModelScorer, Scored
-from breastai.models.checkpoint import CheckpointError
+from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
 __all__ = ["EnsembleScorer", "reader_key"]
@@ -55,17 +55,10 @@ class EnsembleScorer:
         self.source = source
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device, source: str = "<state>") -> "EnsembleScorer":
-        """Build the members from an ensemble checkpoint (``state["ensemble"]``: members, weights, bias)."""
-        try:
-            ens = state["ensemble"]
-            weights, bias, member_states = ens["weights"], float(ens["bias"]), list(ens["members"])
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{source}: not a usable ensemble checkpoint ({exc})") from exc
-        if len(member_states) != len(weights):
-            raise CheckpointError(f"{source}: {len(member_states)} members but {len(weights)} weights")
-        members = [ModelScorer(s, device, source=f"{source} [member {i}]") for i, s in enumerate(member_states)]
-        return cls(members, weights, bias, source)
+    def from_checkpoint(cls, ckpt: Checkpoint, device: torch.device, source: str = "<state>") -> "EnsembleScorer":
+        """Build the members of an ensemble checkpoint."""
+        members = [ModelScorer(m, device, source=f"{source} [member {i}]") for i, m in enumerate(ckpt.members or [])]
+        return cls(members, ckpt.member_weights, ckpt.bias, source)
 
     @property
     def reader_options(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.scorer import ModelScorer, Scored
 from breastai.models.calibration import apply_temperature
-from breastai.models.checkpoint import CheckpointError, load_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from breastai.models.saliency import METHODS
 
 __all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
@@ -61,11 +61,11 @@ class MaskProvider(Protocol):
     def __call__(self, item: PredictItem, image: np.ndarray, meta: dict[str, Any]) -> np.ndarray | None: ...
 
 
-def build_scorer(state: dict[str, Any], device: Any, source: str = "<state>") -> ModelScorer | EnsembleScorer:
+def build_scorer(ckpt: Checkpoint, device: Any, source: str = "<state>") -> ModelScorer | EnsembleScorer:
     """The scorer of a checkpoint: its model, or an ensemble of its members' models."""
-    if "ensemble" in state:
-        return EnsembleScorer.from_state(state, device, source)
-    return ModelScorer(state, device, source)
+    if ckpt.is_ensemble:
+        return EnsembleScorer.from_checkpoint(ckpt, device, source)
+    return ModelScorer(ckpt, device, source)
 
 
 class Predictor:
@@ -89,16 +89,17 @@ class Predictor:
         self.mask_providers = list(mask_providers)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: str = "auto", source: str = "<state>",
+    def from_state(cls, ckpt: Checkpoint | Mapping[str, Any], device: str = "auto", source: str = "<state>",
                    mask_providers: Sequence[MaskProvider] = ()) -> "Predictor":
-        """Build the predictor of a loaded checkpoint (model or ensemble).
+        """Build the predictor of a loaded checkpoint (model or ensemble); an on-disk dict is read first.
 
         Raises:
             CheckpointError: the checkpoint lacks what inference needs.
         """
-        scorer = build_scorer(state, resolve_device(device), source)
-        classes = list(state["classes"]) if "ensemble" in state else scorer.classes
-        return cls(scorer, classes, float(state.get("threshold", 0.5)), source, mask_providers)
+        if not isinstance(ckpt, Checkpoint):
+            ckpt = Checkpoint.from_state(ckpt)
+        scorer = build_scorer(ckpt, resolve_device(device), source)
+        return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",

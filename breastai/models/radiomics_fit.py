@@ -17,11 +17,14 @@ from breastai.radiomics.dataset import radiomics_matrix
 
 
 def needs_radiomics(cfg: dict[str, Any]) -> bool:
-    """Whether ``cfg['model']['name']`` is a model called with a radiomics vector."""
-    from breastai.models.registry import MODELS
+    """Whether ``cfg['model']['name']`` is a model called with a radiomics vector (its spec's ``requires_radiomics``).
 
-    spec = MODELS.get(cfg["model"]["name"])
-    return bool(spec is not None and spec.requires_radiomics)
+    Raises:
+        KeyError: the model is not registered.
+    """
+    from breastai.models.registry import get_spec
+
+    return get_spec(cfg["model"]["name"]).requires_radiomics
 
 
 @dataclass

@@ -16,31 +16,77 @@ from torch import nn
 from breastai.core.config import CHOICES, ConfigError
 from breastai.models.classifier import Classifier, _grey_mask_stem
 
-__all__ = ["ModelSpec", "MODELS", "MASK_INITS", "create_model", "register_model", "list_models", "check_model_config"]
-
+__all__ = ["ModelSpec", "MODELS", "MASK_INITS", "create_model", "register_model", "list_models", "get_spec",
+           "check_model_config"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: ``build(in_chans, pretrained, dropout, output_stride) -> (backbone, n_features)``.
+    """Everything the package knows about a registered model, in one place.
 
-    ``output_stride`` (32, or 16 where ``strides`` lists it) trades compute for a finer last
-    feature map, i.e. a finer saliency map: 16 dilates the last stage instead of downsampling it.
+    Code that needs a model's metadata (which layer saliency hooks, whether it takes a radiomics
+    vector, whether training fits it in closed form, ...) reads it here, by name, instead of
+    probing a model instance for attributes.
 
-    Models that are not a plain :class:`Classifier` give ``factory(in_chans=, pretrained=,
-    dropout=, **kwargs) -> nn.Module`` instead (``build`` unused); ``requires_radiomics`` models
-    are called as ``model(x, radiomics=r)`` (see :mod:`breastai.models.fusion`).
+    A plain :class:`Classifier` is described by ``build(in_chans, pretrained, dropout,
+    output_stride) -> (backbone, n_features)``; a model that is not gives ``factory(in_chans=,
+    pretrained=, dropout=, **kwargs) -> nn.Module`` instead (``build`` unused).
+
+    Attributes:
+        build: backbone builder of a plain :class:`Classifier` (None for ``factory`` models).
+        target_layer: saliency target (the last spatial feature map), a module name relative to the
+            model; "" when the model has none of its own (see ``image_module``).
+        pretrained_available: ImageNet weights can be loaded (``pretrained=True`` is honoured).
+        description: one line for listings.
+        requires_radiomics: the model is called as ``model(x, radiomics=r)`` (see
+            :mod:`breastai.models.fusion`).
+        uses_image: the image input matters (False: radiomics only, no saliency map).
+        factory: builder of a model that is not a plain :class:`Classifier`.
+        strides: output strides offered: 32, or also 16 for a twice finer last feature map (the
+            last stage dilated instead of downsampled), i.e. a finer saliency map.
+        closed_form: the model is fitted at construction (e.g. sklearn on the training part), so
+            training makes one validation pass and takes no gradient steps.
+        in_chans: input channel counts the model accepts (1 = grey; 2 = grey + lesion mask).
+        image_module: for a model wrapping a registry image model (chosen by its ``backbone``
+            argument) as a submodule, that submodule's name; its saliency layer is found there.
+        default_backbone: the ``backbone`` such a model uses when none is given.
     """
 
     build: Callable[..., tuple[nn.Module, int]] | None
-    target_layer: str  # saliency target (last spatial feature map), relative to the model; "" if none or
-    # if the factory's model names its own (fusion models: image.<their backbone's target layer>)
+    target_layer: str
     pretrained_available: bool
     description: str
     requires_radiomics: bool = False
     uses_image: bool = True
     factory: Callable[..., nn.Module] | None = None
     strides: tuple[int, ...] = (32,)
+    # Later fields go last, with defaults, so registrations written positionally keep working.
+    closed_form: bool = False
+    in_chans: tuple[int, ...] = (1, 2)
+    image_module: str = ""
+    default_backbone: str = ""
+
+    def saliency_layer(self, backbone: str | None = None) -> str:
+        """The saliency target layer of a model built from this spec, relative to the model.
+
+        Args:
+            backbone: the ``backbone`` argument the model was built with; used only by models
+                wrapping a registry image model (``image_module``), which default to
+                ``default_backbone``.
+
+        Returns:
+            A module name (e.g. ``backbone.bn2``, or ``image.backbone.bn2`` for a fusion model);
+            "" when saliency does not apply.
+
+        Raises:
+            KeyError: ``backbone`` is not registered.
+        """
+        if not self.uses_image:
+            return ""
+        if not self.image_module:
+            return self.target_layer
+        inner = get_spec(backbone or self.default_backbone).saliency_layer()
+        return f"{self.image_module}.{inner}" if inner else ""
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -56,22 +102,15 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``.
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+    Raises:
+        KeyError: unknown model name (the message lists the registered ones).
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return MODELS[name]
 
 
 MASK_INITS = CHOICES["model.mask_init"]  # ("zero", "grey")
@@ -96,27 +135,28 @@ def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout
 
     Raises:
         KeyError: unknown model name.
-        ValueError: an output stride or mask_init the model does not offer.
+        ValueError: input channels, an output stride or mask_init the model does not offer.
     """
     if mask_init not in MASK_INITS:
         raise ValueError(f"mask_init must be one of {', '.join(MASK_INITS)}, not {mask_init!r}")
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    spec = MODELS[name]
+    spec = get_spec(name)
+    if int(in_chans) not in spec.in_chans:
+        raise ValueError(f"model {name!r} takes in_chans {' or '.join(map(str, spec.in_chans))}, not {in_chans}")
     if int(output_stride) not in spec.strides:
         raise ValueError(f"model {name!r} offers output_stride {', '.join(map(str, spec.strides))}, not {output_stride}")
     if spec.factory is not None:
-        return spec.factory(in_chans=in_chans, pretrained=pretrained, dropout=dropout, mask_init=mask_init, **kwargs)
-    backbone, n = spec.build(in_chans, pretrained and spec.pretrained_available, dropout, output_stride=int(output_stride))
-    model = Classifier(backbone, n, dropout, normalize=spec.pretrained_available)
-    if mask_init == "grey" and in_chans > 1 and pretrained and spec.pretrained_available:
-        _grey_mask_stem(model)
-    model.target_layer_name = spec.target_layer
-    if output_stride != 32:  # recorded in the checkpoint (training saves init_kwargs), so inference rebuilds it
-        model.init_kwargs = {"output_stride": int(output_stride)}
+        model = spec.factory(in_chans=in_chans, pretrained=pretrained, dropout=dropout, mask_init=mask_init, **kwargs)
+    else:
+        backbone, n = spec.build(in_chans, pretrained and spec.pretrained_available, dropout,
+                                 output_stride=int(output_stride))
+        model = Classifier(backbone, n, dropout, normalize=spec.pretrained_available)
+        if mask_init == "grey" and in_chans > 1 and pretrained and spec.pretrained_available:
+            _grey_mask_stem(model)
+        if output_stride != 32:  # recorded in the checkpoint (training saves init_kwargs), so inference rebuilds it
+            model.init_kwargs = {"output_stride": int(output_stride)}
+    # Kept on the instance for code that is handed a bare model (saliency, predict); the spec is the source.
+    model.target_layer_name = spec.saliency_layer(kwargs.get("backbone"))
     return model
-
-
 
 
 def check_model_config(cfg: dict[str, Any]) -> None:

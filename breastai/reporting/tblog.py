@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from breastai.models.checkpoint import Checkpoint
 
 __all__ = ["TBLogger", "log_best_epoch", "flat_hparams"]
 
@@ -70,7 +73,7 @@ class TBLogger:
 
 
 def log_best_epoch(tb: TBLogger, cfg: dict[str, Any], model: torch.nn.Module, val_ds: Any, val: dict[str, np.ndarray],
-                   val_probs: np.ndarray, state: dict[str, Any]) -> None:
+                   val_probs: np.ndarray, ckpt: Checkpoint) -> None:
     """Curves, confusion matrix, reliability diagram, a scored input grid and saliency maps at the best epoch.
 
     Args:
@@ -78,7 +81,7 @@ def log_best_epoch(tb: TBLogger, cfg: dict[str, Any], model: torch.nn.Module, va
         cfg: the resolved config.
         model: the model with the best epoch's weights.
         val_ds: the validation dataset; ``val`` its predictions, ``val_probs`` their calibrated values.
-        state: the best checkpoint (threshold, classes, best epoch).
+        ckpt: the best checkpoint (threshold, classes, best epoch, model).
     """
     if tb.writer is None:
         return
@@ -86,12 +89,12 @@ def log_best_epoch(tb: TBLogger, cfg: dict[str, Any], model: torch.nn.Module, va
     from breastai.reporting import plots
     from breastai.reporting.metrics import binary_metrics, ece
 
-    step, y = state["best_epoch"], val["label"].astype(int)
+    step, y = ckpt.best_epoch, val["label"].astype(int)
     tb.figure("best/roc", plots.figure_roc(y, val_probs, title="validation ROC"), step)
     tb.pr_curve("best/pr", y, val_probs, step)
-    m = binary_metrics(y, val_probs, state["threshold"])
+    m = binary_metrics(y, val_probs, ckpt.threshold)
     cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-    tb.figure("best/confusion", plots.figure_confusion(cm, state["classes"]), step)
+    tb.figure("best/confusion", plots.figure_confusion(cm, ckpt.classes), step)
     raw = apply_temperature(val["logit"], 1.0)
     tb.figure("best/reliability", plots.figure_calibration(y, {"before scaling": raw, "after scaling": val_probs}), step)
     tb.scalars({"ece/val_uncalibrated": ece(y, raw), "ece/val_calibrated": ece(y, val_probs)}, step)
@@ -99,7 +102,7 @@ def log_best_epoch(tb: TBLogger, cfg: dict[str, Any], model: torch.nn.Module, va
     order = np.argsort(val["index"])[:n]
     imgs = torch.stack([val_ds[int(val["index"][i])]["image"] for i in order])
     tb.image_grid("best/val_inputs_scored", imgs, step, scores=[float(val_probs[i]) for i in order])
-    if getattr(model, "target_layer_name", None):
+    if ckpt.model.saliency_layer:
         from breastai.models.saliency import saliency_grid
 
         masks = torch.stack([val_ds[int(val["index"][i])]["mask"] for i in order])

@@ -111,7 +111,7 @@ def square_box(mask: np.ndarray | None, shape: tuple[int, int], mode: str, margi
     lesion shape and scale are never distorted.
 
     A crop that always grows with the lesion shows every lesion at the same size, and size is
-    itself a malignancy sign (the lesion box side alone gives AUC 0.74 on BUSI); a floor relative
+    itself a malignancy sign (docs/experiments.md); a floor relative
     to the image keeps small lesions small in the network input.
 
     Args:

@@ -2,8 +2,8 @@
 
 A whole-image CNN fine-tuned on a few hundred ultrasound frames learns whatever separates the
 classes in that dataset: posterior shadowing below the lesion, calipers, text, the scanner's
-frame. Its Grad-CAM then points next to the lesion rather than at it (measured on BUSI: pointing
-game 0.40), and what it learned transfers poorly to other sites. With ``train.attention_loss``
+frame. Its Grad-CAM then points next to the lesion rather than at it (docs/experiments.md,
+"Saliency"), and what it learned transfers poorly to other sites. With ``train.attention_loss``
 > 0, training adds a term that asks the class-activation map of the last feature map to put the
 evidence for the true class on the lesion mask (in the spirit of "right for the right reasons" and
 guided attention, GAIN). Masks are needed only in training; inference stays mask-free.

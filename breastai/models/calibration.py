@@ -34,10 +34,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200,
         targets: ``hard`` (default): the 0/1 labels (plain NLL). ``platt``: Platt's (1999)
             prior-corrected targets ``t+ = (N+ + 1) / (N+ + 2)`` for positives and
             ``t- = 1 / (N- + 2)`` for negatives, as in scikit-learn's sigmoid calibration. A
-            validation part that the model separates perfectly (common on BUSI once the outline
-            is read: 72 images, AUC 1.0) drives the plain fit towards T -> 0, probabilities of
-            exactly 0 and 1; Platt's targets keep T finite but, with ~25 positives, cap confident
-            probabilities near 0.96, which measured worse on BUSI's held-out folds (README).
+            validation part that the model separates perfectly (common once the lesion outline is
+            read) drives the plain fit towards T -> 0, probabilities of exactly 0 and 1; Platt's
+            targets keep T finite but, with ~25 positives, cap confident probabilities near 0.96
+            (which of the two calibrates better held out: docs/results.md, "Calibration").
 
     Returns:
         T, clipped to [0.05, 20]; 1.0 when the data cannot support a fit (fewer than 2 samples or

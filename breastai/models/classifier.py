@@ -57,8 +57,8 @@ def _grey_mask_stem(model: nn.Module) -> None:
 
     The image channel is normalised by the ImageNet grey std inside the model and the mask is
     not; dividing by it makes a 0/1 outline act on the stem exactly like a black-to-white edge
-    in the image. Zero-started mask weights stay small in a short fine-tune (measured: ~1/150 of
-    the grey channel's norm after 10 epochs on BUSI)."""
+    in the image. Zero-started mask weights stay small in a short fine-tune (docs/experiments.md,
+    "Crop CNN: the mask channel")."""
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     with torch.no_grad():
         conv.weight[:, 1:] = conv.weight[:, :1] / _GREY_STD

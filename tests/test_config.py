@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -120,5 +121,76 @@ def test_override_types_come_from_the_built_in_settings_not_the_yaml_file(tmp_pa
     f.write_text("train: {ema: 0, attention_loss: 1}\ndata: {split_seed: 7}\n")
     cfg = load_config(f, ["train.ema=0.999", "train.attention_loss=0.5", "data.split_seed=null"])
     assert cfg["train"]["ema"] == 0.999 and cfg["train"]["attention_loss"] == 0.5 and cfg["data"]["split_seed"] is None
-    with pytest.raises(ConfigError, match="train.epochs is a whole number"):
+    with pytest.raises(ConfigError, match="train.epochs must be a whole number, got 1.5"):
         load_config(f, ["train.epochs=1.5"])
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("train:\n  lr: fast\n", "train.lr must be a number, got 'fast'"),
+        ('train:\n  epochs: "two"\n', "train.epochs must be a whole number, got 'two'"),
+        ("preprocess:\n  size: big\n", "preprocess.size must be a whole number, got 'big'"),
+        ('train:\n  amp: "no"\n', "train.amp must be true or false, got 'no'"),
+        ("train:\n  amp: 1\n", "train.amp must be true or false, got 1"),
+        ("train:\n  epochs: 1.5\n", "train.epochs must be a whole number, got 1.5"),
+        ("train:\n  lr:\n", "train.lr must be a number, got null"),
+        ("preprocess:\n  percentiles: [1, x]\n", r"preprocess.percentiles must be a list of 2 numbers, got \[1, 'x'\]"),
+        ("augment:\n  gamma: 0.7\n", "augment.gamma must be a list of 2 numbers, got 0.7"),
+        ("data:\n  classes: benign\n", "data.classes must be a list of names, got 'benign'"),
+        ("data:\n  split_seed: abc\n", "data.split_seed must be a whole number or null, got 'abc'"),
+        ("device: 3\n", "device must be text, got 3"),
+        ("run_name: 2024\n", "run_name must be text, got 2024 .quote it"),
+        ("trian:\n  lr: 1\n", "unknown config key 'trian'"),
+        ("train: 5\n", "train is a section"),
+    ],
+)
+def test_file_values_are_checked_like_overrides(tmp_path: Path, text, msg):
+    """A bad value in a YAML file is a ConfigError naming the file and the key, never a traceback."""
+    f = tmp_path / "x.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(f))}: {msg}"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("key, value", [("train.lr", "fast"), ("train.epochs", "two"), ("preprocess.size", "big"),
+                                        ("train.amp", "maybe"), ("data.split_seed", "abc"), ("augment.gamma", "0.7")])
+def test_file_and_override_share_one_check(tmp_path: Path, key, value):
+    section, name = key.split(".")
+    f = tmp_path / "x.yaml"
+    f.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(f)
+    with pytest.raises(ConfigError) as from_override:
+        load_config(None, [f"{key}={value}"])
+    assert str(from_file.value) == f"{f}: {from_override.value}"
+
+
+def test_file_values_that_legitimately_work(tmp_path: Path):
+    f = tmp_path / "ok.yaml"
+    f.write_text("run_name: '2024'\ndevice: cpu\n"
+                 "data:\n  split_seed: 7\n  cache_dir: null\n  classes: [0, 1]\n"
+                 "  reader_options: {dicom: {frame: all}, anything: [1, 2]}\n"
+                 "preprocess:\n  size: 96.0\n  percentiles: [1, 99]\n"
+                 "augment:\n  gamma: [0.8, 1.2]\n"
+                 "train:\n  lr: 1\n  weight_decay: 2e-2\n  amp: no\n  channels_last: off\n  ema: .5\n"
+                 "eval:\n")
+    cfg = load_config(f)
+    assert cfg["run_name"] == "2024" and cfg["device"] == "cpu"
+    assert cfg["data"]["split_seed"] == 7 and cfg["data"]["cache_dir"] is None and cfg["data"]["classes"] == ["0", "1"]
+    assert cfg["data"]["reader_options"] == {"dicom": {"frame": "all"}, "anything": [1, 2]}
+    assert cfg["preprocess"]["size"] == 96 and isinstance(cfg["preprocess"]["size"], int)
+    assert cfg["preprocess"]["percentiles"] == [1.0, 99.0] and cfg["augment"]["gamma"] == [0.8, 1.2]
+    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float) and cfg["train"]["weight_decay"] == 0.02
+    assert cfg["train"]["amp"] is False and cfg["train"]["channels_last"] is False and cfg["train"]["ema"] == 0.5
+    assert cfg["eval"] == DEFAULTS["eval"]  # an empty section keeps its defaults
+    f.write_text("data:\n  split_seed: null\n")
+    assert load_config(f, ["data.split_seed=3"])["data"]["split_seed"] == 3
+
+
+def test_text_that_reads_as_a_number_survives_a_dump(tmp_path: Path):
+    """A run named ``1e-3`` is saved quoted, so the saved config loads back as the text it is."""
+    cfg = load_config(None, ["run_name=1e-3", "output_dir=0x10"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again["run_name"] == "1e-3" and again["output_dir"] == "0x10"

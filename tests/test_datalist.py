@@ -139,3 +139,20 @@ def test_atomic_write_csv_quotes_case_ids_with_commas(tmp_path):
     atomic_write_csv(tmp_path / "p.csv", ["case_id", "probability", "note"],
                      [{"case_id": "left, upper", "probability": 0.25, "note": None}])
     assert list(csv.DictReader(open(tmp_path / "p.csv"))) == [{"case_id": "left, upper", "probability": "0.250000", "note": ""}]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_byte_order_mark_is_read(tmp_path, files, suffix):
+    """Spreadsheet programs save "CSV UTF-8" with a byte-order mark; it is not part of the first column's name."""
+    p = tmp_path / f"bom{suffix}"
+    text = "image,label\nimg/a.png,benign\n" if suffix == ".csv" else json.dumps([{"image": "img/a.png", "label": "benign"}])
+    p.write_bytes(text.encode("utf-8-sig"))
+    recs = read_datalist(p, classes=["benign", "malignant"])
+    assert [(r["image"], r["label"]) for r in recs] == [(str(files / "a.png"), "benign")]
+
+
+def test_row_with_more_fields_than_the_header_is_refused(tmp_path, files):
+    p = _csv(tmp_path / "l.csv", ["image,label", "img/a.png,benign", "", "img/b.png,malignant,left, upper"])
+    with pytest.raises(DatalistError, match=r"row 4: 4 fields but the header names 2 columns \(extra: 'left', ' upper'\)") as exc:
+        read_datalist(p)
+    assert str(p) in str(exc.value)

@@ -7,6 +7,7 @@ checkpoint, so a run can be repeated and a checkpoint rebuilt from itself alone.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -114,22 +115,29 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; configs mean a number."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    __import__("re").compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        __import__("re").X,
-    ),
-    list("-+0123456789."),
+# YAML 1.1 reads ``1e-3`` as a string; configs mean a number. The loader reads such a number as a
+# float, and the dumper quotes text that the loader would read as one (a run named ``1e-3``).
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with ``1e-3`` read as a number."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML that quotes what :class:`_Loader` would read back as a number."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+del _cls
 
 
 def _yaml(text: str) -> Any:
@@ -141,7 +149,20 @@ class ConfigError(ValueError):
 
 
 def merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
-    """Recursively merge ``over`` into a copy of ``base``; unknown keys are an error."""
+    """Recursively merge a YAML file's mapping ``over`` into a copy of ``base``.
+
+    Args:
+        base: a configuration (the built-in defaults, or a config resolved from them).
+        over: the file's mapping; a section left empty (``None``) keeps its defaults.
+        path: the dotted key of ``base`` within the whole configuration ("" at the top).
+
+    Returns:
+        The merged copy; every value of ``over`` checked against its built-in setting as a
+        ``key=value`` override is (:func:`_check`), ``data.reader_options`` taken as it is.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or a section given a value.
+    """
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
         where = f"{path}{k}"
@@ -151,11 +172,11 @@ def merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[st
             continue  # a section left empty in the YAML file keeps its defaults
         if isinstance(out[k], dict):
             if not isinstance(v, dict):
-                raise ConfigError(f"config key {where!r} must be a mapping")
+                raise ConfigError(f"{where} is a section, got {_shown(v)}: write its keys under it")
             # reader_options is free-form
-            out[k] = {**out[k], **v} if k == "reader_options" else merge(out[k], v, where + ".")
+            out[k] = {**out[k], **v} if where == "data.reader_options" else merge(out[k], v, where + ".")
         else:
-            out[k] = v
+            out[k] = _check(where, v)
     return out
 
 
@@ -166,7 +187,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
         node = cfg
         for i, p in enumerate(parts[:-1]):
             if "reader_options" in parts[:i] and p not in node:
@@ -174,55 +196,116 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             if not isinstance(node.get(p), dict):
                 raise ConfigError(f"unknown config key {key!r}")
             node = node[p]
-        free = len(parts) > 1 and "reader_options" in parts[:-1]
-        if parts[-1] not in node and not free:
-            raise ConfigError(f"unknown config key {key!r}")
         try:
             value = _yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: {exc}") from exc
-        # The type comes from the built-in setting, not from the value a YAML file put there
-        # (``ema: 0`` in a file must not make ``train.ema=0.999`` "a whole number").
-        if free:
+        if len(parts) > 1 and "reader_options" in parts[:-1]:
             node[parts[-1]] = value
             continue
-        default: Any = DEFAULTS
-        for part in parts:
-            default = default.get(part, node[parts[-1]]) if isinstance(default, dict) else node[parts[-1]]
-        node[parts[-1]] = _typed(key.strip(), default, raw, value)
+        if isinstance(_setting(key), dict):
+            raise ConfigError(f"{key} is a section: set its keys one by one ({key}.KEY=VALUE)")
+        if _kind(key) is str:
+            value = _as_typed(raw, value)
+        node[parts[-1]] = _check(key, value)
     return cfg
 
 
-# Settings that hold text although they default to None: their value is taken as typed, so a
-# path with ": " or " #" in it, or a run name like 2024, stays the text it is.
-_TEXT_KEYS = {"run_name", "data.datalist", "data.cache_dir"}
+# Settings whose built-in value is None, and the type of value they take instead. Every None in
+# DEFAULTS needs its entry here (the defaults go through the check when a saved config is loaded).
+_OPTIONAL: dict[str, type] = {"run_name": str, "data.datalist": str, "data.cache_dir": str, "data.split_seed": int}
 
 
-def _typed(key: str, default: Any, raw: str, value: Any) -> Any:
-    """An override's value, checked against the type of the setting it replaces."""
-    if isinstance(default, dict):
-        raise ConfigError(f"{key} is a section: set its keys one by one ({key}.KEY=VALUE)")
-    if key in _TEXT_KEYS or isinstance(default, str):
-        text = raw.strip()
-        if text.lower() in ("null", "~", ""):
-            return None
-        quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
-        return value if quoted and isinstance(value, str) else text
-    if isinstance(default, bool):
+def _setting(key: str) -> Any:
+    """The built-in value of the dotted ``key``; a key :data:`DEFAULTS` lacks is an error."""
+    node: Any = DEFAULTS
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key {key!r}")
+        node = node[part]
+    return node
+
+
+def _kind(key: str) -> type:
+    """The type of value a setting takes: its built-in value's, or its :data:`_OPTIONAL` entry."""
+    default = _setting(key)
+    return _OPTIONAL[key] if default is None else type(default)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it, YAML's words for None and bools (``null``, ``true``)."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).splitlines()[0]
+    return repr(value)
+
+
+def _as_typed(raw: str, value: Any) -> str | None:
+    """An override of a text setting: the text as typed, so a path with ``: `` or `` #`` in it, or a
+    run name like 2024, stays the text it is; a quoted one is taken as YAML parsed it (``value``),
+    and ``null`` or nothing is None."""
+    text = raw.strip()
+    if text.lower() in ("null", "~", ""):
+        return None
+    quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+    return value if quoted and isinstance(value, str) else text
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(key: str, value: Any) -> Any:
+    """A setting's value, checked against the type of its built-in setting: the one check of the
+    values of a YAML file and of ``key=value`` overrides.
+
+    The type comes from the built-in setting, never from a value a file put there (``ema: 0`` in a
+    file must not make ``train.ema=0.999`` "a whole number").
+
+    Args:
+        key: the dotted key of a setting of :data:`DEFAULTS` (not a section).
+        value: the parsed value (YAML's bools include ``yes``/``no``/``on``/``off``).
+
+    Returns:
+        The value, an int made of a whole float for a whole-number setting and floats made of
+        ints for number settings (``lr: 1``); ``None`` for a setting whose built-in value is None.
+
+    Raises:
+        ConfigError: ``"<key> must be <what it takes>, got <shown>"``.
+    """
+    kind = _kind(key)
+    optional = key in _OPTIONAL
+    shown = _shown(value)
+    if value is None and optional:
+        return None
+    if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} is true or false, got {raw!r}")
+            raise ConfigError(f"{key} must be true or false, got {shown}")
         return value
-    if isinstance(default, int):
+    if kind is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{key} is a whole number, got {raw!r}")
+            raise ConfigError(f"{key} must be a whole number{' or null' if optional else ''}, got {shown}")
         return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} is a number, got {raw!r}")
+    if kind is float:
+        if not _number(value):
+            raise ConfigError(f"{key} must be a number, got {shown}")
         return float(value)
-    return value
+    if kind is str:
+        if not isinstance(value, str):
+            quote = " (quote it)" if isinstance(value, (int, float)) else ""
+            raise ConfigError(f"{key} must be text, got {shown}{quote}")
+        return value
+    if kind is list:
+        default = _setting(key)
+        if all(_number(d) for d in default):  # a pair of numbers: percentiles, gamma
+            if not isinstance(value, list) or len(value) != len(default) or not all(_number(v) for v in value):
+                raise ConfigError(f"{key} must be a list of {len(default)} numbers, got {shown}")
+            return [float(v) for v in value]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of names, got {shown}")
+        return value
+    raise TypeError(f"config setting {key} has a built-in value of a type the check does not know: {kind.__name__}")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -242,7 +325,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        cfg = merge(cfg, loaded)
+        try:
+            cfg = merge(cfg, loaded)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         dl = cfg["data"].get("datalist")
         if dl and not Path(dl).is_absolute() and not Path(dl).exists() and (path.parent / dl).exists():
             cfg["data"]["datalist"] = str((path.parent / dl).resolve())
@@ -286,7 +372,7 @@ def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     """Save the resolved configuration as YAML, atomically."""
     from breastai.core.files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(path, yaml.dump(cfg, Dumper=_Dumper, sort_keys=False))
 
 
 

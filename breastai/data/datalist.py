@@ -34,19 +34,21 @@ class DatalistError(ValueError):
     """A datalist row is unusable; the message names the file and the row."""
 
 
+def _raw_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a datalist with the number an error names them by.
 
+    CSV rows are numbered by their line (the header is line 1), JSON rows from 0 in file order.
+    Both are read as UTF-8 without the byte-order mark that spreadsheet programs write ("CSV
+    UTF-8"), which would otherwise be part of the first column's name.
 
-
-
-
-
-
-
-def _raw_rows(path: Path) -> list[dict[str, Any]]:
+    Raises:
+        DatalistError: a CSV row with more fields than the header names columns (a path with an
+            unquoted comma in it would otherwise lose its tail silently).
+    """
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         if isinstance(data, list):
-            return data
+            return list(enumerate(data))
         rows: list[dict[str, Any]] = []
         # MONAI decathlon-style sections map onto the split column.
         for section, split in (("data", None), ("training", None), ("validation", "val"), ("test", "test")):
@@ -55,9 +57,20 @@ def _raw_rows(path: Path) -> list[dict[str, Any]]:
                 if split and not row.get(Keys.SPLIT):
                     row[Keys.SPLIT] = split
                 rows.append(row)
-        return rows
-    with open(path, newline="") as fh:
-        return [dict(r) for r in csv.DictReader(fh)]
+        return list(enumerate(rows))
+    numbered = []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            extra = row.pop(None, None)  # DictReader's key for the fields past the header's
+            if extra is not None:
+                raise DatalistError(
+                    f"datalist {path}, row {reader.line_num}: {len(reader.fieldnames) + len(extra)} fields but the "
+                    f"header names {len(reader.fieldnames)} columns (extra: {', '.join(map(repr, extra))}); "
+                    "quote a value that holds a comma"
+                )
+            numbered.append((reader.line_num, row))
+    return numbered
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -99,9 +112,9 @@ def read_datalist(
         raise DatalistError(f"datalist {path}: no rows")
     records = []
     seen_ids: set[str] = set()
-    for i, row in enumerate(raw, start=2 if path.suffix.lower() != ".json" else 0):
+    for i, row in raw:
         where = f"datalist {path}, row {i}"
-        row = {k.strip(): ("" if v is None else v) for k, v in row.items() if k is not None}
+        row = {k.strip(): ("" if v is None else v) for k, v in row.items()}
         image = str(row.get(Keys.IMAGE, "")).strip()
         if not image:
             raise DatalistError(f"{where}: empty 'image'")

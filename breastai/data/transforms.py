@@ -31,7 +31,7 @@ from monai.transforms import (
 from breastai.core.keys import Keys
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
-from breastai.data.readers.registry import ImageReadError, load_image, to_grey
+from breastai.data.readers.registry import ImageReadError, load_image, max_pixels_option, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -57,7 +57,8 @@ MIN_IMAGE_SIDE = 32
 class LoadSampled(MapTransform):
     """Read ``image`` and the union of ``mask`` files into (1, H, W) float32 arrays.
 
-    A sample without a mask gets an all-zero mask and ``has_mask = False``.
+    A sample without a mask gets an all-zero mask and ``has_mask = False``. Mask files are read
+    under the image's size limit (``reader_options["max_pixels"]``).
     """
 
     def __init__(self, reader_options: dict[str, Any] | None = None):
@@ -88,7 +89,7 @@ class LoadSampled(MapTransform):
         elif isinstance(m, np.ndarray) or torch.is_tensor(m):
             mask = mask_on_reader_grid(np.asarray(m), img.shape, meta, f"{d['source']}: mask array")
         elif m:
-            mask = load_mask(m, img.shape, meta)
+            mask = load_mask(m, img.shape, meta, max_pixels_option(self.reader_options))
         else:
             mask = np.zeros(img.shape, dtype=bool)
         # An empty mask is legitimate for whole-image samples (BUSI "normal"); crop mode refuses it.

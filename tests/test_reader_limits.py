@@ -1,4 +1,4 @@
-"""Reader hardening: the declared-size limit (every reader, masks too).
+"""Reader hardening: the declared-size limit (every reader, masks too) and non-finite pixels refused.
 
 The huge images here are small on disk (a 1-bit PNG of zeros, a DICOM or NIfTI header without the
 pixel data it declares): each test checks the refusal comes from the header, quickly, without
@@ -134,3 +134,40 @@ def test_nifti_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
     assert load_image(small)[0].shape == (50, 40)
     with pytest.raises(ImageReadError, match="limit"):
         load_image(small, {"max_pixels": 1999})
+
+
+def _float_tiff(path: Path, arr: np.ndarray) -> Path:
+    Image.fromarray(arr.astype(np.float32), mode="F").save(path)
+    return path
+
+
+def test_partly_nan_float_image_is_refused_naming_the_file_and_the_count(tmp_path):
+    arr = np.random.default_rng(0).random((64, 64)).astype(np.float32) * 1000
+    finite = _float_tiff(tmp_path / "ok.tif", arr)
+    out = LoadSampled()({"image": str(finite)})  # a finite float image still works, values kept
+    np.testing.assert_allclose(out["image"][0], arr, rtol=1e-6)
+    arr[3, :3] = np.nan
+    arr[9, 9] = np.inf
+    bad = _float_tiff(tmp_path / "nan.tif", arr)
+    with pytest.raises(ImageReadError, match=r"nan\.tif: 4 of 4096 pixels are not finite"):
+        LoadSampled()({"image": str(bad)})
+    nii = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(arr.T.copy(), np.eye(4)), str(nii))
+    with pytest.raises(ImageReadError, match=r"nan\.nii\.gz: 4 of 4096 pixels are not finite"):
+        LoadSampled()({"image": str(nii)})
+
+
+def test_array_input_with_infinite_pixels_is_refused():
+    arr = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    assert LoadSampled()({"image": arr})["image"].shape == (1, 40, 40)
+    arr[0, 0] = -np.inf
+    with pytest.raises(ImageReadError, match=r"<array>: 1 of 1600 pixels are not finite"):
+        LoadSampled()({"image": arr})
+
+
+def test_predict_reports_a_partly_nan_array_as_an_error_record(predictor):
+    arr = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    assert predictor.predict(arr, saliency="none")[0]["error"] is None
+    arr[10:12, 10:12] = np.nan
+    rec = predictor.predict(arr, saliency="none")[0]
+    assert rec["probability"] is None and "4 of 4096 pixels are not finite" in rec["error"]

@@ -58,7 +58,8 @@ class LoadSampled(MapTransform):
     """Read ``image`` and the union of ``mask`` files into (1, H, W) float32 arrays.
 
     A sample without a mask gets an all-zero mask and ``has_mask = False``. Mask files are read
-    under the image's size limit (``reader_options["max_pixels"]``).
+    under the image's size limit (``reader_options["max_pixels"]``). An image with a NaN or
+    infinite pixel is refused: whatever value replaced them would be scored as tissue.
     """
 
     def __init__(self, reader_options: dict[str, Any] | None = None):
@@ -81,8 +82,10 @@ class LoadSampled(MapTransform):
         if min(img.shape) < MIN_IMAGE_SIDE:
             raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                                  "pixels needed)")
-        if not np.isfinite(img).all():
-            img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+        bad = img.size - int(np.count_nonzero(np.isfinite(img)))
+        if bad:
+            raise ImageReadError(f"{d[Keys.SOURCE]}: {bad} of {img.size} pixels are not finite (NaN or infinite); "
+                                 "refused rather than scored with them replaced")
         m = d.get(Keys.MASK)
         if isinstance(m, LesionBox):
             mask = m.to_mask(img.shape, meta, d[Keys.SOURCE])

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from breastai.data.readers import dicom as D
+from breastai.data.readers.dicom_pixels import decode as decode_pixels
 
 
 def _timed(fn, runs: int) -> tuple[float, float]:
@@ -44,7 +45,7 @@ def main() -> None:
     for p in files:
         def decode(p: Path = p) -> None:
             ds = D._open(p)
-            D._decode(ds, p, 0)
+            decode_pixels(ds, p, 0)
 
         img = D.read_dicom(p)
         dw, dc = _timed(decode, args.runs)

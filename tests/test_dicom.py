@@ -378,7 +378,7 @@ def test_decoder_plugin_missing(tmp_path, monkeypatch):
         missing_dependencies = ["pyjpegls - requires pyjpegls>=1.2"]
 
     p = write_dicom(tmp_path / "ls.dcm", phantom())
-    monkeypatch.setattr(D, "get_decoder", lambda uid: NoPlugin())
+    monkeypatch.setattr("breastai.data.readers.dicom_pixels.get_decoder", lambda uid: NoPlugin())
     with pytest.raises(ImageReadError, match=r"no installed plugin .*Explicit VR Little Endian.*pyjpegls"):
         D.read_dicom(p)
 
@@ -419,3 +419,46 @@ def test_identifiers_are_found_after_a_file_name_sanitiser():
     assert holds_identifier("malignant_doe-janet-2", ["Doe^Janet"])
     assert not holds_identifier("benign_case-7", secrets)
     assert not holds_identifier("benign_ab", ["a^b"])  # too short to mean anything once squashed
+
+
+def _relabel(p: Path, rows: int, cols: int) -> Path:
+    """Rewrite the header's Rows/Columns, leaving the pixel data as it is."""
+    ds = pydicom.dcmread(p)
+    ds.Rows, ds.Columns = rows, cols
+    ds.save_as(p)
+    return p
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, RLELossless])
+def test_header_undercounting_its_pixel_data_is_refused_not_read_as_a_strip(tmp_path, ts):
+    """A 200x160 image whose header says 7x18: pydicom keeps the first 126 values, LoadSampled then said 'too small'."""
+    p = _relabel(write_dicom(tmp_path / "strip.dcm", phantom(), ts=ts, modality="US", sop=US_SOP), 7, 18)
+    with pytest.raises(ImageReadError, match=r"strip\.dcm: header says 7 rows x 18 columns.*"
+                                             r"does not describe its pixel data") as e:
+        load_image(p)
+    if ts == ExplicitVRLittleEndian:
+        assert "pixel data holds 64000 bytes, enough for 32000 pixels" in str(e.value)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless])
+def test_header_overcounting_its_pixel_data_names_the_header_size(tmp_path, ts):
+    p = _relabel(write_dicom(tmp_path / "over.dcm", phantom(), ts=ts, modality="US", sop=US_SOP), 256, 256)
+    with pytest.raises(ImageReadError, match=r"over\.dcm: .*header('s| says) 256 rows x 256 columns"):
+        load_image(p)
+
+
+def test_jpeg2000_frame_of_another_size_than_the_header_is_named(tmp_path):
+    p = _relabel(write_dicom(tmp_path / "j2k.dcm", phantom(), ts=JPEG2000Lossless, modality="US", sop=US_SOP), 200, 100)
+    with pytest.raises(ImageReadError, match=r"j2k\.dcm: header says 200 rows x 100 columns, but the JPEG 2000 "
+                                             r"codestream of frame 0 is 200 rows x 160 columns"):
+        load_image(p)
+
+
+def test_pixel_data_padding_under_a_frame_is_still_read(tmp_path):
+    odd = (np.arange(33 * 35) % 251).astype(np.uint8).reshape(33, 35)  # 1155 bytes, padded to 1156 on writing
+    img = D.read_dicom(write_dicom(tmp_path / "odd.dcm", odd, modality="US", sop=US_SOP))
+    assert img.pixels.shape == (33, 35)
+    from pydicom.data import get_testdata_file
+
+    # pydicom's own example of trailing padding: 128 bytes (one row) past the 64x64 image.
+    assert D.read_dicom(get_testdata_file("MR_small_padded.dcm")).pixels.shape == (64, 64)

@@ -31,7 +31,7 @@ from monai.transforms import (
 from breastai.core.keys import Keys
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
-from breastai.data.readers.registry import ImageReadError, load_image, to_grey
+from breastai.data.readers.registry import ImageReadError, load_image, max_pixels_option, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -57,7 +57,9 @@ MIN_IMAGE_SIDE = 32
 class LoadSampled(MapTransform):
     """Read ``image`` and the union of ``mask`` files into (1, H, W) float32 arrays.
 
-    A sample without a mask gets an all-zero mask and ``has_mask = False``.
+    A sample without a mask gets an all-zero mask and ``has_mask = False``. Mask files are read
+    under the image's size limit (``reader_options["max_pixels"]``). An image with a NaN or
+    infinite pixel is refused: whatever value replaced them would be scored as tissue.
     """
 
     def __init__(self, reader_options: dict[str, Any] | None = None):
@@ -80,15 +82,17 @@ class LoadSampled(MapTransform):
         if min(img.shape) < MIN_IMAGE_SIDE:
             raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                                  "pixels needed)")
-        if not np.isfinite(img).all():
-            img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+        bad = img.size - int(np.count_nonzero(np.isfinite(img)))
+        if bad:
+            raise ImageReadError(f"{d[Keys.SOURCE]}: {bad} of {img.size} pixels are not finite (NaN or infinite); "
+                                 "refused rather than scored with them replaced")
         m = d.get(Keys.MASK)
         if isinstance(m, LesionBox):
             mask = m.to_mask(img.shape, meta, d[Keys.SOURCE])
         elif isinstance(m, np.ndarray) or torch.is_tensor(m):
             mask = mask_on_reader_grid(np.asarray(m), img.shape, meta, f"{d['source']}: mask array")
         elif m:
-            mask = load_mask(m, img.shape, meta)
+            mask = load_mask(m, img.shape, meta, max_pixels_option(self.reader_options))
         else:
             mask = np.zeros(img.shape, dtype=bool)
         # An empty mask is legitimate for whole-image samples (BUSI "normal"); crop mode refuses it.

@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from breastai.core.files import visible_files
@@ -35,8 +35,9 @@ from breastai.data.readers.dicom_lut import (
     grey_transform,
     stored_domain,
 )
+from breastai.data.readers.dicom_pixels import check_declared_pixels, check_pixel_data, decode, n_frames
 from breastai.data.readers.redaction import holds_identifier, redact
-from breastai.data.readers.registry import ImageReadError, register_reader
+from breastai.data.readers.registry import DEFAULT_MAX_PIXELS, ImageReadError, register_reader
 
 __all__ = [
     "identifying_values",
@@ -203,16 +204,9 @@ def _open(path: Path, header_only: bool = False) -> Dataset:
     return ds
 
 
-def _n_frames(ds: Dataset) -> int:
-    try:
-        return max(1, int(ds.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        return 1
-
-
 def dicom_frame_count(path: str | Path) -> int:
     """Number of frames of a DICOM image (1 for a single-frame image)."""
-    return _n_frames(_open(Path(path), header_only=True))
+    return n_frames(_open(Path(path), header_only=True))
 
 
 def _frame_index(frame: str | int, n: int, path: Path) -> int | None:
@@ -308,7 +302,7 @@ def _header_meta(ds: Dataset, path: Path, modality: str | None, intent: str | No
         "bits_stored": int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0),
         "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
         "samples_per_pixel": int(ds.get("SamplesPerPixel", 1) or 1),
-        "n_frames": _n_frames(ds),
+        "n_frames": n_frames(ds),
         "image_type": [str(v) for v in (ds.get("ImageType") or [])],
         "pixel_spacing": spacing[:2] or None,
         "pixel_spacing_source": src if spacing else None,
@@ -316,24 +310,6 @@ def _header_meta(ds: Dataset, path: Path, modality: str | None, intent: str | No
         "study_uid_hash": uid_hash(ds.get("StudyInstanceUID")),
         "series_uid_hash": uid_hash(ds.get("SeriesInstanceUID")),
     }
-
-
-def _decode(ds: Dataset, path: Path, index: int | None) -> np.ndarray:
-    ts = UID(str(ds.file_meta.TransferSyntaxUID))
-    what = f"transfer syntax {ts.name!r} ({ts})"
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError as exc:
-        raise ImageReadError(f"{path}: cannot decode pixel data: no decoder exists for {what}") from exc
-    if not decoder.is_available:
-        missing = "; ".join(str(m) for m in getattr(decoder, "missing_dependencies", []))
-        raise ImageReadError(f"{path}: cannot decode pixel data: no installed plugin for {what} (install one of: {missing})")
-    try:
-        return pixel_array(ds, index=index)
-    except Exception as exc:  # decoders raise RuntimeError/ValueError/...
-        if "less than expected" in str(exc):  # native pixel data cut short
-            raise ImageReadError(f"{path}: truncated or corrupt DICOM file ({exc})") from exc
-        raise ImageReadError(f"{path}: decoding {what} failed ({type(exc).__name__}: {exc})") from exc
 
 
 def _grey_pipeline(ds: Dataset, raw: np.ndarray, path: Path, opts: dict[str, Any], mammo_geom: bool,
@@ -389,6 +365,7 @@ def read_dicom(
     allow_for_processing: bool = False,
     voi_source: str = "auto",
     colour_overlay: str = "inpaint",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DicomImage:
     """Read a DICOM image as display-ready float32 in [0, 1], dense tissue bright.
 
@@ -406,18 +383,25 @@ def read_dicom(
             window instead of refusing them.
         voi_source: ``"auto"`` (VOI LUT sequence if present, else window), ``"lut"`` or ``"window"``.
         colour_overlay: ``"inpaint"`` or ``"luminance"``, see :func:`breastai.data.readers.dicom_lut.colour_to_grey`.
+        max_pixels: the most pixels Rows x Columns x the frames to decode may come to.
 
     Raises:
-        ImageReadError: not DICOM, no pixel data, undecodable transfer syntax, For Processing
-            refused, bad ``frame``/``window_index``.
+        ImageReadError: not DICOM, no pixel data, pixel data the header's size does not describe,
+            more pixels than ``max_pixels``, undecodable transfer syntax, For Processing refused,
+            bad ``frame``/``window_index``.
     """
     path = Path(path)
+    # The size is checked on a header read that stops before the pixel data: a file that declares
+    # a huge image is refused without reading, let alone decoding, what follows.
+    header = _open(path, header_only=True)
+    n = n_frames(header)
+    index = _frame_index(frame, n, path)
+    check_declared_pixels(header, path, n if index is None else 1, max_pixels)
     ds = _open(path)
     if not any(t in ds for t in _PIXEL_TAGS):
         raise ImageReadError(f"{path}: DICOM object has no pixel data (no PixelData element; SOP class "
                              f"{UID(str(ds.get('SOPClassUID', ''))).name or 'unknown'})")
-    n = _n_frames(ds)
-    index = _frame_index(frame, n, path)
+    check_pixel_data(ds, path, index)
     extra = _flatten_functional_groups(ds, n // 2 if index is None else index)
     modality, intent = _modality_and_intent(ds)
     for_processing = intent == "FOR PROCESSING"
@@ -428,7 +412,7 @@ def read_dicom(
     laterality, lat_src = _laterality(ds, extra)
     meta.update(laterality=laterality, laterality_source=lat_src, view=_view(ds),
                 frame_policy=frame if isinstance(frame, str) else "index", frames=[index] if index is not None else list(range(n)))
-    raw = _decode(ds, path, index)
+    raw = decode(ds, path, index)
     photometric = (meta["photometric"] or "").upper()
     opts = dict(window_index=int(window_index), apply_voi=apply_voi, canonical=canonical, crop_breast=crop_breast,
                 for_processing=for_processing, voi_source=voi_source)

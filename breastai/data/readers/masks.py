@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 
 from breastai.data.geometry import stored_shape
-from breastai.data.readers.registry import ImageReadError, load_image
+from breastai.data.readers.registry import MAX_PIXELS_KEY, ImageReadError, load_image
+
+__all__ = ["load_mask", "LesionBox", "mask_on_reader_grid"]
 
 
-def _mask_pixels(path: str | Path) -> np.ndarray:
+def _mask_pixels(path: str | Path, max_pixels: int | None) -> np.ndarray:
     """Foreground of one mask file (see :func:`load_mask` for the alpha rule)."""
-    arr, meta = load_image(path)
+    arr, meta = load_image(path, None if max_pixels is None else {MAX_PIXELS_KEY: max_pixels})
     if not meta.get("alpha"):
         return arr > 0
     from PIL import Image
@@ -29,23 +31,25 @@ def _mask_pixels(path: str | Path) -> np.ndarray:
 
 
 def load_mask(paths: list[str] | str, shape: tuple[int, int] | None = None,
-              meta: dict[str, Any] | None = None) -> np.ndarray:
+              meta: dict[str, Any] | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Union of one or more mask files as a boolean array.
 
     Any non-zero pixel is foreground. In a mask with an alpha channel, transparent pixels are
     background whatever their colour, and a drawing in black on a transparent layer counts by its
     alpha (no visible pixel is non-zero in colour there). With ``shape``
     (the grid the image reader returned) and the reader's ``meta``, the mask is moved onto that
-    grid by :func:`mask_on_reader_grid`.
+    grid by :func:`mask_on_reader_grid`. Mask files go through the image readers, under the same
+    size limit as their image: ``max_pixels`` (None: the readers' default).
 
     Raises:
-        ImageReadError: unreadable mask, or a mask that fits neither ``shape`` nor the stored image.
+        ImageReadError: unreadable or too large mask, or a mask that fits neither ``shape`` nor the
+            stored image.
     """
     if isinstance(paths, (str, Path)):
         paths = [str(paths)]
     out: np.ndarray | None = None
     for p in paths:
-        m = _mask_pixels(p)
+        m = _mask_pixels(p, max_pixels)
         if out is None:
             out = m
         elif m.shape != out.shape:

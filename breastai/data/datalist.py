@@ -145,7 +145,8 @@ def read_datalist(
         if check_files:
             for f in [rec[Keys.IMAGE], *rec[Keys.MASK]]:
                 if not Path(f).is_file():
-                    raise DatalistError(f"{where}: file not found: {f}")
+                    problem = "not a regular file (a folder, FIFO or device)" if Path(f).exists() else "file not found"
+                    raise DatalistError(f"{where}: {problem}: {f}")
         records.append(rec)
     return records
 

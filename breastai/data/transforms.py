@@ -31,7 +31,7 @@ from monai.transforms import (
 from breastai.core.keys import Keys
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
-from breastai.data.readers.registry import ImageReadError, load_image, max_pixels_option, to_grey
+from breastai.data.readers.registry import ImageReadError, check_finite, load_image, max_pixels_option, to_grey
 
 __all__ = [
     "LoadSampled",
@@ -82,10 +82,7 @@ class LoadSampled(MapTransform):
         if min(img.shape) < MIN_IMAGE_SIDE:
             raise ImageReadError(f"{d['source']}: image {img.shape} is too small (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                                  "pixels needed)")
-        bad = img.size - int(np.count_nonzero(np.isfinite(img)))
-        if bad:
-            raise ImageReadError(f"{d[Keys.SOURCE]}: {bad} of {img.size} pixels are not finite (NaN or infinite); "
-                                 "refused rather than scored with them replaced")
+        check_finite(img, d[Keys.SOURCE])
         m = d.get(Keys.MASK)
         if isinstance(m, LesionBox):
             mask = m.to_mask(img.shape, meta, d[Keys.SOURCE])

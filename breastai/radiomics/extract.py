@@ -395,7 +395,7 @@ def features_for_datalist(
     from breastai.core.files import atomic_write_text
     from breastai.data.datalist import read_datalist
     from breastai.data.readers.masks import load_mask
-    from breastai.data.readers.registry import ImageReadError, load_image
+    from breastai.data.readers.registry import ImageReadError, check_finite, load_image
 
     datalist_path = Path(datalist_path)
     # Found now, not after the first chunk of images has been read.
@@ -421,6 +421,7 @@ def features_for_datalist(
                 continue
             try:
                 img, meta = load_image(rec["image"])
+                check_finite(img, str(rec["image"]))
                 msk = load_mask(rec["mask"], img.shape, meta)
                 _prepare(0, img, msk, (1.0, 1.0, 1.0), (1, 1, 1), None)
             except (ImageReadError, RadiomicsInputError, OSError) as exc:

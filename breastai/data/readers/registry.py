@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["ImageReadError", "register_reader", "load_image", "IMAGE_SUFFIXES", "image_suffix", "image_stem", "to_grey",
+__all__ = [
+    "check_finite","ImageReadError", "register_reader", "load_image", "IMAGE_SUFFIXES", "image_suffix", "image_stem", "to_grey",
            "DEFAULT_MAX_PIXELS", "MAX_PIXELS_KEY", "max_pixels_option", "check_declared_size"]
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}
@@ -123,6 +124,19 @@ def check_declared_size(path: str | Path, declared: str, pixels: int, max_pixels
             f"(reader option {MAX_PIXELS_KEY}); refused before decoding, as memory grows with the pixel count. "
             f"For a genuine image this large, raise the limit: data.reader_options.{MAX_PIXELS_KEY}=N in the "
             f"config (a checkpoint keeps it for predict), or reader_options={{'{MAX_PIXELS_KEY}': N}} in Python")
+
+def check_finite(img: np.ndarray, source: str) -> None:
+    """Refuse an image with NaN or infinite pixels (a float TIFF or NIfTI can hold them): scored with
+    them replaced, it would give an answer about another image.
+
+    Raises:
+        ImageReadError: naming ``source`` and how many pixels are not finite.
+    """
+    bad = img.size - int(np.count_nonzero(np.isfinite(img)))
+    if bad:
+        raise ImageReadError(f"{source}: {bad} of {img.size} pixels are not finite (NaN or infinite); "
+                             "refused rather than scored with them replaced")
+
 
 def load_image(
     path: str | Path, reader_options: dict[str, dict[str, Any]] | None = None

@@ -56,14 +56,16 @@ def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
     return out
 
 
-def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False,
+                   splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
 
     Each fold's training part gives up a group-aware validation part for model selection;
-    the held-out fold is only evaluated.
+    the held-out fold is only evaluated. ``splits``: the folds :func:`cv_splits` gave, when the
+    caller made them already (they are made once per run).
     """
     per_fold, oof = [], []
-    splits = cv_splits(records, k, cfg)
+    splits = cv_splits(records, k, cfg) if splits is None else splits
     for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))

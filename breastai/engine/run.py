@@ -75,7 +75,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             folds = cv_splits(records, k, cfg)
             splits = [{"train": tr, "val": va, "test": te} for tr, va, te in folds]
         else:
-            splits = [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg))]
+            splits = [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])]
         for split in splits:  # every fold, before the first one trains
             check_parts(records, split)
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]

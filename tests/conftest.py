@@ -29,6 +29,28 @@ def synth_datalist(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("synth"), n_per_class=16, size=64, seed=0)
 
 
+def synth_rows(datalist: Path) -> list[dict]:
+    """The rows of a synthetic datalist with absolute paths, to be edited and written elsewhere."""
+    import csv
+
+    rows = list(csv.DictReader(open(datalist)))
+    for r in rows:
+        r["image"] = str(datalist.parent / r["image"])
+        r["mask"] = ";".join(str(datalist.parent / m) for m in r["mask"].split(";") if m)
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as a CSV datalist at ``path`` (columns of the first row)."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def tiny_config():
     """A function building a config that trains in seconds on the synthetic set."""

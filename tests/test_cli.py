@@ -117,9 +117,9 @@ def test_errors_are_one_line(tmp_path, capsys):
 def test_unreadable_image_during_training_names_the_file(tmp_path, capsys):
     from PIL import Image
 
-    ok = np.zeros((40, 40), np.uint8)
-    ok[10:20, 10:20] = 200
-    for i in range(6):
+    for i in range(6):  # six different images: identical ones with two labels would be refused first
+        ok = np.zeros((40, 40), np.uint8)
+        ok[10:20, 10 + i:20 + i] = 200
         Image.fromarray(ok).save(tmp_path / f"ok{i}.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     rows = ["image,label"] + [f"ok{i}.png,{'benign' if i % 2 else 'malignant'}" for i in range(6)] + ["broken.png,benign"]

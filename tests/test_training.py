@@ -12,6 +12,7 @@ import yaml
 
 from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, model_from_checkpoint
 from breastai.engine.run import main as train_main
+from conftest import synth_rows, write_rows
 
 
 
@@ -246,21 +247,13 @@ def test_auc_ranks_calibrated_log_odds_not_saturated_probabilities(tmp_path):
 
 
 def test_a_one_class_test_part_is_refused_before_training(synth_datalist, tmp_path, tiny_config, monkeypatch):
-    import csv
-
     import breastai.engine.trainer as tr
 
-    rows = list(csv.DictReader(open(synth_datalist)))
+    rows = synth_rows(synth_datalist)
     groups = sorted({r["group"] for r in rows if r["label"] == "benign"})[:2]
     for r in rows:
         r["split"] = "test" if r["group"] in groups else ""
-        r["image"] = str(synth_datalist.parent / r["image"])
-        r["mask"] = ";".join(str(synth_datalist.parent / m) for m in r["mask"].split(";") if m)
-    dl = tmp_path / "one_class_test.csv"
-    with open(dl, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    dl = write_rows(tmp_path / "one_class_test.csv", rows)
     monkeypatch.setattr(tr, "train_one_epoch", lambda *a, **k: pytest.fail("trained before checking the test part"))
     with pytest.raises(ValueError, match=r"the test part holds only \['benign'\]"):
         train_main(tiny_config(dl, tmp_path / "runs"))
@@ -309,3 +302,33 @@ def test_empty_training_part_is_refused_before_training(synth_datalist, tiny_con
     split = {"train": np.array([], dtype=int), "val": np.arange(len(records)), "test": np.array([], dtype=int)}
     with pytest.raises(ValueError, match="the training part holds only"):
         fit(cfg, records, split, tmp_path / "run")
+
+
+def test_a_refused_run_leaves_no_folder_and_the_next_keeps_its_name(synth_datalist, tiny_config, tmp_path):
+    dl = write_rows(tmp_path / "benign_only.csv", [r for r in synth_rows(synth_datalist) if r["label"] == "benign"])
+    for extra in ((), ("train.folds=2",)):
+        with pytest.raises(ValueError, match=r"part holds only \['benign'\]"):
+            train_main(tiny_config(dl, tmp_path / "runs", *extra))
+        assert not (tmp_path / "runs" / "t").exists(), "a run refused on its data leaves no folder"
+    good = train_main(tiny_config(synth_datalist, tmp_path / "runs", "train.epochs=1"))
+    assert Path(good["run_dir"]).name == "t", "and the next run is not pushed to t-2"
+
+
+def test_a_run_failing_before_its_first_epoch_removes_only_its_own_folder(synth_datalist, tiny_config, tmp_path,
+                                                                          monkeypatch):
+    import breastai.engine.trainer as tr
+
+    cfg = tiny_config(synth_datalist, tmp_path, "train.epochs=1")
+    first = Path(train_main(cfg)["run_dir"])
+    kept = sorted(p.name for p in first.iterdir())
+
+    def unreadable(*a, **k):
+        raise RuntimeError("an image cannot be read")
+
+    monkeypatch.setattr(tr, "build_dataset", unreadable)
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        train_main(cfg)  # a fresh run: it made t-2, and takes it away again
+    assert not (tmp_path / "t-2").exists()
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        train_main(cfg, resume=True)  # a resumed run never removes the folder it continues
+    assert sorted(p.name for p in first.iterdir()) == kept

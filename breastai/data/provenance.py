@@ -4,15 +4,25 @@ A checkpoint keeps short SHA-256 digests of the image FILES (their bytes, not na
 its training and validation parts. ``breastai evaluate`` compares them with the evaluation
 datalist and warns when it scores images the model was trained or selected on: a renamed or
 re-listed copy of a training image is caught, and the digests reveal nothing about a patient.
+
+Before any split, :func:`join_identical_images` puts rows whose image files are byte-identical in
+one group, so a copy listed under another case id never lands in another part than its original.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["file_digest", "part_digests", "seen_before"]
+from breastai.core.keys import Keys
+from breastai.data.datalist import DatalistError
+from breastai.data.dedup import union_find_groups
+
+__all__ = ["file_digest", "part_digests", "seen_before", "join_identical_images"]
+
+log = logging.getLogger("breastai")
 
 _DIGEST_HEX = 16  # 64 bits: collisions between different files are negligible at dataset sizes
 
@@ -50,3 +60,95 @@ def seen_before(seen_images: Mapping[str, Sequence[str]] | None, records: Sequen
     by_path = _digests_by_path(records)
     digests = [by_path.get(str(r.get("image"))) for r in records]
     return {part: sum(d is not None and d in known for d in digests) for part, known in seen.items()}
+
+
+def _datalist_rows(records: Sequence[dict[str, Any]]) -> list[int]:
+    """The datalist row of each record, counted from 0: frames 1.. of a multi-frame row (frame policy
+    ``all``) continue the row of their frame 0, every other record starts a row of its own."""
+    rows: list[int] = []
+    for r in records:
+        continues = bool(rows) and (r.get(Keys.FRAME) or 0) > 0
+        rows.append(rows[-1] if continues else (rows[-1] + 1 if rows else 0))
+    return rows
+
+
+def join_identical_images(records: Sequence[dict[str, Any]], parts: Sequence[Any] | None = None,
+                          part_name: str = "part", source: str | Path | None = None) -> list[dict[str, Any]]:
+    """``records`` with the groups of rows whose image files are byte-identical joined into one.
+
+    A group never straddles two parts of a split, so a copy of an image listed under another case
+    id stays with its original. Each joined group takes the smallest of its group names: the result
+    depends on the files and names only, so a resumed run finds the same folds. Frames of one
+    multi-frame row share its file by design and count as one row; array inputs have no file and
+    are skipped. Every file is hashed once per call (nothing is cached on disk).
+
+    Args:
+        records: datalist records in datalist order (as :func:`breastai.data.frames.read_samples`
+            gives them).
+        parts: the part the user fixed for each record (its ``split`` or ``fold``), or None where
+            the splitter chooses the parts.
+        part_name: what ``parts`` hold, for messages (``split``, ``fold``).
+        source: the datalist, for messages; with it, rows are also named by their number in the file.
+
+    Returns:
+        The records in the same order; a record whose group changed is a copy, the rest as given.
+
+    Raises:
+        DatalistError: identical images with different labels, or in two different fixed parts,
+            naming the datalist and both rows.
+    """
+    by_path = _digests_by_path(records)
+    rows = _datalist_rows(records)
+    first: dict[int, int] = {}  # datalist row -> its first record
+    by_digest: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        d = by_path.get(str(r[Keys.IMAGE])) if isinstance(r.get(Keys.IMAGE), (str, Path)) else None
+        if d is not None and first.setdefault(rows[i], i) == i:
+            by_digest.setdefault(d, []).append(i)
+    sets = [idx for idx in by_digest.values() if len(idx) > 1]
+    if not sets:
+        return list(records)
+    _refuse_conflicts(records, sets, rows, parts, part_name, source)
+    names = sorted({str(r[Keys.GROUP]) for r in records})
+    number = {g: k for k, g in enumerate(names)}
+    component = union_find_groups(len(names), [(number[str(records[a][Keys.GROUP])], number[str(records[b][Keys.GROUP])])
+                                               for idx in sets for a, b in zip(idx, idx[1:])])
+    name_of: dict[int, str] = {}
+    for k, c in enumerate(component):
+        name_of.setdefault(c, names[k])  # names are sorted: the smallest name of the joined groups
+    log.info("%s: %d rows joined with their byte-identical copies (%d sets of identical image files), "
+             "so that each set stays in one part", source or "datalist", sum(map(len, sets)), len(sets))
+    out = []
+    for r in records:
+        g = name_of[component[number[str(r[Keys.GROUP])]]]
+        out.append(r if g == str(r[Keys.GROUP]) else {**r, Keys.GROUP: g})
+    return out
+
+
+def _refuse_conflicts(records: Sequence[dict[str, Any]], sets: list[list[int]], rows: list[int],
+                      parts: Sequence[Any] | None, part_name: str, source: str | Path | None) -> None:
+    """Raise on the first set of identical images whose labels, or fixed parts, differ."""
+    first_row = 0 if source is None or Path(source).suffix.lower() == ".json" else 2  # as read_datalist counts
+
+    def row(i: int, what: str) -> str:
+        where = f"row {rows[i] + first_row} " if source is not None else ""
+        return f"{where}(case {records[i][Keys.CASE_ID]!r}) {what}"
+
+    conflicts = []
+    for idx in sets:
+        a = idx[0]
+        for b in idx[1:]:
+            if records[a][Keys.LABEL] != records[b][Keys.LABEL]:
+                conflicts.append(f"{row(a, f'labelled {records[a][Keys.LABEL]!r}')} and "
+                                 f"{row(b, f'labelled {records[b][Keys.LABEL]!r}')} hold identical image files: "
+                                 "correct the wrong label or remove one of the rows")
+            elif parts is not None and parts[a] != parts[b]:
+                conflicts.append(f"{row(a, f'in {part_name} {parts[a]!r}')} and {row(b, f'in {part_name} {parts[b]!r}')}"
+                                 " hold identical image files, which cannot be kept in one part: give both the "
+                                 f"same {part_name} or remove one of the rows")
+            else:
+                continue
+            break
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more such sets)" if len(conflicts) > 1 else ""
+        raise DatalistError(f"datalist {source or '(records)'}: {conflicts[0]}{more}")

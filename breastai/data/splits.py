@@ -1,18 +1,22 @@
 """Leakage-free splits: stratified, group-aware folds and validation parts.
 
-A group (patient, or a set of duplicate images) always lands on one side of every split.
+A group (patient, or a set of duplicate images) always lands on one side of every split; rows
+whose image files are byte-identical are one group
+(:func:`breastai.data.provenance.join_identical_images`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from breastai.core.keys import Keys
+from breastai.data.provenance import join_identical_images
 
-__all__ = ["group_kfold", "carve_validation", "fixed_split"]
+__all__ = ["group_kfold", "carve_validation", "fixed_split", "fixed_folds"]
 
 
 def _labels_groups(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -26,8 +30,9 @@ def group_kfold(records: Sequence[dict[str, Any]], k: int, seed: int = 0) -> lis
 
     A ``fold`` column in the datalist, when present on every row, is used as given.
     """
-    if all(r.get(Keys.FOLD) is not None for r in records):
-        folds = np.array([r[Keys.FOLD] for r in records])
+    given = fixed_folds(records)
+    if given is not None:
+        folds = np.array(given)
         return [np.flatnonzero(folds == f) for f in sorted(set(folds.tolist()))]
     labels, groups = _labels_groups(records)
     if k < 2:
@@ -37,6 +42,12 @@ def group_kfold(records: Sequence[dict[str, Any]], k: int, seed: int = 0) -> lis
         raise ValueError(f"{k} folds asked for but the data hold only {n_groups} groups")
     skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [test for _, test in skf.split(np.zeros(len(records)), labels, groups)]
+
+
+def fixed_folds(records: Sequence[dict[str, Any]]) -> list[int] | None:
+    """The ``fold`` of every record when the datalist fixes them all (then they are used as given), else None."""
+    folds = [r.get(Keys.FOLD) for r in records]
+    return folds if all(f is not None for f in folds) else None
 
 
 def carve_validation(
@@ -57,13 +68,26 @@ def carve_validation(
     return index[tr], index[va]
 
 
-def fixed_split(records: Sequence[dict[str, Any]], val_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+def fixed_split(records: Sequence[dict[str, Any]], val_fraction: float, seed: int = 0,
+                source: str | Path | None = None) -> dict[str, np.ndarray]:
     """Train/val/test index arrays from the ``split`` column, carving val from train if absent.
 
     Rows with ``split`` = test are held out; rows with ``split`` = val are validation. Without
     any val rows, a stratified group-aware validation part is carved from the training rows.
+    Rows with byte-identical image files are one group.
+
+    Args:
+        records: datalist records, in datalist order.
+        val_fraction: share of the training rows carved out for validation when no row has ``split`` = val.
+        seed: seed of the carved validation part.
+        source: the datalist, for messages.
+
+    Raises:
+        DatalistError: identical images with different labels or in two ``split`` parts.
+        ValueError: a group in two ``split`` parts, or too few groups to carve a validation part.
     """
     splits = np.array([r.get(Keys.SPLIT, "") or "train" for r in records])
+    records = join_identical_images(records, splits.tolist(), Keys.SPLIT, source)
     test = np.flatnonzero(splits == "test")
     val = np.flatnonzero(splits == "val")
     train = np.flatnonzero(splits == "train")

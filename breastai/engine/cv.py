@@ -14,7 +14,9 @@ import torch
 from breastai.core import distributed as dist
 from breastai.core.config import split_seed
 from breastai.core.files import atomic_write_csv, atomic_write_text
-from breastai.data.splits import carve_validation, group_kfold
+from breastai.core.keys import Keys
+from breastai.data.provenance import join_identical_images
+from breastai.data.splits import carve_validation, fixed_folds, group_kfold
 from breastai.engine.scoring import predict_records, score_part
 from breastai.engine.trainer import fit
 from breastai.models.checkpoint import load_checkpoint
@@ -46,8 +48,13 @@ def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them.
 
-    The folds depend on ``data.val_fraction`` and :func:`breastai.config.split_seed` only.
+    The folds depend on ``data.val_fraction`` and :func:`breastai.config.split_seed` only (and on
+    the image files: rows with byte-identical files are one group).
+
+    Raises:
+        DatalistError: identical images with different labels, or in two folds the datalist fixes.
     """
+    records = join_identical_images(records, fixed_folds(records), Keys.FOLD, cfg["data"].get("datalist"))
     seed, out = split_seed(cfg), []
     for i, test_idx in enumerate(group_kfold(records, k, seed=seed)):
         train_all = np.setdiff1d(np.arange(len(records)), test_idx)
@@ -56,14 +63,16 @@ def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
     return out
 
 
-def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False,
+                   splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
 
     Each fold's training part gives up a group-aware validation part for model selection;
-    the held-out fold is only evaluated.
+    the held-out fold is only evaluated. ``splits``: the folds :func:`cv_splits` gave, when the
+    caller made them already (they are made, and the image files hashed, once per run).
     """
     per_fold, oof = [], []
-    splits = cv_splits(records, k, cfg)
+    splits = cv_splits(records, k, cfg) if splits is None else splits
     for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))

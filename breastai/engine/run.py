@@ -1,9 +1,17 @@
-"""A training run from a resolved config: the run folder, ``config.yaml``, then one split or K folds."""
+"""A training run from a resolved config: the splits checked, the run folder, ``config.yaml``, then
+one split or K folds.
+
+Everything that can fail on the configuration or the data (the datalist, its classes and
+duplicate images, every part of every split) is checked before the run folder is made, and a
+fresh run that still fails before its first epoch takes its folder away again: a refused run
+leaves nothing behind, so the next one keeps the plain ``run_name``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +23,11 @@ from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_text
 from breastai.data.frames import read_samples
 from breastai.data.splits import fixed_split
-from breastai.engine.cv import cross_validate
-from breastai.engine.trainer import fit
+from breastai.engine.cv import cross_validate, cv_splits
+from breastai.engine.trainer import check_parts, fit
 from breastai.models.registry import check_model_config
+
+__all__ = ["main"]
 
 log = logging.getLogger("breastai")
 
@@ -34,8 +44,23 @@ def _run_dir(cfg: dict[str, Any], resume: bool) -> Path:
     return Path(f"{base}-{n}")
 
 
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove ``run_dir`` when it holds nothing but ``config.yaml`` (and empty folders): what a fresh
+    run leaves when it fails before its first epoch wrote anything."""
+    try:
+        files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+        if files == [run_dir / "config.yaml"]:
+            shutil.rmtree(run_dir)
+    except OSError as exc:  # the run's own error matters more than a folder left behind
+        log.warning("could not remove the unused run folder %s: %s", run_dir, exc)
+
+
 def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
-    """Run what the config asks for: one split (train/val[/test]) or K-fold CV."""
+    """Run what the config asks for: one split (train/val[/test]) or K-fold CV.
+
+    Raises:
+        ValueError: the configuration or the data cannot be trained on (no folder is left behind).
+    """
     check_model_config(cfg)
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))
@@ -45,20 +70,34 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         if not cfg["data"]["datalist"]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
         records = read_samples(cfg["data"]["datalist"], cfg["data"])
+        k = int(cfg["train"]["folds"] or 0)
+        if k > 1:
+            folds = cv_splits(records, k, cfg)
+            splits = [{"train": tr, "val": va, "test": te} for tr, va, te in folds]
+        else:
+            splits = [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])]
+        for split in splits:  # every fold, before the first one trains
+            check_parts(records, split)
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
         if resume:
             check_resume(run_dir / "config.yaml", cfg)
         cfg = {**cfg, "run_name": run_dir.name}  # the folder used (a fresh run may add -2), so config.yaml resumes it
+        created = dist.is_main() and not run_dir.exists()
         if dist.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
-        if cfg["train"]["folds"] and int(cfg["train"]["folds"]) > 1:
-            out = cross_validate(cfg, records, int(cfg["train"]["folds"]), run_dir, resume=resume)
-        else:
-            out = fit(cfg, records, fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg)), run_dir, resume=resume)
-            if dist.is_main():
-                slim = {k: v for k, v in out.items() if k != "test_predictions"}
-                atomic_write_text(run_dir / "summary.json", json.dumps(slim, indent=1, default=float))
+        try:
+            if k > 1:
+                out = cross_validate(cfg, records, k, run_dir, resume=resume, splits=folds)
+            else:
+                out = fit(cfg, records, splits[0], run_dir, resume=resume)
+                if dist.is_main():
+                    slim = {key: v for key, v in out.items() if key != "test_predictions"}
+                    atomic_write_text(run_dir / "summary.json", json.dumps(slim, indent=1, default=float))
+        except BaseException:
+            if created:  # only a folder this very run made; a resumed run's folder is never touched
+                _remove_if_unused(run_dir)
+            raise
         out["run_dir"] = str(run_dir)
         return out
     finally:

@@ -35,7 +35,7 @@ from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
 from breastai.reporting.tblog import TBLogger, flat_hparams, log_best_epoch
 
-__all__ = ["resolve_device", "fit"]
+__all__ = ["resolve_device", "fit", "check_parts"]
 
 log = logging.getLogger("breastai")
 
@@ -87,6 +87,23 @@ def _in_chans(cfg: dict[str, Any]) -> int:
     return 2 if cfg["preprocess"]["mask_channel"] else 1
 
 
+def check_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarray]) -> None:
+    """Refuse a split that cannot be trained: no validation part, or a part with one class only.
+
+    Called by :func:`fit`, and by the run on every split before its run folder is made.
+
+    Raises:
+        ValueError: naming the part.
+    """
+    if len(split["val"]) == 0:
+        raise ValueError("no validation data: set data.val_fraction > 0 or give rows with split=val")
+    for name, key in (("training", "train"), ("validation", "val"), ("test", "test")):
+        idx = split.get(key, [])
+        present = {records[i]["label"] for i in idx}
+        if (len(idx) or name != "test") and len(present) < 2:  # only the test part may be empty
+            raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
+
+
 def fit(
     cfg: dict[str, Any],
     records: Sequence[dict[str, Any]],
@@ -99,20 +116,15 @@ def fit(
     Returns the validation metrics of the best epoch, test metrics and test predictions.
     """
     tc, device = cfg["train"], resolve_device(cfg["device"])
+    check_parts(records, split)
     main_rank = dist.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg["seed"])
     train_recs = [records[i] for i in split["train"]]
     val_recs = [records[i] for i in split["val"]]
-    if not val_recs:
-        raise ValueError("no validation data: set data.val_fraction > 0 or give rows with split=val")
     classes = list(cfg["data"]["classes"])
     y_train = np.array([classes.index(r["label"]) for r in train_recs])
     test_recs = [records[i] for i in split.get("test", [])]
-    for name, part in (("training", train_recs), ("validation", val_recs), ("test", test_recs)):
-        present = {r["label"] for r in part}
-        if (part or name != "test") and len(present) < 2:  # found before training; only the test part may be empty
-            raise ValueError(f"the {name} part holds only {sorted(present)}; both classes are needed")
 
     # Digests of the image files learned from and selected on: evaluate warns when it meets them again.
     seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}

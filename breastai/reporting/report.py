@@ -207,7 +207,8 @@ def _scored_page(kind: str, folder: Path) -> str:
         title, sub, where = "breastai evaluation report", str(folder), f"threshold {float(m['threshold']):.3f}"
     cm = np.array([[k["tn"], k["fp"]], [k["fn"], k["tp"]]])
     figs = [
-        (plots.figure_roc(y, scores, title="ROC", band=True, point=(1 - spec, sens)), "ROC with 95% bootstrap band"),
+        (plots.figure_roc(y, scores, title="ROC", ci=False, band=True, point=(1 - spec, sens)),  # CI: in the summary
+         "ROC with 95% bootstrap band"),
         (plots.figure_calibration(y, p), "reliability diagram"),
         (plots.figure_confusion(cm, classes, title=f"Confusion at {where}"), "confusion matrix"),
     ]

@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     y = pred["label"].astype(int)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     probs, report, _ = score_part(pred, ckpt, n_boot)
-    report.update(checkpoint=str(checkpoint), data=str(data), temperature=ckpt.temperature,
+    report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
     out.mkdir(parents=True, exist_ok=True)

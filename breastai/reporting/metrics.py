@@ -28,6 +28,7 @@ __all__ = [
     "roc_auc",
     "ece_noise_floor",
     "bootstrap_auc_ci",
+    "bootstrap_roc_band",
     "choose_threshold",
     "binary_metrics",
     "brier",
@@ -140,6 +141,34 @@ def bootstrap_auc_ci(
         aucs[start : start + b] = (ranks[:, :m].sum(1) - m * (m + 1) / 2) / (m * n)
     low, high = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def bootstrap_roc_band(
+    y: Sequence[int], p: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, n_grid: int = 101
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pointwise percentile bootstrap band of the ROC curve: sensitivity at each false positive rate.
+
+    Resampled like :func:`bootstrap_auc_ci` (positives and negatives separately), so every
+    replicate has both classes and a curve.
+
+    Returns:
+        ``(fpr, tpr_low, tpr_high)``, each of ``n_grid`` points, ``fpr`` from 0 to 1.
+    """
+    y, p = check_scores(y, p, both_classes=True)
+    if n_boot < 1:
+        raise MetricError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    pos, neg = p[y == 1], p[y == 0]
+    yb = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    grid = np.linspace(0.0, 1.0, n_grid)
+    tprs = np.empty((n_boot, n_grid))
+    for b in range(n_boot):
+        s = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        fpr, tpr, _ = roc_curve(yb, s)
+        # the best sensitivity reached at or below each fpr: np.interp is undefined on the repeated fpr of a vertical step
+        tprs[b] = tpr[np.searchsorted(fpr, grid, side="right") - 1]
+    low, high = np.quantile(tprs, [alpha / 2, 1 - alpha / 2], axis=0)
+    return grid, low, high
 
 
 _AT = re.compile(r"^(sensitivity|specificity)@([0-9.]+)$")

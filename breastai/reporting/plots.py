@@ -21,6 +21,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from breastai.core.files import atomic_write
 from breastai.reporting.metrics import (
     bootstrap_auc_ci,
+    bootstrap_roc_band,
     check_scores,
     reliability_curve,
     roc_auc,
@@ -58,18 +59,31 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
-def figure_roc(y: Sequence[int], p: Scores, title: str = "ROC curve", ci: bool = True, n_boot: int = 1000) -> Figure:
-    """ROC curve(s) with the AUC (and its stratified bootstrap 95 % CI) in the legend."""
+def figure_roc(y: Sequence[int], p: Scores, title: str = "ROC curve", ci: bool = True, n_boot: int = 1000,
+               band: bool = False, point: tuple[float, float] | None = None) -> Figure:
+    """ROC curve(s) with the AUC (and its stratified bootstrap 95 % CI) in the legend.
+
+    Args:
+        band: shade each curve's pointwise bootstrap 95 % band (:func:`bootstrap_roc_band`).
+        point: an operating point ``(1 - specificity, sensitivity)`` to mark.
+    """
     fig = _new_figure()
     ax = fig.add_subplot()
-    for name, s in _series(p):
+    series = _series(p)
+    for name, s in series:
         yy, ss = check_scores(y, s, both_classes=True)
         fpr, tpr, _ = roc_curve(yy, ss)
         label = f"AUC {roc_auc(yy, ss):.3f}"
         if ci:
             lo, hi = bootstrap_auc_ci(yy, ss, n_boot=n_boot)
             label += f" ({lo:.3f}-{hi:.3f})"
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name}: {label}" if name else label)
+        line = ax.plot(fpr, tpr, lw=1.8, label=f"{name}: {label}" if name else label)[0]
+        if band:
+            grid, t_lo, t_hi = bootstrap_roc_band(yy, ss, n_boot=n_boot)
+            ax.fill_between(grid, t_lo, t_hi, step="post", color=line.get_color(), alpha=0.2, lw=0,
+                            label="95% band" if len(series) == 1 else None)
+    if point is not None:
+        ax.plot(*point, "o", c="black", ms=6, label=f"threshold: sens {point[1]:.2f}, spec {1 - point[0]:.2f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.set_aspect("equal")

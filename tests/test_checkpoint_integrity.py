@@ -1,7 +1,10 @@
-"""Corrupt checkpoints are refused, never scored as a silent "benign"."""
+"""Corrupt checkpoints and non-finite scores are refused, never scored as a silent "benign"; an image that
+cannot be read during evaluation is named by its datalist row."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 import struct
 import zipfile
@@ -36,6 +39,33 @@ def flip_weight_bytes(path: Path, n: int = 4096) -> None:
     mid = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - n // 2
     raw[mid:mid + n] = bytes(b ^ 0xFF for b in raw[mid:mid + n])
     path.write_bytes(bytes(raw))
+
+
+def _nan(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def _nan_weights(src: Path, dst: Path) -> Path:
+    """``src`` re-saved properly (so its digest matches) with every floating weight NaN."""
+    c = load_checkpoint(src)
+    c.weights = _nan(c.weights)
+    save_checkpoint(dst, c)
+    return dst
+
+
+def _no_nan_constants(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _error_line(stderr: str, command: str) -> str:
+    """The one-line error of ``command`` (the progress bar also writes to stderr), checked to be the last."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(f"breastai {command}: error: "), stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[-1]
 
 
 # --- the digest ---
@@ -160,3 +190,77 @@ def test_predict_refuses_a_checkpoint_with_flipped_weight_bytes(ckpt, sample, tm
     err = capsys.readouterr().err
     assert f"{bad}: corrupted: its contents do not match the digest written with it" in err
     assert not (out / "predictions.csv").exists() and not (out / "predictions.json").exists()
+
+
+def test_nan_weights_give_error_records_in_predict_and_stop_evaluate(ckpt, sample, synth_datalist, tmp_path, capsys):
+    nan = _nan_weights(ckpt, tmp_path / "nan.pt")
+    out = tmp_path / "preds"
+    assert main(["predict", "--checkpoint", str(nan), str(sample[0]), "--out", str(out), "--saliency", "none"]) == 1
+    assert "the checkpoint's weights or this input are corrupt" in capsys.readouterr().err
+    recs = _no_nan_constants((out / "predictions.json").read_text())["records"]
+    assert recs[0]["probability"] is None and recs[0]["label"] is None and recs[0]["error"]
+
+    rep = tmp_path / "report"
+    assert main(["evaluate", "--checkpoint", str(nan), "--data", str(synth_datalist), "--out", str(rep)]) == 2
+    err = _error_line(capsys.readouterr().err, "evaluate")
+    first = next(csv.DictReader(open(synth_datalist)))["case_id"]
+    assert str(nan) in err and first in err
+    assert "non-finite" in err and "weights or the input images are corrupt" in err
+    assert not (rep / "metrics.json").exists()
+
+
+def test_score_part_refuses_non_finite_logits():
+    from breastai.engine.scoring import NonFiniteScoreError, score_part
+
+    pred = {"logit": np.array([0.1, np.nan, -0.2, np.inf]), "label": np.array([0.0, 1.0, 0.0, 1.0]),
+            "case_id": np.array(["a", "b", "c", "d"], dtype=object)}
+    with pytest.raises(NonFiniteScoreError, match=r"2 of 4 cases .*b, d"):
+        score_part(pred, _small(), n_boot=10)
+    # A temperature of 0 makes every calibrated log-odds infinite.
+    with np.errstate(divide="ignore"), pytest.raises(ValueError, match="calibrated"):
+        score_part({**pred, "logit": np.array([0.1, 0.2, -0.2, 0.3])}, _small(temperature=0.0), n_boot=10)
+
+
+def test_an_ensemble_with_a_nan_member_is_refused(tmp_path, synth_datalist):
+    from breastai.data.frames import read_samples
+    from breastai.engine.scoring import predict_records
+
+    good = _small(temperature=1.0)
+    bad = _small()
+    bad.weights = _nan(bad.weights)
+    ens = ensemble_state([good, bad], np.array([0.5, 0.5]), 0.0, "mean", 0.5, {}, ["good/best.pt", "bad/best.pt"])
+    records = read_samples(synth_datalist, good.config["data"])[:3]
+    with pytest.raises(ValueError, match=r"member 2 \(small_cnn\).*non-finite.*" + records[0]["case_id"]):
+        predict_records(ens, records, torch.device("cpu"))
+
+
+# --- an unreadable image during evaluation ---
+
+def _with_broken_row(synth_datalist: Path, tmp_path: Path) -> tuple[Path, int]:
+    rows = list(csv.DictReader(open(synth_datalist)))[:6]
+    base = synth_datalist.parent
+    for r in rows:
+        r["image"] = str(base / r["image"])
+        r["mask"] = ";".join(str(base / m) for m in r["mask"].split(";") if m)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rows.insert(3, {**rows[0], "image": str(tmp_path / "broken.png"), "case_id": "broken_case", "group": "g9"})
+    dl = tmp_path / "dl.csv"
+    with open(dl, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dl, 3 + 2  # the header is row 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_evaluate_names_the_datalist_row_of_an_unreadable_image(ckpt, synth_datalist, tmp_path, capsys, workers):
+    dl, row = _with_broken_row(synth_datalist, tmp_path)
+    c = load_checkpoint(ckpt)
+    c.config["data"]["num_workers"] = workers  # a DataLoader worker's error comes back wrapped in its traceback
+    save_checkpoint(tmp_path / "best.pt", c)
+    rep = tmp_path / "report"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--data", str(dl), "--out", str(rep)]) == 2
+    err = _error_line(capsys.readouterr().err, "evaluate")
+    assert f"datalist {dl}, row {row} (case_id broken_case): " in err and "broken.png" in err
+    assert "applying transform" not in err and "DataLoader worker" not in err
+    assert not (rep / "metrics.json").exists()

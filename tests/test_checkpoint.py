@@ -21,6 +21,7 @@ from breastai.models.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
+    state_digest,
 )
 from breastai.models.registry import create_model
 
@@ -33,6 +34,8 @@ OLD_LAST_KEYS = {"format_version", "versions", "model", "weights", "config", "cl
                  "epoch_seconds", "ema"}
 OLD_ENSEMBLE_KEYS = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
                      "threshold", "seen_images", "temperature", "logit_offset", "metrics"}
+# Keys added since, which older breastai ignores (it reads the keys above and refuses only format_version > 1).
+ADDED_KEYS = {"digest"}
 
 
 def _small(**fields) -> Checkpoint:
@@ -69,7 +72,7 @@ def test_saved_file_loads_with_weights_only_and_rebuilds_the_model(tmp_path):
     ckpt = _small(threshold=0.4, epoch=0, best_epoch=0, logit_offset=0.0, seen_images={"train": [], "val": []})
     save_checkpoint(tmp_path / "best.pt", ckpt)
     raw = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert set(raw) == OLD_BEST_KEYS and raw["preprocess"] == raw["config"]["preprocess"]
+    assert set(raw) == OLD_BEST_KEYS | ADDED_KEYS and raw["preprocess"] == raw["config"]["preprocess"]
     loaded = load_checkpoint(tmp_path / "best.pt")
     assert loaded.format_version == FORMAT_VERSION and loaded.threshold == 0.4
     model = model_from_checkpoint(loaded)
@@ -93,7 +96,7 @@ def test_an_old_format_dict_still_loads(tmp_path):
     assert ckpt.config["eval"]["flip_average"] is False, "a config key added later takes its default"
     assert _same_weights(model_from_checkpoint(ckpt).state_dict(), new.weights)
     # Saved again it gains only what every file now carries, not the keys it never had.
-    assert set(ckpt.to_state()) == set(old) | {"format_version", "versions"}
+    assert set(ckpt.to_state()) == set(old) | {"format_version", "versions", *ADDED_KEYS}
     # Older still: no temperature, threshold or classes (the readers' defaults, the config's classes).
     oldest = {k: v for k, v in old.items() if k not in ("temperature", "threshold", "classes")}
     ckpt = Checkpoint.from_state(oldest)
@@ -107,7 +110,8 @@ def test_unknown_keys_are_kept_and_bad_files_refused(tmp_path):
     torch.save({**state, "format_version": FORMAT_VERSION + 1}, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="newer than this breastai supports"):
         load_checkpoint(tmp_path / "new.pt")
-    torch.save({**state, "ensemble": {"weights": [1.0]}}, tmp_path / "bad.pt")
+    malformed = {**state, "ensemble": {"weights": [1.0]}}
+    torch.save({**malformed, "digest": state_digest(malformed)}, tmp_path / "bad.pt")  # intact, but malformed
     with pytest.raises(CheckpointError, match="malformed"):
         load_checkpoint(tmp_path / "bad.pt")
     torch.save([1, 2], tmp_path / "list.pt")
@@ -133,7 +137,7 @@ def test_ensemble_round_trip_keeps_members_typed(tmp_path):
     assert ens.is_ensemble and ens.model.name == "ensemble" and ens.weights == {}
     save_checkpoint(tmp_path / "ens.pt", ens)
     raw = torch.load(tmp_path / "ens.pt", weights_only=True)
-    assert set(raw) == OLD_ENSEMBLE_KEYS and set(raw["ensemble"]) == {"members", "weights", "bias", "combine"}
+    assert set(raw) == OLD_ENSEMBLE_KEYS | ADDED_KEYS and set(raw["ensemble"]) == {"members", "weights", "bias", "combine"}
     assert [set(m) for m in raw["ensemble"]["members"]] == [set(a.to_state()), set(b.to_state())]
     back = load_checkpoint(tmp_path / "ens.pt")
     assert back.is_ensemble and len(back.members) == 2
@@ -148,18 +152,19 @@ def test_ensemble_round_trip_keeps_members_typed(tmp_path):
         model_from_checkpoint(back)
 
 
-def test_files_written_now_have_exactly_the_keys_written_before(synth_datalist, tiny_config, tmp_path):
-    """Older breastai reads a file by these keys: a run's best.pt and last.pt and an ensemble of them."""
+def test_files_written_now_have_the_keys_written_before(synth_datalist, tiny_config, tmp_path):
+    """Older breastai reads a file by these keys (and ignores the added ones): a run's best.pt and last.pt and an
+    ensemble of them."""
     res = train_main(tiny_config(synth_datalist, tmp_path, "train.epochs=1", "train.ema=0.5", "log.tensorboard=false"))
     run = Path(res["run_dir"])
     best = torch.load(run / "best.pt", weights_only=True)
     last = torch.load(run / "last.pt", weights_only=True)
-    assert set(best) == OLD_BEST_KEYS and set(last) == OLD_LAST_KEYS
+    assert set(best) == OLD_BEST_KEYS | ADDED_KEYS and set(last) == OLD_LAST_KEYS | ADDED_KEYS
     assert set(best["model"]) == set(last["model"]) == {"name", "in_chans", "dropout"}
     member = load_checkpoint(run / "best.pt")
     save_checkpoint(tmp_path / "ens.pt", ensemble_state([member, member], np.ones(2), 0.0, "mean", 0.5,
                                                         {}, ["m0", "m1"]))
     ens = torch.load(tmp_path / "ens.pt", weights_only=True)
-    assert set(ens) == OLD_ENSEMBLE_KEYS and ens["model"] == {"name": "ensemble"}
-    assert all(set(m) == OLD_BEST_KEYS for m in ens["ensemble"]["members"])
+    assert set(ens) == OLD_ENSEMBLE_KEYS | ADDED_KEYS and ens["model"] == {"name": "ensemble"}
+    assert all(set(m) == OLD_BEST_KEYS | ADDED_KEYS for m in ens["ensemble"]["members"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,23 @@ def test_ensemble_command(cv_runs, tmp_path, capsys):
     # An earlier ensemble is never overwritten piecemeal.
     assert main(["ensemble", str(crop), str(whole), "--out", str(tmp_path / "e")]) == 2
     assert "already holds an ensemble" in capsys.readouterr().err
+
+
+def test_a_member_that_scores_nan_is_refused_not_fitted(cv_runs, tmp_path):
+    """Weights saved as NaN (the file is intact: its digest matches) give non-finite log-odds."""
+    import shutil
+
+    from breastai.models.checkpoint import save_checkpoint
+
+    crop, whole, _, _ = cv_runs
+    bad = tmp_path / "crop"
+    shutil.copytree(crop, bad)
+    member = load_checkpoint(bad / "fold0" / "best.pt")
+    member.weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in member.weights.items()}
+    save_checkpoint(bad / "fold0" / "best.pt", member)
+    message = (re.escape(f"{bad / 'fold0' / 'best.pt'}: ")
+               + r"\d+ of \d+ cases got a non-finite logit .*case_id \w+.*weights or the input images are corrupt")
+    with pytest.raises(ValueError, match=message):
+        build_ensemble([bad, whole], tmp_path / "e", device="cpu", n_boot=20)
+    assert not (tmp_path / "e" / "fold0" / "best.pt").exists()

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from breastai.data.frames import read_samples
-from breastai.engine.scoring import members_log_odds
+from breastai.engine.scoring import members_log_odds, row_names
 from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
@@ -205,6 +205,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
                          "the members were trained in, with their datalist unchanged")
     dev = resolve_device(device)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
     per_fold, oof = [], []
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
@@ -212,12 +213,15 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         for p, m in zip(paths, members):
             if m.is_ensemble:
                 raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
-        c_val, val = members_log_odds(members, [records[j] for j in va], dev)
+        sources = [str(p) for p in paths]
+        c_val, val = members_log_odds(members, [records[j] for j in va], dev, names=[names[j] for j in va],
+                                      sources=sources)
         weights, bias = fit_combiner(c_val, val["label"], combine)
         z_val = c_val @ weights + bias
         p_val = 1.0 / (1.0 + np.exp(-z_val))
         threshold = choose_threshold(val["label"], p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
-        c_test, test = members_log_odds(members, [records[j] for j in te], dev)
+        c_test, test = members_log_odds(members, [records[j] for j in te], dev, names=[names[j] for j in te],
+                                        sources=sources)
         z_test = c_test @ weights + bias
         p_test = 1.0 / (1.0 + np.exp(-z_test))
         rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot, scores=z_test)
@@ -226,7 +230,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
                  np.round(weights, 3).tolist(), bias, rep["auc"], np.round(member_auc, 4).tolist())
         metrics = {"val_auc": roc_auc(val["label"], z_val), "test": rep, "member_test_auc": member_auc}
         save_checkpoint(out / f"fold{i}" / "best.pt",
-                        ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths]))
+                        ensemble_state(members, weights, bias, combine, threshold, metrics, sources))
         per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
         oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
                  "probability": float(p)}

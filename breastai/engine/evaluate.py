@@ -15,7 +15,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.data.frames import read_samples
 from breastai.data.provenance import seen_before
-from breastai.engine.scoring import predict_records, score_part
+from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
 from breastai.models.checkpoint import load_checkpoint
 
 __all__ = ["evaluate_checkpoint"]
@@ -28,10 +28,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the labelled datalist ``data``; write reports into ``out``.
 
-    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png``.
+    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png``, and
+    nothing when any case cannot be scored.
 
     Returns:
         The metrics dict (see :func:`breastai.metrics.evaluation_report`).
+
+    Raises:
+        CheckpointError: the checkpoint is missing, corrupted or unusable.
+        RecordError: an image or mask of the datalist cannot be read (naming the datalist row).
+        NonFiniteScoreError: the checkpoint scores a case NaN or infinity (naming the checkpoint
+            and the cases).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():  # found now, not after every image has been scored
@@ -41,7 +48,13 @@ def evaluate_checkpoint(
     classes = ckpt.classes
     records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
-    pred = predict_records(ckpt, records, dev, progress=True)
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    try:
+        pred = predict_records(ckpt, records, dev, progress=True,
+                               names=row_names(data, records, cfg["data"].get("reader_options")))
+        probs, report, _ = score_part(pred, ckpt, n_boot)
+    except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
+        raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
     seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
         log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
@@ -51,8 +64,6 @@ def evaluate_checkpoint(
                     "and %d to its validation images: these figures are not an independent test",
                     seen["train"], len(records), seen["val"])
     y = pred["label"].astype(int)
-    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    probs, report, _ = score_part(pred, ckpt, n_boot)
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 

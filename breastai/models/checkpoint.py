@@ -8,16 +8,26 @@ and Python containers that :meth:`Checkpoint.to_state` builds, so it loads with
 renames it, so a crash never leaves a broken checkpoint behind; :func:`load_checkpoint` reads it
 back through :meth:`Checkpoint.from_state`, the one place that knows the on-disk keys (files
 written before a key existed still load).
+
+Every dict :meth:`Checkpoint.to_state` builds carries ``digest``: ``sha256:<hex>`` of everything
+else in it (:func:`state_digest`: each tensor's name, dtype, shape and bytes, and every other value
+in a canonical form, an ensemble's members included), and :func:`load_checkpoint` refuses a file
+whose contents no longer match it. torch reads a file whose tensor bytes were damaged without a word
+(it does not check the zip's CRCs), and damaged weights score garbage or NaN; a checkpoint written
+before the digest existed has nothing to be checked against and loads as before. The format
+version stays 1: older breastai ignores the key it does not know.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +35,7 @@ from breastai.core.config import fill_missing
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "model_from_checkpoint", "package_versions"]
+           "model_from_checkpoint", "package_versions", "state_digest"]
 
 FORMAT_VERSION = 1
 
@@ -34,7 +44,8 @@ FORMAT_VERSION = 1
 _OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
-          "threshold", "temperature", "metrics", *_OPTIONAL, *_RESUME}
+          "threshold", "temperature", "metrics", "digest", *_OPTIONAL, *_RESUME}
+_DIGEST = "sha256"
 _MODEL_KEYS = ("name", "in_chans", "dropout")
 
 
@@ -184,7 +195,8 @@ class Checkpoint:
     def to_state(self) -> dict[str, Any]:
         """The on-disk dict (plain tensors and containers), the one place it is built.
 
-        Its keys are those breastai has always written, so older code loads it.
+        Its keys are those breastai has always written, so older code loads it, and ``digest``
+        last (:func:`state_digest` of the rest), which older code ignores.
         """
         state: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -207,7 +219,9 @@ class Checkpoint:
         for key in ("logit_offset", "seen_images", *_RESUME):
             if getattr(self, key) is not None:
                 state[key] = getattr(self, key)
-        return {**state, **self.extra}
+        state.update(self.extra)
+        state["digest"] = state_digest(state)
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Checkpoint:
@@ -253,6 +267,82 @@ def _opt(cast: Any, value: Any) -> Any:
     return None if value is None else cast(value)
 
 
+def state_digest(state: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of an on-disk dict, its own ``digest`` entry left out.
+
+    Covers the weights (every tensor: its key, dtype, shape and bytes) and the rest of the state
+    (config, classes, threshold, temperature, offset, metrics, seen images, model arguments, resume
+    extras, an ensemble's members with their weights) in a canonical form: keys in sorted order, so
+    the same contents give the same digest however the dict was built, on any device.
+    """
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return f"{_DIGEST}:{h.hexdigest()}"
+
+
+def _feed(h: Any, value: Any) -> None:
+    """Feed ``value`` to the hash as a type tag, its length or shape, then its contents.
+
+    The tag and length keep two different values from feeding the same bytes (``["ab"]`` vs
+    ``["a", "b"]``, a float vs a string of its digits).
+    """
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        t = (t.to_dense() if t.layout != torch.strided else t).contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        h.update(f"A{value.dtype.str}{value.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, np.generic):  # a NumPy scalar hashes as the Python value it stands for
+        _feed(h, value.item())
+    elif isinstance(value, Mapping):
+        h.update(f"D{len(value)};".encode())
+        for k, v in sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, str(kv[0]))):
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, (list, tuple, np.ndarray)):  # a list and a tuple of the same items are one value
+        h.update(f"L{len(value)};".encode())
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, str):
+        b = value.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(b)};".encode())
+        h.update(b)
+    elif value is None or isinstance(value, (bool, int, float)):  # repr is exact for these (floats round-trip)
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        r = repr(value).encode("utf-8", "backslashreplace")
+        h.update(f"O{type(value).__qualname__}{len(r)};".encode())
+        h.update(r)
+
+
+def _check_digest(path: Path, state: Any, what: str = "") -> None:
+    """Refuse a file whose contents differ from the digest written with them.
+
+    A file without a digest was written before checkpoints carried one: it cannot be checked, but
+    the members of an ensemble that an older breastai built from newer runs still carry theirs.
+    One digest covers all of a file written now, its members included.
+    """
+    if not isinstance(state, Mapping):
+        return
+    written = state.get("digest")
+    if written is None:
+        ens = state.get("ensemble")
+        for i, member in enumerate((ens.get("members") or []) if isinstance(ens, Mapping) else []):
+            _check_digest(path, member, f"member {i + 1}: ")
+        return
+    if not isinstance(written, str) or not written.startswith(f"{_DIGEST}:"):
+        raise CheckpointError(f"{path}: {what}its digest {str(written)[:40]!r} is not one this breastai can check "
+                              "(corrupted, or written by a newer breastai)")
+    read = state_digest(state)
+    if read != written:
+        n = len(_DIGEST) + 13
+        raise CheckpointError(f"{path}: {what}corrupted: its contents do not match the digest written with it "
+                              f"(written {written[:n]}..., read {read[:n]}...); the file changed after it was saved: "
+                              "use an intact copy or train again")
+
+
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt.to_state()`` atomically (temporary file in the same folder, then rename).
 
@@ -268,7 +358,10 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", resume: bool = False) -> Checkpoint:
-    """Load a checkpoint safely (``weights_only=True``) and check it is a breastai checkpoint.
+    """Load a checkpoint safely (``weights_only=True``) and check it is an intact breastai checkpoint.
+
+    Its contents must match the digest written with them (:func:`state_digest`); a file written
+    before checkpoints carried a digest loads unchecked.
 
     Config keys added after the checkpoint was written are filled in from the defaults (the
     checkpoint behaved as their defaults), for the model, or for each member of an ensemble.
@@ -281,8 +374,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             uncalibrated and cut at 0.5 without a word.
 
     Raises:
-        CheckpointError: missing, unreadable, not a breastai checkpoint, too new, or a resume
-            checkpoint without ``resume``.
+        CheckpointError: missing, unreadable, corrupted (its contents differ from the digest
+            written with them), not a breastai checkpoint, too new, or a resume checkpoint without
+            ``resume``.
     """
     path = Path(path)
     if not path.is_file():
@@ -295,6 +389,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} is newer than this breastai supports ({FORMAT_VERSION})"
         )
+    _check_digest(path, state)
     try:
         ckpt = Checkpoint.from_state(state)
     except CheckpointError as exc:

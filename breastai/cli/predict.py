@@ -38,10 +38,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"breastai predict: error: --{exc}", file=sys.stderr)
         return 2
     try:
-        records, run = run_predict(args.checkpoint, args.inputs, args.out, masks=masks,
+        checkpoint, writers = args.checkpoint, None
+        if args.dicom_out:
+            checkpoint, writers = _dicom_writers(args)
+        records, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
-                                   saliency_upsample=args.saliency_upsample)
+                                   saliency_upsample=args.saliency_upsample, writers=writers)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -51,10 +54,26 @@ def run(args: argparse.Namespace) -> int:
     for r in records:
         if r["error"]:
             print(f"failed: {r['error']}", file=sys.stderr)
+    for note in run.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
     print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
-          f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else ""))
+          f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else "")
+          + (f", {run['dicom_out']['n_objects']} DICOM object(s) in {Path(args.dicom_out) / run['run_id']}"
+             if args.dicom_out else ""))
     return 1 if bad else 0
+
+
+def _dicom_writers(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The predictor and the writers of a run with ``--dicom-out``: the defaults plus the DICOM objects."""
+    from breastai.inference.dicom_writer import DicomObjects
+    from breastai.inference.predictor import Predictor
+    from breastai.inference.writers import PredictionTables, SaliencyMaps
+
+    pred = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    objects = DicomObjects(args.dicom_out, pred, args.checkpoint, saliency=args.saliency)
+    # Tables last: they carry the objects' paths and the run's notes.
+    return pred, ([SaliencyMaps()] if args.saliency != "none" else []) + [objects, PredictionTables()]
 
 
 def _count(text: str) -> int:
@@ -97,6 +116,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="DICOM: id = file name and add PatientID/SOPInstanceUID columns (default: hashed SOP UID only)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also file the results of every scored DICOM input as DICOM objects in its study, under "
+                   "DIR/RUN_ID/: a Comprehensive SR (TID 1500: probability, label, uncertainty, lesion size, "
+                   "algorithm), a Secondary Capture of the saliency overlay and a SEG of the lesion outline. These "
+                   "objects carry the source's patient identifiers (filing into the study needs them): the only "
+                   "output that does; tables and logs stay redacted. Non-DICOM inputs get none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     p.set_defaults(func=run)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from breastai.core.distributed import resolve_device
+from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError, load_image
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
@@ -46,6 +47,10 @@ from breastai.models.saliency import METHODS
 __all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
 
 log = logging.getLogger("breastai")
+
+# Record keys a writer may read during ``on_item`` and that are removed right after: the input's
+# path (unredacted), its DICOM frame and who drew its mask (``given``, ``box``, ``provider:<name>``).
+_PRIVATE = ("_path", "_frame", "_mask_origin")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "has_mask",
                  "saliency_png", "saliency_npy", "error"]
@@ -202,6 +207,8 @@ class Predictor:
                                                                              scored.lesion_mask)
             if on_item is not None:
                 on_item(i, rec, arrays)
+            for key in _PRIVATE:  # for writers only: the unredacted path never reaches the records
+                rec.pop(key, None)
             if return_maps and arrays is not None:
                 rec["saliency_map"], rec["image"], rec["lesion_mask"] = arrays
             records.append(rec)
@@ -211,6 +218,8 @@ class Predictor:
                       index: int) -> tuple[dict[str, Any], Scored | None]:
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
         rec.update(source=item.source, has_mask=False)
+        if not isinstance(item.image, np.ndarray):
+            rec.update(_path=str(item.image), _frame=item.frame)
         ident, secrets = _identity(item, keep, index)
         rec.update(ident)
         if item.frame is not None and item.frame_suffix:
@@ -232,10 +241,13 @@ class Predictor:
             if finite.size == 0 or float(finite.max()) == float(finite.min()):
                 raise ImageReadError(f"{item.source}: image is blank (every pixel has the same value)")
             mask = item.mask
-            if not item.has_mask_input:
+            if item.has_mask_input:
+                rec["_mask_origin"] = "box" if isinstance(mask, LesionBox) else "given"
+            else:
                 for provide in self.mask_providers:
                     mask = provide(item, image, meta)
                     if mask is not None:
+                        rec["_mask_origin"] = f"provider:{getattr(provide, '__name__', type(provide).__name__)}"
                         break
             scored = self.scorer.score_decoded(decode, mask, item.source, rec["id"], saliency, tta, item.mask_given)
         except Exception as exc:  # one bad input must not stop the run; the record says why

@@ -43,7 +43,7 @@ Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 class Writer(Protocol):
-    """An output of a predict run (tables, maps; DICOM objects later)."""
+    """An output of a predict run (tables, maps, DICOM objects)."""
 
     def start(self, out: Path, run_id: str) -> None:
         """A run writing into ``out`` begins."""
@@ -156,7 +156,9 @@ class PredictionTables:
 def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
     """``predictions.csv`` and ``predictions.json`` (``{"run": ..., "records": [...]}``), atomically."""
     out = Path(out)
-    fields = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS) - {"saliency_map", "image"})
+    # Arrays and private (``_``) keys never go into the tables: the latter may hold unredacted paths.
+    extra = {k for r in records for k in r if not k.startswith("_")} - set(RECORD_FIELDS) - {"saliency_map", "image"}
+    fields = list(RECORD_FIELDS) + sorted(extra)
     rows = [{k: r.get(k) for k in fields} for r in records]
     atomic_write_text(out / "predictions.json", json.dumps({"run": run, "records": rows}, indent=1))
     atomic_write_csv(out / "predictions.csv", fields, rows)

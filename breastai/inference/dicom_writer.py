@@ -1,0 +1,174 @@
+"""``--dicom-out``: a writer plug-in filing each scored DICOM input's results as DICOM objects.
+
+For every DICOM input that was scored, :class:`DicomObjects` writes into ``DIR/<run_id>/``:
+
+* ``NNNNN_<id>_sr.dcm``: a Comprehensive SR (TID 1500 Measurement Report) with the malignancy
+  probability, the label at the operating threshold, the TTA uncertainty, the lesion's area and
+  diameter, the algorithm identification (model, breastai version, checkpoint SHA-256), referencing
+  the source image and the SEG; VerificationFlag UNVERIFIED;
+* ``NNNNN_<id>_sc.dcm``: a Secondary Capture of the saliency map blended with the image, in the
+  source's pixel grid (needs a saliency method);
+* ``NNNNN_<id>_seg.dcm``: a binary SEG of the lesion outline (given, box-derived or from a mask
+  provider), when the input had one.
+
+The codes chosen are listed in :mod:`breastai.inference.dicom_objects`. Each object is in the
+source's study (same Study Instance UID, patient and study modules copied), in a series of its
+own with new UIDs; a rerun makes new UIDs and a new ``<run_id>`` folder, earlier objects stay.
+
+Patient identifiers: these objects carry the source's patient module, since filing into the
+study needs it; this is the one place predict writes identifiers. Records, tables and logs stay
+redacted: the record names the objects by their path under ``DIR`` (``dicom_sr``, ``dicom_sc``,
+``dicom_seg``), which holds only the run id and the record's (hashed) id.
+
+Each file is written atomically; :meth:`DicomObjects.abort` removes this run's folder. Inputs that
+are not DICOM get no objects and one note for the run (``run["notes"]``, logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from breastai.core.files import atomic_write_bytes
+from breastai.inference.dicom_objects import (AlgorithmInfo, build_sc, build_seg, build_sr, lesion_size,
+                                              pixel_spacing, source_header)
+from breastai.inference.inputs import RUN_MARKER
+from breastai.inference.predictor import Predictor
+from breastai.inference.writers import _safe_stem
+from breastai.models.saliency import heat_overlay
+
+__all__ = ["DicomObjects", "DICOM_FIELDS", "checkpoint_sha256"]
+
+log = logging.getLogger("breastai")
+
+DICOM_FIELDS = ("dicom_sr", "dicom_sc", "dicom_seg")
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of the checkpoint file's bytes (the identity of the weights, threshold and calibration)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _algorithm(predictor: Predictor, checkpoint: str | Path, saliency: str) -> AlgorithmInfo:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("breastai")
+    except PackageNotFoundError:  # run from a source tree without installing
+        ours = "unknown"
+    digest = getattr(predictor, "checkpoint_digest", None) or checkpoint_sha256(checkpoint)
+    model = "+".join(str(m.cfg["model"]["name"]) for m in predictor.members)
+    return AlgorithmInfo(model=model, version=ours, checkpoint_sha256=digest, threshold=predictor.threshold,
+                         saliency="" if saliency == "none" else saliency)
+
+
+class DicomObjects:
+    """Writes an SR, a saliency SC and a lesion SEG per scored DICOM input into ``folder/<run_id>/``.
+
+    Args:
+        folder: the ``--dicom-out`` folder (created if needed).
+        predictor: the predictor of the run (model names, classes, threshold).
+        checkpoint: the checkpoint file, whose SHA-256 identifies the algorithm.
+        saliency: the run's saliency method (named in the algorithm parameters).
+    """
+
+    def __init__(self, folder: str | Path, predictor: Predictor, checkpoint: str | Path, saliency: str = "gradcam++"):
+        self.folder = Path(folder)
+        self.predictor = predictor
+        self.algorithm = _algorithm(predictor, checkpoint, saliency)
+        # One device UID per checkpoint: the same model files results as the same observer.
+        from pydicom.uid import generate_uid
+
+        self.device_uid = generate_uid(prefix=None, entropy_srcs=["breastai", self.algorithm.checkpoint_sha256])
+        self.dir: Path | None = None
+        self.run_id: str | None = None
+        self.not_dicom: int = 0
+        self.written: list[Path] = []
+
+    def start(self, out: Path, run_id: str) -> None:
+        self.run_id, self.not_dicom, self.written = run_id, 0, []
+        self.dir = self.folder / run_id
+        self.dir.mkdir(parents=True, exist_ok=False)
+        # Marks the folder as predict output, so a later predict on a parent folder skips these objects.
+        (self.dir / RUN_MARKER).write_text(run_id)
+
+    def write_item(self, index: int, record: dict[str, Any], maps: Any) -> None:
+        for k in DICOM_FIELDS:
+            record.setdefault(k, None)
+        path = record.get("_path")
+        if record.get("error") or record.get("probability") is None or self.dir is None:
+            return
+        from breastai.data.readers.dicom import is_dicom
+
+        if path is None or not is_dicom(path):
+            self.not_dicom += 1
+            return
+        try:
+            written = self._write(index, record, Path(path), maps)
+        except Exception as exc:  # one input's objects failing must not stop the run; the record says why
+            record["error"] = f"{record['source']}: cannot write DICOM objects ({_safe_message(exc, path)})"
+            return
+        for kind, rel in written.items():
+            record[f"dicom_{kind}"] = rel
+
+    def _write(self, index: int, record: dict[str, Any], path: Path, maps: Any) -> dict[str, str]:
+        src = source_header(path)
+        frame = record.get("_frame")
+        smap, image, mask = maps if maps is not None else (None, None, None)
+        shape = (int(src.Rows), int(src.Columns))
+        for name, arr in (("map", smap), ("mask", mask)):
+            if arr is not None and tuple(np.shape(arr)) != shape:
+                raise ValueError(f"the {name} is {np.shape(arr)}, the image {shape}")
+        objects: dict[str, Any] = {}
+        has_mask = mask is not None and bool(np.asarray(mask).any())
+        from highdicom import UID
+
+        if has_mask:
+            objects["seg"] = build_seg(src, mask, UID(), self.algorithm, record.get("_mask_origin"), frame)
+        if smap is not None and image is not None:
+            objects["sc"] = build_sc(src, heat_overlay(image, smap, mask), UID(), self.algorithm)
+        size = lesion_size(mask, pixel_spacing(src)) if has_mask else None
+        objects["sr"] = build_sr(src, record, UID(), self.algorithm, self.device_uid, objects.get("seg"), size,
+                                 self.predictor.classes, frame)
+        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
+        out: dict[str, str] = {}
+        for kind, ds in objects.items():
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            target = self.dir / f"{stem}_{kind}.dcm"
+            atomic_write_bytes(target, buf.getvalue())
+            self.written.append(target)
+            out[kind] = str(Path(self.run_id) / target.name)
+        return out
+
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        if self.not_dicom:
+            note = (f"--dicom-out: {self.not_dicom} input(s) are not DICOM files and got no DICOM objects "
+                    "(SR, SC and SEG are written for scored DICOM inputs only)")
+            run.setdefault("notes", []).append(note)
+            log.info("%s", note)
+        run["dicom_out"] = {"run_id": self.run_id, "n_objects": len(self.written)}
+
+    def abort(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.written = []
+
+
+def _safe_message(exc: Exception, path: Path | str) -> str:
+    """The error's text without the source's identifying header values (it may quote them)."""
+    from breastai.data.readers.dicom import private_identity
+    from breastai.data.readers.redaction import redact
+
+    secrets, _ = private_identity(path)
+    return redact(f"{type(exc).__name__}: {exc}", secrets)

@@ -10,7 +10,7 @@
 # datalist with masks. The code that runs is whichever breastai Python imports (PYTHONPATH=...).
 set -euo pipefail
 CK=$1; DL=$2; O=$3
-DCM="${BREASTAI_DATA:-$(dirname "$0")/../../shared/data}/dicom-mg"
+DCM="$(cd "${BREASTAI_DATA:-$(dirname "$0")/../../shared/data}/dicom-mg" && pwd)"  # one spelling: records keep the path
 mkdir -p "$O"
 B=(python -c "import sys; from breastai.cli import main; sys.exit(main(sys.argv[1:]))")
 for m in crop whole fusion rad; do

@@ -66,7 +66,9 @@ def _algorithm(predictor: Predictor, checkpoint: str | Path, saliency: str) -> A
         ours = version("breastai")
     except PackageNotFoundError:  # run from a source tree without installing
         ours = "unknown"
-    digest = getattr(predictor, "checkpoint_digest", None) or checkpoint_sha256(checkpoint)
+    # The file's own bytes identify the algorithm: the same file always gives the same identity,
+    # whatever breastai version wrote the digest stored inside it.
+    digest = checkpoint_sha256(checkpoint)
     model = "+".join(str(m.cfg["model"]["name"]) for m in predictor.members)
     return AlgorithmInfo(model=model, version=ours, checkpoint_sha256=digest, threshold=predictor.threshold,
                          saliency="" if saliency == "none" else saliency)

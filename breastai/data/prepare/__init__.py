@@ -20,6 +20,7 @@ from breastai.data.prepare.busi import prepare_busi  # isort: skip
 from breastai.data.prepare.mias import prepare_mias  # isort: skip
 from breastai.data.prepare.folder import prepare_folder  # isort: skip
 from breastai.data.prepare.breast_lesions_usg import prepare_breast_lesions_usg  # isort: skip
+from breastai.data.prepare.merge import merge_datalists  # noqa: E402  (not a preparer: datalists in, one out)
 
 __all__ = [
     "PrepareReport",
@@ -33,4 +34,5 @@ __all__ = [
     "prepare_mias",
     "prepare_folder",
     "prepare_breast_lesions_usg",
+    "merge_datalists",
 ]

@@ -156,3 +156,19 @@ def test_row_with_more_fields_than_the_header_is_refused(tmp_path, files):
     with pytest.raises(DatalistError, match=r"row 4: 4 fields but the header names 2 columns \(extra: 'left', ' upper'\)") as exc:
         read_datalist(p)
     assert str(p) in str(exc.value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_site_and_modality_columns_kept_and_written_first(tmp_path, files, suffix):
+    rows = [{"case_id": "c1", "image": str(files / "a.png"), "label": "benign", "note": "x", "modality": "US",
+             "site": "busi"},
+            {"case_id": "c2", "image": str(files / "b.png"), "label": "benign"}]
+    out = write_datalist(rows, tmp_path / f"l{suffix}")
+    text = out.read_text()
+    if suffix == ".csv":
+        assert text.splitlines()[0] == "case_id,image,mask,label,group,fold,split,site,modality,note"
+    recs = read_datalist(out)
+    assert (recs[0]["site"], recs[0]["modality"], recs[1]["site"]) == ("busi", "US", "")
+    # A datalist without them (written before they existed) reads as before, with no such key.
+    old = _csv(tmp_path / "old.csv", ["image,label", "img/a.png,benign"])
+    assert "site" not in read_datalist(old)[0]

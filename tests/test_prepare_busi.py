@@ -108,6 +108,7 @@ def test_conflicting_group_dropped_or_flagged(tmp_path):
     assert recs["benign_275"]["group"] == recs["benign_297"]["group"] != recs["benign_1"]["group"]
     assert recs["benign_1"]["group"] == "g0001" and recs["benign_275"]["group_size"] == "2"
     assert len(recs["benign_100"]["mask"]) == 2
+    assert {(r["site"], r["modality"]) for r in recs.values()} == {("busi", "US")}
     with open(out, newline="") as fh:
         first = next(csv.DictReader(fh))
     assert first["image"].startswith("../") or not os.path.isabs(first["image"])  # relative paths

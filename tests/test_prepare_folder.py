@@ -97,3 +97,18 @@ def test_only_image_files_count_gzip_included(tmp_path):
         (tmp_path / "root" / cls / "notes.csv.gz").write_bytes(b"\x1f\x8b")
     report = prepare_folder(tmp_path / "root", tmp_path / "dl.csv")
     assert report.counts == {"benign": 1, "malignant": 1}
+
+
+def test_site_and_modality_columns(tmp_path):
+    root = tmp_path / "clinicA"
+    _tree(root)
+    prepare_folder(root, tmp_path / "a.csv")
+    with open(tmp_path / "a.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    # Written right after the core columns, so datalists of several preparers line up.
+    assert reader.fieldnames[7:9] == ["site", "modality"]
+    assert {(r["site"], r["modality"]) for r in rows} == {("clinicA", "")}
+    prepare_folder(root, tmp_path / "b.json", site="hospital-b", modality="US")
+    recs = read_datalist(tmp_path / "b.json")
+    assert {(r["site"], r["modality"]) for r in recs} == {("hospital-b", "US")}

@@ -96,6 +96,7 @@ def test_prepare_synthetic(tmp_path):
     assert rows[0]["mask"] == "masks/mdb001_1.png"  # relative to the datalist, default mask dir
     assert (rows[0]["abnormality"], rows[0]["tissue"], rows[0]["x"], rows[0]["y"], rows[0]["radius"]) == (
         "CIRC", "G", "100", "30", "10")
+    assert {(r["site"], r["modality"]) for r in rows} == {("mias", "MG")}
     recs = read_datalist(out)
     m = np.asarray(Image.open(recs[0]["mask"][0])) > 0
     assert m.shape == (128, 128) and m[128 - 30, 100] and not m[30, 100]

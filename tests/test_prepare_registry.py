@@ -28,7 +28,8 @@ def _prepare_parser() -> argparse.ArgumentParser:
 
 def test_the_command_lists_the_datasets_in_registration_order():
     assert NAMES[:3] == ["busi", "mias", "folder"]
-    assert list(_subcommands(_subcommands(_prepare_parser())["prepare"])) == NAMES
+    # The registered preparers in order, then merge, the command's own sub-command (datalists in).
+    assert list(_subcommands(_subcommands(_prepare_parser())["prepare"])) == [*NAMES, "merge"]
 
 
 @pytest.mark.parametrize("name", NAMES)

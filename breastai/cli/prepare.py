@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from breastai.data.prepare import Option, get_preparer, preparers
+from breastai.data.prepare.merge import merge_datalists
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_merge"]
 
 # Every preparer takes the dataset folder and the datalist to write: their arguments are the command's.
 _OUT_HELP = "datalist to write (.csv or .json)"
@@ -42,7 +43,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         for option in preparer.options:
             _add_option(s, option)
         s.set_defaults(func=run)
+    # Merge reads datalists, not a dataset folder, so it is no registered preparer (see merge.py).
+    m = sub.add_parser(
+        "merge",
+        help="concatenate datalists (e.g. of several sites)",
+        description="Concatenate datalists: paths stay valid relative to --out, groups are prefixed "
+        "with each input's name so they never join across inputs, case_ids found in several inputs "
+        "are prefixed likewise, and an empty site is filled with the input's name.",
+    )
+    m.add_argument("inputs", type=Path, nargs="+", metavar="DATALIST", help="datalists to concatenate (two or more)")
+    m.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
+    m.add_argument("--no-check-files", dest="check_files", action="store_false", help="do not check that images exist")
+    m.set_defaults(func=run_merge)
     return p
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge the datalists named on the command line and print the report."""
+    print(merge_datalists(args.inputs, args.out, check_files=args.check_files).summary())
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

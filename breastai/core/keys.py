@@ -42,6 +42,15 @@ class Keys:
     SPLIT = "split"
     """Datalist: a fixed partition, ``train``, ``val``, ``test`` or empty."""
 
+    SITE = "site"
+    """Datalist (optional extra column): the dataset or hospital the row comes from (``busi``,
+    ``mias``, ``breast-lesions-usg``), written by every ``breastai prepare`` preparer so that
+    datalists of several sites can be merged and compared; kept as a string."""
+
+    MODALITY = "modality"
+    """Datalist (optional extra column): the imaging modality, ``US`` or ``MG`` (DICOM's codes), or
+    empty when unknown; kept as a string."""
+
     FRAME = "frame"
     """Frame index of a multi-frame DICOM row (frame policy ``all``): the reader reads that frame."""
 

@@ -8,6 +8,9 @@ Columns (CSV) or keys (JSON):
 - ``group``: patient or duplicate group; a group never straddles two folds.
 - ``fold`` (int) or ``split`` (``train``/``val``/``test``): optional fixed partition.
 - ``case_id``: optional; defaults to the image file name without suffix.
+- ``site``, ``modality``: optional (:data:`SITE_FIELDS`); the dataset the row comes from and its
+  modality (``US``, ``MG``), written by every ``breastai prepare`` preparer. Datalists without
+  them read as before.
 
 Any further column is kept as a string in the record. The column names are the sample keys of
 :class:`breastai.core.keys.Keys`.
@@ -24,9 +27,12 @@ from typing import Any, Iterable, Sequence
 from breastai.core.files import atomic_write_text
 from breastai.core.keys import Keys
 
-__all__ = ["DatalistError", "read_datalist", "write_datalist", "FIELDS"]
+__all__ = ["DatalistError", "read_datalist", "write_datalist", "FIELDS", "SITE_FIELDS"]
 
 FIELDS = [Keys.CASE_ID, Keys.IMAGE, Keys.MASK, Keys.LABEL, Keys.GROUP, Keys.FOLD, Keys.SPLIT]
+# Optional columns read and kept as strings like any extra column (so older datalists without
+# them still read), but written first among the extras so merged datalists line up.
+SITE_FIELDS = [Keys.SITE, Keys.MODALITY]
 _SPLITS = {"train", "val", "test", ""}
 
 
@@ -189,6 +195,7 @@ def write_datalist(rows: Iterable[dict[str, Any]], path: str | Path, relative: b
             if k not in FIELDS and k not in extra:
                 extra.append(k)
         out.append(r)
+    extra = [k for k in SITE_FIELDS if k in extra] + [k for k in extra if k not in SITE_FIELDS]
     fields = FIELDS + extra
     if path.suffix.lower() == ".json":
         text = json.dumps({"data": [{k: r.get(k, "") for k in fields} for r in out]}, indent=1)

@@ -19,6 +19,8 @@ from breastai.data.prepare.report import PrepareReport, label_counts
 from breastai.data.prepare.busi import prepare_busi  # isort: skip
 from breastai.data.prepare.mias import prepare_mias  # isort: skip
 from breastai.data.prepare.folder import prepare_folder  # isort: skip
+from breastai.data.prepare.breast_lesions_usg import prepare_breast_lesions_usg  # isort: skip
+from breastai.data.prepare.merge import merge_datalists  # noqa: E402  (not a preparer: datalists in, one out)
 
 __all__ = [
     "PrepareReport",
@@ -31,4 +33,6 @@ __all__ = [
     "prepare_busi",
     "prepare_mias",
     "prepare_folder",
+    "prepare_breast_lesions_usg",
+    "merge_datalists",
 ]

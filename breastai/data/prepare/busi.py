@@ -19,9 +19,10 @@ from breastai.data.dedup import DedupConfig, DedupResult, find_duplicates
 from breastai.data.prepare.registry import Option, Preparer, register_preparer
 from breastai.data.prepare.report import PrepareReport
 
-__all__ = ["BUSI_CLASSES", "scan_busi", "busi_root", "prepare_busi"]
+__all__ = ["BUSI_CLASSES", "BUSI_SITE", "scan_busi", "busi_root", "prepare_busi"]
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
+BUSI_SITE = "busi"  # the ``site`` column of every row
 _NAME = re.compile(r"^(benign|malignant|normal) \((\d+)\)(_mask(?:_(\d+))?)?\.png$")
 
 
@@ -99,7 +100,7 @@ def prepare_busi(
 
     Returns:
         The report. Rows have ``group`` ids ``g0001``... in row order, shared by copies, and
-        the extra column ``group_size``.
+        the extra columns ``site`` (``busi``), ``modality`` (``US``) and ``group_size``.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -121,7 +122,7 @@ def prepare_busi(
     for k, row in enumerate(rows):
         g = dedup.groups[k]
         labels = sorted({rows[i]["label"] for i in members[g]})
-        row = dict(row, group=gid[g], group_size=len(members[g]))
+        row = dict(row, group=gid[g], site=BUSI_SITE, modality="US", group_size=len(members[g]))
         if len(labels) > 1:
             if row["case_id"] == rows[members[g][0]]["case_id"]:
                 n_conflicts += 1

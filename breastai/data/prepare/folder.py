@@ -56,17 +56,27 @@ def _case_id(label: str, rel: Path) -> str:
     return label + "_" + "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") for p in parts)
 
 
-def prepare_folder(root: str | Path, out: str | Path, mask_suffix: str = "_mask") -> PrepareReport:
+def prepare_folder(
+    root: str | Path,
+    out: str | Path,
+    mask_suffix: str = "_mask",
+    site: str | None = None,
+    modality: str = "",
+) -> PrepareReport:
     """Datalist of ``ROOT/<class>/...`` images, one row per image, label = class folder.
 
     Args:
         root: folder with one sub-folder per class (hidden folders are ignored).
         out: datalist to write (``.csv`` or ``.json``).
         mask_suffix: file-name suffix that marks mask files (empty string: no masks).
+        site: the ``site`` column of every row; default the name of ``root`` (a plain folder
+            names no dataset, and its own name is the best guess that stays stable).
+        modality: the ``modality`` column (``US``, ``MG``); empty when not given, since a folder
+            of images does not say.
 
     Returns:
         The report. ``case_id`` is ``<class>_<relative path>``; ``group`` is the case_id, since
-        a plain folder says nothing about patients.
+        a plain folder says nothing about patients. Rows carry ``site`` and ``modality``.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -77,6 +87,7 @@ def prepare_folder(root: str | Path, out: str | Path, mask_suffix: str = "_mask"
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
+    site = site or root.resolve().name
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     rows = []
     seen: dict[str, Path] = {}
@@ -91,7 +102,8 @@ def prepare_folder(root: str | Path, out: str | Path, mask_suffix: str = "_mask"
                 raise ValueError(f"{image}: same case_id {case_id!r} as {seen[case_id]}; rename one of them")
             seen[case_id] = image
             rows.append(
-                {"case_id": case_id, "image": str(image), "mask": [str(m) for m in masks], "label": cdir.name, "group": case_id}
+                {"case_id": case_id, "image": str(image), "mask": [str(m) for m in masks], "label": cdir.name, "group": case_id,
+                 "site": site, "modality": modality}
             )
     return report.write(rows, out, t0, f"{root}: no images found in class sub-folders")
 
@@ -104,6 +116,10 @@ register_preparer(
         description="One row per image found recursively under ROOT/<class>/; label = class folder; "
         "files named <image><mask-suffix>[_N].<ext> are that image's masks.",
         root_help="folder with one sub-folder per class",
-        options=(Option("mask_suffix", "mask file name suffix (default _mask)", default="_mask"),),
+        options=(
+            Option("mask_suffix", "mask file name suffix (default _mask)", default="_mask"),
+            Option("site", "the 'site' column (default: the name of ROOT)"),
+            Option("modality", "the 'modality' column, e.g. US or MG (default: empty)", default=""),
+        ),
     )
 )

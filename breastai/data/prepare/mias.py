@@ -146,7 +146,8 @@ def prepare_mias(
             (meaning the whole image) instead of dropping them.
 
     Returns:
-        The report; rows have the extra columns ``abnormality``, ``tissue``, ``x``, ``y``
+        The report; rows have the extra columns ``site`` (``mias``), ``modality`` (``MG``),
+        ``abnormality``, ``tissue``, ``x``, ``y``
         (as in Info.txt, counted from the bottom), ``radius``.
 
     Raises:
@@ -191,6 +192,8 @@ def prepare_mias(
                 "mask": mask,
                 "label": SEVERITY[f.severity],
                 "group": f"mias_p{f.patient:03d}",
+                "site": "mias",
+                "modality": "MG",
                 "abnormality": f.abnormality,
                 "tissue": f.tissue,
                 "x": "" if f.x is None else f.x,

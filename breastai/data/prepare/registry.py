@@ -77,8 +77,10 @@ def register_preparer(preparer: Preparer) -> Preparer:
 
     Raises:
         ValueError: a preparer of that name is registered already (two datasets cannot share a
-            sub-command).
+            sub-command), or the name is ``merge``.
     """
+    if preparer.name == "merge":  # the command's own sub-command (breastai.data.prepare.merge)
+        raise ValueError("the name 'merge' is taken by 'breastai prepare merge'")
     if preparer.name in _PREPARERS:
         raise ValueError(f"a preparer named {preparer.name!r} is registered already")
     _PREPARERS[preparer.name] = preparer

@@ -105,10 +105,9 @@ def test_checkpoint_without_modalities_refuses_nothing(predictor, tmp_path):
 
 
 def test_ensemble_member_refuses(ckpt, us_ckpt, tmp_path):
+    from breastai.engine.ensemble import ensemble_state
     from breastai.inference.predictor import Predictor
     from breastai.models.checkpoint import load_checkpoint
-
-    from breastai.engine.ensemble import ensemble_state
 
     mg = write_dicom(tmp_path / "mg.dcm", _lesion(), modality="MG")
     ens = ensemble_state([load_checkpoint(ckpt), load_checkpoint(us_ckpt)], np.array([0.5, 0.5]), 0.0,

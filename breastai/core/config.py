@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
         "cache_dir": None,
         "num_workers": 0,
         "reader_options": {},
+        # Modality of the training images (US, MG, ...) for datalists without a ``modality`` column
+        # and plain images; recorded in the checkpoint, whose predict refuses DICOM of another one.
+        # None: unknown (a DICOM image's header still says).
+        "modality": None,
     },
     "preprocess": {
         "mode": "whole",  # whole | crop
@@ -213,7 +217,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 # Settings whose built-in value is None, and the type of value they take instead. Every None in
 # DEFAULTS needs its entry here (the defaults go through the check when a saved config is loaded).
-_OPTIONAL: dict[str, type] = {"run_name": str, "data.datalist": str, "data.cache_dir": str, "data.split_seed": int}
+_OPTIONAL: dict[str, type] = {"run_name": str, "data.datalist": str, "data.cache_dir": str, "data.split_seed": int,
+                             "data.modality": str}
 
 
 def _setting(key: str) -> Any:

@@ -18,6 +18,7 @@ from torch import nn
 
 from breastai.core import distributed as dist
 from breastai.core.distributed import resolve_device
+from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import (
@@ -128,6 +129,8 @@ def fit(
 
     # Digests of the image files learned from and selected on: evaluate warns when it meets them again.
     seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
+    # What the model learned from, so predict can refuse DICOM of another modality (None: unknown).
+    modalities = trained_modalities([*train_recs, *val_recs], cfg["data"].get("modality"))
     train_ds = build_dataset(cfg, train_recs, train=True)
     val_ds = build_dataset(cfg, val_recs, train=False)
 
@@ -248,7 +251,8 @@ def fit(
                            **({"val_pointing": val_pointing} if val_pointing is not None else {})}
                 save_checkpoint(best_path, _checkpoint(cfg, selected, epoch=epoch, best_epoch=epoch, metrics=metrics,
                                                        threshold=threshold, temperature=temperature,
-                                                       logit_offset=offset, seen_images=seen_images))
+                                                       logit_offset=offset, seen_images=seen_images,
+                                                       modalities=modalities))
             save_checkpoint(last_path, _checkpoint(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_auc": val_auc, "train_loss": train_loss},
                 threshold=0.5, temperature=1.0, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),

@@ -5,6 +5,8 @@ calibration temperature and operating threshold. A predict input goes through st
 
     inputs (files, folders, datalists, arrays; frames of multi-frame DICOM)
       -> identity (the id; DICOM: the SOP UID hash, decided before the pixels are read)
+      -> modality (a DICOM whose header names a modality the checkpoint was not trained on is
+         refused here, before any pixel is decoded or any model runs)
       -> load (one decode per distinct reader setting, shared by an ensemble's members)
       -> masks (given, from a datalist, found beside the image, or from a mask provider)
       -> scorer: preprocess -> score -> explain (breastai.inference.scorer / .ensemble)
@@ -224,6 +226,10 @@ class Predictor:
         rec.update(ident)
         if item.frame is not None and item.frame_suffix:
             rec["id"] = f"{rec['id']}_f{item.frame}"
+        refused = self._modality_refusal(item, rec["source"])
+        if refused is not None:
+            rec["error"] = refused
+            return rec, None
         decoded: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
 
         def decode(options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -275,6 +281,29 @@ class Predictor:
                 return rec, None
             rec["uncertainty"] = spread
         return rec, scored
+
+    def _modality_refusal(self, item: PredictItem, source: str) -> str | None:
+        """Why a DICOM input of a modality the checkpoint never saw is not scored (None: it is).
+
+        Read from the header alone. Every member of an ensemble must know the modality: the
+        ensemble's score is a weighted sum of every member's, so one member scoring an image
+        unlike any it learned from spoils it.
+        """
+        trained = [m.modalities for m in self.members]
+        if not any(trained) or isinstance(item.image, np.ndarray):
+            return None
+        from breastai.data.modality import dicom_modality, modality_refusal
+        from breastai.data.readers.dicom import is_dicom
+
+        path = Path(item.image)
+        if not (is_dicom(path) and path.is_file()):
+            return None
+        modality = dicom_modality(path)
+        for i, mods in enumerate(trained):
+            why = modality_refusal(source, modality, mods)
+            if why is not None:
+                return why if len(trained) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
+        return None
 
 
 def _decode(item: PredictItem, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -113,6 +113,7 @@ class ModelScorer:
         self.temperature = float(ckpt.temperature)
         self.calibration = ckpt.calibration
         self.threshold = float(ckpt.threshold)
+        self.modalities = list(ckpt.modalities) if ckpt.modalities else None  # None: refuses no modality
         self.aug = dict(cfg.get("augment") or {})
         model = model_from_checkpoint(ckpt)
         spec = ckpt.model.spec

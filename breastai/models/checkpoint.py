@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 
 # Top-level keys of the on-disk dict that Checkpoint reads into its own fields; any other key is
 # kept in ``Checkpoint.extra`` so that loading and saving again loses nothing.
-_OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images")
+_OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
           "threshold", "temperature", "metrics", "digest", *_OPTIONAL, *_RESUME}
@@ -138,6 +138,9 @@ class Checkpoint:
         best_epoch: the epoch selected on validation.
         metrics: validation (and test) metrics.
         seen_images: image digests of the ``train`` and ``val`` parts (None: not recorded).
+        modalities: imaging modalities of the training images (``["US"]``); predict refuses a DICOM
+            input of another modality. None: unknown (not recorded, or some image's unknown), which
+            refuses nothing. An ensemble's members carry their own.
         optimizer: resume only: the optimiser's state dict.
         scheduler: resume only: the learning-rate scheduler's state dict.
         early_stop: resume only: best AUC, its epoch and the epochs without gain.
@@ -164,6 +167,7 @@ class Checkpoint:
     best_epoch: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
     seen_images: dict[str, list[str]] | None = field(default=None, repr=False)
+    modalities: list[str] | None = None
     optimizer: dict[str, Any] | None = field(default=None, repr=False)
     scheduler: dict[str, Any] | None = field(default=None, repr=False)
     early_stop: dict[str, Any] | None = field(default=None, repr=False)
@@ -216,7 +220,7 @@ class Checkpoint:
             if getattr(self, key) is not None:
                 state[key] = getattr(self, key)
         state["metrics"] = self.metrics
-        for key in ("logit_offset", "seen_images", *_RESUME):
+        for key in ("logit_offset", "seen_images", "modalities", *_RESUME):
             if getattr(self, key) is not None:
                 state[key] = getattr(self, key)
         state.update(self.extra)
@@ -250,6 +254,7 @@ class Checkpoint:
                 best_epoch=_opt(int, state.get("best_epoch")),
                 metrics=dict(state.get("metrics") or {}),
                 seen_images=state.get("seen_images"),
+                modalities=None if state.get("modalities") is None else [str(m) for m in state["modalities"]],
                 **{key: state.get(key) for key in _RESUME},
                 members=None if ens is None else [cls.from_state(m) for m in ens["members"]],
                 member_weights=[] if ens is None else [float(w) for w in ens["weights"]],
@@ -271,7 +276,7 @@ def state_digest(state: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` of an on-disk dict, its own ``digest`` entry left out.
 
     Covers the weights (every tensor: its key, dtype, shape and bytes) and the rest of the state
-    (config, classes, threshold, temperature, offset, metrics, seen images, model arguments, resume
+    (config, classes, threshold, temperature, offset, metrics, seen images, modalities, model arguments, resume
     extras, an ensemble's members with their weights) in a canonical form: keys in sorted order, so
     the same contents give the same digest however the dict was built, on any device.
     """

@@ -34,13 +34,13 @@ def dicom_modality(path: str | Path) -> str | None:
     """
     import pydicom
 
-    from breastai.data.readers.dicom import _modality_and_intent  # the rule read_dicom reports in meta
+    from breastai.data.readers.dicom import modality_and_intent  # the rule read_dicom reports in meta
 
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - unreadable files fail later, when decoded, with the reader's message
         return None
-    return normalise_modality(_modality_and_intent(ds)[0])
+    return normalise_modality(modality_and_intent(ds)[0])
 
 
 def record_modality(rec: Mapping[str, Any], default: str | None = None) -> str | None:

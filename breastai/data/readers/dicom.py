@@ -49,6 +49,7 @@ __all__ = [
     "read_dicom",
     "is_dicom",
     "dicom_frame_count",
+    "modality_and_intent",
     "group_dicom_folder",
     "undo_geometry",
 ]
@@ -254,7 +255,7 @@ def _flatten_functional_groups(ds: Dataset, index: int) -> dict[str, Any]:
     return found
 
 
-def _modality_and_intent(ds: Dataset) -> tuple[str | None, str | None]:
+def modality_and_intent(ds: Dataset) -> tuple[str | None, str | None]:
     sop_mod, sop_intent = _SOP_CLASSES.get(str(ds.get("SOPClassUID", "")), (None, None))
     modality = str(ds.get("Modality", "") or "").upper() or sop_mod
     intent = str(ds.get("PresentationIntentType", "") or "").upper() or sop_intent
@@ -403,7 +404,7 @@ def read_dicom(
                              f"{UID(str(ds.get('SOPClassUID', ''))).name or 'unknown'})")
     check_pixel_data(ds, path, index)
     extra = _flatten_functional_groups(ds, n // 2 if index is None else index)
-    modality, intent = _modality_and_intent(ds)
+    modality, intent = modality_and_intent(ds)
     for_processing = intent == "FOR PROCESSING"
     if for_processing and not allow_for_processing:
         raise ImageReadError(f"{path}: 'FOR PROCESSING' (raw detector) image refused; its pixels are not meant for "

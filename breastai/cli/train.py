@@ -20,11 +20,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     t.add_argument("--config", help="YAML config file (defaults: breastai.core.config.DEFAULTS)")
     t.add_argument("--data", help="datalist CSV/JSON (same as data.datalist=FILE)")
-    t.add_argument("--folds", type=int, help="K-fold group-aware cross-validation (same as train.folds=K)")
+    t.add_argument("--folds", type=_folds, metavar="K|sites",
+                   help="K-fold group-aware cross-validation (same as train.folds=K); 'sites': one fold per "
+                   "datalist site, each held out in turn (leave-one-site-out)")
     t.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.set_defaults(func=run)
     return t
+
+
+def _folds(text: str) -> int | str:
+    """``--folds``: a whole number or the word ``sites``."""
+    if text.strip().lower() == "sites":
+        return "sites"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'sites', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +61,9 @@ def _print_train_result(out: dict) -> None:
         ms = out["mean_sd"]
         print(f"cross-validation: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over {len(out['folds'])} folds; "
               f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
+        for site, m in out.get("per_site", {}).items():
+            auc = "undefined (one class)" if m["auc"] is None else f"{m['auc']:.4f}"
+            print(f"  site {site}: n {m['n']}, pooled out-of-fold AUC {auc}, ECE {m['ece']:.3f}")
         print(f"summary: {out['run_dir']}/cv_summary.json")
     else:
         print(f"kept epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")

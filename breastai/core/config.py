@@ -95,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
         "select": "val_auc",
         "amp": True,
         "channels_last": True,
-        "folds": 0,
+        "folds": 0,  # K > 1: K-fold CV; sites: leave-one-site-out CV (one fold per datalist site)
         "threads": 0,  # 0 = torch default
         "grad_clip": 2.0,
     },
@@ -282,6 +282,11 @@ def _check(key: str, value: Any) -> Any:
     shown = _shown(value)
     if value is None and optional:
         return None
+    if key == "train.folds" and isinstance(value, str):
+        # The one word a whole-number setting takes: one fold per site (leave-one-site-out).
+        if value.strip().lower() != "sites":
+            raise ConfigError(f"train.folds must be a whole number (K folds) or 'sites' (one fold per site), got {shown}")
+        return "sites"
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {shown}")

@@ -16,11 +16,11 @@ from breastai.core.config import split_seed
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.core.keys import Keys
 from breastai.data.provenance import join_identical_images
-from breastai.data.splits import carve_validation, fixed_folds, group_kfold
+from breastai.data.splits import carve_validation, fixed_folds, group_kfold, record_sites, site_folds, site_strata
 from breastai.engine.scoring import predict_records, score_part
 from breastai.engine.trainer import fit
 from breastai.models.checkpoint import load_checkpoint
-from breastai.reporting.metrics import roc_auc, summarise_folds
+from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds
 
 __all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary"]
 
@@ -44,26 +44,41 @@ def _finished_fold(cfg: dict[str, Any], records: Sequence[dict[str, Any]], test_
     return {"best_epoch": ckpt.best_epoch, "test": rep, "test_predictions": preds}
 
 
-def cv_splits(records: Sequence[dict[str, Any]], k: int, cfg: dict[str, Any]
+def cv_splits(records: Sequence[dict[str, Any]], k: int | str, cfg: dict[str, Any]
               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(train, val, test) index arrays of each fold, exactly as :func:`cross_validate` uses them.
 
-    The folds depend on ``data.val_fraction`` and :func:`breastai.config.split_seed` only (and on
-    the image files: rows with byte-identical files are one group).
+    ``k`` = ``"sites"``: leave-one-site-out, one fold per site in name order
+    (:func:`breastai.data.splits.site_folds`). An integer ``k``: stratified group K-fold, by site
+    and label when the datalist holds several sites. Every fold's validation part is carved from
+    its training rows, stratified by site and label on mixed-site data, so it holds every
+    training site. The folds depend on ``data.val_fraction`` and
+    :func:`breastai.config.split_seed` only (and on the image files: rows with byte-identical
+    files are one group).
 
     Raises:
-        DatalistError: identical images with different labels, or in two folds the datalist fixes.
+        DatalistError: identical images with different labels, in two folds the datalist fixes,
+            or (leave-one-site-out) in two sites.
+        ValueError: the data cannot be split so (see :func:`~breastai.data.splits.site_folds`).
     """
-    records = join_identical_images(records, fixed_folds(records), Keys.FOLD, cfg["data"].get("datalist"))
+    source = cfg["data"].get("datalist")
     seed, out = split_seed(cfg), []
-    for i, test_idx in enumerate(group_kfold(records, k, seed=seed)):
+    if k == "sites":
+        held_out = [idx for _, idx in site_folds(records, source)]  # refused before any file is hashed
+        # The site is the fixed part: a copy of an image at another site would be trained and tested on.
+        records = join_identical_images(records, record_sites(records), Keys.SITE, source)
+    else:
+        records = join_identical_images(records, fixed_folds(records), Keys.FOLD, source)
+        held_out = group_kfold(records, int(k), seed=seed, strata=site_strata(records))
+    strata = site_strata(records)
+    for i, test_idx in enumerate(held_out):
         train_all = np.setdiff1d(np.arange(len(records)), test_idx)
-        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=seed + i)
+        tr, va = carve_validation(records, train_all, cfg["data"]["val_fraction"], seed=seed + i, strata=strata)
         out.append((tr, va, test_idx))
     return out
 
 
-def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int, run_dir: Path, resume: bool = False,
+def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int | str, run_dir: Path, resume: bool = False,
                    splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
 
@@ -73,6 +88,8 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     """
     per_fold, oof = [], []
     splits = cv_splits(records, k, cfg) if splits is None else splits
+    sites = record_sites(records)
+    site_of = {} if sites is None else {str(r[Keys.CASE_ID]): s for r, s in zip(records, sites)}
     for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))
@@ -89,8 +106,10 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
                 done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"],
                         "test_case_ids": [str(records[j]["case_id"]) for j in test_idx]}
                 atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
-        per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
-        oof += [{**p, "fold": i} for p in res["test_predictions"]]
+        held = {"site": sites[test_idx[0]]} if k == "sites" and sites is not None else {}
+        per_fold.append({"fold": i, **held, "best_epoch": res["best_epoch"], **res["test"]})
+        oof += [{**p, "fold": i, **({"site": site_of[str(p["case_id"])]} if site_of else {})}
+                for p in res["test_predictions"]]
     return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
 
 
@@ -128,9 +147,32 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
         "oof_predictions": oof,
         "config": cfg,
     }
+    has_sites = bool(oof) and all("site" in p for p in oof)
+    if has_sites:
+        summary["per_site"] = _per_site(oof, key, int(cfg["eval"]["bootstrap"]))
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
-        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", "label", "logit", "calibrated_logit",
-                                                                         "probability"], oof,
-                         exact=True)
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", *(["site"] if has_sites else []),
+                                                                 "label", "logit", "calibrated_logit", "probability"],
+                         oof, exact=True)
     return summary
+
+
+def _per_site(oof: list[dict[str, Any]], key: str, n_boot: int) -> dict[str, dict[str, Any]]:
+    """n, AUC with its bootstrap CI and ECE of the pooled out-of-fold predictions of each site's rows.
+
+    A site with one class in its rows (possible in K-fold CV, refused by leave-one-site-out) gets
+    None for the AUC and its interval rather than failing the whole summary.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for site in sorted({p["site"] for p in oof}):
+        rows = [p for p in oof if p["site"] == site]
+        y = np.array([p["label"] for p in rows])
+        s = np.array([p[key] for p in rows])
+        entry: dict[str, Any] = {"n": len(rows), "n_malignant": int(y.sum()), "auc": None, "auc_ci_low": None,
+                                 "auc_ci_high": None, "ece": ece(y, np.array([p["probability"] for p in rows]))}
+        if len(set(y.tolist())) == 2:
+            lo, hi = bootstrap_auc_ci(y, s, n_boot=max(n_boot, 1))
+            entry.update(auc=roc_auc(y, s), auc_ci_low=lo, auc_ci_high=hi)
+        out[site] = entry
+    return out

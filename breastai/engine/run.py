@@ -56,7 +56,7 @@ def _remove_if_unused(run_dir: Path) -> None:
 
 
 def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
-    """Run what the config asks for: one split (train/val[/test]) or K-fold CV.
+    """Run what the config asks for: one split (train/val[/test]), K-fold or leave-one-site-out CV.
 
     Raises:
         ValueError: the configuration or the data cannot be trained on (no folder is left behind).
@@ -70,8 +70,9 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         if not cfg["data"]["datalist"]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
         records = read_samples(cfg["data"]["datalist"], cfg["data"])
-        k = int(cfg["train"]["folds"] or 0)
-        if k > 1:
+        k = cfg["train"]["folds"]  # a whole number, or "sites" (leave-one-site-out)
+        cv = k == "sites" or int(k or 0) > 1
+        if cv:
             folds = cv_splits(records, k, cfg)
             splits = [{"train": tr, "val": va, "test": te} for tr, va, te in folds]
         else:
@@ -87,7 +88,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
         try:
-            if k > 1:
+            if cv:
                 out = cross_validate(cfg, records, k, run_dir, resume=resume, splits=folds)
             else:
                 out = fit(cfg, records, splits[0], run_dir, resume=resume)

@@ -138,3 +138,13 @@ def test_leave_one_site_out_run_reports_per_site(synth_datalist, tmp_path, tiny_
     # --resume reuses the finished folds (the folds are deterministic).
     again = train_main(cfg, resume=True)
     assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in s["folds"]]
+
+
+def test_train_cli_takes_folds_sites():
+    from breastai.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--folds", "sites"]).folds == "sites"
+    assert parser.parse_args(["train", "--folds", "5"]).folds == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--folds", "site"])

@@ -71,7 +71,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
 
 
 def test_a_fifo_input_is_refused_without_blocking(predictor, tmp_path):
-    fifo = tmp_path / "scan.dcm.fifo"
+    fifo = tmp_path / "scan.dcm"  # a DICOM suffix too: nothing may sniff its header
     os.mkfifo(fifo)
     with pytest.raises(ImageReadError, match="not a regular file"):
         load_image(fifo)

@@ -165,10 +165,10 @@ def _identifying(ds: Dataset) -> list[str]:
 def is_dicom(path: str | Path) -> bool:
     """True for a ``.dcm``/``.dicom`` suffix or a ``DICM`` magic at byte 128."""
     path = Path(path)
+    if not path.is_file():  # a FIFO or device: any reader would block on it forever (load_image names it)
+        return False
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    if not path.is_file():  # a FIFO or device would block the read below forever
-        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)

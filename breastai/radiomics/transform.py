@@ -27,10 +27,12 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
+from breastai.core.distributed import resolve_device
 from breastai.radiomics.extract import RadiomicsInputError, default_families, extract_features
 
 __all__ = [
@@ -248,6 +250,7 @@ def _row_name(d: Mapping[Hashable, Any], key: Hashable) -> str:
 
 def _device(cfg: dict[str, Any]) -> str:
     dev = str(cfg.get("device", "cpu"))
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return dev if dev.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    if dev == "cpu" or not torch.cuda.is_available():  # a GPU-trained checkpoint still measures on a CPU machine
+        return "cpu"
+    # resolve_device picks the local rank's GPU under torchrun (every rank used GPU 0 before)
+    return str(resolve_device("auto" if dev in ("auto", "cuda") else dev))

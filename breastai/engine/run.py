@@ -22,6 +22,7 @@ from breastai.core.config import check_resume, dump_config, split_seed
 from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_text
 from breastai.data.frames import read_samples
+from breastai.data.provenance import join_identical_images
 from breastai.data.splits import fixed_split
 from breastai.engine.cv import cross_validate, cv_splits
 from breastai.engine.trainer import check_parts, fit
@@ -77,6 +78,9 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             splits = [{"train": tr, "val": va, "test": te} for tr, va, te in folds]
         else:
             splits = [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])]
+        # The splitters joined the groups of byte-identical images to make the parts; training needs
+        # the joined groups too (the radiomics head's inner folds are group-aware).
+        records = join_identical_images(records, source=cfg["data"]["datalist"])
         for split in splits:  # every fold, before the first one trains
             check_parts(records, split)
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]

@@ -36,7 +36,7 @@ from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
 from breastai.reporting.tblog import TBLogger, flat_hparams, log_best_epoch
 
-__all__ = ["resolve_device", "fit", "check_parts"]
+__all__ = ["fit", "check_parts"]
 
 log = logging.getLogger("breastai")
 

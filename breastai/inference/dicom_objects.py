@@ -59,7 +59,7 @@ class AlgorithmInfo:
     Attributes:
         model: the model's registry name (an ensemble's member names joined by ``+``).
         version: the breastai version that ran the model.
-        checkpoint_sha256: the checkpoint's digest (its stored digest, else the file's SHA-256).
+        checkpoint_sha256: the SHA-256 of the checkpoint file's bytes.
         threshold: the operating threshold of the label.
         saliency: the saliency method of the map.
     """

@@ -96,7 +96,7 @@ class EnsembleScorer:
                 maps.append((w, s.saliency))
                 if base is None or (base[1] is None and s.lesion_mask is not None):
                     base = (s.image, s.lesion_mask)
-            has_mask = s.has_mask
+            has_mask = has_mask or s.has_mask  # not the last member's word alone
         out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views)
         if maps:
             total = sum(w for w, _ in maps)

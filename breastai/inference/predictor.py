@@ -199,7 +199,7 @@ class Predictor:
         if saliency not in METHODS:
             raise ValueError(f"unknown saliency method {saliency!r}; choose one of {', '.join(METHODS)}")
         items, notes = expand_inputs(inputs, masks, find_masks)
-        items = expand_frames_of_items(items, self.members[0].reader_options)
+        items = expand_frames_of_items(items, self.scorer.reader_options)
         for n in notes:
             log.info("%s", n)
         records = []
@@ -239,7 +239,7 @@ class Predictor:
             return decoded[key]
 
         try:
-            image, meta = decode(self.members[0].reader_options)
+            image, meta = decode(self.scorer.reader_options)
             if keep and meta.get("format") == "dicom":
                 rec.update(_identifiers(item))
             arr = np.asarray(image, dtype=np.float32)

@@ -106,13 +106,11 @@ class ModelScorer:
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: checkpoint lacks the preprocessing description ({exc}); "
                                   "it was not written by breastai train") from exc
-        self.classes = list(ckpt.classes)
-        if len(self.classes) != 2:
-            raise CheckpointError(f"{source}: expected 2 classes, checkpoint has {self.classes}")
+        if len(ckpt.classes) != 2:
+            raise CheckpointError(f"{source}: expected 2 classes, checkpoint has {list(ckpt.classes)}")
         self.cfg, self.source, self.device = cfg, source, device
         self.temperature = float(ckpt.temperature)
         self.calibration = ckpt.calibration
-        self.threshold = float(ckpt.threshold)
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None  # None: refuses no modality
         self.aug = dict(cfg.get("augment") or {})
         model = model_from_checkpoint(ckpt)

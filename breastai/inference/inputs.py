@@ -15,9 +15,14 @@ from breastai.data.frames import expand_frames
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import IMAGE_SUFFIXES, image_stem, image_suffix
 
-__all__ = ["PredictItem", "expand_inputs", "expand_frames_of_items", "RUN_MARKER"]
+__all__ = ["PredictItem", "has_mask_input", "expand_inputs", "expand_frames_of_items", "RUN_MARKER"]
 
 _MASK_NAME = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
+
+
+def has_mask_input(mask: Any) -> bool:
+    """Whether ``mask`` (paths, an array or a box) is a mask at all; arrays have no truth value."""
+    return mask is not None and not (isinstance(mask, (list, tuple)) and len(mask) == 0)
 
 
 @dataclass
@@ -35,8 +40,8 @@ class PredictItem:
 
     @property
     def has_mask_input(self) -> bool:
-        """A mask (path list, array or box) comes with this input; arrays have no truth value."""
-        return self.mask is not None and not (isinstance(self.mask, (list, tuple)) and len(self.mask) == 0)
+        """A mask (path list, array or box) comes with this input."""
+        return has_mask_input(self.mask)
 
 
 def _is_image_file(p: Path) -> bool:

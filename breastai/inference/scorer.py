@@ -19,6 +19,7 @@ import torch
 from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import build_transforms
+from breastai.inference.inputs import has_mask_input
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
@@ -175,8 +176,8 @@ class ModelScorer:
         Raises:
             ImageReadError: the input cannot be scored by this model (the message says why).
         """
-        has_mask_input = mask is not None and not (isinstance(mask, (list, tuple)) and len(mask) == 0)
-        if self.crop_mode and not has_mask_input:
+        given = has_mask_input(mask)
+        if self.crop_mode and not given:
             raise ImageReadError(f"{source}: this checkpoint classifies lesion crops (preprocess.mode=crop): "
                                  "a lesion mask is needed for this image (--mask, or a datalist with masks)")
         d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": mask, "case_id": case_id, "source": source}
@@ -185,7 +186,7 @@ class ModelScorer:
         has_mask = bool(d.get("has_mask", False))
         # A whole-image model needs no mask: an empty one found beside the image or in a datalist
         # (BUSI's normal images) only means no outline is drawn; one the caller gave is a mistake.
-        if has_mask_input and not has_mask and (self.needs_mask or mask_given):
+        if given and not has_mask and (self.needs_mask or mask_given):
             raise ImageReadError(f"{source}: the lesion mask is empty")
         x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)
         full, full_mask = d[_FULL_IMAGE], d[_FULL_MASK]

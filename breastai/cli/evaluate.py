@@ -8,28 +8,60 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 
+def _columns(text: str) -> list[str]:
+    cols = [c.strip() for c in text.split(",") if c.strip()]
+    if not cols:
+        raise argparse.ArgumentTypeError("give one or more column names, comma-separated")
+    return cols
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``breastai evaluate``."""
+    from breastai.data.grouping import DICOM_FIELDS
+    from breastai.reporting.levels import LEVELS
+
     e = subparsers.add_parser("evaluate", help="evaluate a checkpoint on a labelled datalist",
                               description="Evaluate a checkpoint: metrics.json (AUC with bootstrap CI, sensitivity and "
                               "specificity at the checkpoint's threshold, Brier, ECE), predictions.csv, roc.png, "
-                              "calibration.png.")
+                              "calibration.png; per breast or exam with --level, per subgroup with --by.")
     e.add_argument("--checkpoint", required=True, help="best.pt from a training run")
     e.add_argument("--data", required=True, help="labelled datalist CSV/JSON")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--level", choices=LEVELS, default="lesion",
+                   help="what one case is: a datalist row (lesion, default), an image file, a breast (exam + "
+                   "laterality) or an exam; images are combined by the max of their calibrated log-odds unless "
+                   "--fit-on fits the rule")
+    e.add_argument("--fit-on", metavar="VAL",
+                   help="labelled validation datalist, or a cross-validation oof_predictions.csv, with the level's "
+                   "structure: the combination rule, its recalibration and the threshold are fitted on it")
+    e.add_argument("--by", type=_columns, metavar="COLUMN[,COLUMN]", default=[],
+                   help="report n, prevalence, AUC (CI), sensitivity, specificity and ECE per value of each column: "
+                   f"datalist columns, or for DICOM images {', '.join(DICOM_FIELDS)}")
     e.set_defaults(func=run)
     return e
 
 
+def _figure(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print the headline figures."""
+    """Evaluate and print the headline figures (and each subgroup's)."""
     from breastai.engine.evaluate import evaluate_checkpoint
 
-    rep = evaluate_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
+    rep = evaluate_checkpoint(args.checkpoint, args.data, args.out, device=args.device, level=args.level,
+                              by=args.by, fit_on=args.fit_on)
     print(
-        f"n={rep['n']}  AUC {rep['auc']:.4f} (95% CI {rep['auc_ci_low']:.3f}-{rep['auc_ci_high']:.3f})  "
+        f"{rep['level']} level: n={rep['n']}  AUC {rep['auc']:.4f} (95% CI {rep['auc_ci_low']:.3f}-{rep['auc_ci_high']:.3f})  "
         f"sensitivity {rep['sensitivity']:.3f}  specificity {rep['specificity']:.3f}  ECE {rep['ece']:.3f}"
     )
-    print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png")
+    for col, groups in rep.get("subgroups", {}).items():
+        for value, f in groups.items():
+            auc = (f"AUC {f['auc']:.3f} ({f['auc_ci_low']:.3f}-{f['auc_ci_high']:.3f})" if f["auc"] is not None
+                   else f"AUC n/a ({f['auc_note']})")
+            print(f"  {col}={value}: n={f['n']} prevalence {f['prevalence']:.2f}  {auc}  sensitivity "
+                  f"{_figure(f['sensitivity'])}  specificity {_figure(f['specificity'])}  ECE {f['ece']:.3f}")
+    extra = ", subgroups.png" if args.by else ""
+    print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0

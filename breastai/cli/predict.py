@@ -38,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"breastai predict: error: --{exc}", file=sys.stderr)
         return 2
     try:
+        from breastai.inference.level_tables import load_level_rule
+
+        rules = [load_level_rule(f) for f in args.level_rule or []]
         checkpoint, writers = args.checkpoint, None
         if args.dicom_out:
-            checkpoint, writers = _dicom_writers(args)
+            checkpoint, writers = _dicom_writers(args, rules)
         records, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
-                                   saliency_upsample=args.saliency_upsample, writers=writers)
+                                   saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -60,20 +63,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
           f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else "")
           + (f", {run['dicom_out']['n_objects']} DICOM object(s) in {Path(args.dicom_out) / run['run_id']}"
-             if args.dicom_out else ""))
+             if args.dicom_out else "")
+          + "".join(f", {lv['n']} {name}(s) in {Path(args.out) / lv['file']}" for name, lv in run.get("levels", {}).items()))
     return 1 if bad else 0
 
 
-def _dicom_writers(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def _dicom_writers(args: argparse.Namespace, rules: list[Any]) -> tuple[Any, list[Any]]:
     """The predictor and the writers of a run with ``--dicom-out``: the defaults plus the DICOM objects."""
     from breastai.inference.dicom_writer import DicomObjects
     from breastai.inference.predictor import Predictor
-    from breastai.inference.writers import PredictionTables, SaliencyMaps
+    from breastai.inference.writers import default_writers
 
     pred = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     objects = DicomObjects(args.dicom_out, pred, args.checkpoint, saliency=args.saliency)
     # Tables last: they carry the objects' paths and the run's notes.
-    return pred, ([SaliencyMaps()] if args.saliency != "none" else []) + [objects, PredictionTables()]
+    return pred, default_writers(args.saliency, rules, objects)
 
 
 def _count(text: str) -> int:
@@ -122,6 +126,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "algorithm), a Secondary Capture of the saliency overlay and a SEG of the lesion outline. These "
                    "objects carry the source's patient identifiers (filing into the study needs them): the only "
                    "output that does; tables and logs stay redacted. Non-DICOM inputs get none")
+    p.add_argument("--level-rule", action="append", metavar="JSON",
+                   help="when the inputs carry exams (DICOM studies; a datalist's exam/group and laterality columns), "
+                   "breasts.csv and exams.csv combine each breast's and exam's images by the max of their calibrated "
+                   "log-odds at the checkpoint's threshold; give the metrics.json of 'breastai evaluate --level "
+                   "breast|exam --fit-on VAL' to use the rule, recalibration and threshold fitted there (repeat per level)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     p.set_defaults(func=run)

@@ -51,6 +51,19 @@ class Keys:
     """Datalist (optional extra column): the imaging modality, ``US`` or ``MG`` (DICOM's codes), or
     empty when unknown; kept as a string."""
 
+    EXAM = "exam"
+    """Datalist (optional extra column): the exam (screening visit) the image belongs to; the
+    breast- and exam-level scores group by it (:mod:`breastai.reporting.levels`). DICOM: the hash
+    of the Study Instance UID. Kept as a string."""
+
+    LATERALITY = "laterality"
+    """Datalist (optional extra column): the breast, ``L``, ``R`` or ``B`` (both), or empty; DICOM:
+    Image Laterality, else Laterality."""
+
+    VIEW = "view"
+    """Datalist (optional extra column): the view position (``CC``, ``MLO``, ...), or empty; DICOM:
+    View Position, else the View Code Sequence."""
+
     FRAME = "frame"
     """Frame index of a multi-frame DICOM row (frame policy ``all``): the reader reads that frame."""
 

@@ -11,6 +11,9 @@ Columns (CSV) or keys (JSON):
 - ``site``, ``modality``: optional (:data:`SITE_FIELDS`); the dataset the row comes from and its
   modality (``US``, ``MG``), written by every ``breastai prepare`` preparer. Datalists without
   them read as before.
+- ``exam``, ``laterality`` (``L``, ``R``, ``B``), ``view``: optional (:data:`GROUPING_FIELDS`); the
+  exam, breast and view of the image, for breast- and exam-level scores
+  (:mod:`breastai.data.grouping`). ``laterality`` is upper-cased; another value is an error.
 
 Any further column is kept as a string in the record. The column names are the sample keys of
 :class:`breastai.core.keys.Keys`.
@@ -27,12 +30,14 @@ from typing import Any, Iterable, Sequence
 from breastai.core.files import atomic_write_text
 from breastai.core.keys import Keys
 
-__all__ = ["DatalistError", "read_datalist", "write_datalist", "FIELDS", "SITE_FIELDS"]
+__all__ = ["DatalistError", "read_datalist", "write_datalist", "FIELDS", "SITE_FIELDS", "GROUPING_FIELDS"]
 
 FIELDS = [Keys.CASE_ID, Keys.IMAGE, Keys.MASK, Keys.LABEL, Keys.GROUP, Keys.FOLD, Keys.SPLIT]
 # Optional columns read and kept as strings like any extra column (so older datalists without
 # them still read), but written first among the extras so merged datalists line up.
 SITE_FIELDS = [Keys.SITE, Keys.MODALITY]
+GROUPING_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW]
+_LATERALITIES = {"L", "R", "B", ""}
 _SPLITS = {"train", "val", "test", ""}
 
 
@@ -148,6 +153,10 @@ def read_datalist(
         rec[Keys.SPLIT] = str(row.get(Keys.SPLIT, "")).strip().lower()
         if rec[Keys.SPLIT] not in _SPLITS:
             raise DatalistError(f"{where}: 'split' must be train, val or test, got {rec['split']!r}")
+        if Keys.LATERALITY in rec:
+            rec[Keys.LATERALITY] = str(rec[Keys.LATERALITY]).strip().upper()
+            if rec[Keys.LATERALITY] not in _LATERALITIES:
+                raise DatalistError(f"{where}: 'laterality' must be L, R, B or empty, got {row[Keys.LATERALITY]!r}")
         if check_files:
             for f in [rec[Keys.IMAGE], *rec[Keys.MASK]]:
                 if not Path(f).is_file():
@@ -195,7 +204,8 @@ def write_datalist(rows: Iterable[dict[str, Any]], path: str | Path, relative: b
             if k not in FIELDS and k not in extra:
                 extra.append(k)
         out.append(r)
-    extra = [k for k in SITE_FIELDS if k in extra] + [k for k in extra if k not in SITE_FIELDS]
+    first = SITE_FIELDS + GROUPING_FIELDS
+    extra = [k for k in first if k in extra] + [k for k in extra if k not in first]
     fields = FIELDS + extra
     if path.suffix.lower() == ".json":
         text = json.dumps({"data": [{k: r.get(k, "") for k in fields} for r in out]}, indent=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -15,11 +16,14 @@ from breastai.core import distributed as dist
 from breastai.core.config import split_seed
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.core.keys import Keys
+from breastai.data.grouping import grouping_of
 from breastai.data.provenance import join_identical_images
 from breastai.data.splits import carve_validation, fixed_folds, group_kfold, record_sites, site_folds, site_strata
+from breastai.engine.level_scores import pooled_level_summary
 from breastai.engine.scoring import predict_records, score_part
 from breastai.engine.trainer import fit
 from breastai.models.checkpoint import load_checkpoint
+from breastai.reporting.levels import ImageScore
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds
 
 __all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary"]
@@ -90,6 +94,13 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     splits = cv_splits(records, k, cfg) if splits is None else splits
     sites = record_sites(records)
     site_of = {} if sites is None else {str(r[Keys.CASE_ID]): s for r, s in zip(records, sites)}
+    # exam, laterality and view go with each out-of-fold row, so that the summary (and a later
+    # `evaluate --fit-on oof_predictions.csv`) can combine them per breast and exam
+    # (the image by a hash of its path: a DICOM export's path may name the patient)
+    grouping = {str(r[Keys.CASE_ID]): {**grouping_of(r), "image": hashlib.sha256(str(r[Keys.IMAGE]).encode()).hexdigest()[:16]}
+                for r in records}
+    if not any(g[Keys.EXAM] or g[Keys.LATERALITY] for g in grouping.values()):
+        grouping = {}
     for i, (tr, va, test_idx) in enumerate(splits):
         if dist.is_main():
             log.info("fold %d/%d: %d train, %d val, %d test", i + 1, len(splits), len(tr), len(va), len(test_idx))
@@ -108,8 +119,8 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
                 atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
         held = {"site": sites[test_idx[0]]} if k == "sites" and sites is not None else {}
         per_fold.append({"fold": i, **held, "best_epoch": res["best_epoch"], **res["test"]})
-        oof += [{**p, "fold": i, **({"site": site_of[str(p["case_id"])]} if site_of else {})}
-                for p in res["test_predictions"]]
+        oof += [{**p, "fold": i, **({"site": site_of[str(p["case_id"])]} if site_of else {}),
+                 **grouping.get(str(p["case_id"]), {})} for p in res["test_predictions"]]
     return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
 
 
@@ -150,10 +161,18 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
     has_sites = bool(oof) and all("site" in p for p in oof)
     if has_sites:
         summary["per_site"] = _per_site(oof, key, int(cfg["eval"]["bootstrap"]))
+    grouped = bool(oof) and key == "calibrated_logit" and all(Keys.EXAM in p for p in oof)
+    if grouped:
+        scores = [ImageScore(case_id=str(p["case_id"]), log_odds=float(p[key]), label=int(p["label"]),
+                             exam=p[Keys.EXAM], laterality=p[Keys.LATERALITY], view=p[Keys.VIEW], image=p["image"])
+                  for p in oof]
+        summary["levels"] = pooled_level_summary(scores, int(cfg["eval"]["bootstrap"]))
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
         atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", *(["site"] if has_sites else []),
-                                                                 "label", "logit", "calibrated_logit", "probability"],
+                                                                 "label", "logit", "calibrated_logit", "probability",
+                                                                 *([Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "image"]
+                                                                   if grouped else [])],
                          oof, exact=True)
     return summary
 

@@ -1,7 +1,10 @@
 """``breastai evaluate``: a checkpoint on a labelled datalist -> metrics, predictions, plots.
 
 The preprocessing, classes, calibration temperature and operating threshold all come from the
-checkpoint (chosen on validation data during training), never from the evaluation data.
+checkpoint (chosen on validation data during training), never from the evaluation data. At the
+breast and exam levels (``level``) the images are combined by :mod:`breastai.reporting.levels`: by
+the default rule at the checkpoint's image threshold, or by a rule, recalibration and threshold
+fitted on other validation data with that structure (``fit_on``), never on the evaluation data.
 """
 
 from __future__ import annotations
@@ -9,27 +12,57 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.data.frames import read_samples
 from breastai.data.provenance import seen_before
+from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint import Checkpoint, load_checkpoint
+from breastai.reporting.levels import LEVELS, default_rule, level_rows
+from breastai.reporting.subgroups import subgroup_report
 
 __all__ = ["evaluate_checkpoint"]
 
 log = logging.getLogger("breastai")
 
 
+def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, dev: Any,
+                    n_boot: int) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any], list[dict]]:
+    """Records, raw predictions, probabilities, image-level report and rows of a labelled datalist."""
+    cfg = ckpt.config
+    records = read_samples(data, cfg["data"], ckpt.classes)  # same frame policy as in training
+    try:
+        pred = predict_records(ckpt, records, dev, progress=True,
+                               names=row_names(data, records, cfg["data"].get("reader_options")))
+        probs, report, rows = score_part(pred, ckpt, n_boot)
+    except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
+        raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
+    return records, pred, probs, report, rows
+
+
 def evaluate_checkpoint(
-    checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None
+    checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None,
+    level: str = "lesion", by: Sequence[str] = (), fit_on: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the labelled datalist ``data``; write reports into ``out``.
 
-    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png``, and
-    nothing when any case cannot be scored.
+    Writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``calibration.png`` (and
+    ``subgroups.png`` with ``by``), and nothing when any case cannot be scored.
+
+    Args:
+        level: ``lesion`` (one datalist row), ``image``, ``breast`` or ``exam``: what a case is
+            (:mod:`breastai.reporting.levels`); ``predictions.csv`` then has one row per case
+            with its members, ``n_images``, ``views_present`` and ``driver``.
+        by: subgroup columns (datalist columns; DICOM header fields of
+            :data:`breastai.data.grouping.DICOM_FIELDS`): ``metrics.json`` gets ``subgroups``.
+        fit_on: labelled datalist, or a cross-validation ``oof_predictions.csv``, to fit the
+            level's rule, recalibration and threshold on (default: the default rule at the
+            checkpoint's threshold).
 
     Returns:
         The metrics dict (see :func:`breastai.metrics.evaluation_report`).
@@ -43,18 +76,16 @@ def evaluate_checkpoint(
     out = Path(out)
     if out.exists() and not out.is_dir():  # found now, not after every image has been scored
         raise ValueError(f"{out} is a file; --out names the report folder")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    if fit_on is not None and level == "lesion":
+        raise ValueError("--fit-on fits a rule that combines images: give --level image, breast or exam")
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
     classes = ckpt.classes
-    records = read_samples(data, cfg["data"], classes)  # same frame policy as in training
     dev = resolve_device(device)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    try:
-        pred = predict_records(ckpt, records, dev, progress=True,
-                               names=row_names(data, records, cfg["data"].get("reader_options")))
-        probs, report, _ = score_part(pred, ckpt, n_boot)
-    except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
-        raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
+    records, pred, probs, report, rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot)
     seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
         log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
@@ -64,16 +95,42 @@ def evaluate_checkpoint(
                     "and %d to its validation images: these figures are not an independent test",
                     seen["train"], len(records), seen["val"])
     y = pred["label"].astype(int)
+    table: tuple[list[str], list[dict[str, Any]]]
+    if level == "lesion":
+        if by:
+            from breastai.data.grouping import subgroup_columns
+
+            report["subgroups"] = subgroup_report(y, probs, ckpt.threshold, subgroup_columns(records, by, str(data)),
+                                                  scores=[r["calibrated_logit"] for r in rows], n_boot=n_boot)
+        report["level"] = "lesion"
+        table = (["case_id", "label", "probability", "predicted"], [
+            {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)]}
+            for c, yy, p in zip(pred["case_id"], y, probs)])
+    else:
+        def score(path: Path) -> tuple[list[dict[str, Any]], list[dict]]:
+            val_records, _, _, _, val_rows = _score_datalist(ckpt, checkpoint, path, dev, n_boot)
+            return val_records, val_rows
+
+        rule = default_rule(level) if fit_on is None else fit_rule_on(
+            fit_on, level, score, cfg.get("eval", {}).get("threshold_method", "youden"))
+        image_auc = {k: report[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "n", "n_pos")}
+        report, groups = level_report(image_scores(records, rows, by, str(data)), rule, ckpt, n_boot, by, str(data))
+        report["image_level"] = image_auc
+        y = np.array([g.label for g in groups])
+        probs = np.array([g.probability for g in groups])
+        lrows = level_rows(groups, report["threshold"], classes)
+        table = (["id", "label", "probability", "predicted", "members", "n_images", "views_present", "laterality",
+                  "driver"], [{**r, "label": r["truth"]} for r in lrows])
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
-    atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (
-        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)]}
-        for c, yy, p in zip(pred["case_id"], y, probs)), exact=True)
+    atomic_write_csv(out / "predictions.csv", table[0], table[1], exact=True)
     from breastai.reporting import plots
 
     plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")
     plots.plot_calibration(y, probs, out / "calibration.png")
+    if by:
+        plots.plot_subgroups(report["subgroups"], out / "subgroups.png", title=f"AUC by subgroup ({level} level)")
     return report

@@ -37,6 +37,7 @@ class PredictItem:
     mask_given: bool = False  # passed by the caller (``masks=``/``--mask``), not found beside the image or in a datalist
     frame: int | None = None  # one frame of a multi-frame DICOM (the checkpoint's frame policy ``all``)
     frame_suffix: bool = False  # the record id gets ``_f<frame>`` (the file has several frames)
+    grouping: dict[str, str | None] = field(default_factory=dict)  # exam, laterality, view from a datalist row
 
     @property
     def has_mask_input(self) -> bool:
@@ -96,6 +97,7 @@ def expand_inputs(
         ValueError: the number of masks does not match the number of images.
     """
     from breastai.data.datalist import read_datalist
+    from breastai.data.grouping import grouping_of
 
     if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)) or not isinstance(inputs, Iterable):
         inputs = [inputs]
@@ -119,7 +121,8 @@ def expand_inputs(
                     items.append(PredictItem(str(f), _sibling_masks(f) or None if find_masks else None, source=str(f)))
         elif p.suffix.lower() in (".csv", ".json") and p.is_file():
             for r in read_datalist(p, check_files=False, require_label=False):
-                items.append(PredictItem(r["image"], r["mask"] or None, case_id=r["case_id"], source=str(r["image"])))
+                items.append(PredictItem(r["image"], r["mask"] or None, case_id=r["case_id"], source=str(r["image"]),
+                                         grouping={k: v for k, v in grouping_of(r).items() if v}))
         else:  # a file (missing or unsupported ones become error records)
             items.append(PredictItem(str(p), (_sibling_masks(p) or None) if find_masks and p.is_file() else None, source=str(p)))
     if masks is not None:

@@ -51,8 +51,9 @@ __all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
 log = logging.getLogger("breastai")
 
 # Record keys a writer may read during ``on_item`` and that are removed right after: the input's
-# path (unredacted), its DICOM frame and who drew its mask (``given``, ``box``, ``provider:<name>``).
-_PRIVATE = ("_path", "_frame", "_mask_origin")
+# path (unredacted), its DICOM frame, who drew its mask (``given``, ``box``, ``provider:<name>``)
+# and its calibrated log-odds (what breast and exam scores combine).
+_PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "has_mask",
                  "saliency_png", "saliency_npy", "error"]
@@ -224,6 +225,7 @@ class Predictor:
             rec.update(_path=str(item.image), _frame=item.frame)
         ident, secrets = _identity(item, keep, index)
         rec.update(ident)
+        rec.update(_grouping(item))
         if item.frame is not None and item.frame_suffix:
             rec["id"] = f"{rec['id']}_f{item.frame}"
         refused = self._modality_refusal(item, rec["source"])
@@ -272,7 +274,7 @@ class Predictor:
             return rec, None
         p = float(apply_temperature(np.array([scored.calibrated_logit]), 1.0)[0])
         rec.update(has_mask=scored.has_mask, logit=scored.logit, probability=p,
-                   label=self.classes[int(p >= self.threshold)])
+                   label=self.classes[int(p >= self.threshold)], _calibrated_logit=float(scored.calibrated_logit))
         if scored.tta_calibrated is not None:
             spread = float(np.std(apply_temperature(scored.tta_calibrated, 1.0)))
             if not np.isfinite(spread):
@@ -337,6 +339,16 @@ def _identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any]
     if rid is None or rid == Path(item.source).stem or holds_identifier(rid, secrets):
         rid = sop_hash or f"dicom-{index:05d}"
     return {"id": rid, "source": redact(item.source, secrets)}, secrets
+
+
+def _grouping(item: PredictItem) -> dict[str, str]:
+    """``exam``, ``laterality`` and ``view`` of an input, where it has them: from its datalist row, a
+    DICOM file filling the rest from its header (the exam as the hash of its Study Instance UID)."""
+    if isinstance(item.image, np.ndarray):
+        return dict(item.grouping)
+    from breastai.data.grouping import grouping_of
+
+    return {k: v for k, v in grouping_of({**item.grouping, "image": item.image}).items() if v}
 
 
 def _identifiers(item: PredictItem) -> dict[str, str]:

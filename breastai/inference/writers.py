@@ -2,11 +2,14 @@
 
 A writer (see :class:`Writer`) is told when a run starts, gets every record with its maps as the
 predictor makes it, and is told when the run finishes (or fails). Built in: :class:`SaliencyMaps`
-(maps as ``.npy`` and PNG overlays) and :class:`PredictionTables` (``predictions.csv``/``.json``).
+(maps as ``.npy`` and PNG overlays), :class:`~breastai.inference.level_tables.LevelTables`
+(``breasts.csv`` and ``exams.csv`` when the inputs carry exam grouping) and
+:class:`PredictionTables` (``predictions.csv``/``.json``).
 
 Output folder layout (a rerun never mixes old and new results)::
 
     OUT/predictions.csv, OUT/predictions.json     replaced atomically at the END of a run
+    OUT/breasts.csv|.json, OUT/exams.csv|.json     likewise, when the inputs carry grouping
     OUT/saliency/<run_id>/NNNNN_<id>.npy|.png       maps of that run only
 
 Each run writes its maps into a fresh ``saliency/<run_id>/`` folder; the prediction files,
@@ -33,10 +36,12 @@ import numpy as np
 
 from breastai.core.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from breastai.inference.inputs import RUN_MARKER
+from breastai.inference.level_tables import LevelTables
 from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
 from breastai.models.saliency import heat_overlay
 
-__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "OutputBusyError", "output_lock", "write_predictions", "run_predict"]
+__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "OutputBusyError", "output_lock", "write_predictions",
+           "default_writers", "run_predict"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry
 Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -173,6 +178,11 @@ def _remove_old_runs(out: Path, keep: str | None) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def default_writers(saliency: str, level_rules: Sequence[Any] = (), *extra: Writer) -> list[Writer]:
+    """Maps (unless ``saliency`` is ``none``), ``extra`` writers, the level tables and the prediction tables, in that order."""
+    return [*([SaliencyMaps()] if saliency != "none" else []), *extra, LevelTables(level_rules), PredictionTables()]
+
+
 def run_predict(
     checkpoint: Any,
     inputs: Sequence[Any],
@@ -186,12 +196,16 @@ def run_predict(
     saliency_upsample: str | None = None,
     writers: Sequence[Writer] | None = None,
     mask_providers: Sequence[MaskProvider] = (),
+    level_rules: Sequence[Any] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
 
     Args:
         writers: the outputs (default: :class:`SaliencyMaps` unless ``saliency`` is ``none``, then
-            :class:`PredictionTables`); they finish in this order, so tables come last.
+            :class:`~breastai.inference.level_tables.LevelTables` and :class:`PredictionTables`); they
+            finish in this order, so tables come last.
+        level_rules: fitted :class:`~breastai.reporting.levels.LevelRule` s for the default writers'
+            breast and exam tables (default: the max rule at the checkpoint's threshold).
         mask_providers: outline inputs that come without a mask (a path-loaded predictor only).
 
     Returns:
@@ -202,7 +216,7 @@ def run_predict(
     if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
         pred.set_saliency_upsample(saliency_upsample)
     if writers is None:
-        writers = ([SaliencyMaps()] if saliency != "none" else []) + [PredictionTables()]
+        writers = default_writers(saliency, level_rules)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):

@@ -36,6 +36,8 @@ __all__ = [
     "plot_pr",
     "plot_calibration",
     "plot_confusion",
+    "figure_subgroups",
+    "plot_subgroups",
     "save_figure",
 ]
 
@@ -145,6 +147,32 @@ def figure_confusion(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=title)
     return fig
+
+
+def figure_subgroups(report: Mapping[str, Mapping[str, Mapping]], title: str = "AUC by subgroup") -> Figure:
+    """AUC with its CI bar per subgroup (:func:`breastai.reporting.subgroups.subgroup_report`), one
+    row per ``column=value``; a subgroup too small for a CI is named with its counts, without a point."""
+    rows = [(f"{col}={val}", f) for col, vals in report.items() for val, f in vals.items()]
+    fig = _new_figure(6.0, 1.0 + 0.32 * max(1, len(rows)))
+    ax = fig.add_subplot()
+    left = min([0.5] + [f["auc_ci_low"] for _, f in rows if f.get("auc") is not None])
+    for i, (name, f) in enumerate(rows):
+        if f.get("auc") is None:
+            ax.text(left + 0.01, i, f"n={f['n']}, {f['n_pos']} malignant: too few for a CI", va="center", fontsize=7, c="grey")
+            continue
+        ax.errorbar(f["auc"], i, xerr=[[f["auc"] - f["auc_ci_low"]], [f["auc_ci_high"] - f["auc"]]],
+                    fmt="o", c="C0", capsize=3, ms=4)
+        ax.text(1.0, i, f" n={f['n']}", va="center", fontsize=7)
+    ax.axvline(0.5, ls="--", c="grey", lw=0.8)
+    ax.set(xlim=(left, 1.0), ylim=(-0.7, len(rows) - 0.3), yticks=range(len(rows)),
+           yticklabels=[n for n, _ in rows], xlabel="AUC (95% CI)", title=title)
+    ax.invert_yaxis()
+    return fig
+
+
+def plot_subgroups(report: Mapping[str, Mapping[str, Mapping]], path: str | Path, title: str = "AUC by subgroup") -> Path:
+    """Write :func:`figure_subgroups` to ``path`` (PNG)."""
+    return save_figure(figure_subgroups(report, title), path)
 
 
 def plot_roc(y: Sequence[int], p: Scores, path: str | Path, title: str = "ROC curve", **kwargs) -> Path:

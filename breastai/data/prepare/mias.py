@@ -5,7 +5,8 @@ from the *bottom-left* corner (the file's note 3), so the image row is ``height 
 can list several findings (mdb005) and of different severity (mdb144). Some findings have no
 coordinates (widely distributed calcifications, note 3 of the file); they are reported and
 left out, or kept with an empty mask (= whole image). Films come in left/right pairs of one
-patient (odd number = right, next even number = left) that share a group.
+patient (odd number = right, next even number = left) that share a group; the rows say so in their
+``exam`` (the patient) and ``laterality`` columns, for breast- and exam-level scores.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class MiasFinding:
     def has_coordinates(self) -> bool:
         """Whether centre and radius are given."""
         return self.x is not None and self.y is not None and self.radius is not None
+
+    @property
+    def laterality(self) -> str:
+        """``L`` for an even film number, ``R`` for an odd one (Info.txt, note 1)."""
+        return "L" if int(self.ref[3:]) % 2 == 0 else "R"
 
     @property
     def patient(self) -> int:
@@ -147,7 +153,8 @@ def prepare_mias(
 
     Returns:
         The report; rows have the extra columns ``site`` (``mias``), ``modality`` (``MG``),
-        ``abnormality``, ``tissue``, ``x``, ``y``
+        ``exam`` (the patient: one exam of two films), ``laterality`` (``L``/``R`` by the film
+        number), ``abnormality``, ``tissue``, ``x``, ``y``
         (as in Info.txt, counted from the bottom), ``radius``.
 
     Raises:
@@ -194,6 +201,8 @@ def prepare_mias(
                 "group": f"mias_p{f.patient:03d}",
                 "site": "mias",
                 "modality": "MG",
+                "exam": f"mias_p{f.patient:03d}",
+                "laterality": f.laterality,
                 "abnormality": f.abnormality,
                 "tissue": f.tissue,
                 "x": "" if f.x is None else f.x,

@@ -50,6 +50,9 @@ __all__ = [
     "is_dicom",
     "dicom_frame_count",
     "modality_and_intent",
+    "view_position",
+    "image_laterality",
+    "uid_hash",
     "group_dicom_folder",
     "undo_geometry",
 ]
@@ -262,7 +265,8 @@ def modality_and_intent(ds: Dataset) -> tuple[str | None, str | None]:
     return modality, intent
 
 
-def _view(ds: Dataset) -> str | None:
+def view_position(ds: Dataset) -> str | None:
+    """View Position (``CC``, ``MLO``, ...), else the view named by the View Code Sequence, else None."""
     vp = str(ds.get("ViewPosition", "") or "").strip().upper()
     if vp:
         return vp
@@ -273,7 +277,9 @@ def _view(ds: Dataset) -> str | None:
     return None
 
 
-def _laterality(ds: Dataset, extra: dict[str, Any]) -> tuple[str | None, str | None]:
+def image_laterality(ds: Dataset, extra: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(L|R|B, the tag it came from)`` from Image Laterality, Laterality or ``extra``'s Frame
+    Laterality, in that order; ``(None, None)`` when none holds one of those values."""
     for key in ("ImageLaterality", "Laterality", "FrameLaterality"):
         v = extra.get(key) if key == "FrameLaterality" else ds.get(key)
         v = str(v or "").strip().upper()
@@ -410,8 +416,8 @@ def read_dicom(
         raise ImageReadError(f"{path}: 'FOR PROCESSING' (raw detector) image refused; its pixels are not meant for "
                              "display or for models trained on 'FOR PRESENTATION' images (pass allow_for_processing=True)")
     meta = _header_meta(ds, path, modality, intent)
-    laterality, lat_src = _laterality(ds, extra)
-    meta.update(laterality=laterality, laterality_source=lat_src, view=_view(ds),
+    laterality, lat_src = image_laterality(ds, extra)
+    meta.update(laterality=laterality, laterality_source=lat_src, view=view_position(ds),
                 frame_policy=frame if isinstance(frame, str) else "index", frames=[index] if index is not None else list(range(n)))
     raw = decode(ds, path, index)
     photometric = (meta["photometric"] or "").upper()

@@ -1,0 +1,97 @@
+"""The ``breasts.csv`` and ``exams.csv`` writer of a predict run (a :class:`~breastai.inference.writers.Writer`).
+
+When the inputs carry grouping (DICOM: Study Instance UID, hashed, with Image Laterality and View
+Position; a datalist: its ``exam`` (or ``group``), ``laterality`` and ``view`` columns), the scored
+images are combined per breast and per exam by :mod:`breastai.reporting.levels`: the default rule
+(max of the calibrated log-odds, at the checkpoint's image threshold), or a rule fitted on
+validation data by ``breastai evaluate --level breast|exam --fit-on VAL`` and given back here
+(``rules``). Each row: ``level``, ``id``, ``members`` (the images' ids), ``n_images``,
+``views_present``, ``laterality``, ``probability``, ``log_odds``, ``label`` and ``driver`` (the
+image that drove the score). Failed inputs are left out of their breast and exam (the row has the
+images that were scored). Inputs without grouping give no level tables; a rerun without grouping
+removes the tables of an earlier run, so they never describe other images than ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from breastai.core.files import atomic_write_csv, atomic_write_text
+from breastai.core.keys import Keys
+from breastai.reporting.levels import ImageScore, LevelRule, aggregate, default_rule, level_rows
+
+__all__ = ["LEVEL_FILES", "LevelTables", "load_level_rule"]
+
+LEVEL_FILES = {"breast": "breasts", "exam": "exams"}
+COLUMNS = ["level", "id", "members", "n_images", "views_present", "laterality", "probability", "log_odds", "label",
+           "driver"]
+
+
+def load_level_rule(path: str | Path) -> LevelRule:
+    """A level rule from a JSON file: the ``metrics.json`` of ``evaluate --level L --fit-on VAL`` or a bare rule.
+
+    Raises:
+        ValueError: the file is not JSON or holds no rule (named).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"level rule {path}: cannot read it as JSON ({exc})") from exc
+    data = data.get("level_rule", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or data.get("level") not in LEVEL_FILES:
+        raise ValueError(f"level rule {path}: no breast or exam rule in it (expected the metrics.json of "
+                         "'breastai evaluate --level breast|exam --fit-on VAL')")
+    return LevelRule.from_dict(data)
+
+
+class LevelTables:
+    """``OUT/breasts.csv``/``.json`` and ``OUT/exams.csv``/``.json`` of a run whose inputs carry grouping.
+
+    Args:
+        rules: fitted rules by level (``breast``, ``exam``); a level without one takes
+            :func:`breastai.reporting.levels.default_rule`.
+    """
+
+    def __init__(self, rules: Mapping[str, LevelRule] | Sequence[LevelRule] = ()) -> None:
+        rules = list(rules.values()) if isinstance(rules, Mapping) else list(rules)
+        self.rules = {lv: default_rule(lv) for lv in LEVEL_FILES}
+        self.rules.update({r.level: r for r in rules})
+        self.out: Path | None = None
+        self.scores: list[ImageScore] = []
+
+    def start(self, out: Path, run_id: str) -> None:
+        self.out, self.scores = out, []
+
+    def write_item(self, index: int, record: dict[str, Any], maps: Any) -> None:
+        z = record.get("_calibrated_logit")
+        if record.get("error") is None and z is not None:
+            self.scores.append(ImageScore(case_id=str(record["id"]), log_odds=float(z), exam=record.get(Keys.EXAM),
+                                          laterality=record.get(Keys.LATERALITY), view=record.get(Keys.VIEW)))
+
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        assert self.out is not None
+        grouped = any(s.exam for s in self.scores)
+        levels: dict[str, Any] = {}
+        for level, stem in LEVEL_FILES.items():
+            rule = self.rules[level]
+            groups, left_out = aggregate(self.scores, rule)
+            if not grouped or not groups:
+                for suffix in (".csv", ".json"):  # an earlier run's tables would describe other images
+                    (self.out / f"{stem}{suffix}").unlink(missing_ok=True)
+                continue
+            threshold = run["threshold"] if rule.threshold is None else rule.threshold
+            rows = [{**r, "label": r["predicted"]} for r in level_rows(groups, threshold, run["classes"])]
+            levels[level] = {"file": f"{stem}.csv", "n": len(rows), "n_images_left_out": len(left_out),
+                             "threshold": threshold, "rule": rule.to_dict()}
+            atomic_write_text(self.out / f"{stem}.json", json.dumps(
+                {"run": run["run_id"], **levels[level], "records": [{k: r[k] for k in COLUMNS} for r in rows]},
+                indent=1))
+            atomic_write_csv(self.out / f"{stem}.csv", COLUMNS, rows)
+        if levels:
+            run["levels"] = levels
+
+    def abort(self) -> None:
+        pass  # nothing is written before finish

@@ -1,0 +1,319 @@
+"""Breast- and exam-level scores from per-image calibrated log-odds (numpy / scipy only).
+
+A screening decision is made per breast and per exam, not per film. This module turns per-image
+scores (:class:`ImageScore`) into the scores of a level (:class:`LevelScore`); it is pure, so
+cross-validation, ``evaluate`` (engine) and ``predict`` (inference) aggregate alike.
+
+Levels (the key that makes one group of images):
+
+- ``lesion``: one datalist row (one finding; a BUSI image is one row).
+- ``image``: the rows that share an image file (several findings of one mini-MIAS film).
+- ``breast``: the images of one exam and side, ``(exam, laterality)``.
+- ``exam``: the images of one exam (a DICOM study; a datalist ``exam`` column, else its ``group``).
+
+Rule. With ``z_i`` the calibrated log-odds of the images ``i`` of a group and ``sigma`` the
+logistic function, the group's raw score ``s`` is
+
+- ``max``:      ``s = max_i z_i`` (the default: the most suspicious image decides),
+- ``mean``:     ``s = (1/n) sum_i z_i``,
+- ``noisy_or``: ``s = logit(1 - prod_i (1 - sigma(z_i)))`` (the group is malignant unless every
+  image is benign, the images taken as independent),
+
+over every image of the group (an exam's images directly, not its breasts' scores: a film without
+laterality still counts in its exam). The level's calibrated log-odds are ``z = a s + b``, the
+probability ``sigma(z)``, and the label is positive when ``sigma(z) >= t``. By default ``a = 1``,
+``b = 0`` and ``t`` is the checkpoint's image threshold: with ``max`` a breast is then positive
+exactly when one of its images is. :func:`fit_level_rule` instead picks the rule, ``a``, ``b`` and
+``t`` on validation data that has the level's structure: each rule is recalibrated by Platt
+scaling (``a``, ``b`` minimise the cross-entropy against Platt's prior-corrected targets, which
+keep them finite on separable data), the rule with the lowest recalibrated cross-entropy wins
+(ties: the order max, mean, noisy_or), and ``t`` is chosen on its recalibrated probabilities
+(:func:`breastai.reporting.metrics.choose_threshold`).
+
+Missing views are scored with what is there: the record says how many images it has and which
+views they were (``views_present``). The driver of a group is the image with the highest ``z_i``
+(the first, on ties), whatever the rule. A group's truth (where the images have labels) is
+malignant when any of its images is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+from breastai.reporting.metrics import MetricError, choose_threshold
+
+__all__ = ["LEVELS", "RULES", "ImageScore", "LevelRule", "LevelScore", "LevelError", "combine_log_odds",
+           "level_key", "aggregate", "default_rule", "fit_level_rule", "level_rows"]
+
+LEVELS = ("lesion", "image", "breast", "exam")
+RULES = ("max", "mean", "noisy_or")
+LATERALITIES = ("L", "R", "B")
+
+
+class LevelError(ValueError):
+    """Images cannot be grouped at a level, or a level's rule cannot be fitted; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One image's (or one finding's) calibrated log-odds and where it belongs.
+
+    Attributes:
+        case_id: the row's id (a predict record's ``id``).
+        log_odds: calibrated log-odds.
+        label: truth, 1 malignant / 0 benign, or None when unknown.
+        exam: exam key (hashed Study Instance UID for DICOM), or None.
+        laterality: ``L``, ``R`` or ``B``, or None.
+        view: view position (``CC``, ``MLO``, ...), or None.
+        image: the image file the row reads (rows of one film share it), or None.
+        fields: other columns of the row, for subgroups (strings).
+    """
+
+    case_id: str
+    log_odds: float
+    label: int | None = None
+    exam: str | None = None
+    laterality: str | None = None
+    view: str | None = None
+    image: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LevelRule:
+    """How one level combines and recalibrates its images' log-odds (see the module docstring).
+
+    Attributes:
+        level: one of :data:`LEVELS`.
+        rule: one of :data:`RULES`.
+        slope, bias: ``z = slope * s + bias``.
+        threshold: probability threshold at this level; None: the checkpoint's image threshold.
+        source: where it came from (``default`` or ``fitted on ...``).
+        n_fit: groups it was fitted on (0 for the default).
+    """
+
+    level: str
+    rule: str = "max"
+    slope: float = 1.0
+    bias: float = 0.0
+    threshold: float | None = None
+    source: str = "default"
+    n_fit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise LevelError(f"unknown level {self.level!r}; choose one of {', '.join(LEVELS)}")
+        if self.rule not in RULES:
+            raise LevelError(f"unknown combination rule {self.rule!r}; choose one of {', '.join(RULES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (:meth:`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LevelRule":
+        """The rule of a :meth:`to_dict` dict.
+
+        Raises:
+            LevelError: a missing level, or an unknown level or rule.
+        """
+        if "level" not in d:
+            raise LevelError(f"a level rule needs 'level', got keys {sorted(d)}")
+        keys = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+@dataclass(frozen=True)
+class LevelScore:
+    """The combined score of one group of images.
+
+    Attributes:
+        level: the level.
+        id: the group key.
+        members: case ids of its images, in input order.
+        views_present: the distinct views of its images, sorted (empty when none is known).
+        laterality: the side of a breast (or of every image of an exam that has one side), else None.
+        raw: ``s``, the rule's combination before recalibration.
+        log_odds: ``z``, calibrated at this level.
+        label: truth (max of the members' labels), or None when a member's is unknown.
+        driver: case id of the image with the highest log-odds.
+        fields: the members' other columns where they all agree.
+    """
+
+    level: str
+    id: str
+    members: tuple[str, ...]
+    views_present: tuple[str, ...]
+    laterality: str | None
+    raw: float
+    log_odds: float
+    label: int | None
+    driver: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        """Number of images (rows) combined."""
+        return len(self.members)
+
+    @property
+    def probability(self) -> float:
+        """``sigma(log_odds)``."""
+        return float(special.expit(self.log_odds))
+
+
+def combine_log_odds(z: Sequence[float], rule: str = "max") -> float:
+    """The raw group score ``s`` of the log-odds ``z`` by ``rule`` (formulas in the module docstring).
+
+    Raises:
+        LevelError: no scores, a non-finite score, or an unknown rule.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.size == 0 or not np.all(np.isfinite(z)):
+        raise LevelError(f"a group needs finite log-odds, got {z.tolist()}")
+    if rule == "max":
+        return float(z.max())
+    if rule == "mean":
+        return float(z.mean())
+    if rule == "noisy_or":
+        # log P(every image benign) = sum log(1 - sigma(z_i)) = -sum softplus(z_i); in logs, so that
+        # confident images neither underflow nor round the group to exactly 0 or 1.
+        if z.max() < -30:  # every image near-certainly benign: 1 - prod(1 - p_i) = sum p_i to float precision
+            return float(special.logsumexp(z))
+        log_benign = -float(np.sum(np.logaddexp(0.0, z)))
+        return math.log(-math.expm1(log_benign)) - log_benign
+    raise LevelError(f"unknown combination rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def level_key(score: ImageScore, level: str) -> str | None:
+    """The group of ``score`` at ``level``; None when it lacks what the level needs (an exam, a side).
+
+    Raises:
+        LevelError: an unknown level.
+    """
+    if level == "lesion":
+        return score.case_id
+    if level == "image":
+        return score.image or score.case_id
+    if level == "breast":
+        return f"{score.exam}_{score.laterality}" if score.exam and score.laterality in LATERALITIES else None
+    if level == "exam":
+        return score.exam or None
+    raise LevelError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+
+
+def _common(values: Sequence[Any]) -> Any:
+    distinct = set(values)
+    return values[0] if len(distinct) == 1 else None
+
+
+def aggregate(scores: Sequence[ImageScore], rule: LevelRule) -> tuple[list[LevelScore], list[str]]:
+    """Group ``scores`` at ``rule.level`` and combine each group by ``rule``.
+
+    Returns:
+        The level's scores in order of each group's first image, and the case ids of the images
+        that could not be placed (no exam, or no side at the breast level).
+    """
+    groups: dict[str, list[ImageScore]] = {}
+    left_out = []
+    for s in scores:
+        key = level_key(s, rule.level)
+        if key is None:
+            left_out.append(s.case_id)
+        else:
+            groups.setdefault(key, []).append(s)
+    out = []
+    for key, members in groups.items():
+        z = np.array([m.log_odds for m in members], dtype=np.float64)
+        raw = combine_log_odds(z, rule.rule)
+        labels = [m.label for m in members]
+        fields = {k: v for k in members[0].fields
+                  if (v := _common([m.fields.get(k) for m in members])) is not None}
+        out.append(LevelScore(
+            level=rule.level, id=key, members=tuple(m.case_id for m in members),
+            views_present=tuple(sorted({m.view for m in members if m.view})),
+            laterality=_common([m.laterality for m in members]), raw=raw,
+            log_odds=rule.slope * raw + rule.bias,
+            label=None if any(v is None for v in labels) else int(max(labels)),  # type: ignore[type-var]
+            driver=members[int(np.argmax(z))].case_id, fields=fields))
+    return out, left_out
+
+
+def default_rule(level: str) -> LevelRule:
+    """``max`` without recalibration, at the checkpoint's image threshold (no level validation data)."""
+    return LevelRule(level=level, source="default: max of the calibrated log-odds, the image threshold "
+                                         "(no validation data with this level's structure)")
+
+
+def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """``(a, b, nll)``: Platt scaling of ``raw`` against ``y`` with prior-corrected targets."""
+    n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    scale = float(np.std(raw)) or 1.0  # a well-scaled problem for the optimiser; undone below
+
+    def loss(ab: np.ndarray) -> float:
+        z = ab[0] * raw / scale + ab[1]
+        return float(np.mean(np.logaddexp(0.0, z) - t * z))  # cross-entropy of sigma(z) against t
+
+    res = optimize.minimize(loss, np.array([scale, 0.0]), method="BFGS")
+    a, b = float(res.x[0]) / scale, float(res.x[1])
+    return a, b, float(res.fun)
+
+
+def fit_level_rule(scores: Sequence[ImageScore], level: str, rules: Sequence[str] = RULES,
+                   threshold_method: str = "youden", source: str = "validation data") -> LevelRule:
+    """Choose the rule, recalibrate it and pick the threshold at ``level`` on labelled validation images.
+
+    Args:
+        scores: validation images with labels and the level's grouping.
+        level: the level.
+        rules: the candidate rules (one to fix the rule and only recalibrate).
+        threshold_method: as :func:`breastai.reporting.metrics.choose_threshold`.
+        source: what the data were, for the rule's ``source``.
+
+    Raises:
+        LevelError: unlabelled images, images that cannot be grouped, or groups of one class only.
+    """
+    unlabelled = [s.case_id for s in scores if s.label is None]
+    if unlabelled:
+        raise LevelError(f"fitting the {level} rule needs labels; {len(unlabelled)} image(s) have none "
+                         f"(e.g. {unlabelled[0]})")
+    best: tuple[float, int, LevelRule] | None = None
+    for order, name in enumerate(rules):
+        groups, left_out = aggregate(scores, LevelRule(level=level, rule=name))
+        if left_out:
+            raise LevelError(f"fitting the {level} rule: {len(left_out)} image(s) have no "
+                             f"{'exam and side' if level == 'breast' else 'exam'} (e.g. {left_out[0]})")
+        y = np.array([g.label for g in groups], dtype=np.int64)
+        if y.min() == y.max():
+            raise LevelError(f"fitting the {level} rule needs benign and malignant {level}s; all {y.size} are "
+                             f"{'malignant' if y[0] else 'benign'}")
+        raw = np.array([g.raw for g in groups])
+        a, b, loss = _platt(raw, y)
+        try:
+            t = choose_threshold(y, special.expit(a * raw + b), threshold_method)
+        except MetricError as exc:
+            raise LevelError(f"fitting the {level} rule: {exc}") from exc
+        rule = LevelRule(level=level, rule=name, slope=a, bias=b, threshold=t,
+                         source=f"fitted on {source} ({y.size} {level}s, {int(y.sum())} malignant)", n_fit=int(y.size))
+        if best is None or (round(loss, 12), order) < (round(best[0], 12), best[1]):
+            best = (loss, order, rule)
+    if best is None:
+        raise LevelError("no candidate rule given")
+    return best[2]
+
+
+def level_rows(groups: Sequence[LevelScore], threshold: float, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Table rows of a level: ``level``, ``id``, ``members`` (``;``-joined), ``n_images``, ``views_present``,
+    ``laterality``, ``probability``, ``log_odds``, ``predicted`` (class at ``threshold``), ``truth`` (class
+    or empty) and ``driver``."""
+    return [{"level": g.level, "id": g.id, "members": ";".join(g.members), "n_images": g.n_images,
+             "views_present": ";".join(g.views_present), "laterality": g.laterality or "",
+             "probability": g.probability, "log_odds": g.log_odds,
+             "predicted": classes[int(g.probability >= threshold)],
+             "truth": "" if g.label is None else classes[g.label], "driver": g.driver} for g in groups]

@@ -109,6 +109,9 @@ def level_report(scores: Sequence[ImageScore], rule: LevelRule, ckpt: Checkpoint
     """
     groups = level_groups(scores, rule, where)
     y = np.array([g.label for g in groups], dtype=np.int64)
+    if y.min() == y.max():
+        raise LevelError(f"{where}: all {y.size} {rule.level}s are {'malignant' if y[0] else 'benign'}; "
+                         f"metrics at the {rule.level} level need both classes")
     z = np.array([g.log_odds for g in groups])
     p = np.array([g.probability for g in groups])
     threshold = ckpt.threshold if rule.threshold is None else rule.threshold

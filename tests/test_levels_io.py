@@ -130,6 +130,7 @@ def test_evaluate_at_exam_level_with_subgroups_and_a_fitted_rule(ckpt, synth_dat
     table = _csv(tmp_path / "exam" / "predictions.csv")
     assert rep["level"] == "exam" and rep["n"] == 8 and rep["n_images"] == 31 and len(table) == 8
     assert rep["level_rule"]["rule"] == "max" and rep["threshold"] == img["threshold"]
+    assert [t["case_id"] for t in table] == [f"ex{k}" for k in range(8)]
     assert table[-1]["n_images"] == "3" and rep["subgroups"]["scanner"] == {"(mixed)": rep["subgroups"]["scanner"]["(mixed)"]}
     truth = {r["case_id"]: r["label"] for r in rows}
     for t in table:

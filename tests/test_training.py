@@ -157,6 +157,23 @@ def test_cross_validation_writes_summary(synth_datalist, tmp_path, tiny_config):
     ids = [p["case_id"] for p in s["oof_predictions"]]
     assert len(ids) == len(set(ids)) == 32, "every case predicted exactly once out of fold"
     assert (run / "oof_predictions.csv").is_file()
+    # The synthetic datalist's groups (two views of a lesion) are its exams: the out-of-fold rows are
+    # combined per exam by the default rule, and a level rule can be fitted on them.
+    import csv
+
+    from breastai.engine.level_scores import fit_rule_on
+    from breastai.reporting.metrics import roc_auc
+
+    oof = list(csv.DictReader(open(run / "oof_predictions.csv")))
+    exams = {r["exam"] for r in oof}
+    assert s["levels"]["exam"]["n"] == len(exams) < 32 and "breast" not in s["levels"]  # no laterality column
+    by_exam = {}
+    for r in oof:
+        by_exam.setdefault(r["exam"], []).append(float(r["calibrated_logit"]))
+    y = [int(any(int(r["label"]) for r in oof if r["exam"] == e)) for e in by_exam]
+    assert s["levels"]["exam"]["auc"] == pytest.approx(roc_auc(y, [max(v) for v in by_exam.values()]))
+    rule = fit_rule_on(run / "oof_predictions.csv", "exam", score=None)
+    assert rule.n_fit == len(exams) and rule.source.startswith("fitted on")
     # --resume after the end reuses the finished folds instead of training them again.
     again = train_main(cfg, resume=True)
     assert again["run_dir"] == res["run_dir"]

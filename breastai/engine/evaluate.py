@@ -19,6 +19,7 @@ import numpy as np
 from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.data.frames import read_samples
+from breastai.data.grouping import subgroup_columns
 from breastai.data.provenance import seen_before
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
@@ -98,8 +99,6 @@ def evaluate_checkpoint(
     table: tuple[list[str], list[dict[str, Any]]]
     if level == "lesion":
         if by:
-            from breastai.data.grouping import subgroup_columns
-
             report["subgroups"] = subgroup_report(y, probs, ckpt.threshold, subgroup_columns(records, by, str(data)),
                                                   scores=[r["calibrated_logit"] for r in rows], n_boot=n_boot)
         report["level"] = "lesion"
@@ -113,14 +112,15 @@ def evaluate_checkpoint(
 
         rule = default_rule(level) if fit_on is None else fit_rule_on(
             fit_on, level, score, cfg.get("eval", {}).get("threshold_method", "youden"))
-        image_auc = {k: report[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "n", "n_pos")}
+        row_auc = {k: report[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "n", "n_pos")}
         report, groups = level_report(image_scores(records, rows, by, str(data)), rule, ckpt, n_boot, by, str(data))
-        report["image_level"] = image_auc
+        report["lesion_level"] = row_auc  # the same rows, one case each
         y = np.array([g.label for g in groups])
         probs = np.array([g.probability for g in groups])
         lrows = level_rows(groups, report["threshold"], classes)
-        table = (["id", "label", "probability", "predicted", "members", "n_images", "views_present", "laterality",
-                  "driver"], [{**r, "label": r["truth"]} for r in lrows])
+        # the level's id under case_id: a case of this report is a breast or an exam (`breastai report` reads it so)
+        table = (["case_id", "label", "probability", "predicted", "members", "n_images", "views_present", "laterality",
+                  "driver"], [{**r, "case_id": r["id"], "label": r["truth"]} for r in lrows])
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 

@@ -86,7 +86,11 @@ def fit_rule_on(source: str | Path, level: str, score: Any, threshold_method: st
         LevelError: ``source`` cannot give the level (no grouping, one class; named).
     """
     source = Path(source)
-    if source.suffix.lower() == ".csv" and "calibrated_logit" in source.open(encoding="utf-8-sig").readline():
+    header = ""
+    if source.suffix.lower() == ".csv" and source.is_file():
+        with open(source, encoding="utf-8-sig") as fh:
+            header = fh.readline()
+    if "calibrated_logit" in header.strip().split(","):
         scores = _scored_csv(source)
     else:
         records, rows = score(source)

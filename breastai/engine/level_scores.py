@@ -18,7 +18,8 @@ import numpy as np
 from breastai.core.keys import Keys
 from breastai.data.grouping import grouping_of, subgroup_columns
 from breastai.models.checkpoint import Checkpoint
-from breastai.reporting.levels import ImageScore, LevelError, LevelRule, aggregate, default_rule, fit_level_rule
+from breastai.reporting.levels import (ImageScore, LevelError, LevelRule, LevelScore, aggregate, default_rule,
+                                      fit_level_rule)
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, evaluation_report, roc_auc
 from breastai.reporting.subgroups import subgroup_report
 
@@ -49,7 +50,7 @@ def image_scores(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
     return out
 
 
-def level_groups(scores: Sequence[ImageScore], rule: LevelRule, where: str = "the datalist") -> list:
+def level_groups(scores: Sequence[ImageScore], rule: LevelRule, where: str = "the datalist") -> list[LevelScore]:
     """:func:`breastai.reporting.levels.aggregate`, refusing images that cannot be placed.
 
     Raises:

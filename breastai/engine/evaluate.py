@@ -52,7 +52,7 @@ def evaluate_checkpoint(
     try:
         pred = predict_records(ckpt, records, dev, progress=True,
                                names=row_names(data, records, cfg["data"].get("reader_options")))
-        probs, report, _ = score_part(pred, ckpt, n_boot)
+        probs, report, rows = score_part(pred, ckpt, n_boot)
     except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
         raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
     seen = seen_before(ckpt.seen_images, records)
@@ -69,9 +69,15 @@ def evaluate_checkpoint(
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
-    atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted"], (
-        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)]}
-        for c, yy, p in zip(pred["case_id"], y, probs)), exact=True)
+    ood = [row["ood_score"] for row in rows] if rows and "ood_score" in rows[0] else None
+    atomic_write_csv(out / "predictions.csv", ["case_id", "label", "probability", "predicted",
+                                               *(["ood_score"] if ood else [])], (
+        {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)],
+         **({"ood_score": ood[i]} if ood else {})}
+        for i, (c, yy, p) in enumerate(zip(pred["case_id"], y, probs))), exact=True)
+    if report.get("ood_flagged"):
+        log.warning("warning: %.0f%% of the evaluation images are unlike the images this checkpoint was trained on "
+                    "(ood_score > 1 in predictions.csv)", 100 * report["ood_flagged"])
     from breastai.reporting import plots
 
     plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")

@@ -156,7 +156,7 @@ def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device:
     model = model_from_checkpoint(ckpt).to(device)
     ds = _Named(build_dataset(cfg, records, False), names)
     pred = predict_loader(model, make_loader(ds, cfg, False, None, 0), device,
-                          progress=progress, flip=bool(cfg["eval"]["flip_average"]))
+                          progress=progress, flip=bool(cfg["eval"]["flip_average"]), embed=ckpt.ood is not None)
     check_finite(pred["logit"], pred["case_id"])
     return pred
 

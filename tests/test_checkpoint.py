@@ -159,12 +159,13 @@ def test_files_written_now_have_the_keys_written_before(synth_datalist, tiny_con
     run = Path(res["run_dir"])
     best = torch.load(run / "best.pt", weights_only=True)
     last = torch.load(run / "last.pt", weights_only=True)
-    assert set(best) == OLD_BEST_KEYS | ADDED_KEYS and set(last) == OLD_LAST_KEYS | ADDED_KEYS
+    # best.pt also holds the out-of-distribution detector fitted after training (older code ignores it).
+    assert set(best) == OLD_BEST_KEYS | ADDED_KEYS | {"ood"} and set(last) == OLD_LAST_KEYS | ADDED_KEYS
     assert set(best["model"]) == set(last["model"]) == {"name", "in_chans", "dropout"}
     member = load_checkpoint(run / "best.pt")
     save_checkpoint(tmp_path / "ens.pt", ensemble_state([member, member], np.ones(2), 0.0, "mean", 0.5,
                                                         {}, ["m0", "m1"]))
     ens = torch.load(tmp_path / "ens.pt", weights_only=True)
     assert set(ens) == OLD_ENSEMBLE_KEYS | ADDED_KEYS and ens["model"] == {"name": "ensemble"}
-    assert all(set(m) == OLD_BEST_KEYS | ADDED_KEYS for m in ens["ensemble"]["members"])
+    assert all(set(m) == OLD_BEST_KEYS | ADDED_KEYS | {"ood"} for m in ens["ensemble"]["members"])
 

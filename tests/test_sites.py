@@ -132,8 +132,9 @@ def test_leave_one_site_out_run_reports_per_site(synth_datalist, tmp_path, tiny_
     for site, m in s["per_site"].items():
         assert m["n"] == sum(r["site"] == site for r in rows)
         assert 0 <= m["auc"] <= 1 and m["auc_ci_low"] <= m["auc_ci_high"] and 0 <= m["ece"] <= 1
+        assert 0 <= m["ood_flagged"] <= 1  # the held-out site's share the OOD detector calls unlike training
     header = (tmp_path / "t" / "oof_predictions.csv").read_text().splitlines()[0].split(",")
-    assert "site" in header
+    assert "site" in header and "ood_score" in header
     assert out["per_site"] == s["per_site"]
     # --resume reuses the finished folds (the folds are deterministic).
     again = train_main(cfg, resume=True)

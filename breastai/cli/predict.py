@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"failed: {r['error']}", file=sys.stderr)
     for note in run.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
+    if run.get("n_ood"):
+        print(f"warning: {run['n_ood']} of {run['n']} image(s) are unlike the images the model was trained on "
+              "(ood true in predictions.csv): their probabilities are not reliable", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
     print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
           f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else "")

@@ -107,6 +107,9 @@ DEFAULTS: dict[str, Any] = {
         # Score an image as the mean logit of itself and its left-right mirror, wherever a score is
         # made (validation and epoch selection, held-out parts, evaluate, predict).
         "flip_average": False,
+        # Out-of-distribution flag: Mahalanobis distance of the embedding to the training part's,
+        # flagged above this quantile of the validation part's distances (0: no detector).
+        "ood_quantile": 0.99,
     },
     "log": {
         "tensorboard": True,
@@ -372,6 +375,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("preprocess.size must be at least 32")
     if not 0.0 <= float(cfg["augment"]["coarse_outline"]) <= 1.0:
         raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
+    if not 0.0 <= float(cfg["eval"]["ood_quantile"]) <= 1.0:
+        raise ConfigError(f"eval.ood_quantile is a quantile in (0, 1] (0 fits no detector), got {cfg['eval']['ood_quantile']!r}")
     if int(cfg["log"]["pointing_images"]) < 0:
         raise ConfigError(f"log.pointing_images is a count (0 turns it off), got {cfg['log']['pointing_images']!r}")
     if len(cfg["data"]["classes"]) != 2:

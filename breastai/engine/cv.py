@@ -169,8 +169,10 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
         summary["levels"] = pooled_level_summary(scores, int(cfg["eval"]["bootstrap"]))
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+        has_ood = bool(oof) and all("ood_score" in p for p in oof)
         atomic_write_csv(Path(run_dir) / "oof_predictions.csv", ["case_id", "fold", *(["site"] if has_sites else []),
                                                                  "label", "logit", "calibrated_logit", "probability",
+                                                                 *(["ood_score"] if has_ood else []),
                                                                  *([Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "image"]
                                                                    if grouped else [])],
                          oof, exact=True)
@@ -178,7 +180,8 @@ def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: d
 
 
 def _per_site(oof: list[dict[str, Any]], key: str, n_boot: int) -> dict[str, dict[str, Any]]:
-    """n, AUC with its bootstrap CI and ECE of the pooled out-of-fold predictions of each site's rows.
+    """n, AUC with its bootstrap CI and ECE of the pooled out-of-fold predictions of each site's rows,
+    and the fraction the out-of-distribution detector flags (``ood_flagged``) where there is one.
 
     A site with one class in its rows (possible in K-fold CV, refused by leave-one-site-out) gets
     None for the AUC and its interval rather than failing the whole summary.
@@ -190,6 +193,8 @@ def _per_site(oof: list[dict[str, Any]], key: str, n_boot: int) -> dict[str, dic
         s = np.array([p[key] for p in rows])
         entry: dict[str, Any] = {"n": len(rows), "n_malignant": int(y.sum()), "auc": None, "auc_ci_low": None,
                                  "auc_ci_high": None, "ece": ece(y, np.array([p["probability"] for p in rows]))}
+        if all("ood_score" in p for p in rows):
+            entry["ood_flagged"] = float(np.mean([p["ood_score"] > 1.0 for p in rows]))
         if len(set(y.tolist())) == 2:
             lo, hi = bootstrap_auc_ci(y, s, n_boot=max(n_boot, 1))
             entry.update(auc=roc_auc(y, s), auc_ci_low=lo, auc_ci_high=hi)

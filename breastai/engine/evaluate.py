@@ -87,6 +87,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     records, pred, probs, report, rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot)
+    flagged = report.get("ood_flagged")  # of the images, whatever level the report is at
     seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
         log.info("note: %s keeps no digests of its training images, so overlap with this data cannot be checked",
@@ -102,9 +103,11 @@ def evaluate_checkpoint(
             report["subgroups"] = subgroup_report(y, probs, ckpt.threshold, subgroup_columns(records, by, str(data)),
                                                   scores=[r["calibrated_logit"] for r in rows], n_boot=n_boot)
         report["level"] = "lesion"
-        table = (["case_id", "label", "probability", "predicted"], [
-            {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)]}
-            for c, yy, p in zip(pred["case_id"], y, probs)])
+        ood = "ood_score" in rows[0] if rows else False
+        table = (["case_id", "label", "probability", "predicted", *(["ood_score"] if ood else [])], [
+            {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)],
+             **({"ood_score": row["ood_score"]} if ood else {})}
+            for c, yy, p, row in zip(pred["case_id"], y, probs, rows)])
     else:
         def score(path: Path) -> tuple[list[dict[str, Any]], list[dict]]:
             val_records, _, _, _, val_rows = _score_datalist(ckpt, checkpoint, path, dev, n_boot)
@@ -121,12 +124,17 @@ def evaluate_checkpoint(
         # the level's id under case_id: a case of this report is a breast or an exam (`breastai report` reads it so)
         table = (["case_id", "label", "probability", "predicted", "members", "n_images", "views_present", "laterality",
                   "driver"], [{**r, "case_id": r["id"], "label": r["truth"]} for r in lrows])
+    if flagged is not None:
+        report["ood_flagged"] = flagged
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))
     atomic_write_csv(out / "predictions.csv", table[0], table[1], exact=True)
+    if flagged:
+        log.warning("warning: %.0f%% of the evaluation images are unlike the images this checkpoint was trained on "
+                    "(ood_score > 1 in predictions.csv at --level lesion)", 100 * flagged)
     from breastai.reporting import plots
 
     plots.plot_roc(y, probs, out / "roc.png", title=f"ROC (AUC {report['auc']:.3f})")

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from breastai.core import distributed as dist
 from breastai.core.keys import Keys
+from breastai.models.ood import model_embedding
 from breastai.models.tta import mirror_average
 
 __all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast", "seed_everything", "reseed_worker"]
@@ -153,16 +154,19 @@ def predict_loader(
     channels_last: bool = False,
     progress: bool = False,
     flip: bool = False,
+    embed: bool = False,
 ) -> dict[str, np.ndarray]:
     """Logits for every sample of ``loader``, gathered across ranks and de-duplicated.
 
     With ``flip``, a sample's logit is the mean of the logits of its image and of the image
     mirrored left to right (``eval.flip_average``).
 
-    Returns arrays ``index``, ``logit``, ``label`` sorted by dataset index, and ``case_id``.
+    Returns arrays ``index``, ``logit``, ``label`` sorted by dataset index, and ``case_id``; with
+    ``embed`` also ``embedding`` (N, D), what the model's head reads (of the unmirrored image).
     """
     model.eval()
-    idx, logits, labels, ids = [], [], [], []
+    raw = model.module if hasattr(model, "module") else model
+    idx, logits, labels, ids, embeddings = [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and dist.is_main()), mininterval=2):
         x = batch[Keys.IMAGE].to(device, non_blocking=True)
         if channels_last:
@@ -171,6 +175,9 @@ def predict_loader(
             z = _forward(model, x, batch, device).float()
             if flip:
                 z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
+            if embed:
+                r = batch[Keys.RADIOMICS].to(device, non_blocking=True) if Keys.RADIOMICS in batch else None
+                embeddings.append(model_embedding(raw, x, r).float().cpu().numpy())
         idx.append(batch[Keys.INDEX].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch[Keys.LABEL].numpy())
@@ -180,6 +187,7 @@ def predict_loader(
         np.concatenate(logits) if logits else np.zeros(0),
         np.concatenate(labels) if labels else np.zeros(0),
         ids,
+        np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32),
     )
     parts = dist.gather_objects(local)
     all_idx = np.concatenate([p[0] for p in parts])
@@ -188,12 +196,16 @@ def predict_loader(
     all_ids = [i for p in parts for i in p[3]]
     # DistributedSampler pads the last shard by repeating samples: keep the first copy.
     _, first = np.unique(all_idx, return_index=True)
-    return {
+    out = {
         "index": all_idx[first],
         "logit": all_logit[first],
         "label": all_label[first],
         "case_id": np.array([all_ids[i] for i in first], dtype=object),
     }
+    if embed:
+        shards = [p[4] for p in parts if len(p[4])]
+        out["embedding"] = np.concatenate(shards)[first] if shards else np.zeros((0, 0), np.float32)
+    return out
 
 
 def reseed_worker(worker_id: int) -> None:

@@ -31,6 +31,7 @@ from breastai.engine.loops import (
 from breastai.engine.scoring import score_part
 from breastai.models.calibration import calibrated_probability, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.radiomics_fit import needs_radiomics, radiomics_model_kwargs
 from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
@@ -86,6 +87,17 @@ def _digest(model: nn.Module) -> str:
 
 def _in_chans(cfg: dict[str, Any]) -> int:
     return 2 if cfg["preprocess"]["mask_channel"] else 1
+
+
+def _fit_ood(cfg: dict[str, Any], model: nn.Module, train_recs: Sequence[dict[str, Any]],
+             val_loader: torch.utils.data.DataLoader, device: torch.device, run_kw: dict[str, Any]) -> FeatureDensity:
+    """The out-of-distribution detector of the selected weights: class means and covariance of the
+    training part's embeddings (evaluation preset, no augmentation), threshold from the validation part's."""
+    fitted = predict_loader(model, make_loader(build_dataset(cfg, train_recs, False), cfg, False, None, 0), device,
+                            embed=True, **run_kw)
+    held = predict_loader(model, val_loader, device, embed=True, **run_kw)
+    return fit_feature_density(fitted["embedding"], fitted["label"], held["embedding"],
+                               float(cfg["eval"]["ood_quantile"]))
 
 
 def check_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarray]) -> None:
@@ -280,9 +292,15 @@ def fit(
     nb = int(cfg["eval"]["bootstrap"])
     val_probs, val_report, _ = score_part(val, kept, nb)
     result["val"] = val_report
+    run_kw = {"amp": amp, "channels_last": channels_last, "flip": flip}
+    if float(cfg["eval"]["ood_quantile"]) > 0:
+        kept.ood = _fit_ood(cfg, model, train_recs, val_loader, device, run_kw)
+        if main_rank:
+            log.info("OOD detector: %d training embeddings, threshold %.2f (validation quantile %.3g)",
+                     kept.ood.n_fit, kept.ood.threshold, kept.ood.quantile)
     if test_recs:
         test = predict_loader(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
-                              amp=amp, channels_last=channels_last, flip=flip)
+                              embed=kept.ood is not None, **run_kw)
         _, result["test"], result["test_predictions"] = score_part(test, kept, nb)
     if main_rank:
         kept.metrics.update({f"val_{k}": v for k, v in val_report.items()})

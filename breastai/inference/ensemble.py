@@ -86,6 +86,7 @@ class EnsembleScorer:
         z = self.bias
         views = np.full(tta, self.bias) if tta > 0 else None
         maps, base, has_mask = [], None, False
+        ood: float | None = None
         for w, member in zip(self.weights, self.members):
             image, meta = decode(member.reader_options)
             s = member.score(image, meta, mask, source, case_id, saliency, tta, mask_given)
@@ -97,7 +98,9 @@ class EnsembleScorer:
                 if base is None or (base[1] is None and s.lesion_mask is not None):
                     base = (s.image, s.lesion_mask)
             has_mask = has_mask or s.has_mask  # not the last member's word alone
-        out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views)
+            if s.ood_score is not None:  # unlike any one member's training images spoils the sum
+                ood = s.ood_score if ood is None else max(ood, s.ood_score)
+        out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views, ood_score=ood)
         if maps:
             total = sum(w for w, _ in maps)
             out.saliency = normalise_map(sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps))

@@ -16,7 +16,9 @@ One record per input image::
 
     id, source, probability (calibrated), label (at the checkpoint's threshold), uncertainty
     (SD of the probability over N test-time augmentations; empty when N = 0), logit,
-    has_mask, saliency_png, saliency_npy, error
+    ood and ood_score (the input is unlike the training images: ``ood_score`` > 1, see
+    :mod:`breastai.models.ood`; empty when the checkpoint has no detector), has_mask,
+    saliency_png, saliency_npy, error
 
 ``id`` is the file name (or the datalist's ``case_id``); for DICOM it is the hash of the SOP
 Instance UID, never a patient name or ID, unless ``keep_identifiers`` is asked for.
@@ -55,7 +57,7 @@ log = logging.getLogger("breastai")
 # and its calibrated log-odds (what breast and exam scores combine).
 _PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit")
 
-RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "has_mask",
+RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
                  "saliency_png", "saliency_npy", "error"]
 
 
@@ -275,6 +277,8 @@ class Predictor:
         p = float(apply_temperature(np.array([scored.calibrated_logit]), 1.0)[0])
         rec.update(has_mask=scored.has_mask, logit=scored.logit, probability=p,
                    label=self.classes[int(p >= self.threshold)], _calibrated_logit=float(scored.calibrated_logit))
+        if scored.ood_score is not None:
+            rec.update(ood=bool(scored.ood_score > 1.0), ood_score=scored.ood_score)
         if scored.tta_calibrated is not None:
             spread = float(np.std(apply_temperature(scored.tta_calibrated, 1.0)))
             if not np.isfinite(spread):

@@ -43,6 +43,8 @@ class Scored:
         saliency: the normalised map in the stored image geometry, or None.
         image: the normalised grey image in the stored geometry (for overlays), or None.
         lesion_mask: the lesion mask the model saw, in the stored geometry, or None.
+        ood_score: the out-of-distribution score (above 1: unlike the training images; see
+            :mod:`breastai.models.ood`), or None when the checkpoint has no detector.
     """
 
     logit: float
@@ -52,6 +54,7 @@ class Scored:
     saliency: np.ndarray | None = None
     image: np.ndarray | None = None
     lesion_mask: np.ndarray | None = None
+    ood_score: float | None = None
 
 
 class KeepFullImaged:
@@ -78,10 +81,16 @@ class _WithRadiomics(torch.nn.Module):
         layer = getattr(net, "target_layer_name", "")
         self.target_layer_name = f"net.{layer}" if layer else ""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _bound(self, x: torch.Tensor) -> torch.Tensor:
         if self.radiomics is None:
             raise ValueError("no radiomics vector bound for this lesion")
-        return self.net(x, radiomics=self.radiomics.expand(x.shape[0], -1))
+        return self.radiomics.expand(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, radiomics=self._bound(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(x, radiomics=self._bound(x))
 
 
 class ModelScorer:
@@ -113,6 +122,7 @@ class ModelScorer:
         self.temperature = float(ckpt.temperature)
         self.calibration = ckpt.calibration
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None  # None: refuses no modality
+        self.ood = ckpt.ood
         self.aug = dict(cfg.get("augment") or {})
         model = model_from_checkpoint(ckpt)
         spec = ckpt.model.spec
@@ -206,6 +216,9 @@ class ModelScorer:
                 z = float(mirror_average(logit[:1].detach().float(), self.model, x)[0])
         out = Scored(logit=z, calibrated_logit=float(calibrated_logit(np.array([z]), self.calibration)[0]),
                      has_mask=has_mask)
+        if self.ood is not None:
+            with torch.no_grad():
+                out.ood_score = float(self.ood.score(self.model.embed(x).float().cpu().numpy())[0])
         if tta > 0:
             with torch.no_grad():
                 views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))

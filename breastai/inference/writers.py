@@ -254,6 +254,7 @@ def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequen
         "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
+        "n_ood": sum(r.get("ood") is True for r in records),
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for w in writers:

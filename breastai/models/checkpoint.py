@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from breastai.core.config import fill_missing
+from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
@@ -41,7 +42,7 @@ FORMAT_VERSION = 1
 
 # Top-level keys of the on-disk dict that Checkpoint reads into its own fields; any other key is
 # kept in ``Checkpoint.extra`` so that loading and saving again loses nothing.
-_OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities")
+_OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities", "ood")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
           "threshold", "temperature", "metrics", "digest", *_OPTIONAL, *_RESUME}
@@ -141,6 +142,9 @@ class Checkpoint:
         modalities: imaging modalities of the training images (``["US"]``); predict refuses a DICOM
             input of another modality. None: unknown (not recorded, or some image's unknown), which
             refuses nothing. An ensemble's members carry their own.
+        ood: the out-of-distribution detector fitted on the training part's embeddings
+            (:class:`~breastai.models.ood.FeatureDensity`); None: not fitted (older checkpoints,
+            ``eval.ood_quantile: 0``). An ensemble's members carry their own.
         optimizer: resume only: the optimiser's state dict.
         scheduler: resume only: the learning-rate scheduler's state dict.
         early_stop: resume only: best AUC, its epoch and the epochs without gain.
@@ -168,6 +172,7 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
     seen_images: dict[str, list[str]] | None = field(default=None, repr=False)
     modalities: list[str] | None = None
+    ood: FeatureDensity | None = field(default=None, repr=False)
     optimizer: dict[str, Any] | None = field(default=None, repr=False)
     scheduler: dict[str, Any] | None = field(default=None, repr=False)
     early_stop: dict[str, Any] | None = field(default=None, repr=False)
@@ -223,6 +228,8 @@ class Checkpoint:
         for key in ("logit_offset", "seen_images", "modalities", *_RESUME):
             if getattr(self, key) is not None:
                 state[key] = getattr(self, key)
+        if self.ood is not None:
+            state["ood"] = self.ood.to_state()
         state.update(self.extra)
         state["digest"] = state_digest(state)
         return state
@@ -255,6 +262,7 @@ class Checkpoint:
                 metrics=dict(state.get("metrics") or {}),
                 seen_images=state.get("seen_images"),
                 modalities=None if state.get("modalities") is None else [str(m) for m in state["modalities"]],
+                ood=None if state.get("ood") is None else FeatureDensity.from_state(state["ood"]),
                 **{key: state.get(key) for key in _RESUME},
                 members=None if ens is None else [cls.from_state(m) for m in ens["members"]],
                 member_weights=[] if ens is None else [float(w) for w in ens["weights"]],

@@ -1,0 +1,137 @@
+"""The out-of-distribution flag: the detector's formula, its threshold, and what predict does with it."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from breastai.core.config import ConfigError, load_config
+from breastai.models.checkpoint import load_checkpoint
+from breastai.models.ood import FeatureDensity, fit_feature_density
+
+
+def _clusters(rng, n: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(n) % 2
+    return rng.normal(size=(n, d)) + 3.0 * labels[:, None], labels
+
+
+def test_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+    means = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
+    precision = np.diag([1.0, 0.25]).astype(np.float32)  # variances 1 and 4
+    det = FeatureDensity(means, precision, threshold=2.0, quantile=0.99, shrinkage=0.0, n_fit=10, n_val=5)
+    x = np.array([[3.0, 0.0], [0.0, 4.0], [9.0, 2.0]])
+    # sqrt(9) to class 0; sqrt(16 / 4) to class 0; sqrt(1 + 4 / 4) to class 1
+    assert det.distance(x) == pytest.approx([3.0, 2.0, np.sqrt(2.0)])
+    assert det.score(x) == pytest.approx([1.5, 1.0, np.sqrt(2.0) / 2])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        det.distance(np.zeros((1, 3)))
+
+
+def test_threshold_is_the_validation_quantile_and_far_points_are_flagged():
+    rng = np.random.default_rng(0)
+    train, labels = _clusters(rng, 400)
+    val, _ = _clusters(rng, 200)
+    det = fit_feature_density(train, labels, val, quantile=0.95)
+    assert np.mean(det.distance(val) > det.threshold) <= 0.05 + 1e-9  # the quantile, by construction
+    new, _ = _clusters(rng, 1000)  # more of the same distribution
+    assert np.mean(det.score(new) > 1) < 0.10
+    far = rng.normal(size=(100, 8)) + 12.0  # out of range in every dimension
+    assert np.all(det.score(far) > 1)
+    assert det.n_fit == 400 and det.n_val == 200 and 0 <= det.shrinkage <= 1
+
+
+def test_state_round_trip_loads_with_weights_only(tmp_path):
+    rng = np.random.default_rng(1)
+    train, labels = _clusters(rng, 60)
+    det = fit_feature_density(train, labels, train[:10] + 0.1, quantile=0.9)
+    torch.save(det.to_state(), tmp_path / "d.pt")
+    back = FeatureDensity.from_state(torch.load(tmp_path / "d.pt", weights_only=True))
+    assert back.threshold == det.threshold and back.quantile == 0.9 and back.n_fit == 60
+    x = rng.normal(size=(5, 8))
+    assert back.distance(x) == pytest.approx(det.distance(x), rel=1e-5)
+
+
+def test_refuses_what_it_cannot_fit():
+    rng = np.random.default_rng(2)
+    train, labels = _clusters(rng, 20)
+    with pytest.raises(ValueError, match="quantile"):
+        fit_feature_density(train, labels, train, quantile=1.5)
+    with pytest.raises(ValueError, match=">= 4 training and >= 2 validation"):
+        fit_feature_density(train[:3], labels[:3], train, quantile=0.9)
+    with pytest.raises(ConfigError, match="eval.ood_quantile"):
+        load_config(None, ["eval.ood_quantile=2"])
+
+
+def _odd_images() -> dict[str, np.ndarray]:
+    """Inputs unlike the synthetic ultrasound lesions: noise, a checkerboard, stripes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    return {"noise": rng.random((64, 64)).astype(np.float32),
+            "checker": (((yy // 4) + (xx // 4)) % 2).astype(np.float32),
+            "stripes": (np.sin(xx / 2.0) > 0).astype(np.float32)}
+
+
+def test_training_fits_a_detector_that_passes_the_training_kind_and_flags_others(ckpt, predictor, synth_datalist):
+    det = load_checkpoint(ckpt).ood
+    assert det is not None and det.quantile == 0.99 and det.threshold > 0
+    rows = list(csv.DictReader(open(synth_datalist)))
+    recs = predictor.predict([str(synth_datalist.parent / r["image"]) for r in rows], saliency="none")
+    flagged = [r["id"] for r in recs if r["ood"]]
+    assert len(flagged) <= 1, flagged  # the images it learned from (and its validation images)
+    assert all(isinstance(r["ood_score"], float) and r["probability"] is not None for r in recs)
+    for name, image in _odd_images().items():
+        rec = predictor.predict([image], saliency="none")[0]
+        assert rec["ood"] is True and rec["ood_score"] > 1, name
+        assert rec["probability"] is not None  # still scored, but flagged: the warning and the column say so
+
+
+def test_predict_warns_about_flagged_inputs(ckpt, tmp_path):
+    from PIL import Image
+
+    odd = tmp_path / "checker.png"
+    Image.fromarray((_odd_images()["checker"] * 255).astype(np.uint8)).save(odd)
+    out = subprocess.run([sys.executable, "-c", "from breastai.cli import main; raise SystemExit(main())", "predict",
+                          "--checkpoint", str(ckpt), str(odd), "--out", str(tmp_path / "o"), "--saliency", "none"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "1 of 1 image(s) are unlike the images the model was trained on" in out.stderr
+    row = next(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
+    assert row["ood"] == "True" and float(row["ood_score"]) > 1
+
+
+def test_no_detector_when_turned_off(synth_datalist, tiny_config, tmp_path):
+    from breastai.engine.run import main
+    from breastai.inference.predictor import Predictor
+
+    out = main(tiny_config(synth_datalist, tmp_path, "train.epochs=1", "eval.ood_quantile=0", "log.tensorboard=false"))
+    best = out["run_dir"] + "/best.pt"
+    assert load_checkpoint(best).ood is None
+    rec = Predictor.from_checkpoint(best, device="cpu").predict([_odd_images()["noise"]], saliency="none")[0]
+    assert rec["ood"] is None and rec["ood_score"] is None and rec["probability"] is not None
+
+
+def test_an_ensemble_flags_what_any_member_flags(ckpt):
+    from breastai.engine.ensemble import ensemble_state
+    from breastai.inference.predictor import Predictor
+
+    member = load_checkpoint(ckpt)
+    single = Predictor.from_state(member, device="cpu")
+    both = Predictor.from_state(ensemble_state([member, member], np.array([0.5, 0.5]), 0.0, "mean", 0.5, {},
+                                               ["a", "b"]), device="cpu")
+    image = _odd_images()["stripes"]
+    assert both.predict([image], saliency="none")[0]["ood_score"] == pytest.approx(
+        single.predict([image], saliency="none")[0]["ood_score"])
+
+
+def test_evaluate_reports_the_flagged_share(ckpt, synth_datalist, tmp_path):
+    from breastai.engine.evaluate import evaluate_checkpoint
+
+    rep = evaluate_checkpoint(ckpt, synth_datalist, tmp_path / "ev", device="cpu", n_boot=50)
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
+    scores = np.array([float(r["ood_score"]) for r in rows])
+    assert rep["ood_flagged"] == pytest.approx(np.mean(scores > 1)) and rep["ood_flagged"] <= 1 / len(rows)

@@ -43,17 +43,18 @@ class Orthanc:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
             data = r.read()
-        return data if path.endswith("/file") else json.loads(data)
+        return data if path.endswith("/file") else (data.decode() if "/metadata/" in path else json.loads(data))
 
     def instances(self) -> list[dict[str, Any]]:
-        """Every instance with its SOP Instance UID, series modality and Study Instance UID."""
+        """Every instance with its SOP Class and Instance UIDs, series modality and Study Instance UID."""
         out = []
         for series in self.get("/series?expand"):
             study = self.get(f"/studies/{series['ParentStudy']}")
             for inst in series["Instances"]:
                 tags = self.get(f"/instances/{inst}")["MainDicomTags"]
-                out.append({"id": inst, "sop": tags.get("SOPInstanceUID"), "modality": series["MainDicomTags"].get("Modality"),
-                            "study": study["MainDicomTags"].get("StudyInstanceUID")})
+                out.append({"id": inst, "sop": tags.get("SOPInstanceUID"), "study": study["MainDicomTags"]["StudyInstanceUID"],
+                            "modality": series["MainDicomTags"].get("Modality"),
+                            "sop_class": self.get(f"/instances/{inst}/metadata/SopClassUid")})
         return out
 
 

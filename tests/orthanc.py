@@ -45,6 +45,14 @@ class Orthanc:
             data = r.read()
         return data if path.endswith("/file") else (data.decode() if "/metadata/" in path else json.loads(data))
 
+    def study_instances(self, study_uid: str) -> int:
+        """How many instances Orthanc holds in the study (0 when it has none of it)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/tools/lookup", data=study_uid.encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            found = [x for x in json.loads(r.read()) if x.get("Type") == "Study"]
+        return sum(len(self.get(f"/studies/{x['ID']}/instances")) for x in found)
+
     def instances(self) -> list[dict[str, Any]]:
         """Every instance with its SOP Class and Instance UIDs, series modality and Study Instance UID."""
         out = []

@@ -59,9 +59,12 @@ def _positive(kind: type) -> Any:
 
 
 def _ae_title(text: str) -> str:
-    if not text or len(text) > 16 or not text.isascii() or "\\" in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: an AE title is 1 to 16 ASCII characters")
-    return text
+    from breastai.inference.serve import check_ae_title
+
+    try:
+        return check_ae_title(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

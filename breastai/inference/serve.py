@@ -37,8 +37,8 @@ from breastai.inference.predictor import MaskProvider, Predictor
 from breastai.inference.serve_queue import Round, Study, StudyQueue
 from breastai.inference.writers import OutputBusyError, PredictionTables, output_lock, run_predict
 
-__all__ = ["Destination", "ServeOptions", "DicomNode", "SOP_CLASSES", "STATUS_MODALITY", "STATUS_UNREADABLE",
-           "store_files"]
+__all__ = ["check_ae_title", "Destination", "ServeOptions", "DicomNode", "SOP_CLASSES", "STATUS_MODALITY",
+           "STATUS_UNREADABLE", "store_files"]
 
 log = logging.getLogger("breastai")
 
@@ -51,6 +51,17 @@ SOP_CLASSES = {
 STATUS_MODALITY = 0xA900  # Error: Data Set does not match SOP Class
 STATUS_UNREADABLE = 0xC000  # Error: Cannot understand
 _SENT_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the C-STORE warnings (stored as sent)
+
+
+def check_ae_title(text: str) -> str:
+    """``text`` if it is a valid AE title (1 to 16 ASCII characters, no backslash).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not text or len(text) > 16 or not text.isascii() or "\\" in text:
+        raise ValueError(f"{text!r}: an AE title is 1 to 16 ASCII characters, without a backslash")
+    return text
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,10 @@ class Destination:
         host, colon, port = rest.rpartition(":")
         if not (at and colon and ae and host and port.isdigit()):
             raise ValueError(f"--forward {text!r}: expected AE@HOST:PORT, e.g. PACS@10.0.0.5:104")
-        if len(ae) > 16 or not ae.isascii() or "\\" in ae:
-            raise ValueError(f"--forward {text!r}: the AE title must be at most 16 ASCII characters")
+        try:
+            check_ae_title(ae)
+        except ValueError as exc:
+            raise ValueError(f"--forward {text!r}: {exc}") from None
         if not 0 < int(port) < 65536:
             raise ValueError(f"--forward {text!r}: port {port} is not in 1..65535")
         return cls(ae, host.strip("[]"), int(port))
@@ -153,6 +166,7 @@ class DicomNode:
 
     def __init__(self, checkpoint: str | Path, out: str | Path, options: ServeOptions = ServeOptions(),
                  mask_providers: Sequence[MaskProvider] = ()):
+        check_ae_title(options.ae_title)
         self.checkpoint = Path(checkpoint)
         self.out = Path(out)
         self.options = options

@@ -147,3 +147,13 @@ def predict_cli(argv: list[str]) -> int:
     add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(argv)
     return args.func(args)
+
+
+@pytest.fixture(scope="session")
+def mg_ckpt(tmp_path_factory, synth_datalist) -> Path:
+    """A tiny checkpoint that records MG as its training modality (``data.modality=MG``, the setting for a
+    datalist without a ``modality`` column), so predict and serve accept mammograms and refuse the rest."""
+    from breastai.engine.run import main
+
+    out = main(_tiny_config(synth_datalist, tmp_path_factory.mktemp("run_mg"), "data.modality=MG"))
+    return Path(out["run_dir"]) / "best.pt"

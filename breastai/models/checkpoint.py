@@ -134,7 +134,8 @@ class Checkpoint:
         threshold: operating threshold on the calibrated probability.
         temperature: calibration temperature.
         logit_offset: subtracted from the logit before the temperature (the log of the loss's
-            positive weight when training weighted the classes); None: not recorded, i.e. 0.
+            positive weight when training weighted the classes; after ``breastai calibrate`` it also
+            holds the local intercept, see ``recalibration``); None: not recorded, i.e. 0.
         epoch: the epoch these weights are from.
         best_epoch: the epoch selected on validation.
         metrics: validation (and test) metrics.

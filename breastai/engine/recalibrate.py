@@ -41,7 +41,7 @@ log = logging.getLogger("breastai")
 
 METHODS = ("temperature", "platt")
 # Chosen by the rule in docs/experiments.md ("Local recalibration at a second site").
-DEFAULT_METHOD = "temperature"
+DEFAULT_METHOD = "platt"
 # Fewer cases of a class than this and a fitted intercept or Youden threshold is noise.
 MIN_PER_CLASS = 5
 # Threshold method: keep the source's operating point (same log-odds cut) through the new calibration.

@@ -101,6 +101,13 @@ def shifted(ckpt, tmp_path_factory):
     return src, local, rest, out
 
 
+@pytest.fixture(scope="module")
+def recalibrated(shifted):
+    """``shifted``'s checkpoint recalibrated (platt) on its local sample: (record, new checkpoint path)."""
+    src, local, _, out = shifted
+    return recalibrate_checkpoint(src, local, out / "platt.pt", method="platt", device="cpu"), out / "platt.pt"
+
+
 def _counts(datalist: Path) -> dict[str, int]:
     import csv
 
@@ -117,13 +124,13 @@ def _ece_on(checkpoint: Path, data: Path) -> float:
     return ece(pred["label"], apply_temperature(pred["logit"], 1.0))
 
 
-def test_calibrate_lowers_ece_on_held_out_rows_and_keeps_the_weights(shifted):
+def test_calibrate_lowers_ece_on_held_out_rows_and_keeps_the_weights(shifted, recalibrated):
     from breastai.data.provenance import part_digests
     from breastai.data.datalist import read_datalist
     from breastai.core.files import file_sha256
 
     src, local, rest, out = shifted
-    rec = recalibrate_checkpoint(src, local, out / "platt.pt", method="platt", device="cpu")
+    rec = recalibrated[0]
     old, new = load_checkpoint(src), load_checkpoint(out / "platt.pt")
     assert weights_digest(new) == weights_digest(old) == rec.weights_digest
     before = _ece_on(src, rest)
@@ -145,26 +152,25 @@ def test_calibrate_lowers_ece_on_held_out_rows_and_keeps_the_weights(shifted):
     assert again.before == rec.after
 
 
-def test_predict_and_evaluate_use_the_new_calibration(shifted, tmp_path):
+def test_predict_and_evaluate_use_the_new_calibration(shifted, recalibrated, tmp_path):
     from breastai.data.datalist import read_datalist
     from breastai.engine.evaluate import evaluate_checkpoint
     from breastai.inference.predictor import Predictor
     from breastai.inference.writers import run_predict
 
     src, local, rest, out = shifted
-    recalibrate_checkpoint(src, local, tmp_path / "new.pt", method="platt", device="cpu")
-    fit = load_checkpoint(tmp_path / "new.pt").recalibration[-1]
+    fit, new = recalibrated
     row = read_datalist(rest)[0]
     p_old = Predictor.from_checkpoint(src, device="cpu").predict(row["image"], masks=[row["mask"]])[0]
-    p_new = Predictor.from_checkpoint(tmp_path / "new.pt", device="cpu").predict(row["image"], masks=[row["mask"]])[0]
+    p_new = Predictor.from_checkpoint(new, device="cpu").predict(row["image"], masks=[row["mask"]])[0]
     z_old = np.log(p_old["probability"] / (1 - p_old["probability"]))
     expected = apply_temperature(fit.slope * z_old + fit.intercept, 1.0)
     assert p_new["probability"] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
-    rep = evaluate_checkpoint(tmp_path / "new.pt", rest, tmp_path / "ev", device="cpu", n_boot=20)
+    rep = evaluate_checkpoint(new, rest, tmp_path / "ev", device="cpu", n_boot=20)
     assert rep["recalibration"]["method"] == "platt" and rep["recalibration"]["n"] == 60
     assert rep["threshold"] == pytest.approx(fit.threshold_after)
     assert "n_seen_in_recalibration" not in rep  # the rest of the site is not the fitted sample
-    _, run = run_predict(Predictor.from_checkpoint(tmp_path / "new.pt", device="cpu"), [row["image"]],
+    _, run = run_predict(Predictor.from_checkpoint(new, device="cpu"), [row["image"]],
                          tmp_path / "pr", masks=[row["mask"]])
     written = json.loads((tmp_path / "pr" / "predictions.json").read_text())["run"]
     assert written["recalibration"]["n_per_class"] == _counts(local)

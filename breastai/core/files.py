@@ -1,8 +1,9 @@
-"""Files written whole or not at all (atomic writes), and file listings that skip hidden folders."""
+"""Files written whole or not at all (atomic writes), file listings that skip hidden folders, file digests."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -76,3 +77,16 @@ def visible_files(root: str | Path) -> list[Path]:
     root = Path(root)
     return [f for f in sorted(root.rglob("*"))
             if not any(part.startswith(".") for part in f.relative_to(root).parts) and f.is_file()]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

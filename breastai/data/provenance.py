@@ -11,11 +11,11 @@ one group, so a copy listed under another case id never lands in another part th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from breastai.core.files import file_sha256
 from breastai.core.keys import Keys
 from breastai.data.datalist import DatalistError
 from breastai.data.dedup import union_find_groups
@@ -29,14 +29,10 @@ _DIGEST_HEX = 16  # 64 bits: collisions between different files are negligible a
 
 def file_digest(path: str | Path) -> str | None:
     """The first 16 hex digits of the SHA-256 of a file's bytes; None if it cannot be read."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)[:_DIGEST_HEX]
     except OSError:
         return None
-    return h.hexdigest()[:_DIGEST_HEX]
 
 
 def _digests_by_path(records: Sequence[dict[str, Any]]) -> dict[str, str | None]:

@@ -127,7 +127,14 @@ def evaluate_checkpoint(
     if flagged is not None:
         report["ood_flagged"] = flagged
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
-                  n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"])
+                  n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"],
+                  recalibration=ckpt.recalibration[-1].summary() if ckpt.recalibration else None)
+    # The local cases of a recalibration were fitted on, as validation images are.
+    refit = seen_before({"val": ckpt.recalibration[-1].image_digests}, records)["val"] if ckpt.recalibration else None
+    if refit:
+        report["n_seen_in_recalibration"] = refit
+        log.warning("warning: %d of the %d evaluation images are local cases %s was recalibrated on: these "
+                    "figures are not an independent test", refit, len(records), Path(checkpoint).name)
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1, default=float))

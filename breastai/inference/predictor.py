@@ -44,7 +44,7 @@ from breastai.data.readers.registry import ImageReadError, load_image
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.scorer import ModelScorer, Scored
-from breastai.models.calibration import apply_temperature
+from breastai.models.calibration import Recalibration, apply_temperature
 from breastai.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from breastai.models.saliency import METHODS
 
@@ -88,15 +88,18 @@ class Predictor:
         threshold: the operating threshold on the calibrated probability.
         source: where the checkpoint came from (for messages and the run record).
         mask_providers: tried in order for inputs that come without a mask (see :class:`MaskProvider`).
+        recalibration: the checkpoint's local recalibrations (``breastai calibrate``), for the run record.
     """
 
     def __init__(self, scorer: ModelScorer | EnsembleScorer, classes: Sequence[str], threshold: float,
-                 source: str = "<state>", mask_providers: Sequence[MaskProvider] = ()):
+                 source: str = "<state>", mask_providers: Sequence[MaskProvider] = (),
+                 recalibration: Sequence[Recalibration] | None = None):
         self.scorer = scorer
         self.classes = list(classes)
         self.threshold = float(threshold)
         self.source = source
         self.mask_providers = list(mask_providers)
+        self.recalibration = list(recalibration or [])
 
     @classmethod
     def from_state(cls, ckpt: Checkpoint | Mapping[str, Any], device: str = "auto", source: str = "<state>",
@@ -109,7 +112,7 @@ class Predictor:
         if not isinstance(ckpt, Checkpoint):
             ckpt = Checkpoint.from_state(ckpt)
         scorer = build_scorer(ckpt, resolve_device(device), source)
-        return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers)
+        return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers, ckpt.recalibration)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",

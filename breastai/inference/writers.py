@@ -253,6 +253,7 @@ def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequen
         "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
         "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
+        "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
         "n_ood": sum(r.get("ood") is True for r in records),
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -32,11 +32,12 @@ import torch
 from torch import nn
 
 from breastai.core.config import fill_missing
+from breastai.models.calibration import Recalibration
 from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "model_from_checkpoint", "package_versions", "state_digest"]
+           "model_from_checkpoint", "package_versions", "state_digest", "weights_digest"]
 
 FORMAT_VERSION = 1
 
@@ -45,7 +46,7 @@ FORMAT_VERSION = 1
 _OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities", "ood")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
-          "threshold", "temperature", "metrics", "digest", *_OPTIONAL, *_RESUME}
+          "threshold", "temperature", "metrics", "digest", "recalibration", *_OPTIONAL, *_RESUME}
 _DIGEST = "sha256"
 _MODEL_KEYS = ("name", "in_chans", "dropout")
 
@@ -134,7 +135,8 @@ class Checkpoint:
         threshold: operating threshold on the calibrated probability.
         temperature: calibration temperature.
         logit_offset: subtracted from the logit before the temperature (the log of the loss's
-            positive weight when training weighted the classes); None: not recorded, i.e. 0.
+            positive weight when training weighted the classes; after ``breastai calibrate`` it also
+            holds the local intercept, see ``recalibration``); None: not recorded, i.e. 0.
         epoch: the epoch these weights are from.
         best_epoch: the epoch selected on validation.
         metrics: validation (and test) metrics.
@@ -154,6 +156,8 @@ class Checkpoint:
         member_weights: ensemble only: weight of each member's calibrated log-odds.
         bias: ensemble only: added to the weighted sum.
         combine: ensemble only: how the weights were fitted (``mean`` or ``stack``).
+        recalibration: the local recalibrations (``breastai calibrate``) since training, oldest
+            first; None: never recalibrated.
         format_version: the format the checkpoint was read in (0: written before it was recorded);
             a saved checkpoint is always written in :data:`FORMAT_VERSION`.
         versions: package versions it was written with (None: fill in the running ones at save).
@@ -182,6 +186,7 @@ class Checkpoint:
     member_weights: list[float] = field(default_factory=list)
     bias: float = 0.0
     combine: str = ""
+    recalibration: list[Recalibration] | None = None
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -230,6 +235,8 @@ class Checkpoint:
                 state[key] = getattr(self, key)
         if self.ood is not None:
             state["ood"] = self.ood.to_state()
+        if self.recalibration is not None:
+            state["recalibration"] = [r.to_state() for r in self.recalibration]
         state.update(self.extra)
         state["digest"] = state_digest(state)
         return state
@@ -268,6 +275,8 @@ class Checkpoint:
                 member_weights=[] if ens is None else [float(w) for w in ens["weights"]],
                 bias=0.0 if ens is None else float(ens["bias"]),
                 combine="" if ens is None else str(ens.get("combine", "mean")),
+                recalibration=None if state.get("recalibration") is None
+                else [Recalibration.from_state(r) for r in state["recalibration"]],
                 format_version=int(state.get("format_version", 0)),
                 versions=dict(state["versions"]) if state.get("versions") is not None else None,
                 extra={k: v for k, v in state.items() if k not in _KNOWN},
@@ -290,6 +299,17 @@ def state_digest(state: Mapping[str, Any]) -> str:
     """
     h = hashlib.sha256()
     _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return f"{_DIGEST}:{h.hexdigest()}"
+
+
+def weights_digest(ckpt: Checkpoint) -> str:
+    """``sha256:<hex>`` of the model weights alone (an ensemble's: its members', in order).
+
+    Unlike ``digest`` it ignores calibration, threshold and metrics: a recalibrated checkpoint has
+    the weights digest of the checkpoint it came from.
+    """
+    h = hashlib.sha256()
+    _feed(h, [m.weights for m in ckpt.members] if ckpt.is_ensemble else ckpt.weights)
     return f"{_DIGEST}:{h.hexdigest()}"
 
 

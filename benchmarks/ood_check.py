@@ -15,8 +15,8 @@ site's lesions.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/ood_check.py --checkpoint CV_RUN/fold_1/best.pt \
-        --ultrasound data/breast.csv [--data ../shared/data] [--out FILE]
+    PYTHONPATH=. python benchmarks/ood_check.py --checkpoint CV_RUN/fold0/best.pt \
+        --ultrasound data/breast.csv [--refit data/busi.csv] [--data ../shared/data] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
+from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.readers.masks import LesionBox  # noqa: E402
+from breastai.engine.ood import refit_detector  # noqa: E402
+from breastai.models.checkpoint import load_checkpoint  # noqa: E402
 from breastai.data.readers.registry import load_image  # noqa: E402
 from breastai.inference.predictor import Predictor  # noqa: E402
 
@@ -58,14 +63,20 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--ultrasound", required=True, help="datalist of another ultrasound site (with masks)")
     ap.add_argument("--data", default=os.environ.get("BREASTAI_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--refit", metavar="DATALIST",
+                    help="first fit the checkpoint's detector again (the current design) from its training datalist")
     ap.add_argument("--out", help="also write the figures as JSON here")
     args = ap.parse_args()
     data = Path(args.data)
-    pred = Predictor.from_checkpoint(args.checkpoint, device="cpu")
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.refit:
+        ckpt.ood = refit_detector(ckpt, read_samples(args.refit, ckpt.config["data"], ckpt.classes), torch.device("cpu"))
+    pred = Predictor.from_state(ckpt, device="cpu", source=args.checkpoint)
     if all(m.ood is None for m in pred.members):
         sys.exit(f"{args.checkpoint} has no out-of-distribution detector (trained before it existed?)")
     crop = pred.scorer.crop_mode
-    result: dict = {"checkpoint": args.checkpoint, "crop_mode": crop}
+    result: dict = {"checkpoint": args.checkpoint, "crop_mode": crop, "refit": args.refit,
+                    "layers": [m.ood.layers for m in pred.members]}
 
     films = sorted((data / "mias").glob("*.png"))
     if not films:

@@ -12,7 +12,7 @@ import torch
 
 from breastai.core.config import ConfigError, load_config
 from breastai.models.checkpoint import load_checkpoint
-from breastai.models.ood import FeatureDensity, fit_feature_density
+from breastai.models.ood import FeatureDensity, Gaussians, fit_feature_density
 
 
 def _clusters(rng, n: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -23,48 +23,78 @@ def _clusters(rng, n: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
 def test_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
     means = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
     precision = np.diag([1.0, 0.25]).astype(np.float32)  # variances 1 and 4
-    det = FeatureDensity(means, precision, threshold=2.0, quantile=0.99, shrinkage=0.0, n_fit=10, n_val=5)
+    g = Gaussians(means, precision, shrinkage=0.0)
     x = np.array([[3.0, 0.0], [0.0, 4.0], [9.0, 2.0]])
     # sqrt(9) to class 0; sqrt(16 / 4) to class 0; sqrt(1 + 4 / 4) to class 1
-    assert det.distance(x) == pytest.approx([3.0, 2.0, np.sqrt(2.0)])
-    assert det.score(x) == pytest.approx([1.5, 1.0, np.sqrt(2.0) / 2])
+    assert g.distance(x) == pytest.approx([3.0, 2.0, np.sqrt(2.0)])
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        det.distance(np.zeros((1, 3)))
+        g.distance(np.zeros((1, 3)))
+    # Two groups: the score is the larger scaled distance over the threshold.
+    det = FeatureDensity(["layer"], [g, Gaussians(np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32), 0.0)],
+                         scales=[2.0, 4.0], threshold=1.5, quantile=0.99, n_fit=10, n_val=5)
+    second = np.array([[2.0], [8.0], [0.0]])
+    assert det.score([x, second]) == pytest.approx([max(3 / 2, 2 / 4) / 1.5, max(2 / 2, 8 / 4) / 1.5,
+                                                     max(np.sqrt(2) / 2, 0.0) / 1.5])
+    with pytest.raises(ValueError, match="2 feature groups"):
+        det.score([x])
 
 
 def test_threshold_is_the_validation_quantile_and_far_points_are_flagged():
     rng = np.random.default_rng(0)
     train, labels = _clusters(rng, 400)
     val, _ = _clusters(rng, 200)
-    det = fit_feature_density(train, labels, val, quantile=0.95)
-    assert np.mean(det.distance(val) > det.threshold) <= 0.05 + 1e-9  # the quantile, by construction
+    low = lambda f: f[:, :3] * 0.5  # a second group: some "layer" of the same inputs
+    det = fit_feature_density([low(train), train], labels, [low(val), val], quantile=0.95, layers=["low"])
+    assert np.mean(det.score([low(val), val]) > 1) <= 0.05 + 1e-9  # the quantile, by construction
     new, _ = _clusters(rng, 1000)  # more of the same distribution
-    assert np.mean(det.score(new) > 1) < 0.10
+    assert np.mean(det.score([low(new), new]) > 1) < 0.10
     far = rng.normal(size=(100, 8)) + 12.0  # out of range in every dimension
-    assert np.all(det.score(far) > 1)
-    assert det.n_fit == 400 and det.n_val == 200 and 0 <= det.shrinkage <= 1
+    assert np.all(det.score([low(far), far]) > 1)
+    odd_low = new.copy()
+    odd_low[:, :3] += 40.0  # out of range in the first group only: still flagged
+    assert np.all(det.score([low(odd_low), new]) > 1)
+    assert det.n_fit == 400 and det.n_val == 200 and det.layers == ["low"]
+    assert all(0 <= g.shrinkage <= 1 for g in det.groups)
 
 
 def test_state_round_trip_loads_with_weights_only(tmp_path):
     rng = np.random.default_rng(1)
     train, labels = _clusters(rng, 60)
-    det = fit_feature_density(train, labels, train[:10] + 0.1, quantile=0.9)
+    det = fit_feature_density([train], labels, [train[:10] + 0.1], quantile=0.9)
     torch.save(det.to_state(), tmp_path / "d.pt")
     back = FeatureDensity.from_state(torch.load(tmp_path / "d.pt", weights_only=True))
-    assert back.threshold == det.threshold and back.quantile == 0.9 and back.n_fit == 60
+    assert back.threshold == det.threshold and back.quantile == 0.9 and back.n_fit == 60 and back.layers == []
     x = rng.normal(size=(5, 8))
-    assert back.distance(x) == pytest.approx(det.distance(x), rel=1e-5)
+    assert back.score([x]) == pytest.approx(det.score([x]), rel=1e-5)
 
 
 def test_refuses_what_it_cannot_fit():
     rng = np.random.default_rng(2)
     train, labels = _clusters(rng, 20)
     with pytest.raises(ValueError, match="quantile"):
-        fit_feature_density(train, labels, train, quantile=1.5)
+        fit_feature_density([train], labels, [train], quantile=1.5)
     with pytest.raises(ValueError, match=">= 4 training and >= 2 validation"):
-        fit_feature_density(train[:3], labels[:3], train, quantile=0.9)
+        fit_feature_density([train[:3]], labels[:3], [train], quantile=0.9)
+    with pytest.raises(ValueError, match="feature groups"):
+        fit_feature_density([train, train], labels, [train, train], quantile=0.9)  # no layer named
     with pytest.raises(ConfigError, match="eval.ood_quantile"):
         load_config(None, ["eval.ood_quantile=2"])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "small_cnn", "resnet18", "densenet121", "fusion_concat"])
+def test_every_image_model_names_layers_that_exist_and_give_channel_means(name):
+    from breastai.models.ood import model_features
+    from breastai.models.registry import create_model, get_spec
+
+    spec = get_spec(name)
+    layers = spec.feature_layers()
+    assert len(layers) == 2
+    kw = {"feature_names": ["a", "b"], "selected": ["a", "b"]} if spec.requires_radiomics else {}
+    model = create_model(name, in_chans=2, pretrained=False, dropout=0.0, **kw).eval()
+    x = torch.rand(3, 2, 64, 64)
+    groups = model_features(model, layers, x, torch.zeros(3, 2) if spec.requires_radiomics else None)
+    assert len(groups) == 3 and all(g.shape[0] == 3 and g.ndim == 2 for g in groups)
+    assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())  # hooks removed
 
 
 def _odd_images() -> dict[str, np.ndarray]:
@@ -78,14 +108,14 @@ def _odd_images() -> dict[str, np.ndarray]:
 
 def test_training_fits_a_detector_that_passes_the_training_kind_and_flags_others(ckpt, predictor, synth_datalist):
     det = load_checkpoint(ckpt).ood
-    assert det is not None and det.quantile == 0.99 and det.threshold > 0
+    assert det is not None and det.quantile == 0.99 and det.threshold > 0 and det.layers == ["backbone.6", "backbone.10"]
     rows = list(csv.DictReader(open(synth_datalist)))
     recs = predictor.predict([str(synth_datalist.parent / r["image"]) for r in rows], saliency="none")
     flagged = [r["id"] for r in recs if r["ood"]]
     assert len(flagged) <= 1, flagged  # the images it learned from (and its validation images)
     assert all(isinstance(r["ood_score"], float) and r["probability"] is not None for r in recs)
     for name, image in _odd_images().items():
-        rec = predictor.predict([image], saliency="none")[0]
+        rec = predictor.predict([image], saliency="gradcam++")[0]  # the saliency hooks and the feature hooks coexist
         assert rec["ood"] is True and rec["ood_score"] > 1, name
         assert rec["probability"] is not None  # still scored, but flagged: the warning and the column say so
 
@@ -135,3 +165,21 @@ def test_evaluate_reports_the_flagged_share(ckpt, synth_datalist, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     scores = np.array([float(r["ood_score"]) for r in rows])
     assert rep["ood_flagged"] == pytest.approx(np.mean(scores > 1)) and rep["ood_flagged"] <= 1 / len(rows)
+
+
+def test_refit_from_the_training_datalist_gives_the_detector_training_fitted(ckpt, synth_datalist):
+    from breastai.data.frames import read_samples
+    from breastai.engine.ood import refit_detector
+    from breastai.models.checkpoint import CheckpointError
+
+    trained = load_checkpoint(ckpt)
+    records = read_samples(synth_datalist, trained.config["data"], trained.classes)
+    again = refit_detector(trained, records, torch.device("cpu"))
+    assert again.layers == trained.ood.layers and (again.n_fit, again.n_val) == (trained.ood.n_fit, trained.ood.n_val)
+    assert again.scales == pytest.approx(trained.ood.scales, rel=1e-4)
+    assert again.threshold == pytest.approx(trained.ood.threshold, rel=1e-4)
+    with pytest.raises(ValueError, match="give the datalist it was trained on"):
+        refit_detector(trained, records[:5], torch.device("cpu"))
+    trained.seen_images = None
+    with pytest.raises(CheckpointError, match="no digests"):
+        refit_detector(trained, records, torch.device("cpu"))

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from breastai.core import distributed as dist
 from breastai.core.keys import Keys
-from breastai.models.ood import model_embedding
+from breastai.models.ood import model_features
 from breastai.models.tta import mirror_average
 
 __all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast", "seed_everything", "reseed_worker"]
@@ -154,7 +154,7 @@ def predict_loader(
     channels_last: bool = False,
     progress: bool = False,
     flip: bool = False,
-    embed: bool = False,
+    features: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Logits for every sample of ``loader``, gathered across ranks and de-duplicated.
 
@@ -162,11 +162,13 @@ def predict_loader(
     mirrored left to right (``eval.flip_average``).
 
     Returns arrays ``index``, ``logit``, ``label`` sorted by dataset index, and ``case_id``; with
-    ``embed`` also ``embedding`` (N, D), what the model's head reads (of the unmirrored image).
+    ``features`` (intermediate module names, possibly none) also ``features``: the out-of-distribution
+    detector's feature groups of the unmirrored images (:func:`breastai.models.ood.model_features`:
+    each layer's channel means, then the embedding the head reads), each (N, D_l).
     """
     model.eval()
     raw = model.module if hasattr(model, "module") else model
-    idx, logits, labels, ids, embeddings = [], [], [], [], []
+    idx, logits, labels, ids, groups = [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and dist.is_main()), mininterval=2):
         x = batch[Keys.IMAGE].to(device, non_blocking=True)
         if channels_last:
@@ -175,9 +177,9 @@ def predict_loader(
             z = _forward(model, x, batch, device).float()
             if flip:
                 z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
-            if embed:
+            if features is not None:
                 r = batch[Keys.RADIOMICS].to(device, non_blocking=True) if Keys.RADIOMICS in batch else None
-                embeddings.append(model_embedding(raw, x, r).float().cpu().numpy())
+                groups.append(model_features(raw, features, x, r))
         idx.append(batch[Keys.INDEX].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch[Keys.LABEL].numpy())
@@ -187,7 +189,7 @@ def predict_loader(
         np.concatenate(logits) if logits else np.zeros(0),
         np.concatenate(labels) if labels else np.zeros(0),
         ids,
-        np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32),
+        [np.concatenate(g) for g in zip(*groups)] if groups else [],
     )
     parts = dist.gather_objects(local)
     all_idx = np.concatenate([p[0] for p in parts])
@@ -202,9 +204,9 @@ def predict_loader(
         "label": all_label[first],
         "case_id": np.array([all_ids[i] for i in first], dtype=object),
     }
-    if embed:
-        shards = [p[4] for p in parts if len(p[4])]
-        out["embedding"] = np.concatenate(shards)[first] if shards else np.zeros((0, 0), np.float32)
+    if features is not None:
+        shards = [p[4] for p in parts if p[4]]
+        out["features"] = [np.concatenate(g)[first] for g in zip(*shards)] if shards else []
     return out
 
 

@@ -124,8 +124,8 @@ def score_part(pred: dict[str, np.ndarray], ckpt: Checkpoint, n_boot: int) -> tu
     rep["ece_uncalibrated"] = ece(pred["label"], apply_temperature(pred["logit"], 1.0))
     rows = [{"case_id": str(c), "label": int(y), "logit": float(z), "calibrated_logit": float(zc), "probability": float(p)}
             for c, y, z, zc, p in zip(pred["case_id"], pred["label"], pred["logit"], z_cal, probs)]
-    if ckpt.ood is not None and len(pred.get("embedding", ())):
-        ood = ckpt.ood.score(pred["embedding"])
+    if ckpt.ood is not None and pred.get("features"):
+        ood = ckpt.ood.score(pred["features"])
         rep["ood_flagged"] = float(np.mean(ood > 1.0))  # the fraction of the part the detector calls unlike training
         for row, o in zip(rows, ood):
             row["ood_score"] = float(o)
@@ -156,7 +156,7 @@ def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device:
     model = model_from_checkpoint(ckpt).to(device)
     ds = _Named(build_dataset(cfg, records, False), names)
     pred = predict_loader(model, make_loader(ds, cfg, False, None, 0), device,
-                          progress=progress, flip=bool(cfg["eval"]["flip_average"]), embed=ckpt.ood is not None)
+                          progress=progress, flip=bool(cfg["eval"]["flip_average"]), features=None if ckpt.ood is None else ckpt.ood.layers)
     check_finite(pred["logit"], pred["case_id"])
     return pred
 

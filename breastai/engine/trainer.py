@@ -21,6 +21,7 @@ from breastai.core.distributed import resolve_device
 from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
+from breastai.engine.ood import fit_detector
 from breastai.engine.loops import (
     predict_loader,
     seed_everything,
@@ -31,7 +32,6 @@ from breastai.engine.loops import (
 from breastai.engine.scoring import score_part
 from breastai.models.calibration import calibrated_probability, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
-from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.radiomics_fit import needs_radiomics, radiomics_model_kwargs
 from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc
@@ -87,17 +87,6 @@ def _digest(model: nn.Module) -> str:
 
 def _in_chans(cfg: dict[str, Any]) -> int:
     return 2 if cfg["preprocess"]["mask_channel"] else 1
-
-
-def _fit_ood(cfg: dict[str, Any], model: nn.Module, train_recs: Sequence[dict[str, Any]],
-             val_loader: torch.utils.data.DataLoader, device: torch.device, run_kw: dict[str, Any]) -> FeatureDensity:
-    """The out-of-distribution detector of the selected weights: class means and covariance of the
-    training part's embeddings (evaluation preset, no augmentation), threshold from the validation part's."""
-    fitted = predict_loader(model, make_loader(build_dataset(cfg, train_recs, False), cfg, False, None, 0), device,
-                            embed=True, **run_kw)
-    held = predict_loader(model, val_loader, device, embed=True, **run_kw)
-    return fit_feature_density(fitted["embedding"], fitted["label"], held["embedding"],
-                               float(cfg["eval"]["ood_quantile"]))
 
 
 def check_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarray]) -> None:
@@ -294,13 +283,14 @@ def fit(
     result["val"] = val_report
     run_kw = {"amp": amp, "channels_last": channels_last, "flip": flip}
     if float(cfg["eval"]["ood_quantile"]) > 0:
-        kept.ood = _fit_ood(cfg, model, train_recs, val_loader, device, run_kw)
+        train_eval = make_loader(build_dataset(cfg, train_recs, False), cfg, False, None, 0)
+        kept.ood = fit_detector(cfg, model, train_eval, val_loader, device, **run_kw)
         if main_rank:
-            log.info("OOD detector: %d training embeddings, threshold %.2f (validation quantile %.3g)",
-                     kept.ood.n_fit, kept.ood.threshold, kept.ood.quantile)
+            log.info("OOD detector: %d training images, %d feature groups (validation quantile %.3g)",
+                     kept.ood.n_fit, len(kept.ood.groups), kept.ood.quantile)
     if test_recs:
         test = predict_loader(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
-                              embed=kept.ood is not None, **run_kw)
+                              features=None if kept.ood is None else kept.ood.layers, **run_kw)
         _, result["test"], result["test_predictions"] = score_part(test, kept, nb)
     if main_rank:
         kept.metrics.update({f"val_{k}": v for k, v in val_report.items()})

@@ -22,6 +22,7 @@ from breastai.data.transforms import build_transforms
 from breastai.inference.inputs import has_mask_input
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
+from breastai.models.ood import model_features
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
 from breastai.models.tta import mirror_average, tta_views
 
@@ -218,7 +219,8 @@ class ModelScorer:
                      has_mask=has_mask)
         if self.ood is not None:
             with torch.no_grad():
-                out.ood_score = float(self.ood.score(self.model.embed(x).float().cpu().numpy())[0])
+                groups = model_features(self.model, self.ood.layers, x, prefix="net." if self.needs_radiomics else "")
+                out.ood_score = float(self.ood.score(groups)[0])
         if tta > 0:
             with torch.no_grad():
                 views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))

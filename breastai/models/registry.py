@@ -50,6 +50,9 @@ class ModelSpec:
         image_module: for a model wrapping a registry image model (chosen by its ``backbone``
             argument) as a submodule, that submodule's name; its saliency layer is found there.
         default_backbone: the ``backbone`` such a model uses when none is given.
+        ood_layers: intermediate feature maps (module names relative to the model) whose
+            channel means the out-of-distribution detector models beside the embedding
+            (:mod:`breastai.models.ood`): mid-level texture that a two-class head may discard.
     """
 
     build: Callable[..., tuple[nn.Module, int]] | None
@@ -65,6 +68,16 @@ class ModelSpec:
     in_chans: tuple[int, ...] = (1, 2)
     image_module: str = ""
     default_backbone: str = ""
+    ood_layers: tuple[str, ...] = ()
+
+    def feature_layers(self, backbone: str | None = None) -> tuple[str, ...]:
+        """The ``ood_layers`` of a model built from this spec, relative to the model (found in the
+        image branch, ``image_module``, for models wrapping a registry image model)."""
+        if not self.uses_image:
+            return ()
+        if not self.image_module:
+            return self.ood_layers
+        return tuple(f"{self.image_module}.{n}" for n in get_spec(backbone or self.default_backbone).feature_layers())
 
     def saliency_layer(self, backbone: str | None = None) -> str:
         """The saliency target layer of a model built from this spec, relative to the model.

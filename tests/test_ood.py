@@ -183,3 +183,14 @@ def test_refit_from_the_training_datalist_gives_the_detector_training_fitted(ckp
     trained.seen_images = None
     with pytest.raises(CheckpointError, match="no digests"):
         refit_detector(trained, records, torch.device("cpu"))
+
+
+def test_the_first_embedding_only_state_still_loads():
+    rng = np.random.default_rng(3)
+    train, labels = _clusters(rng, 40)
+    det = fit_feature_density([train], labels, [train[:8] + 0.2], quantile=0.9)
+    g = det.groups[0]
+    old = {"means": torch.from_numpy(g.means), "precision": torch.from_numpy(g.precision), "threshold": 2.5,
+           "quantile": 0.9, "shrinkage": g.shrinkage, "n_fit": 40, "n_val": 8}
+    back = FeatureDensity.from_state(old)
+    assert back.score([train[:3]]) == pytest.approx(g.distance(train[:3]) / 2.5, rel=1e-5)

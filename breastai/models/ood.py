@@ -116,7 +116,13 @@ class FeatureDensity:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> FeatureDensity:
-        """Inverse of :meth:`to_state`."""
+        """Inverse of :meth:`to_state` (also reads the first, embedding-only detector's state:
+        one group whose scale is its threshold)."""
+        if isinstance(state["means"], torch.Tensor):
+            group = Gaussians(np.asarray(state["means"], dtype=np.float32),
+                              np.asarray(state["precision"], dtype=np.float32), float(state["shrinkage"]))
+            return cls(layers=[], groups=[group], scales=[float(state["threshold"])], threshold=1.0,
+                       quantile=float(state["quantile"]), n_fit=int(state["n_fit"]), n_val=int(state["n_val"]))
         groups = [Gaussians(np.asarray(m, dtype=np.float32), np.asarray(p, dtype=np.float32), float(s))
                   for m, p, s in zip(state["means"], state["precision"], state["shrinkage"], strict=True)]
         return cls(layers=[str(n) for n in state["layers"]], groups=groups,

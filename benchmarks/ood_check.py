@@ -55,6 +55,8 @@ def _share(records: list[dict]) -> dict:
     return {"n": len(records), "n_scored": len(scored), "flagged": float(np.mean(scores > 1)) if len(scores) else None,
             "ood_score_median": float(np.median(scores)) if len(scores) else None,
             "ood_score_min": float(scores.min()) if len(scores) else None,
+            "ood_score_quantiles": {q: float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+            if len(scores) else None,
             "errors": [r["error"] for r in records if r["error"] is not None][:3]}
 
 

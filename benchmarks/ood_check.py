@@ -78,7 +78,7 @@ def main() -> None:
         sys.exit(f"{args.checkpoint} has no out-of-distribution detector (trained before it existed?)")
     crop = pred.scorer.crop_mode
     result: dict = {"checkpoint": args.checkpoint, "crop_mode": crop, "refit": args.refit,
-                    "layers": [m.ood.layers for m in pred.members]}
+                    "layers": [m.ood.layers for m in pred.members], "margin": [m.ood.margin for m in pred.members]}
 
     films = sorted((data / "mias").glob("*.png"))
     if not films:

@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if run.get("n_ood"):
         print(f"warning: {run['n_ood']} of {run['n']} image(s) are unlike the images the model was trained on "
               "(ood true in predictions.csv): their probabilities are not reliable", file=sys.stderr)
+    scored = run["n"] - run["n_failed"]
+    if scored >= 10 and run.get("n_shifted", 0) >= scored / 2:
+        print(f"note: {run['n_shifted']} of {scored} images lie outside the range of the training site's images "
+              "(another scanner or site?): the probabilities may be miscalibrated here; `breastai calibrate` "
+              "on about 50 labelled local cases refits them", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
     print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
           f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else "")

@@ -110,6 +110,9 @@ DEFAULTS: dict[str, Any] = {
         # Out-of-distribution flag: Mahalanobis distance of the embedding to the training part's,
         # flagged above this quantile of the validation part's distances (0: no detector).
         "ood_quantile": 0.99,
+        # ... and the flag this many times further out: another site's scanner moves the features
+        # too, and the flag is for inputs of the wrong kind (docs/experiments.md).
+        "ood_margin": 1.0,
     },
     "log": {
         "tensorboard": True,
@@ -377,6 +380,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
     if not 0.0 <= float(cfg["eval"]["ood_quantile"]) <= 1.0:
         raise ConfigError(f"eval.ood_quantile is a quantile in (0, 1] (0 fits no detector), got {cfg['eval']['ood_quantile']!r}")
+    if not float(cfg["eval"]["ood_margin"]) >= 1.0:
+        raise ConfigError(f"eval.ood_margin is a factor >= 1 over the validation quantile, got {cfg['eval']['ood_margin']!r}")
     if int(cfg["log"]["pointing_images"]) < 0:
         raise ConfigError(f"log.pointing_images is a count (0 turns it off), got {cfg['log']['pointing_images']!r}")
     if len(cfg["data"]["classes"]) != 2:

@@ -142,6 +142,13 @@ class Predictor:
         return self.scorer.pre
 
     @property
+    def ood_margin(self) -> float | None:
+        """The out-of-distribution flag's margin over the validation quantile (None: no detector):
+        a record with ``ood_score * ood_margin > 1`` is unlike the training site, if not flagged."""
+        margins = [m.ood.margin for m in self.members if m.ood is not None]
+        return min(margins) if margins else None
+
+    @property
     def temperature(self) -> float:
         return self.scorer.temperature if isinstance(self.scorer, ModelScorer) else 1.0
 

@@ -256,6 +256,7 @@ def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequen
         "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
         "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
         "n_ood": sum(r.get("ood") is True for r in records),
+        "n_shifted": sum(r.get("ood_score") is not None and r["ood_score"] * pred.ood_margin > 1 for r in records),
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for w in writers:

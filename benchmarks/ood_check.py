@@ -57,6 +57,7 @@ def _share(records: list[dict]) -> dict:
             "ood_score_min": float(scores.min()) if len(scores) else None,
             "ood_score_quantiles": {q: float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
             if len(scores) else None,
+            "ood_scores": [round(float(v), 4) for v in scores],
             "errors": [r["error"] for r in records if r["error"] is not None][:3]}
 
 

@@ -1,4 +1,4 @@
-"""Breast- and exam-level scores from per-image calibrated log-odds (numpy / scipy only).
+"""Breast- and exam-level scores from per-image calibrated log-odds.
 
 A screening decision is made per breast and per exam, not per film. This module turns per-image
 scores (:class:`ImageScore`) into the scores of a level (:class:`LevelScore`); it is pure, so
@@ -43,8 +43,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
+from breastai.models.calibration import fit_platt
 from breastai.reporting.metrics import MetricError, choose_threshold
 
 __all__ = ["LEVELS", "RULES", "ImageScore", "LevelRule", "LevelScore", "LevelError", "combine_log_odds",
@@ -251,18 +252,13 @@ def default_rule(level: str) -> LevelRule:
 
 
 def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """``(a, b, nll)``: Platt scaling of ``raw`` against ``y`` with prior-corrected targets."""
+    """``(a, b, nll)``: Platt scaling of ``raw`` against ``y`` with prior-corrected targets (the
+    fit ``breastai calibrate`` uses), and the cross-entropy against those targets."""
+    a, b = fit_platt(raw, y, targets="platt")
     n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
     t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    scale = float(np.std(raw)) or 1.0  # a well-scaled problem for the optimiser; undone below
-
-    def loss(ab: np.ndarray) -> float:
-        z = ab[0] * raw / scale + ab[1]
-        return float(np.mean(np.logaddexp(0.0, z) - t * z))  # cross-entropy of sigma(z) against t
-
-    res = optimize.minimize(loss, np.array([scale, 0.0]), method="BFGS")
-    a, b = float(res.x[0]) / scale, float(res.x[1])
-    return a, b, float(res.fun)
+    z = a * np.asarray(raw, dtype=np.float64) + b
+    return a, b, float(np.mean(np.logaddexp(0.0, z) - t * z))
 
 
 def fit_level_rule(scores: Sequence[ImageScore], level: str, rules: Sequence[str] = RULES,

@@ -183,3 +183,27 @@ def test_no_images_leaves_earlier_results_and_outputs_keep_the_umask(ckpt, sampl
     assert len(list((out / "saliency").iterdir())) == 1
     with pytest.raises(SystemExit):
         _cli(["predict", "--checkpoint", str(ckpt), str(sample[0]), "--out", str(out), "--tta", "-3"])
+
+
+def test_maps_of_large_images_are_stored_reduced_with_the_original_size_recorded(ckpt, tmp_path):
+    """A 1500x900 image: with a 300-pixel limit the .npy map and the overlay are 300x180, and resizing the map
+    back to saliency_shape gives what the full-size run stored."""
+    from breastai.inference.predictor import Predictor
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:900, :1500]
+    image = (0.4 + 0.1 * rng.random((900, 1500)) - 0.3 * ((yy - 450) ** 2 + (xx - 700) ** 2 < 150 ** 2)).astype(np.float32)
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    small, _ = run_predict(pred, [image], tmp_path / "small", saliency="gradcam++", map_max_side=300)
+    full, _ = run_predict(pred, [image], tmp_path / "full", saliency="gradcam++", map_max_side=0)
+    assert small[0]["saliency_shape"] == full[0]["saliency_shape"] == "900x1500"
+    reduced = np.load(tmp_path / "small" / small[0]["saliency_npy"])
+    whole = np.load(tmp_path / "full" / full[0]["saliency_npy"])
+    assert reduced.shape == (180, 300) and reduced.dtype == np.float32 and whole.shape == (900, 1500)
+    assert np.asarray(Image.open(tmp_path / "small" / small[0]["saliency_png"])).shape == (180, 300, 3)
+    back = torch.nn.functional.interpolate(torch.from_numpy(reduced)[None, None], size=(900, 1500), mode="bilinear")[0, 0]
+    assert np.abs(back.numpy() - whole).mean() < 0.02  # a smooth map loses nothing a reader would see
+    row = next(csv.DictReader(open(tmp_path / "small" / "predictions.csv")))
+    assert row["saliency_shape"] == "900x1500"
+    with pytest.raises(ValueError, match="map size limit"):
+        run_predict(pred, [image], tmp_path / "bad", map_max_side=-1)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from breastai.inference.writers import OutputBusyError, run_predict
+from breastai.inference.writers import MAP_MAX_SIDE, OutputBusyError, run_predict
 
 __all__ = ["add_parser", "run"]
 
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         records, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
-                                   saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules)
+                                   saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules,
+                                   map_max_side=args.map_max_side)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +86,7 @@ def _dicom_writers(args: argparse.Namespace, rules: list[Any]) -> tuple[Any, lis
     pred = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     objects = DicomObjects(args.dicom_out, pred, args.checkpoint, saliency=args.saliency)
     # Tables last: they carry the objects' paths and the run's notes.
-    return pred, default_writers(args.saliency, rules, objects)
+    return pred, default_writers(args.saliency, rules, objects, map_max_side=args.map_max_side)
 
 
 def _count(text: str) -> int:
@@ -124,6 +125,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--saliency-upsample", choices=UPSAMPLING, default="bicubic",
                    help="how the coarse Grad-CAM map is drawn at image resolution (default bicubic: its peak can fall "
                    "between feature-map cells; bilinear peaks at a cell centre)")
+    p.add_argument("--map-max-side", type=_count, default=MAP_MAX_SIDE, metavar="N",
+                   help=f"store the .npy map and PNG overlay of a larger image reduced to N pixels on its longer side "
+                   f"(default {MAP_MAX_SIDE}; 0: full size; the record's saliency_shape is the original size)")
     p.add_argument("--tta", type=_count, default=0, metavar="N",
                    help="test-time augmentations (flips, small affine) for the uncertainty column; 0 disables (default)")
     p.add_argument("--keep-identifiers", action="store_true",

@@ -41,7 +41,7 @@ from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
 from breastai.models.saliency import heat_overlay
 
 __all__ = ["Writer", "SaliencyMaps", "PredictionTables", "OutputBusyError", "output_lock", "write_predictions",
-           "default_writers", "run_predict"]
+           "default_writers", "run_predict", "MAP_MAX_SIDE"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry
 Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -97,11 +97,35 @@ def _safe_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).stem if "." in text else text).strip("_")[:80] or "image"
 
 
-class SaliencyMaps:
-    """Stores each record's map as ``.npy`` (float32, original geometry) and a PNG overlay under
-    ``OUT/saliency/<run_id>/``, and names them in the record (``saliency_png``, ``saliency_npy``)."""
+# Maps and overlays of larger images are stored reduced to this many pixels on the longer side: a
+# 5355x4915 mammogram's full-size float32 map is 105 MB and its overlay PNG 7 MB, terabytes over
+# an archive, while Grad-CAM's map has a 7x7 to 14x14 cell grid's worth of detail.
+MAP_MAX_SIDE = 1024
 
-    def __init__(self) -> None:
+
+def _reduced(arr: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
+    import torch
+
+    t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=shape, mode=mode)[0, 0].numpy()
+
+
+class SaliencyMaps:
+    """Stores each record's map as ``.npy`` (float32) and a PNG overlay under
+    ``OUT/saliency/<run_id>/``, and names them in the record (``saliency_png``, ``saliency_npy``,
+    and ``saliency_shape``: the original image's ``HxW``).
+
+    Maps are in the original image geometry (reader crop and flip, network crop and resize undone).
+    Of an image larger than ``max_side`` pixels on its longer side, map and overlay are stored
+    reduced (area averaging) to ``max_side`` on that side, same aspect: resize the map to
+    ``saliency_shape`` (bilinear) to put it back on the image's pixels. ``max_side=0`` stores
+    every map at full size.
+    """
+
+    def __init__(self, max_side: int = MAP_MAX_SIDE) -> None:
+        if max_side < 0:
+            raise ValueError(f"the map size limit must be >= 0 (0: full size), got {max_side}")
+        self.max_side = int(max_side)
         self.dir: Path | None = None
         self.rel = Path()
         self.run_id: str | None = None
@@ -118,6 +142,12 @@ class SaliencyMaps:
         from PIL import Image
 
         smap, image, mask = maps
+        original = tuple(int(v) for v in smap.shape)
+        longest = max(original)
+        if self.max_side and longest > self.max_side:
+            size = tuple(max(1, round(v * self.max_side / longest)) for v in original)
+            smap, image = _reduced(smap, size, "area"), _reduced(image, size, "area")
+            mask = None if mask is None else _reduced(mask.astype(np.float32), size, "area") > 0.5
         stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
         try:
             buf = io.BytesIO()
@@ -130,6 +160,7 @@ class SaliencyMaps:
             record["error"] = f"{record['source']}: cannot write saliency files ({exc})"
             return
         record["saliency_png"], record["saliency_npy"] = str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
+        record["saliency_shape"] = f"{original[0]}x{original[1]}"
 
     def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
         pass
@@ -178,9 +209,12 @@ def _remove_old_runs(out: Path, keep: str | None) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def default_writers(saliency: str, level_rules: Sequence[Any] = (), *extra: Writer) -> list[Writer]:
-    """Maps (unless ``saliency`` is ``none``), ``extra`` writers, the level tables and the prediction tables, in that order."""
-    return [*([SaliencyMaps()] if saliency != "none" else []), *extra, LevelTables(level_rules), PredictionTables()]
+def default_writers(saliency: str, level_rules: Sequence[Any] = (), *extra: Writer,
+                    map_max_side: int = MAP_MAX_SIDE) -> list[Writer]:
+    """Maps (unless ``saliency`` is ``none``; reduced beyond ``map_max_side``), ``extra`` writers,
+    the level tables and the prediction tables, in that order."""
+    return [*([SaliencyMaps(map_max_side)] if saliency != "none" else []), *extra, LevelTables(level_rules),
+            PredictionTables()]
 
 
 def run_predict(
@@ -197,6 +231,7 @@ def run_predict(
     writers: Sequence[Writer] | None = None,
     mask_providers: Sequence[MaskProvider] = (),
     level_rules: Sequence[Any] = (),
+    map_max_side: int = MAP_MAX_SIDE,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
 
@@ -207,6 +242,8 @@ def run_predict(
         level_rules: fitted :class:`~breastai.reporting.levels.LevelRule` s for the default writers'
             breast and exam tables (default: the max rule at the checkpoint's threshold).
         mask_providers: outline inputs that come without a mask (a path-loaded predictor only).
+        map_max_side: the default writers store maps of larger images reduced to this many pixels
+            on the longer side (0: full size; see :class:`SaliencyMaps`).
 
     Returns:
         The records and the run summary (also stored in ``predictions.json``).
@@ -216,7 +253,7 @@ def run_predict(
     if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
         pred.set_saliency_upsample(saliency_upsample)
     if writers is None:
-        writers = default_writers(saliency, level_rules)
+        writers = default_writers(saliency, level_rules, map_max_side=map_max_side)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):

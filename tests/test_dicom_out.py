@@ -178,3 +178,21 @@ def test_real_mammograms_give_valid_objects(ckpt, tmp_path):
         seg = hd.seg.segread(tmp_path / "dicom" / rec["dicom_seg"])
         assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
     print(f"dciodvfy on {3 * len(files)} objects: 0 errors, {counts['warnings']} warnings")
+
+
+def test_no_uid_reaches_the_log(ckpt, tmp_path, caplog):
+    """highdicom logs the UIDs of what it builds at INFO; a predict run with --dicom-out must not pass them on."""
+    import logging
+
+    from breastai.data.readers.masks import LesionBox
+    from breastai.inference.predictor import Predictor
+
+    dcm = _mg(tmp_path / "mg.dcm")
+    src = pydicom.dcmread(dcm)
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    caplog.set_level(logging.DEBUG)
+    records, run = run_predict(pred, [dcm], tmp_path / "out", masks=[LesionBox(30, 90, 49, 109)], saliency="gradcam",
+                               writers=[SaliencyMaps(), DicomObjects(tmp_path / "dicom", pred, ckpt, saliency="gradcam"),
+                                        PredictionTables()])
+    assert records[0]["error"] is None and run["dicom_out"]["n_objects"] >= 2
+    assert src.StudyInstanceUID not in caplog.text and src.SOPInstanceUID not in caplog.text

@@ -85,6 +85,9 @@ class DicomObjects:
     """
 
     def __init__(self, folder: str | Path, predictor: Predictor, checkpoint: str | Path, saliency: str = "gradcam++"):
+        # highdicom logs the Study and SOP Instance UIDs of what it builds at INFO: identifiers stay
+        # in the objects written for the study, never in the run's log.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
         self.folder = Path(folder)
         self.predictor = predictor
         self.algorithm = _algorithm(predictor, checkpoint, saliency)

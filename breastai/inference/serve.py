@@ -197,8 +197,8 @@ class DicomNode:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
         from pynetdicom.sop_class import Verification
 
-        for name in ("pynetdicom", "highdicom"):  # both log UIDs at INFO; ours name studies by hash only
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # pynetdicom logs UIDs at INFO (highdicom too: DicomObjects quiets it); ours name studies by hash only.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self._exit.enter_context(output_lock(self.out))

@@ -195,3 +195,26 @@ def test_mask_on_reader_grid_moves_stored_masks_and_names_misfits():
     np.testing.assert_array_equal(mask_on_reader_grid(m, (4, 6), {}), m)  # a plain image: nothing moves
     with pytest.raises(ImageReadError, match=r"m.png: mask shape \(5, 5\) does not match image shape \(2, 3\) \(stored \(4, 6\)\)"):
         mask_on_reader_grid(np.ones((5, 5)), (2, 3), meta, "m.png")
+
+
+def test_predict_reads_each_dicom_header_once(ckpt, tmp_path, monkeypatch):
+    """Identity, modality and exam grouping ask one header read per file (the reader's own strict header
+    check before decoding, which refuses oversized images unread, is separate)."""
+    import pydicom
+
+    from breastai.data.readers import dicom as dicom_reader
+    paths = [_write_dicom(tmp_path / f"im{i}.dcm", (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8),
+                          sop_uid=f"1.2.826.0.1.3680043.8.498.{900 + i}") for i in range(2)]
+    dicom_reader._cached_header.cache_clear()
+    calls = []
+    real = pydicom.dcmread
+
+    def counting(fp, *a, **kw):
+        calls.append((str(fp), bool(kw.get("stop_before_pixels")) and bool(kw.get("force"))))
+        return real(fp, *a, **kw)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    records, _ = run_predict(ckpt, paths, tmp_path / "out", saliency="none", device="cpu")
+    assert all(r["error"] is None for r in records)
+    for p in paths:
+        assert sum(1 for f, header in calls if f.endswith(p.name) and header) == 1, calls

@@ -34,7 +34,6 @@ DICOM_FIELDS = {
     "Laterality": ("ImageLaterality", "Laterality"),
     "age_band": ("PatientAge",),
 }
-_GROUPING_TAGS = ("StudyInstanceUID", "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence")
 AGE_BANDS = ((40, "<40"), (50, "40-49"), (60, "50-59"), (70, "60-69"), (None, ">=70"))
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY])\s*$", re.IGNORECASE)
 _YEARS_PER = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -58,15 +57,6 @@ def exam_of(record: Mapping[str, Any]) -> str | None:
     return group if group and group != str(record.get(Keys.CASE_ID, "")) else None
 
 
-def _read_header(path: str | Path, tags: Sequence[str]) -> Any:
-    import pydicom
-
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=list(tags))
-    except Exception:  # noqa: BLE001 - an unreadable header gives nothing; the pixel reader names the file
-        return None
-
-
 def _is_dicom(path: Any) -> bool:
     from breastai.data.readers.dicom import is_dicom
 
@@ -75,12 +65,12 @@ def _is_dicom(path: Any) -> bool:
 
 def dicom_header_fields(path: str | Path, names: Sequence[str]) -> dict[str, str]:
     """The subgroup values ``names`` (keys of :data:`DICOM_FIELDS`) of a DICOM file, ``""`` where absent."""
-    from breastai.data.readers.dicom import image_laterality, view_position
+    from breastai.data.readers.dicom import image_laterality, read_header, view_position
 
     unknown = [n for n in names if n not in DICOM_FIELDS]
     if unknown:
         raise ValueError(f"unknown DICOM subgroup field(s) {unknown}; choose from {', '.join(DICOM_FIELDS)}")
-    ds = _read_header(path, [t for n in names for t in DICOM_FIELDS[n]])
+    ds = read_header(path)
     if ds is None:
         return {n: "" for n in names}
     out = {}
@@ -104,9 +94,9 @@ def grouping_of(record: Mapping[str, Any]) -> dict[str, str | None]:
            Keys.VIEW: str(record.get(Keys.VIEW) or "").strip().upper() or None}
     if all(out.values()) or not _is_dicom(record.get(Keys.IMAGE)):
         return out
-    from breastai.data.readers.dicom import image_laterality, uid_hash, view_position
+    from breastai.data.readers.dicom import image_laterality, read_header, uid_hash, view_position
 
-    ds = _read_header(record[Keys.IMAGE], _GROUPING_TAGS)
+    ds = read_header(record[Keys.IMAGE])
     if ds is not None:
         out[Keys.EXAM] = out[Keys.EXAM] or uid_hash(ds.get("StudyInstanceUID"))
         out[Keys.LATERALITY] = out[Keys.LATERALITY] or image_laterality(ds, {})[0]

@@ -32,13 +32,10 @@ def dicom_modality(path: str | Path) -> str | None:
     when an export dropped the tag, as three of the real mammograms in shared/data/dicom-mg do);
     None when neither says, or the header cannot be read (the pixel reader reports that itself).
     """
-    import pydicom
+    from breastai.data.readers.dicom import modality_and_intent, read_header  # the rule read_dicom reports in meta
 
-    from breastai.data.readers.dicom import modality_and_intent  # the rule read_dicom reports in meta
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - unreadable files fail later, when decoded, with the reader's message
+    ds = read_header(path)
+    if ds is None:  # unreadable files fail later, when decoded, with the reader's message
         return None
     return normalise_modality(modality_and_intent(ds)[0])
 

@@ -13,6 +13,7 @@ Importing this module registers the ``"dicom"`` reader of :func:`breastai.data.r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from breastai.data.readers.redaction import holds_identifier, redact
 from breastai.data.readers.registry import DEFAULT_MAX_PIXELS, ImageReadError, register_reader
 
 __all__ = [
+    "read_header",
     "identifying_values",
     "private_identity",
     "redact",
@@ -129,6 +131,29 @@ _IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "IssuerOfPatientI
                 "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
+def read_header(path: str | Path) -> Dataset | None:
+    """The header of a DICOM file (pixel data not read), or None when it cannot be parsed.
+
+    Predict asks one file's header several questions before it decodes the pixels (its identity,
+    its modality, its exam and side); they share one read: the result is cached per file path,
+    size and modification time, so a file rewritten in place is read again. Callers must not
+    change the dataset.
+    """
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _cached_header(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_header(path: str, size: int, mtime_ns: int) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - unreadable headers give None; the pixel reader names the file and why
+        return None
+
+
 def private_identity(path: str | Path) -> tuple[list[str], str | None]:
     """What naming a DICOM file safely needs, from one header-only read.
 
@@ -136,9 +161,8 @@ def private_identity(path: str | Path) -> tuple[list[str], str | None]:
         ``(identifying_values(path), uid_hash(SOPInstanceUID))``; ``([], None)`` for an
         unreadable header.
     """
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - the pixel reader reports unreadable files itself
+    ds = read_header(path)
+    if ds is None:  # the pixel reader reports unreadable files itself
         return [], None
     return _identifying(ds), uid_hash(ds.get("SOPInstanceUID"))
 

@@ -115,6 +115,17 @@ DEFAULTS: dict[str, Any] = {
         # BrEaST's lesions and mammograms on the BUSI model: docs/experiments.md).
         "ood_margin": 1.87,
     },
+    # Lesion segmenters (models whose task is segmentation: unet_lite0, unet_small).
+    "seg": {
+        "loss": "dicece",  # dicece | dicefocal: MONAI's DiceCELoss / DiceFocalLoss on the mask logits
+        "presence_weight": 0.5,  # weight of the lesion-presence BCE beside the mask loss
+        "pixel_threshold": 0.5,  # mask probability at which a pixel is lesion
+        # A connected component is a lesion when it covers at least this fraction of the image ...
+        "min_area_fraction": 0.002,
+        # ... and at least this fraction of the largest component (specks beside a lesion are not lesions).
+        "min_component_fraction": 0.1,
+        "overlay_images": 8,  # TensorBoard: predicted against traced outlines of this many fixed validation images
+    },
     "log": {
         "tensorboard": True,
         "image_grid": 16,
@@ -367,6 +378,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.select": ("val_auc", "last"),
     "model.mask_init": ("zero", "grey"),
     "eval.calibration_targets": ("hard", "platt"),
+    "seg.loss": ("dicece", "dicefocal"),
 }
 
 
@@ -385,8 +397,10 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"eval.ood_margin is a factor >= 1 over the validation quantile, got {cfg['eval']['ood_margin']!r}")
     if int(cfg["log"]["pointing_images"]) < 0:
         raise ConfigError(f"log.pointing_images is a count (0 turns it off), got {cfg['log']['pointing_images']!r}")
-    if len(cfg["data"]["classes"]) != 2:
-        raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
+    # A classifier needs exactly two (checked with the model: models.registry.check_model_config);
+    # a segmenter's classes only stratify its folds.
+    if len(cfg["data"]["classes"]) < 2 or len(set(cfg["data"]["classes"])) != len(cfg["data"]["classes"]):
+        raise ConfigError("data.classes must list at least two distinct classes (a classifier: exactly two, negative first)")
 
 
 def dump_config(cfg: dict[str, Any], path: str | Path) -> None:

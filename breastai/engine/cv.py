@@ -21,12 +21,15 @@ from breastai.data.provenance import join_identical_images
 from breastai.data.splits import carve_validation, fixed_folds, group_kfold, record_sites, site_folds, site_strata
 from breastai.engine.level_scores import pooled_level_summary
 from breastai.engine.scoring import predict_records, score_part
+from breastai.engine.seg_trainer import fit_segmenter
 from breastai.engine.trainer import fit
 from breastai.models.checkpoint import load_checkpoint
+from breastai.models.registry import model_task
 from breastai.reporting.levels import ImageScore
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds
+from breastai.reporting.segmentation import segmentation_summary
 
-__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary"]
+__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary", "seg_cv_summary"]
 
 log = logging.getLogger("breastai")
 
@@ -91,6 +94,8 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     caller made them already (they are made, and the image files hashed, once per run).
     """
     per_fold, oof = [], []
+    segmenter = model_task(cfg) == "segmentation"
+    train_fold = fit_segmenter if segmenter else fit
     splits = cv_splits(records, k, cfg) if splits is None else splits
     sites = record_sites(records)
     site_of = {} if sites is None else {str(r[Keys.CASE_ID]): s for r, s in zip(records, sites)}
@@ -107,11 +112,11 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
         fold_dir = run_dir / f"fold{i}"
         if resume and (fold_dir / "done").is_file():
             res = _finished_fold(cfg, records, test_idx, fold_dir)
-            log.info("fold %d already finished: test AUC %.4f", i + 1, res["test"]["auc"])
+            log.info("fold %d already finished", i + 1)
         else:
             t0 = time.time()
-            res = fit(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
-                      resume=resume and (fold_dir / "last.pt").is_file())
+            res = train_fold(cfg, records, {"train": tr, "val": va, "test": test_idx}, fold_dir,
+                             resume=resume and (fold_dir / "last.pt").is_file())
             res["test"]["seconds"] = time.time() - t0
             if dist.is_main():
                 done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"],
@@ -120,8 +125,32 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
         held = {"site": sites[test_idx[0]]} if k == "sites" and sites is not None else {}
         per_fold.append({"fold": i, **held, "best_epoch": res["best_epoch"], **res["test"]})
         oof += [{**p, "fold": i, **({"site": site_of[str(p["case_id"])]} if site_of else {}),
-                 **grouping.get(str(p["case_id"]), {})} for p in res["test_predictions"]]
-    return cv_summary(per_fold, oof, cfg, run_dir if dist.is_main() else None)
+                 **({} if segmenter else grouping.get(str(p["case_id"]), {}))} for p in res["test_predictions"]]
+    out_dir = run_dir if dist.is_main() else None
+    return seg_cv_summary(per_fold, oof, cfg, out_dir) if segmenter else cv_summary(per_fold, oof, cfg, out_dir)
+
+
+def seg_cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: dict[str, Any],
+                   run_dir: Path | None) -> dict[str, Any]:
+    """A segmenter's cross-validation: per-fold figures, mean ± sd, the pooled held-out summary
+    (:func:`~breastai.reporting.segmentation.segmentation_summary`, per site too on mixed-site data);
+    written to ``run_dir/cv_summary.json`` and ``oof_predictions.csv`` unless ``run_dir`` is None."""
+    nb = int(cfg["eval"]["bootstrap"])
+    summary: dict[str, Any] = {
+        "task": "segmentation", "folds": per_fold,
+        "mean_sd": summarise_folds([{k: v for k, v in f.items() if isinstance(v, (int, float))} for f in per_fold]),
+        "pooled": segmentation_summary(oof, nb), "oof_predictions": oof, "config": cfg,
+    }
+    has_sites = bool(oof) and all("site" in p for p in oof)
+    if has_sites:
+        summary["per_site"] = {s: segmentation_summary([p for p in oof if p["site"] == s], nb)
+                               for s in sorted({p["site"] for p in oof})}
+    if run_dir is not None:
+        atomic_write_text(Path(run_dir) / "cv_summary.json", json.dumps(summary, indent=1, default=float))
+        atomic_write_csv(Path(run_dir) / "oof_predictions.csv",
+                         ["case_id", "fold", *(["site"] if has_sites else []), "has_lesion", "presence_logit",
+                          "presence_probability", "lesion_found", "n_lesions", "dice", "iou", "hd95"], oof, exact=True)
+    return summary
 
 
 def load_cv_summary(run: str | Path) -> dict[str, Any]:

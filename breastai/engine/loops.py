@@ -100,8 +100,13 @@ def train_one_epoch(
     progress: bool = True,
     aux_loss: Callable[[dict[str, Any], torch.device], torch.Tensor] | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    batch_loss: Callable[[Any, dict[str, Any], torch.device], torch.Tensor] | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss (averaged over ranks).
+
+    The loss is ``loss_fn(logits, labels)``, or ``batch_loss(output, batch, device)`` when given:
+    for models whose output is not one logit per image or whose targets are not the labels
+    (a segmenter's :class:`~breastai.models.segmenter.SegOutput` against the batch's masks).
 
     ``aux_loss(batch, device)``, called right after the forward pass, is added to the loss
     (e.g. :class:`breastai.attention.LesionAttentionLoss`). ``ema`` (from :func:`weight_ema`) is
@@ -117,7 +122,8 @@ def train_one_epoch(
         y = batch[Keys.LABEL].to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = loss_fn(_forward(model, x, batch, device).float(), y)
+            out = _forward(model, x, batch, device)
+            loss = batch_loss(out, batch, device) if batch_loss is not None else loss_fn(out.float(), y)
             if aux_loss is not None:
                 loss = loss + aux_loss(batch, device)
         if not torch.isfinite(loss):

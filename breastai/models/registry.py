@@ -16,8 +16,10 @@ from torch import nn
 from breastai.core.config import CHOICES, ConfigError
 from breastai.models.classifier import Classifier, _grey_mask_stem
 
-__all__ = ["ModelSpec", "MODELS", "MASK_INITS", "create_model", "register_model", "list_models", "get_spec",
-           "check_model_config"]
+__all__ = ["ModelSpec", "MODELS", "MASK_INITS", "TASKS", "create_model", "register_model", "list_models", "get_spec",
+           "check_model_config", "model_task"]
+
+TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class ModelSpec:
         ood_layers: intermediate feature maps (module names relative to the model) whose
             channel means the out-of-distribution detector models beside the embedding
             (:mod:`breastai.models.ood`): mid-level texture that a two-class head may discard.
+        task: ``classification`` (one malignancy logit) or ``segmentation`` (a
+            :class:`~breastai.models.segmenter.LesionSegmenter`: lesion mask and presence logits);
+            training, checkpoints and predict branch on it.
     """
 
     build: Callable[..., tuple[nn.Module, int]] | None
@@ -69,6 +74,7 @@ class ModelSpec:
     image_module: str = ""
     default_backbone: str = ""
     ood_layers: tuple[str, ...] = ()
+    task: str = "classification"
 
     def feature_layers(self, backbone: str | None = None) -> tuple[str, ...]:
         """The ``ood_layers`` of a model built from this spec, relative to the model (found in the
@@ -172,6 +178,15 @@ def create_model(name: str, in_chans: int = 1, pretrained: bool = False, dropout
     return model
 
 
+def model_task(cfg: dict[str, Any]) -> str:
+    """The task of the configured model (``model.name``'s :attr:`ModelSpec.task`).
+
+    Raises:
+        KeyError: the model is not registered.
+    """
+    return get_spec(cfg["model"]["name"]).task
+
+
 def check_model_config(cfg: dict[str, Any]) -> None:
     """Refuse a configuration naming a model (or fusion backbone) that is not registered.
 
@@ -184,3 +199,14 @@ def check_model_config(cfg: dict[str, Any]) -> None:
     for key in ("name", "backbone"):
         if cfg["model"][key] not in MODELS:
             raise ConfigError(f"model.{key} must be one of {', '.join(MODELS)}, got {cfg['model'][key]!r}")
+    if get_spec(cfg["model"]["backbone"]).task != "classification":
+        raise ConfigError(f"model.backbone must be a classifier, not the segmenter {cfg['model']['backbone']!r}")
+    if model_task(cfg) == "classification" and len(cfg["data"]["classes"]) != 2:
+        raise ConfigError("data.classes must list exactly two classes (negative first, positive second)")
+    if model_task(cfg) == "segmentation":
+        if cfg["preprocess"]["mask_channel"]:
+            raise ConfigError("a segmenter takes the image alone: set preprocess.mask_channel=false")
+        if cfg["preprocess"]["mode"] != "whole":
+            raise ConfigError("a segmenter looks for the lesion in the whole image: set preprocess.mode=whole")
+        if int(cfg["preprocess"]["size"]) % 32:
+            raise ConfigError(f"a segmenter's preprocess.size must be a multiple of 32, got {cfg['preprocess']['size']}")

@@ -1,0 +1,280 @@
+"""Training a lesion segmenter: ``fit_segmenter`` one split, as :func:`breastai.engine.trainer.fit` trains a classifier.
+
+Same data, splits, presets, run folders, checkpoints and TensorBoard as the classifiers; what
+differs is the target (the traced mask, and whether the image holds a lesion at all), the loss
+(MONAI's ``DiceCELoss`` or ``DiceFocalLoss`` on the mask logits plus a presence BCE) and the
+validation score (mean Dice over the validation images that hold a lesion). At the best epoch the
+presence head is calibrated (temperature) and its threshold chosen on validation; both go into the
+checkpoint's ``temperature`` and ``threshold``, which :func:`breastai.models.lesions.find_lesions`
+reads at inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from breastai.core import distributed as dist
+from breastai.core.distributed import resolve_device
+from breastai.core.keys import Keys
+from breastai.data.modality import trained_modalities
+from breastai.data.provenance import part_digests
+from breastai.engine.loaders import build_dataset, make_loader
+from breastai.engine.loops import autocast, seed_everything, train_one_epoch, warmup_cosine
+from breastai.models.calibration import apply_temperature, fit_temperature
+from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.lesions import find_lesions
+from breastai.models.registry import create_model
+from breastai.reporting.metrics import choose_threshold
+from breastai.reporting.segmentation import mask_metrics, outline, segmentation_summary
+from breastai.reporting.tblog import TBLogger, flat_hparams
+
+__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "predict_segmentation", "score_segmentation"]
+
+log = logging.getLogger("breastai")
+
+
+def check_seg_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarray]) -> None:
+    """Refuse a split a segmenter cannot learn from: no validation part, or a row without a traced mask.
+
+    An image without a lesion needs an empty mask file (BUSI ships them for its normal images):
+    a row with no mask at all may be a lesion nobody traced, and would teach "no lesion here".
+
+    Raises:
+        ValueError: naming the part or the row.
+    """
+    if len(split["val"]) == 0:
+        raise ValueError("no validation data: set data.val_fraction > 0 or give rows with split=val")
+    for key in ("train", "val", "test"):
+        for i in split.get(key, []):
+            if not records[i].get(Keys.MASK):
+                raise ValueError(f"row {records[i][Keys.CASE_ID]!r} has no mask: a segmenter learns from traced masks "
+                                 "(give an image without a lesion an empty mask file)")
+
+
+def segmentation_loss(cfg: dict[str, Any]):
+    """``loss(output, batch, device)``: the mask loss (``seg.loss``) plus ``seg.presence_weight`` times
+    the presence BCE, whose target is whether the (augmented) traced mask holds any lesion pixel."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    sc = cfg["seg"]
+    # batch=True: Dice over the whole batch, so an image without a lesion adds no 0/0 term.
+    mask_loss = (DiceCELoss if sc["loss"] == "dicece" else DiceFocalLoss)(sigmoid=True, batch=True)
+    bce, weight = nn.BCEWithLogitsLoss(), float(sc["presence_weight"])
+
+    def loss(out: Any, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        target = batch[Keys.MASK].to(device)
+        present = (target.flatten(1).amax(1) > 0.5).float()
+        return mask_loss(out.mask_logits.float(), target) + weight * bce(out.presence_logit.float(), present)
+
+    return loss
+
+
+@torch.no_grad()
+def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                         amp: bool = False) -> dict[str, Any]:
+    """Mask probabilities (float16, network grid), presence logits and traced masks of every sample.
+
+    Returns ``index``, ``case_id``, ``presence_logit`` (N,), ``prob`` (N, S, S) and ``truth`` (N, S, S) bool,
+    sorted by dataset index.
+    """
+    model.eval()
+    idx, ids, z, probs, truth = [], [], [], [], []
+    for batch in loader:
+        x = batch[Keys.IMAGE].to(device)
+        with autocast(device, amp):
+            out = model(x)
+        idx.append(batch[Keys.INDEX].numpy())
+        ids.extend(batch[Keys.CASE_ID])
+        z.append(out.presence_logit.float().cpu().numpy())
+        probs.append(torch.sigmoid(out.mask_logits.float())[:, 0].cpu().numpy().astype(np.float16))
+        truth.append(batch[Keys.MASK][:, 0].numpy() > 0.5)
+    parts = dist.gather_objects((idx, ids, z, probs, truth))
+    cat = lambda j: np.concatenate([a for p in parts for a in p[j]])  # noqa: E731
+    index = cat(0)
+    order, keep = np.unique(index, return_index=True)  # DistributedSampler pads with repeats
+    return {"index": order, "case_id": [[i for p in parts for i in p[1]][k] for k in keep],
+            "presence_logit": cat(2)[keep], "prob": cat(3)[keep], "truth": cat(4)[keep]}
+
+
+def _raw_scores(pred: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Mean Dice and IoU and median HD95 of the thresholded masks over the images holding a traced
+    lesion (the epoch's figures; Dice is what selects the epoch)."""
+    m = [mask_metrics(p.astype(np.float32) >= threshold, t) for p, t in zip(pred["prob"], pred["truth"]) if t.any()]
+    if not m:
+        return {"dice": float("nan"), "iou": float("nan"), "hd95": float("nan")}
+    hd = [r["hd95"] for r in m if np.isfinite(r["hd95"])]
+    return {"dice": float(np.mean([r["dice"] for r in m])), "iou": float(np.mean([r["iou"] for r in m])),
+            "hd95": float(np.median(hd)) if hd else float("nan")}
+
+
+def score_segmentation(pred: dict[str, Any], cfg: dict[str, Any], temperature: float, threshold: float) -> list[dict[str, Any]]:
+    """Per-image rows: the found lesions (:func:`~breastai.models.lesions.find_lesions`) against the traced mask.
+
+    Each row: ``case_id``, ``has_lesion``, ``presence_logit``, ``presence_probability``, ``lesion_found``,
+    ``n_lesions``, and ``dice``, ``iou``, ``hd95`` (network grid pixels) of the union of the found lesions.
+    """
+    sc, rows = cfg["seg"], []
+    presence = apply_temperature(pred["presence_logit"], temperature)
+    for cid, z, p, prob, truth in zip(pred["case_id"], pred["presence_logit"], presence, pred["prob"], pred["truth"]):
+        lesions = find_lesions(prob, float(p), presence_threshold=threshold, pixel_threshold=sc["pixel_threshold"],
+                               min_area_fraction=sc["min_area_fraction"], min_component_fraction=sc["min_component_fraction"])
+        found = np.zeros(truth.shape, bool)
+        for les in lesions:
+            found |= les.mask
+        rows.append({"case_id": str(cid), "has_lesion": bool(truth.any()), "presence_logit": float(z),
+                     "presence_probability": float(p), "lesion_found": bool(lesions), "n_lesions": len(lesions),
+                     **mask_metrics(found, truth)})
+    return rows
+
+
+def _overlays(pred: dict[str, Any], images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """RGB tiles: the grey image, the traced outline in green, the predicted one in red."""
+    tiles = []
+    for img, prob, truth in zip(images, pred["prob"], pred["truth"]):
+        rgb = img[:1].repeat(3, 1, 1).clone()
+        for ch, m in ((1, truth), (0, prob.astype(np.float32) >= threshold)):
+            edge = torch.from_numpy(outline(m))
+            rgb[:, edge] = 0.0
+            rgb[ch, edge] = 1.0
+        tiles.append(rgb)
+    return torch.stack(tiles)
+
+
+def _checkpoint(cfg: dict[str, Any], model: nn.Module, **fields: Any) -> Checkpoint:
+    raw = model.module if hasattr(model, "module") else model
+    return Checkpoint(model=ModelArgs(cfg["model"]["name"], 1, cfg["model"]["dropout"], dict(raw.init_kwargs)),
+                      weights={k: v.detach().cpu() for k, v in raw.state_dict().items()}, config=cfg,
+                      classes=["no lesion", "lesion"], **fields)
+
+
+def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split: dict[str, np.ndarray], run_dir: Path,
+                  resume: bool = False) -> dict[str, Any]:
+    """Train a segmenter on ``split['train']``, select on ``split['val']``, evaluate ``split['test']`` if any.
+
+    Returns ``best_epoch``, ``val`` and ``test`` summaries (:func:`~breastai.reporting.segmentation.segmentation_summary`),
+    ``test_predictions`` (per-image rows) and ``epoch_seconds``; ``best.pt`` and ``last.pt`` go to ``run_dir``.
+    """
+    tc, sc, device = cfg["train"], cfg["seg"], resolve_device(cfg["device"])
+    check_seg_parts(records, split)
+    main_rank = dist.is_main()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg["seed"])
+    train_recs, val_recs = [records[i] for i in split["train"]], [records[i] for i in split["val"]]
+    test_recs = [records[i] for i in split.get("test", [])]
+    seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
+    modalities = trained_modalities([*train_recs, *val_recs], cfg["data"].get("modality"))
+    train_ds, val_ds = build_dataset(cfg, train_recs, train=True), build_dataset(cfg, val_recs, train=False)
+
+    model = create_model(cfg["model"]["name"], in_chans=1, pretrained=cfg["model"]["pretrained"],
+                         dropout=cfg["model"]["dropout"]).to(device)
+    raw_model = model
+    if dist.is_distributed():
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    decay = [p for p in raw_model.parameters() if p.ndim > 1]
+    no_decay = [p for p in raw_model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc["lr"])
+    steps = len(make_loader(train_ds, cfg, True, None, 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps * tc["epochs"], steps * tc["warmup_epochs"], tc["min_lr_ratio"]))
+    amp = bool(tc["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    loss = segmentation_loss(cfg)
+
+    start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no {last_path} to continue from")
+        last = load_checkpoint(last_path, map_location=device, resume=True)
+        raw_model.load_state_dict(last.weights)
+        optimizer.load_state_dict(last.optimizer)
+        scheduler.load_state_dict(last.scheduler)
+        start_epoch, best, done_seconds = last.epoch + 1, dict(last.early_stop), list(last.epoch_seconds or [])
+        if best["stale"] >= tc["early_stop_patience"]:
+            start_epoch = tc["epochs"]
+
+    tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
+    val_loader = make_loader(val_ds, cfg, False, None, 0)
+    # Fixed validation images for the overlays: the first ones holding a traced lesion.
+    shown = [i for i in range(len(val_ds)) if val_ds[i][Keys.MASK].any()][: int(sc["overlay_images"])]
+    shown_images = torch.stack([val_ds[i][Keys.IMAGE] for i in shown]) if shown else None
+    best_val, epoch_seconds = None, list(done_seconds)
+    for epoch in range(start_epoch, tc["epochs"]):
+        t0 = time.time()
+        epoch_seed = cfg["seed"] * 1000 + epoch + 7919 * dist.rank()
+        seed_everything(epoch_seed)
+        train_ds.transform.set_random_state(seed=epoch_seed % 2**32)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, make_loader(train_ds, cfg, True, None, epoch), optimizer, scheduler, None, device,
+                                     scaler=scaler, amp=amp, grad_clip=tc["grad_clip"], epoch=epoch,
+                                     progress=bool(cfg["log"]["progress"]), batch_loss=loss)
+        val = predict_segmentation(model, val_loader, device, amp)
+        scores = _raw_scores(val, sc["pixel_threshold"])
+        dice = scores["dice"]
+        improved = epoch == tc["epochs"] - 1 if tc["select"] == "last" else dice > best["auc"] + 1e-6
+        if improved:
+            best.update(auc=dice, epoch=epoch, stale=0)
+            best_val = val
+        elif tc["select"] == "val_auc":
+            best["stale"] += 1
+        if main_rank:
+            tb.scalars({"loss/train": train_loss, "dice/val": dice, "iou/val": scores["iou"], "hd95/val": scores["hd95"],
+                        "lr": lr}, epoch)
+            if shown_images is not None and tb.writer is not None:
+                pos = np.searchsorted(val["index"], shown)  # val is sorted by dataset index
+                tb.writer.add_images("val/outlines", _overlays({k: val[k][pos] for k in ("prob", "truth")}, shown_images,
+                                                               sc["pixel_threshold"]), epoch)
+            log.info("epoch %d/%d  train loss %.4f  val Dice %.4f  IoU %.4f  HD95 %.1f px%s  lr %.2e  %.0fs", epoch + 1,
+                     tc["epochs"], train_loss, dice, scores["iou"], scores["hd95"], " *" if improved else "", lr, time.time() - t0)
+            if improved:
+                save_checkpoint(best_path, _checkpoint(cfg, model, epoch=epoch, best_epoch=epoch, metrics={"val_dice": dice},
+                                                       seen_images=seen_images, modalities=modalities))
+            save_checkpoint(last_path, _checkpoint(
+                cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_dice": dice, "train_loss": train_loss},
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), early_stop=dict(best),
+                epoch_seconds=[*epoch_seconds, time.time() - t0]))
+        dist.barrier()
+        epoch_seconds.append(time.time() - t0)
+        if best["stale"] >= tc["early_stop_patience"]:
+            if main_rank:
+                log.info("early stop: no validation Dice gain for %d epochs", best["stale"])
+            break
+
+    kept = load_checkpoint(best_path, map_location=device)
+    raw_model.load_state_dict(kept.weights)
+    val = best_val if best_val is not None else predict_segmentation(model, val_loader, device, amp)
+    has = np.array([t.any() for t in val["truth"]], int)
+    # Presence: calibrated and thresholded on validation; with one kind of image there it stays raw.
+    both = len(set(has.tolist())) == 2
+    kept.temperature = fit_temperature(val["presence_logit"], has) if both else 1.0
+    kept.threshold = float(choose_threshold(has, apply_temperature(val["presence_logit"], kept.temperature),
+                                            method=cfg["eval"]["threshold_method"])) if both else 0.5
+    nb = int(cfg["eval"]["bootstrap"])
+    val_rows = score_segmentation(val, cfg, kept.temperature, kept.threshold)
+    result: dict[str, Any] = {"best_epoch": kept.best_epoch, "val": segmentation_summary(val_rows, nb),
+                              "threshold": kept.threshold, "temperature": kept.temperature, "epoch_seconds": epoch_seconds}
+    if test_recs:
+        test = predict_segmentation(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device, amp)
+        result["test_predictions"] = score_segmentation(test, cfg, kept.temperature, kept.threshold)
+        result["test"] = segmentation_summary(result["test_predictions"], nb)
+    if main_rank:
+        kept.metrics.update({f"val_{k}": v for k, v in result["val"].items() if v is not None})
+        if "test" in result:
+            kept.metrics.update({f"test_{k}": v for k, v in result["test"].items() if v is not None})
+        save_checkpoint(best_path, kept)
+        tb.hparams(flat_hparams(cfg), {"val_dice": result["val"]["dice_mean"] or 0.0,
+                                       **({"val_presence_auc": result["val"]["presence_auc"]} if both else {})})
+        tb.scalars({"dice/val_best": result["val"]["dice_mean"], "iou/val_best": result["val"]["iou_mean"],
+                    "hd95/val_best": result["val"]["hd95_median"], "presence_auc/val_best": result["val"]["presence_auc"]},
+                   kept.best_epoch)
+    tb.close()
+    dist.barrier()
+    return result

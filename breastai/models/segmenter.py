@@ -106,18 +106,23 @@ class LesionSegmenter(nn.Module):
     Args:
         encoder: returns five feature maps, strides 2, 4, 8, 16, 32.
         channels: their channel counts, shallow first.
-        decoder: decoder widths, deepest first (four skip levels, then the full-resolution stage).
+        decoder: decoder widths, deepest first: one stage per skip level used (strides 16, 8, 4, 2), then
+            the full-resolution stage. Fewer than five stages stop early (three: at stride 4) and the
+            mask logits are upsampled bilinearly to the input size: on a CPU most of a full U-Net's cost
+            is in its two finest stages, and a lesion's outline is smooth at that scale.
         dropout: dropout before the presence head.
         normalize: apply the ImageNet grey normalisation inside (pretrained encoders).
     """
 
-    def __init__(self, encoder: nn.Module, channels: tuple[int, ...], decoder: tuple[int, ...] = (96, 48, 32, 24, 16),
+    def __init__(self, encoder: nn.Module, channels: tuple[int, ...], decoder: tuple[int, ...] = (96, 48, 32),
                  dropout: float = 0.2, normalize: bool = True):
         super().__init__()
         self.encoder, self.normalize = encoder, normalize
         skips = list(channels[:-1])[::-1]  # strides 16, 8, 4, 2
         c = channels[-1]
         ups = []
+        if not 1 <= len(decoder) <= 5:
+            raise ValueError(f"a decoder has 1 to 5 stages, got {len(decoder)}")
         for width, skip in zip(decoder, [*skips, 0]):
             ups.append(_Up(c, skip, width))
             c = width
@@ -135,7 +140,10 @@ class LesionSegmenter(nn.Module):
         y = feats[-1]
         for up, skip in zip(self.decoder, [*feats[:-1][::-1], None]):
             y = up(y, skip)
-        return SegOutput(self.mask_head(y), self.presence_head(feats[-1]).squeeze(1))
+        logits = self.mask_head(y)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return SegOutput(logits, self.presence_head(feats[-1]).squeeze(1))
 
 
 def _factory(encoder):

@@ -85,7 +85,7 @@ def _registered() -> list[str]:
     import breastai.models  # noqa: F401  (fills the registry)
     from breastai.models.registry import list_models
 
-    return list_models()
+    return list_models("classification")
 
 
 @pytest.mark.parametrize("name", _registered())

@@ -60,7 +60,7 @@ def test_map_goes_back_through_a_dicom_crop_and_flip():
         assert back[:, :40].max() == 0.0 and back[:10].max() == 0.0  # outside the reader's crop
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("classification"))
 def test_every_registered_model_yields_a_map(name):
     torch.manual_seed(0)
     in_chans = 2 if name == "small_cnn" else 1  # the mask-channel variant is covered too

@@ -253,8 +253,10 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     val = best_val if best_val is not None else predict_segmentation(model, val_loader, device, amp)
     has = np.array([t.any() for t in val["truth"]], int)
     # Presence: calibrated and thresholded on validation; with one kind of image there it stays raw.
+    # Platt's targets: lesion against normal images is often separable on validation, where a plain
+    # fit drives T -> 0 and every probability to exactly 0 or 1 (and the threshold to 1).
     both = len(set(has.tolist())) == 2
-    kept.temperature = fit_temperature(val["presence_logit"], has) if both else 1.0
+    kept.temperature = fit_temperature(val["presence_logit"], has, targets="platt") if both else 1.0
     kept.threshold = float(choose_threshold(has, apply_temperature(val["presence_logit"], kept.temperature),
                                             method=cfg["eval"]["threshold_method"])) if both else 0.5
     nb = int(cfg["eval"]["bootstrap"])

@@ -116,9 +116,9 @@ def register_model(name: str, spec: ModelSpec) -> None:
     MODELS[name] = spec
 
 
-def list_models() -> list[str]:
-    """Registered model names."""
-    return sorted(MODELS)
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names (of one ``task`` only, when given: ``classification`` or ``segmentation``)."""
+    return sorted(n for n, s in MODELS.items() if task is None or s.task == task)
 
 
 def get_spec(name: str) -> ModelSpec:

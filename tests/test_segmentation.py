@@ -91,6 +91,28 @@ def test_find_lesions_two_lesions_specks_and_presence():
     assert find_lesions(np.zeros((50, 50)), 0.99, presence_threshold=0.5) == []
 
 
+def test_presence_threshold_keeps_the_asked_sensitivity_on_validation():
+    from breastai.engine.seg_trainer import choose_presence_threshold
+
+    size = (40, 40)
+    blob = _disc(size, (20, 20), 6).astype(np.float16) * 0.9
+    presence = np.array([3.0, 1.0, 0.5, -0.5, -1.0, 2.0, -3.0, -2.0])  # logits; the last two are normal images
+    truth = np.array([_disc(size, (20, 20), 6)] * 6 + [np.zeros(size, bool)] * 2)
+    pred = {"prob": np.array([blob] * 8), "truth": truth, "presence_logit": presence}
+    cfg = load_config(None, ["model.name=unet_small", "seg.presence_sensitivity=0.8"])
+    t = choose_presence_threshold(pred, cfg, 1.0)
+    p = 1 / (1 + np.exp(-presence[:6]))
+    found = [bool(find_lesions(b.astype(np.float32), float(q), presence_threshold=t)) for b, q in zip(pred["prob"], p)]
+    assert np.mean(found) >= 0.8 and t == pytest.approx(1 / (1 + np.exp(0.5)))  # the 2nd lowest of 6 scores
+    cfg = load_config(None, ["model.name=unet_small", "seg.presence_sensitivity=0"])
+    from breastai.reporting.metrics import choose_threshold
+
+    has = np.array([1] * 6 + [0] * 2)
+    assert choose_presence_threshold(pred, cfg, 1.0) == pytest.approx(choose_threshold(has, 1 / (1 + np.exp(-presence))))
+    with pytest.raises(ConfigError, match="presence_sensitivity"):
+        load_config(None, ["seg.presence_sensitivity=1"])
+
+
 def test_max_diameter_with_spacing():
     m = np.zeros((20, 40), bool)
     m[5, 3:34] = True  # a line: collinear pixels
@@ -183,8 +205,9 @@ def test_segmenter_cross_validation_summary(tmp_path):
 def test_segmenter_refuses_rows_without_masks(tmp_path):
     from breastai.engine.run import main
 
-    dl = _blob_datalist(tmp_path)
-    text = dl.read_text().replace("i3_mask.png", "")
-    dl.write_text(text)
+    cfg = _seg_cfg(tmp_path)
+    dl = tmp_path / "dl.csv"
+    dl.write_text(dl.read_text().replace("i3_mask.png", ""))
     with pytest.raises(ValueError, match="'c3' has no mask"):
-        main(_seg_cfg(tmp_path))
+        main(cfg)
+    assert not (tmp_path / "runs").exists()

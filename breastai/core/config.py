@@ -124,6 +124,10 @@ DEFAULTS: dict[str, Any] = {
         "min_area_fraction": 0.002,
         # ... and at least this fraction of the largest component (specks beside a lesion are not lesions).
         "min_component_fraction": 0.1,
+        # The presence threshold is the highest that still finds a lesion in this fraction of the
+        # validation images holding one (a missed lesion is never scored; a false one is scored and
+        # shown); 0: eval.threshold_method on the presence probability alone.
+        "presence_sensitivity": 0.95,
         "overlay_images": 8,  # TensorBoard: predicted against traced outlines of this many fixed validation images
     },
     "log": {
@@ -389,6 +393,9 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg[section][name]!r}")
     if int(cfg["preprocess"]["size"]) < 32:
         raise ConfigError("preprocess.size must be at least 32")
+    if not 0.0 <= float(cfg["seg"]["presence_sensitivity"]) < 1.0:
+        raise ConfigError(f"seg.presence_sensitivity is a fraction in [0, 1) (0: eval.threshold_method), got "
+                          f"{cfg['seg']['presence_sensitivity']!r}")
     if not 0.0 <= float(cfg["augment"]["coarse_outline"]) <= 1.0:
         raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
     if not 0.0 <= float(cfg["eval"]["ood_quantile"]) <= 1.0:

@@ -29,13 +29,14 @@ from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import autocast, seed_everything, train_one_epoch, warmup_cosine
 from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
-from breastai.models.lesions import find_lesions
+from breastai.models.lesions import find_lesions, lesion_score
 from breastai.models.registry import create_model
 from breastai.reporting.metrics import choose_threshold
 from breastai.reporting.segmentation import mask_metrics, outline, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
-__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "predict_segmentation", "score_segmentation"]
+__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "predict_segmentation", "score_segmentation",
+           "choose_presence_threshold"]
 
 log = logging.getLogger("breastai")
 
@@ -132,6 +133,32 @@ def score_segmentation(pred: dict[str, Any], cfg: dict[str, Any], temperature: f
                      "presence_probability": float(p), "lesion_found": bool(lesions), "n_lesions": len(lesions),
                      **mask_metrics(found, truth)})
     return rows
+
+
+def choose_presence_threshold(pred: dict[str, Any], cfg: dict[str, Any], temperature: float) -> float:
+    """The presence threshold, from validation predictions.
+
+    With ``seg.presence_sensitivity`` = q > 0: the highest threshold at which at least a fraction q of
+    the validation images holding a traced lesion get a found lesion (:func:`~breastai.models.lesions.lesion_score`).
+    A segmenter is a detector in front of the classifier: a lesion it misses is never scored,
+    while a false one is scored (most often benign) and shown. With q = 0: ``eval.threshold_method``
+    on the presence probability alone. 0.5 when validation holds no lesion image (or, with q = 0,
+    one kind of image only).
+    """
+    sc = cfg["seg"]
+    has = np.array([t.any() for t in pred["truth"]], int)
+    presence = apply_temperature(pred["presence_logit"], temperature)
+    q = float(sc["presence_sensitivity"])
+    if q > 0:
+        s = np.sort([lesion_score(p, float(z), pixel_threshold=sc["pixel_threshold"], min_area_fraction=sc["min_area_fraction"],
+                                  min_component_fraction=sc["min_component_fraction"])
+                     for p, z, h in zip(pred["prob"], presence, has) if h])
+        if not len(s):
+            return 0.5
+        return float(max(s[int(np.floor((1.0 - q) * len(s)))], 1e-3))
+    if len(set(has.tolist())) < 2:
+        return 0.5
+    return float(choose_threshold(has, presence, method=cfg["eval"]["threshold_method"]))
 
 
 def _overlays(pred: dict[str, Any], images: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -257,8 +284,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     # fit drives T -> 0 and every probability to exactly 0 or 1 (and the threshold to 1).
     both = len(set(has.tolist())) == 2
     kept.temperature = fit_temperature(val["presence_logit"], has, targets="platt") if both else 1.0
-    kept.threshold = float(choose_threshold(has, apply_temperature(val["presence_logit"], kept.temperature),
-                                            method=cfg["eval"]["threshold_method"])) if both else 0.5
+    kept.threshold = choose_presence_threshold(val, cfg, kept.temperature)
     nb = int(cfg["eval"]["bootstrap"])
     val_rows = score_segmentation(val, cfg, kept.temperature, kept.threshold)
     result: dict[str, Any] = {"best_epoch": kept.best_epoch, "val": segmentation_summary(val_rows, nb),

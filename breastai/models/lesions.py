@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Lesion", "find_lesions", "max_diameter"]
+__all__ = ["Lesion", "find_lesions", "lesion_score", "max_diameter"]
 
 
 @dataclass
@@ -55,6 +55,33 @@ def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) ->
     return float(np.sqrt((d ** 2).sum(-1)).max())
 
 
+def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,
+                min_component_fraction: float) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """The component labels of ``prob >= pixel_threshold`` and the kept candidates, largest first,
+    as ``(label, area, peak probability)``."""
+    from scipy import ndimage
+
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim != 2:
+        raise ValueError(f"a mask probability map is 2-D, got shape {prob.shape}")
+    labels, n = ndimage.label(prob >= pixel_threshold, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return labels, []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    peaks = ndimage.maximum(prob, labels, index=np.arange(1, n + 1))
+    floor = max(min_area_fraction * prob.size, min_component_fraction * areas.max())
+    return labels, [(int(k + 1), int(areas[k]), float(peaks[k])) for k in np.argsort(-areas, kind="stable") if areas[k] >= floor]
+
+
+def lesion_score(prob: np.ndarray, presence: float, *, pixel_threshold: float = 0.5, min_area_fraction: float = 0.002,
+                 min_component_fraction: float = 0.1) -> float:
+    """The highest lesion probability :func:`find_lesions` would give this image at any presence
+    threshold (0 when no component passes the area floors): the image holds a found lesion exactly
+    when this reaches the threshold, which is how the threshold is chosen on validation."""
+    _, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction)
+    return max((min(float(presence), peak) for _, _, peak in cands), default=0.0)
+
+
 def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float, pixel_threshold: float = 0.5,
                  min_area_fraction: float = 0.002, min_component_fraction: float = 0.1) -> list[Lesion]:
     """The lesions of one image, largest first (empty: no lesion found).
@@ -67,22 +94,12 @@ def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float
         min_area_fraction: smallest component, as a fraction of the image's pixels.
         min_component_fraction: smallest component, as a fraction of the largest one.
     """
-    from scipy import ndimage
-
-    prob = np.asarray(prob, np.float32)
-    if prob.ndim != 2:
-        raise ValueError(f"a mask probability map is 2-D, got shape {prob.shape}")
-    labels, n = ndimage.label(prob >= pixel_threshold, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return []
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndimage.maximum(prob, labels, index=np.arange(1, n + 1))
-    floor = max(min_area_fraction * prob.size, min_component_fraction * areas.max())
+    labels, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction)
     found = []
-    for k in np.argsort(-areas, kind="stable"):
-        p = float(min(presence, peaks[k]))
-        if areas[k] < floor or p < presence_threshold:
+    for label, area, peak in cands:
+        p = float(min(presence, peak))
+        if p < presence_threshold:
             continue
-        mask = labels == k + 1
-        found.append(Lesion(len(found) + 1, mask, int(areas[k]), max_diameter(mask), p))
+        mask = labels == label
+        found.append(Lesion(len(found) + 1, mask, area, max_diameter(mask), p))
     return found

@@ -239,7 +239,7 @@ def _one_line_error(capsys, command: str = "bundle") -> str:
     return err[0]
 
 
-def test_bundle_command_end_to_end(ckpt, seg_ckpt, sample, tmp_path, capsys):
+def test_bundle_command_end_to_end(ckpt, seg_ckpt, sample, synth_datalist, tmp_path, capsys):
     out = tmp_path / "pipeline.pt"
     assert main(["bundle", "--classifier", str(ckpt), "--segmenter", str(seg_ckpt), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -259,6 +259,12 @@ def test_bundle_command_end_to_end(ckpt, seg_ckpt, sample, tmp_path, capsys):
         preds[name] = next(csv.DictReader(open(tmp_path / name / "predictions.csv")))["probability"]
     capsys.readouterr()
     assert preds["pipe"] == preds["alone"]
+    # Recalibrated, it stays a pipeline: the segmenter goes along unchanged.
+    local = tmp_path / "local.pt"
+    assert main(["calibrate", "--checkpoint", str(out), "--data", str(synth_datalist), "--out", str(local),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert weights_digest(load_checkpoint(local).segmenter) == weights_digest(seg)
 
     # Refusals: one line each, nothing written.
     refused = tmp_path / "refused.pt"

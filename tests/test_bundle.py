@@ -27,6 +27,7 @@ from breastai.models.checkpoint import (
     weights_digest,
 )
 from breastai.models.registry import create_model
+from tests.test_checkpoint import _same_weights
 from tests.test_checkpoint_integrity import _small
 
 
@@ -36,10 +37,6 @@ def _seg(**fields) -> Checkpoint:
     model = create_model("unet_small", in_chans=1, pretrained=False)
     return Checkpoint(model=ModelArgs("unet_small", 1, cfg["model"]["dropout"], dict(model.init_kwargs)),
                       weights=dict(model.state_dict()), config=cfg, classes=["no lesion", "lesion"], **fields)
-
-
-def _same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _flip_tensor_bytes(path: Path, tensor: torch.Tensor, n: int = 256) -> None:

@@ -11,11 +11,16 @@ written before a key existed still load).
 
 Every dict :meth:`Checkpoint.to_state` builds carries ``digest``: ``sha256:<hex>`` of everything
 else in it (:func:`state_digest`: each tensor's name, dtype, shape and bytes, and every other value
-in a canonical form, an ensemble's members included), and :func:`load_checkpoint` refuses a file
+in a canonical form, an ensemble's members and a bundled segmenter included), and :func:`load_checkpoint` refuses a file
 whose contents no longer match it. torch reads a file whose tensor bytes were damaged without a word
 (it does not check the zip's CRCs), and damaged weights score garbage or NaN; a checkpoint written
 before the digest existed has nothing to be checked against and loads as before. The format
 version stays 1: older breastai ignores the key it does not know.
+
+A pipeline checkpoint is a classifier's (a single model's or an ensemble's) that also carries the
+segmenter which outlines the lesions it scores (:attr:`Checkpoint.segmenter`, on disk the
+segmenter's whole dict under ``segmenter``), so one file is all a user hands around. Older breastai
+keeps the key it does not know and scores with the classifier alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "model_from_checkpoint", "package_versions", "state_digest", "weights_digest"]
+           "model_from_checkpoint", "package_versions", "state_digest", "weights_digest", "checkpoint_task",
+           "is_segmenter"]
 
 FORMAT_VERSION = 1
 
@@ -46,7 +52,7 @@ FORMAT_VERSION = 1
 _OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities", "ood")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
-          "threshold", "temperature", "metrics", "digest", "recalibration", *_OPTIONAL, *_RESUME}
+          "threshold", "temperature", "metrics", "digest", "recalibration", "segmenter", *_OPTIONAL, *_RESUME}
 _DIGEST = "sha256"
 _MODEL_KEYS = ("name", "in_chans", "dropout")
 
@@ -158,6 +164,9 @@ class Checkpoint:
         combine: ensemble only: how the weights were fitted (``mean`` or ``stack``).
         recalibration: the local recalibrations (``breastai calibrate``) since training, oldest
             first; None: never recalibrated.
+        segmenter: pipeline only: the segmenter checkpoint that outlines the lesions this
+            classifier scores (``breastai bundle``); None: a plain checkpoint. A segmenter never
+            carries one, and a bundled segmenter is a single model's best checkpoint.
         format_version: the format the checkpoint was read in (0: written before it was recorded);
             a saved checkpoint is always written in :data:`FORMAT_VERSION`.
         versions: package versions it was written with (None: fill in the running ones at save).
@@ -187,6 +196,7 @@ class Checkpoint:
     bias: float = 0.0
     combine: str = ""
     recalibration: list[Recalibration] | None = None
+    segmenter: Checkpoint | None = None
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -195,6 +205,11 @@ class Checkpoint:
     def is_ensemble(self) -> bool:
         """An ensemble checkpoint: its members score, it has no single model."""
         return self.members is not None
+
+    @property
+    def is_pipeline(self) -> bool:
+        """A pipeline checkpoint: a classifier carrying its segmenter."""
+        return self.segmenter is not None
 
     @property
     def is_resume(self) -> bool:
@@ -211,7 +226,11 @@ class Checkpoint:
 
         Its keys are those breastai has always written, so older code loads it, and ``digest``
         last (:func:`state_digest` of the rest), which older code ignores.
+
+        Raises:
+            CheckpointError: the checkpoint carries a segmenter it cannot (see ``segmenter``).
         """
+        _check_pipeline(self)
         state: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "versions": dict(self.versions if self.versions is not None else package_versions()),
@@ -237,6 +256,8 @@ class Checkpoint:
             state["ood"] = self.ood.to_state()
         if self.recalibration is not None:
             state["recalibration"] = [r.to_state() for r in self.recalibration]
+        if self.segmenter is not None:
+            state["segmenter"] = self.segmenter.to_state()
         state.update(self.extra)
         state["digest"] = state_digest(state)
         return state
@@ -249,14 +270,15 @@ class Checkpoint:
         ``temperature``: 1, no ``classes``: the config's).
 
         Raises:
-            CheckpointError: not a breastai checkpoint, or a malformed one.
+            CheckpointError: not a breastai checkpoint, a malformed one, or one carrying a segmenter it
+                cannot.
         """
         if not isinstance(state, Mapping) or "model" not in state or "weights" not in state:
             raise CheckpointError("not a breastai checkpoint (no model description or weights)")
         try:
             config = dict(state.get("config") or {})
             ens = state.get("ensemble")
-            return cls(
+            ckpt = cls(
                 model=ModelArgs.from_state(state["model"]),
                 weights=dict(state["weights"]),
                 config=config,
@@ -277,16 +299,66 @@ class Checkpoint:
                 combine="" if ens is None else str(ens.get("combine", "mean")),
                 recalibration=None if state.get("recalibration") is None
                 else [Recalibration.from_state(r) for r in state["recalibration"]],
+                segmenter=None if state.get("segmenter") is None else cls.from_state(state["segmenter"]),
                 format_version=int(state.get("format_version", 0)),
                 versions=dict(state["versions"]) if state.get("versions") is not None else None,
                 extra={k: v for k, v in state.items() if k not in _KNOWN},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"malformed breastai checkpoint ({type(exc).__name__}: {exc})") from exc
+        _check_pipeline(ckpt)
+        return ckpt
 
 
 def _opt(cast: Any, value: Any) -> Any:
     return None if value is None else cast(value)
+
+
+def checkpoint_task(ckpt: Checkpoint) -> str:
+    """What the checkpoint's model does: ``classification`` (an ensemble too) or ``segmentation``.
+
+    Raises:
+        CheckpointError: its model is not registered in this breastai.
+    """
+    if ckpt.is_ensemble:
+        return "classification"
+    try:
+        return ckpt.model.spec.task
+    except KeyError as exc:
+        raise CheckpointError(f"its model {ckpt.model.name!r} is not registered in this breastai") from exc
+
+
+def is_segmenter(ckpt: Checkpoint) -> bool:
+    """The checkpoint is a segmenter's (it outlines lesions; it gives no malignancy score).
+
+    Raises:
+        CheckpointError: its model is not registered in this breastai.
+    """
+    return checkpoint_task(ckpt) == "segmentation"
+
+
+def _check_pipeline(ckpt: Checkpoint) -> None:
+    """Refuse a segmenter where none can be: on a segmenter, or one that is not a single segmenter.
+
+    A model this breastai does not know is let through here (its task is unknown, and it cannot be
+    rebuilt anyway); :func:`is_segmenter` names it where it matters.
+    """
+    seg = ckpt.segmenter
+    if seg is None:
+        return
+
+    def task(c: Checkpoint) -> str | None:
+        try:
+            return checkpoint_task(c)
+        except CheckpointError:
+            return None
+
+    why = ("a segmenter cannot carry a segmenter" if task(ckpt) == "segmentation"
+           else "its segmenter is an ensemble" if seg.is_ensemble
+           else "its segmenter is a resume checkpoint (last.pt)" if seg.is_resume
+           else f"its segmenter is a classifier ({seg.model.name})" if task(seg) == "classification" else None)
+    if why is not None:
+        raise CheckpointError(f"not a valid pipeline checkpoint: {why}")
 
 
 def state_digest(state: Mapping[str, Any]) -> str:
@@ -294,7 +366,7 @@ def state_digest(state: Mapping[str, Any]) -> str:
 
     Covers the weights (every tensor: its key, dtype, shape and bytes) and the rest of the state
     (config, classes, threshold, temperature, offset, metrics, seen images, modalities, model arguments, resume
-    extras, an ensemble's members with their weights) in a canonical form: keys in sorted order, so
+    extras, an ensemble's members with their weights, a bundled segmenter) in a canonical form: keys in sorted order, so
     the same contents give the same digest however the dict was built, on any device.
     """
     h = hashlib.sha256()
@@ -306,7 +378,8 @@ def weights_digest(ckpt: Checkpoint) -> str:
     """``sha256:<hex>`` of the model weights alone (an ensemble's: its members', in order).
 
     Unlike ``digest`` it ignores calibration, threshold and metrics: a recalibrated checkpoint has
-    the weights digest of the checkpoint it came from.
+    the weights digest of the checkpoint it came from. A pipeline's is its classifier's (its
+    segmenter's is ``weights_digest(ckpt.segmenter)``).
     """
     h = hashlib.sha256()
     _feed(h, [m.weights for m in ckpt.members] if ckpt.is_ensemble else ckpt.weights)
@@ -363,7 +436,9 @@ def _check_digest(path: Path, state: Any, what: str = "") -> None:
     if written is None:
         ens = state.get("ensemble")
         for i, member in enumerate((ens.get("members") or []) if isinstance(ens, Mapping) else []):
-            _check_digest(path, member, f"member {i + 1}: ")
+            _check_digest(path, member, f"{what}member {i + 1}: ")
+        if state.get("segmenter") is not None:
+            _check_digest(path, state["segmenter"], f"{what}segmenter: ")
         return
     if not isinstance(written, str) or not written.startswith(f"{_DIGEST}:"):
         raise CheckpointError(f"{path}: {what}its digest {str(written)[:40]!r} is not one this breastai can check "
@@ -397,7 +472,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     before checkpoints carried a digest loads unchecked.
 
     Config keys added after the checkpoint was written are filled in from the defaults (the
-    checkpoint behaved as their defaults), for the model, or for each member of an ensemble.
+    checkpoint behaved as their defaults), for the model, or for each member of an ensemble, and
+    for a pipeline's segmenter. A pipeline file loads as its classifier with ``segmenter`` set.
 
     Args:
         path: ``best.pt`` (or an ensemble's), or with ``resume=True`` a training run's ``last.pt``.
@@ -430,7 +506,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if ckpt.is_resume and not resume:
         raise CheckpointError(f"{path}: a resume checkpoint (the last epoch, not calibrated, no operating threshold); "
                               f"use best.pt from the same folder")
-    for c in ckpt.members if ckpt.is_ensemble else [ckpt]:
+    parts = ckpt.members if ckpt.is_ensemble else [ckpt]
+    for c in [*parts, ckpt.segmenter] if ckpt.is_pipeline else parts:
         c.config = fill_missing(c.config)
     return ckpt
 

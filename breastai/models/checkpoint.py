@@ -26,18 +26,17 @@ keeps the key it does not know and scores with the classifier alone.
 from __future__ import annotations
 
 import functools
-import hashlib
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from breastai.core.config import fill_missing
 from breastai.models.calibration import Recalibration
+from breastai.models.digest import content_digest
 from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
@@ -369,9 +368,7 @@ def state_digest(state: Mapping[str, Any]) -> str:
     extras, an ensemble's members with their weights, a bundled segmenter) in a canonical form: keys in sorted order, so
     the same contents give the same digest however the dict was built, on any device.
     """
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != "digest"})
-    return f"{_DIGEST}:{h.hexdigest()}"
+    return content_digest({k: v for k, v in state.items() if k != "digest"})
 
 
 def weights_digest(ckpt: Checkpoint) -> str:
@@ -381,46 +378,7 @@ def weights_digest(ckpt: Checkpoint) -> str:
     the weights digest of the checkpoint it came from. A pipeline's is its classifier's (its
     segmenter's is ``weights_digest(ckpt.segmenter)``).
     """
-    h = hashlib.sha256()
-    _feed(h, [m.weights for m in ckpt.members] if ckpt.is_ensemble else ckpt.weights)
-    return f"{_DIGEST}:{h.hexdigest()}"
-
-
-def _feed(h: Any, value: Any) -> None:
-    """Feed ``value`` to the hash as a type tag, its length or shape, then its contents.
-
-    The tag and length keep two different values from feeding the same bytes (``["ab"]`` vs
-    ``["a", "b"]``, a float vs a string of its digits).
-    """
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu()
-        t = (t.to_dense() if t.layout != torch.strided else t).contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(value, np.ndarray) and value.dtype != object:
-        h.update(f"A{value.dtype.str}{value.shape};".encode())
-        h.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, np.generic):  # a NumPy scalar hashes as the Python value it stands for
-        _feed(h, value.item())
-    elif isinstance(value, Mapping):
-        h.update(f"D{len(value)};".encode())
-        for k, v in sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, str(kv[0]))):
-            _feed(h, k)
-            _feed(h, v)
-    elif isinstance(value, (list, tuple, np.ndarray)):  # a list and a tuple of the same items are one value
-        h.update(f"L{len(value)};".encode())
-        for v in value:
-            _feed(h, v)
-    elif isinstance(value, str):
-        b = value.encode("utf-8", "surrogatepass")
-        h.update(f"S{len(b)};".encode())
-        h.update(b)
-    elif value is None or isinstance(value, (bool, int, float)):  # repr is exact for these (floats round-trip)
-        h.update(f"{type(value).__name__}:{value!r};".encode())
-    else:
-        r = repr(value).encode("utf-8", "backslashreplace")
-        h.update(f"O{type(value).__qualname__}{len(r)};".encode())
-        h.update(r)
+    return content_digest([m.weights for m in ckpt.members] if ckpt.is_ensemble else ckpt.weights)
 
 
 def _check_digest(path: Path, state: Any, what: str = "") -> None:

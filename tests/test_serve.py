@@ -216,12 +216,12 @@ def test_forward_retries_until_the_destination_comes_up(mg_ckpt, tmp_path, caplo
             late.close()
 
 
-def test_cli_refuses_segmenter_and_bad_forward(mg_ckpt, tmp_path, capsys):
+def test_cli_refuses_a_classifier_as_segmenter_and_bad_forward(mg_ckpt, tmp_path, capsys):
     from breastai.cli import main
 
     base = ["serve", "--checkpoint", str(mg_ckpt), "--out", str(tmp_path / "q"), "--port", "0"]
-    assert main([*base, "--segmenter", "s.pt"]) == 2
-    assert "no segmentation models yet" in capsys.readouterr().err
+    assert main([*base, "--segmenter", str(mg_ckpt)]) == 2
+    assert "a classifier checkpoint (model small_cnn) outlines nothing: give it as --checkpoint" in capsys.readouterr().err
     assert main([*base, "--forward", "PACS:104"]) == 2
     assert "expected AE@HOST:PORT" in capsys.readouterr().err
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from breastai.inference.segment import NO_LESION
 from breastai.inference.writers import MAP_MAX_SIDE, OutputBusyError, run_predict
 
 __all__ = ["add_parser", "run"]
@@ -41,14 +42,15 @@ def run(args: argparse.Namespace) -> int:
         from breastai.inference.level_tables import load_level_rule
 
         rules = [load_level_rule(f) for f in args.level_rule or []]
-        checkpoint, writers = args.checkpoint, None
-        if args.dicom_out:
+        checkpoint, writers, segmenter = args.checkpoint, None, args.segmenter
+        if args.dicom_out:  # the predictor is built here (the DICOM writer needs it), with its segmenter
             checkpoint, writers = _dicom_writers(args, rules)
+            segmenter = None
         records, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
                                    saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
                                    find_masks=args.find_masks, device=args.device,
                                    saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules,
-                                   map_max_side=args.map_max_side)
+                                   map_max_side=args.map_max_side, segmenter=segmenter)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
               "(another scanner or site?): the probabilities may be miscalibrated here; `breastai calibrate` "
               "on about 50 labelled local cases refits them", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
-    print(f"predicted {n - bad} of {n} image(s), {bad} failed, in {run['seconds']:.1f} s "
+    if run.get("segmenter"):
+        print(f"segmenter: {run['n_no_lesion']} image(s) with no lesion found (label '{NO_LESION}', no probability)"
+              + (f", outlines in {Path(args.out) / 'outlines' / run['run_id']}" if n > run["n_no_lesion"] + bad else ""))
+    unit = "record(s)" if run.get("segmenter") else "image(s)"  # a segmenter's records are lesions
+    print(f"predicted {n - bad} of {n} {unit}, {bad} failed, in {run['seconds']:.1f} s "
           f"-> {Path(args.out) / 'predictions.csv'}" + (f", maps in {Path(args.out) / 'saliency' / run['run_id']}" if args.saliency != "none" else "")
           + (f", {run['dicom_out']['n_objects']} DICOM object(s) in {Path(args.dicom_out) / run['run_id']}"
              if args.dicom_out else "")
@@ -83,7 +89,7 @@ def _dicom_writers(args: argparse.Namespace, rules: list[Any]) -> tuple[Any, lis
     from breastai.inference.predictor import Predictor
     from breastai.inference.writers import default_writers
 
-    pred = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    pred = Predictor.from_checkpoint(args.checkpoint, device=args.device, segmenter=args.segmenter)
     objects = DicomObjects(args.dicom_out, pred, args.checkpoint, saliency=args.saliency)
     # Tables last: they carry the objects' paths and the run's notes.
     return pred, default_writers(args.saliency, rules, objects, map_max_side=args.map_max_side)
@@ -118,6 +124,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the lesion's bounding box instead of a mask (pixel columns X0..X1 and rows Y0..Y1, inclusive, "
                    "of the image as stored); repeat once per image, in input order")
     p.add_argument("--find-masks", action="store_true", help="use BUSI-style sibling <name>_mask*.png files as masks")
+    p.add_argument("--segmenter", metavar="SEG.pt",
+                   help="a lesion segmenter's best.pt (breastai train --config configs/busi_seg.yaml): inputs without "
+                   "a mask or box are outlined automatically, one record per lesion found (component 1..n, outline "
+                   "PNG/.npy under OUT/outlines/RUN_ID/, size in pixels and, where the pixel spacing is known, mm), "
+                   f"each scored as a traced outline would be; an image without a lesion gets one record labelled "
+                   f"'{NO_LESION}' and no probability (not a failure)")
     from breastai.models.saliency import METHODS, UPSAMPLING
 
     p.add_argument("--saliency", choices=METHODS, default="gradcam++",

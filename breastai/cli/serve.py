@@ -19,10 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from breastai.inference.writers import OutputBusyError
     from breastai.models.checkpoint import CheckpointError
 
-    if args.segmenter:
-        print("breastai serve: error: --segmenter: breastai has no segmentation models yet; serve without it "
-              "(results then carry no SEG and no lesion size)", file=sys.stderr)
-        return 2
     if args.threads:
         import torch
 
@@ -33,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
                                quiet_seconds=args.quiet_seconds, send_attempts=args.send_attempts,
                                retry_delay=args.retry_delay, retry_max_delay=args.retry_max_delay,
                                saliency=args.saliency, device=args.device)
-        node = DicomNode(args.checkpoint, args.out, options)
+        node = DicomNode(args.checkpoint, args.out, options, segmenter=args.segmenter)
         node.start()
     except (CheckpointError, ValueError, OutputBusyError) as exc:
         print(f"breastai serve: error: {exc}", file=sys.stderr)
@@ -99,7 +95,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="longest wait between attempts, and the pause after a failed pass (default 60)")
     p.add_argument("--saliency", choices=METHODS, default="gradcam++",
                    help="saliency method of the SC overlay (default gradcam++; none = no SC)")
-    p.add_argument("--segmenter", metavar="S", help="not available yet: breastai has no segmentation models")
+    p.add_argument("--segmenter", metavar="SEG.pt",
+                   help="a lesion segmenter's best.pt: every image's lesions are outlined and scored one by one, "
+                   "each with its SR, SEG (automatic outline) and lesion size; an image without a lesion gets none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     p.set_defaults(func=run)

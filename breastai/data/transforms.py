@@ -31,7 +31,8 @@ from monai.transforms import (
 from breastai.core.keys import Keys
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
-from breastai.data.readers.registry import ImageReadError, check_finite, load_image, max_pixels_option, to_grey
+from breastai.data.readers.registry import (ImageReadError, check_finite, frame_options, load_image, max_pixels_option,
+                                            to_grey)
 
 __all__ = [
     "LoadSampled",
@@ -46,6 +47,9 @@ __all__ = [
     "build_transforms",
     "Preset",
     "root_cause",
+    "KeepFullImaged",
+    "FULL_IMAGE",
+    "FULL_MASK",
     "MIN_IMAGE_SIDE",
 ]
 
@@ -70,10 +74,8 @@ class LoadSampled(MapTransform):
         d = dict(data)
         src = d[Keys.IMAGE]
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-            opts = self.reader_options
-            if d.get(Keys.FRAME) is not None:  # one frame of a multi-frame row (frame policy "all")
-                opts = {**opts, "dicom": {**opts.get("dicom", {}), "frame": int(d[Keys.FRAME])}}
-            img, meta = load_image(src, opts)
+            # one frame of a multi-frame row (frame policy "all")
+            img, meta = load_image(src, frame_options(self.reader_options, d.get(Keys.FRAME)))
             d[Keys.SOURCE] = str(src)
         else:  # an in-memory array: the inference API, or a file the Predictor has read (its reader's meta given)
             img = to_grey(np.asarray(src), "array input")
@@ -239,6 +241,23 @@ class RandSpeckled(Randomizable, MapTransform):
             k = 1.0 / self.strength**2
             noise = self.R.gamma(k, 1.0 / k, size=np.asarray(d[Keys.IMAGE]).shape).astype(np.float32)
             d[Keys.IMAGE] = np.clip(np.asarray(d[Keys.IMAGE]) * noise, 0, 1)
+        return d
+
+
+FULL_IMAGE, FULL_MASK = "full_image", "full_mask"
+
+
+class KeepFullImaged:
+    """Keep the normalised full-resolution image and mask (before the crop) under their own keys
+    (:data:`FULL_IMAGE`, :data:`FULL_MASK`).
+
+    Inference draws its overlays on this image and computes lesion radiomics from it; a preset
+    step (``full_image=``) keeps it by name rather than by finding a transform's class.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[FULL_IMAGE], d[FULL_MASK] = d[Keys.IMAGE][0], d[Keys.MASK][0]
         return d
 
 

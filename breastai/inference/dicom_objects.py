@@ -19,7 +19,8 @@ Coded concepts chosen (all in the DICOM and SNOMED CT subsets pydicom ships):
   is "not malignant".
 * Lesion size: ``(42798000, SCT, "Area")`` in ``mm2`` and ``(81827009, SCT, "Diameter")`` in
   ``mm`` (the largest extent, maximum Feret diameter), measured on the lesion mask with the
-  header's PixelSpacing, else ImagerPixelSpacing; without either in pixels, units
+  header's PixelSpacing, else ImagerPixelSpacing, else the calibration of the ultrasound region
+  holding the lesion (Sequence of Ultrasound Regions, cm units); without any in pixels, units
   ``({pixels}, UCUM, "pixels")`` and ``({pixel}, UCUM, "pixel")`` so the unit says so. They sit in a
   planar ROI group that references the SEG's segment.
 * Report: title ``(126000, DCM, "Imaging Measurement Report")`` (TID 1500 fixes it), procedure
@@ -102,13 +103,14 @@ class LesionSize:
     unit: str
 
 
-def pixel_spacing(ds: Any) -> tuple[float, float] | None:
-    """(row, column) spacing in mm: PixelSpacing (calibrated), else ImagerPixelSpacing (detector), else None."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-            return float(value[0]), float(value[1])
-    return None
+def pixel_spacing(ds: Any, mask: np.ndarray | None = None) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: PixelSpacing (calibrated), else ImagerPixelSpacing (detector), else
+    with a lesion ``mask`` the calibration of the ultrasound region holding it
+    (:func:`breastai.data.spacing.lesion_spacing`), else None."""
+    from breastai.data.spacing import lesion_spacing
+
+    spacing = lesion_spacing(ds, mask)
+    return None if spacing is None else (spacing.row_mm, spacing.col_mm)
 
 
 def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> LesionSize | None:
@@ -199,6 +201,9 @@ def _drop_invalid_values(ds: Any) -> None:
                 del ds[elem.tag]
 
 
+_ORIGIN_WORDS = {"segmenter": "segmenter", "provider": "mask provider"}
+
+
 def _frames(ds: Any, frame: int | None) -> list[int] | None:
     """The 1-based referenced frame of a multi-frame source (None for a single-frame one)."""
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
@@ -210,14 +215,14 @@ def build_seg(src: Any, mask: np.ndarray, series_uid: str, algorithm: AlgorithmI
               frame: int | None = None) -> Any:
     """A binary DICOM SEG of the lesion outline ``mask`` (the source's pixel grid).
 
-    ``mask_origin`` says who drew the outline: ``provider:<name>`` (a mask provider: algorithm
-    type AUTOMATIC with its identification) or anything else (given by the user as a mask or a box:
-    MANUAL).
+    ``mask_origin`` says who drew the outline: ``segmenter`` or ``provider:<name>`` (a segmentation
+    model or a mask provider: algorithm type AUTOMATIC with its identification) or anything else
+    (given by the user as a mask or a box: MANUAL).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    automatic = bool(mask_origin and mask_origin.startswith("provider"))
+    automatic = bool(mask_origin and (mask_origin == "segmenter" or mask_origin.startswith("provider")))
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="lesion",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -237,7 +242,7 @@ def build_seg(src: Any, mask: np.ndarray, series_uid: str, algorithm: AlgorithmI
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version, device_serial_number=algorithm.checkpoint_sha256[:16],
         series_description="breastai lesion outline", content_label="LESION",
-        content_description=f"lesion outline ({'mask provider' if automatic else 'given'})")
+        content_description=f"lesion outline ({_ORIGIN_WORDS.get(str(mask_origin).split(':')[0], 'given')})")
     # General Image's PatientOrientation (Type 2C, required without an image plane): the
     # source's, as the SEG's frames are on the source's pixel grid; empty when it has none.
     seg.PatientOrientation = src.get("PatientOrientation") or ""

@@ -8,8 +8,9 @@ For every DICOM input that was scored, :class:`DicomObjects` writes into ``DIR/<
   the source image and the SEG; VerificationFlag UNVERIFIED;
 * ``NNNNN_<id>_sc.dcm``: a Secondary Capture of the saliency map blended with the image, in the
   source's pixel grid (needs a saliency method);
-* ``NNNNN_<id>_seg.dcm``: a binary SEG of the lesion outline (given, box-derived or from a mask
-  provider), when the input had one.
+* ``NNNNN_<id>_seg.dcm``: a binary SEG of the lesion outline (given, box-derived, from a mask
+  provider or, with a segmenter, the outline of the record's lesion: algorithm type AUTOMATIC),
+  when the record had one; each lesion record of an image gets its own SR and SEG.
 
 The codes chosen are listed in :mod:`breastai.inference.dicom_objects`. Each object is in the
 source's study (same Study Instance UID, patient and study modules copied), in a series of its
@@ -142,7 +143,7 @@ class DicomObjects:
             objects["seg"] = build_seg(src, mask, UID(), self.algorithm, record.get("_mask_origin"), frame)
         if smap is not None and image is not None:
             objects["sc"] = build_sc(src, heat_overlay(image, smap, mask), UID(), self.algorithm)
-        size = lesion_size(mask, pixel_spacing(src)) if has_mask else None
+        size = lesion_size(mask, pixel_spacing(src, mask)) if has_mask else None
         objects["sr"] = build_sr(src, record, UID(), self.algorithm, self.device_uid, objects.get("seg"), size,
                                  self.predictor.classes, frame)
         stem = f"{index:05d}_{_safe_stem(str(record['id']))}"

@@ -66,6 +66,11 @@ class EnsembleScorer:
         return self.members[0].reader_options
 
     @property
+    def reads_mask(self) -> bool:
+        """Whether the lesion mask changes any member's score."""
+        return any(m.reads_mask for m in self.members)
+
+    @property
     def crop_mode(self) -> bool:
         """True when any member sees a lesion crop (so every image needs a mask)."""
         return any(m.crop_mode for m in self.members)
@@ -85,7 +90,7 @@ class EnsembleScorer:
         """Score with every member on its own decode (``decode(reader_options)``) and combine."""
         z = self.bias
         views = np.full(tta, self.bias) if tta > 0 else None
-        maps, base, has_mask = [], None, False
+        maps, base, lesion_mask, has_mask = [], None, None, False
         ood: float | None = None
         for w, member in zip(self.weights, self.members):
             image, meta = decode(member.reader_options)
@@ -95,16 +100,17 @@ class EnsembleScorer:
                 views = views + w * s.tta_calibrated
             if s.saliency is not None:
                 maps.append((w, s.saliency))
-                if base is None or (base[1] is None and s.lesion_mask is not None):
-                    base = (s.image, s.lesion_mask)
+                base = s.image if base is None else base
+            lesion_mask = s.lesion_mask if lesion_mask is None else lesion_mask
             has_mask = has_mask or s.has_mask  # not the last member's word alone
             if s.ood_score is not None:  # unlike any one member's training images spoils the sum
                 ood = s.ood_score if ood is None else max(ood, s.ood_score)
-        out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views, ood_score=ood)
+        out = Scored(logit=z, calibrated_logit=z, has_mask=has_mask, tta_calibrated=views, ood_score=ood,
+                     lesion_mask=lesion_mask)
         if maps:
             total = sum(w for w, _ in maps)
             out.saliency = normalise_map(sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps))
-            out.image, out.lesion_mask = base
+            out.image = base
         return out
 
 

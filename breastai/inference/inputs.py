@@ -14,6 +14,7 @@ from breastai.core.files import visible_files
 from breastai.data.frames import expand_frames
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import IMAGE_SUFFIXES, image_stem, image_suffix
+from breastai.data.spacing import PIXEL_SIZE_COLUMN
 
 __all__ = ["PredictItem", "has_mask_input", "expand_inputs", "expand_frames_of_items", "RUN_MARKER"]
 
@@ -38,6 +39,7 @@ class PredictItem:
     frame: int | None = None  # one frame of a multi-frame DICOM (the checkpoint's frame policy ``all``)
     frame_suffix: bool = False  # the record id gets ``_f<frame>`` (the file has several frames)
     grouping: dict[str, str | None] = field(default_factory=dict)  # exam, laterality, view from a datalist row
+    pixel_size_mm: str | None = None  # a datalist's ``pixel_size_mm`` column (lesion sizes in mm where nothing else says)
 
     @property
     def has_mask_input(self) -> bool:
@@ -122,7 +124,8 @@ def expand_inputs(
         elif p.suffix.lower() in (".csv", ".json") and p.is_file():
             for r in read_datalist(p, check_files=False, require_label=False):
                 items.append(PredictItem(r["image"], r["mask"] or None, case_id=r["case_id"], source=str(r["image"]),
-                                         grouping={k: v for k, v in grouping_of(r).items() if v}))
+                                         grouping={k: v for k, v in grouping_of(r).items() if v},
+                                         pixel_size_mm=r.get(PIXEL_SIZE_COLUMN) or None))
         else:  # a file (missing or unsupported ones become error records)
             items.append(PredictItem(str(p), (_sibling_masks(p) or None) if find_masks and p.is_file() else None, source=str(p)))
     if masks is not None:

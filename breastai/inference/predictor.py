@@ -9,15 +9,19 @@ calibration temperature and operating threshold. A predict input goes through st
          refused here, before any pixel is decoded or any model runs)
       -> load (one decode per distinct reader setting, shared by an ensemble's members)
       -> masks (given, from a datalist, found beside the image, or from a mask provider)
+      -> segmenter (inputs still without a mask: each lesion it finds, breastai.inference.segment)
       -> scorer: preprocess -> score -> explain (breastai.inference.scorer / .ensemble)
       -> record (and the item callback a writer plugs in, breastai.inference.writers)
 
-One record per input image::
+One record per input image, or with a segmenter one per lesion it finds (or one "no lesion
+found" record)::
 
     id, source, probability (calibrated), label (at the checkpoint's threshold), uncertainty
     (SD of the probability over N test-time augmentations; empty when N = 0), logit,
     ood and ood_score (the input is unlike the training images: ``ood_score`` > 1, see
     :mod:`breastai.models.ood`; empty when the checkpoint has no detector), has_mask,
+    mask_source, scored_on, component, lesion_probability, area_px, max_diameter_px, area_mm2,
+    max_diameter_mm, spacing_source (see :mod:`breastai.inference.segment`),
     saliency_png, saliency_npy, error
 
 ``id`` is the file name (or the datalist's ``case_id``); for DICOM it is the hash of the SOP
@@ -28,6 +32,9 @@ Example (notebook)::
     p = Predictor.from_checkpoint("checkpoints/busi/best.pt")
     rec = p.predict(image_array, saliency="gradcam++", return_maps=True)[0]
     rec["probability"], rec["saliency_map"]          # map in the original image geometry
+
+    auto = Predictor.from_checkpoint("checkpoints/busi/best.pt", segmenter="checkpoints/busi_seg/best.pt")
+    [(r["component"], r["probability"], r["max_diameter_mm"]) for r in auto.predict("scan.dcm")]
 """
 
 from __future__ import annotations
@@ -40,12 +47,15 @@ import numpy as np
 
 from breastai.core.distributed import resolve_device
 from breastai.data.readers.masks import LesionBox
-from breastai.data.readers.registry import ImageReadError, load_image
+from breastai.data.readers.registry import ImageReadError, frame_options, load_image
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.scorer import ModelScorer, Scored
+from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.calibration import Recalibration, apply_temperature
 from breastai.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from breastai.models.lesions import Lesion
+from breastai.models.outliner import Outliner, SegmenterSource, resolve_segmenter
 from breastai.models.saliency import METHODS
 
 __all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
@@ -53,12 +63,13 @@ __all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
 log = logging.getLogger("breastai")
 
 # Record keys a writer may read during ``on_item`` and that are removed right after: the input's
-# path (unredacted), its DICOM frame, who drew its mask (``given``, ``box``, ``provider:<name>``)
-# and its calibrated log-odds (what breast and exam scores combine).
-_PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit")
+# path (unredacted), its DICOM frame, who drew its mask (``given``, ``box``, ``provider:<name>``,
+# ``segmenter``), its calibrated log-odds (what breast and exam scores combine) and, for a
+# segmenter's lesion, ``(image, outline)`` on the stored image (the outline writer's).
+_PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit", "_outline")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
-                 "saliency_png", "saliency_npy", "error"]
+                 *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
 
 
 class MaskProvider(Protocol):
@@ -89,36 +100,48 @@ class Predictor:
         source: where the checkpoint came from (for messages and the run record).
         mask_providers: tried in order for inputs that come without a mask (see :class:`MaskProvider`).
         recalibration: the checkpoint's local recalibrations (``breastai calibrate``), for the run record.
+        segmenter: outlines the inputs still without a mask after the providers, one record per
+            lesion (see :mod:`breastai.inference.segment`); None: no automatic outlines.
     """
 
     def __init__(self, scorer: ModelScorer | EnsembleScorer, classes: Sequence[str], threshold: float,
                  source: str = "<state>", mask_providers: Sequence[MaskProvider] = (),
-                 recalibration: Sequence[Recalibration] | None = None):
+                 recalibration: Sequence[Recalibration] | None = None, segmenter: Outliner | None = None):
         self.scorer = scorer
         self.classes = list(classes)
         self.threshold = float(threshold)
         self.source = source
         self.mask_providers = list(mask_providers)
         self.recalibration = list(recalibration or [])
+        self.segmenter = segmenter
 
     @classmethod
     def from_state(cls, ckpt: Checkpoint | Mapping[str, Any], device: str = "auto", source: str = "<state>",
-                   mask_providers: Sequence[MaskProvider] = ()) -> "Predictor":
+                   mask_providers: Sequence[MaskProvider] = (),
+                   segmenter: SegmenterSource | None = None) -> "Predictor":
         """Build the predictor of a loaded checkpoint (model or ensemble); an on-disk dict is read first.
 
+        ``segmenter`` (a path, a loaded segmentation checkpoint or an
+        :class:`~breastai.models.outliner.Outliner`) outlines inputs that come without a mask; see
+        :func:`breastai.inference.segment.resolve_segmenter` for how it is chosen.
+
         Raises:
-            CheckpointError: the checkpoint lacks what inference needs.
+            CheckpointError: the checkpoint lacks what inference needs, is a segmenter, or
+                ``segmenter`` is a classifier.
         """
         if not isinstance(ckpt, Checkpoint):
             ckpt = Checkpoint.from_state(ckpt)
-        scorer = build_scorer(ckpt, resolve_device(device), source)
-        return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers, ckpt.recalibration)
+        dev = resolve_device(device)
+        scorer = build_scorer(ckpt, dev, source)
+        return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers, ckpt.recalibration,
+                   resolve_segmenter(segmenter, ckpt, dev))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto",
-                        mask_providers: Sequence[MaskProvider] = ()) -> "Predictor":
-        """Load ``best.pt`` (safely, ``weights_only=True``) and build the predictor."""
-        return cls.from_state(load_checkpoint(path, map_location="cpu"), device, str(path), mask_providers)
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", mask_providers: Sequence[MaskProvider] = (),
+                        segmenter: SegmenterSource | None = None) -> "Predictor":
+        """Load ``best.pt`` (safely, ``weights_only=True``) and build the predictor (with ``segmenter``: see
+        :meth:`from_state`)."""
+        return cls.from_state(load_checkpoint(path, map_location="cpu"), device, str(path), mask_providers, segmenter)
 
     # What the checkpoint says, for run records and callers.
     @property
@@ -200,14 +223,17 @@ class Predictor:
             tta: number of test-time augmentations for ``uncertainty`` (0 disables).
             keep_identifiers: DICOM ``id`` = file name (plus ``patient_id``) instead of the UID hash.
             return_maps: add ``saliency_map``, ``image`` (for overlays) and ``lesion_mask`` (the
-                mask or box the model was given, None without one), all in the original geometry.
+                mask, box or lesion outline the model was given, None without one), all in the
+                original geometry.
             find_masks: use BUSI-style sibling ``<stem>_mask*.png`` files as masks.
-            on_item: called as ``on_item(index, record, maps)`` for every input as soon as it is
-                scored, ``maps`` = (map, image, lesion mask) or None; writers store what they need
-                and may add fields to the record (see :mod:`breastai.inference.writers`).
+            on_item: called as ``on_item(index, record, maps)`` for every record (``index``: its
+                place among the records) as soon as it is scored, ``maps`` = (map, image, lesion
+                mask) or None; writers store what they need and may add fields to the record (see
+                :mod:`breastai.inference.writers`).
 
         Returns:
-            Records; a failed input has ``error`` set and the score fields empty.
+            Records, one per input, or with a segmenter one per lesion found; a failed input has
+            ``error`` set and the score fields empty.
         """
         if saliency not in METHODS:
             raise ValueError(f"unknown saliency method {saliency!r}; choose one of {', '.join(METHODS)}")
@@ -215,22 +241,23 @@ class Predictor:
         items = expand_frames_of_items(items, self.scorer.reader_options)
         for n in notes:
             log.info("%s", n)
-        records = []
+        records: list[dict[str, Any]] = []
         for i, item in enumerate(items):
-            rec, scored = self._predict_item(item, saliency, tta, keep_identifiers, i)
-            arrays = None if scored is None or scored.saliency is None else (scored.saliency, scored.image,
-                                                                             scored.lesion_mask)
-            if on_item is not None:
-                on_item(i, rec, arrays)
-            for key in _PRIVATE:  # for writers only: the unredacted path never reaches the records
-                rec.pop(key, None)
-            if return_maps and arrays is not None:
-                rec["saliency_map"], rec["image"], rec["lesion_mask"] = arrays
-            records.append(rec)
+            for rec, scored in self._predict_item(item, saliency, tta, keep_identifiers, i):
+                arrays = None if scored is None or scored.saliency is None else (scored.saliency, scored.image,
+                                                                                 scored.lesion_mask)
+                if on_item is not None:
+                    on_item(len(records), rec, arrays)
+                for key in _PRIVATE:  # for writers only: the unredacted path never reaches the records
+                    rec.pop(key, None)
+                if return_maps and arrays is not None:
+                    rec["saliency_map"], rec["image"], rec["lesion_mask"] = arrays
+                records.append(rec)
         return records
 
     def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool,
-                      index: int) -> tuple[dict[str, Any], Scored | None]:
+                      index: int) -> list[tuple[dict[str, Any], Scored | None]]:
+        """The records of one input: one, or with the segmenter one per lesion (or "no lesion found")."""
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
         rec.update(source=item.source, has_mask=False)
         if not isinstance(item.image, np.ndarray):
@@ -243,7 +270,7 @@ class Predictor:
         refused = self._modality_refusal(item, rec["source"])
         if refused is not None:
             rec["error"] = refused
-            return rec, None
+            return [(rec, None)]
         decoded: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
 
         def decode(options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -269,7 +296,16 @@ class Predictor:
                     if mask is not None:
                         rec["_mask_origin"] = f"provider:{getattr(provide, '__name__', type(provide).__name__)}"
                         break
-            scored = self.scorer.score_decoded(decode, mask, item.source, rec["id"], saliency, tta, item.mask_given)
+            lesions: list[Lesion | None] = [None]
+            outline = None
+            if "_mask_origin" not in rec and self.segmenter is not None:
+                outline = self.segmenter.outline(*decode(self.segmenter.reader_options), item.source)
+                if not outline.lesions:  # an answer, not an error: no malignancy score of an empty crop
+                    rec.update(no_lesion_fields(outline))
+                    return [(rec, None)]
+                lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
+            scores = [self.scorer.score_decoded(decode, mask if les is None else les.mask, item.source, rec["id"],
+                                                saliency, tta, item.mask_given) for les in lesions]
         except Exception as exc:  # one bad input must not stop the run; the record says why
             msg = str(exc) if isinstance(exc, (ImageReadError, CheckpointError)) else f"{type(exc).__name__}: {exc}"
             if item.source not in msg and item.source != "<array>":
@@ -279,14 +315,32 @@ class Predictor:
 
                 msg = redact(msg, secrets)
             rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
-            return rec, None
+            return [(rec, None)]
+        header = dicom_header(item.image) if any(s.lesion_mask is not None for s in scores) else None
+        out = []
+        for les, scored in zip(lesions, scores):
+            r = dict(rec)
+            if les is not None and outline is not None:
+                r.update(id=lesion_id(rec["id"], les.component, len(lesions)), component=les.component,
+                         lesion_probability=round(les.probability, 6), _outline=(outline.image, les.mask))
+            out.append((r, self._scored_record(r, scored, header, item.pixel_size_mm)))
+        return out
+
+    def _scored_record(self, rec: dict[str, Any], scored: Scored, header: Any, pixel_size_mm: Any) -> Scored | None:
+        """Fill ``rec`` from one score; returns the score, or None when it is unusable (``rec`` then has the error)."""
         if not np.isfinite(scored.calibrated_logit):  # corrupt weights or input: never a silent "benign"
             rec.update(error=f"{rec['source']}: the score is not a number ({scored.logit}); the checkpoint's weights "
                              "or this input are corrupt", logit=None)
-            return rec, None
+            return None
         p = float(apply_temperature(np.array([scored.calibrated_logit]), 1.0)[0])
         rec.update(has_mask=scored.has_mask, logit=scored.logit, probability=p,
                    label=self.classes[int(p >= self.threshold)], _calibrated_logit=float(scored.calibrated_logit))
+        origin = rec.get("_mask_origin")
+        if scored.has_mask and origin:
+            source = origin.split(":")[0]
+            rec.update(mask_source=source, scored_on="lesion" if self.scorer.reads_mask else "image")
+            if source != "box":  # a box is no outline: it has no lesion size
+                rec.update(size_fields(scored.lesion_mask, header, pixel_size_mm))
         if scored.ood_score is not None:
             rec.update(ood=bool(scored.ood_score > 1.0), ood_score=scored.ood_score)
         if scored.tta_calibrated is not None:
@@ -294,9 +348,9 @@ class Predictor:
             if not np.isfinite(spread):
                 rec.update(error=f"{rec['source']}: a test-time augmentation score is not a number; the checkpoint's "
                                  "weights or this input are corrupt", probability=None, label=None, logit=None)
-                return rec, None
+                return None
             rec["uncertainty"] = spread
-        return rec, scored
+        return scored
 
     def _modality_refusal(self, item: PredictItem, source: str) -> str | None:
         """Why a DICOM input of a modality the checkpoint never saw is not scored (None: it is).
@@ -306,6 +360,8 @@ class Predictor:
         unlike any it learned from spoils it.
         """
         trained = [m.modalities for m in self.members]
+        if self.segmenter is not None:  # the segmenter, last: it must know the modality too
+            trained.append(self.segmenter.modalities)
         if not any(trained) or isinstance(item.image, np.ndarray):
             return None
         from breastai.data.modality import dicom_modality, modality_refusal
@@ -317,8 +373,10 @@ class Predictor:
         modality = dicom_modality(path)
         for i, mods in enumerate(trained):
             why = modality_refusal(source, modality, mods)
+            if why is not None and self.segmenter is not None and i == len(trained) - 1:
+                return why.replace("this checkpoint", "the segmenter")
             if why is not None:
-                return why if len(trained) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
+                return why if len(self.members) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
         return None
 
 
@@ -326,9 +384,7 @@ def _decode(item: PredictItem, options: dict[str, Any]) -> tuple[np.ndarray, dic
     """The item's image as a reader with ``options`` reads it (one frame of a multi-frame DICOM)."""
     if isinstance(item.image, np.ndarray):
         return item.image, {"reader": "array"}
-    if item.frame is not None:
-        options = {**options, "dicom": {**options.get("dicom", {}), "frame": int(item.frame)}}
-    return load_image(item.image, options)
+    return load_image(item.image, frame_options(options, item.frame))
 
 
 def _identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:

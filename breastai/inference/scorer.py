@@ -11,25 +11,23 @@ members.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import ImageReadError
-from breastai.data.transforms import build_transforms
+from breastai.data.transforms import FULL_IMAGE, FULL_MASK, KeepFullImaged, build_transforms
 from breastai.inference.inputs import has_mask_input
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
 from breastai.models.ood import model_features
+from breastai.models.outliner import require_task
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
 from breastai.models.tta import mirror_average, tta_views
 
 __all__ = ["Scored", "ModelScorer", "KeepFullImaged"]
-
-_FULL_IMAGE, _FULL_MASK = "full_image", "full_mask"
-
 
 @dataclass
 class Scored:
@@ -56,19 +54,6 @@ class Scored:
     image: np.ndarray | None = None
     lesion_mask: np.ndarray | None = None
     ood_score: float | None = None
-
-
-class KeepFullImaged:
-    """Keep the normalised full-resolution image and mask (before the crop) under their own keys.
-
-    Inference draws its overlays on this image and computes lesion radiomics from it; a preset
-    step (``full_image=``) keeps it by name rather than by finding a transform's class.
-    """
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        d[_FULL_IMAGE], d[_FULL_MASK] = d["image"][0], d["mask"][0]
-        return d
 
 
 class _WithRadiomics(torch.nn.Module):
@@ -107,6 +92,7 @@ class ModelScorer:
     """
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, source: str = "<state>"):
+        require_task(ckpt, "classification", source)
         try:
             cfg = ckpt.config
             self.pre = dict(cfg["preprocess"])
@@ -146,6 +132,12 @@ class ModelScorer:
     def crop_mode(self) -> bool:
         """True when the model sees a lesion-centred crop and so needs a mask per image."""
         return self.pre["mode"] == "crop"
+
+    @property
+    def reads_mask(self) -> bool:
+        """Whether the lesion mask changes the score (crop, outline channel or radiomics); a whole-image
+        model without an outline channel scores the image whatever the mask."""
+        return self.crop_mode or self.needs_radiomics or bool(self.pre["mask_channel"])
 
     @property
     def needs_mask(self) -> bool:
@@ -200,7 +192,7 @@ class ModelScorer:
         if given and not has_mask and (self.needs_mask or mask_given):
             raise ImageReadError(f"{source}: the lesion mask is empty")
         x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)
-        full, full_mask = d[_FULL_IMAGE], d[_FULL_MASK]
+        full, full_mask = d[FULL_IMAGE], d[FULL_MASK]
         if self.needs_radiomics:
             if not has_mask:
                 raise ImageReadError(f"{source}: model {self.cfg['model']['name']} uses lesion radiomics: "
@@ -226,10 +218,11 @@ class ModelScorer:
                 views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))
                 zs = torch.cat([self.model(v) for v in views.split(32)]).cpu().numpy()
             out.tta_calibrated = calibrated_logit(zs, self.calibration)
+        # The image and mask are on the reader's grid: only its crop/flip is undone.
+        if has_mask:  # the outline the model saw (the lesion's size is measured on it), maps or not
+            out.lesion_mask = reader_to_original(full_mask, meta) > 0.5
         if smap is not None:
             shape = tuple(int(s) for s in d["orig_shape"])
             out.saliency = normalise_map(map_to_original(smap[0].cpu().numpy(), d["box"], shape, meta))
-            # The image and mask are on the reader's grid: only its crop/flip is undone.
             out.image = reader_to_original(full, meta)
-            out.lesion_mask = reader_to_original(full_mask, meta) > 0.5 if has_mask else None
         return out

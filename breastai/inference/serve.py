@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 from breastai.data.readers.dicom import modality_and_intent, uid_hash
 from breastai.inference.dicom_writer import DICOM_FIELDS, DicomObjects
 from breastai.inference.predictor import MaskProvider, Predictor
+from breastai.models.outliner import SegmenterSource
 from breastai.inference.serve_queue import Round, Study, StudyQueue
 from breastai.inference.writers import OutputBusyError, PredictionTables, output_lock, run_predict
 
@@ -162,15 +163,19 @@ class DicomNode:
         out: the queue folder (one node per folder; a second is refused).
         options: see :class:`ServeOptions`.
         mask_providers: outline inputs for the SEG and lesion size (none by default: no SEG).
+        segmenter: a segmentation checkpoint (path or loaded): each image's lesions are outlined and
+            scored one by one, each with its SR, SEG and lesion size (see
+            :mod:`breastai.inference.segment`); an image without a lesion gets no objects.
     """
 
     def __init__(self, checkpoint: str | Path, out: str | Path, options: ServeOptions = ServeOptions(),
-                 mask_providers: Sequence[MaskProvider] = ()):
+                 mask_providers: Sequence[MaskProvider] = (), segmenter: SegmenterSource | None = None):
         check_ae_title(options.ae_title)
         self.checkpoint = Path(checkpoint)
         self.out = Path(out)
         self.options = options
-        self.predictor = Predictor.from_checkpoint(checkpoint, device=options.device, mask_providers=mask_providers)
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=options.device, mask_providers=mask_providers,
+                                                   segmenter=segmenter)
         trained = set().union(*[m.modalities or SOP_CLASSES.values() for m in self.predictor.members])
         self.sop_classes = {uid: mod for uid, mod in SOP_CLASSES.items() if mod in trained}
         if not self.sop_classes:

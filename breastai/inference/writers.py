@@ -2,7 +2,8 @@
 
 A writer (see :class:`Writer`) is told when a run starts, gets every record with its maps as the
 predictor makes it, and is told when the run finishes (or fails). Built in: :class:`SaliencyMaps`
-(maps as ``.npy`` and PNG overlays), :class:`~breastai.inference.level_tables.LevelTables`
+(maps as ``.npy`` and PNG overlays), :class:`OutlineMaps` (a segmenter's lesion outlines, likewise),
+:class:`~breastai.inference.level_tables.LevelTables`
 (``breasts.csv`` and ``exams.csv`` when the inputs carry exam grouping) and
 :class:`PredictionTables` (``predictions.csv``/``.json``).
 
@@ -11,11 +12,12 @@ Output folder layout (a rerun never mixes old and new results)::
     OUT/predictions.csv, OUT/predictions.json     replaced atomically at the END of a run
     OUT/breasts.csv|.json, OUT/exams.csv|.json     likewise, when the inputs carry grouping
     OUT/saliency/<run_id>/NNNNN_<id>.npy|.png       maps of that run only
+    OUT/outlines/<run_id>/NNNNN_<id>.npy|.png       a segmenter's outlines of that run (with --segmenter)
 
-Each run writes its maps into a fresh ``saliency/<run_id>/`` folder; the prediction files,
-which reference only that folder, are swapped in when the run has finished, and only then are
-the folders of earlier runs (marked by a ``.breastai-run`` file) deleted. A crashed run
-leaves the previous predictions and their maps intact.
+Each run writes its maps into a fresh ``saliency/<run_id>/`` (and ``outlines/<run_id>/``) folder;
+the prediction files, which reference only those folders, are swapped in when the run has
+finished, and only then are the folders of earlier runs (marked by a ``.breastai-run`` file)
+deleted. A crashed run leaves the previous predictions and their maps intact.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from breastai.core.files import atomic_write_bytes, atomic_write_csv, atomic_wri
 from breastai.inference.inputs import RUN_MARKER
 from breastai.inference.level_tables import LevelTables
 from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
+from breastai.inference.segment import NO_LESION
+from breastai.models.outliner import SegmenterSource
 from breastai.models.saliency import heat_overlay
 
-__all__ = ["Writer", "SaliencyMaps", "PredictionTables", "OutputBusyError", "output_lock", "write_predictions",
-           "default_writers", "run_predict", "MAP_MAX_SIDE"]
+__all__ = ["Writer", "SaliencyMaps", "OutlineMaps", "PredictionTables", "OutputBusyError", "output_lock",
+           "write_predictions", "default_writers", "run_predict", "MAP_MAX_SIDE", "MAP_FOLDERS"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry
 Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -110,7 +114,78 @@ def _reduced(arr: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=shape, mode=mode)[0, 0].numpy()
 
 
-class SaliencyMaps:
+class _RunMaps:
+    """Per-record ``.npy`` arrays and PNG overlays in a fresh ``OUT/<folder>/<run_id>/`` of the run.
+
+    Arrays of an image larger than ``max_side`` pixels on its longer side are stored reduced (area
+    averaging; masks stay masks) to ``max_side`` on that side, same aspect. The folder is made at
+    :meth:`start` (``eager``) or with the first file, marked as predict output, and removed on abort.
+    """
+
+    folder = ""
+    eager = True
+
+    def __init__(self, max_side: int = MAP_MAX_SIDE) -> None:
+        if max_side < 0:
+            raise ValueError(f"the map size limit must be >= 0 (0: full size), got {max_side}")
+        self.max_side = int(max_side)
+        self.dir: Path | None = None
+        self.out, self.rel = Path(), Path()
+        self.run_id: str | None = None
+
+    def start(self, out: Path, run_id: str) -> None:
+        self.run_id, self.rel, self.out, self.dir = run_id, Path(self.folder) / run_id, out, None
+        if self.eager:
+            self._folder()
+
+    def _folder(self) -> Path:
+        if self.dir is None:
+            self.dir = self.out / self.rel
+            self.dir.mkdir(parents=True, exist_ok=False)
+            (self.dir / RUN_MARKER).write_text(str(self.run_id))
+        return self.dir
+
+    def _shrink(self, *arrays: np.ndarray | None) -> list[np.ndarray | None]:
+        """``arrays`` (one shape) reduced to ``max_side`` where larger; boolean ones (masks) stay boolean."""
+        shape = next(a.shape for a in arrays if a is not None)
+        longest = max(shape)
+        if not self.max_side or longest <= self.max_side:
+            return list(arrays)
+        size = tuple(max(1, round(v * self.max_side / longest)) for v in shape)
+        out: list[np.ndarray | None] = []
+        for a in arrays:
+            small = None if a is None else _reduced(a, size, "area")
+            out.append(small > 0.5 if small is not None and a.dtype == bool else small)
+        return out
+
+    def _save(self, index: int, record: dict[str, Any], arr: np.ndarray, rgb: np.ndarray, what: str) -> tuple[str, str] | None:
+        """Write ``NNNNN_<id>.npy`` (``arr``) and ``.png`` (``rgb``); their paths under OUT, or None
+        (the record's ``error`` then says why)."""
+        from PIL import Image
+
+        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
+        try:
+            folder = self._folder()
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            atomic_write_bytes(folder / f"{stem}.npy", buf.getvalue())
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+            atomic_write_bytes(folder / f"{stem}.png", buf.getvalue())
+        except OSError as exc:
+            record["error"] = f"{record['source']}: cannot write {what} files ({exc})"
+            return None
+        return str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
+
+    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SaliencyMaps(_RunMaps):
     """Stores each record's map as ``.npy`` (float32) and a PNG overlay under
     ``OUT/saliency/<run_id>/``, and names them in the record (``saliency_png``, ``saliency_npy``,
     and ``saliency_shape``: the original image's ``HxW``).
@@ -122,52 +197,42 @@ class SaliencyMaps:
     every map at full size.
     """
 
-    def __init__(self, max_side: int = MAP_MAX_SIDE) -> None:
-        if max_side < 0:
-            raise ValueError(f"the map size limit must be >= 0 (0: full size), got {max_side}")
-        self.max_side = int(max_side)
-        self.dir: Path | None = None
-        self.rel = Path()
-        self.run_id: str | None = None
-
-    def start(self, out: Path, run_id: str) -> None:
-        self.run_id, self.rel = run_id, Path("saliency") / run_id
-        self.dir = out / self.rel
-        self.dir.mkdir(parents=True, exist_ok=False)
-        (self.dir / RUN_MARKER).write_text(run_id)
+    folder = "saliency"
 
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
         if maps is None or self.dir is None:
             return
-        from PIL import Image
-
         smap, image, mask = maps
         original = tuple(int(v) for v in smap.shape)
-        longest = max(original)
-        if self.max_side and longest > self.max_side:
-            size = tuple(max(1, round(v * self.max_side / longest)) for v in original)
-            smap, image = _reduced(smap, size, "area"), _reduced(image, size, "area")
-            mask = None if mask is None else _reduced(mask.astype(np.float32), size, "area") > 0.5
-        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
-        try:
-            buf = io.BytesIO()
-            np.save(buf, smap.astype(np.float32))
-            atomic_write_bytes(self.dir / f"{stem}.npy", buf.getvalue())
-            buf = io.BytesIO()
-            Image.fromarray(heat_overlay(image, smap, mask)).save(buf, format="PNG", compress_level=1)
-            atomic_write_bytes(self.dir / f"{stem}.png", buf.getvalue())
-        except OSError as exc:
-            record["error"] = f"{record['source']}: cannot write saliency files ({exc})"
+        smap, image, mask = self._shrink(smap, image, mask)
+        saved = self._save(index, record, smap.astype(np.float32), heat_overlay(image, smap, mask), "saliency")
+        if saved is not None:
+            record["saliency_png"], record["saliency_npy"] = saved
+            record["saliency_shape"] = f"{original[0]}x{original[1]}"
+
+
+class OutlineMaps(_RunMaps):
+    """Stores the outline of each lesion a segmenter found, on the image as stored (reader crop and
+    flip undone), as a boolean ``.npy`` and a PNG overlay (the grey image with the outline in green)
+    under ``OUT/outlines/<run_id>/``, named in the record by ``outline_png`` and ``outline_npy``.
+
+    Of an image larger than ``max_side`` pixels on its longer side both are stored reduced to
+    ``max_side`` on that side, like the saliency maps (resize the mask back, nearest, to the
+    image's size). Records whose outline was given (mask or box) or that have none get no files; a
+    run without a segmenter makes no folder.
+    """
+
+    folder = "outlines"
+    eager = False
+
+    def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
+        outline = record.get("_outline")
+        if outline is None or record.get("error"):
             return
-        record["saliency_png"], record["saliency_npy"] = str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
-        record["saliency_shape"] = f"{original[0]}x{original[1]}"
-
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
-        pass
-
-    def abort(self) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        image, mask = self._shrink(*outline)
+        saved = self._save(index, record, np.asarray(mask, bool), heat_overlay(image, None, mask), "outline")
+        if saved is not None:
+            record["outline_png"], record["outline_npy"] = saved
 
 
 class PredictionTables:
@@ -200,21 +265,24 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: d
     atomic_write_csv(out / "predictions.csv", fields, rows)
 
 
+MAP_FOLDERS = (SaliencyMaps.folder, OutlineMaps.folder)
+
+
 def _remove_old_runs(out: Path, keep: str | None) -> None:
-    sal = out / "saliency"
-    if not sal.is_dir():
-        return
-    for d in sal.iterdir():
-        if d.is_dir() and d.name != keep and (d / RUN_MARKER).is_file():
-            shutil.rmtree(d, ignore_errors=True)
+    for kind in MAP_FOLDERS:
+        if not (out / kind).is_dir():
+            continue
+        for d in (out / kind).iterdir():
+            if d.is_dir() and d.name != keep and (d / RUN_MARKER).is_file():
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def default_writers(saliency: str, level_rules: Sequence[Any] = (), *extra: Writer,
                     map_max_side: int = MAP_MAX_SIDE) -> list[Writer]:
-    """Maps (unless ``saliency`` is ``none``; reduced beyond ``map_max_side``), ``extra`` writers,
-    the level tables and the prediction tables, in that order."""
-    return [*([SaliencyMaps(map_max_side)] if saliency != "none" else []), *extra, LevelTables(level_rules),
-            PredictionTables()]
+    """Maps (unless ``saliency`` is ``none``; reduced beyond ``map_max_side``), a segmenter's outlines,
+    ``extra`` writers, the level tables and the prediction tables, in that order."""
+    return [*([SaliencyMaps(map_max_side)] if saliency != "none" else []), OutlineMaps(map_max_side), *extra,
+            LevelTables(level_rules), PredictionTables()]
 
 
 def run_predict(
@@ -232,6 +300,7 @@ def run_predict(
     mask_providers: Sequence[MaskProvider] = (),
     level_rules: Sequence[Any] = (),
     map_max_side: int = MAP_MAX_SIDE,
+    segmenter: SegmenterSource | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
 
@@ -242,14 +311,19 @@ def run_predict(
         level_rules: fitted :class:`~breastai.reporting.levels.LevelRule` s for the default writers'
             breast and exam tables (default: the max rule at the checkpoint's threshold).
         mask_providers: outline inputs that come without a mask (a path-loaded predictor only).
+        segmenter: a segmentation checkpoint (path or loaded) that outlines the inputs still without
+            a mask, one record per lesion (a path-loaded predictor only; see
+            :mod:`breastai.inference.segment`).
         map_max_side: the default writers store maps of larger images reduced to this many pixels
             on the longer side (0: full size; see :class:`SaliencyMaps`).
 
     Returns:
         The records and the run summary (also stored in ``predictions.json``).
     """
+    if isinstance(checkpoint, Predictor) and segmenter is not None:
+        raise ValueError("run_predict: give the segmenter to the Predictor (Predictor.from_checkpoint(..., segmenter=...))")
     pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
-        checkpoint, device=device, mask_providers=mask_providers)
+        checkpoint, device=device, mask_providers=mask_providers, segmenter=segmenter)
     if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
         pred.set_saliency_upsample(saliency_upsample)
     if writers is None:
@@ -291,13 +365,14 @@ def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequen
         "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
-        "preprocess_mode": pred.pre["mode"], "n": len(records), "n_failed": n_failed,
+        "preprocess_mode": pred.pre["mode"], "segmenter": pred.segmenter.source if pred.segmenter else None,
+        "n": len(records), "n_failed": n_failed,
+        "n_no_lesion": sum(r.get("label") == NO_LESION for r in records),
         "n_ood": sum(r.get("ood") is True for r in records),
         "n_shifted": sum(r.get("ood_score") is not None and r["ood_score"] * pred.ood_margin > 1 for r in records),
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for w in writers:
         w.finish(records, run)
-    maps = [w for w in writers if isinstance(w, SaliencyMaps)]
-    _remove_old_runs(out, keep=maps[0].run_id if maps else None)
+    _remove_old_runs(out, keep=run_id)
     return records, run

@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "check_finite","ImageReadError", "register_reader", "load_image", "IMAGE_SUFFIXES", "image_suffix", "image_stem", "to_grey",
-           "DEFAULT_MAX_PIXELS", "MAX_PIXELS_KEY", "max_pixels_option", "check_declared_size"]
+           "DEFAULT_MAX_PIXELS", "MAX_PIXELS_KEY", "max_pixels_option", "check_declared_size", "frame_options"]
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm"}
 # ".nii.gz" as one suffix: a bare ".gz" would make any gzip file (notes.csv.gz) an image.
@@ -87,6 +87,14 @@ def to_grey(arr: np.ndarray, path: str | Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha
         return arr[..., 0].astype(np.float32)
     raise ImageReadError(f"{path}: unsupported array shape {arr.shape} for a 2D image")
+
+
+def frame_options(reader_options: dict[str, Any] | None, frame: int | None) -> dict[str, Any]:
+    """``reader_options`` that read frame ``frame`` of a multi-frame DICOM (unchanged for None)."""
+    options = dict(reader_options or {})
+    if frame is not None:
+        options["dicom"] = {**options.get("dicom", {}), "frame": int(frame)}
+    return options
 
 
 def max_pixels_option(reader_options: dict[str, Any] | None) -> int:

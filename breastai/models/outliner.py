@@ -1,0 +1,169 @@
+"""A segmentation checkpoint at work: one decoded image in, its lesions in the stored geometry out.
+
+An :class:`Outliner` holds what a segmenter's checkpoint says: the model, its own preprocessing
+preset and reader options, the presence calibration and threshold (``temperature``,
+``threshold``), and the lesion rules (``config["seg"]``). :meth:`Outliner.outline` preprocesses an
+image exactly as the segmenter was validated (``build_transforms(cfg, train=False)``), runs it
+without gradients, sends the mask probabilities back to the image as stored (network square ->
+reader grid -> DICOM crop and flip undone, :func:`breastai.data.geometry.map_to_original`) and
+finds the lesions there (:func:`breastai.models.lesions.find_lesions`), so that each lesion's mask
+can be handed to a classifier as a traced mask would be. Predict (``breastai.inference``) and
+``evaluate`` (``breastai.engine``) both use it, which is why it lives here, below both.
+
+``seg.min_area_fraction`` is a fraction of the network's square input in training and validation;
+on the stored image the same floor in pixels is kept (the fraction is rescaled by the square's
+area over the image's), so a lesion kept at validation is kept here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from breastai.data.geometry import map_to_original, reader_to_original
+from breastai.data.readers.registry import frame_options, load_image
+from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transforms
+from breastai.models.calibration import apply_temperature, calibrated_logit
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
+                                        model_from_checkpoint)
+from breastai.models.lesions import Lesion, find_lesions
+
+__all__ = ["Outline", "Outliner", "SegmenterSource", "require_task", "resolve_segmenter"]
+
+_FLAGS = {"classification": "--checkpoint", "segmentation": "--segmenter"}
+
+
+def require_task(ckpt: Checkpoint, task: str, source: str) -> None:
+    """Refuse a checkpoint of the other kind, naming the flag it belongs to.
+
+    Raises:
+        CheckpointError: ``ckpt`` is a segmenter where a classifier is wanted, or the reverse.
+    """
+    try:
+        got = checkpoint_task(ckpt)
+    except CheckpointError:  # a model not registered here: rebuilding it names it
+        return
+    if got == task:
+        return
+    if got == "segmentation":
+        raise CheckpointError(f"{source}: a segmentation checkpoint (model {ckpt.model.name}) outlines lesions and "
+                              f"scores no malignancy: give it as --segmenter and a classifier checkpoint as --checkpoint")
+    raise CheckpointError(f"{source}: a classifier checkpoint (model {ckpt.model.name}) outlines nothing: give it as "
+                          f"--checkpoint and a segmentation checkpoint (breastai train --config configs/busi_seg.yaml) "
+                          f"as {_FLAGS[task]}")
+
+
+@dataclass
+class Outline:
+    """What a segmenter makes of one image, all on the image as stored.
+
+    Attributes:
+        presence: the calibrated probability that the image holds a lesion.
+        lesions: the found lesions, largest first (empty: no lesion found); their masks, areas and
+            diameters are on the stored image's pixels.
+        probability: the mask probabilities (H, W) in [0, 1].
+        image: the segmenter's normalised grey image (H, W) in [0, 1], for overlays.
+    """
+
+    presence: float
+    lesions: list[Lesion]
+    probability: np.ndarray = field(repr=False)
+    image: np.ndarray = field(repr=False)
+
+
+class Outliner:
+    """A segmentation checkpoint's model, preset, presence calibration and lesion rules.
+
+    Args:
+        ckpt: a segmentation checkpoint (its ``model.name`` is a segmentation model).
+        device: where the model runs.
+        source: where the checkpoint came from (for messages).
+
+    Raises:
+        CheckpointError: a classifier checkpoint, or one that lacks what outlining needs.
+    """
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device | str = "cpu", source: str = "<state>"):
+        require_task(ckpt, "segmentation", source)
+        try:
+            cfg = ckpt.config
+            self.reader_options = cfg["data"].get("reader_options") or {}
+            self.rules = {k: float(cfg["seg"][k]) for k in ("pixel_threshold", "min_area_fraction",
+                                                             "min_component_fraction")}
+            cfg["preprocess"]["size"]
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source}: segmentation checkpoint lacks its preprocessing or lesion rules "
+                                  f"({exc}); it was not written by breastai train") from exc
+        self.source, self.cfg, self.device = source, cfg, torch.device(device)
+        self.calibration, self.threshold = ckpt.calibration, float(ckpt.threshold)
+        self.modalities = list(ckpt.modalities) if ckpt.modalities else None
+        self.model = model_from_checkpoint(ckpt).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> "Outliner":
+        """Load a segmentation checkpoint (safely, ``weights_only=True``)."""
+        return cls(load_checkpoint(path, map_location="cpu"), device, str(path))
+
+    @torch.no_grad()
+    def outline(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> Outline:
+        """The lesions of one decoded image (the reader's grid, with the reader's ``meta``).
+
+        Raises:
+            ImageReadError: the image cannot be preprocessed (too small, non-finite pixels).
+        """
+        d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
+        for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
+            d = step(d)
+        out = self.model(d["image"][None].to(self.device))
+        prob = torch.sigmoid(out.mask_logits.float())[0, 0].cpu().numpy()
+        z = calibrated_logit(out.presence_logit.float().cpu().numpy(), self.calibration)
+        presence = float(apply_temperature(z, 1.0)[0])
+        shape = tuple(int(s) for s in d["orig_shape"])
+        stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
+        side = float(d["box"][2])
+        lesions = find_lesions(stored, presence, presence_threshold=self.threshold,
+                               pixel_threshold=self.rules["pixel_threshold"],
+                               min_area_fraction=self.rules["min_area_fraction"] * side * side / stored.size,
+                               min_component_fraction=self.rules["min_component_fraction"])
+        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta))
+
+    def read(self, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """An image file as the segmenter's own reader options read it (one frame of a multi-frame DICOM),
+        for :meth:`outline`."""
+        return load_image(path, frame_options(self.reader_options, frame))
+
+
+SegmenterSource = Union[str, Path, Checkpoint, Outliner]
+
+
+def resolve_segmenter(explicit: SegmenterSource | None, ckpt: Checkpoint | None = None,
+                      device: torch.device | str = "cpu") -> Outliner | None:
+    """The segmenter of a run: the one given, else the classifier checkpoint's own, else none.
+
+    This is the one place it is chosen, for ``predict``, ``serve`` and ``evaluate``: a pipeline
+    checkpoint (``breastai bundle``: the classifier carrying its segmenter) brings its own, and a
+    segmenter given explicitly (``--segmenter``) takes its place.
+
+    Args:
+        explicit: a path, a loaded segmentation :class:`~breastai.models.checkpoint.Checkpoint`, an
+            :class:`Outliner`, or None.
+        ckpt: the classifier checkpoint.
+        device: where a segmenter loaded here runs.
+
+    Raises:
+        CheckpointError: the chosen checkpoint is no segmenter (a classifier given as ``--segmenter``
+            is refused naming the flag it belongs to), or unreadable.
+    """
+    chosen = explicit if explicit is not None else getattr(ckpt, "segmenter", None)
+    if chosen is None or isinstance(chosen, Outliner):
+        return chosen
+    if isinstance(chosen, Checkpoint):
+        return Outliner(chosen, device, "<segmenter>" if explicit is not None else "the bundled segmenter")
+    return Outliner.from_checkpoint(chosen, device)

@@ -38,6 +38,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--by", type=_columns, metavar="COLUMN[,COLUMN]", default=[],
                    help="report n, prevalence, AUC (CI), sensitivity, specificity and ECE per value of each column: "
                    f"datalist columns, or for DICOM images {', '.join(DICOM_FIELDS)}")
+    e.add_argument("--segmenter", metavar="SEG.pt",
+                   help="a lesion segmenter's best.pt: rows without a mask are outlined automatically and each lesion "
+                   "found is scored as a traced outline would be; a row's score is its most malignant lesion's, "
+                   "probability 0 where no lesion is found (counted in metrics.json's outline)")
+    e.add_argument("--auto-outline", action="store_true",
+                   help="with --segmenter: outline EVERY row automatically, the datalist's traced masks set aside for "
+                   "scoring (they only measure the outlines: Dice, IoU, HD95 in metrics.json's outline), so the "
+                   "automatic pipeline is evaluated as a user without an annotation tool would run it")
     e.set_defaults(func=run)
     return e
 
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from breastai.engine.evaluate import evaluate_checkpoint
 
     rep = evaluate_checkpoint(args.checkpoint, args.data, args.out, device=args.device, level=args.level,
-                              by=args.by, fit_on=args.fit_on)
+                              by=args.by, fit_on=args.fit_on, segmenter=args.segmenter, ignore_masks=args.auto_outline)
     print(
         f"{rep['level']} level: n={rep['n']}  AUC {rep['auc']:.4f} (95% CI {rep['auc_ci_low']:.3f}-{rep['auc_ci_high']:.3f})  "
         f"sensitivity {rep['sensitivity']:.3f}  specificity {rep['specificity']:.3f}  ECE {rep['ece']:.3f}"
@@ -62,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
                    else f"AUC n/a ({f['auc_note']})")
             print(f"  {col}={value}: n={f['n']} prevalence {f['prevalence']:.2f}  {auc}  sensitivity "
                   f"{_figure(f['sensitivity'])}  specificity {_figure(f['specificity'])}  ECE {f['ece']:.3f}")
+    if "outline" in rep:
+        o = rep["outline"]
+        dice = (f"  Dice mean {_figure(o['dice_mean'])} median {_figure(o['dice_median'])} over {o['n_lesion']} traced "
+                f"lesion(s), {o['missed']} missed" if o.get("n_lesion") else "")
+        print(f"automatic outlines: {o['n_outlined']} row(s) outlined, {o['n_lesions_scored']} lesion(s) scored, "
+              f"{o['n_no_lesion_found']} with no lesion found ({o['n_no_lesion_positive']} of them positive: "
+              f"probability 0){dice}")
     extra = ", subgroups.png" if args.by else ""
     print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0

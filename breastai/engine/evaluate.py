@@ -5,6 +5,12 @@ checkpoint (chosen on validation data during training), never from the evaluatio
 breast and exam levels (``level``) the images are combined by :mod:`breastai.reporting.levels`: by
 the default rule at the checkpoint's image threshold, or by a rule, recalibration and threshold
 fitted on other validation data with that structure (``fit_on``), never on the evaluation data.
+
+With a segmenter (``segmenter``) the rows without a traced mask, or every row with
+``ignore_masks``, are outlined automatically and scored by :mod:`breastai.engine.auto_outline`:
+one score per row (its most malignant lesion; probability 0 where no lesion is found), and
+``metrics.json`` gets ``outline`` (Dice of the automatic outlines against the traced ones where a
+row has both, and how many rows had no lesion found).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.data.frames import read_samples
 from breastai.data.grouping import subgroup_columns
 from breastai.data.provenance import seen_before
+from breastai.engine.auto_outline import score_outlined
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
 from breastai.models.checkpoint import Checkpoint, load_checkpoint
+from breastai.models.outliner import Outliner, SegmenterSource, require_task, resolve_segmenter
 from breastai.reporting.levels import LEVELS, default_rule, level_rows
 from breastai.reporting.subgroups import subgroup_report
 
@@ -32,15 +40,21 @@ __all__ = ["evaluate_checkpoint"]
 log = logging.getLogger("breastai")
 
 
-def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, dev: Any,
-                    n_boot: int) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any], list[dict]]:
-    """Records, raw predictions, probabilities, image-level report and rows of a labelled datalist."""
+def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, dev: Any, n_boot: int,
+                    outliner: Outliner | None = None,
+                    ignore_masks: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any], list[dict]]:
+    """Records, raw predictions, probabilities, image-level report and rows of a labelled datalist
+    (through the automatic pipeline with ``outliner``)."""
     cfg = ckpt.config
     records = read_samples(data, cfg["data"], ckpt.classes)  # same frame policy as in training
+    names = row_names(data, records, cfg["data"].get("reader_options"))
     try:
-        pred = predict_records(ckpt, records, dev, progress=True,
-                               names=row_names(data, records, cfg["data"].get("reader_options")))
-        probs, report, rows = score_part(pred, ckpt, n_boot)
+        if outliner is not None:
+            pred, probs, report, rows = score_outlined(ckpt, records, outliner, ignore_masks, dev, n_boot, names,
+                                                       progress=True)
+        else:
+            pred = predict_records(ckpt, records, dev, progress=True, names=names)
+            probs, report, rows = score_part(pred, ckpt, n_boot)
     except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
         raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
     return records, pred, probs, report, rows
@@ -49,6 +63,7 @@ def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, 
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto", n_boot: int | None = None,
     level: str = "lesion", by: Sequence[str] = (), fit_on: str | Path | None = None,
+    segmenter: SegmenterSource | None = None, ignore_masks: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the labelled datalist ``data``; write reports into ``out``.
 
@@ -64,12 +79,18 @@ def evaluate_checkpoint(
         fit_on: labelled datalist, or a cross-validation ``oof_predictions.csv``, to fit the
             level's rule, recalibration and threshold on (default: the default rule at the
             checkpoint's threshold).
+        segmenter: a segmentation checkpoint (path or loaded) or :class:`~breastai.models.outliner.Outliner`:
+            rows without a mask are outlined automatically (:mod:`breastai.engine.auto_outline`);
+            default: a pipeline checkpoint's own segmenter, else none.
+        ignore_masks: outline every row; the datalist's traced masks only measure the outlines
+            (Dice in ``metrics.json``'s ``outline``). Needs a segmenter.
 
     Returns:
         The metrics dict (see :func:`breastai.metrics.evaluation_report`).
 
     Raises:
-        CheckpointError: the checkpoint is missing, corrupted or unusable.
+        CheckpointError: the checkpoint is missing, corrupted or unusable, or of the wrong kind (a
+            segmenter as the classifier, a classifier as the segmenter).
         RecordError: an image or mask of the datalist cannot be read (naming the datalist row).
         NonFiniteScoreError: the checkpoint scores a case NaN or infinity (naming the checkpoint
             and the cases).
@@ -82,11 +103,16 @@ def evaluate_checkpoint(
     if fit_on is not None and level == "lesion":
         raise ValueError("--fit-on fits a rule that combines images: give --level image, breast or exam")
     ckpt = load_checkpoint(checkpoint)
+    require_task(ckpt, "classification", str(checkpoint))
+    if ignore_masks and segmenter is None and ckpt.segmenter is None:
+        raise ValueError("--auto-outline needs --segmenter (or a pipeline checkpoint): the segmenter draws the "
+                         "outlines the traced masks are set aside for")
     cfg = ckpt.config
     classes = ckpt.classes
     dev = resolve_device(device)
+    outliner = resolve_segmenter(segmenter, ckpt, dev)  # a pipeline checkpoint brings its own
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    records, pred, probs, report, rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot)
+    records, pred, probs, report, rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot, outliner, ignore_masks)
     flagged = report.get("ood_flagged")  # of the images, whatever level the report is at
     seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
@@ -103,21 +129,24 @@ def evaluate_checkpoint(
             report["subgroups"] = subgroup_report(y, probs, ckpt.threshold, subgroup_columns(records, by, str(data)),
                                                   scores=[r["calibrated_logit"] for r in rows], n_boot=n_boot)
         report["level"] = "lesion"
-        ood = "ood_score" in rows[0] if rows else False
-        table = (["case_id", "label", "probability", "predicted", *(["ood_score"] if ood else [])], [
+        extra = [k for k in ("ood_score", "mask_source", "n_lesions", "dice") if rows and k in rows[0]]
+        table = (["case_id", "label", "probability", "predicted", *extra], [
             {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)],
-             **({"ood_score": row["ood_score"]} if ood else {})}
+             **{k: row[k] for k in extra}}
             for c, yy, p, row in zip(pred["case_id"], y, probs, rows)])
     else:
         def score(path: Path) -> tuple[list[dict[str, Any]], list[dict]]:
-            val_records, _, _, _, val_rows = _score_datalist(ckpt, checkpoint, path, dev, n_boot)
+            val_records, _, _, _, val_rows = _score_datalist(ckpt, checkpoint, path, dev, n_boot, outliner, ignore_masks)
             return val_records, val_rows
 
         rule = default_rule(level) if fit_on is None else fit_rule_on(
             fit_on, level, score, cfg.get("eval", {}).get("threshold_method", "youden"))
         row_auc = {k: report[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "n", "n_pos")}
+        outline = report.get("outline")
         report, groups = level_report(image_scores(records, rows, by, str(data)), rule, ckpt, n_boot, by, str(data))
         report["lesion_level"] = row_auc  # the same rows, one case each
+        if outline is not None:
+            report["outline"] = outline
         y = np.array([g.label for g in groups])
         probs = np.array([g.probability for g in groups])
         lrows = level_rows(groups, report["threshold"], classes)

@@ -1,0 +1,127 @@
+"""``evaluate`` with a segmenter: rows outlined automatically, each found lesion scored, one score per row.
+
+The rule, fixed before any held-out figure was seen (docs/experiments.md, "Automatic outlines"):
+
+* Which rows: every row with ``ignore_masks`` (``--auto-outline``: the datalist's traced masks are
+  not used for scoring, only to measure the outlines against), else only the rows without a mask.
+  A row scored on its traced mask has ``mask_source`` ``given``.
+* Each lesion the segmenter finds (:class:`~breastai.models.outliner.Outliner`, on the image as
+  stored) is scored by the classifier with its own mask, as a traced mask would be (the datalist's
+  own preset: crop, outline channel, radiomics).
+* A row's score is the highest calibrated log-odds over its lesions (the malignant one decides).
+  A row where no lesion is found gets probability 0 (calibrated log-odds
+  :data:`NO_LESION_LOG_ODDS`, below every found lesion): the pipeline said nothing, which a reader
+  takes as "nothing suspicious"; their number, and how many of them were positive, are reported.
+* Where the row has a traced mask: Dice, IoU and HD95 (pixels of the stored image) of the union of
+  the found lesions against it (a lesion image where nothing was found counts Dice 0, and is
+  ``missed``), summarised by :func:`breastai.reporting.segmentation.segmentation_summary`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from breastai.core.keys import Keys
+from breastai.data.geometry import reader_to_original
+from breastai.data.readers.masks import load_mask
+from breastai.data.readers.registry import ImageReadError, max_pixels_option
+from breastai.engine.scoring import RecordError, predict_records, score_part
+from breastai.models.calibration import calibrated_logit
+from breastai.models.checkpoint import Checkpoint
+from breastai.models.outliner import Outliner
+from breastai.reporting.segmentation import mask_metrics, segmentation_summary
+
+__all__ = ["NO_LESION_LOG_ODDS", "score_outlined"]
+
+NO_LESION_LOG_ODDS = -30.0  # sigmoid: about 1e-13, i.e. probability 0
+
+
+def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The lesion masks (stored geometry) of one row, and its outline facts (with Dice against a traced mask)."""
+    traced = rec.get(Keys.MASK) or []
+    try:
+        image, meta = outliner.read(rec[Keys.IMAGE], rec.get(Keys.FRAME))
+        found = outliner.outline(image, meta, name)
+        truth = None
+        if traced:  # moved like any mask onto the reader's grid, then back: masks drawn on either grid work
+            on_grid = load_mask(traced, image.shape, meta, max_pixels_option(outliner.reader_options))
+            truth = reader_to_original(on_grid, meta) > 0.5
+    except Exception as exc:  # any failure names the row
+        msg = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+        raise RecordError(f"{name}: segmenter: {msg}") from exc
+    masks = [les.mask for les in found.lesions]
+    info: dict[str, Any] = {"mask_source": "segmenter", "n_lesions": len(masks),
+                            "presence_probability": round(found.presence, 6)}
+    if truth is not None:
+        union = np.logical_or.reduce(masks) if masks else np.zeros(truth.shape, bool)
+        info.update({"has_lesion": bool(truth.any()), "lesion_found": bool(masks), **mask_metrics(union, truth)})
+    return masks, info
+
+
+def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,
+                   device: torch.device, n_boot: int, names: Sequence[str],
+                   progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], list[dict]]:
+    """Score datalist rows through the automatic pipeline (the module's rule), one score per row.
+
+    Args:
+        ckpt: the classifier checkpoint.
+        records: the datalist's samples (:func:`breastai.data.frames.read_samples`).
+        outliner: the segmenter.
+        ignore_masks: outline every row, the traced masks only measuring the outlines (else only
+            the rows without a mask are outlined).
+        device: where the classifier runs.
+        n_boot: bootstrap resamples of the AUC's CI.
+        names: how errors name each row (:func:`breastai.engine.scoring.row_names`).
+        progress: show the classifier's progress bar.
+
+    Returns:
+        ``pred`` (per row: ``label``, ``case_id``, ``logit``), the calibrated probabilities, the report
+        (:func:`~breastai.engine.scoring.score_part`'s, plus ``outline``) and per-row rows with
+        ``mask_source``, ``n_lesions`` and, against a traced mask, ``dice``.
+
+    Raises:
+        RecordError: a row's image or mask cannot be read (naming the row).
+        NonFiniteScoreError: a lesion's score is NaN or infinite.
+    """
+    lesions: list[dict[str, Any]] = []
+    row_of: list[int] = []
+    infos: list[dict[str, Any]] = []
+    for i, (rec, name) in enumerate(zip(records, names)):
+        if rec.get(Keys.MASK) and not ignore_masks:
+            masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
+        else:
+            masks, info = _outline_row(rec, outliner, name)
+        for k, m in enumerate(masks, 1):
+            cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
+            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})
+            row_of.append(i)
+        infos.append(info)
+    cal = ckpt.calibration
+    best = np.full(len(records), -np.inf)
+    if lesions:
+        pred = predict_records(ckpt, lesions, device, progress=progress, names=[names[i] for i in row_of])
+        np.maximum.at(best, np.asarray(row_of), calibrated_logit(pred["logit"], cal))
+    missed = ~np.isfinite(best)
+    best[missed] = min(NO_LESION_LOG_ODDS, float(best[~missed].min()) - 1.0) if (~missed).any() else NO_LESION_LOG_ODDS
+    labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])
+    # The row's raw logit is the one its best calibrated log-odds came from, so score_part calibrates it back.
+    row_pred = {"label": labels, "case_id": [r[Keys.CASE_ID] for r in records],
+                "logit": best * float(cal.get("temperature", 1.0)) + float(cal.get("logit_offset", 0.0))}
+    probs, report, rows = score_part(row_pred, ckpt, n_boot)
+    probs[missed] = 0.0
+    for row, info, miss in zip(rows, infos, missed):
+        row.update(mask_source=info["mask_source"], n_lesions=info["n_lesions"], dice=info.get("dice"))
+        if miss:
+            row["probability"] = 0.0
+    outlined = [info for info in infos if info["mask_source"] == "segmenter"]
+    measured = [info for info in outlined if "has_lesion" in info]
+    report["outline"] = {
+        "segmenter": outliner.source, "traced_masks": "ignored" if ignore_masks else "used where present",
+        "n_outlined": len(outlined), "n_lesions_scored": sum(info["n_lesions"] for info in outlined),
+        "n_no_lesion_found": int(missed.sum()), "n_no_lesion_positive": int((missed & (labels == 1)).sum()),
+        **(segmentation_summary(measured) if measured else {}),
+    }
+    return row_pred, probs, report, rows

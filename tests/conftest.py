@@ -157,3 +157,79 @@ def mg_ckpt(tmp_path_factory, synth_datalist) -> Path:
 
     out = main(_tiny_config(synth_datalist, tmp_path_factory.mktemp("run_mg"), "data.modality=MG"))
     return Path(out["run_dir"]) / "best.pt"
+
+
+# --- a tiny trained lesion segmenter (test_segmentation.py, test_auto_outline.py) ---
+
+
+def disc(shape, centre, radius):
+    """A boolean disc of ``radius`` pixels at ``centre`` (row, col) on a grid of ``shape``."""
+    import numpy as np
+
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
+
+
+def blob_image(size, lesions, seed=0):
+    """A noisy grey uint8 image of ``size`` with a bright disc per ``(row, col, radius)`` in ``lesions``, and their mask."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random(size) * 60).astype(np.uint8)
+    mask = np.zeros(size, bool)
+    for r, c, radius in lesions:
+        mask |= disc(size, (r, c), radius)
+    img[mask] = 200
+    return img, mask
+
+
+def blob_datalist(folder: Path, n: int = 32, size=(80, 96), pairs: bool = False) -> Path:
+    """Bright discs on noise (one image in four without a lesion, empty mask), as a CSV datalist in ``folder``;
+    with ``pairs`` one lesion image in three has a second disc, apart from the first."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        img = (rng.random(size) * 60).astype(np.uint8)
+        mask = np.zeros(size, np.uint8)
+        label = "normal"
+        if i % 4:
+            mask[disc(size, (int(rng.integers(25, 55)), int(rng.integers(25, 70))), int(rng.integers(8, 14)))] = 255
+            if pairs and i % 3 == 0:  # a second disc in the corner the first one cannot reach
+                mask[disc(size, (int(rng.integers(62, 70)), int(rng.integers(80, 88))), int(rng.integers(6, 9)))] = 255
+            img[mask > 0] = 200
+            label = "benign" if i % 2 else "malignant"
+        Image.fromarray(img).save(folder / f"i{i}.png")
+        Image.fromarray(mask).save(folder / f"i{i}_mask.png")
+        rows.append({"case_id": f"c{i}", "image": f"i{i}.png", "mask": f"i{i}_mask.png", "label": label, "group": f"g{i}"})
+    return write_rows(folder / "dl.csv", rows)
+
+
+def seg_config(folder: Path, *extra: str, n: int = 32, pairs: bool = False) -> dict:
+    """A segmenter config that trains unet_small at 64 px on :func:`blob_datalist` in ~5-15 s."""
+    from breastai.core.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(root / "configs" / "busi_seg.yaml", [
+        f"data.datalist={blob_datalist(folder, n, pairs=pairs)}", "model.name=unet_small", "model.pretrained=false", "preprocess.size=64",
+        "train.epochs=20", "train.batch_size=8", "train.lr=1e-2", "train.early_stop_patience=20", "eval.bootstrap=0",
+        f"output_dir={folder / 'runs'}", "log.progress=false", "augment.enabled=false", "device=cpu", *extra])
+
+
+@pytest.fixture(scope="session")
+def seg_ckpt(tmp_path_factory) -> Path:
+    """A unet_small segmenter trained on :func:`blob_datalist` with pairs of discs (a real one: it finds them).
+
+    Its presence threshold is set to 0.5: with six lesion images in validation, the threshold that
+    keeps 95% of them found is the least confident one's presence (about 0.8), where a new image's
+    lesion falls either side by chance; lesion images score about 0.85-0.9 and empty ones about 0.2.
+    """
+    from breastai.engine.run import main
+    from breastai.models.checkpoint import load_checkpoint, save_checkpoint
+
+    out = main(seg_config(tmp_path_factory.mktemp("seg"), "data.val_fraction=0.25", "log.tensorboard=false", pairs=True))
+    ckpt = load_checkpoint(Path(out["run_dir"]) / "best.pt")
+    ckpt.threshold = 0.5
+    return save_checkpoint(Path(out["run_dir"]) / "best.pt", ckpt)

@@ -219,11 +219,11 @@ def test_an_ensemble_member_of_another_modality_is_warned(caplog):
 def seg_ckpt(tmp_path_factory) -> Path:
     """A segmenter trained for two epochs on a few synthetic blobs (only its file matters here)."""
     from breastai.engine.run import main as train_main
-    from tests.test_segmentation import _blob_datalist
+    from conftest import blob_datalist
 
     tmp = tmp_path_factory.mktemp("seg")
     cfg = load_config("configs/busi_seg.yaml", [
-        f"data.datalist={_blob_datalist(tmp, 12)}", "model.name=unet_small", "model.pretrained=false",
+        f"data.datalist={blob_datalist(tmp, 12)}", "model.name=unet_small", "model.pretrained=false",
         "preprocess.size=64", "train.epochs=2", "train.batch_size=4", "eval.bootstrap=0", "data.val_fraction=0.34",
         f"output_dir={tmp / 'runs'}", "log.progress=false", "log.tensorboard=false", "augment.enabled=false",
         "device=cpu"])
@@ -248,7 +248,7 @@ def test_bundle_command_end_to_end(ckpt, seg_ckpt, sample, synth_datalist, tmp_p
     assert pipe.segmenter.classes == ["no lesion", "lesion"] and pipe.segmenter.modalities == seg.modalities
     assert not list(tmp_path.glob(".*.tmp")), "written atomically: no temporary file left"
 
-    # The file scores as the classifier alone does (the segmenter waits for predict to use it).
+    # The file scores as the classifier alone does (a given mask wins over the bundled segmenter).
     preds = {}
     for name, c in (("alone", ckpt), ("pipe", out)):
         assert main(["predict", "--checkpoint", str(c), str(sample[0]), "--mask", str(sample[1]),

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import disc, seg_config
 
 from breastai.core.config import ConfigError, load_config
 from breastai.models.checkpoint import load_checkpoint
@@ -69,15 +69,10 @@ def test_classifier_still_needs_two_classes_segmenter_does_not():
         load_config(None, ["data.classes=[a, a]"])
 
 
-def _disc(shape, centre, radius):
-    rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
-
-
 def test_find_lesions_two_lesions_specks_and_presence():
     prob = np.zeros((100, 100), np.float32)
-    prob[_disc(prob.shape, (30, 30), 12)] = 0.9
-    prob[_disc(prob.shape, (70, 70), 8)] = 0.7
+    prob[disc(prob.shape, (30, 30), 12)] = 0.9
+    prob[disc(prob.shape, (70, 70), 8)] = 0.7
     prob[95, 2] = 0.99  # a speck: under both area floors
     found = find_lesions(prob, 0.95, presence_threshold=0.5)
     assert [f.component for f in found] == [1, 2]
@@ -95,9 +90,9 @@ def test_presence_threshold_keeps_the_asked_sensitivity_on_validation():
     from breastai.engine.seg_trainer import choose_presence_threshold
 
     size = (40, 40)
-    blob = _disc(size, (20, 20), 6).astype(np.float16) * 0.9
+    blob = disc(size, (20, 20), 6).astype(np.float16) * 0.9
     presence = np.array([3.0, 1.0, 0.5, -0.5, -1.0, 2.0, -3.0, -2.0])  # logits; the last two are normal images
-    truth = np.array([_disc(size, (20, 20), 6)] * 6 + [np.zeros(size, bool)] * 2)
+    truth = np.array([disc(size, (20, 20), 6)] * 6 + [np.zeros(size, bool)] * 2)
     pred = {"prob": np.array([blob] * 8), "truth": truth, "presence_logit": presence}
     cfg = load_config(None, ["model.name=unet_small", "seg.presence_sensitivity=0.8"])
     t = choose_presence_threshold(pred, cfg, 1.0)
@@ -149,32 +144,8 @@ def test_segmentation_summary_counts():
     assert s["false_lesion_rate"] == 0.5 and s["presence_auc"] == pytest.approx(0.75)
 
 
-def _blob_datalist(tmp_path, n=32, size=(80, 96)):
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        img = (rng.random(size) * 60).astype(np.uint8)
-        mask = np.zeros(size, np.uint8)
-        label = "normal"
-        if i % 4:
-            mask[_disc(size, (int(rng.integers(25, 55)), int(rng.integers(25, 70))), int(rng.integers(8, 14)))] = 255
-            img[mask > 0] = 200
-            label = "benign" if i % 2 else "malignant"
-        Image.fromarray(img).save(tmp_path / f"i{i}.png")
-        Image.fromarray(mask).save(tmp_path / f"i{i}_mask.png")
-        rows.append({"case_id": f"c{i}", "image": f"i{i}.png", "mask": f"i{i}_mask.png", "label": label, "group": f"g{i}"})
-    with open(tmp_path / "dl.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return tmp_path / "dl.csv"
-
-
 def _seg_cfg(tmp_path, *extra, n=32):
-    return load_config("configs/busi_seg.yaml", [
-        f"data.datalist={_blob_datalist(tmp_path, n)}", "model.name=unet_small", "model.pretrained=false", "preprocess.size=64",
-        "train.epochs=20", "train.batch_size=8", "train.lr=1e-2", "train.early_stop_patience=20", "eval.bootstrap=0",
-        f"output_dir={tmp_path / 'runs'}", "log.progress=false", "augment.enabled=false", *extra])
+    return seg_config(tmp_path, *extra, n=n)
 
 
 def test_fit_segmenter_learns_synthetic_lesions(tmp_path):

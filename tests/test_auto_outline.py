@@ -1,0 +1,266 @@
+"""The automatic pipeline: a trained segmenter in front of the classifier at predict and evaluate time.
+
+The segmenter (``seg_ckpt``, conftest) is a real unet_small trained on bright discs on noise; the
+classifier is the tiny predict checkpoint, switched to lesion crops (``crop_ckpt``) so that the
+outline decides what it sees. Dice bound: the discs are outlined with Dice >= 0.85.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import blob_image, disc, predict_cli, write_rows
+from PIL import Image
+from test_dicom import US_SOP, write_dicom
+
+from breastai.data.readers.masks import LesionBox
+from breastai.data.spacing import Spacing, lesion_spacing
+from breastai.inference.predictor import Predictor
+from breastai.inference.segment import NO_LESION
+from breastai.models.outliner import resolve_segmenter
+from breastai.inference.writers import run_predict
+from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+DICE = 0.85
+SIZE = (80, 96)
+
+
+def dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def crop_ckpt(ckpt, tmp_path_factory):
+    """The tiny classifier reading lesion crops: its score depends on the outline it is given."""
+    state = load_checkpoint(ckpt)
+    state.config["preprocess"]["mode"] = "crop"
+    return save_checkpoint(tmp_path_factory.mktemp("crop") / "crop.pt", state)
+
+
+@pytest.fixture(scope="module")
+def auto(crop_ckpt, seg_ckpt):
+    return Predictor.from_checkpoint(crop_ckpt, device="cpu", segmenter=seg_ckpt)
+
+
+def png(path, lesions, seed=0):
+    img, mask = blob_image(SIZE, lesions, seed)
+    Image.fromarray(img).save(path)
+    return path, mask
+
+
+def test_a_lesion_is_found_outlined_measured_and_scored_as_its_traced_outline(auto, tmp_path):
+    a, truth = png(tmp_path / "a.png", [(40, 50, 12)])
+    b, _ = png(tmp_path / "b.png", [(35, 40, 11)], seed=1)
+    dl = write_rows(tmp_path / "dl.csv", [{"case_id": "a", "image": a.name, "pixel_size_mm": "0.1"},
+                                          {"case_id": "b", "image": b.name, "pixel_size_mm": ""}])
+    ra, rb = auto.predict(dl, saliency="gradcam", return_maps=True)
+    assert ra["error"] is None and ra["id"] == "a" and ra["component"] == 1
+    assert (ra["mask_source"], ra["scored_on"], ra["has_mask"]) == ("segmenter", "lesion", True)
+    assert auto.segmenter.threshold <= ra["lesion_probability"] <= 1
+    assert dice(ra["lesion_mask"], truth) >= DICE
+    # Its size on the stored image, in mm from the datalist's pixel_size_mm; none stated for b.
+    assert ra["area_px"] == ra["lesion_mask"].sum()
+    assert ra["area_mm2"] == pytest.approx(ra["area_px"] * 0.01) and ra["spacing_source"] == "pixel_size_mm"
+    assert ra["max_diameter_mm"] == pytest.approx(ra["max_diameter_px"] * 0.1, rel=1e-4)
+    assert 23 < ra["max_diameter_px"] < 28  # a 25-pixel disc, edge to edge
+    assert rb["area_px"] > 0 and rb["area_mm2"] is None and rb["max_diameter_mm"] is None and rb["spacing_source"] is None
+    # Scored exactly as the same outline given as a traced mask would be.
+    traced = auto.predict(a, masks=[ra["lesion_mask"]])[0]
+    assert traced["mask_source"] == "given" and traced["component"] is None
+    assert traced["probability"] == pytest.approx(ra["probability"], abs=1e-6)
+
+
+def test_two_lesions_give_two_records_each_scored_on_its_own_outline(auto, tmp_path):
+    f, _ = png(tmp_path / "two.png", [(28, 28, 11), (55, 72, 11)], seed=2)
+    recs = auto.predict(f, saliency="gradcam", return_maps=True)
+    assert [r["id"] for r in recs] == ["two.png_l1", "two.png_l2"] and [r["component"] for r in recs] == [1, 2]
+    for r, centre in zip(sorted(recs, key=lambda r: r["lesion_mask"].nonzero()[0].mean()), [(28, 28), (55, 72)]):
+        assert dice(r["lesion_mask"], disc(SIZE, centre, 11)) >= DICE
+    assert not (recs[0]["lesion_mask"] & recs[1]["lesion_mask"]).any()
+    for r in recs:
+        assert auto.predict(f, masks=[r["lesion_mask"]])[0]["probability"] == pytest.approx(r["probability"], abs=1e-6)
+
+
+def test_a_given_mask_or_box_wins_over_the_segmenter(auto, tmp_path):
+    f, _ = png(tmp_path / "two.png", [(28, 28, 11), (55, 72, 11)], seed=2)
+    first = disc(SIZE, (28, 28), 11)
+    by_mask, by_box = auto.predict([f, f], masks=[first, LesionBox(17, 17, 39, 39)])
+    assert (by_mask["mask_source"], by_mask["component"], by_mask["area_px"]) == ("given", None, first.sum())
+    assert (by_box["mask_source"], by_box["component"], by_box["area_px"]) == ("box", None, None)  # a box is no outline
+    assert by_mask["id"] == by_box["id"] == "two.png"
+
+
+def test_no_lesion_gives_one_no_lesion_record_and_exit_status_0(ckpt, seg_ckpt, tmp_path, capsys):
+    f, _ = png(tmp_path / "empty.png", [], seed=3)
+    lesion, _ = png(tmp_path / "lesion.png", [(40, 50, 12)])
+    out = tmp_path / "out"
+    assert predict_cli(["predict", str(f), str(lesion), "--checkpoint", str(ckpt), "--segmenter", str(seg_ckpt), "--out", str(out),
+                        "--saliency", "none"]) == 0
+    assert "1 image(s) with no lesion found" in capsys.readouterr().out
+    rows = {r["id"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    empty, found = rows["empty.png"], rows["lesion.png"]
+    assert (empty["label"], empty["probability"], empty["error"], empty["mask_source"]) == (NO_LESION, "", "", "segmenter")
+    assert float(empty["lesion_probability"]) < load_checkpoint(seg_ckpt).threshold
+    # A whole-image classifier reads no outline: its probability is the image's, and the table says so.
+    assert found["scored_on"] == "image" and found["mask_source"] == "segmenter" and float(found["probability"]) >= 0
+    assert (out / found["outline_npy"]).is_file() and (out / found["outline_png"]).is_file()
+    run = json.loads((out / "predictions.json").read_text())["run"]
+    assert run["segmenter"] == str(seg_ckpt) and run["n_no_lesion"] == 1 and run["n_failed"] == 0
+
+
+def _flipped_cropped_mg(path):
+    """A right-breast MG DICOM (the reader crops it to the breast and mirrors it) with a disc lesion."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((120, 150), np.uint16)
+    img[12:108, 60:150] = (rng.random((96, 90)) * 600 + 400).astype(np.uint16)
+    lesion = disc(img.shape, (55, 100), 11)
+    img[lesion] = 3600
+    img[2:8, 2:12] = 4000  # a burnt-in marker the breast crop drops
+    write_dicom(path, img, bits_stored=12, WindowCenter=2048, WindowWidth=4096, PixelSpacing=[0.1, 0.12])
+    return lesion
+
+
+def test_flipped_cropped_dicom_outline_map_and_seg_in_its_own_geometry(crop_ckpt, seg_ckpt, tmp_path):
+    truth = _flipped_cropped_mg(tmp_path / "mg.dcm")
+    out, dicom = tmp_path / "out", tmp_path / "dicom"
+    assert predict_cli(["predict", str(tmp_path / "mg.dcm"), "--checkpoint", str(crop_ckpt), "--segmenter", str(seg_ckpt),
+                        "--out", str(out), "--dicom-out", str(dicom)]) == 0
+    (rec,) = json.loads((out / "predictions.json").read_text())["records"]
+    outline = np.load(out / rec["outline_npy"])
+    assert outline.shape == truth.shape and outline.dtype == bool and dice(outline, truth) >= DICE
+    assert not outline[:, :57].any()  # left of the reader's breast crop: nothing
+    smap = np.load(out / rec["saliency_npy"])
+    assert smap.shape == truth.shape and smap[:, :57].max() == 0
+    assert rec["spacing_source"] == "PixelSpacing" and rec["area_mm2"] == pytest.approx(outline.sum() * 0.012)
+    # The SEG of --dicom-out is the segmenter's outline, marked automatic, on the source's grid.
+    seg = pydicom.dcmread(dicom / rec["dicom_seg"])
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    np.testing.assert_array_equal(seg.pixel_array.astype(bool), outline)
+
+
+def test_ultrasound_region_calibration_gives_mm(auto, tmp_path):
+    from pydicom.dataset import Dataset
+
+    img, _ = blob_image(SIZE, [(40, 50, 12)])
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0, region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 0, 0, 95, 79
+    region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 3, 3
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.01, 0.02  # cm per pixel: 0.1 mm across, 0.2 mm down
+    f = write_dicom(tmp_path / "us.dcm", img, modality="US", sop=US_SOP, SequenceOfUltrasoundRegions=[region])
+    (rec,) = auto.predict(f, saliency="gradcam", return_maps=True)
+    assert rec["spacing_source"] == "SequenceOfUltrasoundRegions"
+    assert rec["area_mm2"] == pytest.approx(rec["area_px"] * 0.02)
+    rows, cols = np.nonzero(rec["lesion_mask"])
+    # Edge to edge: the disc's height in 0.2 mm pixels dominates its 0.1 mm wide extent.
+    assert 0.2 * (rows.max() - rows.min() + 1) <= rec["max_diameter_mm"] <= 0.2 * (rows.max() - rows.min() + 1) * 1.05
+
+
+def test_spacing_sources_in_order_and_never_guessed():
+    from pydicom.dataset import Dataset
+
+    mask = np.zeros((50, 60), bool)
+    mask[20:30, 40:50] = True
+
+    def region(x0, x1, dx, units=3):
+        r = Dataset()
+        r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x0, 0, x1, 49
+        r.PhysicalUnitsXDirection, r.PhysicalUnitsYDirection = units, 3
+        r.PhysicalDeltaX, r.PhysicalDeltaY = dx, 0.01
+        return r
+
+    ds = Dataset()
+    assert lesion_spacing(ds, mask) is None and lesion_spacing(None, mask) is None
+    assert lesion_spacing(None, mask, "0.08") == Spacing(0.08, 0.08, "pixel_size_mm")
+    assert lesion_spacing(None, mask, "") is None and lesion_spacing(None, mask, "-1") is None
+    ds.SequenceOfUltrasoundRegions = [region(0, 29, 0.02), region(30, 59, 0.03)]  # the lesion is in the second
+    assert lesion_spacing(ds, mask, "0.08") == Spacing(0.1, 0.3, "SequenceOfUltrasoundRegions")
+    ds.SequenceOfUltrasoundRegions = [region(0, 59, 0.02), region(30, 59, 0.03)]  # two that disagree: none
+    assert lesion_spacing(ds, mask) is None
+    ds.SequenceOfUltrasoundRegions = [region(0, 59, 0.02, units=4)]  # seconds across (M-mode, Doppler): none
+    assert lesion_spacing(ds, mask) is None
+    ds.ImagerPixelSpacing = [0.085, 0.085]
+    assert lesion_spacing(ds, mask) == Spacing(0.085, 0.085, "ImagerPixelSpacing")
+    ds.PixelSpacing = [0.07, 0.07]
+    assert lesion_spacing(ds, mask) == Spacing(0.07, 0.07, "PixelSpacing")
+
+
+def test_wrong_checkpoint_kinds_are_refused(ckpt, seg_ckpt, tmp_path, capsys):
+    from breastai.cli import main
+
+    with pytest.raises(CheckpointError, match="segmentation checkpoint .* give it as --segmenter"):
+        Predictor.from_checkpoint(seg_ckpt, device="cpu")
+    with pytest.raises(CheckpointError, match="classifier checkpoint .* give it as --checkpoint"):
+        Predictor.from_checkpoint(ckpt, device="cpu", segmenter=ckpt)
+    f, _ = png(tmp_path / "a.png", [(40, 50, 12)])
+    assert predict_cli(["predict", str(f), "--checkpoint", str(seg_ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert "give it as --segmenter and a classifier checkpoint as --checkpoint" in capsys.readouterr().err
+    assert predict_cli(["predict", str(f), "--checkpoint", str(ckpt), "--segmenter", str(ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert "outlines nothing: give it as --checkpoint" in capsys.readouterr().err
+    dl = write_rows(tmp_path / "dl.csv", [{"image": f.name, "label": "benign"}])
+    assert main(["evaluate", "--checkpoint", str(seg_ckpt), "--data", str(dl), "--out", str(tmp_path / "e")]) == 2
+    assert "give it as --segmenter" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(dl), "--out", str(tmp_path / "e"),
+                 "--auto-outline"]) == 2
+    assert "--auto-outline needs --segmenter" in capsys.readouterr().err
+    # The one place the segmenter is chosen: the one given, else the checkpoint's own (a bundled pipeline).
+    own = load_checkpoint(ckpt)
+    own.segmenter = load_checkpoint(seg_ckpt)
+    assert resolve_segmenter(None, own).threshold == pytest.approx(own.segmenter.threshold)
+    assert resolve_segmenter(None, load_checkpoint(ckpt)) is None
+
+
+def test_evaluate_the_automatic_pipeline_against_traced_outlines(crop_ckpt, seg_ckpt, tmp_path):
+    from breastai.engine.evaluate import evaluate_checkpoint
+
+    rows = []
+    for i, (r, c) in enumerate([(30, 30), (40, 60), (50, 40), (35, 70), (45, 35), (30, 50)]):
+        f, mask = png(tmp_path / f"l{i}.png", [(r, c, 11)], seed=10 + i)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"l{i}_mask.png")
+        rows.append({"case_id": f"l{i}", "image": f.name, "mask": f"l{i}_mask.png", "label": ("benign", "malignant")[i % 2]})
+    png(tmp_path / "none.png", [], seed=3)
+    rows.append({"case_id": "none", "image": "none.png", "mask": "", "label": "malignant"})
+    dl = write_rows(tmp_path / "dl.csv", rows)
+
+    auto = evaluate_checkpoint(crop_ckpt, dl, tmp_path / "auto", device="cpu", n_boot=50, segmenter=seg_ckpt,
+                               ignore_masks=True)
+    o = auto["outline"]
+    assert (o["n_outlined"], o["n_lesions_scored"], o["n_no_lesion_found"], o["n_no_lesion_positive"]) == (7, 6, 1, 1)
+    assert o["n_lesion"] == 6 and o["dice_mean"] >= DICE and o["missed"] == 0 and o["traced_masks"] == "ignored"
+    table = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "auto" / "predictions.csv"))}
+    assert float(table["none"]["probability"]) == 0.0 and table["none"]["n_lesions"] == "0"
+    assert {r["mask_source"] for r in table.values()} == {"segmenter"} and float(table["l0"]["dice"]) >= DICE
+    # Without --auto-outline the traced masks are scored; only the row without one is outlined.
+    mixed = evaluate_checkpoint(crop_ckpt, dl, tmp_path / "mixed", device="cpu", n_boot=50, segmenter=seg_ckpt)
+    assert mixed["outline"]["n_outlined"] == 1 and mixed["outline"]["traced_masks"] == "used where present"
+    given = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "mixed" / "predictions.csv"))}
+    assert given["l0"]["mask_source"] == "given" and given["none"]["mask_source"] == "segmenter"
+    traced = Predictor.from_checkpoint(crop_ckpt, device="cpu").predict(tmp_path / "l0.png", masks=[str(tmp_path / "l0_mask.png")])
+    assert float(given["l0"]["probability"]) == pytest.approx(traced[0]["probability"], abs=1e-5)
+
+
+def test_outlines_are_removed_when_the_run_fails(auto, tmp_path):
+    f, _ = png(tmp_path / "a.png", [(40, 50, 12)])
+
+    class Boom:
+        def start(self, out, run_id):
+            pass
+
+        def write_item(self, index, record, maps):
+            raise RuntimeError("disk full")
+
+        def finish(self, records, run):
+            pass
+
+        def abort(self):
+            pass
+
+    from breastai.inference.writers import OutlineMaps
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_predict(auto, [f], tmp_path / "out", writers=[OutlineMaps(), Boom()])
+    assert not any((tmp_path / "out" / "outlines").glob("*/*.npy"))

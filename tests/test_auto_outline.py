@@ -207,11 +207,19 @@ def test_wrong_checkpoint_kinds_are_refused(ckpt, seg_ckpt, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(dl), "--out", str(tmp_path / "e"),
                  "--auto-outline"]) == 2
     assert "--auto-outline needs --segmenter" in capsys.readouterr().err
-    # The one place the segmenter is chosen: the one given, else the checkpoint's own (a bundled pipeline).
-    own = load_checkpoint(ckpt)
-    own.segmenter = load_checkpoint(seg_ckpt)
-    assert resolve_segmenter(None, own).threshold == pytest.approx(own.segmenter.threshold)
-    assert resolve_segmenter(None, load_checkpoint(ckpt)) is None
+
+
+def test_a_pipeline_checkpoint_brings_its_segmenter(crop_ckpt, seg_ckpt, tmp_path):
+    from breastai.engine.bundle import bundle_pipeline
+
+    pipe = save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(load_checkpoint(crop_ckpt), load_checkpoint(seg_ckpt)))
+    f, truth = png(tmp_path / "a.png", [(40, 50, 12)])
+    (rec,) = Predictor.from_checkpoint(pipe, device="cpu").predict(f, saliency="gradcam", return_maps=True)
+    assert (rec["mask_source"], rec["component"]) == ("segmenter", 1) and dice(rec["lesion_mask"], truth) >= DICE
+    # The one place the segmenter is chosen: the one given, else the checkpoint's own, else none.
+    assert resolve_segmenter(None, load_checkpoint(pipe)).source == "the bundled segmenter"
+    assert resolve_segmenter(str(seg_ckpt), load_checkpoint(pipe)).source == str(seg_ckpt)
+    assert resolve_segmenter(None, load_checkpoint(crop_ckpt)) is None
 
 
 def test_evaluate_the_automatic_pipeline_against_traced_outlines(crop_ckpt, seg_ckpt, tmp_path):

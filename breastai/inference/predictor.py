@@ -123,7 +123,7 @@ class Predictor:
 
         ``segmenter`` (a path, a loaded segmentation checkpoint or an
         :class:`~breastai.models.outliner.Outliner`) outlines inputs that come without a mask; see
-        :func:`breastai.inference.segment.resolve_segmenter` for how it is chosen.
+        :func:`breastai.models.outliner.resolve_segmenter` for how it is chosen.
 
         Raises:
             CheckpointError: the checkpoint lacks what inference needs, is a segmenter, or

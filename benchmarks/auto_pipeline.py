@@ -1,0 +1,183 @@
+"""The automatic pipeline against traced outlines, boxes and the whole-image model, on held-out images.
+
+Cross-validated (``--seg-run`` and ``--cls-run``: two ``--folds K`` runs made on the same fixed
+folds): every held-out image of fold k is outlined by fold k's segmenter and scored by fold k's
+classifier. Or one pair (``--segmenter`` and ``--classifier``) on every row of ``--data``: a site
+that neither model saw.
+
+Per image, in the original image geometry: Dice, IoU and HD95 of the union of the found lesions
+against the traced mask (a lesion image where nothing was found is Dice 0 and "missed"); the
+segmenter's lesion-presence probability (AUC: lesion against normal images, where the data hold
+normal images). Malignancy over the lesion images (benign against malignant), by the rule written
+in docs/experiments.md before the runs: the automatic pipeline's image score is the highest
+probability over its found lesions, 0 where none was found; beside it the same classifier given
+the traced mask, and given the traced mask's bounding box; and ``--whole-run`` (a whole-image
+model's run on the same folds) if given. Sensitivity and specificity are at each classifier's own
+threshold; ECE over 10 bins.
+
+Usage::
+
+    python benchmarks/auto_pipeline.py --data data/busi_all_f5.csv --seg-run checkpoints/seg_f5 \\
+        --cls-run checkpoints/seg_cls_f5 [--whole-run checkpoints/whole_f5] [--out auto.json]
+    python benchmarks/auto_pipeline.py --data data/breast.csv --segmenter checkpoints/seg_busi_all/best.pt \\
+        --classifier checkpoints/xs_default_s0/fold0/best.pt [--classifier ...] [--out auto_breast.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from breastai.data.datalist import read_datalist  # noqa: E402
+from breastai.data.readers.masks import LesionBox, load_mask  # noqa: E402
+from breastai.inference.predictor import Predictor  # noqa: E402
+from breastai.models.outliner import Outliner  # noqa: E402
+from breastai.reporting.metrics import binary_metrics, bootstrap_auc_ci, ece, roc_auc  # noqa: E402
+from breastai.reporting.segmentation import mask_metrics, segmentation_summary  # noqa: E402
+
+MALIGNANT = "malignant"
+
+
+def _traced(rec: dict) -> np.ndarray:
+    """The row's traced mask on the stored image (union of its files; empty for a normal image)."""
+    m = load_mask(rec["mask"]) if rec.get("mask") else None
+    return np.zeros((1, 1), bool) if m is None else np.asarray(m) > 0
+
+
+def _box(mask: np.ndarray) -> LesionBox:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return LesionBox(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
+
+def _image_scores(records: list[dict], paths: list[str]) -> tuple[dict[str, float], dict[str, bool]]:
+    """Per source image: the highest probability over its records (0 without a scored lesion) and
+    whether it was called malignant."""
+    prob = {p: 0.0 for p in paths}
+    called = {p: False for p in paths}
+    for r in records:
+        src = r["_src"]
+        if r.get("probability") is not None:
+            prob[src] = max(prob[src], float(r["probability"]))
+            called[src] = called[src] or r.get("label") == MALIGNANT
+    return prob, called
+
+
+def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> list[dict]:
+    out = []
+    for i, p in enumerate(paths):  # one call per image: a record says which image it came from
+        for r in pred.predict([p], masks=None if masks is None else [masks[i]]):
+            if r.get("error"):
+                raise RuntimeError(r["error"])
+            out.append({**r, "_src": p})
+    return out
+
+
+def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]) -> list[dict]:
+    """Per-image results of one part: segmentation figures and each mode's malignancy score."""
+    paths = [str(r["image"]) for r in rows]
+    truth = [_traced(r) for r in rows]
+    out = [{"case_id": r["case_id"], "label": r["label"], "has_lesion": bool(t.any())} for r, t in zip(rows, truth)]
+    if seg_path is not None:
+        outliner = Outliner.from_checkpoint(seg_path)
+        t0 = time.time()
+        for o, p, t in zip(out, paths, truth):
+            image, meta = outliner.read(p)
+            found = outliner.outline(image, meta, p)
+            union = np.zeros(image.shape[:2], bool)
+            for les in found.lesions:
+                union |= les.mask
+            o.update(presence_probability=float(found.presence), lesion_found=bool(found.lesions),
+                     n_lesions=len(found.lesions), **mask_metrics(union, t if t.shape == union.shape else np.zeros_like(union)))
+        print(f"  outlined {len(paths)} images in {time.time() - t0:.0f} s", flush=True)
+    lesion = [i for i, o in enumerate(out) if o["has_lesion"] and o["label"] in ("benign", MALIGNANT)]
+    lp = [paths[i] for i in lesion]
+    for mode, path in cls_paths.items():
+        if mode == "whole":
+            recs = _predict(Predictor.from_checkpoint(path), lp)
+            modes = {"whole": recs}
+        else:
+            plain = Predictor.from_checkpoint(path)
+            modes = {"traced": _predict(plain, lp, [rows[i]["mask"] for i in lesion]),
+                     "box": _predict(plain, lp, [_box(truth[i]) for i in lesion])}
+            if seg_path is not None:
+                modes["automatic"] = _predict(Predictor.from_checkpoint(path, segmenter=seg_path), lp)
+        for name, recs in modes.items():
+            prob, called = _image_scores(recs, lp)
+            for i, p in zip(lesion, lp):
+                out[i][f"p_{name}"], out[i][f"called_{name}"] = prob[p], called[p]
+    return out
+
+
+def malignancy(rows: list[dict], mode: str, n_boot: int = 2000) -> dict:
+    rows = [r for r in rows if f"p_{mode}" in r]
+    y = np.array([int(r["label"] == MALIGNANT) for r in rows])
+    p = np.array([r[f"p_{mode}"] for r in rows])
+    called = np.array([r[f"called_{mode}"] for r in rows], float)
+    lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot)
+    m = binary_metrics(y, called, 0.5)
+    return {"n": len(rows), "n_malignant": int(y.sum()), "auc": roc_auc(y, p), "auc_ci": [lo, hi],
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"], "ece": ece(y, p)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="datalist (with a fold column for the cross-validated form)")
+    ap.add_argument("--seg-run", type=Path, help="the segmenter's --folds K run")
+    ap.add_argument("--cls-run", type=Path, help="the classifier's --folds K run, same folds")
+    ap.add_argument("--whole-run", type=Path, help="a whole-image classifier's --folds K run, same folds")
+    ap.add_argument("--segmenter", help="one segmenter checkpoint (the single form)")
+    ap.add_argument("--classifier", action="append", default=[], help="classifier checkpoint(s) (the single form)")
+    ap.add_argument("--no-segmenter", action="store_true", help="the single form without a segmenter")
+    ap.add_argument("--out", type=Path, help="write the per-image rows and the summary as JSON")
+    args = ap.parse_args()
+    logging.getLogger("breastai").setLevel(logging.WARNING)
+    records = read_datalist(args.data, classes=None)
+    results: dict[str, list[dict]] = {}
+    if args.seg_run is not None:
+        folds = sorted({int(r["fold"]) for r in records})
+        rows: list[dict] = []
+        for k in folds:
+            part = [r for r in records if int(r["fold"]) == k]
+            print(f"fold {k}: {len(part)} images", flush=True)
+            cls = {"crop": str(args.cls_run / f"fold{k}" / "best.pt")}
+            if args.whole_run is not None:
+                cls["whole"] = str(args.whole_run / f"fold{k}" / "best.pt")
+            rows += [{**r, "fold": k} for r in score_part(part, str(args.seg_run / f"fold{k}" / "best.pt"), cls)]
+        results["cv"] = rows
+    else:
+        seg = None if args.no_segmenter else args.segmenter
+        for i, c in enumerate(args.classifier):
+            print(f"classifier {c}", flush=True)
+            results[c] = score_part(records, seg if i == 0 else None, {"crop": c})
+            if i and seg is not None:  # the outlines are the segmenter's alone: measured once
+                for a, b in zip(results[c], results[args.classifier[0]]):
+                    a.update({k: v for k, v in b.items() if k in ("presence_probability", "lesion_found", "n_lesions",
+                                                                  "dice", "iou", "hd95")})
+    summary = {}
+    for name, rows in results.items():
+        s: dict = {}
+        if "presence_probability" in rows[0]:
+            s["segmentation"] = segmentation_summary(rows, 2000)
+        for mode in ("automatic", "traced", "box", "whole"):
+            if any(f"p_{mode}" in r for r in rows):
+                s[mode] = malignancy(rows, mode)
+        if any("p_automatic" in r for r in rows):
+            s["automatic"]["no_lesion_found"] = int(sum(1 for r in rows if "p_automatic" in r and not r.get("lesion_found")))
+        summary[name] = s
+        print(name)
+        print(json.dumps(s, indent=1, default=float))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"summary": summary, "rows": results}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

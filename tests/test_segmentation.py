@@ -182,3 +182,19 @@ def test_segmenter_refuses_rows_without_masks(tmp_path):
     with pytest.raises(ValueError, match="'c3' has no mask"):
         main(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_segmenter_resume_continues_where_it_stopped(tmp_path):
+    """--resume picks up last.pt: the epochs already done are not trained again."""
+    from breastai.core.config import apply_overrides
+    from breastai.engine.run import main
+
+    cfg = _seg_cfg(tmp_path, "train.epochs=2", n=24)
+    main(cfg)
+    run = tmp_path / "runs" / "busi_seg"
+    first = load_checkpoint(run / "last.pt", resume=True)
+    assert first.epoch == 1 and len(first.epoch_seconds) == 2
+    out = main(apply_overrides(cfg, ["train.epochs=4"]), resume=True)
+    last = load_checkpoint(run / "last.pt", resume=True)
+    assert last.epoch == 3 and len(out["epoch_seconds"]) == 4 and last.epoch_seconds[:2] == first.epoch_seconds
+    assert out["run_dir"] == str(run)

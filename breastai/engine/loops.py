@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -54,6 +55,49 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return f
+
+
+def make_optimizer(model: nn.Module, tc: dict[str, Any], steps_per_epoch: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (norm and bias parameters not decayed, the standard for fine-tuning) and its per-step
+    warm-up + cosine schedule, from the ``train`` section of a config."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc["lr"])
+    schedule = warmup_cosine(steps_per_epoch * tc["epochs"], steps_per_epoch * tc["warmup_epochs"], tc["min_lr_ratio"])
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def resume_training(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, tc: dict[str, Any],
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> tuple[int, dict[str, Any], list[float]]:
+    """Restore a run from its ``last.pt``: weights, optimiser, schedule (and weight average).
+
+    Returns:
+        The epoch to start at, the early-stopping state (``auc``: the best validation score, its
+        ``epoch``, ``stale`` epochs since) and the seconds of the epochs done. A run that had stopped
+        early starts at ``tc["epochs"]``: training again would undo that decision.
+
+    Raises:
+        FileNotFoundError: no ``last.pt``.
+        ValueError: the run kept a weight average and this one does not, or the reverse.
+    """
+    from breastai.models.checkpoint import load_checkpoint
+
+    if not last_path.is_file():
+        raise FileNotFoundError(f"--resume: no {last_path} to continue from")
+    last = load_checkpoint(last_path, map_location=device, resume=True)
+    model.load_state_dict(last.weights)
+    if ema is not None:
+        if last.ema is None:
+            raise ValueError(f"--resume: {last_path} was written without train.ema; resume with the same config")
+        ema.load_state_dict(last.ema)
+    optimizer.load_state_dict(last.optimizer)
+    scheduler.load_state_dict(last.scheduler)
+    best = dict(last.early_stop)
+    start = tc["epochs"] if best["stale"] >= tc["early_stop_patience"] else last.epoch + 1
+    return start, best, list(last.epoch_seconds or [])
 
 
 def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:

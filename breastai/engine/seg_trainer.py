@@ -26,7 +26,7 @@ from breastai.core.keys import Keys
 from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
-from breastai.engine.loops import autocast, seed_everything, train_one_epoch, warmup_cosine
+from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch
 from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.models.lesions import find_lesions, lesion_score
@@ -204,13 +204,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     raw_model = model
     if dist.is_distributed():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    decay = [p for p in raw_model.parameters() if p.ndim > 1]
-    no_decay = [p for p in raw_model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc["lr"])
-    steps = len(make_loader(train_ds, cfg, True, None, 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps * tc["epochs"], steps * tc["warmup_epochs"], tc["min_lr_ratio"]))
+    optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, None, 0)))
     amp = bool(tc["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     loss = segmentation_loss(cfg)
@@ -218,15 +212,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no {last_path} to continue from")
-        last = load_checkpoint(last_path, map_location=device, resume=True)
-        raw_model.load_state_dict(last.weights)
-        optimizer.load_state_dict(last.optimizer)
-        scheduler.load_state_dict(last.scheduler)
-        start_epoch, best, done_seconds = last.epoch + 1, dict(last.early_stop), list(last.epoch_seconds or [])
-        if best["stale"] >= tc["early_stop_patience"]:
-            start_epoch = tc["epochs"]
+        start_epoch, best, done_seconds = resume_training(last_path, raw_model, optimizer, scheduler, device, tc)
 
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = make_loader(val_ds, cfg, False, None, 0)

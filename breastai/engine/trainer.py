@@ -23,10 +23,11 @@ from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.ood import fit_detector
 from breastai.engine.loops import (
+    make_optimizer,
     predict_loader,
+    resume_training,
     seed_everything,
     train_one_epoch,
-    warmup_cosine,
     weight_ema,
 )
 from breastai.engine.scoring import score_part
@@ -40,15 +41,6 @@ from breastai.reporting.tblog import TBLogger, flat_hparams, log_best_epoch
 __all__ = ["fit", "check_parts"]
 
 log = logging.getLogger("breastai")
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # Norm and bias parameters are not decayed (standard for AdamW fine-tuning).
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _bce(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -153,11 +145,7 @@ def fit(
     if dist.is_distributed():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    optimizer = torch.optim.AdamW(_param_groups(raw_model, tc["weight_decay"]), lr=tc["lr"])
-    steps = len(make_loader(train_ds, cfg, True, y_train, 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps * tc["epochs"], steps * tc["warmup_epochs"], tc["min_lr_ratio"])
-    )
+    optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, y_train, 0)))
     amp = bool(tc["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     pos_weight = None
@@ -171,22 +159,9 @@ def fit(
     start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no {last_path} to continue from")
-        last = load_checkpoint(last_path, map_location=device, resume=True)
-        raw_model.load_state_dict(last.weights)
-        if ema is not None:
-            if last.ema is None:
-                raise ValueError(f"--resume: {last_path} was written without train.ema; resume with the same config")
-            ema.load_state_dict(last.ema)
-        optimizer.load_state_dict(last.optimizer)
-        scheduler.load_state_dict(last.scheduler)
-        start_epoch, best = last.epoch + 1, dict(last.early_stop)
-        done_seconds = list(last.epoch_seconds or [])
-        if best["stale"] >= tc["early_stop_patience"]:
-            start_epoch = tc["epochs"]  # it had stopped early: training again would undo that decision
+        start_epoch, best, done_seconds = resume_training(last_path, raw_model, optimizer, scheduler, device, tc, ema)
         if main_rank:
-            log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, last.epoch + 1,
+            log.info("resuming %s after epoch %d of %d (best AUC %.4f at epoch %d)", run_dir, len(done_seconds),
                      tc["epochs"], best["auc"], best["epoch"] + 1)
 
     attention = pointing = None

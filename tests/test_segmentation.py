@@ -198,3 +198,19 @@ def test_segmenter_resume_continues_where_it_stopped(tmp_path):
     last = load_checkpoint(run / "last.pt", resume=True)
     assert last.epoch == 3 and len(out["epoch_seconds"]) == 4 and last.epoch_seconds[:2] == first.epoch_seconds
     assert out["run_dir"] == str(run)
+
+
+@pytest.mark.parametrize("folds", [0, 2])
+def test_breastai_train_prints_a_segmenters_figures(tmp_path, capsys, folds):
+    from conftest import blob_datalist
+
+    from breastai.cli import main
+
+    dl = blob_datalist(tmp_path, 48)
+    argv = ["train", "--config", "configs/busi_seg.yaml", "--data", str(dl), "model.name=unet_small", "data.val_fraction=0.3",
+            "model.pretrained=false", "preprocess.size=64", "train.epochs=2", "train.batch_size=8", "eval.bootstrap=0",
+            f"output_dir={tmp_path / 'runs'}", "log.progress=false", "device=cpu", f"train.folds={folds}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Dice mean" in out and "presence AUC" in out and "missed" in out
+    assert ("cv_summary.json" in out) == bool(folds)

@@ -56,8 +56,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _seg_line(s: dict) -> str:
+    """One line of a segmenter's summary (:func:`breastai.reporting.segmentation.segmentation_summary`)."""
+    return (f"Dice mean {_fmt(s['dice_mean'])} (median {_fmt(s['dice_median'])}), HD95 median {_fmt(s['hd95_median'], '.1f')} px, "
+            f"missed {s['missed']}/{s['n_lesion']} lesion images, presence AUC {_fmt(s['presence_auc'])}, "
+            f"false lesions on {_fmt(s['false_lesion_rate'])} of {s['n_normal']} normal images")
+
+
 def _print_train_result(out: dict) -> None:
-    if "mean_sd" in out:
+    if out.get("task") == "segmentation":  # a segmenter's cross-validation
+        print(f"cross-validation over {len(out['folds'])} folds, all held-out images: {_seg_line(out['pooled'])}")
+        for site, m in out.get("per_site", {}).items():
+            print(f"  site {site}: {_seg_line(m)}")
+        print(f"summary: {out['run_dir']}/cv_summary.json")
+    elif "dice_mean" in out.get("val", {}):  # a segmenter's single split
+        print(f"kept epoch {out['best_epoch'] + 1}: validation {_seg_line(out['val'])}")
+        if "test" in out:
+            print(f"test: {_seg_line(out['test'])}")
+        print(f"checkpoint: {out['run_dir']}/best.pt   TensorBoard: tensorboard --logdir {out['run_dir']}/tb")
+    elif "mean_sd" in out:
         ms = out["mean_sd"]
         print(f"cross-validation: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over {len(out['folds'])} folds; "
               f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")

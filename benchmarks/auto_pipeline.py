@@ -81,12 +81,13 @@ def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> li
     return out
 
 
-def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]) -> list[dict]:
-    """Per-image results of one part: segmentation figures and each mode's malignancy score."""
+def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str], measure: bool = True) -> list[dict]:
+    """Per-image results of one part: segmentation figures (unless ``measure`` is False) and each mode's
+    malignancy score."""
     paths = [str(r["image"]) for r in rows]
     truth = [_traced(r) for r in rows]
     out = [{"case_id": r["case_id"], "label": r["label"], "has_lesion": bool(t.any())} for r, t in zip(rows, truth)]
-    if seg_path is not None:
+    if seg_path is not None and measure:
         outliner = Outliner.from_checkpoint(seg_path)
         t0 = time.time()
         for o, p, t in zip(out, paths, truth):
@@ -157,7 +158,7 @@ def main() -> None:
         seg = None if args.no_segmenter else args.segmenter
         for i, c in enumerate(args.classifier):
             print(f"classifier {c}", flush=True)
-            results[c] = score_part(records, seg if i == 0 else None, {"crop": c})
+            results[c] = score_part(records, seg, {"crop": c}, measure=i == 0)
             if i and seg is not None:  # the outlines are the segmenter's alone: measured once
                 for a, b in zip(results[c], results[args.classifier[0]]):
                     a.update({k: v for k, v in b.items() if k in ("presence_probability", "lesion_found", "n_lesions",

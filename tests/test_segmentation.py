@@ -78,7 +78,7 @@ def test_find_lesions_two_lesions_specks_and_presence():
     assert [f.component for f in found] == [1, 2]
     assert found[0].area_px > found[1].area_px and found[0].mask[30, 30] and found[1].mask[70, 70]
     assert [round(f.probability, 3) for f in found] == [0.9, 0.7]  # min(presence, peak)
-    assert found[0].max_diameter_px == pytest.approx(24, abs=0.5)
+    assert found[0].max_diameter_px == pytest.approx(25, abs=0.6)  # edge to edge across a 25-pixel-wide disc
     # The presence head says no lesion: nothing is reported, however bright the mask.
     assert find_lesions(prob, 0.3, presence_threshold=0.5) == []
     # A component less sure than the threshold is dropped, the other kept.
@@ -110,9 +110,9 @@ def test_presence_threshold_keeps_the_asked_sensitivity_on_validation():
 
 def test_max_diameter_with_spacing():
     m = np.zeros((20, 40), bool)
-    m[5, 3:34] = True  # a line: collinear pixels
-    assert max_diameter(m) == pytest.approx(30)
-    assert max_diameter(m, (0.5, 0.25)) == pytest.approx(7.5)
+    m[5, 3:34] = True  # a line of 31 pixels, edge to edge from corner to corner
+    assert max_diameter(m) == pytest.approx(np.hypot(31, 1))
+    assert max_diameter(m, (0.5, 0.25)) == pytest.approx(np.hypot(31 * 0.25, 0.5))
     assert max_diameter(np.zeros((4, 4), bool)) == 0.0
 
 

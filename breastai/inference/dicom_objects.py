@@ -46,7 +46,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlgorithmInfo", "LesionSize", "lesion_size", "build_seg", "build_sc", "build_sr", "source_header", "pixel_spacing", "MANUFACTURER"]
+from breastai.models.lesions import LesionSize
+
+__all__ = ["AlgorithmInfo", "build_seg", "build_sc", "build_sr", "source_header", "pixel_spacing", "MANUFACTURER"]
 
 MANUFACTURER = "breastai"
 # Above this many pixels the capture is JPEG-compressed (a 1000 x 1000 RGB image is 3 MB raw).
@@ -94,15 +96,6 @@ class AlgorithmInfo:
                                                   version=self.version, parameters=None)
 
 
-@dataclass
-class LesionSize:
-    """Area and largest diameter of a lesion mask; ``unit`` is ``mm`` or ``pixel``."""
-
-    area: float
-    diameter: float
-    unit: str
-
-
 def pixel_spacing(ds: Any, mask: np.ndarray | None = None) -> tuple[float, float] | None:
     """(row, column) spacing in mm: PixelSpacing (calibrated), else ImagerPixelSpacing (detector), else
     with a lesion ``mask`` the calibration of the ultrasound region holding it
@@ -111,39 +104,6 @@ def pixel_spacing(ds: Any, mask: np.ndarray | None = None) -> tuple[float, float
 
     spacing = lesion_spacing(ds, mask)
     return None if spacing is None else (spacing.row_mm, spacing.col_mm)
-
-
-def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> LesionSize | None:
-    """Area and maximum Feret diameter of ``mask`` (None when empty), in mm with ``spacing`` else in pixels.
-
-    The diameter is the largest distance between two corners of the mask's pixels (the convex hull
-    of the pixel squares), so one pixel measures sqrt(2) pixel widths, as a ruler on the image would.
-    """
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return None
-    dy, dx = spacing or (1.0, 1.0)
-    area = float(m.sum()) * dy * dx
-    rows, cols = np.nonzero(m)
-    corners = np.concatenate([np.stack([rows + a, cols + b], 1) for a in (0, 1) for b in (0, 1)]).astype(np.float64)
-    corners = np.unique(corners, axis=0) * np.array([dy, dx])
-    if len(corners) > 4:
-        from scipy.spatial import ConvexHull, QhullError
-
-        try:
-            corners = corners[ConvexHull(corners).vertices]
-        except QhullError:  # collinear corners (a one-pixel-wide line): the extremes are among them
-            pass
-    return LesionSize(area=area, diameter=_max_distance(corners), unit="mm" if spacing else "pixel")
-
-
-def _max_distance(points: np.ndarray) -> float:
-    """Largest pairwise distance, in blocks so a hull of thousands of corners needs no full distance matrix."""
-    best = 0.0
-    for i in range(0, len(points), 512):
-        chunk = points[i:i + 512]
-        best = max(best, float(np.sqrt(((chunk[:, None, :] - points[None, :, :]) ** 2).sum(-1)).max()))
-    return best
 
 
 # Type 2 attributes of the Patient and General Study modules the new objects copy: present in

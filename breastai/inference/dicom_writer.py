@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from breastai.core.files import atomic_write_bytes
-from breastai.inference.dicom_objects import (AlgorithmInfo, build_sc, build_seg, build_sr, lesion_size,
-                                              pixel_spacing, source_header)
+from breastai.inference.dicom_objects import AlgorithmInfo, build_sc, build_seg, build_sr, pixel_spacing, source_header
 from breastai.inference.inputs import RUN_MARKER
 from breastai.inference.predictor import Predictor
 from breastai.inference.writers import _safe_stem
+from breastai.models.lesions import lesion_size
 from breastai.models.saliency import heat_overlay
 
 __all__ = ["DicomObjects", "DICOM_FIELDS", "checkpoint_sha256"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from breastai.data.spacing import lesion_spacing
-from breastai.inference.dicom_objects import lesion_size
+from breastai.models.lesions import lesion_size
 from breastai.models.outliner import Outline
 
 __all__ = ["NO_LESION", "LESION_FIELDS", "dicom_header", "size_fields", "lesion_id", "no_lesion_fields"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Lesion", "find_lesions", "lesion_score", "max_diameter"]
+__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_score", "lesion_size", "max_diameter"]
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Lesion:
         component: 1-based id, largest first.
         mask: boolean mask (H, W) of the component.
         area_px: its area in pixels.
-        max_diameter_px: its largest extent (maximum Feret diameter, between pixel centres), pixels.
+        max_diameter_px: its largest extent (maximum Feret diameter, edge to edge as a ruler on the
+            pixels would measure it), pixels.
         probability: ``min(presence probability, max mask probability in the component)``.
     """
 
@@ -37,22 +38,53 @@ class Lesion:
     probability: float
 
 
-def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """Maximum Feret diameter of a boolean mask: the largest distance between two of its pixel
-    centres, in units of ``spacing`` (row, column). 0 for one pixel or an empty mask."""
-    pts = np.argwhere(np.asarray(mask, bool)).astype(np.float64)
-    if len(pts) < 2:
-        return 0.0
-    pts *= np.asarray(spacing, np.float64)
-    if len(pts) > 3:
+@dataclass
+class LesionSize:
+    """Area and largest diameter of a lesion mask; ``unit`` is ``mm`` or ``pixel``."""
+
+    area: float
+    diameter: float
+    unit: str
+
+
+def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> LesionSize | None:
+    """Area and maximum Feret diameter of ``mask`` (None when empty), in mm with ``spacing`` else in pixels.
+
+    The diameter is the largest distance between two corners of the mask's pixels (the convex hull
+    of the pixel squares), so one pixel measures sqrt(2) pixel widths, as a ruler on the image would.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return None
+    dy, dx = spacing or (1.0, 1.0)
+    area = float(m.sum()) * dy * dx
+    rows, cols = np.nonzero(m)
+    corners = np.concatenate([np.stack([rows + a, cols + b], 1) for a in (0, 1) for b in (0, 1)]).astype(np.float64)
+    corners = np.unique(corners, axis=0) * np.array([dy, dx])
+    if len(corners) > 4:
         from scipy.spatial import ConvexHull, QhullError
 
         try:
-            pts = pts[ConvexHull(pts).vertices]
-        except QhullError:  # collinear pixels: every pixel is on the "hull"
+            corners = corners[ConvexHull(corners).vertices]
+        except QhullError:  # collinear corners (a one-pixel-wide line): the extremes are among them
             pass
-    d = pts[:, None, :] - pts[None, :, :]
-    return float(np.sqrt((d ** 2).sum(-1)).max())
+    return LesionSize(area=area, diameter=_max_distance(corners), unit="mm" if spacing else "pixel")
+
+
+def _max_distance(points: np.ndarray) -> float:
+    """Largest pairwise distance, in blocks so a hull of thousands of corners needs no full distance matrix."""
+    best = 0.0
+    for i in range(0, len(points), 512):
+        chunk = points[i:i + 512]
+        best = max(best, float(np.sqrt(((chunk[:, None, :] - points[None, :, :]) ** 2).sum(-1)).max()))
+    return best
+
+
+def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Maximum Feret diameter of a boolean mask, edge to edge (:func:`lesion_size`), in units of
+    ``spacing`` (row, column). 0 for an empty mask."""
+    size = lesion_size(mask, tuple(spacing))
+    return 0.0 if size is None else size.diameter
 
 
 def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,

@@ -58,9 +58,16 @@ def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> Lesion
         return None
     dy, dx = spacing or (1.0, 1.0)
     area = float(m.sum()) * dy * dx
-    rows, cols = np.nonzero(m)
-    corners = np.concatenate([np.stack([rows + a, cols + b], 1) for a in (0, 1) for b in (0, 1)]).astype(np.float64)
-    corners = np.unique(corners, axis=0) * np.array([dy, dx])
+    # The hull's corners are corners of edge pixels: the interior is left out, and the corners are
+    # deduplicated as one integer each (a 2-D np.unique sorts rows, ten times slower).
+    inner = m.copy()
+    inner[1:-1, 1:-1] &= m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    rows, cols = np.nonzero(m & ~inner)
+    width = m.shape[1] + 1
+    keys = np.unique(np.concatenate([(rows + a) * width + cols + b for a in (0, 1) for b in (0, 1)]))
+    corners = np.stack([keys // width, keys % width], 1).astype(np.float64) * np.array([dy, dx])
     if len(corners) > 4:
         from scipy.spatial import ConvexHull, QhullError
 
@@ -100,7 +107,10 @@ def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: flo
     if n == 0:
         return labels, []
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndimage.maximum(prob, labels, index=np.arange(1, n + 1))
+    inside = labels > 0  # ndimage.maximum sorts every pixel of the image; only the components' matter
+    peaks = np.zeros(n + 1, np.float32)
+    np.maximum.at(peaks, labels[inside], prob[inside])
+    peaks = peaks[1:]
     floor = max(min_area_fraction * prob.size, min_component_fraction * areas.max())
     return labels, [(int(k + 1), int(areas[k]), float(peaks[k])) for k in np.argsort(-areas, kind="stable") if areas[k] >= floor]
 

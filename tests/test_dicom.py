@@ -13,7 +13,9 @@ from pydicom.pixels import apply_windowing, convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, UID, generate_uid
 
+from breastai.data.geometry import undo_geometry
 from breastai.data.readers import dicom as D
+from breastai.data.readers import dicom_header as H
 from breastai.data.readers.registry import ImageReadError, load_image
 
 MG_SOP = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -301,11 +303,11 @@ def test_right_breast_flip_and_undo_geometry(tmp_path, header):
     q = img.pixels.shape[1] // 4
     assert img.pixels[:, :q].mean() > img.pixels[:, -q:].mean(), "chest wall (dense side) must be on the left"
     lesion_map = (img.pixels > 0.8).astype(np.float32)
-    back = D.undo_geometry(lesion_map, img)
+    back = undo_geometry(lesion_map, img)
     assert back.shape == img0.shape
     np.testing.assert_allclose(_centroid(back > 0.5), lesion_rc, atol=0.5)
     small = np.asarray(lesion_map[::4, ::4])  # coarser map, e.g. a saliency map
-    back2 = D.undo_geometry(small, img.meta)
+    back2 = undo_geometry(small, img.meta)
     np.testing.assert_allclose(_centroid(back2 > 0.5), lesion_rc, atol=3)
 
 
@@ -327,7 +329,7 @@ def test_is_dicom_and_suffixless_load(tmp_path):
     bare = tmp_path / "IM0001"
     bare.write_bytes(p.read_bytes())
     (tmp_path / "notes.txt").write_text("hello")
-    assert D.is_dicom(bare) and D.is_dicom(p) and not D.is_dicom(tmp_path / "notes.txt")
+    assert H.is_dicom(bare) and H.is_dicom(p) and not H.is_dicom(tmp_path / "notes.txt")
     arr, meta = load_image(bare)
     assert meta["reader"] == "dicom" and arr.ndim == 2
 
@@ -351,9 +353,9 @@ def test_group_dicom_folder(tmp_path):
                 SeriesInstanceUID=s1, InstanceNumber=1)
     groups = D.group_dicom_folder(tmp_path)
     assert len(groups) == 2
-    key1 = (D.uid_hash(study), D.uid_hash(s1))
+    key1 = (H.uid_hash(study), H.uid_hash(s1))
     assert [p.name for p in groups[key1]] == ["f1.dcm", "f3.dcm", "f0.dcm"]
-    assert len(groups[(D.uid_hash(study), D.uid_hash(s2))]) == 1
+    assert len(groups[(H.uid_hash(study), H.uid_hash(s2))]) == 1
     assert len(groups.notes) == 1 and "readme.txt" in groups.notes[0]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from breastai.data.geometry import undo_geometry
 from breastai.data.readers import dicom as D
 from breastai.data.readers import mammo
 from breastai.data.readers.registry import load_image
@@ -105,7 +106,7 @@ def test_load_image_matches_read_dicom(images):
 
 def test_undo_geometry_real(images):
     name, img = next((n, i) for n, i in images.items() if i.flipped_lr)
-    back = D.undo_geometry(img.pixels, img)
+    back = undo_geometry(img.pixels, img)
     assert back.shape == (img.meta["rows"], img.meta["cols"])
     r0, r1, c0, c1 = img.crop_box
     np.testing.assert_array_equal(back[r0:r1, c0:c1][:, ::-1], img.pixels)

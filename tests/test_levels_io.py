@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from breastai.data.datalist import DatalistError, read_datalist
 from breastai.data.grouping import age_band, dicom_header_fields, grouping_of
-from breastai.data.readers.dicom import uid_hash
+from breastai.data.readers.dicom_header import uid_hash
 
 
 def _csv(path):

@@ -27,7 +27,7 @@ def test_png_and_grey_dicom_give_the_same_probability(predictor, sample, tmp_pat
 
 
 def test_identifiers_never_leak(ckpt, sample, tmp_path):
-    from breastai.data.readers.dicom import uid_hash
+    from breastai.data.readers.dicom_header import uid_hash
 
     pixels = np.asarray(Image.open(sample[0]).convert("L"))
     uid = "1.2.826.0.1.3680043.8.498.99"
@@ -51,7 +51,7 @@ def test_identifiers_never_leak(ckpt, sample, tmp_path):
 
 def test_identifiers_never_leak_from_failed_files_datalist_ids_or_uid_file_names(ckpt, sample, tmp_path):
     from breastai.data.datalist import write_datalist
-    from breastai.data.readers.dicom import uid_hash
+    from breastai.data.readers.dicom_header import uid_hash
 
     pixels = np.asarray(Image.open(sample[0]).convert("L"))
     folder = tmp_path / "in" / PATIENT_ID
@@ -202,10 +202,11 @@ def test_predict_reads_each_dicom_header_once(ckpt, tmp_path, monkeypatch):
     check before decoding, which refuses oversized images unread, is separate)."""
     import pydicom
 
-    from breastai.data.readers import dicom as dicom_reader
+    from breastai.data.readers import dicom_header
+
     paths = [_write_dicom(tmp_path / f"im{i}.dcm", (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8),
                           sop_uid=f"1.2.826.0.1.3680043.8.498.{900 + i}") for i in range(2)]
-    dicom_reader._cached_header.cache_clear()
+    dicom_header._cached_header.cache_clear()
     calls = []
     real = pydicom.dcmread
 

@@ -192,7 +192,7 @@ def test_queue_rounds_and_restart_send_each_object_once(mg_ckpt, tmp_path, pacs)
 
 
 def _hash(path: Path) -> str:
-    from breastai.data.readers.dicom import uid_hash
+    from breastai.data.readers.dicom_header import uid_hash
 
     return uid_hash(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 

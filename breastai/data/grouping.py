@@ -6,7 +6,7 @@ reading only the elements named in :data:`DICOM_FIELDS` (never the pixels):
 
 - exam: the ``exam`` column, else a ``group`` the datalist gave (a group equal to the row's
   ``case_id`` is the default, not a grouping); DICOM: the hash of the Study Instance UID
-  (:func:`breastai.data.readers.dicom.uid_hash`), so no UID reaches an output.
+  (:func:`breastai.data.readers.dicom_header.uid_hash`), so no UID reaches an output.
 - laterality, view: the ``laterality`` and ``view`` columns; DICOM: Image Laterality (else
   Laterality) and View Position (else the View Code Sequence).
 
@@ -58,14 +58,18 @@ def exam_of(record: Mapping[str, Any]) -> str | None:
 
 
 def _is_dicom(path: Any) -> bool:
-    from breastai.data.readers.dicom import is_dicom
+    from breastai.data.readers.dicom_header import is_dicom
 
     return isinstance(path, (str, Path)) and is_dicom(path)
 
 
 def dicom_header_fields(path: str | Path, names: Sequence[str]) -> dict[str, str]:
     """The subgroup values ``names`` (keys of :data:`DICOM_FIELDS`) of a DICOM file, ``""`` where absent."""
-    from breastai.data.readers.dicom import image_laterality, read_header, view_position
+    from breastai.data.readers.dicom_header import (
+        image_laterality,
+        read_header,
+        view_position,
+    )
 
     unknown = [n for n in names if n not in DICOM_FIELDS]
     if unknown:
@@ -94,7 +98,12 @@ def grouping_of(record: Mapping[str, Any]) -> dict[str, str | None]:
            Keys.VIEW: str(record.get(Keys.VIEW) or "").strip().upper() or None}
     if all(out.values()) or not _is_dicom(record.get(Keys.IMAGE)):
         return out
-    from breastai.data.readers.dicom import image_laterality, read_header, uid_hash, view_position
+    from breastai.data.readers.dicom_header import (
+        image_laterality,
+        read_header,
+        uid_hash,
+        view_position,
+    )
 
     ds = read_header(record[Keys.IMAGE])
     if ds is not None:

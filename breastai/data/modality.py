@@ -32,7 +32,10 @@ def dicom_modality(path: str | Path) -> str | None:
     when an export dropped the tag, as three of the real mammograms in shared/data/dicom-mg do);
     None when neither says, or the header cannot be read (the pixel reader reports that itself).
     """
-    from breastai.data.readers.dicom import modality_and_intent, read_header  # the rule read_dicom reports in meta
+    from breastai.data.readers.dicom_header import (  # the rule read_dicom reports in meta
+        modality_and_intent,
+        read_header,
+    )
 
     ds = read_header(path)
     if ds is None:  # unreadable files fail later, when decoded, with the reader's message
@@ -51,7 +54,7 @@ def record_modality(rec: Mapping[str, Any], default: str | None = None) -> str |
         return given
     image = rec.get("image")
     if isinstance(image, (str, Path)):
-        from breastai.data.readers.dicom import is_dicom
+        from breastai.data.readers.dicom_header import is_dicom
 
         if is_dicom(image) and Path(image).is_file():
             found = dicom_modality(image)

@@ -114,7 +114,7 @@ class DicomObjects:
         path = record.get("_path")
         if record.get("error") or record.get("probability") is None or self.dir is None:
             return
-        from breastai.data.readers.dicom import is_dicom
+        from breastai.data.readers.dicom_header import is_dicom
 
         if path is None or not is_dicom(path):
             self.not_dicom += 1
@@ -173,7 +173,7 @@ class DicomObjects:
 
 def _safe_message(exc: Exception, path: Path | str) -> str:
     """The error's text without the source's identifying header values (it may quote them)."""
-    from breastai.data.readers.dicom import private_identity
+    from breastai.data.readers.dicom_header import private_identity
     from breastai.data.readers.redaction import redact
 
     secrets, _ = private_identity(path)

@@ -50,7 +50,7 @@ class PredictItem:
 def _is_image_file(p: Path) -> bool:
     if image_suffix(p) in IMAGE_SUFFIXES:
         return True
-    from breastai.data.readers.dicom import (
+    from breastai.data.readers.dicom_header import (
         is_dicom,  # DICOM files often carry no suffix
     )
 

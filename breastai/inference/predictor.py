@@ -365,7 +365,7 @@ class Predictor:
         if not any(trained) or isinstance(item.image, np.ndarray):
             return None
         from breastai.data.modality import dicom_modality, modality_refusal
-        from breastai.data.readers.dicom import is_dicom
+        from breastai.data.readers.dicom_header import is_dicom
 
         path = Path(item.image)
         if not (is_dicom(path) and path.is_file()):
@@ -398,7 +398,7 @@ def _identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any]
     default = item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}")
     if keep or isinstance(item.image, np.ndarray):
         return {"id": default}, []
-    from breastai.data.readers.dicom import is_dicom, private_identity
+    from breastai.data.readers.dicom_header import is_dicom, private_identity
     from breastai.data.readers.redaction import holds_identifier, redact
 
     if not is_dicom(item.image):

@@ -48,7 +48,7 @@ def dicom_header(image: Any) -> Any:
     """The DICOM header of an input path (cached; pixels not read), or None for other inputs."""
     if isinstance(image, np.ndarray):
         return None
-    from breastai.data.readers.dicom import is_dicom, read_header
+    from breastai.data.readers.dicom_header import is_dicom, read_header
 
     return read_header(image) if Path(image).is_file() and is_dicom(image) else None
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from breastai.data.readers.dicom import modality_and_intent, uid_hash
+from breastai.data.readers.dicom_header import modality_and_intent, uid_hash
 from breastai.inference.dicom_writer import DICOM_FIELDS, DicomObjects
 from breastai.inference.predictor import MaskProvider, Predictor
 from breastai.models.outliner import SegmenterSource

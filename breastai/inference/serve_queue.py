@@ -12,7 +12,7 @@ SOP Instance UID) after the restart. Layout under the node's ``--out``::
     OUT/studies/<study>/rounds/<NNNN>/sent/<name>    one marker per object the destination accepted
 
 ``<study>`` and ``<sop>`` are the first 16 hex digits of the SHA-256 of the Study and SOP
-Instance UIDs (:func:`breastai.data.readers.dicom.uid_hash`): no identifier is ever a name.
+Instance UIDs (:func:`breastai.data.readers.dicom_header.uid_hash`): no identifier is ever a name.
 A round scores the images of a study that no complete round has scored yet; an image that
 arrives again with the same SOP Instance UID after it was scored is kept but not scored again.
 """

@@ -12,9 +12,9 @@ from conftest import disc, seg_config
 
 from breastai.core.config import ConfigError, load_config
 from breastai.models.checkpoint import load_checkpoint
-from breastai.models.lesions import find_lesions, max_diameter
+from breastai.models.lesions import find_lesions, mask_edge, max_diameter
 from breastai.models.registry import check_model_config, create_model, get_spec, list_models
-from breastai.reporting.segmentation import mask_metrics, outline, segmentation_summary
+from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
 SEGMENTERS = list_models("segmentation")
 
@@ -128,7 +128,7 @@ def test_mask_metrics_values():
     missed = mask_metrics(np.zeros_like(t), t)
     assert missed["dice"] == 0.0 and np.isnan(missed["hd95"])
     assert np.isnan(mask_metrics(p, np.zeros_like(t))["dice"])
-    assert outline(t).sum() == 4 * 20 - 4
+    assert mask_edge(t).sum() == 4 * 20 - 4
 
 
 def test_segmentation_summary_counts():

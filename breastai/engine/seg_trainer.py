@@ -29,10 +29,10 @@ from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch
 from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
-from breastai.models.lesions import find_lesions, lesion_score
+from breastai.models.lesions import find_lesions, lesion_score, mask_edge
 from breastai.models.registry import create_model
 from breastai.reporting.metrics import choose_threshold
-from breastai.reporting.segmentation import mask_metrics, outline, segmentation_summary
+from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
 __all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "predict_segmentation", "score_segmentation",
@@ -167,7 +167,7 @@ def _overlays(pred: dict[str, Any], images: torch.Tensor, threshold: float) -> t
     for img, prob, truth in zip(images, pred["prob"], pred["truth"]):
         rgb = img[:1].repeat(3, 1, 1).clone()
         for ch, m in ((1, truth), (0, prob.astype(np.float32) >= threshold)):
-            edge = torch.from_numpy(outline(m))
+            edge = torch.from_numpy(mask_edge(m))
             rgb[:, edge] = 0.0
             rgb[ch, edge] = 1.0
         tiles.append(rgb)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_score", "lesion_size", "max_diameter"]
+__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_score", "lesion_size", "mask_edge", "max_diameter"]
 
 
 @dataclass
@@ -47,6 +47,15 @@ class LesionSize:
     unit: str
 
 
+def mask_edge(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The edge of a mask: its pixels within ``width`` 4-neighbour steps of the background (the image's
+    border counts as background)."""
+    from scipy.ndimage import binary_erosion
+
+    m = np.asarray(mask) > 0
+    return m & ~binary_erosion(m, iterations=width, border_value=0)
+
+
 def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> LesionSize | None:
     """Area and maximum Feret diameter of ``mask`` (None when empty), in mm with ``spacing`` else in pixels.
 
@@ -60,11 +69,7 @@ def lesion_size(mask: np.ndarray, spacing: tuple[float, float] | None) -> Lesion
     area = float(m.sum()) * dy * dx
     # The hull's corners are corners of edge pixels: the interior is left out, and the corners are
     # deduplicated as one integer each (a 2-D np.unique sorts rows, ten times slower).
-    inner = m.copy()
-    inner[1:-1, 1:-1] &= m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    inner[[0, -1], :] = False
-    inner[:, [0, -1]] = False
-    rows, cols = np.nonzero(m & ~inner)
+    rows, cols = np.nonzero(mask_edge(m))
     width = m.shape[1] + 1
     keys = np.unique(np.concatenate([(rows + a) * width + cols + b for a in (0, 1) for b in (0, 1)]))
     corners = np.stack([keys // width, keys % width], 1).astype(np.float64) * np.array([dy, dx])

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from breastai.models.lesions import mask_edge
+
 __all__ = ["METHODS", "UPSAMPLING", "check_upsampling", "LogitAsClasses", "SaliencyExplainer", "normalise_map", "peak_in_mask", "heat_overlay", "frozen_copy", "saliency_grid"]
 
 METHODS = ("gradcam", "gradcam++", "occlusion", "none")
@@ -158,11 +160,7 @@ def peak_in_mask(smap: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import binary_erosion
-
-    m = np.asarray(mask) > 0
-    width = max(1, int(round(max(m.shape) / 400)))  # visible on 4000-px mammograms too
-    return m & ~binary_erosion(m, iterations=width, border_value=0)
+    return mask_edge(mask, width=max(1, int(round(max(np.shape(mask)) / 400))))  # visible on 4000-px mammograms too
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:

@@ -23,18 +23,7 @@ import torch
 
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc
 
-__all__ = ["mask_metrics", "segmentation_summary", "outline"]
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The boundary pixels of a boolean mask (the mask minus its 4-neighbour erosion)."""
-    m = np.asarray(mask, bool)
-    inner = m.copy()
-    inner[1:] &= m[:-1]
-    inner[:-1] &= m[1:]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    return m & ~inner
+__all__ = ["mask_metrics", "segmentation_summary"]
 
 
 def mask_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -11,7 +11,8 @@ segmenter's lesion-presence probability (AUC: lesion against normal images, wher
 normal images). Malignancy over the lesion images (benign against malignant), by the rule written
 in docs/experiments.md before the runs: the automatic pipeline's image score is the highest
 probability over its found lesions, 0 where none was found; beside it the same classifier given
-the traced mask, and given the traced mask's bounding box; and ``--whole-run`` (a whole-image
+the traced mask, and given the traced mask's bounding box. The automatic score is
+:func:`breastai.engine.auto_outline.score_outlined`'s, the rule ``breastai evaluate --auto-outline`` applies; and ``--whole-run`` (a whole-image
 model's run on the same folds) if given. Sensitivity and specificity are at each classifier's own
 threshold; ECE over 10 bins.
 
@@ -33,13 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.data.datalist import read_datalist  # noqa: E402
 from breastai.data.readers.masks import LesionBox, load_mask  # noqa: E402
+from breastai.engine.auto_outline import score_outlined  # noqa: E402
 from breastai.inference.predictor import Predictor  # noqa: E402
+from breastai.models.checkpoint import load_checkpoint  # noqa: E402
 from breastai.models.outliner import Outliner  # noqa: E402
 from breastai.reporting.metrics import binary_metrics, bootstrap_auc_ci, ece, roc_auc  # noqa: E402
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary  # noqa: E402
@@ -59,16 +63,10 @@ def _box(mask: np.ndarray) -> LesionBox:
 
 
 def _image_scores(records: list[dict], paths: list[str]) -> tuple[dict[str, float], dict[str, bool]]:
-    """Per source image: the highest probability over its records (0 without a scored lesion) and
-    whether it was called malignant."""
-    prob = {p: 0.0 for p in paths}
-    called = {p: False for p in paths}
-    for r in records:
-        src = r["_src"]
-        if r.get("probability") is not None:
-            prob[src] = max(prob[src], float(r["probability"]))
-            called[src] = called[src] or r.get("label") == MALIGNANT
-    return prob, called
+    """Per source image (one record each: a traced outline or a box): its probability and whether it
+    was called malignant."""
+    return ({r["_src"]: float(r["probability"]) for r in records},
+            {r["_src"]: r.get("label") == MALIGNANT for r in records})
 
 
 def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> list[dict]:
@@ -109,8 +107,12 @@ def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]
             plain = Predictor.from_checkpoint(path)
             modes = {"traced": _predict(plain, lp, [rows[i]["mask"] for i in lesion]),
                      "box": _predict(plain, lp, [_box(truth[i]) for i in lesion])}
-            if seg_path is not None:
-                modes["automatic"] = _predict(Predictor.from_checkpoint(path, segmenter=seg_path), lp)
+            if seg_path is not None:  # evaluate --auto-outline's own rule (engine.auto_outline)
+                ckpt = load_checkpoint(path)
+                _, probs, _, _ = score_outlined(ckpt, [rows[i] for i in lesion], Outliner.from_checkpoint(seg_path),
+                                                True, torch.device("cpu"), 0, [str(rows[i]["case_id"]) for i in lesion])
+                for i, p in zip(lesion, probs):
+                    out[i]["p_automatic"], out[i]["called_automatic"] = float(p), bool(p >= ckpt.threshold)
         for name, recs in modes.items():
             prob, called = _image_scores(recs, lp)
             for i, p in zip(lesion, lp):

@@ -159,7 +159,7 @@ def test_members_decode_with_their_own_reader_options(built, synth_datalist, mon
 
 
 def test_members_read_a_dicom_header_for_naming_once(built, synth_datalist, tmp_path, monkeypatch):
-    import breastai.data.readers.dicom as dcm
+    import breastai.data.readers.dicom_header as dcm
     import breastai.inference.predictor as bp
     from conftest import write_grey_dicom
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from breastai.models.checkpoint import load_checkpoint  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.readers.masks import load_mask  # noqa: E402
-from breastai.data.transforms import coarse_outline  # noqa: E402
+from breastai.data.augment import coarse_outline  # noqa: E402
 from breastai.reporting.metrics import roc_auc  # noqa: E402
 from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
 from breastai.engine.scoring import predict_records

@@ -43,6 +43,9 @@ def test_relative_datalist_resolves_against_config_folder(tmp_path: Path):
         ("", ["model.mask_init=blue"], "model.mask_init must be one of zero, grey"),
         ("", ["eval.calibration_targets=soft"], "eval.calibration_targets must be one of hard, platt"),
         ("", ["augment.coarse_outline=1.5"], r"augment.coarse_outline is a probability in \[0, 1\]"),
+        ("", ["augment.calipers=-0.1"], r"augment.calipers is a probability in \[0, 1\]"),
+        ("", ["augment.outline_jitter=2"], r"augment.outline_jitter is a probability in \[0, 1\]"),
+        ("", ["augment.outline_jitter_strength=0.9"], r"augment.outline_jitter_strength is a fraction"),
         ("- a\n", [], "top level must be a mapping"),
     ],
 )

@@ -119,7 +119,7 @@ def test_augmentation_is_random_but_seeded(tmp_path):
 
 
 def test_coarse_outline_recovers_an_ellipse_and_a_box():
-    from breastai.data.transforms import coarse_outline
+    from breastai.data.augment import coarse_outline
 
     yy, xx = np.mgrid[:120, :160]
     ell = ((yy - 50) / 30.0) ** 2 + ((xx - 90) / 55.0) ** 2 <= 1  # axis-aligned
@@ -146,7 +146,7 @@ def _star_sample(tmp_path):
 
 
 def test_coarse_outline_augmentation_changes_only_the_mask_channel(tmp_path):
-    from breastai.data.transforms import coarse_outline
+    from breastai.data.augment import coarse_outline
 
     plain = ["augment.hflip=0", "augment.affine=0", "augment.contrast_prob=0", "augment.noise_prob=0",
              "augment.blur_prob=0"]

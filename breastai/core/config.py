@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
         "blur_prob": 0.2,
         "speckle_prob": 0.0,
         "coarse_outline": 0.0,  # P(mask channel shows the lesion's moment ellipse or box instead of its outline)
+        # P(mask channel shows the outline dilated, eroded or smoothed, as another reader might trace it) ...
+        "outline_jitter": 0.0,
+        "outline_jitter_strength": 0.06,  # ... by up to this fraction of the lesion's equivalent diameter
+        "calipers": 0.0,  # P(caliper marks drawn across the lesion, as sonographers burn them in)
     },
     "model": {
         "name": "efficientnet_lite0",
@@ -396,8 +400,12 @@ def _validate(cfg: dict[str, Any]) -> None:
     if not 0.0 <= float(cfg["seg"]["presence_sensitivity"]) < 1.0:
         raise ConfigError(f"seg.presence_sensitivity is a fraction in [0, 1) (0: eval.threshold_method), got "
                           f"{cfg['seg']['presence_sensitivity']!r}")
-    if not 0.0 <= float(cfg["augment"]["coarse_outline"]) <= 1.0:
-        raise ConfigError(f"augment.coarse_outline is a probability in [0, 1], got {cfg['augment']['coarse_outline']!r}")
+    for name in ("coarse_outline", "outline_jitter", "calipers", "speckle_prob"):
+        if not 0.0 <= float(cfg["augment"][name]) <= 1.0:
+            raise ConfigError(f"augment.{name} is a probability in [0, 1], got {cfg['augment'][name]!r}")
+    if not 0.0 <= float(cfg["augment"]["outline_jitter_strength"]) <= 0.5:
+        raise ConfigError("augment.outline_jitter_strength is a fraction of the lesion's diameter in [0, 0.5], got "
+                          f"{cfg['augment']['outline_jitter_strength']!r}")
     if not 0.0 <= float(cfg["eval"]["ood_quantile"]) <= 1.0:
         raise ConfigError(f"eval.ood_quantile is a quantile in (0, 1] (0 fits no detector), got {cfg['eval']['ood_quantile']!r}")
     if not float(cfg["eval"]["ood_margin"]) >= 1.0:

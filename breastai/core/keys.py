@@ -96,8 +96,9 @@ class Keys:
     :func:`breastai.data.geometry.map_to_original`."""
 
     OUTLINE = "outline"
-    """Training only: a coarse (1, S, S) outline (ellipse or box) shown in the mask channel instead of
-    the traced mask (:class:`breastai.data.transforms.RandCoarseOutlined`)."""
+    """Training only: a (1, S, S) outline shown in the mask channel instead of the traced mask: coarse
+    (ellipse or box, :class:`breastai.data.augment.RandCoarseOutlined`) or another reader's trace
+    (:class:`breastai.data.augment.RandOutlineJitterd`)."""
 
     RADIOMICS = "radiomics"
     """The lesion's radiomics feature vector (float32), for radiomics and fusion models; batch:

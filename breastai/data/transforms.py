@@ -7,7 +7,7 @@ A sample is a dict keyed by name (MONAI style; the names are :class:`breastai.co
     load -> grey float -> intensity normalisation -> square box (whole image or lesion crop)
     -> resize to ``size``
 
-is cached; the random part (training only) follows it. ``box`` records the square region of the
+is cached; the random part (training only, :mod:`breastai.data.augment`) follows it. ``box`` records the square region of the
 source image that became the network input, so maps can be sent back to the original geometry.
 """
 
@@ -17,18 +17,10 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import (
-    Compose,
-    MapTransform,
-    RandAdjustContrastd,
-    RandAffined,
-    RandFlipd,
-    RandGaussianNoised,
-    RandGaussianSmoothd,
-    Randomizable,
-)
+from monai.transforms import Compose, MapTransform
 
 from breastai.core.keys import Keys
+from breastai.data.augment import random_transforms
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
 from breastai.data.readers.registry import (ImageReadError, check_finite, frame_options, load_image, max_pixels_option,
@@ -39,11 +31,8 @@ __all__ = [
     "NormalizeIntensityRobustd",
     "SquareBoxd",
     "ToInputd",
-    "RandCoarseOutlined",
-    "coarse_outline",
     "square_box",
     "deterministic_transforms",
-    "random_transforms",
     "build_transforms",
     "Preset",
     "root_cause",
@@ -173,7 +162,7 @@ class ToInputd(MapTransform):
         d = dict(data)
         img = torch.as_tensor(np.asarray(d[Keys.IMAGE]), dtype=torch.float32).clamp_(0.0, 1.0)
         mask = torch.as_tensor(np.asarray(d[Keys.MASK]), dtype=torch.float32)
-        outline = d.pop(Keys.OUTLINE, None)  # a coarsened mask channel (RandCoarseOutlined), training only
+        outline = d.pop(Keys.OUTLINE, None)  # a coarse or jittered mask channel (breastai.data.augment), training only
         channel = mask if outline is None else torch.as_tensor(np.asarray(outline), dtype=torch.float32)
         d[Keys.IMAGE] = torch.cat([img, channel], 0) if self.mask_channel else img
         d[Keys.MASK] = mask
@@ -183,64 +172,6 @@ class ToInputd(MapTransform):
         for k in (Keys.GROUP, Keys.SPLIT, Keys.FOLD, Keys.FRAME):
             d.pop(k, None)
         d[Keys.CASE_ID] = str(d.get(Keys.CASE_ID, ""))
-        return d
-
-
-def coarse_outline(mask: np.ndarray, kind: str) -> np.ndarray:
-    """A coarse stand-in for a traced (H, W) lesion mask: ``ellipse`` (the ellipse with the mask's
-    centroid and second moments, ``(p - c)^T S^-1 (p - c) <= 4`` with S the pixel covariance, as a
-    uniform ellipse of semi-axes a, b has variances a^2/4, b^2/4) or ``box`` (its bounding box)."""
-    m = np.asarray(mask) > 0.5
-    ys, xs = np.nonzero(m)
-    out = np.zeros(m.shape, np.float32)
-    if len(ys) == 0:
-        return out
-    if kind == "box":
-        out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 1.0
-        return out
-    pts = np.stack([ys, xs], 1).astype(np.float64)
-    c = pts.mean(0)
-    cov = np.cov(pts.T, bias=True) + np.eye(2) / 12.0  # + the variance of one pixel: no degenerate lines
-    (a, b), (_, e) = np.linalg.inv(cov)
-    dy = np.arange(m.shape[0])[:, None] - c[0]
-    dx = np.arange(m.shape[1])[None, :] - c[1]
-    out[a * dy * dy + 2.0 * b * dy * dx + e * dx * dx <= 4.0] = 1.0
-    return out
-
-
-class RandCoarseOutlined(Randomizable, MapTransform):
-    """With probability ``prob``, the mask *channel* shows a coarse outline (moment ellipse or
-    bounding box, half the time each) instead of the traced one; ``mask`` itself is unchanged.
-
-    A model given the traced outline leans on its fine shape; users often supply a rough ellipse or
-    box, where such a model loses most of its accuracy. Seeing coarse outlines in training keeps the
-    image features in use."""
-
-    def __init__(self, prob: float):
-        MapTransform.__init__(self, keys=[Keys.MASK])
-        self.prob = prob
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.R.rand() < self.prob:
-            kind = "ellipse" if self.R.rand() < 0.5 else "box"
-            d[Keys.OUTLINE] = coarse_outline(np.asarray(d[Keys.MASK])[0], kind)[None]
-        return d
-
-
-class RandSpeckled(Randomizable, MapTransform):
-    """Multiplicative gamma speckle: scanner and frequency differences change the speckle grain."""
-
-    def __init__(self, prob: float, strength: float = 0.25):
-        MapTransform.__init__(self, keys=[Keys.IMAGE])
-        self.prob, self.strength = prob, strength
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.R.rand() < self.prob:
-            k = 1.0 / self.strength**2
-            noise = self.R.gamma(k, 1.0 / k, size=np.asarray(d[Keys.IMAGE]).shape).astype(np.float32)
-            d[Keys.IMAGE] = np.clip(np.asarray(d[Keys.IMAGE]) * noise, 0, 1)
         return d
 
 
@@ -275,41 +206,6 @@ def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any]
         *full_image,
         SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre["min_crop_fraction"]),
     ]
-
-
-def random_transforms(aug: dict[str, Any], size: int) -> list:
-    """Training-only augmentation, aimed at scanner and acquisition differences."""
-    if not aug.get("enabled", True):
-        return []
-    keys = ["image", "mask"]
-    t: list = []
-    if aug["hflip"] > 0:
-        t.append(RandFlipd(keys, prob=aug["hflip"], spatial_axis=1))
-    if aug["vflip"] > 0:
-        t.append(RandFlipd(keys, prob=aug["vflip"], spatial_axis=0))
-    if aug["affine"] > 0:
-        t.append(
-            RandAffined(
-                keys,
-                prob=aug["affine"],
-                rotate_range=np.deg2rad(aug["rotate_deg"]),
-                scale_range=(aug["scale"], aug["scale"]),
-                translate_range=(aug["translate"] * size, aug["translate"] * size),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
-    if aug["contrast_prob"] > 0:
-        t.append(RandAdjustContrastd(["image"], prob=aug["contrast_prob"], gamma=tuple(aug["gamma"])))
-    if aug.get("speckle_prob", 0) > 0:
-        t.append(RandSpeckled(aug["speckle_prob"]))
-    if aug["blur_prob"] > 0:
-        t.append(RandGaussianSmoothd(["image"], prob=aug["blur_prob"], sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)))
-    if aug["noise_prob"] > 0:
-        t.append(RandGaussianNoised(["image"], prob=aug["noise_prob"], std=aug["noise_std"]))
-    if aug.get("coarse_outline", 0) > 0:
-        t.append(RandCoarseOutlined(aug["coarse_outline"]))
-    return t
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -46,6 +46,7 @@ def test_relative_datalist_resolves_against_config_folder(tmp_path: Path):
         ("", ["augment.calipers=-0.1"], r"augment.calipers is a probability in \[0, 1\]"),
         ("", ["augment.outline_jitter=2"], r"augment.outline_jitter is a probability in \[0, 1\]"),
         ("", ["augment.outline_jitter_strength=0.9"], r"augment.outline_jitter_strength is a fraction"),
+        ("", ["preprocess.outline_smooth=-1"], r"preprocess.outline_smooth is a fraction"),
         ("- a\n", [], "top level must be a mapping"),
     ],
 )

@@ -169,3 +169,37 @@ def test_coarse_outline_augmentation_changes_only_the_mask_channel(tmp_path):
     # Evaluation and inference never coarsen.
     ev = build_transforms(load_config(None, [*base, "augment.coarse_outline=1.0"]), train=False)(s)
     assert torch.equal(ev["image"][1], ev["mask"][0])
+
+
+def test_outline_smoothing_makes_a_jagged_and_a_smooth_trace_of_one_lesion_alike(tmp_path):
+    from breastai.data.augment import jitter_outline
+
+    yy, xx = np.mgrid[:120, :160]
+    smooth = ((yy - 60) ** 2 / 30**2 + (xx - 80) ** 2 / 45**2 <= 1).astype(np.uint8) * 255
+    # The same ellipse traced as a rough polygon: its edge pixels randomly in or out.
+    edge = (smooth > 0) & ~(np.roll(smooth, 1, 0) > 0) | (smooth > 0) & ~(np.roll(smooth, -1, 1) > 0)
+    rng = np.random.default_rng(0)
+    ring = np.abs(np.sqrt((yy - 60) ** 2 / 30**2 + (xx - 80) ** 2 / 45**2) - 1) < 0.06
+    jagged = np.where(ring, (rng.random(ring.shape) < 0.5) * 255, smooth).astype(np.uint8)
+    assert edge.any() and (jagged != smooth).sum() > 200
+    img = np.full((120, 160), 90, np.uint8)
+    Image.fromarray(img).save(tmp_path / "i.png")
+    channels = {}
+    for name, m in (("smooth", smooth), ("jagged", jagged)):
+        Image.fromarray(m).save(tmp_path / f"{name}.png")
+        s = {"image": str(tmp_path / "i.png"), "mask": [str(tmp_path / f"{name}.png")], "label": "benign", "case_id": name}
+        base = ["preprocess.mode=crop", "preprocess.size=96", "preprocess.mask_channel=true"]
+        plain = build_transforms(load_config(None, base), train=False)(s)
+        out = build_transforms(load_config(None, [*base, "preprocess.outline_smooth=0.03"]), train=False)(s)
+        assert torch.equal(plain["image"][1], plain["mask"][0])  # off by default: the traced outline
+        assert torch.equal(out["mask"], plain["mask"])  # the mask itself stays as traced
+        traced = out["mask"][0].numpy()
+        d = 2 * np.sqrt(traced.sum() / np.pi)
+        assert np.array_equal(out["image"][1].numpy(), jitter_outline(traced, "smooth", 0.03 * d))
+        channels[name] = (plain["image"][1].numpy() > 0.5, out["image"][1].numpy() > 0.5)
+    from skimage.measure import perimeter
+
+    # The jagged trace's edge is much longer than the smooth one's; smoothed, about as long.
+    raw = perimeter(channels["jagged"][0]) / perimeter(channels["smooth"][0])
+    smoothed = perimeter(channels["jagged"][1]) / perimeter(channels["smooth"][1])
+    assert raw > 1.15 and smoothed < 1.05

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
         "normalize": "percentile",  # percentile | zscore | minmax
         "percentiles": [0.5, 99.5],
         "mask_channel": False,  # add the lesion mask as a second input channel
+        # > 0: the mask channel's outline smoothed by a Gaussian of this fraction of the lesion's
+        # equivalent diameter, in training and inference (a reader's pixel-scale roughness removed)
+        "outline_smooth": 0.0,
     },
     "augment": {
         "enabled": True,
@@ -403,6 +406,9 @@ def _validate(cfg: dict[str, Any]) -> None:
     for name in ("coarse_outline", "outline_jitter", "calipers", "speckle_prob"):
         if not 0.0 <= float(cfg["augment"][name]) <= 1.0:
             raise ConfigError(f"augment.{name} is a probability in [0, 1], got {cfg['augment'][name]!r}")
+    if not 0.0 <= float(cfg["preprocess"]["outline_smooth"]) <= 0.5:
+        raise ConfigError("preprocess.outline_smooth is a fraction of the lesion's diameter in [0, 0.5], got "
+                          f"{cfg['preprocess']['outline_smooth']!r}")
     if not 0.0 <= float(cfg["augment"]["outline_jitter_strength"]) <= 0.5:
         raise ConfigError("augment.outline_jitter_strength is a fraction of the lesion's diameter in [0, 0.5], got "
                           f"{cfg['augment']['outline_jitter_strength']!r}")

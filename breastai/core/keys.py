@@ -96,9 +96,10 @@ class Keys:
     :func:`breastai.data.geometry.map_to_original`."""
 
     OUTLINE = "outline"
-    """Training only: a (1, S, S) outline shown in the mask channel instead of the traced mask: coarse
-    (ellipse or box, :class:`breastai.data.augment.RandCoarseOutlined`) or another reader's trace
-    (:class:`breastai.data.augment.RandOutlineJitterd`)."""
+    """A (1, S, S) outline shown in the mask channel instead of the traced mask: coarse (ellipse or
+    box, :class:`breastai.data.augment.RandCoarseOutlined`) or another reader's trace
+    (:class:`breastai.data.augment.RandOutlineJitterd`) in training, smoothed in training and
+    inference alike (:class:`breastai.data.transforms.SmoothOutlined`)."""
 
     RADIOMICS = "radiomics"
     """The lesion's radiomics feature vector (float32), for radiomics and fusion models; batch:

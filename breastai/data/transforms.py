@@ -20,7 +20,7 @@ import torch
 from monai.transforms import Compose, MapTransform
 
 from breastai.core.keys import Keys
-from breastai.data.augment import random_transforms
+from breastai.data.augment import jitter_outline, random_transforms
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
 from breastai.data.readers.registry import (ImageReadError, check_finite, frame_options, load_image, max_pixels_option,
@@ -31,6 +31,7 @@ __all__ = [
     "NormalizeIntensityRobustd",
     "SquareBoxd",
     "ToInputd",
+    "SmoothOutlined",
     "square_box",
     "deterministic_transforms",
     "build_transforms",
@@ -150,6 +151,29 @@ class SquareBoxd(MapTransform):
         return d
 
 
+class SmoothOutlined(MapTransform):
+    """The mask channel's outline smoothed by a Gaussian of sigma ``fraction`` times the lesion's
+    equivalent diameter, thresholded at 1/2 (:func:`breastai.data.augment.jitter_outline`,
+    ``smooth``), in training and at inference alike; ``mask`` itself is unchanged.
+
+    How finely a reader follows the edge is a habit of the reader, not a property of the lesion:
+    BUSI's readers trace benign lesions smoothly and malignant ones jaggedly, BrEaST's readers
+    trace every lesion with a rough polygon, so a model that learnt BUSI's fine edge calls
+    BrEaST's benign lesions malignant (docs/experiments.md). Smoothed, every outline keeps its
+    lobulation and loses the reader's pixel-scale roughness."""
+
+    def __init__(self, fraction: float):
+        super().__init__(keys=[Keys.MASK])
+        self.fraction = float(fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        outline = np.asarray(d[Keys.OUTLINE] if Keys.OUTLINE in d else d[Keys.MASK])[0]
+        diameter = 2.0 * np.sqrt((outline > 0.5).sum() / np.pi)
+        d[Keys.OUTLINE] = jitter_outline(outline, "smooth", self.fraction * diameter)[None]
+        return d
+
+
 class ToInputd(MapTransform):
     """Final network input: ``image`` (C, S, S) float tensor, C = 2 when the mask is a channel."""
 
@@ -162,7 +186,7 @@ class ToInputd(MapTransform):
         d = dict(data)
         img = torch.as_tensor(np.asarray(d[Keys.IMAGE]), dtype=torch.float32).clamp_(0.0, 1.0)
         mask = torch.as_tensor(np.asarray(d[Keys.MASK]), dtype=torch.float32)
-        outline = d.pop(Keys.OUTLINE, None)  # a coarse or jittered mask channel (breastai.data.augment), training only
+        outline = d.pop(Keys.OUTLINE, None)  # a coarse, jittered (training) or smoothed mask channel
         channel = mask if outline is None else torch.as_tensor(np.asarray(outline), dtype=torch.float32)
         d[Keys.IMAGE] = torch.cat([img, channel], 0) if self.mask_channel else img
         d[Keys.MASK] = mask
@@ -239,5 +263,7 @@ def build_transforms(cfg: dict[str, Any], train: bool,
     pre = cfg["preprocess"]
     det = deterministic_transforms(pre, cfg["data"].get("reader_options"), full_image)
     rnd = random_transforms(cfg["augment"], int(pre["size"])) if train else []
-    return Preset([*det, *rnd, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
+    # After the random part: the affine moves image and mask only, so the outline is taken last.
+    smooth = [SmoothOutlined(pre["outline_smooth"])] if float(pre.get("outline_smooth", 0)) > 0 else []
+    return Preset([*det, *rnd, *smooth, ToInputd(bool(pre["mask_channel"]), list(cfg["data"]["classes"]))])
 

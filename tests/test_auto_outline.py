@@ -242,6 +242,9 @@ def test_evaluate_the_automatic_pipeline_against_traced_outlines(crop_ckpt, seg_
     table = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "auto" / "predictions.csv"))}
     assert float(table["none"]["probability"]) == 0.0 and table["none"]["n_lesions"] == "0"
     assert {r["mask_source"] for r in table.values()} == {"segmenter"} and float(table["l0"]["dice"]) >= DICE
+    # The OOD score of each scored row is its lesion's; a row where nothing was found has none.
+    assert table["none"]["ood_score"] == "" and all(float(table[f"l{i}"]["ood_score"]) > 0 for i in range(6))
+    assert auto["ood_flagged"] == pytest.approx(np.mean([float(table[f"l{i}"]["ood_score"]) > 1 for i in range(6)]))
     # Without --auto-outline the traced masks are scored; only the row without one is outlined.
     mixed = evaluate_checkpoint(crop_ckpt, dl, tmp_path / "mixed", device="cpu", n_boot=50, segmenter=seg_ckpt)
     assert mixed["outline"]["n_outlined"] == 1 and mixed["outline"]["traced_masks"] == "used where present"

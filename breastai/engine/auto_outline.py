@@ -15,6 +15,8 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
 * Where the row has a traced mask: Dice, IoU and HD95 (pixels of the stored image) of the union of
   the found lesions against it (a lesion image where nothing was found counts Dice 0, and is
   ``missed``), summarised by :func:`breastai.reporting.segmentation.segmentation_summary`.
+* A row's ``ood_score`` is that of the lesion whose score it carries (none where nothing was
+  found); ``ood_flagged`` is the share of rows with a score above 1.
 """
 
 from __future__ import annotations
@@ -101,9 +103,16 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         infos.append(info)
     cal = ckpt.calibration
     best = np.full(len(records), -np.inf)
+    row_ood: list[float | None] = [None] * len(records)
     if lesions:
         pred = predict_records(ckpt, lesions, device, progress=progress, names=[names[i] for i in row_of])
-        np.maximum.at(best, np.asarray(row_of), calibrated_logit(pred["logit"], cal))
+        z = calibrated_logit(pred["logit"], cal)
+        np.maximum.at(best, np.asarray(row_of), z)
+        if ckpt.ood is not None and pred.get("features"):
+            # A row's OOD score is that of the lesion whose score it carries.
+            for i, zj, o in zip(row_of, z, ckpt.ood.score(pred["features"])):
+                if zj == best[i] and row_ood[i] is None:
+                    row_ood[i] = float(o)
     missed = ~np.isfinite(best)
     best[missed] = min(NO_LESION_LOG_ODDS, float(best[~missed].min()) - 1.0) if (~missed).any() else NO_LESION_LOG_ODDS
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])
@@ -112,10 +121,15 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
                 "logit": best * float(cal.get("temperature", 1.0)) + float(cal.get("logit_offset", 0.0))}
     probs, report, rows = score_part(row_pred, ckpt, n_boot)
     probs[missed] = 0.0
-    for row, info, miss in zip(rows, infos, missed):
+    for row, info, miss, o in zip(rows, infos, missed, row_ood):
         row.update(mask_source=info["mask_source"], n_lesions=info["n_lesions"], dice=info.get("dice"))
         if miss:
             row["probability"] = 0.0
+        if ckpt.ood is not None:
+            row["ood_score"] = o  # None where no lesion was found: nothing was scored
+    scored_ood = [o for o in row_ood if o is not None]
+    if scored_ood:
+        report["ood_flagged"] = float(np.mean(np.asarray(scored_ood) > 1.0))
     outlined = [info for info in infos if info["mask_source"] == "segmenter"]
     measured = [info for info in outlined if "has_lesion" in info]
     report["outline"] = {

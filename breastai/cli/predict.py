@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
         rules = [load_level_rule(f) for f in args.level_rule or []]
         checkpoint, writers, segmenter = args.checkpoint, None, args.segmenter
+        engine = None
+        if args.engine == "ray":  # every actor loads the checkpoint from its path
+            from breastai.inference.ray_engine import RayScoring
+
+            engine = RayScoring(args.checkpoint, args.segmenter, args.device, args.ray_address)
         if args.dicom_out:  # the predictor is built here (the DICOM writer needs it), with its segmenter
             checkpoint, writers = _dicom_writers(args, rules)
             segmenter = None
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                              find_masks=args.find_masks, device=args.device,
                              saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules,
                              map_max_side=args.map_max_side, segmenter=segmenter, workers=args.workers,
-                             resume=args.resume, keep_records=False)
+                             resume=args.resume, keep_records=False, engine=engine)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
@@ -163,7 +168,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "breast|exam --fit-on VAL' to use the rule, recalibration and threshold fitted there (repeat per level)")
     p.add_argument("--workers", type=_count, default=0, metavar="N",
                    help="decode and preprocess in N worker processes while the network runs (default 0: in the "
-                   "main process; the records are the same)")
+                   "main process; the records are the same); with --engine ray, the number of actors")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: score in this process (default); ray: score on a Ray Data actor pool of --workers "
+                   "actors (at least 1), each loading the checkpoint once, on a local Ray instance or the cluster "
+                   "at --ray-address; same records (pip install 'breastai[ray]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="--engine ray: the Ray cluster to use (e.g. HEAD:6379, or auto); default: start a local one")
     p.add_argument("--resume", action="store_true",
                    help="continue a run that was killed or stopped in --out: inputs it finished are skipped and "
                    "their records kept (OUT/partial/ holds them while a run works); refused if the checkpoint or "

@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from breastai.core.files import atomic_write, atomic_write_bytes, atomic_write_csv
-from breastai.inference.inputs import RUN_MARKER
+from breastai.inference.inputs import RUN_MARKER, PredictItem
 from breastai.inference.level_tables import LevelTables
 from breastai.inference.journal import RunJournal
 from breastai.inference.predictor import (OPTIONAL_FIELDS, RECORD_FIELDS, Maps, MaskProvider, Predictor,
@@ -47,7 +47,7 @@ from breastai.inference.segment import NO_LESION
 from breastai.models.outliner import SegmenterSource
 from breastai.models.saliency import heat_overlay
 
-__all__ = ["Writer", "SaliencyMaps", "OutlineMaps", "PredictionTables", "OutputBusyError", "output_lock",
+__all__ = ["Writer", "Engine", "SaliencyMaps", "OutlineMaps", "PredictionTables", "OutputBusyError", "output_lock",
            "write_predictions", "default_writers", "run_predict", "MAP_MAX_SIDE", "MAP_FOLDERS"]
 
 
@@ -310,6 +310,10 @@ def write_predictions(records: Iterable[dict[str, Any]], out: str | Path, run: d
 
 MAP_FOLDERS = (SaliencyMaps.folder, OutlineMaps.folder)
 
+# What scores a run's inputs: engine(pred, pairs, saliency, tta, keep_identifiers, workers) -> (position, results)...
+Engine = Callable[[Predictor, Sequence[tuple[int, PredictItem]], str, int, bool, int],
+                  Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]]]
+
 
 def _remove_old_runs(out: Path, keep: str | None) -> None:
     for kind in MAP_FOLDERS:
@@ -347,6 +351,7 @@ def run_predict(
     workers: int = 0,
     resume: bool = False,
     keep_records: bool = True,
+    engine: Engine | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
 
@@ -373,6 +378,10 @@ def run_predict(
             skipped and their records kept (see :mod:`breastai.inference.journal`).
         keep_records: return the records; False returns an empty list and holds none in memory
             (read them from ``predictions.jsonl``), for runs over an archive.
+        engine: scores the inputs still to score instead of the predictor in this process, called
+            as ``engine(pred, pairs, saliency, tta, keep_identifiers, workers)`` and yielding what
+            :meth:`Predictor.iter_inputs` yields, in input order (e.g.
+            :class:`breastai.inference.ray_engine.RayScoring`); journal and writers stay here.
 
     Returns:
         The records (with ``resume``, the interrupted run's first) and the run summary (also stored
@@ -405,11 +414,17 @@ def run_predict(
         except BaseException:
             journal.close()
             raise
-        return _run_locked(pred, todo, out, journal, saliency, tta, keep_identifiers, writers, workers, keep_records)
+        scored = (engine or _local)(pred, todo, saliency, tta, keep_identifiers, workers)
+        return _run_locked(pred, scored, out, journal, saliency, tta, writers, keep_records)
 
 
-def _run_locked(pred: Predictor, todo: list[tuple[int, Any]], out: Path, journal: RunJournal, saliency: str, tta: int,
-                keep_identifiers: bool, writers: Sequence[Writer], workers: int,
+def _local(pred: Predictor, pairs: Sequence[tuple[int, PredictItem]], saliency: str, tta: int, keep_identifiers: bool,
+           workers: int) -> Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]]:
+    return pred.iter_inputs(pairs, saliency, tta, keep_identifiers, workers)
+
+
+def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]], out: Path,
+                journal: RunJournal, saliency: str, tta: int, writers: Sequence[Writer],
                 keep_records: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     t0 = time.time()
     started: list[Writer] = []
@@ -430,7 +445,7 @@ def _run_locked(pred: Predictor, todo: list[tuple[int, Any]], out: Path, journal
             if keep_records:
                 kept.append(rec)
         restored = index
-        for position, results in pred.iter_inputs(todo, saliency, tta, keep_identifiers, workers):
+        for position, results in scored:
             done, log_odds = [], []
             for rec, maps in results:
                 for w in writers:

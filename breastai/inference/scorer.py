@@ -166,13 +166,12 @@ class ModelScorer:
         return self._explainers[method]
 
     def fingerprint(self) -> dict[str, Any]:
-        """What decides this model's scores and maps: weights, calibration, configuration (preset, reader
-        options, flip averaging), out-of-distribution detector and map drawing, as plain values and digests."""
+        """What decides this model's scores: weights, calibration, configuration (preset, reader options,
+        flip averaging) and out-of-distribution detector, as plain values and digests."""
         from breastai.models.digest import content_digest
 
         return {"weights": content_digest(self.model.state_dict()), "calibration": dict(self.calibration),
-                "config": content_digest(self.cfg), "ood": None if self.ood is None else content_digest(self.ood.to_state()),
-                "saliency_upsample": self.saliency_upsample}
+                "config": content_digest(self.cfg), "ood": None if self.ood is None else content_digest(self.ood.to_state())}
 
     def prepare(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any, source: str,
                 case_id: str, mask_given: bool, keep_image: bool = True) -> ModelInput:

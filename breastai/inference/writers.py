@@ -403,8 +403,8 @@ def run_predict(
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         items = pred.expand(inputs, masks, find_masks)
-        settings = {"model": pred.fingerprint(), "saliency": saliency, "tta": tta,
-                    "keep_identifiers": keep_identifiers, "find_masks": find_masks,
+        settings = {"model": pred.fingerprint(), "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
+                    "tta": tta, "keep_identifiers": keep_identifiers, "find_masks": find_masks,
                     "writers": [{"writer": type(w).__name__, **(w.settings() if hasattr(w, "settings") else {})}
                                 for w in writers]}
         columns = list(RECORD_FIELDS) + sorted({*OPTIONAL_FIELDS, *(f for w in writers for f in getattr(w, "fields", ()))})

@@ -120,7 +120,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="score new images: calibrated malignancy probability, uncertainty, saliency maps",
         description="Score images with a trained checkpoint (preprocessing, calibration and threshold all come "
         "from it). INPUT may be image or DICOM files, folders (searched recursively; non-image and *_mask files are "
-        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv and .json and, "
+        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv, .json and .jsonl "
+        "(each record appended to OUT/partial/ as it is made, for --resume) and, "
         "with --saliency, maps in the original image geometry (.npy) with PNG overlays under OUT/saliency/RUN_ID/; "
         "a rerun replaces the earlier results as a whole. Exit status: 0 all scored, 1 some input failed, "
         "2 unusable checkpoint or arguments.",

@@ -8,6 +8,19 @@ need a lesion mask (crop models, ensembles with a crop member) read BUSI's ``_ma
     python benchmarks/bench_predict.py --checkpoint checkpoints/busi/best.pt --n 50
     python benchmarks/bench_predict.py --model efficientnet_lite0 --n 50      # untrained weights, same speed
     python benchmarks/bench_predict.py --model efficientnet_lite0 --device cuda
+
+``--workers 0,1,2`` times each setting of ``predict --workers`` (decoding and preprocessing in that
+many worker processes while the network runs); ``--images jpeg2000`` scores the largest shared
+mammograms (the 5355x4915 JPEG 2000 DICOMs of ``dicom-mg``, in turn, ``--n`` times in all) instead
+of BUSI (give a whole-image checkpoint that accepts MG, e.g. ``--model``)::
+
+    python benchmarks/bench_predict.py --checkpoint checkpoints/busi/best.pt --n 200 --methods none --workers 0,1,2 --threads 1
+    python benchmarks/bench_predict.py --model efficientnet_lite0 --images jpeg2000 --n 6 --methods none --workers 0,1,2 --threads 1
+
+``--engine ray`` times ``run_predict`` on a local Ray instance's actor pool instead (``--workers``
+actors; a checkpoint file is needed, the actors load it; each timing includes starting the pool)::
+
+    python benchmarks/bench_predict.py --checkpoint checkpoints/busi/best.pt --n 200 --methods none --workers 1,2 --engine ray --threads 1
 """
 
 from __future__ import annotations
@@ -27,6 +40,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from breastai.inference.predictor import Predictor  # noqa: E402
 
 DATA = Path(os.environ.get("BREASTAI_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _jpeg2000(n: int) -> tuple[list[Path], str]:
+    """The largest JPEG 2000 mammograms of ``dicom-mg``, in turn, ``n`` in all."""
+    import pydicom
+
+    found = []
+    for p in sorted((DATA / "dicom-mg").glob("*")):
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        if "2000" in ds.file_meta.TransferSyntaxUID.name:
+            found.append((int(ds.Rows) * int(ds.Columns), p, f"{ds.Rows}x{ds.Columns}"))
+    if not found:
+        raise SystemExit(f"no JPEG 2000 DICOMs in {DATA / 'dicom-mg'}")
+    most = max(f[0] for f in found)
+    largest = [f for f in found if f[0] == most]
+    return [largest[k % len(largest)][1] for k in range(n)], f"{len(largest)} JPEG 2000 mammograms of {largest[0][2]} in turn"
 
 
 def _images(n: int, tmp: Path) -> tuple[list[Path], str]:
@@ -67,34 +96,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--methods", default="none,gradcam,gradcam++", help="comma-separated saliency methods")
     ap.add_argument("--write", action="store_true", help="also write predictions and map files (run_predict)")
+    ap.add_argument("--workers", default="0", help="comma-separated predict --workers settings to time (default 0)")
+    ap.add_argument("--images", choices=("busi", "jpeg2000"), default="busi",
+                    help="BUSI PNGs (default) or the largest JPEG 2000 mammograms")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local (default) or ray: run_predict on a local Ray instance's actor pool (needs --checkpoint)")
     args = ap.parse_args(argv)
+    if args.engine == "ray" and not args.checkpoint:
+        ap.error("--engine ray needs --checkpoint (every actor loads the file)")
     if args.threads:
         torch.set_num_threads(args.threads)
     state = _untrained_state(args.model, args.size) if args.model else None
     pred = Predictor.from_state(state, device=args.device, source=args.model) if state else Predictor.from_checkpoint(args.checkpoint, args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        files, what = _images(args.n, Path(tmp))
+        files, what = _jpeg2000(args.n) if args.images == "jpeg2000" else _images(args.n, Path(tmp))
         size = pred.pre.get("size") or "+".join(str(m.pre["size"]) for m in getattr(pred, "members", []))
         print(f"model {pred.cfg['model']['name']} ({pred.pre['mode']}) at {size} px, device {pred.device}, "
               f"{torch.get_num_threads()} thread(s); {len(files)} images: {what}")
         masks = pred.crop_mode  # crop models (and ensembles with one) read BUSI's sibling mask files
-        print(f"{'saliency':<12}{'images/s':>10}{'ms/image':>10}")
+        print(f"{'saliency':<12}{'workers':>8}{'images/s':>10}{'ms/image':>10}")
         for method in args.methods.split(","):
-            pred.predict(files[:3], saliency=method, find_masks=masks)  # warm-up (allocator, hooks, lazy imports)
-            if pred.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            if args.write:
-                from breastai.inference.writers import run_predict
+            pred.predict(files[:1], saliency=method, find_masks=masks)  # warm-up (allocator, hooks, lazy imports)
+            for workers in (int(w) for w in args.workers.split(",")):
+                if pred.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                if args.write or args.engine == "ray":
+                    from breastai.inference.writers import run_predict
 
-                recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method, find_masks=masks)
-            else:
-                recs = pred.predict(files, saliency=method, find_masks=masks)
-            if pred.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            bad = sum(r["error"] is not None for r in recs)
-            print(f"{method:<12}{len(files) / dt:>10.1f}{1000 * dt / len(files):>10.1f}" + (f"  ({bad} failed)" if bad else ""))
+                    engine = None
+                    if args.engine == "ray":
+                        from breastai.inference.ray_engine import RayScoring
+
+                        engine = RayScoring(args.checkpoint, device=args.device)
+                    recs, _ = run_predict(pred, files, Path(tmp) / "out", saliency=method, find_masks=masks,
+                                          workers=workers, engine=engine)
+                else:
+                    recs = pred.predict(files, saliency=method, find_masks=masks, workers=workers)
+                if pred.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                bad = sum(r["error"] is not None for r in recs)
+                print(f"{method:<12}{workers:>8}{len(files) / dt:>10.2f}{1000 * dt / len(files):>10.1f}"
+                      + (f"  ({bad} failed)" if bad else ""), flush=True)
     return 0
 
 

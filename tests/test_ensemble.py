@@ -148,8 +148,10 @@ def test_members_decode_with_their_own_reader_options(built, synth_datalist, mon
     pred = bp.Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
     row = read_datalist(synth_datalist)[0]
     seen: list[dict] = []
-    real = bp.load_image
-    monkeypatch.setattr(bp, "load_image", lambda src, opts: seen.append(opts) or real(src, opts))
+    import breastai.inference.loading as loading  # the load stage decodes
+
+    real = loading.load_image
+    monkeypatch.setattr(loading, "load_image", lambda src, opts: seen.append(opts) or real(src, opts))
     pred.predict(row["image"], masks=[row["mask"]])
     assert len(seen) == 1, "members with the same reader settings decode the file once"
     pred.members[1].reader_options = {"dicom": {"crop_breast": False}}

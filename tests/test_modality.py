@@ -74,7 +74,7 @@ def test_us_checkpoint_refuses_mg_dicom_before_decoding(us_predictor, tmp_path, 
     def no_decode(*a, **k):
         raise AssertionError("pixels decoded for a refused input")
 
-    monkeypatch.setattr(predictor_mod, "_decode", no_decode)
+    monkeypatch.setattr(predictor_mod, "decode_item", no_decode)  # the load stage's decode, as the predictor calls it
     rec = us_predictor.predict([mg])[0]
     assert rec["probability"] is None and rec["label"] is None
     assert rec["error"].endswith(": modality MG, but this checkpoint was trained on US images only; it is not scored")

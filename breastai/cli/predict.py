@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from breastai.inference.journal import RecordLog
 from breastai.inference.segment import NO_LESION
 from breastai.inference.writers import MAP_MAX_SIDE, OutputBusyError, run_predict
 
@@ -43,23 +44,33 @@ def run(args: argparse.Namespace) -> int:
 
         rules = [load_level_rule(f) for f in args.level_rule or []]
         checkpoint, writers, segmenter = args.checkpoint, None, args.segmenter
+        engine = None
+        if args.engine == "ray":  # every actor loads the checkpoint from its path
+            from breastai.inference.ray_engine import RayScoring
+
+            engine = RayScoring(args.checkpoint, args.segmenter, args.device, args.ray_address)
         if args.dicom_out:  # the predictor is built here (the DICOM writer needs it), with its segmenter
             checkpoint, writers = _dicom_writers(args, rules)
             segmenter = None
-        records, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
-                                   saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
-                                   find_masks=args.find_masks, device=args.device,
-                                   saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules,
-                                   map_max_side=args.map_max_side, segmenter=segmenter)
+        _, run = run_predict(checkpoint, args.inputs, args.out, masks=masks,
+                             saliency=args.saliency, tta=args.tta, keep_identifiers=args.keep_identifiers,
+                             find_masks=args.find_masks, device=args.device,
+                             saliency_upsample=args.saliency_upsample, writers=writers, level_rules=rules,
+                             map_max_side=args.map_max_side, segmenter=segmenter, workers=args.workers,
+                             resume=args.resume, keep_records=False, engine=engine)
     except (CheckpointError, DatalistError, ValueError, OutputBusyError) as exc:
         print(f"breastai predict: error: {exc}", file=sys.stderr)
         return 2
-    if not records:
+    if not run["n"]:
         print(f"breastai predict: no images found in the inputs; {Path(args.out)} left as it was", file=sys.stderr)
         return 1
-    for r in records:
-        if r["error"]:
-            print(f"failed: {r['error']}", file=sys.stderr)
+    if run["n_failed"]:  # read back a record at a time: an archive's records are not held in memory
+        for r in RecordLog(Path(args.out) / "predictions.jsonl"):
+            if r["error"]:
+                print(f"failed: {r['error']}", file=sys.stderr)
+    if run.get("resumed"):
+        print(f"resumed run {run['run_id']}: kept the {run['resumed']['records']} record(s) of the "
+              f"{run['resumed']['inputs']} input(s) it had finished", file=sys.stderr)
     for note in run.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     if run.get("n_ood"):
@@ -109,7 +120,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="score new images: calibrated malignancy probability, uncertainty, saliency maps",
         description="Score images with a trained checkpoint (preprocessing, calibration and threshold all come "
         "from it). INPUT may be image or DICOM files, folders (searched recursively; non-image and *_mask files are "
-        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv and .json and, "
+        "skipped with a note) or a datalist CSV/JSON (its masks are used). Writes OUT/predictions.csv, .json and .jsonl "
+        "(each record appended to OUT/partial/ as it is made, for --resume) and, "
         "with --saliency, maps in the original image geometry (.npy) with PNG overlays under OUT/saliency/RUN_ID/; "
         "a rerun replaces the earlier results as a whole. Exit status: 0 all scored, 1 some input failed, "
         "2 unusable checkpoint or arguments.",
@@ -155,6 +167,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "breasts.csv and exams.csv combine each breast's and exam's images by the max of their calibrated "
                    "log-odds at the checkpoint's threshold; give the metrics.json of 'breastai evaluate --level "
                    "breast|exam --fit-on VAL' to use the rule, recalibration and threshold fitted there (repeat per level)")
+    p.add_argument("--workers", type=_count, default=0, metavar="N",
+                   help="decode and preprocess in N worker processes while the network runs (default 0: in the "
+                   "main process; the records are the same); with --engine ray, the number of actors")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: score in this process (default); ray: score on a Ray Data actor pool of --workers "
+                   "actors (at least 1), each loading the checkpoint once, on a local Ray instance or the cluster "
+                   "at --ray-address; same records (pip install 'breastai[ray]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="--engine ray: the Ray cluster to use (e.g. HEAD:6379, or auto); default: start a local one")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was killed or stopped in --out: inputs it finished are skipped and "
+                   "their records kept (OUT/partial/ holds them while a run works); refused if the checkpoint or "
+                   "options differ. Without an interrupted run, every input is scored")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     p.set_defaults(func=run)

@@ -46,21 +46,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, write)
 
 
+def csv_cells(row: dict[str, Any], exact: bool = False) -> dict[str, Any]:
+    """``row`` as CSV cells: None empty, floats with 6 decimals or, with ``exact``, their shortest exact form."""
+    return {k: ("" if v is None else ((repr(v) if exact else f"{v:.6f}") if isinstance(v, float) else v))
+            for k, v in row.items()}
+
+
 def atomic_write_csv(path: str | Path, fields: Sequence[str], rows: Iterable[dict[str, Any]], exact: bool = False) -> None:
     """A CSV (header ``fields``, quoted where needed) written atomically; None becomes empty.
 
     Floats get 6 decimals, or with ``exact`` their shortest exact form (metrics recomputed from
-    the file then match to the last bit: rounding would create ties that change an AUC).
+    the file then match to the last bit: rounding would create ties that change an AUC). Rows are
+    written as they come, so an iterator over a file of any length takes no memory to speak of.
     """
-    import io
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else ((repr(v) if exact else f"{v:.6f}") if isinstance(v, float) else v))
-                    for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow(csv_cells(r, exact))
+
+    atomic_write(path, write)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

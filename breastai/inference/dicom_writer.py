@@ -32,7 +32,7 @@ import io
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -104,9 +104,23 @@ class DicomObjects:
     def start(self, out: Path, run_id: str) -> None:
         self.run_id, self.not_dicom, self.written = run_id, 0, []
         self.dir = self.folder / run_id
-        self.dir.mkdir(parents=True, exist_ok=False)
+        # Run ids are unique: the folder exists only when this run resumes an interrupted one.
+        self.dir.mkdir(parents=True, exist_ok=True)
         # Marks the folder as predict output, so a later predict on a parent folder skips these objects.
         (self.dir / RUN_MARKER).write_text(run_id)
+
+    fields = DICOM_FIELDS
+
+    def settings(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "checkpoint_sha256": self.algorithm.checkpoint_sha256}
+
+    def restore(self, index: int, record: dict[str, Any]) -> None:
+        """A record of the interrupted run a resumed run continues: its objects count as this run's."""
+        if record.get("error") or record.get("probability") is None:
+            return
+        named = [self.folder / record[k] for k in DICOM_FIELDS if record.get(k)]
+        self.written.extend(named)
+        self.not_dicom += not named
 
     def write_item(self, index: int, record: dict[str, Any], maps: Any) -> None:
         for k in DICOM_FIELDS:
@@ -157,7 +171,7 @@ class DicomObjects:
             out[kind] = str(Path(self.run_id) / target.name)
         return out
 
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
         if self.not_dicom:
             note = (f"--dicom-out: {self.not_dicom} input(s) are not DICOM files and got no DICOM objects "
                     "(SR, SC and SEG are written for scored DICOM inputs only)")

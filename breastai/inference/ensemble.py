@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from breastai.inference.scorer import ModelScorer, Scored
+from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
@@ -85,16 +85,22 @@ class EnsembleScorer:
         for m in self.members:
             m.set_saliency_upsample(mode)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the ensemble's scores: its members' fingerprints, weights and bias."""
+        return {"members": [m.fingerprint() for m in self.members], "weights": [float(w) for w in self.weights],
+                "bias": self.bias}
+
     def score_decoded(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any,
-                      source: str, case_id: str, saliency: str, tta: int, mask_given: bool) -> Scored:
-        """Score with every member on its own decode (``decode(reader_options)``) and combine."""
+                      source: str, case_id: str, saliency: str, tta: int, mask_given: bool,
+                      ready: Callable[[ModelScorer], ModelInput] | None = None) -> Scored:
+        """Score with every member on its own decode (``decode(reader_options)``), or on its input
+        preprocessed ahead (``ready(member)``, see :meth:`ModelScorer.score_decoded`), and combine."""
         z = self.bias
         views = np.full(tta, self.bias) if tta > 0 else None
         maps, base, lesion_mask, has_mask = [], None, None, False
         ood: float | None = None
         for w, member in zip(self.weights, self.members):
-            image, meta = decode(member.reader_options)
-            s = member.score(image, meta, mask, source, case_id, saliency, tta, mask_given)
+            s = member.score_decoded(decode, mask, source, case_id, saliency, tta, mask_given, ready)
             z += w * s.calibrated_logit
             if views is not None:
                 views = views + w * s.tta_calibrated

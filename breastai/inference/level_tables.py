@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.core.keys import Keys
@@ -71,7 +71,14 @@ class LevelTables:
             self.scores.append(ImageScore(case_id=str(record["id"]), log_odds=float(z), exam=record.get(Keys.EXAM),
                                           laterality=record.get(Keys.LATERALITY), view=record.get(Keys.VIEW)))
 
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    def settings(self) -> dict[str, Any]:
+        return {"rules": {lv: rule.to_dict() for lv, rule in self.rules.items()}}
+
+    def restore(self, index: int, record: dict[str, Any]) -> None:
+        """A record of the interrupted run a resumed run continues: its image joins its breast and exam."""
+        self.write_item(index, record, None)
+
+    def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
         assert self.out is not None
         grouped = any(s.exam for s in self.scores)
         levels: dict[str, Any] = {}

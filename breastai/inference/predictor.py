@@ -41,24 +41,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from breastai.core.distributed import resolve_device
+from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
-from breastai.data.readers.registry import ImageReadError, frame_options, load_image
+from breastai.data.readers.registry import ImageReadError
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
-from breastai.inference.scorer import ModelScorer, Scored
+from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
+                                        identity, loaded_inputs)
+from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.calibration import Recalibration, apply_temperature
-from breastai.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from breastai.models.checkpoint import Checkpoint, load_checkpoint
 from breastai.models.lesions import Lesion
 from breastai.models.outliner import Outliner, SegmenterSource, resolve_segmenter
 from breastai.models.saliency import METHODS
 
-__all__ = ["Predictor", "MaskProvider", "RECORD_FIELDS"]
+__all__ = ["Predictor", "MaskProvider", "Maps", "RECORD_FIELDS", "OPTIONAL_FIELDS", "check_saliency", "strip_private"]
 
 log = logging.getLogger("breastai")
 
@@ -70,6 +74,13 @@ _PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit", "_outline")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
                  *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
+
+# Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header)
+# and, with ``keep_identifiers``, a DICOM's identifiers.
+OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid"]
+
+# (map, image, lesion mask) of one record, all in the stored image geometry
+Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 class MaskProvider(Protocol):
@@ -202,6 +213,31 @@ class Predictor:
         """Draw Grad-CAM maps with ``bicubic`` (default) or ``bilinear`` interpolation of the coarse map."""
         self.scorer.set_saliency_upsample(mode)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this predictor's records: its models' fingerprints (weights, calibration,
+        configuration), threshold and classes, its segmenter's and its mask providers' names; the
+        settings a resumed run must share (``run_predict(..., resume=True)``)."""
+        from breastai.models.digest import content_digest
+
+        seg = self.segmenter
+        return {"scorer": self.scorer.fingerprint(), "threshold": self.threshold, "classes": self.classes,
+                "segmenter": None if seg is None else {
+                    "weights": content_digest(seg.model.state_dict()), "config": content_digest(seg.cfg),
+                    "calibration": dict(seg.calibration), "threshold": seg.threshold},
+                "mask_providers": [_provider_name(p) for p in self.mask_providers]}
+
+    def expand(self, inputs: Any, masks: Sequence[Any] | None = None, find_masks: bool = False) -> list[PredictItem]:
+        """The inputs as items (:func:`breastai.inference.inputs.expand_inputs`), a multi-frame DICOM's
+        frames as the checkpoint's frame policy says; notes on skipped folder entries are logged.
+
+        Raises:
+            ValueError: the number of masks does not match the number of images.
+        """
+        items, notes = expand_inputs(inputs, masks, find_masks)
+        for n in notes:
+            log.info("%s", n)
+        return expand_frames_of_items(items, self.scorer.reader_options)
+
     def predict(
         self,
         inputs: Any,
@@ -212,6 +248,7 @@ class Predictor:
         return_maps: bool = False,
         find_masks: bool = False,
         on_item: Callable[[int, dict[str, Any], tuple | None], None] | None = None,
+        workers: int = 0,
     ) -> list[dict[str, Any]]:
         """Score images; one record per image (see the module docstring for the fields).
 
@@ -230,71 +267,118 @@ class Predictor:
                 place among the records) as soon as it is scored, ``maps`` = (map, image, lesion
                 mask) or None; writers store what they need and may add fields to the record (see
                 :mod:`breastai.inference.writers`).
+            workers: decode and preprocess in this many worker processes while the networks run
+                (0: in this process; the records are the same, see :mod:`breastai.inference.loading`).
 
         Returns:
             Records, one per input, or with a segmenter one per lesion found; a failed input has
             ``error`` set and the score fields empty.
         """
-        if saliency not in METHODS:
-            raise ValueError(f"unknown saliency method {saliency!r}; choose one of {', '.join(METHODS)}")
-        items, notes = expand_inputs(inputs, masks, find_masks)
-        items = expand_frames_of_items(items, self.scorer.reader_options)
-        for n in notes:
-            log.info("%s", n)
+        check_saliency(saliency)
+        items = self.expand(inputs, masks, find_masks)
         records: list[dict[str, Any]] = []
-        for i, item in enumerate(items):
-            for rec, scored in self._predict_item(item, saliency, tta, keep_identifiers, i):
-                arrays = None if scored is None or scored.saliency is None else (scored.saliency, scored.image,
-                                                                                 scored.lesion_mask)
+        for _, results in self.iter_inputs(list(enumerate(items)), saliency, tta, keep_identifiers, workers):
+            for rec, arrays in results:
                 if on_item is not None:
                     on_item(len(records), rec, arrays)
-                for key in _PRIVATE:  # for writers only: the unredacted path never reaches the records
-                    rec.pop(key, None)
+                strip_private(rec)
                 if return_maps and arrays is not None:
                     rec["saliency_map"], rec["image"], rec["lesion_mask"] = arrays
                 records.append(rec)
         return records
 
-    def _predict_item(self, item: PredictItem, saliency: str, tta: int, keep: bool,
-                      index: int) -> list[tuple[dict[str, Any], Scored | None]]:
-        """The records of one input: one, or with the segmenter one per lesion (or "no lesion found")."""
+    def iter_inputs(self, pairs: Sequence[tuple[int, PredictItem]], saliency: str = "none", tta: int = 0,
+                    keep_identifiers: bool = False,
+                    workers: int = 0) -> Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]]:
+        """Each input's records as it is done, in order: ``(position, [(record, maps), ...])``.
+
+        ``pairs`` are ``(position, item)``: the item's place among the run's inputs names an array
+        input (``array<position>``) and a DICOM without a SOP UID, so a resumed run that skips some
+        inputs gives the others the ids an uninterrupted run would. A record still holds its private
+        (``_``) keys, for writers (:func:`strip_private` removes them); ``maps`` = (map, image,
+        lesion mask) in the stored geometry, or None. See :meth:`predict` for the other arguments.
+        """
+        check_saliency(saliency)
+        load = partial(self._load, saliency=saliency, keep=keep_identifiers)
+        for loaded in loaded_inputs(load, pairs, workers):
+            yield loaded.position, [(rec, None if scored is None or scored.saliency is None
+                                     else (scored.saliency, scored.image, scored.lesion_mask))
+                                    for rec, scored in self._complete(loaded, saliency, tta)]
+
+    def _load(self, position: int, item: PredictItem, saliency: str, keep: bool) -> Loaded:
+        """The load stage of one input (:mod:`breastai.inference.loading`): identity, modality, decodes
+        and, where the mask is known, every model's preset. May run in a worker process."""
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
         rec.update(source=item.source, has_mask=False)
         if not isinstance(item.image, np.ndarray):
             rec.update(_path=str(item.image), _frame=item.frame)
-        ident, secrets = _identity(item, keep, index)
+        ident, secrets = identity(item, keep, position)
         rec.update(ident)
-        rec.update(_grouping(item))
+        rec.update(grouping(item))
         if item.frame is not None and item.frame_suffix:
             rec["id"] = f"{rec['id']}_f{item.frame}"
+        loaded = Loaded(position, item, rec, secrets)
         refused = self._modality_refusal(item, rec["source"])
         if refused is not None:
-            rec["error"] = refused
-            return [(rec, None)]
-        decoded: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
-
-        def decode(options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-            key = reader_key(options)
-            if key not in decoded:
-                decoded[key] = _decode(item, options)
-            return decoded[key]
-
+            rec["error"], loaded.final = refused, True
+            return loaded
         try:
-            image, meta = decode(self.scorer.reader_options)
+            image, meta = decode_item(item, self.scorer.reader_options)
             if keep and meta.get("format") == "dicom":
-                rec.update(_identifiers(item))
+                rec.update(identifiers(item))
             arr = np.asarray(image, dtype=np.float32)
             finite = arr[np.isfinite(arr)]
             if finite.size == 0 or float(finite.max()) == float(finite.min()):
                 raise ImageReadError(f"{item.source}: image is blank (every pixel has the same value)")
+        except Exception as exc:  # one bad input must not stop the run; the record says why
+            self._fail(loaded, exc)
+            return loaded
+        loaded.decoded[reader_key(self.scorer.reader_options)] = Outcome((image, meta))
+        outlined = not item.has_mask_input and bool(self.mask_providers or self.segmenter)
+        others = [m.reader_options for m in self.members]
+        if outlined and self.segmenter is not None:
+            others.append(self.segmenter.reader_options)
+        for options in others:  # a failure is the record's only if the input's code comes to use it
+            if reader_key(options) not in loaded.decoded:
+                loaded.decoded[reader_key(options)] = attempt(decode_item, item, options)
+        if not outlined:  # the mask is known: every model's preset runs here too
+
+            def decode(options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+                return loaded.decoded[reader_key(options)].get()
+
+            loaded.inputs = [attempt(m.prepare, decode, item.mask, item.source, rec["id"], item.mask_given,
+                                     saliency != "none") for m in self.members]
+            loaded.decoded = {}  # read by nothing now: not sent back from a worker
+        return loaded
+
+    def _complete(self, loaded: Loaded, saliency: str, tta: int) -> list[tuple[dict[str, Any], Scored | None]]:
+        """The records of one loaded input: one, or with the segmenter one per lesion (or "no lesion found")."""
+        rec, item = loaded.record, loaded.item
+        if loaded.final:
+            return [(rec, None)]
+
+        def decode(options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+            key = reader_key(options)
+            if key not in loaded.decoded:
+                loaded.decoded[key] = Outcome(decode_item(item, options))
+            return loaded.decoded[key].get()
+
+        ready = None
+        if loaded.inputs is not None:
+            inputs = dict(zip(map(id, self.members), loaded.inputs))
+
+            def ready(member: ModelScorer) -> ModelInput:
+                return inputs[id(member)].get()
+
+        try:
             mask = item.mask
             if item.has_mask_input:
                 rec["_mask_origin"] = "box" if isinstance(mask, LesionBox) else "given"
             else:
                 for provide in self.mask_providers:
-                    mask = provide(item, image, meta)
+                    mask = provide(item, *decode(self.scorer.reader_options))
                     if mask is not None:
-                        rec["_mask_origin"] = f"provider:{getattr(provide, '__name__', type(provide).__name__)}"
+                        rec["_mask_origin"] = f"provider:{_provider_name(provide)}"
                         break
             lesions: list[Lesion | None] = [None]
             outline = None
@@ -305,16 +389,10 @@ class Predictor:
                     return [(rec, None)]
                 lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
             scores = [self.scorer.score_decoded(decode, mask if les is None else les.mask, item.source, rec["id"],
-                                                saliency, tta, item.mask_given) for les in lesions]
+                                                saliency, tta, item.mask_given, ready if les is None else None)
+                      for les in lesions]
         except Exception as exc:  # one bad input must not stop the run; the record says why
-            msg = str(exc) if isinstance(exc, (ImageReadError, CheckpointError)) else f"{type(exc).__name__}: {exc}"
-            if item.source not in msg and item.source != "<array>":
-                msg = f"{item.source}: {msg}"
-            if secrets:
-                from breastai.data.readers.redaction import redact
-
-                msg = redact(msg, secrets)
-            rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
+            self._fail(loaded, exc)
             return [(rec, None)]
         header = dicom_header(item.image) if any(s.lesion_mask is not None for s in scores) else None
         out = []
@@ -325,6 +403,20 @@ class Predictor:
                          lesion_probability=round(les.probability, 6), _outline=(outline.image, les.mask))
             out.append((r, self._scored_record(r, scored, header, item.pixel_size_mm)))
         return out
+
+    @staticmethod
+    def _fail(loaded: Loaded, exc: Exception) -> None:
+        """Make ``loaded``'s record the error record of ``exc`` (named by its source, identifiers redacted)."""
+        item, rec = loaded.item, loaded.record
+        msg = failure_message(exc)
+        if item.source not in msg and item.source != "<array>":
+            msg = f"{item.source}: {msg}"
+        if loaded.secrets:
+            from breastai.data.readers.redaction import redact
+
+            msg = redact(msg, loaded.secrets)
+        rec.update(error=msg, probability=None, label=None, logit=None, uncertainty=None)
+        loaded.final = True
 
     def _scored_record(self, rec: dict[str, Any], scored: Scored, header: Any, pixel_size_mm: Any) -> Scored | None:
         """Fill ``rec`` from one score; returns the score, or None when it is unusable (``rec`` then has the error)."""
@@ -380,50 +472,21 @@ class Predictor:
         return None
 
 
-def _decode(item: PredictItem, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """The item's image as a reader with ``options`` reads it (one frame of a multi-frame DICOM)."""
-    if isinstance(item.image, np.ndarray):
-        return item.image, {"reader": "array"}
-    return load_image(item.image, frame_options(options, item.frame))
+def _provider_name(provide: Any) -> str:
+    return getattr(provide, "__name__", type(provide).__name__)
 
 
-def _identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:
-    """``id`` and ``source`` of an input and the header values to redact from its messages.
+def check_saliency(method: str) -> None:
+    """Refuse an unknown saliency method.
 
-    Decided before the pixels are read, so that a DICOM file that then fails to load is named as
-    safely as one that loads: its id is the hash of its SOP Instance UID, and its path and errors
-    lose every identifying header value (folder and file names exported from PACS often carry the
-    patient's name, ID or the UIDs).
+    Raises:
+        ValueError: ``method`` is not one of :data:`~breastai.models.saliency.METHODS`.
     """
-    default = item.case_id or (Path(item.source).name if item.source != "<array>" else f"array{index}")
-    if keep or isinstance(item.image, np.ndarray):
-        return {"id": default}, []
-    from breastai.data.readers.dicom_header import is_dicom, private_identity
-    from breastai.data.readers.redaction import holds_identifier, redact
-
-    if not is_dicom(item.image):
-        return {"id": default}, []
-    secrets, sop_hash = private_identity(item.image)
-    rid = item.case_id
-    # A case_id made from the file name (a folder input, or `prepare folder`) may hold an identifier.
-    if rid is None or rid == Path(item.source).stem or holds_identifier(rid, secrets):
-        rid = sop_hash or f"dicom-{index:05d}"
-    return {"id": rid, "source": redact(item.source, secrets)}, secrets
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _grouping(item: PredictItem) -> dict[str, str]:
-    """``exam``, ``laterality`` and ``view`` of an input, where it has them: from its datalist row, a
-    DICOM file filling the rest from its header (the exam as the hash of its Study Instance UID)."""
-    if isinstance(item.image, np.ndarray):
-        return dict(item.grouping)
-    from breastai.data.grouping import grouping_of
-
-    return {k: v for k, v in grouping_of({**item.grouping, "image": item.image}).items() if v}
-
-
-def _identifiers(item: PredictItem) -> dict[str, str]:
-    """``patient_id`` and ``sop_instance_uid`` columns (``--keep-identifiers``)."""
-    import pydicom
-
-    ds = pydicom.dcmread(item.image, stop_before_pixels=True, force=True)
-    return {"patient_id": str(ds.get("PatientID", "")), "sop_instance_uid": str(ds.get("SOPInstanceUID", ""))}
+def strip_private(record: dict[str, Any]) -> dict[str, Any]:
+    """Remove a record's private (writer-only) keys; returns them. The unredacted path never reaches
+    the records."""
+    return {key: record.pop(key) for key in _PRIVATE if key in record}

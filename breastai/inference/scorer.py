@@ -11,7 +11,7 @@ members.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +27,16 @@ from breastai.models.outliner import require_task
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
 from breastai.models.tta import mirror_average, tta_views
 
-__all__ = ["Scored", "ModelScorer", "KeepFullImaged"]
+__all__ = ["Scored", "ModelInput", "ModelScorer", "KeepFullImaged"]
+
+
+class ModelInput(NamedTuple):
+    """One input after a model's preset: the preset's dict (network input, full-resolution image and
+    mask where kept, crop box) and the reader's ``meta``."""
+
+    data: dict[str, Any]
+    meta: dict[str, Any]
+
 
 @dataclass
 class Scored:
@@ -156,15 +165,31 @@ class ModelScorer:
             self._explainers[method] = SaliencyExplainer(self.model, method, upsample=self.saliency_upsample)
         return self._explainers[method]
 
-    def score_decoded(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any,
-                      source: str, case_id: str, saliency: str, tta: int, mask_given: bool) -> Scored:
-        """:meth:`score` on ``decode(self.reader_options)``, the input as this model's reader reads it."""
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this model's scores: weights, calibration, configuration (preset, reader options,
+        flip averaging) and out-of-distribution detector, as plain values and digests."""
+        from breastai.models.digest import content_digest
+
+        return {"weights": content_digest(self.model.state_dict()), "calibration": dict(self.calibration),
+                "config": content_digest(self.cfg), "ood": None if self.ood is None else content_digest(self.ood.to_state())}
+
+    def prepare(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any, source: str,
+                case_id: str, mask_given: bool, keep_image: bool = True) -> ModelInput:
+        """:meth:`preprocess` of ``decode(self.reader_options)``, the input as this model's reader reads it."""
         image, meta = decode(self.reader_options)
-        return self.score(image, meta, mask, source, case_id, saliency, tta, mask_given)
+        return self.preprocess(image, meta, mask, source, case_id, mask_given, keep_image)
+
+    def score_decoded(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any,
+                      source: str, case_id: str, saliency: str, tta: int, mask_given: bool,
+                      ready: Callable[[ModelScorer], ModelInput] | None = None) -> Scored:
+        """:meth:`score` on ``decode(self.reader_options)``, the input as this model's reader reads it, or on
+        ``ready(self)``, its input preprocessed ahead (by the load stage, :mod:`breastai.inference.loading`)."""
+        inp = ready(self) if ready is not None else self.prepare(decode, mask, source, case_id, mask_given)
+        return self.score_input(inp, source, saliency, tta)
 
     def score(self, image: np.ndarray, meta: dict[str, Any], mask: Any, source: str, case_id: str,
               saliency: str, tta: int, mask_given: bool) -> Scored:
-        """Preprocess, score and explain one decoded image.
+        """Preprocess, score and explain one decoded image (:meth:`preprocess`, then :meth:`score_input`).
 
         Args:
             image: the decoded image (the reader's grid) and ``meta`` its reader's metadata.
@@ -175,6 +200,18 @@ class ModelScorer:
             saliency: a :data:`~breastai.models.saliency.METHODS` name.
             tta: number of test-time augmentation views (0: none).
             mask_given: the caller gave the mask (an empty one is then an error for any model).
+
+        Raises:
+            ImageReadError: the input cannot be scored by this model (the message says why).
+        """
+        return self.score_input(self.preprocess(image, meta, mask, source, case_id, mask_given), source, saliency, tta)
+
+    def preprocess(self, image: np.ndarray, meta: dict[str, Any], mask: Any, source: str, case_id: str,
+                   mask_given: bool, keep_image: bool = True) -> ModelInput:
+        """This model's preset on one decoded image (arguments as for :meth:`score`); no network runs.
+
+        ``keep_image=False`` drops the full-resolution image when nothing will read it (no map, no
+        radiomics), so a load-stage worker does not send it back.
 
         Raises:
             ImageReadError: the input cannot be scored by this model (the message says why).
@@ -191,8 +228,18 @@ class ModelScorer:
         # (BUSI's normal images) only means no outline is drawn; one the caller gave is a mistake.
         if given and not has_mask and (self.needs_mask or mask_given):
             raise ImageReadError(f"{source}: the lesion mask is empty")
+        if not has_mask:  # nothing reads an empty full-size mask
+            d.pop(FULL_MASK, None)
+        if not (keep_image or self.needs_radiomics):
+            d.pop(FULL_IMAGE, None)
+        return ModelInput(d, meta)
+
+    def score_input(self, inp: ModelInput, source: str, saliency: str, tta: int) -> Scored:
+        """Score and explain one preprocessed input (:meth:`preprocess`); see :meth:`score`."""
+        d, meta = inp
+        has_mask = bool(d.get("has_mask", False))
         x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)
-        full, full_mask = d[FULL_IMAGE], d[FULL_MASK]
+        full, full_mask = d.get(FULL_IMAGE), d.get(FULL_MASK)
         if self.needs_radiomics:
             if not has_mask:
                 raise ImageReadError(f"{source}: model {self.cfg['model']['name']} uses lesion radiomics: "

@@ -27,28 +27,28 @@ import io
 import json
 import os
 import re
-import secrets
 import shutil
+import textwrap
 import time
 from pathlib import Path
+from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from breastai.core.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from breastai.inference.inputs import RUN_MARKER
+from breastai.core.files import atomic_write, atomic_write_bytes, atomic_write_csv
+from breastai.inference.inputs import RUN_MARKER, PredictItem
 from breastai.inference.level_tables import LevelTables
-from breastai.inference.predictor import RECORD_FIELDS, MaskProvider, Predictor
+from breastai.inference.journal import RunJournal
+from breastai.inference.predictor import (OPTIONAL_FIELDS, RECORD_FIELDS, Maps, MaskProvider, Predictor,
+                                          check_saliency, strip_private)
 from breastai.inference.segment import NO_LESION
 from breastai.models.outliner import SegmenterSource
 from breastai.models.saliency import heat_overlay
 
-__all__ = ["Writer", "SaliencyMaps", "OutlineMaps", "PredictionTables", "OutputBusyError", "output_lock",
+__all__ = ["Writer", "Engine", "SaliencyMaps", "OutlineMaps", "PredictionTables", "OutputBusyError", "output_lock",
            "write_predictions", "default_writers", "run_predict", "MAP_MAX_SIDE", "MAP_FOLDERS"]
-
-# (map, image, lesion mask) of one record, all in the stored image geometry
-Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 class Writer(Protocol):
@@ -60,11 +60,19 @@ class Writer(Protocol):
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
         """One input scored (or failed); the writer may add its fields to ``record``."""
 
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
-        """Every input is done; ``run`` is the run summary."""
+    def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
+        """Every input is done; ``run`` is the run summary. ``records`` are every record of the run (an
+        interrupted run's first, when resumed), read from the journal as they are iterated."""
 
     def abort(self) -> None:
-        """The run failed: remove what this run wrote, leave earlier results as they were."""
+        """The run failed before finishing any input: remove what this run wrote, leave earlier results
+        as they were. (A run that finished inputs keeps what it wrote for ``--resume``.)"""
+
+    # Optional, looked up with getattr:
+    #   fields: tuple[str, ...]            the record fields it adds (columns of the partial CSV)
+    #   settings() -> dict                 what it writes that a resumed run must share (JSON values)
+    #   restore(index, record) -> None     a record the interrupted run finished, when a run is resumed
+    #                                      (with its private ``_calibrated_logit``); its files are there
 
 
 class OutputBusyError(RuntimeError):
@@ -124,6 +132,7 @@ class _RunMaps:
 
     folder = ""
     eager = True
+    fields: tuple[str, ...] = ()
 
     def __init__(self, max_side: int = MAP_MAX_SIDE) -> None:
         if max_side < 0:
@@ -138,10 +147,14 @@ class _RunMaps:
         if self.eager:
             self._folder()
 
+    def settings(self) -> dict[str, Any]:
+        return {"max_side": self.max_side}
+
     def _folder(self) -> Path:
         if self.dir is None:
             self.dir = self.out / self.rel
-            self.dir.mkdir(parents=True, exist_ok=False)
+            # Run ids are unique: the folder exists only when this run resumes an interrupted one.
+            self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / RUN_MARKER).write_text(str(self.run_id))
         return self.dir
 
@@ -177,7 +190,7 @@ class _RunMaps:
             return None
         return str(self.rel / f"{stem}.png"), str(self.rel / f"{stem}.npy")
 
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
         pass
 
     def abort(self) -> None:
@@ -198,6 +211,7 @@ class SaliencyMaps(_RunMaps):
     """
 
     folder = "saliency"
+    fields = ("saliency_shape",)
 
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
         if maps is None or self.dir is None:
@@ -224,6 +238,7 @@ class OutlineMaps(_RunMaps):
 
     folder = "outlines"
     eager = False
+    fields = ("outline_png", "outline_npy")
 
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
         outline = record.get("_outline")
@@ -236,7 +251,9 @@ class OutlineMaps(_RunMaps):
 
 
 class PredictionTables:
-    """``predictions.csv`` and ``predictions.json``, swapped in atomically when the run finishes."""
+    """``predictions.csv``, ``predictions.json`` and ``predictions.jsonl``, swapped in atomically when the
+    run finishes, made from the run's journal (:mod:`breastai.inference.journal`), where every record
+    was appended as it was made."""
 
     def __init__(self) -> None:
         self.out: Path | None = None
@@ -247,25 +264,55 @@ class PredictionTables:
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
         pass
 
-    def finish(self, records: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
         write_predictions(records, self.out, run)
 
     def abort(self) -> None:
         pass
 
 
-def write_predictions(records: Sequence[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
-    """``predictions.csv`` and ``predictions.json`` (``{"run": ..., "records": [...]}``), atomically."""
+def write_predictions(records: Iterable[dict[str, Any]], out: str | Path, run: dict[str, Any]) -> None:
+    """``predictions.csv``, ``predictions.json`` (``{"run": ..., "records": [...]}``) and ``predictions.jsonl``
+    (the same records, one per line), each atomically.
+
+    ``records`` is read three times, a record at a time (a list, or a
+    :class:`~breastai.inference.journal.RecordLog` of any length): memory does not grow with it.
+    Every record has every column, in the order of ``predictions.csv``.
+    """
     out = Path(out)
     # Arrays and private (``_``) keys never go into the tables: the latter may hold unredacted paths.
     extra = {k for r in records for k in r if not k.startswith("_")} - set(RECORD_FIELDS) - {"saliency_map", "image"}
     fields = list(RECORD_FIELDS) + sorted(extra)
-    rows = [{k: r.get(k) for k in fields} for r in records]
-    atomic_write_text(out / "predictions.json", json.dumps({"run": run, "records": rows}, indent=1))
-    atomic_write_csv(out / "predictions.csv", fields, rows)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        return ({k: r.get(k) for k in fields} for r in records)
+
+    def write_json(tmp: Path) -> None:
+        # json.dumps({"run": run, "records": rows}, indent=1), written a record at a time
+        with open(tmp, "w", newline="") as fh:
+            head = json.dumps({"run": run, "records": []}, indent=1)
+            cut = head.rindex("[]")
+            fh.write(head[:cut + 1])
+            n = 0
+            for n, row in enumerate(rows(), 1):
+                fh.write(("\n" if n == 1 else ",\n") + textwrap.indent(json.dumps(row, indent=1), "  "))
+            fh.write(("\n " if n else "") + head[cut + 1:])
+
+    def write_jsonl(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            for row in rows():
+                fh.write(json.dumps(row) + "\n")
+
+    atomic_write(out / "predictions.json", write_json)
+    atomic_write(out / "predictions.jsonl", write_jsonl)
+    atomic_write_csv(out / "predictions.csv", fields, rows())
 
 
 MAP_FOLDERS = (SaliencyMaps.folder, OutlineMaps.folder)
+
+# What scores a run's inputs: engine(pred, pairs, saliency, tta, keep_identifiers, workers) -> (position, results)...
+Engine = Callable[[Predictor, Sequence[tuple[int, PredictItem]], str, int, bool, int],
+                  Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]]]
 
 
 def _remove_old_runs(out: Path, keep: str | None) -> None:
@@ -301,8 +348,17 @@ def run_predict(
     level_rules: Sequence[Any] = (),
     map_max_side: int = MAP_MAX_SIDE,
     segmenter: SegmenterSource | None = None,
+    workers: int = 0,
+    resume: bool = False,
+    keep_records: bool = True,
+    engine: Engine | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict ``inputs`` with ``checkpoint`` (a path or a :class:`~breastai.inference.predictor.Predictor`) into ``out``.
+
+    Every record is appended to the run's journal (``OUT/partial/``, :mod:`breastai.inference.journal`)
+    as its input finishes; the final tables are made from it when the run ends. A run stopped after
+    finishing inputs (killed, or an error) leaves the journal, its maps and its writers' files for
+    ``resume``; one that finished none aborts its writers and leaves nothing.
 
     Args:
         writers: the outputs (default: :class:`SaliencyMaps` unless ``saliency`` is ``none``, then
@@ -316,12 +372,27 @@ def run_predict(
             :mod:`breastai.inference.segment`).
         map_max_side: the default writers store maps of larger images reduced to this many pixels
             on the longer side (0: full size; see :class:`SaliencyMaps`).
+        workers: decode and preprocess in this many worker processes while the networks run (0: in
+            this process); the records are the same.
+        resume: continue the run a kill or an error interrupted in ``out``: its finished inputs are
+            skipped and their records kept (see :mod:`breastai.inference.journal`).
+        keep_records: return the records; False returns an empty list and holds none in memory
+            (read them from ``predictions.jsonl``), for runs over an archive.
+        engine: scores the inputs still to score instead of the predictor in this process, called
+            as ``engine(pred, pairs, saliency, tta, keep_identifiers, workers)`` and yielding what
+            :meth:`Predictor.iter_inputs` yields, in input order (e.g.
+            :class:`breastai.inference.ray_engine.RayScoring`); journal and writers stay here.
 
     Returns:
-        The records and the run summary (also stored in ``predictions.json``).
+        The records (with ``resume``, the interrupted run's first) and the run summary (also stored
+        in ``predictions.json``).
+
+    Raises:
+        ResumeError: ``resume`` and the interrupted run had other settings or inputs.
     """
     if isinstance(checkpoint, Predictor) and segmenter is not None:
         raise ValueError("run_predict: give the segmenter to the Predictor (Predictor.from_checkpoint(..., segmenter=...))")
+    check_saliency(saliency)
     pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
         checkpoint, device=device, mask_providers=mask_providers, segmenter=segmenter)
     if saliency_upsample is not None:  # else the predictor's own setting (bicubic unless changed)
@@ -331,48 +402,98 @@ def run_predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        return _run_locked(pred, inputs, out, masks, saliency, tta, keep_identifiers, find_masks, writers)
+        items = pred.expand(inputs, masks, find_masks)
+        settings = {"model": pred.fingerprint(), "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
+                    "tta": tta, "keep_identifiers": keep_identifiers, "find_masks": find_masks,
+                    "writers": [{"writer": type(w).__name__, **(w.settings() if hasattr(w, "settings") else {})}
+                                for w in writers]}
+        columns = list(RECORD_FIELDS) + sorted({*OPTIONAL_FIELDS, *(f for w in writers for f in getattr(w, "fields", ()))})
+        journal = RunJournal.open(out, settings, columns, resume)
+        try:
+            todo = journal.pending(items)
+        except BaseException:
+            journal.close()
+            raise
+        scored = (engine or _local)(pred, todo, saliency, tta, keep_identifiers, workers)
+        return _run_locked(pred, scored, out, journal, saliency, tta, writers, keep_records)
 
 
-def _run_locked(pred: Predictor, inputs: Sequence[Any], out: Path, masks: Sequence[Any] | None, saliency: str,
-                tta: int, keep_identifiers: bool, find_masks: bool,
-                writers: Sequence[Writer]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+def _local(pred: Predictor, pairs: Sequence[tuple[int, PredictItem]], saliency: str, tta: int, keep_identifiers: bool,
+           workers: int) -> Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]]:
+    return pred.iter_inputs(pairs, saliency, tta, keep_identifiers, workers)
+
+
+def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str, Any], Maps | None]]]], out: Path,
+                journal: RunJournal, saliency: str, tta: int, writers: Sequence[Writer],
+                keep_records: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     t0 = time.time()
     started: list[Writer] = []
+    kept: list[dict[str, Any]] = []
+    tally: Counter[str] = Counter()
+    restored = 0
     try:
         for w in writers:
-            w.start(out, run_id)
+            w.start(out, journal.run_id)
             started.append(w)
-
-        def on_item(index: int, record: dict[str, Any], maps: Maps | None) -> None:
+        index = 0
+        for rec in journal.restored():
             for w in writers:
-                w.write_item(index, record, maps)
-
-        records = pred.predict(inputs, masks=masks, saliency=saliency, tta=tta, keep_identifiers=keep_identifiers,
-                               find_masks=find_masks, on_item=on_item)
+                if hasattr(w, "restore"):
+                    w.restore(index, rec)
+            index += 1
+            _count(tally, rec, pred.ood_margin)
+            if keep_records:
+                kept.append(rec)
+        restored = index
+        for position, results in scored:
+            done, log_odds = [], []
+            for rec, maps in results:
+                for w in writers:
+                    w.write_item(index, rec, maps)
+                index += 1
+                log_odds.append(_count(tally, rec, pred.ood_margin))
+                done.append(rec)
+            journal.add(position, done, log_odds)
+            if keep_records:
+                kept.extend(done)
     except BaseException:
-        for w in started:
-            w.abort()
+        if journal.n_inputs:  # finished inputs are kept for --resume, with the files their records name
+            journal.close()
+        else:
+            for w in started:
+                w.abort()
+            journal.remove()
         raise
-    if not records:  # nothing scored: the earlier results stay as they were
+    if not journal.n_records:  # nothing scored: the earlier results stay as they were
         for w in writers:
             w.abort()
-        return records, {"run_id": None, "n": 0, "n_failed": 0, "seconds": round(time.time() - t0, 3)}
-    n_failed = sum(r["error"] is not None for r in records)
+        journal.remove()
+        return [], {"run_id": None, "n": 0, "n_failed": 0, "seconds": round(time.time() - t0, 3)}
     run = {
-        "run_id": run_id, "checkpoint": pred.source, "saliency": saliency, "saliency_upsample": pred.saliency_upsample,
-        "tta": tta,
+        "run_id": journal.run_id, "checkpoint": pred.source, "saliency": saliency,
+        "saliency_upsample": pred.saliency_upsample, "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
         "preprocess_mode": pred.pre["mode"], "segmenter": pred.segmenter.source if pred.segmenter else None,
-        "n": len(records), "n_failed": n_failed,
-        "n_no_lesion": sum(r.get("label") == NO_LESION for r in records),
-        "n_ood": sum(r.get("ood") is True for r in records),
-        "n_shifted": sum(r.get("ood_score") is not None and r["ood_score"] * pred.ood_margin > 1 for r in records),
+        "n": journal.n_records, **{f"n_{k}": tally[k] for k in ("failed", "no_lesion", "ood", "shifted")},
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if journal.resumed:
+        run["resumed"] = {"inputs": journal.resumed, "records": restored}
+    records = journal.records()
     for w in writers:
         w.finish(records, run)
-    _remove_old_runs(out, keep=run_id)
-    return records, run
+    _remove_old_runs(out, keep=journal.run_id)
+    journal.remove()
+    return kept, run
+
+
+def _count(tally: Counter[str], rec: dict[str, Any], margin: float | None) -> float | None:
+    """Count a record into the run summary and remove its private keys (the writers have had it);
+    returns its calibrated log-odds (None: not scored), which the journal keeps for the level tables."""
+    z = strip_private(rec).get("_calibrated_logit")
+    tally["failed"] += rec["error"] is not None
+    tally["no_lesion"] += rec.get("label") == NO_LESION
+    tally["ood"] += rec.get("ood") is True
+    tally["shifted"] += rec.get("ood_score") is not None and rec["ood_score"] * margin > 1
+    return z

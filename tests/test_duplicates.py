@@ -138,3 +138,21 @@ def test_a_resumed_cv_run_with_copies_keeps_its_folds(synth_datalist, tmp_path, 
     again = train_main(cfg, resume=True)  # the finished folds are found again, held-out cases and all
     assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in res["folds"]]
     assert json.loads((Path(res["run_dir"]) / "fold0" / "done").read_text())["test_case_ids"]
+
+
+def test_two_findings_of_one_film_may_differ_in_label_and_stay_together(tmp_path):
+    # mini-MIAS mdb144: one film, a benign and a malignant finding, each with its own mask.
+    recs = _records(tmp_path, n=30, copies=0)
+    for k, label in ((1, "benign"), (2, "malignant")):
+        m = tmp_path / f"film_mask{k}.png"
+        m.write_bytes(f"mask {k}".encode())
+        recs.append({"image": recs[0]["image"], "mask": [str(m)], "case_id": f"film_{k}", "group": f"f{k}",
+                     "label": label, "split": "", "fold": None})
+    folds = cv_splits(recs, 3, _cfg(val_fraction=0.25))
+    for tr, va, te in folds:
+        split = {"train": tr, "val": va, "test": te}
+        assert _part_of(split, 30) == _part_of(split, 31) == _part_of(split, 0)
+    # The same finding (one mask file's bytes) under two labels is still refused.
+    shutil.copy(tmp_path / "film_mask1.png", tmp_path / "film_mask2.png")
+    with pytest.raises(DatalistError, match="labelled 'benign'.*labelled 'malignant'.*hold identical image files"):
+        cv_splits(recs, 3, _cfg(val_fraction=0.25))

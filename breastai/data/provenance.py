@@ -11,6 +11,7 @@ one group, so a copy listed under another case id never lands in another part th
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -90,8 +91,8 @@ def join_identical_images(records: Sequence[dict[str, Any]], parts: Sequence[Any
         The records in the same order; a record whose group changed is a copy, the rest as given.
 
     Raises:
-        DatalistError: identical images with different labels, or in two different fixed parts,
-            naming the datalist and both rows.
+        DatalistError: identical images with different labels and the same lesion mask (or none),
+            or in two different fixed parts, naming the datalist and both rows.
     """
     by_path = _digests_by_path(records)
     rows = _datalist_rows(records)
@@ -123,18 +124,23 @@ def join_identical_images(records: Sequence[dict[str, Any]], parts: Sequence[Any
 
 def _refuse_conflicts(records: Sequence[dict[str, Any]], sets: list[list[int]], rows: list[int],
                       parts: Sequence[Any] | None, part_name: str, source: str | Path | None) -> None:
-    """Raise on the first set of identical images whose labels, or fixed parts, differ."""
+    """Raise on the first set of identical images whose labels (for the same lesion: identical mask
+    files, or none), or fixed parts, differ."""
     first_row = 0 if source is None or Path(source).suffix.lower() == ".json" else 2  # as read_datalist counts
 
     def row(i: int, what: str) -> str:
         where = f"row {rows[i] + first_row} " if source is not None else ""
         return f"{where}(case {records[i][Keys.CASE_ID]!r}) {what}"
 
+    def lesion(i: int) -> list[str | None]:
+        masks = records[i].get(Keys.MASK) or []
+        return sorted((file_digest(m) or str(m)) if isinstance(m, (str, Path)) else repr(m) for m in masks)
+
     conflicts = []
     for idx in sets:
-        a = idx[0]
-        for b in idx[1:]:
-            if records[a][Keys.LABEL] != records[b][Keys.LABEL]:
+        for a, b in itertools.combinations(idx, 2):
+            # Two findings of one film (different masks) may differ in label; one finding may not.
+            if records[a][Keys.LABEL] != records[b][Keys.LABEL] and lesion(a) == lesion(b):
                 conflicts.append(f"{row(a, f'labelled {records[a][Keys.LABEL]!r}')} and "
                                  f"{row(b, f'labelled {records[b][Keys.LABEL]!r}')} hold identical image files: "
                                  "correct the wrong label or remove one of the rows")

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.core.config import load_config  # noqa: E402
-from breastai.data.augment import jitter_outline  # noqa: E402
+from breastai.data.augment import smooth_outline  # noqa: E402
 from breastai.data.datalist import read_datalist  # noqa: E402
 from breastai.data.transforms import build_transforms  # noqa: E402
 
@@ -34,8 +34,7 @@ from breastai.data.transforms import build_transforms  # noqa: E402
 def roughness(mask: np.ndarray, sigma: float) -> float:
     """Edge length of ``mask`` over that of its smoothed self (see the module docstring)."""
     m = mask > 0.5
-    d = 2.0 * np.sqrt(m.sum() / np.pi)
-    return float(perimeter(m) / max(perimeter(jitter_outline(m, "smooth", sigma * d) > 0.5), 1.0))
+    return float(perimeter(m) / max(perimeter(smooth_outline(m, sigma) > 0.5), 1.0))
 
 
 def main(argv: list[str] | None = None) -> int:

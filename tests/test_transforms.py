@@ -194,7 +194,7 @@ def test_outline_smoothing_makes_a_jagged_and_a_smooth_trace_of_one_lesion_alike
         assert torch.equal(plain["image"][1], plain["mask"][0])  # off by default: the traced outline
         assert torch.equal(out["mask"], plain["mask"])  # the mask itself stays as traced
         traced = out["mask"][0].numpy()
-        d = 2 * np.sqrt(traced.sum() / np.pi)
+        d = 2 * np.sqrt(traced.sum() / np.pi)  # the equivalent diameter, written out
         assert np.array_equal(out["image"][1].numpy(), jitter_outline(traced, "smooth", 0.03 * d))
         channels[name] = (plain["image"][1].numpy() > 0.5, out["image"][1].numpy() > 0.5)
     from skimage.measure import perimeter

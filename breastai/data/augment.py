@@ -27,6 +27,9 @@ from breastai.core.keys import Keys
 __all__ = [
     "coarse_outline",
     "jitter_outline",
+    "equivalent_diameter",
+    "smooth_outline",
+    "shown_outline",
     "draw_calipers",
     "RandCoarseOutlined",
     "RandOutlineJitterd",
@@ -108,6 +111,21 @@ def jitter_outline(mask: np.ndarray, kind: str, radius: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def equivalent_diameter(mask: np.ndarray) -> float:
+    """The diameter of the disc with the mask's area, ``2 sqrt(area / pi)``, in pixels."""
+    return float(2.0 * np.sqrt((np.asarray(mask) > 0.5).sum() / np.pi))
+
+
+def smooth_outline(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """:func:`jitter_outline` ``smooth`` with sigma ``fraction`` times the mask's equivalent diameter."""
+    return jitter_outline(mask, "smooth", fraction * equivalent_diameter(mask))
+
+
+def shown_outline(data: Mapping[Hashable, Any]) -> np.ndarray:
+    """The (H, W) outline the mask channel will show: a replaced one (``outline``) or the traced mask."""
+    return np.asarray(data[Keys.OUTLINE] if Keys.OUTLINE in data else data[Keys.MASK])[0]
+
+
 class RandOutlineJitterd(Randomizable, MapTransform):
     """With probability ``prob``, the mask *channel* shows the outline dilated, eroded or smoothed
     (a third of the time each) by a radius drawn uniformly from 1 pixel to ``strength`` times the
@@ -124,9 +142,8 @@ class RandOutlineJitterd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.R.rand() < self.prob:
-            outline = np.asarray(d[Keys.OUTLINE] if Keys.OUTLINE in d else d[Keys.MASK])[0]
-            diameter = 2.0 * np.sqrt((outline > 0.5).sum() / np.pi)
-            radius = self.R.uniform(1.0, max(1.0, self.strength * diameter))
+            outline = shown_outline(d)
+            radius = self.R.uniform(1.0, max(1.0, self.strength * equivalent_diameter(outline)))
             kind = JITTER_KINDS[self.R.randint(len(JITTER_KINDS))]
             d[Keys.OUTLINE] = jitter_outline(outline, kind, radius)[None]
         return d

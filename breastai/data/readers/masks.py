@@ -92,6 +92,19 @@ class LesionBox:
             raise ValueError(f"box {text!r}: X1 must be >= X0 and Y1 >= Y0")
         return cls(x0, y0, x1, y1)
 
+    @classmethod
+    def around(cls, mask: np.ndarray) -> "LesionBox":
+        """The tightest box holding every pixel of a 2-D ``mask`` (in that mask's pixels).
+
+        Raises:
+            ValueError: the mask is empty.
+        """
+        m = np.asarray(mask) > 0
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size == 0:
+            raise ValueError("an empty mask has no box")
+        return cls(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
     def to_mask(self, shape: tuple[int, int], meta: dict[str, Any] | None = None, source: str = "image") -> np.ndarray:
         """The filled box as a boolean mask on the reader's grid of ``shape``.
 

@@ -436,7 +436,7 @@ def evaluation_report(
         p: positive-class probabilities in [0, 1].
         threshold: operating point; when None it is chosen on these data by Youden's J,
             which is optimistic: prefer a threshold fixed on validation data.
-        n_boot, alpha, seed: bootstrap CI of the AUC.
+        n_boot, alpha, seed: bootstrap CI of the AUC (n_boot 0: none, the bounds NaN).
         n_bins: bins of the ECE.
         scores: what the AUC and its CI rank (default ``p``); pass the log-odds that ``p`` came
             from: a sharp model's probabilities round to exactly 0 or 1 in float64 (|logit| > 37)
@@ -452,7 +452,8 @@ def evaluation_report(
     if threshold is None:
         threshold, source = choose_threshold(y, p, "youden"), "youden_on_these_data"
     r = p if scores is None else check_scores(y, scores)[1]
-    low, high = bootstrap_auc_ci(y, r, n_boot=n_boot, alpha=alpha, seed=seed)
+    # n_boot 0: no interval wanted (a caller that only needs the probabilities), reported as NaN
+    low, high = bootstrap_auc_ci(y, r, n_boot=n_boot, alpha=alpha, seed=seed) if n_boot else (float("nan"),) * 2
     report: dict[str, Any] = {
         "auc": roc_auc(y, r),
         "auc_ci_low": low,

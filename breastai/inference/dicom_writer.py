@@ -40,7 +40,7 @@ from breastai.core.files import atomic_write_bytes
 from breastai.inference.dicom_objects import AlgorithmInfo, build_sc, build_seg, build_sr, pixel_spacing, source_header
 from breastai.inference.inputs import RUN_MARKER
 from breastai.inference.predictor import Predictor
-from breastai.inference.writers import _safe_stem
+from breastai.inference.maps import safe_stem
 from breastai.models.lesions import lesion_size
 from breastai.models.saliency import heat_overlay
 
@@ -160,7 +160,7 @@ class DicomObjects:
         size = lesion_size(mask, pixel_spacing(src, mask)) if has_mask else None
         objects["sr"] = build_sr(src, record, UID(), self.algorithm, self.device_uid, objects.get("seg"), size,
                                  self.predictor.classes, frame)
-        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
+        stem = f"{index:05d}_{safe_stem(str(record['id']))}"
         out: dict[str, str] = {}
         for kind, ds in objects.items():
             buf = io.BytesIO()

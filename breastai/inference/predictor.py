@@ -53,7 +53,7 @@ from breastai.data.readers.registry import ImageReadError
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
-                                        identity, loaded_inputs)
+                                        identity, loaded_inputs, refused_modality)
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.calibration import Recalibration, apply_temperature
@@ -318,7 +318,7 @@ class Predictor:
         if item.frame is not None and item.frame_suffix:
             rec["id"] = f"{rec['id']}_f{item.frame}"
         loaded = Loaded(position, item, rec, secrets)
-        refused = self._modality_refusal(item, rec["source"])
+        refused = refused_modality(item, rec["source"], [m.modalities for m in self.members], self.segmenter)
         if refused is not None:
             rec["error"], loaded.final = refused, True
             return loaded
@@ -443,33 +443,6 @@ class Predictor:
                 return None
             rec["uncertainty"] = spread
         return scored
-
-    def _modality_refusal(self, item: PredictItem, source: str) -> str | None:
-        """Why a DICOM input of a modality the checkpoint never saw is not scored (None: it is).
-
-        Read from the header alone. Every member of an ensemble must know the modality: the
-        ensemble's score is a weighted sum of every member's, so one member scoring an image
-        unlike any it learned from spoils it.
-        """
-        trained = [m.modalities for m in self.members]
-        if self.segmenter is not None:  # the segmenter, last: it must know the modality too
-            trained.append(self.segmenter.modalities)
-        if not any(trained) or isinstance(item.image, np.ndarray):
-            return None
-        from breastai.data.modality import dicom_modality, modality_refusal
-        from breastai.data.readers.dicom_header import is_dicom
-
-        path = Path(item.image)
-        if not (is_dicom(path) and path.is_file()):
-            return None
-        modality = dicom_modality(path)
-        for i, mods in enumerate(trained):
-            why = modality_refusal(source, modality, mods)
-            if why is not None and self.segmenter is not None and i == len(trained) - 1:
-                return why.replace("this checkpoint", "the segmenter")
-            if why is not None:
-                return why if len(self.members) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
-        return None
 
 
 def _provider_name(provide: Any) -> str:

@@ -134,7 +134,7 @@ class SaliencyMaps(_RunMaps):
     fields = ("saliency_shape",)
 
     def write_item(self, index: int, record: dict[str, Any], maps: Maps | None) -> None:
-        if maps is None or self.dir is None:
+        if maps is None or maps[0] is None or self.dir is None:  # no map: a run without saliency
             return
         smap, image, mask = maps
         original = tuple(int(v) for v in smap.shape)

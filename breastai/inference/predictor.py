@@ -79,8 +79,9 @@ RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit",
 # and, with ``keep_identifiers``, a DICOM's identifiers.
 OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid"]
 
-# (map, image, lesion mask) of one record, all in the stored image geometry
-Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+# (map, image, lesion mask) of one record, all in the stored image geometry: map and image are None
+# without a saliency method, the mask None without an outline (the SEG and lesion size need only it)
+Maps = tuple["np.ndarray | None", "np.ndarray | None", "np.ndarray | None"]
 
 
 class MaskProvider(Protocol):
@@ -259,14 +260,14 @@ class Predictor:
             saliency: ``gradcam``, ``gradcam++``, ``occlusion`` or ``none``.
             tta: number of test-time augmentations for ``uncertainty`` (0 disables).
             keep_identifiers: DICOM ``id`` = file name (plus ``patient_id``) instead of the UID hash.
-            return_maps: add ``saliency_map``, ``image`` (for overlays) and ``lesion_mask`` (the
-                mask, box or lesion outline the model was given, None without one), all in the
-                original geometry.
+            return_maps: add ``saliency_map``, ``image`` (for overlays; both None with ``saliency``
+                ``none``) and ``lesion_mask`` (the mask, box or lesion outline the model was given,
+                None without one), all in the original geometry, to records that have a map or a mask.
             find_masks: use BUSI-style sibling ``<stem>_mask*.png`` files as masks.
             on_item: called as ``on_item(index, record, maps)`` for every record (``index``: its
                 place among the records) as soon as it is scored, ``maps`` = (map, image, lesion
-                mask) or None; writers store what they need and may add fields to the record (see
-                :mod:`breastai.inference.writers`).
+                mask), see :data:`Maps`, or None (no map and no mask); writers store what they need
+                and may add fields to the record (see :mod:`breastai.inference.writers`).
             workers: decode and preprocess in this many worker processes while the networks run
                 (0: in this process; the records are the same, see :mod:`breastai.inference.loading`).
 
@@ -296,14 +297,13 @@ class Predictor:
         input (``array<position>``) and a DICOM without a SOP UID, so a resumed run that skips some
         inputs gives the others the ids an uninterrupted run would. A record still holds its private
         (``_``) keys, for writers (:func:`strip_private` removes them); ``maps`` = (map, image,
-        lesion mask) in the stored geometry, or None. See :meth:`predict` for the other arguments.
+        lesion mask) in the stored geometry (:data:`Maps`), or None when the record has neither a map nor
+        a mask. See :meth:`predict` for the other arguments.
         """
         check_saliency(saliency)
         load = partial(self._load, saliency=saliency, keep=keep_identifiers)
         for loaded in loaded_inputs(load, pairs, workers):
-            yield loaded.position, [(rec, None if scored is None or scored.saliency is None
-                                     else (scored.saliency, scored.image, scored.lesion_mask))
-                                    for rec, scored in self._complete(loaded, saliency, tta)]
+            yield loaded.position, [(rec, _maps(scored)) for rec, scored in self._complete(loaded, saliency, tta)]
 
     def _load(self, position: int, item: PredictItem, saliency: str, keep: bool) -> Loaded:
         """The load stage of one input (:mod:`breastai.inference.loading`): identity, modality, decodes
@@ -443,6 +443,14 @@ class Predictor:
                 return None
             rec["uncertainty"] = spread
         return scored
+
+
+def _maps(scored: Scored | None) -> Maps | None:
+    """A record's arrays for the writers: the map (with a saliency method) and the outline the model
+    saw, each whatever the other; None when it has neither (a failed input, no map and no mask)."""
+    if scored is None or (scored.saliency is None and scored.lesion_mask is None):
+        return None
+    return scored.saliency, scored.image, scored.lesion_mask
 
 
 def _provider_name(provide: Any) -> str:

@@ -34,11 +34,10 @@ from breastai.engine.scoring import RecordError, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.outliner import Outliner
+from breastai.reporting.levels import NO_LESION_LOG_ODDS
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
 __all__ = ["NO_LESION_LOG_ODDS", "score_outlined"]
-
-NO_LESION_LOG_ODDS = -30.0  # sigmoid: about 1e-13, i.e. probability 0
 
 
 def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:

@@ -29,7 +29,7 @@ from breastai.models.checkpoint import CheckpointError
 from breastai.models.outliner import Outliner
 
 __all__ = ["Loaded", "Outcome", "StagedError", "attempt", "failure_message", "decode_item", "identity", "grouping",
-           "identifiers", "loaded_inputs", "refused_modality"]
+           "identifiers", "image_key", "loaded_inputs", "refused_modality"]
 
 
 class StagedError(ImageReadError):
@@ -153,6 +153,21 @@ def identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any],
     if rid is None or rid == Path(item.source).stem or holds_identifier(rid, secrets):
         rid = sop_hash or f"dicom-{index:05d}"
     return {"id": rid, "source": redact(item.source, secrets)}, secrets
+
+
+def image_key(item: PredictItem, position: int) -> str:
+    """Which image an input is, without naming it: a digest of its file and frame, or ``array<position>``.
+
+    The records of one input share it (the lesions a segmenter finds in one image), and so do inputs
+    that read the same file and frame (datalist rows of two findings on one film), so the breast and
+    exam tables count images, not records. It is a digest because the run's journal keeps it for
+    ``--resume``, and the journal names no file.
+    """
+    if isinstance(item.image, np.ndarray):
+        return f"array{position}"
+    from breastai.models.digest import content_digest
+
+    return content_digest({"image": str(item.image), "frame": item.frame}).split(":", 1)[1][:16]
 
 
 def grouping(item: PredictItem) -> dict[str, str]:

@@ -53,7 +53,7 @@ from breastai.data.readers.registry import ImageReadError
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
-                                        identity, loaded_inputs, refused_modality)
+                                        identity, image_key, loaded_inputs, refused_modality)
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.calibration import Recalibration, apply_temperature
@@ -67,10 +67,11 @@ __all__ = ["Predictor", "MaskProvider", "Maps", "RECORD_FIELDS", "OPTIONAL_FIELD
 log = logging.getLogger("breastai")
 
 # Record keys a writer may read during ``on_item`` and that are removed right after: the input's
-# path (unredacted), its DICOM frame, who drew its mask (``given``, ``box``, ``provider:<name>``,
-# ``segmenter``), its calibrated log-odds (what breast and exam scores combine) and, for a
-# segmenter's lesion, ``(image, outline)`` on the stored image (the outline writer's).
-_PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit", "_outline")
+# path (unredacted), its DICOM frame, which image it is (``loading.image_key``: the records of one
+# image share it), who drew its mask (``given``, ``box``, ``provider:<name>``, ``segmenter``), its
+# calibrated log-odds (what breast and exam scores combine) and, for a segmenter's lesion,
+# ``(image, outline)`` on the stored image (the outline writer's).
+_PRIVATE = ("_path", "_frame", "_image", "_mask_origin", "_calibrated_logit", "_outline")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
                  *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
@@ -309,7 +310,7 @@ class Predictor:
         """The load stage of one input (:mod:`breastai.inference.loading`): identity, modality, decodes
         and, where the mask is known, every model's preset. May run in a worker process."""
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
-        rec.update(source=item.source, has_mask=False)
+        rec.update(source=item.source, has_mask=False, _image=image_key(item, position))
         if not isinstance(item.image, np.ndarray):
             rec.update(_path=str(item.image), _frame=item.frame)
         ident, secrets = identity(item, keep, position)

@@ -69,7 +69,8 @@ class Writer(Protocol):
     #   fields: tuple[str, ...]            the record fields it adds (columns of the partial CSV)
     #   settings() -> dict                 what it writes that a resumed run must share (JSON values)
     #   restore(index, record) -> None     a record the interrupted run finished, when a run is resumed
-    #                                      (with its private ``_calibrated_logit``); its files are there
+    #                                      (with its private ``_calibrated_logit`` and ``_image``); its
+    #                                      files are there
 
 
 class OutputBusyError(RuntimeError):
@@ -298,14 +299,15 @@ def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str
                 kept.append(rec)
         restored = index
         for position, results in scored:
-            done, log_odds = [], []
+            done, kept_back = [], []
             for rec, maps in results:
                 for w in writers:
                     w.write_item(index, rec, maps)
                 index += 1
-                log_odds.append(_count(tally, rec, pred.ood_margin))
+                kept_back.append(_count(tally, rec, pred.ood_margin))
                 done.append(rec)
-            journal.add(position, done, log_odds)
+            journal.add(position, done, [p.get("_calibrated_logit") for p in kept_back],
+                        [p.get("_image") for p in kept_back])
             if keep_records:
                 kept.extend(done)
     except BaseException:
@@ -340,12 +342,12 @@ def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str
     return kept, run
 
 
-def _count(tally: Counter[str], rec: dict[str, Any], margin: float | None) -> float | None:
+def _count(tally: Counter[str], rec: dict[str, Any], margin: float | None) -> dict[str, Any]:
     """Count a record into the run summary and remove its private keys (the writers have had it);
-    returns its calibrated log-odds (None: not scored), which the journal keeps for the level tables."""
-    z = strip_private(rec).get("_calibrated_logit")
+    returns them: the journal keeps the calibrated log-odds and the image key for the level tables."""
+    private = strip_private(rec)
     tally["failed"] += rec["error"] is not None
     tally["no_lesion"] += rec.get("label") == NO_LESION
     tally["ood"] += rec.get("ood") is True
     tally["shifted"] += rec.get("ood_score") is not None and rec["ood_score"] * margin > 1
-    return z
+    return private

@@ -304,7 +304,8 @@ def test_level_tables_count_images_and_lesions_and_agree_with_evaluate(crop_ckpt
     from breastai.inference.writers import default_writers
 
     dl = _breast_datalist(tmp_path)
-    records, run = run_predict(auto, [dl], tmp_path / "pred", saliency="none", writers=[Flaky(), *default_writers("none")])
+    records, run = run_predict(auto, [dl], tmp_path / "pred", saliency="none",
+                               writers=[Flaky(), *default_writers("none")])
     assert all(r["error"] is None for r in records)
     prob = {r["id"]: r["probability"] for r in records}
     assert [r["id"] for r in records if r["label"] == NO_LESION] == ["b", "c", "d"] and {"a_l1", "a_l2"} <= set(prob)
@@ -327,7 +328,8 @@ def test_level_tables_count_images_and_lesions_and_agree_with_evaluate(crop_ckpt
     flaky.fail_at = 2
     with pytest.raises(RuntimeError, match="disk full"):
         run_predict(auto, [dl], tmp_path / "resumed", saliency="none", writers=[flaky, *default_writers("none")])
-    run_predict(auto, [dl], tmp_path / "resumed", saliency="none", resume=True, writers=[Flaky(), *default_writers("none")])
+    run_predict(auto, [dl], tmp_path / "resumed", saliency="none", resume=True,
+                writers=[Flaky(), *default_writers("none")])
     for name in ("breasts.csv", "exams.csv"):
         assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "pred" / name).read_text()
 

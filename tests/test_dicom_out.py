@@ -277,7 +277,8 @@ def test_no_lesion_found_gets_one_sr_saying_so(segmented_run, seg_ckpt):
     assert "111047" not in values and "121073" not in values
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == LESION_PRESENCE[1]
     group = sr.content.get_image_measurement_groups()[0][0]
-    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in group.ContentSequence if i.ValueType == "TEXT"]
+    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in group.ContentSequence
+             if i.ValueType == "TEXT"]
     assert ("111001", "breastai small_cnn") in texts and ("111002", "segmenter=unet_small") in texts
     refs = {r.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
             for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
@@ -295,7 +296,8 @@ def test_segmenter_outline_gives_seg_and_size_without_saliency(segmented_run):
     np.testing.assert_array_equal(seg.pixel_array.astype(bool), outline)
     roi = hd.sr.srread(dicom / rec["dicom_sr"]).content.get_planar_roi_measurement_groups()[0]
     sizes = {m.name.meaning: m.value for m in roi.get_measurements()}
-    assert sizes["Area"] == pytest.approx(rec["area_mm2"], rel=1e-4) and sizes["Area"] == pytest.approx(outline.sum() * 0.01)
+    assert sizes["Area"] == pytest.approx(rec["area_mm2"], rel=1e-4)
+    assert sizes["Area"] == pytest.approx(outline.sum() * 0.01)
     assert sizes["Diameter"] == pytest.approx(rec["max_diameter_mm"], rel=1e-4)
     for k in ("sr", "seg"):
         errors, _ = dciodvfy_errors(dicom / rec[f"dicom_{k}"])
@@ -307,8 +309,8 @@ def test_resumed_run_counts_the_no_lesion_sr(predictor, ckpt, tmp_path):
 
     objects = DicomObjects(tmp_path / "dicom", predictor, ckpt)
     objects.start(tmp_path, "r1")
-    objects.restore(0, {"id": "a", "label": NO_LESION, "probability": None, "error": None, "dicom_sr": "r1/00000_a_sr.dcm",
-                        "dicom_sc": None, "dicom_seg": None})
+    objects.restore(0, {"id": "a", "label": NO_LESION, "probability": None, "error": None,
+                        "dicom_sr": "r1/00000_a_sr.dcm", "dicom_sc": None, "dicom_seg": None})
     objects.restore(1, {"id": "b", "label": None, "probability": None, "error": "x: unreadable"})
     run: dict = {}
     objects.finish([], run)

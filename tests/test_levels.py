@@ -112,7 +112,8 @@ def test_levels_count_images_and_lesions_and_leave_no_lesion_breasts_unscored():
     (mean,) = [g for g in aggregate(scores, LevelRule("exam", rule="mean"))[0] if g.id == "e1"]
     assert mean.log_odds == pytest.approx(0.5)
     rows = {r["id"]: r for r in level_rows(list(breasts.values()), 0.5, ["benign", "malignant"], "no lesion found")}
-    assert (rows["e1_R"]["predicted"], rows["e1_R"]["probability"], rows["e1_R"]["n_lesions"]) == ("no lesion found", None, 0)
+    right_row = rows["e1_R"]
+    assert (right_row["predicted"], right_row["probability"], right_row["n_lesions"]) == ("no lesion found", None, 0)
     assert rows["e1_L"]["predicted"] == "malignant" and rows["e1_L"]["probability"] == pytest.approx(sigmoid(1.5))
     # Where every group needs a number (evaluate, fitting): below every scored group, probability 0.
     ranked = by_id(aggregate(scores, LevelRule("breast", slope=2.0, bias=1.0), unscored_last=True)[0])

@@ -103,8 +103,10 @@ class LevelTables:
                 continue
             threshold = run["threshold"] if rule.threshold is None else rule.threshold
             rows = [{**r, "label": r["predicted"]} for r in level_rows(groups, threshold, run["classes"], NO_LESION)]
-            levels[level] = {"file": f"{stem}.csv", "n": len(rows), "n_no_lesion": sum(g.log_odds is None for g in groups),
-                             "n_images_left_out": _images(self.scores, left_out), "threshold": threshold, "rule": rule.to_dict()}
+            levels[level] = {"file": f"{stem}.csv", "n": len(rows),
+                             "n_no_lesion": sum(g.log_odds is None for g in groups),
+                             "n_images_left_out": _images(self.scores, left_out), "threshold": threshold,
+                             "rule": rule.to_dict()}
             atomic_write_text(self.out / f"{stem}.json", json.dumps(
                 {"run": run["run_id"], **levels[level], "records": [{k: r[k] for k in COLUMNS} for r in rows]},
                 indent=1))

@@ -275,3 +275,72 @@ def test_outlines_are_removed_when_the_run_fails(auto, tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         run_predict(auto, [f], tmp_path / "out", writers=[OutlineMaps(), Boom()])
     assert not any((tmp_path / "out" / "outlines").glob("*/*.npy"))
+
+
+def _breast_datalist(tmp_path):
+    """e1 (four images): L has two lesions on its CC and nothing on its MLO, R nothing at all; e2: one lesion
+    a side; e3 L: a film with two traced findings (two rows, one file)."""
+    png(tmp_path / "two.png", [(28, 28, 11), (55, 72, 11)], seed=2)
+    png(tmp_path / "one.png", [(40, 50, 12)])
+    png(tmp_path / "other.png", [(35, 40, 11)], seed=1)
+    film, _ = png(tmp_path / "film.png", [(28, 28, 11), (55, 72, 11)], seed=2)
+    for k, centre in enumerate([(28, 28), (55, 72)]):
+        Image.fromarray(disc(SIZE, centre, 11).astype(np.uint8) * 255).save(tmp_path / f"film_m{k}.png")
+    for name in ("lmlo.png", "rcc.png", "rmlo.png"):
+        png(tmp_path / name, [], seed=3)
+    rows = [("a", "two.png", "", "e1", "L", "CC", "malignant"), ("b", "lmlo.png", "", "e1", "L", "MLO", "benign"),
+            ("c", "rcc.png", "", "e1", "R", "CC", "benign"), ("d", "rmlo.png", "", "e1", "R", "MLO", "benign"),
+            ("e", "one.png", "", "e2", "L", "CC", "benign"), ("f", "other.png", "", "e2", "R", "CC", "malignant"),
+            ("g1", "film.png", "film_m0.png", "e3", "L", "CC", "benign"),
+            ("g2", "film.png", "film_m1.png", "e3", "L", "CC", "malignant")]
+    keys = ("case_id", "image", "mask", "exam", "laterality", "view", "label")
+    return write_rows(tmp_path / "dl.csv", [dict(zip(keys, r)) for r in rows])
+
+
+def test_level_tables_count_images_and_lesions_and_agree_with_evaluate(crop_ckpt, seg_ckpt, auto, tmp_path):
+    from test_predict_stream import Flaky
+
+    from breastai.engine.evaluate import evaluate_checkpoint
+    from breastai.inference.writers import default_writers
+
+    dl = _breast_datalist(tmp_path)
+    records, run = run_predict(auto, [dl], tmp_path / "pred", saliency="none",
+                               writers=[Flaky(), *default_writers("none")])
+    assert all(r["error"] is None for r in records)
+    prob = {r["id"]: r["probability"] for r in records}
+    assert [r["id"] for r in records if r["label"] == NO_LESION] == ["b", "c", "d"] and {"a_l1", "a_l2"} <= set(prob)
+    breasts = {b["id"]: b for b in csv.DictReader(open(tmp_path / "pred" / "breasts.csv"))}
+    left, right, film = breasts["e1_L"], breasts["e1_R"], breasts["e3_L"]
+    # Two lesion records of one image and an image without a lesion: 2 images, 2 lesions, the worse lesion's score.
+    assert (left["members"], left["n_images"], left["n_lesions"]) == ("a_l1;a_l2;b", "2", "2")
+    assert float(left["probability"]) == pytest.approx(max(prob["a_l1"], prob["a_l2"]), abs=1e-6)
+    assert left["driver"] == max(("a_l1", "a_l2"), key=prob.get)
+    # Nothing found in the breast: an explicit outcome, no probability.
+    assert (right["n_images"], right["n_lesions"], right["label"], right["probability"], right["log_odds"],
+            right["driver"]) == ("2", "0", NO_LESION, "", "", "")
+    assert (film["n_images"], film["n_lesions"]) == ("1", "2")  # two traced findings of one film
+    exams = {e["id"]: e for e in csv.DictReader(open(tmp_path / "pred" / "exams.csv"))}
+    assert (exams["e1"]["n_images"], exams["e1"]["n_lesions"]) == ("4", "2")
+    assert run["levels"]["breast"]["n_no_lesion"] == 1 and run["levels"]["exam"]["n_no_lesion"] == 0
+
+    # Resumed after the first input (two records), the images are counted as an uninterrupted run counts them.
+    flaky = Flaky()
+    flaky.fail_at = 2
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_predict(auto, [dl], tmp_path / "resumed", saliency="none", writers=[flaky, *default_writers("none")])
+    run_predict(auto, [dl], tmp_path / "resumed", saliency="none", resume=True,
+                writers=[Flaky(), *default_writers("none")])
+    for name in ("breasts.csv", "exams.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "pred" / name).read_text()
+
+    # evaluate at the breast level through the same pipeline: the same breasts, images, lesions and scores.
+    rep = evaluate_checkpoint(crop_ckpt, dl, tmp_path / "eval", device="cpu", n_boot=20, level="breast",
+                              segmenter=seg_ckpt)
+    table = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "eval" / "predictions.csv"))}
+    assert set(table) == set(breasts) and rep["n_images"] == 7 and rep["n_lesions"] == 6
+    for bid, b in breasts.items():
+        assert (table[bid]["n_images"], table[bid]["n_lesions"]) == (b["n_images"], b["n_lesions"])
+        if b["probability"]:
+            assert float(table[bid]["probability"]) == pytest.approx(float(b["probability"]), abs=1e-5)
+    # evaluate needs a number for every breast: nothing found scores 0 (its documented rule), a negative call.
+    assert float(table["e1_R"]["probability"]) < 1e-12 and table["e1_R"]["predicted"] == "benign"

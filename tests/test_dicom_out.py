@@ -196,3 +196,128 @@ def test_no_uid_reaches_the_log(ckpt, tmp_path, caplog):
                                         PredictionTables()])
     assert records[0]["error"] is None and run["dicom_out"]["n_objects"] >= 2
     assert src.StudyInstanceUID not in caplog.text and src.SOPInstanceUID not in caplog.text
+
+
+def _codes(sr) -> dict[str, object]:
+    """Concept code value -> the value of the NUM and CODE items in the SR's first measurement group
+    (NUM: the number; CODE: the coded value's code value)."""
+    group = sr.content.get_image_measurement_groups()[0][0]  # the group's container item
+    out: dict[str, object] = {}
+    for item in group.ContentSequence:
+        code = item.ConceptNameCodeSequence[0].CodeValue
+        if item.ValueType == "NUM":
+            out[code] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif item.ValueType == "CODE":
+            out[code] = item.ConceptCodeSequence[0].CodeValue
+    return out
+
+
+def test_seg_and_sizes_without_saliency(ckpt, tmp_path):
+    """--saliency none (the archive setting) keeps the SEG and the SR's Area/Diameter: they come from the outline."""
+    dcm = _mg(tmp_path / "mg.dcm")
+    out, dicom = tmp_path / "out", tmp_path / "dicom"
+    assert predict_cli(["predict", "--checkpoint", str(ckpt), str(dcm), "--out", str(out), "--dicom-out", str(dicom),
+                        "--box", "30,90,49,109", "--saliency", "none", "--device", "cpu"]) == 0
+    (rec,) = json.loads((out / "predictions.json").read_text())["records"]
+    assert rec["error"] is None and rec["dicom_sc"] is None and rec["saliency_npy"] is None  # no map, no capture
+    assert rec["dicom_sr"] and rec["dicom_seg"]
+    seg = hd.seg.segread(dicom / rec["dicom_seg"])
+    expected = np.zeros((1, 200, 160), bool)
+    expected[0, 90:110, 30:50] = True
+    assert np.array_equal(seg.get_pixels_by_source_instance([pydicom.dcmread(dcm).SOPInstanceUID],
+                                                            combine_segments=True) > 0, expected)
+    sr = hd.sr.srread(dicom / rec["dicom_sr"])
+    roi = sr.content.get_planar_roi_measurement_groups()[0]
+    sizes = {m.name.meaning: (m.value, m.unit.value) for m in roi.get_measurements()}
+    assert sizes["Area"] == pytest.approx((20 * 20 * 0.01, "mm2"))
+    assert sizes["Diameter"] == pytest.approx((np.hypot(2.0, 2.0), "mm"))
+    refs = {r.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+            for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in refs
+    for k in ("sr", "seg"):
+        errors, _ = dciodvfy_errors(dicom / rec[f"dicom_{k}"])
+        assert errors == [], (k, errors)
+
+
+@pytest.fixture(scope="module")
+def segmented_run(ckpt, seg_ckpt, tmp_path_factory):
+    """``predict --segmenter --dicom-out --saliency none`` on an ultrasound DICOM without a lesion and one with."""
+    from conftest import blob_image
+    from test_dicom import US_SOP
+
+    tmp = tmp_path_factory.mktemp("segdicom")
+    empty = write_dicom(tmp / "empty.dcm", blob_image((80, 96), [], seed=3)[0], modality="US", sop=US_SOP)
+    lesion = write_dicom(tmp / "lesion.dcm", blob_image((80, 96), [(40, 50, 12)])[0], modality="US", sop=US_SOP,
+                         PixelSpacing=[0.1, 0.1])
+    out, dicom = tmp / "out", tmp / "dicom"
+    assert predict_cli(["predict", "--checkpoint", str(ckpt), "--segmenter", str(seg_ckpt), str(empty), str(lesion),
+                        "--out", str(out), "--dicom-out", str(dicom), "--saliency", "none", "--device", "cpu"]) == 0
+    records = json.loads((out / "predictions.json").read_text())["records"]
+    return tmp, out, dicom, {r["source"].rsplit("/", 1)[-1]: r for r in records}
+
+
+def test_no_lesion_found_gets_one_sr_saying_so(segmented_run, seg_ckpt):
+    from breastai.inference.dicom_objects import LESION_PRESENCE
+    from breastai.inference.segment import NO_LESION
+
+    tmp, out, dicom, recs = segmented_run
+    rec = recs["empty.dcm"]
+    assert rec["label"] == NO_LESION and rec["probability"] is None and rec["error"] is None
+    assert rec["dicom_sr"] and rec["dicom_seg"] is None and rec["dicom_sc"] is None
+    rows = {r["id"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert rows[rec["id"]]["dicom_sr"] == rec["dicom_sr"]
+    src = pydicom.dcmread(tmp / "empty.dcm")
+    sr = hd.sr.srread(dicom / rec["dicom_sr"])
+    assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.VerificationFlag == "UNVERIFIED"
+    values = _codes(sr)
+    # "All algorithms succeeded; without findings", the presence probability, and no probability of cancer or label.
+    assert values["111017"] == "111241"
+    assert values[LESION_PRESENCE[0]] == pytest.approx(rec["lesion_probability"], abs=1e-6)
+    assert values[LESION_PRESENCE[0]] < load_threshold(seg_ckpt)
+    assert "111047" not in values and "121073" not in values
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == LESION_PRESENCE[1]
+    group = sr.content.get_image_measurement_groups()[0][0]
+    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in group.ContentSequence
+             if i.ValueType == "TEXT"]
+    assert ("111001", "breastai small_cnn") in texts and ("111002", "segmenter=unet_small") in texts
+    refs = {r.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+            for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
+    assert refs == {src.SOPInstanceUID}
+    errors, _ = dciodvfy_errors(dicom / rec["dicom_sr"])
+    assert errors == [], errors
+
+
+def test_segmenter_outline_gives_seg_and_size_without_saliency(segmented_run):
+    tmp, out, dicom, recs = segmented_run
+    rec = recs["lesion.dcm"]
+    assert rec["mask_source"] == "segmenter" and rec["dicom_seg"] and rec["dicom_sc"] is None
+    outline = np.load(out / rec["outline_npy"])
+    seg = pydicom.dcmread(dicom / rec["dicom_seg"])
+    np.testing.assert_array_equal(seg.pixel_array.astype(bool), outline)
+    roi = hd.sr.srread(dicom / rec["dicom_sr"]).content.get_planar_roi_measurement_groups()[0]
+    sizes = {m.name.meaning: m.value for m in roi.get_measurements()}
+    assert sizes["Area"] == pytest.approx(rec["area_mm2"], rel=1e-4)
+    assert sizes["Area"] == pytest.approx(outline.sum() * 0.01)
+    assert sizes["Diameter"] == pytest.approx(rec["max_diameter_mm"], rel=1e-4)
+    for k in ("sr", "seg"):
+        errors, _ = dciodvfy_errors(dicom / rec[f"dicom_{k}"])
+        assert errors == [], (k, errors)
+
+
+def test_resumed_run_counts_the_no_lesion_sr(predictor, ckpt, tmp_path):
+    from breastai.inference.segment import NO_LESION
+
+    objects = DicomObjects(tmp_path / "dicom", predictor, ckpt)
+    objects.start(tmp_path, "r1")
+    objects.restore(0, {"id": "a", "label": NO_LESION, "probability": None, "error": None,
+                        "dicom_sr": "r1/00000_a_sr.dcm", "dicom_sc": None, "dicom_seg": None})
+    objects.restore(1, {"id": "b", "label": None, "probability": None, "error": "x: unreadable"})
+    run: dict = {}
+    objects.finish([], run)
+    assert run["dicom_out"]["n_objects"] == 1 and "notes" not in run
+
+
+def load_threshold(path) -> float:
+    from breastai.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).threshold

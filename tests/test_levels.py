@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from breastai.reporting.levels import (
+    NO_LESION_LOG_ODDS,
     ImageScore,
     LevelError,
     LevelRule,
@@ -16,6 +18,7 @@ from breastai.reporting.levels import (
     combine_log_odds,
     default_rule,
     fit_level_rule,
+    level_rows,
 )
 from breastai.reporting.subgroups import MIN_PER_CLASS, subgroup_report
 
@@ -78,6 +81,47 @@ def test_images_without_exam_or_side_are_left_out_and_named():
     assert left == ["loose", "nowhere"] and len(breasts) == 2
     exams, left = aggregate(scores, default_rule("exam"))
     assert left == ["nowhere"] and exams[0].n_images == 5
+
+
+def lesion_exam() -> list[ImageScore]:
+    """One exam: the left CC has two lesions (two records of one image), the left MLO none; the right
+    breast's two images had no lesion found; a film with two traced findings (two rows, one file) in e2."""
+    def row(cid, z, lat, view, image, n=1):
+        return ImageScore(cid, z, exam="e1" if image != "film" else "e2", laterality=lat, view=view, image=image,
+                          n_lesions=n)
+
+    return [row("lcc_l1", 1.5, "L", "CC", "lcc"), row("lcc_l2", -0.5, "L", "CC", "lcc"),
+            row("lmlo", None, "L", "MLO", "lmlo", 0), row("rcc", None, "R", "CC", "rcc", 0),
+            row("rmlo", None, "R", "MLO", "rmlo", 0),
+            row("f1", -2.0, "L", "CC", "film"), row("f2", -1.0, "L", "CC", "film")]
+
+
+def test_levels_count_images_and_lesions_and_leave_no_lesion_breasts_unscored():
+    scores = lesion_exam()
+    breasts = by_id(aggregate(scores, default_rule("breast"))[0])
+    left, right, film = breasts["e1_L"], breasts["e1_R"], breasts["e2_L"]
+    assert (left.n_images, left.n_lesions, left.log_odds, left.driver) == (2, 2, 1.5, "lcc_l1")
+    assert left.members == ("lcc_l1", "lcc_l2", "lmlo")
+    # Nothing found anywhere in the breast: no score, no driver, no probability posing as one.
+    assert (right.n_images, right.n_lesions, right.raw, right.log_odds, right.probability, right.driver) == (
+        2, 0, None, None, None, None)
+    assert (film.n_images, film.n_lesions, film.log_odds) == (1, 2, -1.0)  # two findings of one film: one image
+    (exam,) = [g for g in aggregate(scores, default_rule("exam"))[0] if g.id == "e1"]
+    assert (exam.n_images, exam.n_lesions, exam.log_odds) == (4, 2, 1.5)
+    # The mean runs over the scored records only: an image without a lesion does not pull it down.
+    (mean,) = [g for g in aggregate(scores, LevelRule("exam", rule="mean"))[0] if g.id == "e1"]
+    assert mean.log_odds == pytest.approx(0.5)
+    rows = {r["id"]: r for r in level_rows(list(breasts.values()), 0.5, ["benign", "malignant"], "no lesion found")}
+    right_row = rows["e1_R"]
+    assert (right_row["predicted"], right_row["probability"], right_row["n_lesions"]) == ("no lesion found", None, 0)
+    assert rows["e1_L"]["predicted"] == "malignant" and rows["e1_L"]["probability"] == pytest.approx(sigmoid(1.5))
+    # Where every group needs a number (evaluate, fitting): below every scored group, probability 0.
+    ranked = by_id(aggregate(scores, LevelRule("breast", slope=2.0, bias=1.0), unscored_last=True)[0])
+    assert ranked["e1_R"].raw == NO_LESION_LOG_ODDS and ranked["e1_R"].log_odds == 2.0 * NO_LESION_LOG_ODDS + 1.0
+    assert ranked["e1_R"].probability < 1e-12 and ranked["e1_L"] == replace(breasts["e1_L"], log_odds=2.0 * 1.5 + 1.0)
+    low = [ImageScore("deep", -40.0, exam="e3", laterality="L"), ImageScore("none", None, exam="e4", laterality="L",
+                                                                           n_lesions=0)]
+    assert by_id(aggregate(low, default_rule("breast"), unscored_last=True)[0])["e4_L"].raw == -41.0
 
 
 def test_noisy_or_stays_finite_for_confident_images():

@@ -38,11 +38,11 @@ from breastai.engine.scoring import RecordError, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.outliner import Outliner
+from breastai.reporting.levels import NO_LESION_LOG_ODDS
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
 __all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "score_outlined"]
 
-NO_LESION_LOG_ODDS = -30.0  # sigmoid: about 1e-13, i.e. probability 0
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
 

@@ -73,7 +73,8 @@ def evaluate_checkpoint(
     Args:
         level: ``lesion`` (one datalist row), ``image``, ``breast`` or ``exam``: what a case is
             (:mod:`breastai.reporting.levels`); ``predictions.csv`` then has one row per case
-            with its members, ``n_images``, ``views_present`` and ``driver``.
+            with its members, ``n_images`` (distinct images), ``n_lesions``, ``views_present`` and
+            ``driver``.
         by: subgroup columns (datalist columns; DICOM header fields of
             :data:`breastai.data.grouping.DICOM_FIELDS`): ``metrics.json`` gets ``subgroups``.
         fit_on: labelled datalist, or a cross-validation ``oof_predictions.csv``, to fit the
@@ -151,8 +152,8 @@ def evaluate_checkpoint(
         probs = np.array([g.probability for g in groups])
         lrows = level_rows(groups, report["threshold"], classes)
         # the level's id under case_id: a case of this report is a breast or an exam (`breastai report` reads it so)
-        table = (["case_id", "label", "probability", "predicted", "members", "n_images", "views_present", "laterality",
-                  "driver"], [{**r, "case_id": r["id"], "label": r["truth"]} for r in lrows])
+        table = (["case_id", "label", "probability", "predicted", "members", "n_images", "n_lesions", "views_present",
+                  "laterality", "driver"], [{**r, "case_id": r["id"], "label": r["truth"]} for r in lrows])
     if flagged is not None:
         report["ood_flagged"] = flagged
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,

@@ -5,6 +5,12 @@ joins scored rows (:func:`breastai.engine.scoring.score_part`) with their datali
 the level's rule (the default, or fitted on validation data with the level's structure) and
 reports. The rows of :func:`breastai.engine.scoring.score_part` carry ``calibrated_logit``, the
 scale every level combines.
+
+A row of ``evaluate --segmenter`` (:mod:`breastai.engine.auto_outline`) where no lesion was found
+is an image with 0 lesions and no score, as predict's level tables take it: it never enters its
+breast's or exam's combination, and a breast or exam with nothing found in any image is scored
+below every other (probability 0, :func:`breastai.reporting.levels.aggregate` with
+``unscored_last``), as such a row is at the row level.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ MIXED = "(mixed)"  # the subgroup value of a breast or exam whose images differ 
 def image_scores(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], by: Sequence[str] = (),
                  where: str = "the datalist") -> list[ImageScore]:
     """The scored ``rows`` joined with their ``records`` (same order) as :class:`ImageScore`, with
-    the ``by`` subgroup values in ``fields``.
+    the ``by`` subgroup values in ``fields`` and, for rows of an automatic outline, their
+    ``n_lesions`` (0: no lesion found, the row then unscored).
 
     Raises:
         ValueError: rows and records differ, or a ``by`` column is missing (see
@@ -44,9 +51,12 @@ def image_scores(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
     for i, (rec, row) in enumerate(zip(records, rows)):
         g = grouping_of(rec)
         image = str(rec.get(Keys.IMAGE)) + (f"#{rec[Keys.FRAME]}" if rec.get(Keys.FRAME) is not None else "")
-        out.append(ImageScore(case_id=str(row["case_id"]), log_odds=float(row["calibrated_logit"]),
+        n_lesions = int(row.get("n_lesions", 1))
+        out.append(ImageScore(case_id=str(row["case_id"]),
+                              log_odds=float(row["calibrated_logit"]) if n_lesions else None,
                               label=int(row["label"]), exam=g[Keys.EXAM], laterality=g[Keys.LATERALITY],
-                              view=g[Keys.VIEW], image=image, fields={c: v[i] for c, v in cols.items()}))
+                              view=g[Keys.VIEW], image=image, fields={c: v[i] for c, v in cols.items()},
+                              n_lesions=n_lesions))
     return out
 
 
@@ -56,7 +66,7 @@ def level_groups(scores: Sequence[ImageScore], rule: LevelRule, where: str = "th
     Raises:
         LevelError: images without an exam (or, at the breast level, a side), counted and named.
     """
-    groups, left_out = aggregate(scores, rule)
+    groups, left_out = aggregate(scores, rule, unscored_last=True)
     if left_out:
         need = "an exam and a laterality" if rule.level == "breast" else "an exam"
         raise LevelError(f"{where}: {len(left_out)} of {len(scores)} image(s) lack {need} for the {rule.level} level "
@@ -110,7 +120,8 @@ def level_report(scores: Sequence[ImageScore], rule: LevelRule, ckpt: Checkpoint
 
     Returns:
         The report (:func:`~breastai.reporting.metrics.evaluation_report` plus ``level``,
-        ``level_rule``, ``n_images`` and ``subgroups``) and the level's scores.
+        ``level_rule``, ``n_images`` (distinct images), ``n_lesions`` and ``subgroups``) and the
+        level's scores.
     """
     groups = level_groups(scores, rule, where)
     y = np.array([g.label for g in groups], dtype=np.int64)
@@ -121,7 +132,8 @@ def level_report(scores: Sequence[ImageScore], rule: LevelRule, ckpt: Checkpoint
     p = np.array([g.probability for g in groups])
     threshold = ckpt.threshold if rule.threshold is None else rule.threshold
     report = evaluation_report(y, p, threshold, n_boot=n_boot, scores=z)
-    report.update(level=rule.level, level_rule=rule.to_dict(), n_images=len(scores))
+    report.update(level=rule.level, level_rule=rule.to_dict(), n_images=len({s.image or s.case_id for s in scores}),
+                  n_lesions=sum(s.n_lesions for s in scores))
     if by:
         cols = {c: [g.fields.get(c, MIXED) for g in groups] for c in by}
         report["subgroups"] = subgroup_report(y, p, threshold, cols, scores=z, n_boot=n_boot)
@@ -131,13 +143,13 @@ def level_report(scores: Sequence[ImageScore], rule: LevelRule, ckpt: Checkpoint
 def pooled_level_summary(scores: Sequence[ImageScore], n_boot: int) -> dict[str, dict[str, Any]]:
     """Pooled out-of-fold AUC (bootstrap CI) and ECE at the breast and exam levels, by the default rule.
 
-    Levels the rows cannot give (no grouping, one class, or every group a single image) are left out.
+    Levels the rows cannot give (no grouping, one class, or every group a single row) are left out.
     """
     out: dict[str, dict[str, Any]] = {}
     for level in ("breast", "exam"):
-        groups, left_out = aggregate(scores, default_rule(level))
+        groups, left_out = aggregate(scores, default_rule(level), unscored_last=True)
         y = np.array([g.label for g in groups])
-        if left_out or not groups or len(set(y.tolist())) < 2 or all(g.n_images == 1 for g in groups):
+        if left_out or not groups or len(set(y.tolist())) < 2 or all(len(g.members) == 1 for g in groups):
             continue
         z = np.array([g.log_odds for g in groups])
         lo, hi = bootstrap_auc_ci(y, z, n_boot=max(n_boot, 1))

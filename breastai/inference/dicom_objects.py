@@ -1,4 +1,5 @@
-"""DICOM objects of one scored input, built with highdicom: a TID 1500 SR, a saliency SC and a lesion SEG.
+"""DICOM objects of one scored input, built with highdicom: a TID 1500 SR, a saliency SC and a lesion SEG;
+and the SR of an image where the segmenter found no lesion.
 
 Each builder takes the source image's header (``pydicom`` dataset, pixels not needed) and returns
 a new instance in the source's study (patient and study modules copied by highdicom from the
@@ -29,8 +30,22 @@ Coded concepts chosen (all in the DICOM and SNOMED CT subsets pydicom ships):
   ``(52988006, SCT, "Lesion")``.
 * Algorithm identification (TID 4019, in the SR groups and the SEG segment of a provider's mask):
   name ``breastai <model>``, version the breastai version, parameters the checkpoint's SHA-256,
-  operating threshold and saliency method; algorithm family ``(123110, DCM, "Artificial
-  Intelligence")``.
+  operating threshold, saliency method and, with a segmenter, its model and presence threshold;
+  algorithm family ``(123110, DCM, "Artificial Intelligence")``.
+* No lesion found (:func:`build_no_lesion_sr`: the segmenter looked and found nothing, so there is
+  no probability of cancer, no label and no SEG): one TID 1501 group whose qualitative evaluation
+  is ``(111017, DCM, "CAD Processing and Findings Summary")`` = ``(111241, DCM, "All algorithms
+  succeeded; without findings")`` (CID 6047). That pair is DICOM's own statement of "analysed,
+  nothing found" (the Mammography CAD SR's summary, PS3.17 E.3.1 "with no findings"), distinct
+  from ``(111245, DCM, "No algorithms succeeded; without findings")``, so a reader can tell
+  "analysed, nothing found" from "not analysed". SCT "Normal" or "No abnormality" would claim a
+  clinical finding the segmenter does not make: it says only that it found no lesion. The
+  segmenter's lesion-presence probability is a measurement of the same group, unit ``1``: DICOM
+  has no concept for a detector's presence probability (``Probability of cancer`` is another
+  quantity; ``(111012, DCM, "Certainty of Finding")`` is the certainty of a finding reported, and
+  none is), so it is the local concept :data:`LESION_PRESENCE` of the private coding scheme
+  ``99BREASTAI`` (PS3.3 8.2: a designator beginning ``99`` is a private scheme), which the SR
+  identifies in its Coding Scheme Identification Sequence.
 
 The SR is a Comprehensive SR with VerificationFlag UNVERIFIED (nobody has signed it) and
 PreliminaryFlag PRELIMINARY. The saliency map is a Secondary Capture (RGB, the map blended with
@@ -48,11 +63,17 @@ import numpy as np
 
 from breastai.models.lesions import LesionSize
 
-__all__ = ["AlgorithmInfo", "build_seg", "build_sc", "build_sr", "source_header", "pixel_spacing", "MANUFACTURER"]
+__all__ = ["AlgorithmInfo", "build_seg", "build_sc", "build_sr", "build_no_lesion_sr", "source_header",
+           "pixel_spacing", "MANUFACTURER", "LESION_PRESENCE"]
 
 MANUFACTURER = "breastai"
 # Above this many pixels the capture is JPEG-compressed (a 1000 x 1000 RGB image is 3 MB raw).
 _JPEG_ABOVE = 1_000_000
+
+# breastai's private coding scheme (PS3.3 8.2.1: a designator beginning "99" is private) and its one
+# concept: the segmenter's lesion-presence probability (see the module docstring for why no standard one).
+_LOCAL_SCHEME = "99BREASTAI"
+LESION_PRESENCE = ("LESIONPRESENCE", _LOCAL_SCHEME, "Lesion presence probability")
 
 
 @dataclass
@@ -65,6 +86,8 @@ class AlgorithmInfo:
         checkpoint_sha256: the SHA-256 of the checkpoint file's bytes.
         threshold: the operating threshold of the label.
         saliency: the saliency method of the map.
+        segmenter: the segmenter's model name (empty: the run has none).
+        presence_threshold: the segmenter's lesion-presence threshold (None: no segmenter).
     """
 
     model: str
@@ -72,6 +95,8 @@ class AlgorithmInfo:
     checkpoint_sha256: str
     threshold: float
     saliency: str = ""
+    segmenter: str = ""
+    presence_threshold: float | None = None
 
     @property
     def name(self) -> str:
@@ -79,7 +104,10 @@ class AlgorithmInfo:
 
     def parameters(self) -> list[str]:
         out = [f"checkpoint_sha256={self.checkpoint_sha256}", f"operating_threshold={self.threshold:.6g}"]
-        return out + ([f"saliency={self.saliency}"] if self.saliency else [])
+        out += [f"saliency={self.saliency}"] if self.saliency else []
+        if self.segmenter:
+            out += [f"segmenter={self.segmenter}", f"lesion_presence_threshold={self.presence_threshold:.6g}"]
+        return out
 
     def sr(self) -> Any:
         import highdicom as hd
@@ -290,6 +318,47 @@ def build_sr(src: Any, record: dict[str, Any], series_uid: str, algorithm: Algor
             referenced_segment=ref, finding_type=codes.SCT.Lesion,
             measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=size.area, unit=area_unit),
                           hd.sr.Measurement(name=codes.SCT.Diameter, value=size.diameter, unit=length_unit)]))
+    sr = _report(src, groups, series_uid, algorithm, device_uid, seg, "breastai malignancy result (unverified)")
+    if seg is not None:
+        _segment_reference_without_frame(sr, seg.SOPInstanceUID)
+    return sr
+
+
+def build_no_lesion_sr(src: Any, presence: float | None, series_uid: str, algorithm: AlgorithmInfo,
+                       device_uid: str, frame: int | None = None) -> Any:
+    """A Comprehensive SR (TID 1500) of an image where the segmenter found no lesion: the algorithm,
+    the finding "all algorithms succeeded; without findings" and the lesion-presence probability
+    ``presence`` (codes and reasons in the module docstring); no probability of cancer, no SEG."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algo = algorithm.sr()
+    summary = hd.sr.QualitativeEvaluation(name=codes.DCM.CADProcessingAndFindingsSummary,
+                                          value=codes.DCM.AllAlgorithmsSucceededWithoutFindings)
+    measurements = [] if presence is None else [hd.sr.Measurement(
+        name=hd.sr.CodedConcept(*LESION_PRESENCE), value=float(presence), unit=codes.UCUM.NoUnits, algorithm_id=algo)]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion search"),
+        algorithm_id=algo, measurements=measurements or None, qualitative_evaluations=[summary],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            src, referenced_frame_numbers=_frames(src, frame))])
+    sr = _report(src, [group], series_uid, algorithm, device_uid, None, "breastai: no lesion found (unverified)")
+    if measurements:
+        from pydicom.dataset import Dataset
+
+        scheme = Dataset()  # SOP Common: identifies the private scheme of LESION_PRESENCE
+        scheme.CodingSchemeDesignator, scheme.CodingSchemeName = _LOCAL_SCHEME, "breastai local concepts"
+        scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+        sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def _report(src: Any, groups: list[Any], series_uid: str, algorithm: AlgorithmInfo, device_uid: str, seg: Any | None,
+            description: str) -> Any:
+    """The Comprehensive SR of a TID 1500 report of ``groups`` on ``src``, observed by this checkpoint's device."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -303,13 +372,10 @@ def build_sr(src: Any, record: dict[str, Any], series_uid: str, algorithm: Algor
         # spacing; without them the image is still referenced from each measurement group.
         referenced_images=[src] if _describable(src) else None)
     evidence = [src] + ([seg] if seg is not None else [])
-    sr = hd.sr.ComprehensiveSR(
+    return hd.sr.ComprehensiveSR(
         evidence=evidence, content=report, series_instance_uid=series_uid, series_number=_SERIES_NUMBER["SR"],
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
-        is_final=False, is_verified=False, series_description="breastai malignancy result (unverified)")
-    if seg is not None:
-        _segment_reference_without_frame(sr, seg.SOPInstanceUID)
-    return sr
+        is_final=False, is_verified=False, series_description=description)
 
 
 def _describable(src: Any) -> bool:

@@ -12,6 +12,12 @@ For every DICOM input that was scored, :class:`DicomObjects` writes into ``DIR/<
   provider or, with a segmenter, the outline of the record's lesion: algorithm type AUTOMATIC),
   when the record had one; each lesion record of an image gets its own SR and SEG.
 
+The SEG and the SR's area and diameter come from the outline the model saw, on the source's grid,
+whatever the saliency setting (``--saliency none`` drops only the SC). An image where the segmenter
+found no lesion gets one SR saying so (:func:`~breastai.inference.dicom_objects.build_no_lesion_sr`:
+the algorithm, "without findings", the lesion-presence probability) and nothing else, so the PACS
+shows "analysed, nothing found" rather than nothing.
+
 The codes chosen are listed in :mod:`breastai.inference.dicom_objects`. Each object is in the
 source's study (same Study Instance UID, patient and study modules copied), in a series of its
 own with new UIDs; a rerun makes new UIDs and a new ``<run_id>`` folder, earlier objects stay.
@@ -37,10 +43,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from breastai.core.files import atomic_write_bytes
-from breastai.inference.dicom_objects import AlgorithmInfo, build_sc, build_seg, build_sr, pixel_spacing, source_header
+from breastai.inference.dicom_objects import (AlgorithmInfo, build_no_lesion_sr, build_sc, build_seg, build_sr,
+                                              pixel_spacing, source_header)
 from breastai.inference.inputs import RUN_MARKER
 from breastai.inference.predictor import Predictor
-from breastai.inference.writers import _safe_stem
+from breastai.inference.segment import NO_LESION
+from breastai.inference.maps import safe_stem
 from breastai.models.lesions import lesion_size
 from breastai.models.saliency import heat_overlay
 
@@ -71,8 +79,11 @@ def _algorithm(predictor: Predictor, checkpoint: str | Path, saliency: str) -> A
     # whatever breastai version wrote the digest stored inside it.
     digest = checkpoint_sha256(checkpoint)
     model = "+".join(str(m.cfg["model"]["name"]) for m in predictor.members)
+    seg = predictor.segmenter
     return AlgorithmInfo(model=model, version=ours, checkpoint_sha256=digest, threshold=predictor.threshold,
-                         saliency="" if saliency == "none" else saliency)
+                         saliency="" if saliency == "none" else saliency,
+                         segmenter="" if seg is None else str(seg.cfg["model"]["name"]),
+                         presence_threshold=None if seg is None else seg.threshold)
 
 
 class DicomObjects:
@@ -116,7 +127,7 @@ class DicomObjects:
 
     def restore(self, index: int, record: dict[str, Any]) -> None:
         """A record of the interrupted run a resumed run continues: its objects count as this run's."""
-        if record.get("error") or record.get("probability") is None:
+        if not _files_objects(record):
             return
         named = [self.folder / record[k] for k in DICOM_FIELDS if record.get(k)]
         self.written.extend(named)
@@ -126,7 +137,7 @@ class DicomObjects:
         for k in DICOM_FIELDS:
             record.setdefault(k, None)
         path = record.get("_path")
-        if record.get("error") or record.get("probability") is None or self.dir is None:
+        if not _files_objects(record) or self.dir is None:
             return
         from breastai.data.readers.dicom_header import is_dicom
 
@@ -149,18 +160,14 @@ class DicomObjects:
         for name, arr in (("map", smap), ("mask", mask)):
             if arr is not None and tuple(np.shape(arr)) != shape:
                 raise ValueError(f"the {name} is {np.shape(arr)}, the image {shape}")
-        objects: dict[str, Any] = {}
-        has_mask = mask is not None and bool(np.asarray(mask).any())
         from highdicom import UID
 
-        if has_mask:
-            objects["seg"] = build_seg(src, mask, UID(), self.algorithm, record.get("_mask_origin"), frame)
-        if smap is not None and image is not None:
-            objects["sc"] = build_sc(src, heat_overlay(image, smap, mask), UID(), self.algorithm)
-        size = lesion_size(mask, pixel_spacing(src, mask)) if has_mask else None
-        objects["sr"] = build_sr(src, record, UID(), self.algorithm, self.device_uid, objects.get("seg"), size,
-                                 self.predictor.classes, frame)
-        stem = f"{index:05d}_{_safe_stem(str(record['id']))}"
+        if record.get("label") == NO_LESION:  # the segmenter looked and found nothing: that SR alone
+            objects = {"sr": build_no_lesion_sr(src, record.get("lesion_probability"), UID(), self.algorithm,
+                                                self.device_uid, frame)}
+        else:
+            objects = self._result_objects(src, record, smap, image, mask, frame)
+        stem = f"{index:05d}_{safe_stem(str(record['id']))}"
         out: dict[str, str] = {}
         for kind, ds in objects.items():
             buf = io.BytesIO()
@@ -171,10 +178,26 @@ class DicomObjects:
             out[kind] = str(Path(self.run_id) / target.name)
         return out
 
+    def _result_objects(self, src: Any, record: dict[str, Any], smap: np.ndarray | None, image: np.ndarray | None,
+                        mask: np.ndarray | None, frame: int | None) -> dict[str, Any]:
+        """A scored record's SEG (with an outline), SC (with a map) and SR (the SEG's lesion size with it)."""
+        from highdicom import UID
+
+        objects: dict[str, Any] = {}
+        has_mask = mask is not None and bool(np.asarray(mask).any())
+        if has_mask:
+            objects["seg"] = build_seg(src, mask, UID(), self.algorithm, record.get("_mask_origin"), frame)
+        if smap is not None and image is not None:
+            objects["sc"] = build_sc(src, heat_overlay(image, smap, mask), UID(), self.algorithm)
+        size = lesion_size(mask, pixel_spacing(src, mask)) if has_mask else None
+        objects["sr"] = build_sr(src, record, UID(), self.algorithm, self.device_uid, objects.get("seg"), size,
+                                 self.predictor.classes, frame)
+        return objects
+
     def finish(self, records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
         if self.not_dicom:
             note = (f"--dicom-out: {self.not_dicom} input(s) are not DICOM files and got no DICOM objects "
-                    "(SR, SC and SEG are written for scored DICOM inputs only)")
+                    "(SR, SC and SEG are written for DICOM inputs only)")
             run.setdefault("notes", []).append(note)
             log.info("%s", note)
         run["dicom_out"] = {"run_id": self.run_id, "n_objects": len(self.written)}
@@ -183,6 +206,11 @@ class DicomObjects:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.written = []
+
+
+def _files_objects(record: dict[str, Any]) -> bool:
+    """Whether a record gets DICOM objects: scored, or an image where the segmenter found no lesion."""
+    return not record.get("error") and (record.get("probability") is not None or record.get("label") == NO_LESION)
 
 
 def _safe_message(exc: Exception, path: Path | str) -> str:

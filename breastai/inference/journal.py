@@ -8,7 +8,8 @@ While a run works, ``OUT/partial/`` holds (and the run removes it once its final
     manifest.jsonl      one line per finished input: its key (a digest of its path, frame, mask and
                         case id: no file name or identifier is written), its number of records, the
                         byte length of both record files after them, and their calibrated log-odds
-                        (what the breast and exam tables combine; not a column of the tables)
+                        and image keys (what the breast and exam tables combine and count, the
+                        latter a digest too; not columns of the tables)
 
 An input's records are appended to both record files and flushed before its manifest line is, so
 the manifest only ever names inputs whose records are whole on disk. A run that is killed (or
@@ -161,7 +162,8 @@ class RunJournal:
             try:
                 entry = json.loads(line)
                 end = {_JSONL: int(entry["jsonl"]), _CSV: int(entry["csv"])}
-                if not (isinstance(entry["key"], str) and int(entry["n"]) == len(entry["z"]) >= 1):
+                if not (isinstance(entry["key"], str) and int(entry["n"]) == len(entry["z"]) >= 1
+                        and len(entry.get("img") or entry["z"]) == len(entry["z"])):
                     raise ValueError("malformed entry")
             except (ValueError, KeyError, TypeError):
                 break
@@ -206,14 +208,18 @@ class RunJournal:
 
     def restored(self) -> Iterator[dict[str, Any]]:
         """The records of the inputs the interrupted run finished, in order, each with its
-        ``_calibrated_logit`` (from the manifest) for the writers to take back."""
-        zs = (z for e in self._done for z in e["z"])
-        for record, z in zip(RecordLog(self.folder / _JSONL), zs):
+        ``_calibrated_logit`` and ``_image`` (from the manifest) for the writers to take back."""
+        kept = ((z, img) for e in self._done for z, img in zip(e["z"], e.get("img") or [None] * len(e["z"])))
+        for record, (z, img) in zip(RecordLog(self.folder / _JSONL), kept):
             record["_calibrated_logit"] = z
+            if img is not None:
+                record["_image"] = img
             yield record
 
-    def add(self, position: int, records: Sequence[dict[str, Any]], log_odds: Sequence[float | None]) -> None:
-        """Append one finished input's records (public fields only) and then its manifest line."""
+    def add(self, position: int, records: Sequence[dict[str, Any]], log_odds: Sequence[float | None],
+            images: Sequence[str | None] = ()) -> None:
+        """Append one finished input's records (public fields only) and then its manifest line, with
+        their calibrated log-odds and image keys (private fields the level tables need back)."""
         if self._files is None:
             self._files = tuple(open(self.folder / name, "a", newline="", encoding="utf-8")  # type: ignore[assignment]
                                 for name in (_JSONL, _CSV, _MANIFEST))
@@ -226,7 +232,7 @@ class RunJournal:
         jsonl.flush()
         table.flush()
         entry = {"key": self._keys.pop(position), "n": len(records), "jsonl": jsonl.tell(), "csv": table.tell(),
-                 "z": list(log_odds)}
+                 "z": list(log_odds), **({"img": list(images)} if images else {})}
         manifest.write(json.dumps(entry) + "\n")
         manifest.flush()
         self.n_inputs += 1

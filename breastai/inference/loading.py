@@ -26,9 +26,10 @@ import numpy as np
 from breastai.data.readers.registry import ImageReadError, frame_options, load_image
 from breastai.inference.inputs import PredictItem
 from breastai.models.checkpoint import CheckpointError
+from breastai.models.outliner import Outliner
 
 __all__ = ["Loaded", "Outcome", "StagedError", "attempt", "failure_message", "decode_item", "identity", "grouping",
-           "identifiers", "loaded_inputs"]
+           "identifiers", "image_key", "loaded_inputs", "refused_modality"]
 
 
 class StagedError(ImageReadError):
@@ -97,6 +98,39 @@ def decode_item(item: PredictItem, options: dict[str, Any]) -> tuple[np.ndarray,
     return load_image(item.image, frame_options(options, item.frame))
 
 
+def refused_modality(item: PredictItem, source: str, members: Sequence[Sequence[str] | None],
+                     segmenter: Outliner | None = None) -> str | None:
+    """Why a DICOM input of a modality the checkpoint never saw is not scored (None: it is).
+
+    Read from the header alone. Every member of an ensemble must know the modality: the
+    ensemble's score is a weighted sum of every member's, so one member scoring an image
+    unlike any it learned from spoils it. The segmenter, when there is one, must know it too.
+
+    Args:
+        item: the input.
+        source: how messages name it (redacted).
+        members: each model's trained modalities (one, or an ensemble's members'; None or empty: unknown).
+        segmenter: the predictor's segmenter, or None.
+    """
+    trained = [*members, *([segmenter.modalities] if segmenter is not None else [])]
+    if not any(trained) or isinstance(item.image, np.ndarray):
+        return None
+    from breastai.data.modality import dicom_modality, modality_refusal
+    from breastai.data.readers.dicom_header import is_dicom
+
+    path = Path(item.image)
+    if not (is_dicom(path) and path.is_file()):
+        return None
+    modality = dicom_modality(path)
+    for i, mods in enumerate(trained):
+        why = modality_refusal(source, modality, mods)
+        if why is not None and segmenter is not None and i == len(trained) - 1:
+            return why.replace("this checkpoint", "the segmenter")
+        if why is not None:
+            return why if len(members) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
+    return None
+
+
 def identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any], list[str]]:
     """``id`` and ``source`` of an input and the header values to redact from its messages.
 
@@ -119,6 +153,21 @@ def identity(item: PredictItem, keep: bool, index: int) -> tuple[dict[str, Any],
     if rid is None or rid == Path(item.source).stem or holds_identifier(rid, secrets):
         rid = sop_hash or f"dicom-{index:05d}"
     return {"id": rid, "source": redact(item.source, secrets)}, secrets
+
+
+def image_key(item: PredictItem, position: int) -> str:
+    """Which image an input is, without naming it: a digest of its file and frame, or ``array<position>``.
+
+    The records of one input share it (the lesions a segmenter finds in one image), and so do inputs
+    that read the same file and frame (datalist rows of two findings on one film), so the breast and
+    exam tables count images, not records. It is a digest because the run's journal keeps it for
+    ``--resume``, and the journal names no file.
+    """
+    if isinstance(item.image, np.ndarray):
+        return f"array{position}"
+    from breastai.models.digest import content_digest
+
+    return content_digest({"image": str(item.image), "frame": item.frame}).split(":", 1)[1][:16]
 
 
 def grouping(item: PredictItem) -> dict[str, str]:

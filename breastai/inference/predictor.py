@@ -53,7 +53,7 @@ from breastai.data.readers.registry import ImageReadError
 from breastai.inference.ensemble import EnsembleScorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
-                                        identity, loaded_inputs)
+                                        identity, image_key, loaded_inputs, refused_modality)
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.calibration import Recalibration, apply_temperature
@@ -67,10 +67,11 @@ __all__ = ["Predictor", "MaskProvider", "Maps", "RECORD_FIELDS", "OPTIONAL_FIELD
 log = logging.getLogger("breastai")
 
 # Record keys a writer may read during ``on_item`` and that are removed right after: the input's
-# path (unredacted), its DICOM frame, who drew its mask (``given``, ``box``, ``provider:<name>``,
-# ``segmenter``), its calibrated log-odds (what breast and exam scores combine) and, for a
-# segmenter's lesion, ``(image, outline)`` on the stored image (the outline writer's).
-_PRIVATE = ("_path", "_frame", "_mask_origin", "_calibrated_logit", "_outline")
+# path (unredacted), its DICOM frame, which image it is (``loading.image_key``: the records of one
+# image share it), who drew its mask (``given``, ``box``, ``provider:<name>``, ``segmenter``), its
+# calibrated log-odds (what breast and exam scores combine) and, for a segmenter's lesion,
+# ``(image, outline)`` on the stored image (the outline writer's).
+_PRIVATE = ("_path", "_frame", "_image", "_mask_origin", "_calibrated_logit", "_outline")
 
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
                  *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
@@ -79,8 +80,9 @@ RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit",
 # and, with ``keep_identifiers``, a DICOM's identifiers.
 OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid"]
 
-# (map, image, lesion mask) of one record, all in the stored image geometry
-Maps = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+# (map, image, lesion mask) of one record, all in the stored image geometry: map and image are None
+# without a saliency method, the mask None without an outline (the SEG and lesion size need only it)
+Maps = tuple["np.ndarray | None", "np.ndarray | None", "np.ndarray | None"]
 
 
 class MaskProvider(Protocol):
@@ -259,14 +261,14 @@ class Predictor:
             saliency: ``gradcam``, ``gradcam++``, ``occlusion`` or ``none``.
             tta: number of test-time augmentations for ``uncertainty`` (0 disables).
             keep_identifiers: DICOM ``id`` = file name (plus ``patient_id``) instead of the UID hash.
-            return_maps: add ``saliency_map``, ``image`` (for overlays) and ``lesion_mask`` (the
-                mask, box or lesion outline the model was given, None without one), all in the
-                original geometry.
+            return_maps: add ``saliency_map``, ``image`` (for overlays; both None with ``saliency``
+                ``none``) and ``lesion_mask`` (the mask, box or lesion outline the model was given,
+                None without one), all in the original geometry, to records that have a map or a mask.
             find_masks: use BUSI-style sibling ``<stem>_mask*.png`` files as masks.
             on_item: called as ``on_item(index, record, maps)`` for every record (``index``: its
                 place among the records) as soon as it is scored, ``maps`` = (map, image, lesion
-                mask) or None; writers store what they need and may add fields to the record (see
-                :mod:`breastai.inference.writers`).
+                mask), see :data:`Maps`, or None (no map and no mask); writers store what they need
+                and may add fields to the record (see :mod:`breastai.inference.writers`).
             workers: decode and preprocess in this many worker processes while the networks run
                 (0: in this process; the records are the same, see :mod:`breastai.inference.loading`).
 
@@ -296,20 +298,19 @@ class Predictor:
         input (``array<position>``) and a DICOM without a SOP UID, so a resumed run that skips some
         inputs gives the others the ids an uninterrupted run would. A record still holds its private
         (``_``) keys, for writers (:func:`strip_private` removes them); ``maps`` = (map, image,
-        lesion mask) in the stored geometry, or None. See :meth:`predict` for the other arguments.
+        lesion mask) in the stored geometry (:data:`Maps`), or None when the record has neither a map nor
+        a mask. See :meth:`predict` for the other arguments.
         """
         check_saliency(saliency)
         load = partial(self._load, saliency=saliency, keep=keep_identifiers)
         for loaded in loaded_inputs(load, pairs, workers):
-            yield loaded.position, [(rec, None if scored is None or scored.saliency is None
-                                     else (scored.saliency, scored.image, scored.lesion_mask))
-                                    for rec, scored in self._complete(loaded, saliency, tta)]
+            yield loaded.position, [(rec, _maps(scored)) for rec, scored in self._complete(loaded, saliency, tta)]
 
     def _load(self, position: int, item: PredictItem, saliency: str, keep: bool) -> Loaded:
         """The load stage of one input (:mod:`breastai.inference.loading`): identity, modality, decodes
         and, where the mask is known, every model's preset. May run in a worker process."""
         rec: dict[str, Any] = {k: None for k in RECORD_FIELDS}
-        rec.update(source=item.source, has_mask=False)
+        rec.update(source=item.source, has_mask=False, _image=image_key(item, position))
         if not isinstance(item.image, np.ndarray):
             rec.update(_path=str(item.image), _frame=item.frame)
         ident, secrets = identity(item, keep, position)
@@ -318,7 +319,7 @@ class Predictor:
         if item.frame is not None and item.frame_suffix:
             rec["id"] = f"{rec['id']}_f{item.frame}"
         loaded = Loaded(position, item, rec, secrets)
-        refused = self._modality_refusal(item, rec["source"])
+        refused = refused_modality(item, rec["source"], [m.modalities for m in self.members], self.segmenter)
         if refused is not None:
             rec["error"], loaded.final = refused, True
             return loaded
@@ -444,32 +445,13 @@ class Predictor:
             rec["uncertainty"] = spread
         return scored
 
-    def _modality_refusal(self, item: PredictItem, source: str) -> str | None:
-        """Why a DICOM input of a modality the checkpoint never saw is not scored (None: it is).
 
-        Read from the header alone. Every member of an ensemble must know the modality: the
-        ensemble's score is a weighted sum of every member's, so one member scoring an image
-        unlike any it learned from spoils it.
-        """
-        trained = [m.modalities for m in self.members]
-        if self.segmenter is not None:  # the segmenter, last: it must know the modality too
-            trained.append(self.segmenter.modalities)
-        if not any(trained) or isinstance(item.image, np.ndarray):
-            return None
-        from breastai.data.modality import dicom_modality, modality_refusal
-        from breastai.data.readers.dicom_header import is_dicom
-
-        path = Path(item.image)
-        if not (is_dicom(path) and path.is_file()):
-            return None
-        modality = dicom_modality(path)
-        for i, mods in enumerate(trained):
-            why = modality_refusal(source, modality, mods)
-            if why is not None and self.segmenter is not None and i == len(trained) - 1:
-                return why.replace("this checkpoint", "the segmenter")
-            if why is not None:
-                return why if len(self.members) == 1 else why.replace("this checkpoint", f"ensemble member {i + 1}")
+def _maps(scored: Scored | None) -> Maps | None:
+    """A record's arrays for the writers: the map (with a saliency method) and the outline the model
+    saw, each whatever the other; None when it has neither (a failed input, no map and no mask)."""
+    if scored is None or (scored.saliency is None and scored.lesion_mask is None):
         return None
+    return scored.saliency, scored.image, scored.lesion_mask
 
 
 def _provider_name(provide: Any) -> str:

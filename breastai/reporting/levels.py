@@ -34,12 +34,24 @@ Missing views are scored with what is there: the record says how many images it 
 views they were (``views_present``). The driver of a group is the image with the highest ``z_i``
 (the first, on ties), whatever the rule. A group's truth (where the images have labels) is
 malignant when any of its images is.
+
+Images and lesions. A row (:class:`ImageScore`) is one scored record: an image, a finding of an
+image (a datalist row with its own outline) or one lesion a segmenter found, so one image may give
+several rows. A group counts its distinct images (``n_images``: by ``image``, the file and frame,
+else the row's id) and its lesions (``n_lesions``: the rows' ``n_lesions``, one per scored finding
+or lesion). A row whose image the segmenter found no lesion in is an image with 0 lesions and no
+score (``log_odds`` None): it counts among the images and never enters the combination, so ``z_i``
+above runs over the scored rows only. A group none of whose rows was scored has no score (``raw``,
+``log_odds``, ``probability`` and ``driver`` None: predict reports it as "no lesion found"), or
+with ``unscored_last`` (evaluate and rule fitting, which need a number for every group) the raw
+score ``min(NO_LESION_LOG_ODDS, lowest scored group's raw - 1)``: probability about 0, below every
+scored group, the rule ``evaluate --auto-outline`` applies to a row where no lesion is found.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -48,10 +60,13 @@ from scipy import special
 from breastai.models.calibration import fit_platt
 from breastai.reporting.metrics import MetricError, choose_threshold
 
-__all__ = ["LEVELS", "RULES", "ImageScore", "LevelRule", "LevelScore", "LevelError", "combine_log_odds",
-           "level_key", "aggregate", "default_rule", "fit_level_rule", "level_rows"]
+__all__ = ["LEVELS", "RULES", "NO_LESION_LOG_ODDS", "ImageScore", "LevelRule", "LevelScore", "LevelError",
+           "combine_log_odds", "level_key", "aggregate", "default_rule", "fit_level_rule", "level_rows"]
 
 LEVELS = ("lesion", "image", "breast", "exam")
+# The calibrated log-odds of "no lesion found" where a number is needed (evaluate): sigmoid about
+# 1e-13, i.e. probability 0; groups and rows below every scored one take at most this.
+NO_LESION_LOG_ODDS = -30.0
 RULES = ("max", "mean", "noisy_or")
 LATERALITIES = ("L", "R", "B")
 
@@ -66,23 +81,28 @@ class ImageScore:
 
     Attributes:
         case_id: the row's id (a predict record's ``id``).
-        log_odds: calibrated log-odds.
+        log_odds: calibrated log-odds; None: not scored (the segmenter found no lesion in the image).
         label: truth, 1 malignant / 0 benign, or None when unknown.
         exam: exam key (hashed Study Instance UID for DICOM), or None.
         laterality: ``L``, ``R`` or ``B``, or None.
         view: view position (``CC``, ``MLO``, ...), or None.
-        image: the image file the row reads (rows of one film share it), or None.
+        image: the image the row reads (its file and frame, or a key of them; rows of one film,
+            and the lesion records of one image, share it), or None (the row is its own image).
         fields: other columns of the row, for subgroups (strings).
+        n_lesions: the lesions the row stands for: 1 for a scored record (a lesion, a finding, an
+            image scored whole), the lesions an automatic outline of a datalist row found (its
+            score is theirs combined), 0 where none was found.
     """
 
     case_id: str
-    log_odds: float
+    log_odds: float | None
     label: int | None = None
     exam: str | None = None
     laterality: str | None = None
     view: str | None = None
     image: str | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
+    n_lesions: int = 1
 
 
 @dataclass(frozen=True)
@@ -136,13 +156,15 @@ class LevelScore:
     Attributes:
         level: the level.
         id: the group key.
-        members: case ids of its images, in input order.
+        members: case ids of its rows (images, findings, lesion records), in input order.
         views_present: the distinct views of its images, sorted (empty when none is known).
         laterality: the side of a breast (or of every image of an exam that has one side), else None.
-        raw: ``s``, the rule's combination before recalibration.
-        log_odds: ``z``, calibrated at this level.
+        raw: ``s``, the rule's combination before recalibration; None: no row was scored.
+        log_odds: ``z``, calibrated at this level; None: no row was scored (no lesion found).
         label: truth (max of the members' labels), or None when a member's is unknown.
-        driver: case id of the image with the highest log-odds.
+        driver: case id of the scored row with the highest log-odds (None: none was scored).
+        n_images: distinct images among the rows (see the module docstring).
+        n_lesions: the rows' lesions (0: the segmenter found none in any image).
         fields: the members' other columns where they all agree.
     """
 
@@ -151,21 +173,18 @@ class LevelScore:
     members: tuple[str, ...]
     views_present: tuple[str, ...]
     laterality: str | None
-    raw: float
-    log_odds: float
+    raw: float | None
+    log_odds: float | None
     label: int | None
-    driver: str
+    driver: str | None
+    n_images: int
+    n_lesions: int
     fields: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def n_images(self) -> int:
-        """Number of images (rows) combined."""
-        return len(self.members)
-
-    @property
-    def probability(self) -> float:
-        """``sigma(log_odds)``."""
-        return float(special.expit(self.log_odds))
+    def probability(self) -> float | None:
+        """``sigma(log_odds)``; None when the group has no score."""
+        return None if self.log_odds is None else float(special.expit(self.log_odds))
 
 
 def combine_log_odds(z: Sequence[float], rule: str = "max") -> float:
@@ -213,8 +232,15 @@ def _common(values: Sequence[Any]) -> Any:
     return values[0] if len(distinct) == 1 else None
 
 
-def aggregate(scores: Sequence[ImageScore], rule: LevelRule) -> tuple[list[LevelScore], list[str]]:
-    """Group ``scores`` at ``rule.level`` and combine each group by ``rule``.
+def aggregate(scores: Sequence[ImageScore], rule: LevelRule,
+              unscored_last: bool = False) -> tuple[list[LevelScore], list[str]]:
+    """Group ``scores`` at ``rule.level`` and combine each group's scored rows by ``rule``.
+
+    Args:
+        scores: the rows.
+        rule: the level and its rule.
+        unscored_last: give a group without a scored row a score below every scored group
+            (evaluate's rule, see the module docstring) instead of none.
 
     Returns:
         The level's scores in order of each group's first image, and the case ids of the images
@@ -230,8 +256,11 @@ def aggregate(scores: Sequence[ImageScore], rule: LevelRule) -> tuple[list[Level
             groups.setdefault(key, []).append(s)
     out = []
     for key, members in groups.items():
-        z = np.array([m.log_odds for m in members], dtype=np.float64)
-        raw = combine_log_odds(z, rule.rule)
+        scored = [m for m in members if m.log_odds is not None]
+        raw, driver = None, None
+        if scored:
+            z = np.array([m.log_odds for m in scored], dtype=np.float64)
+            raw, driver = combine_log_odds(z, rule.rule), scored[int(np.argmax(z))].case_id
         labels = [m.label for m in members]
         fields = {k: v for k in members[0].fields
                   if (v := _common([m.fields.get(k) for m in members])) is not None}
@@ -239,9 +268,14 @@ def aggregate(scores: Sequence[ImageScore], rule: LevelRule) -> tuple[list[Level
             level=rule.level, id=key, members=tuple(m.case_id for m in members),
             views_present=tuple(sorted({m.view for m in members if m.view})),
             laterality=_common([m.laterality for m in members]), raw=raw,
-            log_odds=rule.slope * raw + rule.bias,
+            log_odds=None if raw is None else rule.slope * raw + rule.bias,
             label=None if any(v is None for v in labels) else int(max(labels)),  # type: ignore[type-var]
-            driver=members[int(np.argmax(z))].case_id, fields=fields))
+            driver=driver, n_images=len({m.image or m.case_id for m in members}),
+            n_lesions=sum(m.n_lesions for m in members), fields=fields))
+    if unscored_last and any(g.raw is None for g in out):
+        floor = min([NO_LESION_LOG_ODDS] + [g.raw - 1.0 for g in out if g.raw is not None])
+        out = [g if g.raw is not None else replace(g, raw=floor, log_odds=rule.slope * floor + rule.bias)
+               for g in out]
     return out, left_out
 
 
@@ -281,7 +315,7 @@ def fit_level_rule(scores: Sequence[ImageScore], level: str, rules: Sequence[str
                          f"(e.g. {unlabelled[0]})")
     best: tuple[float, int, LevelRule] | None = None
     for order, name in enumerate(rules):
-        groups, left_out = aggregate(scores, LevelRule(level=level, rule=name))
+        groups, left_out = aggregate(scores, LevelRule(level=level, rule=name), unscored_last=True)
         if left_out:
             raise LevelError(f"fitting the {level} rule: {len(left_out)} image(s) have no "
                              f"{'exam and side' if level == 'breast' else 'exam'} (e.g. {left_out[0]})")
@@ -304,12 +338,14 @@ def fit_level_rule(scores: Sequence[ImageScore], level: str, rules: Sequence[str
     return best[2]
 
 
-def level_rows(groups: Sequence[LevelScore], threshold: float, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Table rows of a level: ``level``, ``id``, ``members`` (``;``-joined), ``n_images``, ``views_present``,
-    ``laterality``, ``probability``, ``log_odds``, ``predicted`` (class at ``threshold``), ``truth`` (class
-    or empty) and ``driver``."""
+def level_rows(groups: Sequence[LevelScore], threshold: float, classes: Sequence[str],
+               unscored: str = "") -> list[dict[str, Any]]:
+    """Table rows of a level: ``level``, ``id``, ``members`` (``;``-joined), ``n_images``, ``n_lesions``,
+    ``views_present``, ``laterality``, ``probability``, ``log_odds``, ``predicted`` (class at
+    ``threshold``; ``unscored`` for a group without a score, whose probability and log-odds are
+    None), ``truth`` (class or empty) and ``driver``."""
     return [{"level": g.level, "id": g.id, "members": ";".join(g.members), "n_images": g.n_images,
-             "views_present": ";".join(g.views_present), "laterality": g.laterality or "",
+             "n_lesions": g.n_lesions, "views_present": ";".join(g.views_present), "laterality": g.laterality or "",
              "probability": g.probability, "log_odds": g.log_odds,
-             "predicted": classes[int(g.probability >= threshold)],
+             "predicted": unscored if g.probability is None else classes[int(g.probability >= threshold)],
              "truth": "" if g.label is None else classes[g.label], "driver": g.driver} for g in groups]

@@ -8,10 +8,16 @@ the site: ECE, sensitivity and specificity at the refitted threshold, and AUC fo
 recalibration never changes the ranking, so the AUC differences are the draws' only). The
 baseline is the checkpoint as it came, measured on the same rest rows.
 
+With ``--adapt-halves SEED`` the site is first split at random into two halves and each half is
+scored by the checkpoint with its batch-norm statistics taken from the OTHER half's images
+(``breastai adapt``'s :func:`breastai.engine.adapt.batchnorm_statistics`, no labels read), so the
+recalibration is fitted and measured on adapted scores, none of them from statistics that saw the
+image.
+
 Usage::
 
     PYTHONPATH=. python benchmarks/local_calibration.py --checkpoint C --data data/breast.csv \\
-        [--draws 200] [--sizes 20,50,100] [--methods temperature,platt] [--threshold-method M] [--out F.json]
+        [--draws 200] [--sizes 20,50,100] [--methods temperature,platt] [--threshold-method M] [--adapt-halves 0] [--out F.json]
 
 Prints per method and size: the mean, SD and 5-95 % range over the draws, and the share of draws
 whose ECE on the rest is at most 0.05; ``--out`` writes every draw's figures as JSON.
@@ -33,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from breastai.core.distributed import resolve_device  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
+from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # noqa: E402
 from breastai.engine.recalibrate import METHODS, TooFewCasesError, fit_local, local_log_odds  # noqa: E402
 from breastai.models.calibration import TARGETS, apply_temperature  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint  # noqa: E402
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", choices=TARGETS, default=None, help="default: the checkpoint's eval.calibration_targets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--adapt-halves", type=int, default=None, metavar="SEED",
+                    help="score each random half with batch-norm statistics from the other half's images")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -83,8 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.targets or str(ev.get("calibration_targets", "hard"))
     records = read_samples(args.data, ckpt.config["data"], ckpt.classes)
     t0 = time.time()
-    pred = local_log_odds(ckpt, records, resolve_device(args.device), progress=True)
+    device = resolve_device(args.device)
+    pred = local_log_odds(ckpt, records, device, progress=True)
     z, y = pred["logit"], pred["label"].astype(np.int64)
+    if args.adapt_halves is not None:
+        half = np.random.default_rng(args.adapt_halves).permutation(y.size) % 2
+        z = z.copy()
+        for h in (0, 1):
+            stats = batchnorm_statistics(ckpt, [r for r, k in zip(records, half) if k != h], device)
+            mine = np.flatnonzero(half == h)
+            z[mine] = local_log_odds(adapted_checkpoint(ckpt, stats), [records[i] for i in mine], device)["logit"]
+        print(f"batch-norm statistics cross-fitted on two halves (seed {args.adapt_halves})")
     print(f"{args.data}: {y.size} cases ({int(y.sum())} {ckpt.classes[1]}), scored once in {time.time() - t0:.0f} s; "
           f"threshold method {thr_method}, targets {targets}, {args.draws} stratified draws per size (seed {args.seed})")
     whole = measure(y, apply_temperature(z, 1.0), z, ckpt.threshold)

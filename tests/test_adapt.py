@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +64,156 @@ def test_refusals(site):
         batchnorm_statistics(c, records[:1], torch.device("cpu"))
     with pytest.raises(KeyError, match="does not have"):
         adapted_checkpoint(c, {"nope.running_mean": torch.zeros(1)})
+
+
+# --- breastai adapt: the command, its record and its refusals ---------------------------------------------------
+
+
+def _adapt_cli(argv: list[str]) -> int:
+    from breastai.cli import main
+
+    return main(["adapt", *argv])
+
+
+@pytest.fixture(scope="module")
+def new_site(synth_datalist, tmp_path_factory):
+    """The synthetic images as another scanner shows them (gamma 0.5: brighter mid-greys, which the
+    percentile normalisation does not undo), in an unlabeled datalist (no label column at all)."""
+    from PIL import Image
+
+    from conftest import synth_rows, write_rows
+
+    out = tmp_path_factory.mktemp("site")
+    rows = synth_rows(synth_datalist)
+    for r in rows:
+        img = np.asarray(Image.open(r["image"]).convert("L"), dtype=np.float64) / 255.0
+        r["image"] = str(out / Path(r["image"]).name)
+        Image.fromarray((255 * img ** 0.5).round().astype(np.uint8)).save(r["image"])
+        del r["label"]
+    return write_rows(out / "site.csv", rows), rows
+
+
+@pytest.fixture(scope="module")
+def adapted(ckpt, new_site, tmp_path_factory):
+    """``breastai adapt`` of the tiny checkpoint on ``new_site``: (path, printed summary)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("adapted") / "local.pt"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert _adapt_cli(["--checkpoint", str(ckpt), "--data", str(new_site[0]), "--out", str(out),
+                           "--device", "cpu", "--threads", "1"]) == 0
+    return out, buf.getvalue()
+
+
+def test_adapt_writes_a_checkpoint_that_records_what_it_did(ckpt, new_site, adapted):
+    from breastai.core.files import file_sha256
+    from breastai.data.provenance import part_digests
+    from breastai.models.adaptation import batchnorm_layers, is_batchnorm_buffer, learnt_weights_digest
+    from breastai.models.checkpoint import Checkpoint, weights_digest
+
+    path, printed = adapted
+    src, new = load_checkpoint(ckpt), load_checkpoint(path)  # intact: its own integrity digest matches
+    state = torch.load(path, weights_only=True)
+    assert Checkpoint.from_state(state).adaptation[0] == new.adaptation[0]
+    assert src.adaptation is None and len(new.adaptation) == 1 and new.recalibration is None
+    rec = new.adaptation[0]
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model_from_checkpoint(src).modules())
+    assert rec.method == "adabn" and rec.n == len(new_site[1]) == 32 and rec.layers == n_bn == len(batchnorm_layers(src.weights))
+    records = read_samples(new_site[0], src.config["data"], src.classes, require_label=False)
+    assert rec.image_digests == part_digests(records) and len(rec.image_digests) == 32
+    assert rec.source_checkpoint == file_sha256(ckpt)
+    assert 0.0 <= rec.ood_flagged_before <= 1.0 and 0.0 <= rec.ood_flagged_after <= 1.0
+    # no learnt weight moved; every batch-norm mean and variance did
+    assert rec.learnt_weights_digest == learnt_weights_digest(src.weights) == learnt_weights_digest(new.weights)
+    assert weights_digest(new) != weights_digest(src)
+    changed = {k for k in src.weights if not torch.equal(src.weights[k], new.weights[k])}
+    assert {k for k in src.weights if k.endswith(("running_mean", "running_var"))} <= changed
+    assert all(is_batchnorm_buffer(k) for k in changed)
+    # calibration, threshold and detector are the source's
+    assert (new.temperature, new.logit_offset, new.threshold) == (src.temperature, src.logit_offset, src.threshold)
+    assert f"{n_bn} layers re-estimated on 32 local images" in printed and str(path) in printed
+    assert f"flags {rec.ood_flagged_before:.0%} of these images with the source's statistics, " \
+        f"{rec.ood_flagged_after:.0%} with the adapted ones" in printed and "breastai calibrate" in printed
+    assert ("the detector is tied to the statistics" in printed) == (rec.ood_flagged_after > max(0.5, rec.ood_flagged_before))
+
+
+def test_predict_with_the_adapted_checkpoint_scores_otherwise(ckpt, new_site, adapted):
+    from breastai.inference.predictor import Predictor
+
+    before = Predictor.from_checkpoint(ckpt, device="cpu").predict(new_site[0])
+    after = Predictor.from_checkpoint(adapted[0], device="cpu").predict(new_site[0])
+    p0, p1 = (np.array([r["probability"] for r in recs]) for recs in (before, after))
+    assert len(p1) == 32 and all(r["error"] is None for r in after) and np.isfinite(p1).all()
+    assert np.abs(p1 - p0).max() > 1e-3
+
+
+def test_calibrate_after_adapt_keeps_both_records(adapted, synth_datalist):
+    from breastai.engine.recalibrate import recalibrate_checkpoint
+    from breastai.models.checkpoint import weights_digest
+
+    out = adapted[0].parent / "local_cal.pt"
+    rec = recalibrate_checkpoint(adapted[0], synth_datalist, out, device="cpu")
+    a, c = load_checkpoint(adapted[0]), load_checkpoint(out)
+    assert [r.source_checkpoint for r in c.adaptation] == [r.source_checkpoint for r in a.adaptation]
+    assert c.adaptation[0] == a.adaptation[0] and c.recalibration == [rec]
+    assert rec.weights_digest == weights_digest(a) == weights_digest(c)  # the adapted statistics stay
+
+
+def test_unlabeled_datalists_only_where_no_label_is_read(ckpt, new_site):
+    from breastai.data.datalist import DatalistError
+
+    c = load_checkpoint(ckpt)
+    with pytest.raises(DatalistError, match="empty 'label'"):
+        read_samples(new_site[0], c.config["data"], c.classes)  # training and calibrate still need labels
+    assert len(read_samples(new_site[0], c.config["data"], c.classes, require_label=False)) == 32
+
+
+def _refused(argv: list[str], capsys) -> str:
+    assert _adapt_cli(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
+    from breastai.models.checkpoint import ModelArgs, save_checkpoint
+    from conftest import write_rows
+
+    def args(src: Path, dl: Path, out: Path) -> list[str]:
+        return ["--checkpoint", str(src), "--data", str(dl), "--out", str(out), "--device", "cpu"]
+
+    data, rows = new_site
+    c = load_checkpoint(ckpt)
+    err = _refused(args(ckpt, data, ckpt), capsys)
+    assert "is the source checkpoint" in err
+    ens = save_checkpoint(tmp_path / "ens.pt", dataclasses.replace(
+        c, model=ModelArgs("ensemble"), weights={}, members=[c, c], member_weights=[0.5, 0.5], combine="mean"))
+    err = _refused(args(ens, data, tmp_path / "o.pt"), capsys)
+    assert "an ensemble checkpoint" in err and "adapt each member" in err
+    few = write_rows(tmp_path / "few.csv", rows[:19])
+    err = _refused(args(ckpt, few, tmp_path / "o.pt"), capsys)
+    assert "19 image(s)" in err and "at least 20" in err
+    crop = save_checkpoint(tmp_path / "crop.pt", dataclasses.replace(
+        c, config={**c.config, "preprocess": {**c.config["preprocess"], "mode": "crop"}}))
+    holes = write_rows(tmp_path / "holes.csv", [{**r, "mask": "" if i in (3, 7) else r["mask"]} for i, r in enumerate(rows)])
+    err = _refused(args(crop, holes, tmp_path / "o.pt"), capsys)
+    assert "crops the lesion" in err and "2 of 32 have none" in err
+    assert f"{holes}, row 5 (case_id {rows[3]['case_id']})" in err and f"row 9 (case_id {rows[7]['case_id']})" in err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    broken = write_rows(tmp_path / "broken.csv", [*rows[:24], {**rows[24], "image": str(bad)}])
+    err = _refused(args(ckpt, broken, tmp_path / "o.pt"), capsys)
+    assert f"{broken}, row 26 (case_id {rows[24]['case_id']})" in err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_a_model_without_batch_norm_or_a_segmenter_is_refused(site):
+    from breastai.engine.adapt import check_adaptable
+    from breastai.models.checkpoint import CheckpointError
+
+    c, _ = site
+    plain = dataclasses.replace(c, weights={k: v for k, v in c.weights.items() if "running" not in k})
+    with pytest.raises(CheckpointError, match="no batch-norm layer with running statistics"):
+        check_adaptable(plain, "x.pt")
+    with pytest.raises(CheckpointError, match="a segmentation checkpoint .* takes a classifier"):
+        check_adaptable(dataclasses.replace(c, model=dataclasses.replace(c.model, name="unet_small")), "x.pt")

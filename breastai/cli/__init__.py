@@ -1,4 +1,4 @@
-"""The ``breastai`` command: prepare, train, evaluate, calibrate, ensemble, bundle, predict, serve, report,
+"""The ``breastai`` command: prepare, train, evaluate, calibrate, adapt, ensemble, bundle, predict, serve, report,
 radiomics, demo.
 
 One module per command, each with ``add_parser(subparsers)`` and ``run(args)``; this module
@@ -13,13 +13,13 @@ import os
 import sys
 from typing import Sequence
 
-from breastai.cli import bundle, calibrate, demo, ensemble, evaluate, predict, prepare, radiomics, report, serve, train
+from breastai.cli import adapt, bundle, calibrate, demo, ensemble, evaluate, predict, prepare, radiomics, report, serve, train
 
 __all__ = ["main", "build_parser"]
 
 _EPILOG = "Run 'breastai COMMAND --help' for the options of a command."
 # in --help order
-_COMMANDS = (prepare, train, evaluate, calibrate, ensemble, bundle, predict, serve, report, radiomics, demo)
+_COMMANDS = (prepare, train, evaluate, calibrate, adapt, ensemble, bundle, predict, serve, report, radiomics, demo)
 
 
 def _setup_logging(verbose: bool = False) -> None:

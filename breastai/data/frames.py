@@ -16,15 +16,19 @@ from breastai.core.keys import Keys
 __all__ = ["expand_frames", "read_samples"]
 
 
-def read_samples(datalist: str | Path, data_cfg: dict[str, Any], classes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def read_samples(datalist: str | Path, data_cfg: dict[str, Any], classes: Sequence[str] | None = None,
+                 require_label: bool = True) -> list[dict[str, Any]]:
     """The samples of a datalist as training, evaluation and the benchmarks see them.
 
     :func:`breastai.data.datalist.read_datalist` with ``data_cfg['classes']`` (or ``classes``),
-    then the frame policy of ``data_cfg['reader_options']``.
+    then the frame policy of ``data_cfg['reader_options']``. With ``require_label=False`` (only
+    where no label is read, as ``breastai adapt``) a missing or empty ``label`` is allowed; a
+    label that is given must still be one of the classes.
     """
     from breastai.data.datalist import read_datalist
 
-    rows = read_datalist(datalist, classes=list(classes if classes is not None else data_cfg["classes"]))
+    rows = read_datalist(datalist, classes=list(classes if classes is not None else data_cfg["classes"]),
+                         require_label=require_label)
     return expand_frames(rows, data_cfg.get("reader_options"))
 
 

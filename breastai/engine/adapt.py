@@ -1,31 +1,59 @@
-"""Batch-norm statistics from a new site's unlabeled images (AdaBN, Li et al. 2016).
+"""Batch-norm statistics from a new site's unlabeled images (AdaBN, Li et al. 2016): ``breastai adapt``.
 
 A network trained at one hospital normalises each layer with the means and variances of that
 hospital's images. Another scanner shifts them (gain, speckle, resolution), and every layer after
 the first reads features off-centre. :func:`batchnorm_statistics` re-estimates those running
 statistics on the new site's images, preprocessed exactly as the checkpoint scores them, without
 labels and without touching a learnt weight; :func:`adapted_checkpoint` puts them into a copy of
-the checkpoint.
+the checkpoint. :func:`adapt_checkpoint` is the command: it checks the checkpoint and the
+datalist, estimates the statistics, scores the local images with the source and with the
+adapted model for the out-of-distribution detector's view of them (a detector is tied to the
+statistics it was fitted under: see :class:`~breastai.models.adaptation.Adaptation`), and writes the
+new checkpoint with its :class:`~breastai.models.adaptation.Adaptation` record.
+``benchmarks/adabn_cross_site.py`` measured the adaptation across sites, ``benchmarks/adabn_ood.py``
+what it does to the detector.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from breastai.core.distributed import resolve_device
+from breastai.core.files import file_sha256
 from breastai.core.keys import Keys
+from breastai.data.frames import read_samples
+from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
-from breastai.models.checkpoint import Checkpoint, model_from_checkpoint
+from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
+from breastai.engine.scoring import _Named, predict_records, row_names
+from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
+                                        model_from_checkpoint, package_versions, save_checkpoint)
 
-__all__ = ["batchnorm_statistics", "adapted_checkpoint"]
+__all__ = ["MIN_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
+           "adapt_checkpoint"]
 
-_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+log = logging.getLogger("breastai")
+
+# A running mean and variance per channel from fewer images than this are mostly the noise of the
+# few; the cross-site benchmark estimated them from about 100 (BrEaST halves) to 390 (BUSI halves).
+MIN_IMAGES = 20
+_SHOWN = 5  # rows named in a refusal; the count says how many more
+
+
+class TooFewImagesError(ValueError):
+    """The local datalist has too few images to estimate batch-norm statistics from."""
 
 
 def _even_batch_size(n: int, at_most: int) -> int:
@@ -36,7 +64,7 @@ def _even_batch_size(n: int, at_most: int) -> int:
 
 @torch.no_grad()
 def batchnorm_statistics(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
-                         batch_size: int = 32) -> dict[str, torch.Tensor]:
+                         batch_size: int = 32, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Every batch-norm layer's running mean and variance over ``records``.
 
     The records go through the checkpoint's evaluation preset (crop, outline channel, intensity
@@ -48,12 +76,15 @@ def batchnorm_statistics(ckpt: Checkpoint, records: Sequence[dict[str, Any]], de
         records: the new site's samples (image, and mask or box where the model crops the lesion).
         device: where the model runs.
         batch_size: at most this many images per batch.
+        names: how an error names each record (default ``case_id C``; see
+            :func:`breastai.engine.scoring.row_names`).
 
     Returns:
         The new buffers, keyed as in the model's state dict.
 
     Raises:
         ValueError: an ensemble, a model without batch norm, or fewer than two records.
+        RecordError: a record's image or mask cannot be read or prepared (named by ``names``).
     """
     if ckpt.is_ensemble:
         raise ValueError("batch-norm statistics are per model: adapt each member of the ensemble")
@@ -68,12 +99,14 @@ def batchnorm_statistics(ckpt: Checkpoint, records: Sequence[dict[str, Any]], de
         m.momentum = None  # cumulative average over all batches, not an exponential one
         m.train()
     cfg = {**ckpt.config, "data": {**ckpt.config["data"], "cache": "none"}}
-    loader = DataLoader(build_dataset(cfg, records, False), batch_size=_even_batch_size(len(records), batch_size),
-                        shuffle=False, num_workers=cfg["data"]["num_workers"], collate_fn=collate)
+    names = [f"{Keys.CASE_ID} {r[Keys.CASE_ID]}" for r in records] if names is None else names
+    loader = DataLoader(_Named(build_dataset(cfg, records, False), names),
+                        batch_size=_even_batch_size(len(records), batch_size), shuffle=False,
+                        num_workers=cfg["data"]["num_workers"], collate_fn=collate)
     for batch in loader:
         _forward(model, batch[Keys.IMAGE].to(device), batch, device)
     state = model.state_dict()
-    return {f"{name}.{b}": state[f"{name}.{b}"].detach().cpu().clone() for name in norms for b in _BN_BUFFERS}
+    return {f"{name}.{b}": state[f"{name}.{b}"].detach().cpu().clone() for name in norms for b in BN_BUFFERS}
 
 
 def adapted_checkpoint(ckpt: Checkpoint, statistics: dict[str, torch.Tensor]) -> Checkpoint:
@@ -82,3 +115,99 @@ def adapted_checkpoint(ckpt: Checkpoint, statistics: dict[str, torch.Tensor]) ->
     if unknown:
         raise KeyError(f"statistics for buffers the checkpoint does not have: {unknown[:3]}")
     return dataclasses.replace(ckpt, weights={**ckpt.weights, **statistics})
+
+
+def check_adaptable(ckpt: Checkpoint, source: str | Path) -> None:
+    """Refuse a checkpoint whose batch-norm statistics ``breastai adapt`` cannot re-estimate.
+
+    Raises:
+        CheckpointError: an ensemble (its members are adapted one by one), a segmenter, or a model
+            without batch-norm layers (nothing to adapt).
+    """
+    if ckpt.is_ensemble:
+        raise CheckpointError(f"{source}: an ensemble checkpoint; batch-norm statistics belong to each member model: "
+                              "adapt each member's checkpoint (the runs' fold best.pt) with breastai adapt, then "
+                              "build the ensemble from the adapted members")
+    if checkpoint_task(ckpt) != "classification":
+        raise CheckpointError(f"{source}: a {checkpoint_task(ckpt)} checkpoint (model {ckpt.model.name}); "
+                              "breastai adapt takes a classifier")
+    if not batchnorm_layers(ckpt.weights):
+        raise CheckpointError(f"{source}: model {ckpt.model.name} has no batch-norm layer with running statistics; "
+                              "there is nothing to adapt")
+
+
+def _check_masks(ckpt: Checkpoint, records: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+    """Refuse rows without a mask where the model needs one: it crops the lesion or measures its radiomics."""
+    if ckpt.config["preprocess"]["mode"] != "crop" and not ckpt.model.spec.requires_radiomics:
+        return
+    missing = [n for r, n in zip(records, names) if not r.get(Keys.MASK)]
+    if missing:
+        why = "crops the lesion" if ckpt.config["preprocess"]["mode"] == "crop" else "reads the lesion's radiomics"
+        more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        raise ValueError(f"model {ckpt.model.name} {why}, so every row needs a lesion mask (column 'mask'); "
+                         f"{len(missing)} of {len(records)} have none: {'; '.join(missing[:_SHOWN])}{more}")
+
+
+def _ood_flagged(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
+                 names: Sequence[str]) -> float | None:
+    """The share of ``records`` the checkpoint's out-of-distribution detector flags (None: it has none)."""
+    if ckpt.ood is None:
+        return None
+    pred = predict_records(ckpt, records, device, progress=True, names=names)
+    return float(np.mean(ckpt.ood.score(pred["features"]) > 1.0))
+
+
+def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
+                     batch_size: int = 32) -> Adaptation:
+    """``breastai adapt``: re-estimate ``checkpoint``'s batch-norm statistics on the unlabeled datalist
+    ``data`` and write the adapted checkpoint to ``out`` atomically (the source is left as it is).
+
+    Args:
+        checkpoint: the source checkpoint (a single classifier's, or a pipeline's: its classifier
+            is adapted, its segmenter kept).
+        data: datalist of local images, at least :data:`MIN_IMAGES`; labels are not needed (nor
+            read); a lesion mask per row where the model crops the lesion or reads radiomics.
+        out: the new checkpoint file.
+        device: auto, cpu or cuda.
+        batch_size: at most this many images per batch of the statistics.
+
+    Returns:
+        The recorded :class:`~breastai.models.adaptation.Adaptation`.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, corrupted, an ensemble, a segmenter, or has no
+            batch norm.
+        DatalistError, RecordError: the datalist or one of its images is unusable (named).
+        TooFewImagesError: fewer than :data:`MIN_IMAGES` images.
+        ValueError: ``out`` is the source checkpoint or a folder; rows without the mask the model needs.
+    """
+    out = check_new_checkpoint(out, checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    check_adaptable(ckpt, checkpoint)
+    cfg = ckpt.config
+    records = read_samples(data, cfg["data"], ckpt.classes, require_label=False)
+    if len(records) < MIN_IMAGES:
+        raise TooFewImagesError(f"datalist {data}: {len(records)} image(s); breastai adapt needs at least {MIN_IMAGES} "
+                                "images of the site (the statistics of fewer are mostly noise)")
+    names = row_names(data, records, cfg["data"].get("reader_options"))
+    _check_masks(ckpt, records, names)
+    warn_seen_before(ckpt, records)
+    if ckpt.recalibration:
+        log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "
+                    "statistics this replaces: run breastai calibrate again on the adapted checkpoint", checkpoint)
+    dev = resolve_device(device)
+    before = _ood_flagged(ckpt, records, dev, names)
+    log.info("estimating batch-norm statistics on %d local images", len(records))
+    stats = batchnorm_statistics(ckpt, records, dev, batch_size, names)
+    adapted = adapted_checkpoint(ckpt, stats)
+    learnt = learnt_weights_digest(ckpt.weights)
+    if learnt_weights_digest(adapted.weights) != learnt:  # only the buffers may move
+        raise RuntimeError("adapting changed a learnt weight; nothing was written")
+    rec = Adaptation(method="adabn", n=len(records), layers=len(batchnorm_layers(stats)),
+                     image_digests=part_digests(records), source_checkpoint=file_sha256(checkpoint),
+                     learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     breastai_version=package_versions()["breastai"], ood_flagged_before=before,
+                     ood_flagged_after=_ood_flagged(adapted, records, dev, names))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))
+    return rec

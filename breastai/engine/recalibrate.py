@@ -35,7 +35,8 @@ from breastai.models.checkpoint import Checkpoint, load_checkpoint, package_vers
 from breastai.reporting.metrics import choose_threshold, ece, nll
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "MIN_PER_CLASS", "KEEP", "LocalFit", "TooFewCasesError", "local_log_odds",
-           "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint"]
+           "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint", "check_new_checkpoint",
+           "warn_seen_before"]
 
 log = logging.getLogger("breastai")
 
@@ -190,6 +191,31 @@ def recalibrated_checkpoint(ckpt: Checkpoint, fit: LocalFit, z: np.ndarray, labe
                                recalibration=[*(ckpt.recalibration or []), rec])
 
 
+def check_new_checkpoint(out: str | Path, checkpoint: str | Path) -> Path:
+    """``out`` as the file a local step (``calibrate``, ``adapt``) writes its new checkpoint to.
+
+    Raises:
+        ValueError: ``out`` is a folder, or the source checkpoint itself (which the new one's
+            record points to by its digest, so it must stay).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; --out names the new checkpoint file (e.g. {out / 'local.pt'})")
+    if out.exists() and out.resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"--out {out} is the source checkpoint: write the new one to another file, "
+                         "so the source its record points to stays")
+    return out
+
+
+def warn_seen_before(ckpt: Checkpoint, records: Sequence[dict[str, Any]]) -> None:
+    """Warn when local images are byte-identical to images the checkpoint was trained or validated on."""
+    seen = seen_before(ckpt.seen_images, records)
+    if seen["train"] or seen["val"]:
+        log.warning("warning: %d of the %d local images are identical to images this checkpoint was trained on and "
+                    "%d to its validation images: a local sample should come from the new site", seen["train"],
+                    len(records), seen["val"])
+
+
 def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, method: str = DEFAULT_METHOD,
                            threshold_method: str | None = None, targets: str | None = None,
                            device: str = "auto") -> Recalibration:
@@ -215,12 +241,7 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | 
         TooFewCasesError: too few local cases of a class.
         ValueError: ``out`` is the source checkpoint or a folder; an unknown method.
     """
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; --out names the new checkpoint file (e.g. {out / 'local.pt'})")
-    if out.exists() and out.resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"--out {out} is the source checkpoint: write the recalibrated one to a new file, "
-                         "so the source its record points to stays")
+    out = check_new_checkpoint(out, checkpoint)
     if method not in METHODS:  # before any image is scored
         raise ValueError(f"unknown recalibration method {method!r}; choose from {', '.join(METHODS)}")
     if threshold_method not in (None, KEEP):  # an unknown method is refused before any image is scored
@@ -232,11 +253,7 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | 
     records = read_samples(data, cfg["data"], ckpt.classes)
     labels = np.array([ckpt.classes.index(r["label"]) for r in records])
     _check_counts(labels, ckpt.classes, f"datalist {data}")  # before scoring a single image
-    seen = seen_before(ckpt.seen_images, records)
-    if seen["train"] or seen["val"]:
-        log.warning("warning: %d of the %d local images are identical to images this checkpoint was trained on and "
-                    "%d to its validation images: a local sample should come from the new site", seen["train"],
-                    len(records), seen["val"])
+    warn_seen_before(ckpt, records)
     try:
         pred = local_log_odds(ckpt, records, resolve_device(device), progress=True,
                               names=row_names(data, records, cfg["data"].get("reader_options")))

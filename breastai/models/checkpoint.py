@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from breastai.core.config import fill_missing
+from breastai.models.adaptation import Adaptation
 from breastai.models.calibration import Recalibration
 from breastai.models.digest import content_digest
 from breastai.models.ood import FeatureDensity
@@ -51,7 +52,7 @@ FORMAT_VERSION = 1
 _OPTIONAL = ("logit_offset", "epoch", "best_epoch", "seen_images", "modalities", "ood")
 _RESUME = ("optimizer", "scheduler", "early_stop", "epoch_seconds", "ema")
 _KNOWN = {"format_version", "versions", "model", "weights", "ensemble", "config", "classes", "preprocess",
-          "threshold", "temperature", "metrics", "digest", "recalibration", "segmenter", *_OPTIONAL, *_RESUME}
+          "threshold", "temperature", "metrics", "digest", "recalibration", "adaptation", "segmenter", *_OPTIONAL, *_RESUME}
 _DIGEST = "sha256"
 _MODEL_KEYS = ("name", "in_chans", "dropout")
 
@@ -163,6 +164,8 @@ class Checkpoint:
         combine: ensemble only: how the weights were fitted (``mean`` or ``stack``).
         recalibration: the local recalibrations (``breastai calibrate``) since training, oldest
             first; None: never recalibrated.
+        adaptation: the batch-norm adaptations (``breastai adapt``) since training, oldest first;
+            None: never adapted.
         segmenter: pipeline only: the segmenter checkpoint that outlines the lesions this
             classifier scores (``breastai bundle``); None: a plain checkpoint. A segmenter never
             carries one, and a bundled segmenter is a single model's best checkpoint.
@@ -195,6 +198,7 @@ class Checkpoint:
     bias: float = 0.0
     combine: str = ""
     recalibration: list[Recalibration] | None = None
+    adaptation: list[Adaptation] | None = None
     segmenter: Checkpoint | None = None
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] | None = field(default=None, repr=False)
@@ -253,8 +257,9 @@ class Checkpoint:
                 state[key] = getattr(self, key)
         if self.ood is not None:
             state["ood"] = self.ood.to_state()
-        if self.recalibration is not None:
-            state["recalibration"] = [r.to_state() for r in self.recalibration]
+        for key in ("recalibration", "adaptation"):
+            if getattr(self, key) is not None:
+                state[key] = [r.to_state() for r in getattr(self, key)]
         if self.segmenter is not None:
             state["segmenter"] = self.segmenter.to_state()
         state.update(self.extra)
@@ -298,6 +303,8 @@ class Checkpoint:
                 combine="" if ens is None else str(ens.get("combine", "mean")),
                 recalibration=None if state.get("recalibration") is None
                 else [Recalibration.from_state(r) for r in state["recalibration"]],
+                adaptation=None if state.get("adaptation") is None
+                else [Adaptation.from_state(r) for r in state["adaptation"]],
                 segmenter=None if state.get("segmenter") is None else cls.from_state(state["segmenter"]),
                 format_version=int(state.get("format_version", 0)),
                 versions=dict(state["versions"]) if state.get("versions") is not None else None,
@@ -375,8 +382,9 @@ def weights_digest(ckpt: Checkpoint) -> str:
     """``sha256:<hex>`` of the model weights alone (an ensemble's: its members', in order).
 
     Unlike ``digest`` it ignores calibration, threshold and metrics: a recalibrated checkpoint has
-    the weights digest of the checkpoint it came from. A pipeline's is its classifier's (its
-    segmenter's is ``weights_digest(ckpt.segmenter)``).
+    the weights digest of the checkpoint it came from; an adapted one (new batch-norm statistics) has
+    another, with the same :func:`~breastai.models.adaptation.learnt_weights_digest`. A pipeline's is
+    its classifier's (its segmenter's is ``weights_digest(ckpt.segmenter)``).
     """
     return content_digest([m.weights for m in ckpt.members] if ckpt.is_ensemble else ckpt.weights)
 

@@ -1,0 +1,52 @@
+"""``breastai adapt``: re-estimate a checkpoint's batch-norm statistics on unlabeled images of the user's site."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``breastai adapt``."""
+    from breastai.engine.adapt import MIN_IMAGES
+
+    c = subparsers.add_parser(
+        "adapt", help="re-estimate batch-norm statistics on unlabeled images of your own site",
+        description="Site adaptation without labels (AdaBN): run a datalist of your site's images through the "
+        "checkpoint's own preprocessing and replace its batch-norm running means and variances by theirs, then write "
+        "a new checkpoint. No label is read and no learnt weight changes; the calibration, threshold and "
+        "out-of-distribution detector are the source's. The new checkpoint records how many images, their digests "
+        f"and the source's digest. Needs at least {MIN_IMAGES} images, and a lesion mask per row for a model that "
+        "crops the lesion. Run breastai calibrate after it when labelled local cases exist.")
+    c.add_argument("--checkpoint", required=True, help="best.pt of a single classifier (or a pipeline) to adapt")
+    c.add_argument("--data", required=True, help="datalist CSV/JSON of local images; the label column may be "
+                   "missing or empty")
+    c.add_argument("--out", required=True, help="the new checkpoint file (never the source)")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    c.set_defaults(func=run)
+    return c
+
+
+def run(args: argparse.Namespace) -> int:
+    """Adapt and print what was done and what was not."""
+    import torch
+
+    from breastai.engine.adapt import adapt_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rec = adapt_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
+    print(f"batch-norm statistics of {rec.layers} layers re-estimated on {rec.n} local images (no labels read)")
+    if rec.ood_flagged_before is not None:
+        print(f"out-of-distribution detector (fitted at the training site): flags {rec.ood_flagged_before:.0%} of "
+              f"these images with the source's statistics, {rec.ood_flagged_after:.0%} with the adapted ones")
+        if rec.ood_flagged_after > max(0.5, rec.ood_flagged_before):
+            print("note: the detector is tied to the statistics it was fitted under; the ood flag of predict with the "
+                  "adapted checkpoint says little (flags most images); the source checkpoint's says whether an image "
+                  "is like the training site's")
+    print(f"written: {args.out} (learnt weights unchanged, {rec.learnt_weights_digest[:19]}...; calibration and "
+          "threshold unchanged: run breastai calibrate on it when labelled local cases exist)")
+    return 0

@@ -7,6 +7,10 @@ no labels read, the stored calibration kept). The held-out site is split at rand
 halves: statistics from one half score the other and the other way round, so no image is scored by
 statistics that saw it. Printed per fold: AUC and 10-bin ECE both ways, and their means.
 
+With ``--stats-from train`` (the control): the statistics come from the fold's own training part
+(the training site, evaluation preset), the temperature is refitted on the validation part with
+them, and the held-out site is scored once.
+
 Usage::
 
     PYTHONPATH=. python benchmarks/adabn_cross_site.py checkpoints/xs_ema_s0 checkpoints/xs_ema_s1 [--out adabn.json]
@@ -30,7 +34,7 @@ from breastai.data.frames import read_samples  # noqa: E402
 from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # noqa: E402
 from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
-from breastai.models.calibration import calibrated_logit  # noqa: E402
+from breastai.models.calibration import calibrated_logit, fit_temperature  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint  # noqa: E402
 from breastai.reporting.metrics import ece, roc_auc  # noqa: E402
 
@@ -57,10 +61,27 @@ def score_fold(ckpt_path: Path, held_out: list[dict], positive: str, seed: int) 
     return {"y": y, "as trained": p0, "adabn": p1}
 
 
+def score_fold_train_stats(ckpt_path: Path, train: list[dict], val: list[dict], held_out: list[dict],
+                           positive: str) -> dict:
+    """Held-out probabilities as trained and with clean training-site statistics (temperature refitted)."""
+    device = torch.device("cpu")
+    ckpt = load_checkpoint(ckpt_path)
+    y = np.array([r[Keys.LABEL] == positive for r in held_out], dtype=np.int64)
+    p0 = _probability(ckpt, held_out, device)
+    adapted = adapted_checkpoint(ckpt, batchnorm_statistics(ckpt, train, device))
+    off = float(ckpt.logit_offset or 0.0)
+    yv = np.array([r[Keys.LABEL] == positive for r in val], dtype=np.int64)
+    zv = predict_records(adapted, val, device)["logit"].astype(np.float64)
+    t = fit_temperature(zv - off, yv, targets=ckpt.config["eval"]["calibration_targets"])
+    z = predict_records(adapted, held_out, device)["logit"].astype(np.float64)
+    return {"y": y, "as trained": p0, "adabn": 1.0 / (1.0 + np.exp(-(z - off) / t)), "T": (ckpt.temperature, t)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="leave-one-site-out run folders")
     ap.add_argument("--seed", type=int, default=0, help="the random halving of the held-out site")
+    ap.add_argument("--stats-from", choices=("heldout", "train"), default="heldout")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -70,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["train"]["folds"] != "sites":
             ap.error(f"{run}: not a leave-one-site-out run (train.folds = {cfg['train']['folds']!r})")
         records = read_samples(cfg["data"]["datalist"], cfg["data"])
-        for i, (_, _, test_idx) in enumerate(cv_splits(records, "sites", cfg)):
+        for i, (tr, va, test_idx) in enumerate(cv_splits(records, "sites", cfg)):
             held_out = [records[j] for j in test_idx]
-            s = score_fold(run / f"fold{i}" / "best.pt", held_out, cfg["data"]["classes"][1], args.seed)
+            if args.stats_from == "train":
+                s = score_fold_train_stats(run / f"fold{i}" / "best.pt", [records[j] for j in tr],
+                                           [records[j] for j in va], held_out, cfg["data"]["classes"][1])
+            else:
+                s = score_fold(run / f"fold{i}" / "best.pt", held_out, cfg["data"]["classes"][1], args.seed)
             row = {"run": run.name, "held_out": held_out[0].get(Keys.SITE, ""), "n": len(s["y"])}
             for m in ("as trained", "adabn"):
                 row[f"auc {m}"] = roc_auc(s["y"], s[m])

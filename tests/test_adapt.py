@@ -207,7 +207,7 @@ def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_a_model_without_batch_norm_or_a_segmenter_is_refused(site):
+def test_a_model_without_batch_norm_is_refused(site):
     from breastai.engine.adapt import check_adaptable
     from breastai.models.checkpoint import CheckpointError
 
@@ -215,5 +215,43 @@ def test_a_model_without_batch_norm_or_a_segmenter_is_refused(site):
     plain = dataclasses.replace(c, weights={k: v for k, v in c.weights.items() if "running" not in k})
     with pytest.raises(CheckpointError, match="no batch-norm layer with running statistics"):
         check_adaptable(plain, "x.pt")
-    with pytest.raises(CheckpointError, match="a segmentation checkpoint .* takes a classifier"):
-        check_adaptable(dataclasses.replace(c, model=dataclasses.replace(c.model, name="unet_small")), "x.pt")
+
+
+def test_a_segmenter_adapts_on_raw_images_without_masks_or_labels(seg_ckpt, tmp_path):
+    """A segmenter reads whole images: a site's raw images are all it needs (no mask, no label)."""
+    from PIL import Image
+
+    from breastai.models.adaptation import learnt_weights_digest
+    from breastai.models.outliner import Outliner
+    from conftest import blob_datalist, synth_rows, write_rows
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = synth_rows(blob_datalist(src, 24))
+    for r in rows:  # another scanner: brighter and lower in contrast
+        img = np.asarray(Image.open(r["image"]), dtype=np.float32)
+        Image.fromarray((80 + 0.5 * img).astype(np.uint8)).save(r["image"])
+    raw = write_rows(tmp_path / "raw.csv", [{"case_id": r["case_id"], "image": r["image"]} for r in rows])
+    out = tmp_path / "seg_local.pt"
+    assert _adapt_cli(["--checkpoint", str(seg_ckpt), "--data", str(raw), "--out", str(out), "--device", "cpu"]) == 0
+    before, after = load_checkpoint(seg_ckpt), load_checkpoint(out)
+    assert learnt_weights_digest(after.weights) == learnt_weights_digest(before.weights)
+    moved = [k for k in before.weights if k.endswith("running_mean") and not torch.equal(before.weights[k], after.weights[k])]
+    assert moved and after.adaptation[-1].n == 24 and after.adaptation[-1].ood_flagged_after is None
+    image, meta = Outliner.from_checkpoint(out).read(rows[1]["image"])
+    assert Outliner.from_checkpoint(out).outline(image, meta).presence >= 0.0  # the adapted segmenter runs
+
+
+def test_a_pipeline_adapts_its_classifier_and_its_segmenter(ckpt, seg_ckpt, new_site, tmp_path):
+    from breastai.engine.bundle import bundle_pipeline
+    from breastai.models.checkpoint import save_checkpoint
+
+    pipe = save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(load_checkpoint(ckpt), load_checkpoint(seg_ckpt)))
+    out = tmp_path / "pipe_local.pt"
+    assert _adapt_cli(["--checkpoint", str(pipe), "--data", str(new_site[0]), "--out", str(out), "--device", "cpu"]) == 0
+    before, after = load_checkpoint(pipe), load_checkpoint(out)  # the integrity check covers the nested segmenter
+
+    def moved(a, b):
+        return [k for k in a.weights if k.endswith("running_mean") and not torch.equal(a.weights[k], b.weights[k])]
+
+    assert moved(before, after) and moved(before.segmenter, after.segmenter)

@@ -121,16 +121,13 @@ def check_adaptable(ckpt: Checkpoint, source: str | Path) -> None:
     """Refuse a checkpoint whose batch-norm statistics ``breastai adapt`` cannot re-estimate.
 
     Raises:
-        CheckpointError: an ensemble (its members are adapted one by one), a segmenter, or a model
-            without batch-norm layers (nothing to adapt).
+        CheckpointError: an ensemble (its members are adapted one by one), or a model without
+            batch-norm layers (nothing to adapt).
     """
     if ckpt.is_ensemble:
         raise CheckpointError(f"{source}: an ensemble checkpoint; batch-norm statistics belong to each member model: "
                               "adapt each member's checkpoint (the runs' fold best.pt) with breastai adapt, then "
                               "build the ensemble from the adapted members")
-    if checkpoint_task(ckpt) != "classification":
-        raise CheckpointError(f"{source}: a {checkpoint_task(ckpt)} checkpoint (model {ckpt.model.name}); "
-                              "breastai adapt takes a classifier")
     if not batchnorm_layers(ckpt.weights):
         raise CheckpointError(f"{source}: model {ckpt.model.name} has no batch-norm layer with running statistics; "
                               "there is nothing to adapt")
@@ -163,8 +160,8 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     ``data`` and write the adapted checkpoint to ``out`` atomically (the source is left as it is).
 
     Args:
-        checkpoint: the source checkpoint (a single classifier's, or a pipeline's: its classifier
-            is adapted, its segmenter kept).
+        checkpoint: the source checkpoint: a single classifier's, a segmenter's (whole images, no
+            mask needed), or a pipeline's (its classifier and its segmenter both adapted).
         data: datalist of local images, at least :data:`MIN_IMAGES`; labels are not needed (nor
             read); a lesion mask per row where the model crops the lesion or reads radiomics.
         out: the new checkpoint file.
@@ -175,8 +172,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         The recorded :class:`~breastai.models.adaptation.Adaptation`.
 
     Raises:
-        CheckpointError: the checkpoint is missing, corrupted, an ensemble, a segmenter, or has no
-            batch norm.
+        CheckpointError: the checkpoint is missing, corrupted, an ensemble, or has no batch norm.
         DatalistError, RecordError: the datalist or one of its images is unusable (named).
         TooFewImagesError: fewer than :data:`MIN_IMAGES` images.
         ValueError: ``out`` is the source checkpoint or a folder; rows without the mask the model needs.
@@ -185,7 +181,11 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     ckpt = load_checkpoint(checkpoint)
     check_adaptable(ckpt, checkpoint)
     cfg = ckpt.config
-    records = read_samples(data, cfg["data"], ckpt.classes, require_label=False)
+    # A segmenter's classes are its target's ("no lesion", "lesion"); a row's label, where given, is a
+    # stratum of its datalist (benign, malignant, normal), checked against those.
+    segmenter = checkpoint_task(ckpt) == "segmentation"
+    records = read_samples(data, cfg["data"], cfg["data"]["classes"] if segmenter else ckpt.classes,
+                           require_label=False)
     if len(records) < MIN_IMAGES:
         raise TooFewImagesError(f"datalist {data}: {len(records)} image(s); breastai adapt needs at least {MIN_IMAGES} "
                                 "images of the site (the statistics of fewer are mostly noise)")
@@ -200,6 +200,12 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     log.info("estimating batch-norm statistics on %d local images", len(records))
     stats = batchnorm_statistics(ckpt, records, dev, batch_size, names)
     adapted = adapted_checkpoint(ckpt, stats)
+    if ckpt.segmenter is not None:
+        # A pipeline's segmenter reads the whole image: its statistics come from the same images, no
+        # mask needed (at a second site this found 23 more of 252 lesions; docs/experiments.md).
+        log.info("estimating the bundled segmenter's batch-norm statistics on the same images")
+        seg_stats = batchnorm_statistics(ckpt.segmenter, records, dev, batch_size, names)
+        adapted = dataclasses.replace(adapted, segmenter=adapted_checkpoint(ckpt.segmenter, seg_stats))
     learnt = learnt_weights_digest(ckpt.weights)
     if learnt_weights_digest(adapted.weights) != learnt:  # only the buffers may move
         raise RuntimeError("adapting changed a learnt weight; nothing was written")

@@ -41,12 +41,9 @@ def run(args: argparse.Namespace) -> int:
     rec = adapt_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
     print(f"batch-norm statistics of {rec.layers} layers re-estimated on {rec.n} local images (no labels read)")
     if rec.ood_flagged_before is not None:
-        print(f"out-of-distribution detector (fitted at the training site): flags {rec.ood_flagged_before:.0%} of "
-              f"these images with the source's statistics, {rec.ood_flagged_after:.0%} with the adapted ones")
-        if rec.ood_flagged_after > max(0.5, rec.ood_flagged_before):
-            print("note: the detector is tied to the statistics it was fitted under; the ood flag of predict with the "
-                  "adapted checkpoint says little (flags most images); the source checkpoint's says whether an image "
-                  "is like the training site's")
+        print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
+              f"its training site); refitted on them, it flags {rec.ood_flagged_after:.0%} and from now on flags what "
+              "is unlike this site's images")
     print(f"written: {args.out} (learnt weights unchanged, {rec.learnt_weights_digest[:19]}...; calibration and "
           "threshold unchanged: run breastai calibrate on it when labelled local cases exist)")
     return 0

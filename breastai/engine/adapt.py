@@ -38,6 +38,7 @@ from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
 from breastai.engine.scoring import _Named, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
+from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
                                         model_from_checkpoint, package_versions, save_checkpoint)
 
@@ -154,6 +155,29 @@ def _ood_flagged(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: to
     return float(np.mean(ckpt.ood.score(pred["features"]) > 1.0))
 
 
+def local_detector(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
+                   names: Sequence[str], seed: int = 0) -> tuple[FeatureDensity, float]:
+    """The adapted checkpoint's out-of-distribution detector, refitted on the local images.
+
+    The stored detector was fitted on the training site's features under the old statistics and
+    flags every image once they are re-estimated (docs/experiments.md). Refitted here like
+    training fits it (:func:`~breastai.models.ood.fit_feature_density`: the source's layers,
+    quantile and margin), with one class since no label is read: Gaussians on one random half of
+    the local images' features, scales and threshold on the other half. It then flags what is
+    unlike this site's images (a mammogram, a Doppler frame, a photograph).
+
+    Returns:
+        The detector, and the share of the local images it flags.
+    """
+    pred = predict_records(ckpt, records, device, progress=True, names=names)
+    feats = pred["features"]
+    half = np.random.default_rng(seed).permutation(len(records)) % 2
+    old = ckpt.ood
+    det = fit_feature_density([f[half == 0] for f in feats], np.zeros(int((half == 0).sum()), dtype=np.int64),
+                              [f[half == 1] for f in feats], old.quantile, old.layers, old.margin)
+    return det, float(np.mean(det.score(feats) > 1.0))
+
+
 def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
                      batch_size: int = 32) -> Adaptation:
     """``breastai adapt``: re-estimate ``checkpoint``'s batch-norm statistics on the unlabeled datalist
@@ -206,6 +230,11 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         log.info("estimating the bundled segmenter's batch-norm statistics on the same images")
         seg_stats = batchnorm_statistics(ckpt.segmenter, records, dev, batch_size, names)
         adapted = dataclasses.replace(adapted, segmenter=adapted_checkpoint(ckpt.segmenter, seg_stats))
+    after = None
+    if ckpt.ood is not None:
+        log.info("refitting the out-of-distribution detector on the local images")
+        detector, after = local_detector(adapted, records, dev, names)
+        adapted = dataclasses.replace(adapted, ood=detector)
     learnt = learnt_weights_digest(ckpt.weights)
     if learnt_weights_digest(adapted.weights) != learnt:  # only the buffers may move
         raise RuntimeError("adapting changed a learnt weight; nothing was written")
@@ -213,7 +242,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                      image_digests=part_digests(records), source_checkpoint=file_sha256(checkpoint),
                      learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      breastai_version=package_versions()["breastai"], ood_flagged_before=before,
-                     ood_flagged_after=_ood_flagged(adapted, records, dev, names))
+                     ood_flagged_after=after)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))
     return rec

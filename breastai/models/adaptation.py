@@ -51,14 +51,14 @@ class Adaptation:
 
     Only the batch-norm running means and variances were replaced, by those of the local images
     preprocessed as the checkpoint scores them; no label was read and no learnt weight changed
-    (``learnt_weights_digest`` is the source's). The calibration (temperature, offset), the
-    threshold and the out-of-distribution detector are the source's. The detector was fitted on the
-    training site's features under the old statistics and is tied to them: with any re-estimated
-    statistics, even ones from the training site's own images, it flags most images (measured:
-    ``benchmarks/adabn_ood.py``), so the ``ood`` flag predict gives with an adapted checkpoint
-    says little. ``ood_flagged_before`` is the share of the local images the source checkpoint
-    flags (its detector under the statistics it was fitted with: are these images like the
-    training site's?), ``ood_flagged_after`` the share the adapted checkpoint flags. A calibration
+    (``learnt_weights_digest`` is the source's). The calibration (temperature, offset) and the
+    threshold are the source's. The out-of-distribution detector is refitted on the local images
+    (:func:`breastai.engine.adapt.local_detector`): the stored one was fitted on the training
+    site's features under the old statistics and flags every image under re-estimated ones, even
+    the training site's own (``benchmarks/adabn_ood.py``); refitted, it flags what is unlike this
+    site's images. ``ood_flagged_before`` is the share of the local images the source checkpoint
+    flags (its own detector and statistics: are these images like the training site's?),
+    ``ood_flagged_after`` the share the refitted detector flags. A calibration
     refitted on local labelled cases (``breastai calibrate``) belongs after this, on the adapted
     checkpoint.
 
@@ -74,7 +74,7 @@ class Adaptation:
         breastai_version: the breastai that adapted it.
         ood_flagged_before: share of the local images the source checkpoint's out-of-distribution
             detector flags; None: the checkpoint has no detector.
-        ood_flagged_after: the same with the adapted statistics.
+        ood_flagged_after: the same under the adapted statistics and the refitted detector.
     """
 
     method: str

@@ -151,6 +151,21 @@ def test_predict_with_the_adapted_checkpoint_scores_otherwise(ckpt, new_site, ad
     assert np.abs(p1 - p0).max() > 1e-3
 
 
+def test_run_records_name_the_adaptation(adapted, new_site, synth_datalist, tmp_path):
+    """predict's run record and evaluate's metrics say the statistics were adapted, and on which images."""
+    from breastai.engine.evaluate import evaluate_checkpoint
+    from breastai.inference.writers import run_predict
+    from conftest import synth_rows, write_rows
+
+    rec = load_checkpoint(adapted[0]).adaptation[-1]
+    _, run = run_predict(adapted[0], [str(new_site[0])], tmp_path / "pred", saliency="none", device="cpu")
+    assert run["adaptation"]["n"] == rec.n == 32 and "image_digests" not in run["adaptation"]
+    labels = [r["label"] for r in synth_rows(synth_datalist)]
+    labelled = write_rows(tmp_path / "labelled.csv", [{**r, "label": y} for r, y in zip(new_site[1], labels)])
+    report = evaluate_checkpoint(adapted[0], labelled, tmp_path / "ev", device="cpu", n_boot=10)
+    assert report["adaptation"]["source_checkpoint"] == rec.source_checkpoint and report["n_seen_in_adaptation"] == 32
+
+
 def test_calibrate_after_adapt_keeps_both_records(adapted, synth_datalist):
     from breastai.engine.recalibrate import recalibrate_checkpoint
     from breastai.models.checkpoint import weights_digest

@@ -158,7 +158,10 @@ def evaluate_checkpoint(
         report["ood_flagged"] = flagged
     report.update(checkpoint=str(checkpoint), data=str(data), classes=list(classes), temperature=ckpt.temperature,
                   n_seen_in_training=seen["train"], n_seen_in_validation=seen["val"],
-                  recalibration=ckpt.recalibration[-1].summary() if ckpt.recalibration else None)
+                  recalibration=ckpt.recalibration[-1].summary() if ckpt.recalibration else None,
+                  adaptation=ckpt.adaptation[-1].summary() if ckpt.adaptation else None)
+    if ckpt.adaptation:  # unlabeled, so no label leaked; reported because the statistics saw these images
+        report["n_seen_in_adaptation"] = seen_before({"val": ckpt.adaptation[-1].image_digests}, records)["val"]
     # The local cases of a recalibration were fitted on, as validation images are.
     refit = seen_before({"val": ckpt.recalibration[-1].image_digests}, records)["val"] if ckpt.recalibration else None
     if refit:

@@ -56,6 +56,7 @@ from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, f
                                         identity, image_key, loaded_inputs, refused_modality)
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
+from breastai.models.adaptation import Adaptation
 from breastai.models.calibration import Recalibration, apply_temperature
 from breastai.models.checkpoint import Checkpoint, load_checkpoint
 from breastai.models.lesions import Lesion
@@ -113,19 +114,22 @@ class Predictor:
         source: where the checkpoint came from (for messages and the run record).
         mask_providers: tried in order for inputs that come without a mask (see :class:`MaskProvider`).
         recalibration: the checkpoint's local recalibrations (``breastai calibrate``), for the run record.
+        adaptation: the checkpoint's batch-norm adaptations (``breastai adapt``), for the run record.
         segmenter: outlines the inputs still without a mask after the providers, one record per
             lesion (see :mod:`breastai.inference.segment`); None: no automatic outlines.
     """
 
     def __init__(self, scorer: ModelScorer | EnsembleScorer, classes: Sequence[str], threshold: float,
                  source: str = "<state>", mask_providers: Sequence[MaskProvider] = (),
-                 recalibration: Sequence[Recalibration] | None = None, segmenter: Outliner | None = None):
+                 recalibration: Sequence[Recalibration] | None = None, segmenter: Outliner | None = None,
+                 adaptation: Sequence[Adaptation] | None = None):
         self.scorer = scorer
         self.classes = list(classes)
         self.threshold = float(threshold)
         self.source = source
         self.mask_providers = list(mask_providers)
         self.recalibration = list(recalibration or [])
+        self.adaptation = list(adaptation or [])
         self.segmenter = segmenter
 
     @classmethod
@@ -147,7 +151,7 @@ class Predictor:
         dev = resolve_device(device)
         scorer = build_scorer(ckpt, dev, source)
         return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers, ckpt.recalibration,
-                   resolve_segmenter(segmenter, ckpt, dev))
+                   resolve_segmenter(segmenter, ckpt, dev), ckpt.adaptation)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", mask_providers: Sequence[MaskProvider] = (),

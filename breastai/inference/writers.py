@@ -328,6 +328,7 @@ def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str
         "saliency_upsample": pred.saliency_upsample, "tta": tta,
         "temperature": pred.temperature, "threshold": pred.threshold, "classes": pred.classes,
         "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
+        "adaptation": pred.adaptation[-1].summary() if pred.adaptation else None,
         "preprocess_mode": pred.pre["mode"], "segmenter": pred.segmenter.source if pred.segmenter else None,
         "n": journal.n_records, **{f"n_{k}": tally[k] for k in ("failed", "no_lesion", "ood", "shifted")},
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -30,9 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.core.keys import Keys  # noqa: E402
-from breastai.data.frames import read_samples  # noqa: E402
 from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # noqa: E402
-from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
+from breastai.engine.cv import run_folds  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit, fit_temperature  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint  # noqa: E402
@@ -87,17 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows = []
     for run in args.runs:
-        cfg = load_cv_summary(run)["config"]
-        if cfg["train"]["folds"] != "sites":
-            ap.error(f"{run}: not a leave-one-site-out run (train.folds = {cfg['train']['folds']!r})")
-        records = read_samples(cfg["data"]["datalist"], cfg["data"])
-        for i, (tr, va, test_idx) in enumerate(cv_splits(records, "sites", cfg)):
+        for i, fold_dir, records, (tr, va, test_idx), cfg in run_folds(run, "sites"):
             held_out = [records[j] for j in test_idx]
             if args.stats_from == "train":
-                s = score_fold_train_stats(run / f"fold{i}" / "best.pt", [records[j] for j in tr],
+                s = score_fold_train_stats(fold_dir / "best.pt", [records[j] for j in tr],
                                            [records[j] for j in va], held_out, cfg["data"]["classes"][1])
             else:
-                s = score_fold(run / f"fold{i}" / "best.pt", held_out, cfg["data"]["classes"][1], args.seed)
+                s = score_fold(fold_dir / "best.pt", held_out, cfg["data"]["classes"][1], args.seed)
             row = {"run": run.name, "held_out": held_out[0].get(Keys.SITE, ""), "n": len(s["y"])}
             for m in ("as trained", "adabn"):
                 row[f"auc {m}"] = roc_auc(s["y"], s[m])

@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.core.keys import Keys  # noqa: E402
-from breastai.data.frames import read_samples  # noqa: E402
-from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
+from breastai.engine.cv import load_cv_summary, run_folds  # noqa: E402
 from breastai.engine.loaders import build_dataset, make_loader  # noqa: E402
 from breastai.models.calibration import fit_temperature  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
@@ -96,12 +95,10 @@ def _sig(z: np.ndarray) -> np.ndarray:
 
 
 def score_run(run: Path, folds: str) -> list[dict]:
-    cfg = load_cv_summary(run)["config"]
-    records = read_samples(cfg["data"]["datalist"], cfg["data"])
     oof = _oof(run)
     out = []
-    for i, (_, va, test_idx) in enumerate(cv_splits(records, folds, cfg)):
-        ckpt = load_checkpoint(run / f"fold{i}" / "best.pt")
+    for i, fold_dir, records, (_, va, test_idx), _cfg in run_folds(run, folds):
+        ckpt = load_checkpoint(fold_dir / "best.pt")
         off = float(ckpt.logit_offset or 0.0)
         zv, yv = validation_logits(ckpt, [records[j] for j in va])
         t_new = fit_temperature(zv - off, yv, targets=ckpt.config["eval"]["calibration_targets"])

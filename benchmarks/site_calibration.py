@@ -38,8 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.core.keys import Keys  # noqa: E402
-from breastai.data.frames import read_samples  # noqa: E402
-from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402
+from breastai.engine.cv import run_folds  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit, fit_platt, fit_temperature  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint  # noqa: E402
@@ -90,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     scored = []
     for run in args.runs:
-        cfg = load_cv_summary(run)["config"]
-        if cfg["train"]["folds"] != "sites":
-            ap.error(f"{run}: not a leave-one-site-out run (train.folds = {cfg['train']['folds']!r})")
-        records = read_samples(cfg["data"]["datalist"], cfg["data"])
-        for i, parts in enumerate(cv_splits(records, "sites", cfg)):
+        for i, _, records, parts, cfg in run_folds(run, "sites"):
             scored.append(score_fold(run, i, records, parts, cfg))
     rows = []
     for s in scored:

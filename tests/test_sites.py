@@ -139,6 +139,14 @@ def test_leave_one_site_out_run_reports_per_site(synth_datalist, tmp_path, tiny_
     # --resume reuses the finished folds (the folds are deterministic).
     again = train_main(cfg, resume=True)
     assert [f["auc"] for f in again["folds"]] == [f["auc"] for f in s["folds"]]
+    # scripts rebuild the same folds from the run folder alone
+    from breastai.engine.cv import run_folds
+
+    rebuilt = list(run_folds(tmp_path / "t", "sites"))
+    assert [d.name for _, d, *_ in rebuilt] == ["fold0", "fold1"]
+    assert [{recs[j]["site"] for j in test} for _, _, recs, (_, _, test), _ in rebuilt] == [{"a"}, {"b"}]
+    with pytest.raises(ValueError, match="not 5"):
+        next(run_folds(tmp_path / "t", 5))
 
 
 def test_train_cli_takes_folds_sites():

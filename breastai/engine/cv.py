@@ -16,6 +16,7 @@ from breastai.core import distributed as dist
 from breastai.core.config import split_seed
 from breastai.core.files import atomic_write_csv, atomic_write_text
 from breastai.core.keys import Keys
+from breastai.data.frames import read_samples
 from breastai.data.grouping import grouping_of
 from breastai.data.provenance import join_identical_images
 from breastai.data.splits import carve_validation, fixed_folds, group_kfold, record_sites, site_folds, site_strata
@@ -29,7 +30,7 @@ from breastai.reporting.levels import ImageScore
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds
 from breastai.reporting.segmentation import segmentation_summary
 
-__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "cv_summary", "seg_cv_summary"]
+__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "run_folds", "cv_summary", "seg_cv_summary"]
 
 log = logging.getLogger("breastai")
 
@@ -169,6 +170,27 @@ def load_cv_summary(run: str | Path) -> dict[str, Any]:
         if key not in s:
             raise ValueError(f"{p}: not a cross-validation summary (no {key!r})")
     return s
+
+
+def run_folds(run: str | Path, folds: int | str | None = None):
+    """The folds of a finished cross-validation run, rebuilt from its own config and datalist, for
+    scripts that score them again: yields ``(i, fold_dir, records, (train, val, test), cfg)``.
+
+    Args:
+        run: the run folder.
+        folds: the fold scheme the caller needs (``"sites"``, or K); None: whichever the run used.
+
+    Raises:
+        ValueError: the run used another scheme than ``folds``.
+    """
+    run = Path(run)
+    cfg = load_cv_summary(run)["config"]
+    used = cfg["train"]["folds"]
+    if folds is not None and str(used) != str(folds):
+        raise ValueError(f"{run}: folds {used!r}, not {folds!r} (train.folds of the run)")
+    records = read_samples(cfg["data"]["datalist"], cfg["data"])
+    for i, parts in enumerate(cv_splits(records, used, cfg)):
+        yield i, run / f"fold{i}", records, parts, cfg
 
 
 def cv_summary(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], cfg: dict[str, Any],

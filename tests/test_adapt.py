@@ -205,8 +205,21 @@ def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
     assert "is the source checkpoint" in err
     ens = save_checkpoint(tmp_path / "ens.pt", dataclasses.replace(
         c, model=ModelArgs("ensemble"), weights={}, members=[c, c], member_weights=[0.5, 0.5], combine="mean"))
-    err = _refused(args(ens, data, tmp_path / "o.pt"), capsys)
-    assert "an ensemble checkpoint" in err and "adapt each member" in err
+    # an ensemble: each member adapted with its own preset, the combination kept
+    from breastai.models.adaptation import batchnorm_layers
+
+    assert _adapt_cli(args(ens, data, tmp_path / "ens_local.pt")) == 0
+    e0, e1 = load_checkpoint(ens), load_checkpoint(tmp_path / "ens_local.pt")
+    assert (e1.member_weights, e1.combine) == (e0.member_weights, e0.combine)
+    for m0, m1 in zip(e0.members, e1.members):
+        moved = [k for k in m0.weights if k.endswith("running_mean") and not torch.equal(m0.weights[k], m1.weights[k])]
+        assert moved and m1.ood is not None and m1.ood.n_fit == 16
+    assert e1.adaptation[-1].layers == 2 * len(batchnorm_layers(c.weights)) and e1.adaptation[-1].ood_flagged_after is None
+    plain = dataclasses.replace(c, weights={k: v for k, v in c.weights.items() if "running" not in k})
+    no_bn = save_checkpoint(tmp_path / "ens_nobn.pt", dataclasses.replace(
+        c, model=ModelArgs("ensemble"), weights={}, members=[plain, plain], member_weights=[0.5, 0.5], combine="mean"))
+    err = _refused(args(no_bn, data, tmp_path / "o.pt"), capsys)
+    assert "no member of this ensemble has a batch-norm layer" in err
     few = write_rows(tmp_path / "few.csv", rows[:19])
     err = _refused(args(ckpt, few, tmp_path / "o.pt"), capsys)
     assert "19 image(s)" in err and "at least 20" in err
@@ -255,6 +268,7 @@ def test_a_segmenter_adapts_on_raw_images_without_masks_or_labels(seg_ckpt, tmp_
     assert learnt_weights_digest(after.weights) == learnt_weights_digest(before.weights)
     moved = [k for k in before.weights if k.endswith("running_mean") and not torch.equal(before.weights[k], after.weights[k])]
     assert moved and after.adaptation[-1].n == 24 and after.adaptation[-1].ood_flagged_after is None
+    assert after.adaptation[-1].task == "segmentation"
     image, meta = Outliner.from_checkpoint(out).read(rows[1]["image"])
     assert Outliner.from_checkpoint(out).outline(image, meta).presence >= 0.0  # the adapted segmenter runs
 

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
               f"its training site); refitted on them, it flags {rec.ood_flagged_after:.0%} and from now on flags what "
               "is unlike this site's images")
-    print(f"written: {args.out} (learnt weights unchanged, {rec.learnt_weights_digest[:19]}...; calibration and "
-          "threshold unchanged: run breastai calibrate on it when labelled local cases exist)")
+    then = ("presence calibration and threshold unchanged" if rec.task == "segmentation" else
+            "calibration and threshold unchanged: run breastai calibrate on it when labelled local cases exist")
+    print(f"written: {args.out} (learnt weights unchanged, {rec.learnt_weights_digest[:19]}...; {then})")
     return 0

@@ -122,13 +122,14 @@ def check_adaptable(ckpt: Checkpoint, source: str | Path) -> None:
     """Refuse a checkpoint whose batch-norm statistics ``breastai adapt`` cannot re-estimate.
 
     Raises:
-        CheckpointError: an ensemble (its members are adapted one by one), or a model without
-            batch-norm layers (nothing to adapt).
+        CheckpointError: a model without batch-norm layers, or an ensemble none of whose members
+            has one (nothing to adapt).
     """
     if ckpt.is_ensemble:
-        raise CheckpointError(f"{source}: an ensemble checkpoint; batch-norm statistics belong to each member model: "
-                              "adapt each member's checkpoint (the runs' fold best.pt) with breastai adapt, then "
-                              "build the ensemble from the adapted members")
+        if not any(batchnorm_layers(m.weights) for m in ckpt.members):
+            raise CheckpointError(f"{source}: no member of this ensemble has a batch-norm layer with running "
+                                  "statistics; there is nothing to adapt")
+        return
     if not batchnorm_layers(ckpt.weights):
         raise CheckpointError(f"{source}: model {ckpt.model.name} has no batch-norm layer with running statistics; "
                               "there is nothing to adapt")
@@ -178,6 +179,35 @@ def local_detector(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: 
     return det, float(np.mean(det.score(feats) > 1.0))
 
 
+def _adapt_model(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device, batch_size: int,
+                 names: Sequence[str]) -> tuple[Checkpoint, int, float | None, float | None]:
+    """One model adapted (with a pipeline's segmenter), its detector refitted: the new checkpoint, the
+    layers adapted, and the share of the images flagged before and after (None: no detector)."""
+    before = _ood_flagged(ckpt, records, device, names)
+    log.info("estimating batch-norm statistics of %s on %d local images", ckpt.model.name, len(records))
+    stats = batchnorm_statistics(ckpt, records, device, batch_size, names)
+    adapted = adapted_checkpoint(ckpt, stats)
+    if ckpt.segmenter is not None:
+        # A pipeline's segmenter reads the whole image: its statistics come from the same images, no
+        # mask needed (at a second site this found 23 more of 252 lesions; docs/experiments.md).
+        log.info("estimating the bundled segmenter's batch-norm statistics on the same images")
+        seg_stats = batchnorm_statistics(ckpt.segmenter, records, device, batch_size, names)
+        adapted = dataclasses.replace(adapted, segmenter=adapted_checkpoint(ckpt.segmenter, seg_stats))
+    after = None
+    if ckpt.ood is not None:
+        log.info("refitting the out-of-distribution detector on the local images")
+        detector, after = local_detector(adapted, records, device, names)
+        adapted = dataclasses.replace(adapted, ood=detector)
+    return adapted, len(batchnorm_layers(stats)), before, after
+
+
+def _learnt_digest(ckpt: Checkpoint) -> str:
+    """:func:`~breastai.models.adaptation.learnt_weights_digest` of a model, or of an ensemble's members in order."""
+    if not ckpt.is_ensemble:
+        return learnt_weights_digest(ckpt.weights)
+    return learnt_weights_digest({f"member{i}.{k}": v for i, m in enumerate(ckpt.members) for k, v in m.weights.items()})
+
+
 def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
                      batch_size: int = 32) -> Adaptation:
     """``breastai adapt``: re-estimate ``checkpoint``'s batch-norm statistics on the unlabeled datalist
@@ -185,7 +215,8 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
 
     Args:
         checkpoint: the source checkpoint: a single classifier's, a segmenter's (whole images, no
-            mask needed), or a pipeline's (its classifier and its segmenter both adapted).
+            mask needed), a pipeline's (its classifier and its segmenter both adapted), or an
+            ensemble's (each member with batch norm adapted with its own preset; the combination kept).
         data: datalist of local images, at least :data:`MIN_IMAGES`; labels are not needed (nor
             read); a lesion mask per row where the model crops the lesion or reads radiomics.
         out: the new checkpoint file.
@@ -196,7 +227,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         The recorded :class:`~breastai.models.adaptation.Adaptation`.
 
     Raises:
-        CheckpointError: the checkpoint is missing, corrupted, an ensemble, or has no batch norm.
+        CheckpointError: the checkpoint is missing, corrupted, or has no batch norm.
         DatalistError, RecordError: the datalist or one of its images is unusable (named).
         TooFewImagesError: fewer than :data:`MIN_IMAGES` images.
         ValueError: ``out`` is the source checkpoint or a folder; rows without the mask the model needs.
@@ -214,35 +245,31 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         raise TooFewImagesError(f"datalist {data}: {len(records)} image(s); breastai adapt needs at least {MIN_IMAGES} "
                                 "images of the site (the statistics of fewer are mostly noise)")
     names = row_names(data, records, cfg["data"].get("reader_options"))
-    _check_masks(ckpt, records, names)
+    for m in [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]:
+        _check_masks(m, records, names)  # before any image is scored
     warn_seen_before(ckpt, records)
     if ckpt.recalibration:
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "
                     "statistics this replaces: run breastai calibrate again on the adapted checkpoint", checkpoint)
     dev = resolve_device(device)
-    before = _ood_flagged(ckpt, records, dev, names)
-    log.info("estimating batch-norm statistics on %d local images", len(records))
-    stats = batchnorm_statistics(ckpt, records, dev, batch_size, names)
-    adapted = adapted_checkpoint(ckpt, stats)
-    if ckpt.segmenter is not None:
-        # A pipeline's segmenter reads the whole image: its statistics come from the same images, no
-        # mask needed (at a second site this found 23 more of 252 lesions; docs/experiments.md).
-        log.info("estimating the bundled segmenter's batch-norm statistics on the same images")
-        seg_stats = batchnorm_statistics(ckpt.segmenter, records, dev, batch_size, names)
-        adapted = dataclasses.replace(adapted, segmenter=adapted_checkpoint(ckpt.segmenter, seg_stats))
-    after = None
-    if ckpt.ood is not None:
-        log.info("refitting the out-of-distribution detector on the local images")
-        detector, after = local_detector(adapted, records, dev, names)
-        adapted = dataclasses.replace(adapted, ood=detector)
-    learnt = learnt_weights_digest(ckpt.weights)
-    if learnt_weights_digest(adapted.weights) != learnt:  # only the buffers may move
+    if ckpt.is_ensemble:  # each member has its own statistics and detector; the combination is kept
+        members, layers, before, after = [], 0, None, None
+        for m in ckpt.members:
+            if batchnorm_layers(m.weights):
+                m, n, _, _ = _adapt_model(m, records, dev, batch_size, names)
+                layers += n
+            members.append(m)
+        adapted = dataclasses.replace(ckpt, members=members)
+    else:
+        adapted, layers, before, after = _adapt_model(ckpt, records, dev, batch_size, names)
+    learnt = _learnt_digest(ckpt)
+    if _learnt_digest(adapted) != learnt:  # only the buffers may move
         raise RuntimeError("adapting changed a learnt weight; nothing was written")
-    rec = Adaptation(method="adabn", n=len(records), layers=len(batchnorm_layers(stats)),
+    rec = Adaptation(method="adabn", n=len(records), layers=layers,
                      image_digests=part_digests(records), source_checkpoint=file_sha256(checkpoint),
                      learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      breastai_version=package_versions()["breastai"], ood_flagged_before=before,
-                     ood_flagged_after=after)
+                     ood_flagged_after=after, task="segmentation" if segmenter else "classification")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))
     return rec

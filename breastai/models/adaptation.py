@@ -75,6 +75,8 @@ class Adaptation:
         ood_flagged_before: share of the local images the source checkpoint's out-of-distribution
             detector flags; None: the checkpoint has no detector.
         ood_flagged_after: the same under the adapted statistics and the refitted detector.
+        task: ``classification`` (a classifier, a pipeline, an ensemble: each member's statistics)
+            or ``segmentation`` (a segmenter).
     """
 
     method: str
@@ -87,6 +89,7 @@ class Adaptation:
     breastai_version: str
     ood_flagged_before: float | None = None
     ood_flagged_after: float | None = None
+    task: str = "classification"
 
     def to_state(self) -> dict[str, Any]:
         """The on-disk entry (plain containers)."""

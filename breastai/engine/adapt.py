@@ -247,6 +247,10 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     names = row_names(data, records, cfg["data"].get("reader_options"))
     for m in [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]:
         _check_masks(m, records, names)  # before any image is scored
+    if not segmenter and not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
+        log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models and the "
+                    "segmenter but made a whole-image model's calibration worse (docs/results.md); check the adapted "
+                    "checkpoint on a few labelled cases of your site before relying on it")
     warn_seen_before(ckpt, records)
     if ckpt.recalibration:
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "

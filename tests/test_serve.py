@@ -232,3 +232,19 @@ def test_one_node_per_queue_folder(mg_ckpt, tmp_path):
     with DicomNode(mg_ckpt, tmp_path / "q", options()):
         with pytest.raises(OutputBusyError, match="another breastai node"):
             DicomNode(mg_ckpt, tmp_path / "q", options()).start()
+
+
+def test_round_results_name_a_no_lesion_image_and_send_its_sr():
+    """round.json says "no lesion found" for an image the segmenter found nothing in (not null), and
+    that image's SR is sent; a scored lesion keeps its probability, a failed image its reason."""
+    from breastai.inference.segment import NO_LESION
+    from breastai.inference.serve import round_results
+
+    records = [
+        {"id": "a", "error": None, "label": "malignant", "probability": 0.8, "dicom_sr": "r/a_sr.dcm", "dicom_seg": "r/a_seg.dcm"},
+        {"id": "b", "error": None, "label": NO_LESION, "probability": None, "dicom_sr": "r/b_sr.dcm"},
+        {"id": "c", "error": "c: truncated", "label": None, "probability": None},
+    ]
+    results, objects = round_results(records)
+    assert results == {"a": 0.8, "b": NO_LESION, "c": {"error": "c: truncated"}}
+    assert objects == [str(Path("dicom") / p) for p in ("r/a_sr.dcm", "r/a_seg.dcm", "r/b_sr.dcm")]

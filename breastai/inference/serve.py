@@ -34,11 +34,12 @@ from typing import Any, Iterator, Sequence
 from breastai.data.readers.dicom_header import modality_and_intent, uid_hash
 from breastai.inference.dicom_writer import DICOM_FIELDS, DicomObjects
 from breastai.inference.predictor import MaskProvider, Predictor
+from breastai.inference.segment import NO_LESION
 from breastai.models.outliner import SegmenterSource
 from breastai.inference.serve_queue import Round, Study, StudyQueue
 from breastai.inference.writers import OutputBusyError, PredictionTables, output_lock, run_predict
 
-__all__ = ["check_ae_title", "Destination", "ServeOptions", "DicomNode", "SOP_CLASSES", "STATUS_MODALITY",
+__all__ = ["round_results", "check_ae_title", "Destination", "ServeOptions", "DicomNode", "SOP_CLASSES", "STATUS_MODALITY",
            "STATUS_UNREADABLE", "store_files"]
 
 log = logging.getLogger("breastai")
@@ -153,6 +154,23 @@ def store_files(dest: Destination, calling_ae: str, paths: Sequence[Path]) -> It
             yield p, int(status.Status) if "Status" in status else None
     finally:
         assoc.release()
+
+
+def round_results(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """A scoring round's ``round.json`` results and the DICOM objects to send, from predict's records.
+
+    Per record id: the calibrated probability; ``"no lesion found"`` where the segmenter found none
+    (its SR, which says so, is sent like any object); ``{"error": why}`` where the image got no result.
+    """
+    results: dict[str, Any] = {}
+    objects: list[str] = []
+    for rec in records:
+        if rec["error"]:
+            results[rec["id"]] = {"error": rec["error"]}
+            continue
+        results[rec["id"]] = NO_LESION if rec.get("label") == NO_LESION else rec["probability"]
+        objects += [str(Path("dicom") / rec[k]) for k in DICOM_FIELDS if rec.get(k)]
+    return results, objects
 
 
 class DicomNode:
@@ -349,15 +367,10 @@ class DicomNode:
             study.drop_incomplete()
             self._retry_at[study.key] = time.time() + self.options.retry_max_delay
             return None
-        results: dict[str, Any] = {}
-        objects: list[str] = []
-        for rec in records:
-            if rec["error"]:
-                results[rec["id"]] = {"error": rec["error"]}
-                log.warning("study %s: image %s gets no result: %s", study.key, rec["id"], rec["error"])
-                continue
-            results[rec["id"]] = rec["probability"]
-            objects += [str(Path("dicom") / rec[k]) for k in DICOM_FIELDS if rec.get(k)]
+        results, objects = round_results(records)
+        for key, value in results.items():
+            if isinstance(value, dict):
+                log.warning("study %s: image %s gets no result: %s", study.key, key, value["error"])
         rnd = study.complete_round(folder, keys, objects, results)
         log.info("study %s: round %s scored %d image(s), %d failed, %d object(s), in %.1f s", study.key, folder.name,
                  len(keys), sum(isinstance(v, dict) for v in results.values()), len(objects), time.time() - t0)

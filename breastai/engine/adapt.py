@@ -6,10 +6,10 @@ the first reads features off-centre. :func:`batchnorm_statistics` re-estimates t
 statistics on the new site's images, preprocessed exactly as the checkpoint scores them, without
 labels and without touching a learnt weight; :func:`adapted_checkpoint` puts them into a copy of
 the checkpoint. :func:`adapt_checkpoint` is the command: it checks the checkpoint and the
-datalist, estimates the statistics, scores the local images with the source and with the
-adapted model for the out-of-distribution detector's view of them (a detector is tied to the
-statistics it was fitted under: see :class:`~breastai.models.adaptation.Adaptation`), and writes the
-new checkpoint with its :class:`~breastai.models.adaptation.Adaptation` record.
+datalist, estimates the statistics (for a pipeline its segmenter's too, for an ensemble each
+member's), refits the out-of-distribution detector on the local images (:func:`local_detector`: a
+detector is tied to the statistics it was fitted under), and writes the new checkpoint with its
+:class:`~breastai.models.adaptation.Adaptation` record.
 ``benchmarks/adabn_cross_site.py`` measured the adaptation across sites, ``benchmarks/adabn_ood.py``
 what it does to the detector.
 """
@@ -36,7 +36,7 @@ from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
-from breastai.engine.scoring import _Named, predict_records, row_names
+from breastai.engine.scoring import _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
 from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
@@ -100,7 +100,7 @@ def batchnorm_statistics(ckpt: Checkpoint, records: Sequence[dict[str, Any]], de
         m.momentum = None  # cumulative average over all batches, not an exponential one
         m.train()
     cfg = {**ckpt.config, "data": {**ckpt.config["data"], "cache": "none"}}
-    names = [f"{Keys.CASE_ID} {r[Keys.CASE_ID]}" for r in records] if names is None else names
+    names = default_names(records) if names is None else names
     loader = DataLoader(_Named(build_dataset(cfg, records, False), names),
                         batch_size=_even_batch_size(len(records), batch_size), shuffle=False,
                         num_workers=cfg["data"]["num_workers"], collate_fn=collate)

@@ -38,7 +38,7 @@ from breastai.engine.scoring import RecordError, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.outliner import Outliner
-from breastai.reporting.levels import NO_LESION_LOG_ODDS
+from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
 __all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "score_outlined"]
@@ -124,7 +124,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
                 if zj == best[i] and row_ood[i] is None:
                     row_ood[i] = float(o)
     missed = ~np.isfinite(best)
-    best[missed] = min(NO_LESION_LOG_ODDS, float(best[~missed].min()) - 1.0) if (~missed).any() else NO_LESION_LOG_ODDS
+    best[missed] = unscored_floor(best[~missed])
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])
     # The row's raw logit is the one its best calibrated log-odds came from, so score_part calibrates it back.
     row_pred = {"label": labels, "case_id": [r[Keys.CASE_ID] for r in records],

@@ -24,7 +24,7 @@ from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
 from breastai.reporting.metrics import ece, evaluation_report
 
-__all__ = ["NonFiniteScoreError", "RecordError", "check_finite", "row_names", "score_part", "predict_records",
+__all__ = ["NonFiniteScoreError", "RecordError", "check_finite", "row_names", "default_names", "score_part", "predict_records",
            "members_log_odds", "combined_log_odds", "ensemble_predict_records"]
 
 _SHOWN = 5  # case ids named in an error; the count says how many more
@@ -132,6 +132,11 @@ def score_part(pred: dict[str, np.ndarray], ckpt: Checkpoint, n_boot: int) -> tu
     return probs, rep, rows
 
 
+def default_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """How an error names each record when the caller gives no datalist rows: ``case_id C``."""
+    return [f"{Keys.CASE_ID} {r[Keys.CASE_ID]}" for r in records]
+
+
 def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
                     progress: bool = False, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Raw logits of a checkpoint's model on ``records``, preprocessed by the checkpoint's own
@@ -149,7 +154,7 @@ def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device:
         RecordError: a record's image or mask cannot be read or prepared (named by ``names``).
         NonFiniteScoreError: a logit is NaN or infinite.
     """
-    names = [f"{Keys.CASE_ID} {r[Keys.CASE_ID]}" for r in records] if names is None else names
+    names = default_names(records) if names is None else names
     if ckpt.is_ensemble:
         return ensemble_predict_records(ckpt, records, device, progress, names)
     cfg = {**ckpt.config, "data": {**ckpt.config["data"], "cache": "none"}}

@@ -60,14 +60,20 @@ from scipy import special
 from breastai.models.calibration import fit_platt
 from breastai.reporting.metrics import MetricError, choose_threshold
 
-__all__ = ["LEVELS", "RULES", "NO_LESION_LOG_ODDS", "ImageScore", "LevelRule", "LevelScore", "LevelError",
-           "combine_log_odds", "level_key", "aggregate", "default_rule", "fit_level_rule", "level_rows"]
+__all__ = ["LEVELS", "RULES", "NO_LESION_LOG_ODDS", "unscored_floor", "ImageScore", "LevelRule", "LevelScore",
+           "LevelError", "combine_log_odds", "level_key", "aggregate", "default_rule", "fit_level_rule", "level_rows"]
 
 LEVELS = ("lesion", "image", "breast", "exam")
 # The calibrated log-odds of "no lesion found" where a number is needed (evaluate): sigmoid about
 # 1e-13, i.e. probability 0; groups and rows below every scored one take at most this.
 NO_LESION_LOG_ODDS = -30.0
 RULES = ("max", "mean", "noisy_or")
+
+
+def unscored_floor(scored: Sequence[float]) -> float:
+    """The log-odds given to what was not scored where a number is needed:
+    ``min(NO_LESION_LOG_ODDS, lowest scored - 1)``, probability about 0 and below everything scored."""
+    return min([NO_LESION_LOG_ODDS, *(float(v) - 1.0 for v in scored)])
 LATERALITIES = ("L", "R", "B")
 
 
@@ -273,7 +279,7 @@ def aggregate(scores: Sequence[ImageScore], rule: LevelRule,
             driver=driver, n_images=len({m.image or m.case_id for m in members}),
             n_lesions=sum(m.n_lesions for m in members), fields=fields))
     if unscored_last and any(g.raw is None for g in out):
-        floor = min([NO_LESION_LOG_ODDS] + [g.raw - 1.0 for g in out if g.raw is not None])
+        floor = unscored_floor([g.raw for g in out if g.raw is not None])
         out = [g if g.raw is not None else replace(g, raw=floor, log_odds=rule.slope * floor + rule.bias)
                for g in out]
     return out, left_out

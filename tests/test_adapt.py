@@ -231,10 +231,18 @@ def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
     assert f"{holes}, row 5 (case_id {rows[3]['case_id']})" in err and f"row 9 (case_id {rows[7]['case_id']})" in err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
+    # an unreadable image is named and left out, the others adapt the model (a batch goes on past one bad file)
     broken = write_rows(tmp_path / "broken.csv", [*rows[:24], {**rows[24], "image": str(bad)}])
-    err = _refused(args(ckpt, broken, tmp_path / "o.pt"), capsys)
-    assert f"{broken}, row 26 (case_id {rows[24]['case_id']})" in err
-    assert not (tmp_path / "o.pt").exists()
+    capsys.readouterr()
+    assert _adapt_cli(args(ckpt, broken, tmp_path / "o.pt")) == 0
+    printed = capsys.readouterr().out
+    rec = load_checkpoint(tmp_path / "o.pt").adaptation[-1]
+    assert rec.n == 24 and len(rec.skipped) == 1 and f"{broken}, row 26 (case_id {rows[24]['case_id']})" in rec.skipped[0]
+    assert "1 row(s) could not be read" in printed and rec.skipped[0] in printed
+    # with too few readable images left, nothing is written
+    err = _refused(args(ckpt, write_rows(tmp_path / "broken20.csv", [*rows[:19], {**rows[24], "image": str(bad)}]),
+                        tmp_path / "o20.pt"), capsys)
+    assert "19 image(s) readable (1 unreadable, skipped)" in err and not (tmp_path / "o20.pt").exists()
 
 
 def test_a_model_without_batch_norm_is_refused(site):

@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     rec = adapt_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
     print(f"batch-norm statistics of {rec.layers} layers re-estimated on {rec.n} local images (no labels read)")
+    if rec.skipped:
+        print(f"{len(rec.skipped)} row(s) could not be read and were left out:")
+        for why in rec.skipped:
+            print(f"  {why}")
     if rec.ood_flagged_before is not None:
         print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
               f"its training site); refitted on them, it flags {rec.ood_flagged_after:.0%} and from now on flags what "

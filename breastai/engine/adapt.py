@@ -36,7 +36,7 @@ from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
-from breastai.engine.scoring import _Named, default_names, predict_records, row_names
+from breastai.engine.scoring import RecordError, _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
 from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
@@ -116,6 +116,29 @@ def adapted_checkpoint(ckpt: Checkpoint, statistics: dict[str, torch.Tensor]) ->
     if unknown:
         raise KeyError(f"statistics for buffers the checkpoint does not have: {unknown[:3]}")
     return dataclasses.replace(ckpt, weights={**ckpt.weights, **statistics})
+
+
+def unreadable_rows(models: Sequence[Checkpoint], records: Sequence[dict[str, Any]],
+                    names: Sequence[str]) -> list[tuple[int, str]]:
+    """The rows some model's evaluation preset cannot prepare (a truncated file, an unreadable mask),
+    each with the error naming it: a site's archive of hundreds of images should not fail on one.
+    Preprocessing only (no network), one pass per distinct preset."""
+    bad: dict[int, str] = {}
+    seen: list[dict[str, Any]] = []
+    for m in models:
+        cfg = {**m.config, "data": {**m.config["data"], "cache": "none"}}
+        key = {k: cfg[k] for k in ("preprocess", "data")}
+        if key in seen:
+            continue
+        seen.append(key)
+        ds = _Named(build_dataset(cfg, records, False), names)
+        for i in range(len(records)):
+            if i not in bad:
+                try:
+                    ds[i]
+                except RecordError as exc:
+                    bad[i] = str(exc)
+    return sorted(bad.items())
 
 
 def check_adaptable(ckpt: Checkpoint, source: str | Path) -> None:
@@ -241,12 +264,22 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     segmenter = checkpoint_task(ckpt) == "segmentation"
     records = read_samples(data, cfg["data"], cfg["data"]["classes"] if segmenter else ckpt.classes,
                            require_label=False)
-    if len(records) < MIN_IMAGES:
-        raise TooFewImagesError(f"datalist {data}: {len(records)} image(s); breastai adapt needs at least {MIN_IMAGES} "
-                                "images of the site (the statistics of fewer are mostly noise)")
     names = row_names(data, records, cfg["data"].get("reader_options"))
-    for m in [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]:
-        _check_masks(m, records, names)  # before any image is scored
+    models = [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]
+    for m in models:
+        _check_masks(m, records, names)  # before any image is read
+    skipped = unreadable_rows([*models, *([ckpt.segmenter] if ckpt.segmenter is not None else [])], records, names)
+    for _, why in skipped:
+        log.warning("skipped: %s", why)
+    if skipped:
+        drop = {i for i, _ in skipped}
+        names = [n for i, n in enumerate(names) if i not in drop]
+        records = [r for i, r in enumerate(records) if i not in drop]
+    if len(records) < MIN_IMAGES:
+        raise TooFewImagesError(f"datalist {data}: {len(records)} image(s)"
+                                + (f" readable ({len(skipped)} unreadable, skipped)" if skipped else "")
+                                + f"; breastai adapt needs at least {MIN_IMAGES} images of the site (the statistics "
+                                "of fewer are mostly noise)")
     if not segmenter and not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
         log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models and the "
                     "segmenter but made a whole-image model's calibration worse (docs/results.md); check the adapted "
@@ -273,7 +306,8 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                      image_digests=part_digests(records), source_checkpoint=file_sha256(checkpoint),
                      learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      breastai_version=package_versions()["breastai"], ood_flagged_before=before,
-                     ood_flagged_after=after, task="segmentation" if segmenter else "classification")
+                     ood_flagged_after=after, task="segmentation" if segmenter else "classification",
+                     skipped=[why for _, why in skipped])
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))
     return rec

@@ -77,6 +77,7 @@ class Adaptation:
         ood_flagged_after: the same under the adapted statistics and the refitted detector.
         task: ``classification`` (a classifier, a pipeline, an ensemble: each member's statistics)
             or ``segmentation`` (a segmenter).
+        skipped: the datalist rows that could not be prepared (each named, with why), left out.
     """
 
     method: str
@@ -90,6 +91,7 @@ class Adaptation:
     ood_flagged_before: float | None = None
     ood_flagged_after: float | None = None
     task: str = "classification"
+    skipped: list[str] = field(default_factory=list)
 
     def to_state(self) -> dict[str, Any]:
         """The on-disk entry (plain containers)."""

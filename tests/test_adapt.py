@@ -101,7 +101,10 @@ def adapted(ckpt, new_site, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("adapted") / "local.pt"
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    # the detector's refit on a site this small (32 images) is allowed here to test it; by default
+    # it needs MIN_DETECTOR_IMAGES (see test_too_few_images_for_the_detector_leave_none)
+    with contextlib.redirect_stdout(buf), pytest.MonkeyPatch.context() as mp:
+        mp.setattr("breastai.engine.adapt.MIN_DETECTOR_IMAGES", 16)
         assert _adapt_cli(["--checkpoint", str(ckpt), "--data", str(new_site[0]), "--out", str(out),
                            "--device", "cpu", "--threads", "1"]) == 0
     return out, buf.getvalue()
@@ -192,7 +195,22 @@ def _refused(argv: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
+def test_too_few_images_for_the_detector_leave_none(ckpt, new_site, tmp_path, capsys):
+    """32 images adapt the statistics but are too few to refit the detector: the adapted checkpoint has
+    none (a loose one would call a mammogram ultrasound), and the command says so."""
+    from breastai.engine.adapt import MIN_DETECTOR_IMAGES
+
+    assert len(new_site[1]) < MIN_DETECTOR_IMAGES
+    out = tmp_path / "few.pt"
+    assert _adapt_cli(["--checkpoint", str(ckpt), "--data", str(new_site[0]), "--out", str(out), "--device", "cpu"]) == 0
+    new = load_checkpoint(out)
+    assert load_checkpoint(ckpt).ood is not None and new.ood is None
+    rec = new.adaptation[-1]
+    assert rec.ood_flagged_before is not None and rec.ood_flagged_after is None
+    assert "so the adapted checkpoint has none" in capsys.readouterr().out
+
+
+def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys, monkeypatch):
     from breastai.models.checkpoint import ModelArgs, save_checkpoint
     from conftest import write_rows
 
@@ -206,6 +224,7 @@ def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys):
     ens = save_checkpoint(tmp_path / "ens.pt", dataclasses.replace(
         c, model=ModelArgs("ensemble"), weights={}, members=[c, c], member_weights=[0.5, 0.5], combine="mean"))
     # an ensemble: each member adapted with its own preset, the combination kept
+    monkeypatch.setattr("breastai.engine.adapt.MIN_DETECTOR_IMAGES", 16)  # each member's detector refitted too
     from breastai.models.adaptation import batchnorm_layers
 
     assert _adapt_cli(args(ens, data, tmp_path / "ens_local.pt")) == 0

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Adapt and print what was done and what was not."""
     import torch
 
-    from breastai.engine.adapt import adapt_checkpoint
+    from breastai.engine.adapt import MIN_DETECTOR_IMAGES, adapt_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rec.skipped)} row(s) could not be read and were left out:")
         for why in rec.skipped:
             print(f"  {why}")
-    if rec.ood_flagged_before is not None:
+    if rec.ood_flagged_before is not None and rec.ood_flagged_after is None:
+        print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
+              f"its training site); too few images to refit it on (at least {MIN_DETECTOR_IMAGES}), so the adapted "
+              "checkpoint has none: predict gives no ood flag with it")
+    elif rec.ood_flagged_before is not None:
         print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
               f"its training site); refitted on them, it flags {rec.ood_flagged_after:.0%} and from now on flags what "
               "is unlike this site's images")

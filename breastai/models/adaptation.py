@@ -74,7 +74,8 @@ class Adaptation:
         breastai_version: the breastai that adapted it.
         ood_flagged_before: share of the local images the source checkpoint's out-of-distribution
             detector flags; None: the checkpoint has no detector.
-        ood_flagged_after: the same under the adapted statistics and the refitted detector.
+        ood_flagged_after: the same under the adapted statistics and the refitted detector; None:
+            no detector (none in the source, or too few local images to refit one on).
         task: ``classification`` (a classifier, a pipeline, an ensemble: each member's statistics)
             or ``segmentation`` (a segmenter).
         skipped: the datalist rows that could not be prepared (each named, with why), left out.

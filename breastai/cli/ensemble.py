@@ -21,6 +21,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     n.add_argument("--out", required=True, help="output folder")
     n.add_argument("--combine", default="mean", choices=["mean", "stack"],
                    help="mean: one shared weight (default); stack: one non-negative weight per member")
+    n.add_argument("--segmenter-run", metavar="SEG_RUN",
+                   help="a segmenter's CV run on the same folds: fit the combination on automatic outlines (each "
+                   "validation image outlined by the segmenter that held it out) and write each fold as a pipeline "
+                   "carrying its segmenter, its held-out fold scored as 'evaluate --auto-outline' scores it")
     n.add_argument("--device", default="auto", help="auto, cpu or cuda")
     n.set_defaults(func=run)
     return n
@@ -30,10 +34,13 @@ def run(args: argparse.Namespace) -> int:
     """Build the ensemble and print its cross-validated figures."""
     from breastai.engine.ensemble import build_ensemble
 
-    out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device)
+    out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
+                         segmenter_run=args.segmenter_run)
     ms = out["mean_sd"]
     print(f"ensemble ({args.combine}) of {len(args.runs)} runs: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} "
           f"over {len(out['folds'])} folds, pooled {out['pooled_oof_auc']:.4f}; sensitivity "
           f"{ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
+    if args.segmenter_run:
+        print(f"fitted on automatic outlines from {args.segmenter_run}; each fold's checkpoint is a pipeline")
     print(f"summary: {args.out}/cv_summary.json   checkpoints: {args.out}/fold*/best.pt")
     return 0

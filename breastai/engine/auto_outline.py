@@ -34,14 +34,14 @@ from breastai.core.keys import Keys
 from breastai.data.geometry import reader_to_original
 from breastai.data.readers.masks import LesionBox, load_mask
 from breastai.data.readers.registry import ImageReadError, max_pixels_option
-from breastai.engine.scoring import RecordError, predict_records, score_part
+from breastai.engine.scoring import RecordError, members_log_odds, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "score_outlined"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "outlined_log_odds", "score_outlined"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
@@ -66,6 +66,45 @@ def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[li
         union = np.logical_or.reduce(masks) if masks else np.zeros(truth.shape, bool)
         info.update({"has_lesion": bool(truth.any()), "lesion_found": bool(masks), **mask_metrics(union, truth)})
     return masks, info
+
+
+def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]],
+                      outliners: Sequence[Outliner], device: torch.device, names: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's image-level calibrated log-odds on automatic outlines, as the pipeline's rule scores a row.
+
+    Row ``i`` is outlined by ``outliners[i]`` (its traced mask, if any, is ignored); every found
+    lesion is scored by every member with its own mask, and a member's log-odds for the row is the
+    highest over the row's lesions. With non-negative weights and members that do not read the mask
+    (a whole-image model) this is exactly the row's combined score under the pipeline's rule; with
+    two mask-reading members it is the members' maxima combined, a bound the rule can only meet.
+
+    Args:
+        members: the classifier checkpoints (not ensembles).
+        records: the datalist's samples.
+        outliners: one segmenter per record (for out-of-fold outlines, the one that did not train on it).
+        device: where the members run.
+        names: how errors name each row.
+
+    Returns:
+        ``(log_odds (n, m), found (n,))``: rows where no lesion was found have ``found`` False and
+        log-odds ``-inf`` (the pipeline scores none of them).
+
+    Raises:
+        RecordError: a row's image cannot be read or outlined (naming the row).
+    """
+    lesions: list[dict[str, Any]] = []
+    row_of: list[int] = []
+    for i, (rec, outliner, name) in enumerate(zip(records, outliners, names)):
+        masks, _ = _outline_row({**rec, Keys.MASK: None}, outliner, name)
+        for k, m in enumerate(masks, 1):
+            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
+            row_of.append(i)
+    best = np.full((len(records), len(members)), -np.inf)
+    if lesions:
+        c, _ = members_log_odds(members, lesions, device, names=[names[i] for i in row_of])
+        np.maximum.at(best, np.asarray(row_of), c)
+    return best, np.isfinite(best[:, 0])
 
 
 def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,

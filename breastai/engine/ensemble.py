@@ -158,8 +158,96 @@ def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]])
                              "ensemble members must share their folds")
 
 
+class _SegmenterFolds:
+    """A segmenter CV run's fold checkpoints, loaded once each, and which fold held out each case.
+
+    Raises:
+        ValueError: the run holds out the classifiers' cases in other folds (or not at all).
+    """
+
+    def __init__(self, run: Path, cls_folds: dict[str, int]):
+        from breastai.engine.cv import load_cv_summary
+
+        self.run = run
+        held = {str(p["case_id"]): int(p["fold"]) for p in load_cv_summary(run)["oof_predictions"]}
+        moved = sorted(c for c, f in cls_folds.items() if held.get(c) != f)
+        if moved:
+            raise ValueError(f"{run}: the segmenter run holds out case {moved[0]!r} ({len(moved)} cases in all) in "
+                             "another fold than the classifiers, or not at all: train it on the same fold column "
+                             "(a datalist with a 'fold' column, --folds K)")
+        self.fold_of = held
+        self._loaded: dict[int, Any] = {}
+
+    def checkpoint(self, fold: int) -> Checkpoint:
+        """Fold ``fold``'s segmenter checkpoint, loaded on first use."""
+        self.outliner(fold)
+        return self._loaded[fold][0]
+
+    def outliner(self, fold: int) -> Any:
+        """Fold ``fold``'s segmenter at work (an :class:`~breastai.models.outliner.Outliner`)."""
+        from breastai.models.outliner import Outliner
+
+        if fold not in self._loaded:
+            path = self.run / f"fold{fold}" / "best.pt"
+            ckpt = load_checkpoint(path)
+            self._loaded[fold] = (ckpt, Outliner(ckpt, "cpu", str(path)))
+        return self._loaded[fold][1]
+
+
+def _fit_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict],
+                     names: Sequence[str], va: Sequence[int], te: Sequence[int], fold: int, seg: _SegmenterFolds,
+                     cfg: dict[str, Any], dev: Any, n_boot: int) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
+    """One fold of an ensemble whose combination is fitted on automatic outlines.
+
+    The validation images are outlined by the segmenters that held them out (out-of-fold
+    outlines: the ones a new image gets), each member's log-odds is the highest over the found
+    lesions, and images where nothing was found are left out of the fit (the pipeline scores none
+    of them). The held-out fold is outlined by this fold's segmenter and scored by the resulting
+    pipeline exactly as ``evaluate --auto-outline`` does (0 where no lesion is found).
+
+    Returns:
+        The fold's pipeline checkpoint, its summary row and its out-of-fold rows.
+    """
+    from breastai.engine.auto_outline import outlined_log_odds, score_outlined
+    from breastai.engine.bundle import bundle_pipeline
+
+    classes = list(members[0].classes)
+    val_rows = [records[j] for j in va]
+    outliners = [seg.outliner(seg.fold_of[str(r["case_id"])]) for r in val_rows]
+    c_val, found = outlined_log_odds(members, val_rows, outliners, dev, [names[j] for j in va])
+    y_val = np.array([classes.index(r["label"]) for r in val_rows])
+    try:
+        weights, bias = fit_combiner(c_val[found], y_val[found], combine)
+    except ValueError as exc:
+        raise ValueError(f"fold {fold}: {int(found.sum())} of the validation part's {len(val_rows)} images have a "
+                         f"lesion found by {seg.run}'s segmenters, too few to fit the combination on ({exc})") from exc
+    z_val = np.where(found[:, None], c_val, 0.0) @ weights + bias
+    p_val = np.where(found, 1.0 / (1.0 + np.exp(-z_val)), 0.0)  # nothing found: the pipeline's 0
+    threshold = choose_threshold(y_val, p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
+    metrics = {"val_auc": roc_auc(y_val, p_val), "n_val_fitted": int(found.sum()),
+               "n_val_no_lesion_found": int((~found).sum())}
+    state = ensemble_state(members, weights, bias, combine, threshold, metrics, sources)
+    state.config["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({seg.run})"
+    seg_path = seg.run / f"fold{fold}" / "best.pt"
+    pipeline = bundle_pipeline(state, seg.checkpoint(fold), names=("the ensemble", str(seg_path)))
+    test_rows = [records[j] for j in te]
+    pred, p_test, rep, rows = score_outlined(pipeline, test_rows, seg.outliner(fold), True, dev, n_boot,
+                                             [names[j] for j in te])
+    pipeline.metrics = {**metrics, "test": rep}
+    log.info("fold %d: weights %s, bias %.3f, fitted on %d validation images (%d with no lesion found); held-out "
+             "AUC %.4f, %d images with no lesion found", fold + 1, np.round(weights, 3).tolist(), bias,
+             int(found.sum()), int((~found).sum()), rep["auc"], rep["outline"]["n_no_lesion_found"])
+    z_test = pred["logit"]
+    oof = [{"case_id": str(cid), "fold": fold, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
+            "probability": float(p), "lesion_found": bool(r["n_lesions"])}
+           for cid, y, z, p, r in zip(pred["case_id"], pred["label"], z_test, p_test, rows)]
+    summary = {"fold": fold, "weights": weights.tolist(), "bias": bias, **{k: v for k, v in rep.items() if k != "outline"},
+               "n_no_lesion_found": rep["outline"]["n_no_lesion_found"]}
+    return pipeline, summary, oof
+
+
 def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "mean", device: str = "cpu",
-                   n_boot: int | None = None) -> dict[str, Any]:
+                   n_boot: int | None = None, segmenter_run: str | Path | None = None) -> dict[str, Any]:
     """Combine cross-validation runs fold by fold; write checkpoints and a CV summary into ``out``.
 
     For each fold, the members' ``fold{i}/best.pt`` score the fold's validation part (carved
@@ -172,6 +260,10 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         combine: ``mean`` or ``stack`` (see :func:`fit_combiner`).
         device: ``cpu``, ``cuda`` or ``auto``.
         n_boot: bootstrap resamples for the AUC intervals (default: the first member's setting).
+        segmenter_run: a segmenter's CV run on the same folds. The combination is then fitted on
+            automatic outlines (:func:`_fit_on_outlines`) and each fold's checkpoint is a pipeline
+            carrying that fold's segmenter, its held-out fold scored as ``evaluate --auto-outline``
+            scores it.
 
     Returns:
         The CV summary.
@@ -207,6 +299,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
     per_fold, oof = [], []
+    seg = _SegmenterFolds(Path(segmenter_run), now) if segmenter_run is not None else None
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
         members = [load_checkpoint(p) for p in paths]
@@ -214,6 +307,13 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
             if m.is_ensemble:
                 raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
         sources = [str(p) for p in paths]
+        if seg is not None:
+            state, fold, rows = _fit_on_outlines(members, sources, combine, records, names, va, te, i, seg, cfg, dev,
+                                                 n_boot)
+            save_checkpoint(out / f"fold{i}" / "best.pt", state)
+            per_fold.append(fold)
+            oof += rows
+            continue
         c_val, val = members_log_odds(members, [records[j] for j in va], dev, names=[names[j] for j in va],
                                       sources=sources)
         weights, bias = fit_combiner(c_val, val["label"], combine)
@@ -237,4 +337,6 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
                 for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
     cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
            "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}
+    if seg is not None:
+        cfg["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({segmenter_run})"
     return cv_summary(per_fold, oof, cfg, out)

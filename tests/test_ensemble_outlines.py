@@ -1,0 +1,107 @@
+"""``breastai ensemble --segmenter-run``: a combination fitted on the outlines the pipeline will get.
+
+A real (tiny) 2-fold segmenter run and two 2-fold classifier runs (lesion crop, whole image) share
+one fold column, on bright discs on noise (conftest's ``blob_datalist``: one image in four is
+normal). The assertions are about where the outlines come from and what each fold writes; the
+classifiers' figures on discs with random labels are not the point.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import _tiny_config, blob_datalist, seg_config, write_rows
+
+from breastai.engine import auto_outline
+from breastai.engine.auto_outline import score_outlined
+from breastai.engine.ensemble import build_ensemble
+from breastai.engine.run import main as train_main
+from breastai.models.checkpoint import load_checkpoint
+from breastai.models.outliner import Outliner
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(segmenter run, crop run, whole run, lesion datalist, folder), all on one fold column."""
+    folder = tmp_path_factory.mktemp("ens_seg")
+    rows = list(csv.DictReader(open(blob_datalist(folder, n=N))))
+    for i, r in enumerate(rows):
+        r["fold"] = str(i // 4 % 2)
+    all_rows = write_rows(folder / "all.csv", rows)
+    lesions = write_rows(folder / "lesions.csv", [r for r in rows if r["label"] != "normal"])
+    common = ("train.folds=2", "log.tensorboard=false")
+    seg = train_main(seg_config(folder, f"data.datalist={all_rows}", "train.epochs=12", "run_name=seg",
+                                *common))
+    cls = ("data.val_fraction=0.3", "train.epochs=1", "data.classes=[benign,malignant]", *common)
+    crop = train_main(_tiny_config(lesions, folder, "run_name=crop", "preprocess.mode=crop", *cls))
+    whole = train_main(_tiny_config(lesions, folder, "run_name=whole", "preprocess.mode=whole", *cls))
+    return Path(seg["run_dir"]), Path(crop["run_dir"]), Path(whole["run_dir"]), lesions, folder
+
+
+@pytest.fixture(scope="module")
+def built(runs):
+    seg, crop, whole, _, folder = runs
+    seen: list[tuple[str, str]] = []
+    real = auto_outline.outlined_log_odds
+
+    def spy(members, records, outliners, device, names):
+        seen.extend((str(r["case_id"]), o.source) for r, o in zip(records, outliners))
+        return real(members, records, outliners, device, names)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(auto_outline, "outlined_log_odds", spy)
+    try:
+        summary = build_ensemble([crop, whole], folder / "ens", combine="stack", n_boot=0, segmenter_run=seg)
+    finally:
+        mp.undo()
+    return summary, folder / "ens", seen
+
+
+def test_validation_images_are_outlined_by_the_segmenter_that_held_them_out(runs, built):
+    seg, *_ = runs
+    summary, _, seen = built
+    held = {r["case_id"]: r["fold"] for r in summary["oof_predictions"]}
+    assert seen and len(seen) < len(held)  # validation parts only, never the held-out folds
+    for case, source in seen:
+        assert source == str(seg / f"fold{held[case]}" / "best.pt")
+
+
+def test_each_fold_is_a_pipeline_scored_as_evaluate_auto_outline_scores_it(runs, built):
+    seg, _, _, lesions, _ = runs
+    summary, ens, _ = built
+    rows = list(csv.DictReader(open(lesions)))
+    assert summary["config"]["ensemble"]["fitted_on"].startswith("automatic outlines, out of fold")
+    for k in (0, 1):
+        ckpt = load_checkpoint(ens / f"fold{k}" / "best.pt")
+        assert ckpt.is_ensemble and ckpt.is_pipeline and len(ckpt.member_weights) == 2
+        assert min(ckpt.member_weights) >= 0 and ckpt.temperature == 1.0
+        assert ckpt.config["ensemble"]["fitted_on"] == f"automatic outlines, out of fold ({seg})"
+        assert ckpt.metrics["n_val_fitted"] + ckpt.metrics["n_val_no_lesion_found"] > 0
+        # The held-out fold again, through the file written (its bundled segmenter): the same scores.
+        from breastai.data.frames import read_samples
+
+        part = [r for r in read_samples(str(lesions), ckpt.config["data"], ckpt.classes) if int(r["fold"]) == k]
+        outliner = Outliner(ckpt.segmenter, "cpu")
+        _, probs, _, out_rows = score_outlined(ckpt, part, outliner, True, "cpu", 0, [r["case_id"] for r in part])
+        oof = {r["case_id"]: r for r in summary["oof_predictions"] if r["fold"] == k}
+        assert len(oof) == len(part) == sum(1 for r in rows if r["fold"] == str(k))
+        for r, p, o in zip(part, probs, out_rows):
+            assert oof[r["case_id"]]["probability"] == pytest.approx(float(p), abs=1e-9)
+            assert oof[r["case_id"]]["lesion_found"] == bool(o["n_lesions"])
+            if not o["n_lesions"]:
+                assert p == 0.0
+
+
+def test_a_segmenter_run_on_other_folds_is_refused(runs, tmp_path):
+    seg, crop, whole, _, folder = runs
+    other = tmp_path / "seg_other"
+    other.mkdir()
+    text = (seg / "cv_summary.json").read_text().replace('"fold": 0', '"fold": 9')
+    (other / "cv_summary.json").write_text(text)
+    with pytest.raises(ValueError, match="another fold than the classifiers"):
+        build_ensemble([crop, whole], tmp_path / "ens", combine="stack", n_boot=0, segmenter_run=other)

@@ -74,15 +74,23 @@ def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> li
     return out
 
 
+def _outliner(seg_path: str, flip: bool | None) -> Outliner:
+    """The segmenter, its mirror-image averaging switched as asked (None: as its checkpoint says)."""
+    outliner = Outliner.from_checkpoint(seg_path)
+    if flip is not None:
+        outliner.flip = flip
+    return outliner
+
+
 def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str], measure: bool = True,
-               outline_as: tuple[str, ...] = ("outline",)) -> list[dict]:
+               outline_as: tuple[str, ...] = ("outline",), seg_flip: bool | None = None) -> list[dict]:
     """Per-image results of one part: segmentation figures (unless ``measure`` is False) and each mode's
     malignancy score (the automatic one once per ``outline_as``: ``p_automatic``, ``p_automatic_box``)."""
     paths = [str(r["image"]) for r in rows]
     truth = [_traced(r) for r in rows]
     out = [{"case_id": r["case_id"], "label": r["label"], "has_lesion": bool(t.any())} for r, t in zip(rows, truth)]
     if seg_path is not None and measure:
-        outliner = Outliner.from_checkpoint(seg_path)
+        outliner = _outliner(seg_path, seg_flip)
         t0 = time.time()
         for o, p, t in zip(out, paths, truth):
             image, meta = outliner.read(p)
@@ -106,7 +114,7 @@ def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]
             if seg_path is not None:  # evaluate --auto-outline's own rule (engine.auto_outline)
                 ckpt = load_checkpoint(path)
                 for given in outline_as:
-                    _, probs, _, _ = score_outlined(ckpt, [rows[i] for i in lesion], Outliner.from_checkpoint(seg_path),
+                    _, probs, _, _ = score_outlined(ckpt, [rows[i] for i in lesion], _outliner(seg_path, seg_flip),
                                                     True, torch.device("cpu"), 0, [str(rows[i]["case_id"]) for i in lesion],
                                                     outline_as=given)
                     mode = "automatic" if given == "outline" else f"automatic_{given}"
@@ -141,10 +149,14 @@ def main() -> None:
     ap.add_argument("--no-segmenter", action="store_true", help="the single form without a segmenter")
     ap.add_argument("--outline-as", nargs="+", default=["outline"], choices=["outline", "box"],
                     help="what of each found lesion the classifier is given (several: each is scored)")
+    ap.add_argument("--seg-flip", choices=["on", "off"],
+                    help="switch the segmenter's mirror-image averaging (default: as its checkpoint says)")
+    ap.add_argument("--seg-only", action="store_true", help="measure the outlines only (no classifier)")
     ap.add_argument("--out", type=Path, help="write the per-image rows and the summary as JSON")
     args = ap.parse_args()
     logging.getLogger("breastai").setLevel(logging.WARNING)
     records = read_datalist(args.data, classes=None)
+    flip = None if args.seg_flip is None else args.seg_flip == "on"
     results: dict[str, list[dict]] = {}
     if args.seg_run is not None:
         folds = sorted({int(r["fold"]) for r in records})
@@ -152,17 +164,20 @@ def main() -> None:
         for k in folds:
             part = [r for r in records if int(r["fold"]) == k]
             print(f"fold {k}: {len(part)} images", flush=True)
-            cls = {"crop": str(args.cls_run / f"fold{k}" / "best.pt")}
-            if args.whole_run is not None:
+            cls = {} if args.seg_only else {"crop": str(args.cls_run / f"fold{k}" / "best.pt")}
+            if args.whole_run is not None and not args.seg_only:
                 cls["whole"] = str(args.whole_run / f"fold{k}" / "best.pt")
             rows += [{**r, "fold": k} for r in score_part(part, str(args.seg_run / f"fold{k}" / "best.pt"), cls,
-                                                          outline_as=tuple(args.outline_as))]
+                                                          outline_as=tuple(args.outline_as), seg_flip=flip)]
         results["cv"] = rows
     else:
         seg = None if args.no_segmenter else args.segmenter
-        for i, c in enumerate(args.classifier):
+        if args.seg_only:
+            results["segmenter"] = score_part(records, seg, {}, seg_flip=flip)
+        for i, c in enumerate([] if args.seg_only else args.classifier):
             print(f"classifier {c}", flush=True)
-            results[c] = score_part(records, seg, {"crop": c}, measure=i == 0, outline_as=tuple(args.outline_as))
+            results[c] = score_part(records, seg, {"crop": c}, measure=i == 0, outline_as=tuple(args.outline_as),
+                                    seg_flip=flip)
             if i and seg is not None:  # the outlines are the segmenter's alone: measured once
                 for a, b in zip(results[c], results[args.classifier[0]]):
                     a.update({k: v for k, v in b.items() if k in ("presence_probability", "lesion_found", "n_lesions",

@@ -214,3 +214,37 @@ def test_breastai_train_prints_a_segmenters_figures(tmp_path, capsys, folds):
     out = capsys.readouterr().out
     assert "Dice mean" in out and "presence AUC" in out and "missed" in out
     assert ("cv_summary.json" in out) == bool(folds)
+
+
+def test_flip_average_is_the_mean_of_the_image_and_its_mirror():
+    from breastai.models.segmenter import segment
+
+    torch.manual_seed(0)
+    model = create_model("unet_small", in_chans=1).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        plain, mirror, both = segment(model, x), model(torch.flip(x, dims=[-1])), segment(model, x, flip=True)
+    assert torch.allclose(both.mask_logits, (plain.mask_logits + torch.flip(mirror.mask_logits, dims=[-1])) / 2)
+    assert torch.allclose(both.presence_logit, (plain.presence_logit + mirror.presence_logit) / 2)
+    assert not torch.allclose(plain.mask_logits, both.mask_logits)  # the untrained net is not symmetric
+
+
+def test_an_outliner_with_flip_average_outlines_a_mirror_image_as_the_mirror_of_its_outline(seg_ckpt):
+    """With ``eval.flip_average`` the outline no longer depends on which way the probe faced."""
+    from conftest import blob_image
+
+    from breastai.models.outliner import Outliner
+
+    ckpt = load_checkpoint(seg_ckpt)
+    img, _ = blob_image((80, 96), [(40, 30, 12)], seed=3)
+    plain = Outliner(ckpt)
+    assert not plain.flip  # the key's default: an older segmenter outlines as it always did
+    ckpt.config["eval"]["flip_average"] = True
+    averaged = Outliner(ckpt)
+    meta = {}
+    a = averaged.outline(img, meta)
+    b = averaged.outline(np.ascontiguousarray(img[:, ::-1]), meta)
+    assert a.presence == pytest.approx(b.presence, abs=1e-5)
+    assert np.abs(a.probability - b.probability[:, ::-1]).max() < 1e-4
+    p = plain.outline(img, meta)
+    assert np.abs(p.probability - plain.outline(np.ascontiguousarray(img[:, ::-1]), meta).probability[:, ::-1]).max() > 1e-3

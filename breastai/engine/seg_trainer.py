@@ -31,6 +31,7 @@ from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.models.lesions import find_lesions, lesion_score, mask_edge
 from breastai.models.registry import create_model
+from breastai.models.segmenter import segment
 from breastai.reporting.metrics import choose_threshold
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
@@ -79,8 +80,9 @@ def segmentation_loss(cfg: dict[str, Any]):
 
 @torch.no_grad()
 def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                         amp: bool = False) -> dict[str, Any]:
-    """Mask probabilities (float16, network grid), presence logits and traced masks of every sample.
+                         amp: bool = False, flip: bool = False) -> dict[str, Any]:
+    """Mask probabilities (float16, network grid), presence logits and traced masks of every sample
+    (with ``flip``, of the image and its mirror image averaged: :func:`~breastai.models.segmenter.segment`).
 
     Returns ``index``, ``case_id``, ``presence_logit`` (N,), ``prob`` (N, S, S) and ``truth`` (N, S, S) bool,
     sorted by dataset index.
@@ -90,7 +92,7 @@ def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, 
     for batch in loader:
         x = batch[Keys.IMAGE].to(device)
         with autocast(device, amp):
-            out = model(x)
+            out = segment(model, x, flip)
         idx.append(batch[Keys.INDEX].numpy())
         ids.extend(batch[Keys.CASE_ID])
         z.append(out.presence_logit.float().cpu().numpy())
@@ -206,6 +208,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, None, 0)))
     amp = bool(tc["amp"]) and device.type == "cuda"
+    flip = bool(cfg["eval"]["flip_average"])  # validated as inference outlines, so the threshold fits them
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     loss = segmentation_loss(cfg)
 
@@ -229,7 +232,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
         train_loss = train_one_epoch(model, make_loader(train_ds, cfg, True, None, epoch), optimizer, scheduler, None, device,
                                      scaler=scaler, amp=amp, grad_clip=tc["grad_clip"], epoch=epoch,
                                      progress=bool(cfg["log"]["progress"]), batch_loss=loss)
-        val = predict_segmentation(model, val_loader, device, amp)
+        val = predict_segmentation(model, val_loader, device, amp, flip)
         scores = _raw_scores(val, sc["pixel_threshold"])
         dice = scores["dice"]
         improved = epoch == tc["epochs"] - 1 if tc["select"] == "last" else dice > best["auc"] + 1e-6
@@ -263,7 +266,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
 
     kept = load_checkpoint(best_path, map_location=device)
     raw_model.load_state_dict(kept.weights)
-    val = best_val if best_val is not None else predict_segmentation(model, val_loader, device, amp)
+    val = best_val if best_val is not None else predict_segmentation(model, val_loader, device, amp, flip)
     has = np.array([t.any() for t in val["truth"]], int)
     # Presence: calibrated and thresholded on validation; with one kind of image there it stays raw.
     # Platt's targets: lesion against normal images is often separable on validation, where a plain
@@ -276,7 +279,8 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     result: dict[str, Any] = {"best_epoch": kept.best_epoch, "val": segmentation_summary(val_rows, nb),
                               "threshold": kept.threshold, "temperature": kept.temperature, "epoch_seconds": epoch_seconds}
     if test_recs:
-        test = predict_segmentation(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device, amp)
+        test = predict_segmentation(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
+                                    amp, flip)
         result["test_predictions"] = score_segmentation(test, cfg, kept.temperature, kept.threshold)
         result["test"] = segmentation_summary(result["test_predictions"], nb)
     if main_rank:

@@ -31,6 +31,7 @@ from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
                                         model_from_checkpoint)
 from breastai.models.lesions import Lesion, find_lesions
+from breastai.models.segmenter import segment
 
 __all__ = ["Outline", "Outliner", "SegmenterSource", "require_task", "resolve_segmenter"]
 
@@ -100,6 +101,7 @@ class Outliner:
                                   f"({exc}); it was not written by breastai train") from exc
         self.source, self.cfg, self.device = source, cfg, torch.device(device)
         self.calibration, self.threshold = ckpt.calibration, float(ckpt.threshold)
+        self.flip = bool(cfg.get("eval", {}).get("flip_average", False))
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None
         self.model = model_from_checkpoint(ckpt).to(self.device).eval()
         for p in self.model.parameters():
@@ -121,7 +123,7 @@ class Outliner:
         d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
         for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
             d = step(d)
-        out = self.model(d["image"][None].to(self.device))
+        out = segment(self.model, d["image"][None].to(self.device), self.flip)
         prob = torch.sigmoid(out.mask_logits.float())[0, 0].cpu().numpy()
         z = calibrated_logit(out.presence_logit.float().cpu().numpy(), self.calibration)
         presence = float(apply_temperature(z, 1.0)[0])

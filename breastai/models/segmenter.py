@@ -21,7 +21,7 @@ from breastai.models.backbones import efficientnet_lite
 from breastai.models.classifier import _GREY_MEAN, _GREY_STD
 from breastai.models.registry import ModelSpec, register_model
 
-__all__ = ["SegOutput", "LesionSegmenter", "lite0_encoder", "small_encoder"]
+__all__ = ["SegOutput", "LesionSegmenter", "lite0_encoder", "segment", "small_encoder"]
 
 
 class SegOutput(NamedTuple):
@@ -144,6 +144,17 @@ class LesionSegmenter(nn.Module):
         if logits.shape[-2:] != x.shape[-2:]:
             logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return SegOutput(logits, self.presence_head(feats[-1]).squeeze(1))
+
+
+def segment(model: nn.Module, x: torch.Tensor, flip: bool = False) -> SegOutput:
+    """The segmenter's output for a batch; with ``flip`` the mean of the image's and its mirror
+    image's logits (the mirror's mask mirrored back), ``eval.flip_average`` for a segmenter."""
+    out = model(x)
+    if not flip:
+        return out
+    mirror = model(torch.flip(x, dims=[-1]))
+    return SegOutput((out.mask_logits + torch.flip(mirror.mask_logits, dims=[-1])) / 2,
+                     (out.presence_logit + mirror.presence_logit) / 2)
 
 
 def _factory(encoder):

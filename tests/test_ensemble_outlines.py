@@ -105,3 +105,19 @@ def test_a_segmenter_run_on_other_folds_is_refused(runs, tmp_path):
     (other / "cv_summary.json").write_text(text)
     with pytest.raises(ValueError, match="another fold than the classifiers"):
         build_ensemble([crop, whole], tmp_path / "ens", combine="stack", n_boot=0, segmenter_run=other)
+
+
+def test_a_fold_checkpoint_predicts_a_new_image_with_no_outline_given(runs, built):
+    """The file is a pipeline: ``predict`` outlines with the bundled segmenter and scores with the ensemble."""
+    from breastai.inference.predictor import Predictor
+
+    _, _, _, lesions, folder = runs
+    _, ens, _ = built
+    row = next(r for r in csv.DictReader(open(lesions)) if r["fold"] == "0")
+    pred = Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
+    recs = pred.predict(str(folder / row["image"]))
+    assert recs and all(r["error"] is None for r in recs)
+    found = [r for r in recs if r["probability"] is not None]
+    assert found, "the bundled segmenter finds the disc"
+    for r in found:
+        assert r["mask_source"] == "segmenter" and 0.0 <= r["probability"] <= 1.0

@@ -138,6 +138,31 @@ def malignancy(rows: list[dict], mode: str, n_boot: int = 2000) -> dict:
             "sensitivity": m["sensitivity"], "specificity": m["specificity"], "ece": ece(y, p)}
 
 
+DICE_EDGES = (0.5, 0.8, 0.9)  # bands: Dice 0, (0, 0.5), [0.5, 0.8), [0.8, 0.9), [0.9, 1]
+
+
+def by_dice(rows: list[dict]) -> list[dict]:
+    """The automatic and traced AUC of the lesion images, split by the Dice of their automatic outline.
+
+    The first band is Dice 0 (nothing found, or nothing in the right place). Where the outline is
+    good and the automatic score still trails the traced one, the classifier reads something of
+    the reader's tracing that a good automatic outline does not have.
+    """
+    rows = [r for r in rows if "p_automatic" in r and "p_traced" in r and r.get("dice") is not None]
+    names = ["0", *[f"{a}-{b}" for a, b in zip((0.0, *DICE_EDGES), (*DICE_EDGES, 1.0))]]
+    band = [0 if r["dice"] == 0 else 1 + int(np.searchsorted(DICE_EDGES, r["dice"], side="right")) for r in rows]
+    out = []
+    for k, name in enumerate(names):
+        part = [r for r, b in zip(rows, band) if b == k]
+        y = np.array([int(r["label"] == MALIGNANT) for r in part])
+        entry = {"dice": name, "n": len(part), "n_malignant": int(y.sum())}
+        if 0 < y.sum() < len(y):
+            entry.update(automatic=roc_auc(y, [r["p_automatic"] for r in part]),
+                         traced=roc_auc(y, [r["p_traced"] for r in part]))
+        out.append(entry)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="datalist (with a fold column for the cross-validated form)")
@@ -190,6 +215,8 @@ def main() -> None:
         for mode in ("automatic", "automatic_box", "traced", "box", "whole"):
             if any(f"p_{mode}" in r for r in rows):
                 s[mode] = malignancy(rows, mode)
+        if any("p_automatic" in r and "p_traced" in r for r in rows):
+            s["by_outline_dice"] = by_dice(rows)
         if any("p_automatic" in r for r in rows):
             s["automatic"]["no_lesion_found"] = int(sum(1 for r in rows if "p_automatic" in r and not r.get("lesion_found")))
         summary[name] = s

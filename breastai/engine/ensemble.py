@@ -165,10 +165,10 @@ class _SegmenterFolds:
         ValueError: the run holds out the classifiers' cases in other folds (or not at all).
     """
 
-    def __init__(self, run: Path, cls_folds: dict[str, int]):
+    def __init__(self, run: Path, cls_folds: dict[str, int], device: Any = "cpu"):
         from breastai.engine.cv import load_cv_summary
 
-        self.run = run
+        self.run, self.device = run, device
         held = {str(p["case_id"]): int(p["fold"]) for p in load_cv_summary(run)["oof_predictions"]}
         moved = sorted(c for c, f in cls_folds.items() if held.get(c) != f)
         if moved:
@@ -190,7 +190,7 @@ class _SegmenterFolds:
         if fold not in self._loaded:
             path = self.run / f"fold{fold}" / "best.pt"
             ckpt = load_checkpoint(path)
-            self._loaded[fold] = (ckpt, Outliner(ckpt, "cpu", str(path)))
+            self._loaded[fold] = (ckpt, Outliner(ckpt, self.device, str(path)))
         return self._loaded[fold][1]
 
 
@@ -299,7 +299,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
     per_fold, oof = [], []
-    seg = _SegmenterFolds(Path(segmenter_run), now) if segmenter_run is not None else None
+    seg = _SegmenterFolds(Path(segmenter_run), now, dev) if segmenter_run is not None else None
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
         members = [load_checkpoint(p) for p in paths]

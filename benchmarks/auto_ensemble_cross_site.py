@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from breastai.engine.auto_outline import outlined_log_odds, score_outlined
+from breastai.engine.auto_outline import score_outlined
 from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.cv import load_cv_summary, run_folds
-from breastai.engine.ensemble import ensemble_state, fit_combiner
+from breastai.engine.ensemble import ensemble_state, fit_on_outlines
 from breastai.engine.scoring import row_names
 from breastai.models.checkpoint import load_checkpoint
 from breastai.models.outliner import Outliner
@@ -54,11 +54,9 @@ def main() -> None:
     seg_folds = {k: Outliner.from_checkpoint(args.seg_run / f"fold{k}" / "best.pt") for k in sorted(set(held.values()))}
     val = [j for j in va if str(records[j]["case_id"]) in held]
     print(f"validation part: {len(va)} images, {len(val)} with an out-of-fold outline", flush=True)
-    c_val, found = outlined_log_odds(members, [records[j] for j in val],
-                                     [seg_folds[held[str(records[j]["case_id"])]] for j in val], dev,
-                                     [names[j] for j in val])
-    y_val = np.array([members[0].classes.index(records[j]["label"]) for j in val])
-    weights, bias = fit_combiner(c_val[found], y_val[found], "stack")
+    weights, bias, _, found = fit_on_outlines(members, [records[j] for j in val],
+                                              [seg_folds[held[str(records[j]["case_id"])]] for j in val], "stack", dev,
+                                              [names[j] for j in val])
     print(f"weights {np.round(weights, 3).tolist()} (crop, whole), bias {bias:.3f}; fitted on {int(found.sum())} "
           f"images, {int((~found).sum())} with no lesion found", flush=True)
     state = ensemble_state(members, weights, bias, "stack", 0.5, {}, ["crop", "whole"])

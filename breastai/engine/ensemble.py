@@ -37,7 +37,7 @@ from breastai.engine.scoring import members_log_odds, row_names
 from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
-__all__ = ["COMBINE", "fit_combiner", "ensemble_state", "build_ensemble"]
+__all__ = ["COMBINE", "fit_combiner", "fit_on_outlines", "ensemble_state", "build_ensemble"]
 
 log = logging.getLogger("breastai")
 
@@ -158,6 +158,33 @@ def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]])
                              "ensemble members must share their folds")
 
 
+def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], outliners: Sequence[Any],
+                    combine: str, device: Any, names: Sequence[str]) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """The members' combination fitted on automatic outlines, as the pipeline will score a row.
+
+    Row ``i`` is outlined by ``outliners[i]`` (for out-of-fold outlines, the segmenter that did not
+    train on it); each member's log-odds is the highest over the found lesions
+    (:func:`~breastai.engine.auto_outline.outlined_log_odds`), and rows where nothing was found are
+    left out of the fit (the pipeline scores none of them).
+
+    Returns:
+        ``(weights, bias, log_odds (n, m), found (n,))``.
+
+    Raises:
+        ValueError: the rows with a lesion found hold one class only.
+    """
+    from breastai.engine.auto_outline import outlined_log_odds
+
+    c, found = outlined_log_odds(members, records, outliners, device, names)
+    y = np.array([members[0].classes.index(r["label"]) for r in records])
+    try:
+        weights, bias = fit_combiner(c[found], y[found], combine)
+    except ValueError as exc:
+        raise ValueError(f"{int(found.sum())} of {len(records)} images have a lesion found, too few to fit the "
+                         f"combination on ({exc})") from exc
+    return weights, bias, c, found
+
+
 class _SegmenterFolds:
     """A segmenter CV run's fold checkpoints, loaded once each, and which fold held out each case.
 
@@ -208,19 +235,16 @@ def _fit_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], comb
     Returns:
         The fold's pipeline checkpoint, its summary row and its out-of-fold rows.
     """
-    from breastai.engine.auto_outline import outlined_log_odds, score_outlined
+    from breastai.engine.auto_outline import score_outlined
     from breastai.engine.bundle import bundle_pipeline
 
-    classes = list(members[0].classes)
     val_rows = [records[j] for j in va]
     outliners = [seg.outliner(seg.fold_of[str(r["case_id"])]) for r in val_rows]
-    c_val, found = outlined_log_odds(members, val_rows, outliners, dev, [names[j] for j in va])
-    y_val = np.array([classes.index(r["label"]) for r in val_rows])
     try:
-        weights, bias = fit_combiner(c_val[found], y_val[found], combine)
+        weights, bias, c_val, found = fit_on_outlines(members, val_rows, outliners, combine, dev, [names[j] for j in va])
     except ValueError as exc:
-        raise ValueError(f"fold {fold}: {int(found.sum())} of the validation part's {len(val_rows)} images have a "
-                         f"lesion found by {seg.run}'s segmenters, too few to fit the combination on ({exc})") from exc
+        raise ValueError(f"fold {fold}: {exc}") from exc
+    y_val = np.array([members[0].classes.index(r["label"]) for r in val_rows])
     z_val = np.where(found[:, None], c_val, 0.0) @ weights + bias
     p_val = np.where(found, 1.0 / (1.0 + np.exp(-z_val)), 0.0)  # nothing found: the pipeline's 0
     threshold = choose_threshold(y_val, p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from breastai.core.config import load_config
 from breastai.data.readers.registry import ImageReadError
@@ -203,3 +204,36 @@ def test_outline_smoothing_makes_a_jagged_and_a_smooth_trace_of_one_lesion_alike
     raw = perimeter(channels["jagged"][0]) / perimeter(channels["smooth"][0])
     smoothed = perimeter(channels["jagged"][1]) / perimeter(channels["smooth"][1])
     assert raw > 1.15 and smoothed < 1.05
+
+
+def test_equalisation_makes_two_scanners_grey_curves_alike(tmp_path):
+    # One scene (speckled tissue, a dark lesion, the scanner's black border) through two grey curves.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:120, :160]
+    lesion = (yy - 60) ** 2 / 25**2 + (xx - 80) ** 2 / 35**2 <= 1
+    # Speckle grains of 4x4 pixels, as real speckle is correlated (a resize then mixes few grains).
+    scene = np.clip(0.55 + 0.15 * np.kron(rng.standard_normal((30, 40)), np.ones((4, 4))), 0.05, 1.0)
+    scene[lesion] *= 0.35
+    scene[:, :12] = 0.0
+    curves = {"a": scene, "b": 0.8 * scene ** 0.5}  # another scanner: a gamma and a lower gain
+    mask = lesion.astype(np.uint8) * 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = {}
+    for name, img in curves.items():
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+        s = {"image": str(tmp_path / f"{name}.png"), "mask": [str(tmp_path / "m.png")], "label": "benign", "case_id": name}
+        base = ["preprocess.mode=crop", "preprocess.size=96", "preprocess.margin=1.0", "preprocess.mask_channel=true"]
+        plain = build_transforms(load_config(None, base), train=False)(s)
+        eq = build_transforms(load_config(None, [*base, "preprocess.equalize=true"]), train=False)(s)
+        assert torch.equal(eq["image"][1], plain["image"][1])  # the outline channel is not touched
+        out[name] = (plain["image"][0].numpy(), eq["image"][0].numpy())
+    eq_gap = np.abs(out["a"][1] - out["b"][1])
+    # Pixels the resize mixed with the black border rank by how the curve bends the mixture: left out.
+    inner = binary_erosion(out["a"][0] > 0, np.ones((3, 3), bool))
+    plain_gap = np.abs(out["a"][0] - out["b"][0])[inner]
+    # Left: 8-bit ties and the resize's mixing at the lesion's edge, a few hundredths at most.
+    assert plain_gap.mean() > 0.1 and eq_gap[inner].mean() < 0.02 and np.quantile(eq_gap[inner], 0.95) < 0.04
+    img = out["a"][1]
+    assert (img[:, :2] == 0).all()  # the black border stays black and is not part of the histogram
+    tissue = img[img > 0]
+    assert np.median(tissue) == pytest.approx(0.5, abs=0.05) and tissue.max() == pytest.approx(1.0, abs=0.01)

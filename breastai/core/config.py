@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         # > 0: the mask channel's outline smoothed by a Gaussian of this fraction of the lesion's
         # equivalent diameter, in training and inference (a reader's pixel-scale roughness removed)
         "outline_smooth": 0.0,
+        "equalize": False,  # histogram-equalise the cut region: any monotone grey curve (gain, dynamic range) removed
     },
     "augment": {
         "enabled": True,

@@ -5,7 +5,7 @@ A sample is a dict keyed by name (MONAI style; the names are :class:`breastai.co
 ``group``. The deterministic part
 
     load -> grey float -> intensity normalisation -> square box (whole image or lesion crop)
-    -> resize to ``size``
+    -> resize to ``size`` [-> histogram equalisation of the cut region, ``preprocess.equalize``]
 
 is cached; the random part (training only, :mod:`breastai.data.augment`) follows it. ``box`` records the square region of the
 source image that became the network input, so maps can be sent back to the original geometry.
@@ -32,6 +32,7 @@ __all__ = [
     "SquareBoxd",
     "ToInputd",
     "SmoothOutlined",
+    "EqualizeHistd",
     "square_box",
     "deterministic_transforms",
     "build_transforms",
@@ -151,6 +152,36 @@ class SquareBoxd(MapTransform):
         return d
 
 
+class EqualizeHistd(MapTransform):
+    """Histogram equalisation of the cut region: each pixel replaced by its rank among the region's
+    non-black pixels, y = (#{v < x} + #{v <= x}) / 2n over those n pixels v (mid-ranks for ties).
+
+    Black pixels (the scanner's empty background, the zero padding past the image's edge) stay 0
+    and are left out of the ranking, so how much of them the crop holds does not shift the
+    tissue's grey levels. Any strictly increasing grey curve T with T(0) = 0 gives the same
+    output, which is what scanners differ by (gain, dynamic range, post-processing curves); what
+    is kept is each pixel's rank in the region, the lesion's echogenicity relative to its
+    surroundings. Exact ranks rather than a binned histogram (MONAI's ``equalize_hist``): with
+    bins, where the bin edges fall moves with the curve, and a dark lesion packed into a few bins
+    shifts by up to a bin's mass.
+    """
+
+    def __init__(self, keys: Sequence[str] = (Keys.IMAGE,), min_pixels: int = 16):
+        super().__init__(keys=list(keys))
+        self.min_pixels = int(min_pixels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = np.asarray(d[key], dtype=np.float32)
+            content = x > 0
+            ranked = np.sort(x[content])
+            if ranked.size >= self.min_pixels:  # an (almost) empty region has no histogram to equalise
+                below = np.searchsorted(ranked, x, side="left") + np.searchsorted(ranked, x, side="right")
+                d[key] = np.where(content, below / (2.0 * ranked.size), 0.0).astype(np.float32)
+        return d
+
+
 class SmoothOutlined(MapTransform):
     """The mask channel's outline smoothed by a Gaussian of sigma ``fraction`` times the lesion's
     equivalent diameter, thresholded at 1/2 (:func:`breastai.data.augment.jitter_outline`,
@@ -216,7 +247,8 @@ class KeepFullImaged:
 
 def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any] | None = None,
                              full_image: Sequence[Callable[[dict[str, Any]], dict[str, Any]]] = ()) -> list:
-    """The cached part of the preset: load, normalise, (``full_image`` steps), box, resize.
+    """The cached part of the preset: load, normalise, (``full_image`` steps), box, resize, and
+    equalise the cut region where ``preprocess.equalize`` asks.
 
     ``full_image`` steps see the normalised image at its full resolution and its lesion mask on the
     same grid, before the crop: where lesion radiomics are computed, and where inference keeps the
@@ -227,6 +259,7 @@ def deterministic_transforms(pre: dict[str, Any], reader_options: dict[str, Any]
         NormalizeIntensityRobustd(pre["normalize"], tuple(pre["percentiles"])),
         *full_image,
         SquareBoxd(pre["mode"], pre["size"], pre["margin"], pre["min_crop"], pre["min_crop_fraction"]),
+        *([EqualizeHistd()] if pre.get("equalize") else []),
     ]
 
 

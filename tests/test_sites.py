@@ -149,6 +149,35 @@ def test_leave_one_site_out_run_reports_per_site(synth_datalist, tmp_path, tiny_
         next(run_folds(tmp_path / "t", 5))
 
 
+def test_ensemble_of_leave_one_site_out_runs_reports_per_site(synth_datalist, tmp_path, tiny_config):
+    from breastai.engine.ensemble import build_ensemble
+
+    rows = synth_rows(synth_datalist)
+    for i, g in enumerate(dict.fromkeys(r["group"] for r in rows)):
+        for r in rows:
+            if r["group"] == g:
+                r["site"] = "ab"[i % 2]
+    data = write_rows(tmp_path / "two_sites.csv", rows)
+    runs = []
+    for name, extra in (("crop", "preprocess.mode=crop"), ("whole", "preprocess.mode=whole")):
+        cfg = tiny_config(data, tmp_path, f"run_name={name}", extra, "train.epochs=1", "train.folds=sites",
+                          "data.val_fraction=0.25")
+        train_main(cfg)
+        runs.append(tmp_path / name)
+    # The members' folds are the two sites, not a 2-fold split: built as such, and reported per site.
+    s = build_ensemble(runs, tmp_path / "ens", device="cpu", n_boot=50)
+    assert [f["site"] for f in s["folds"]] == ["a", "b"]
+    assert set(s["per_site"]) == {"a", "b"}
+    members = [json.loads((r / "cv_summary.json").read_text()) for r in runs]
+    for f in members:
+        assert {p["case_id"]: p["fold"] for p in f["oof_predictions"]} == {
+            p["case_id"]: p["fold"] for p in s["oof_predictions"]}
+    for site, m in s["per_site"].items():
+        held = [p for p in s["oof_predictions"] if p["site"] == site]
+        assert m["n"] == len(held) == sum(r["site"] == site for r in rows)
+        assert {p["fold"] for p in held} == {"ab".index(site)}
+
+
 def test_train_cli_takes_folds_sites():
     from breastai.cli import build_parser
 

@@ -94,6 +94,8 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.02,
         "class_balance": "weighted_loss",  # weighted_loss | sampler | none
         "label_smoothing": 0.0,
+        "loss": "ce",  # ce | focal (breastai.engine.losses: the formula of each)
+        "focal_gamma": 3.0,
         "ema": 0.0,  # > 0: per-step decay of a moving average of the weights, which is validated and saved instead
         "attention_loss": 0.0,  # > 0: weight of the lesion attention loss (breastai.engine.attention; needs masks)
         "attention_cells": "touched",  # touched | covered: feature-map cells counted as the lesion's
@@ -388,6 +390,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess.normalize": ("percentile", "zscore", "minmax"),
     "train.class_balance": ("weighted_loss", "sampler", "none"),
     "train.select": ("val_auc", "last"),
+    "train.loss": ("ce", "focal"),
     "model.mask_init": ("zero", "grey"),
     "eval.calibration_targets": ("hard", "platt"),
     "seg.loss": ("dicece", "dicefocal"),
@@ -407,6 +410,8 @@ def _validate(cfg: dict[str, Any]) -> None:
     for name in ("coarse_outline", "outline_jitter", "calipers", "speckle_prob"):
         if not 0.0 <= float(cfg["augment"][name]) <= 1.0:
             raise ConfigError(f"augment.{name} is a probability in [0, 1], got {cfg['augment'][name]!r}")
+    if not float(cfg["train"]["focal_gamma"]) >= 0.0:
+        raise ConfigError(f"train.focal_gamma is an exponent >= 0, got {cfg['train']['focal_gamma']!r}")
     if not 0.0 <= float(cfg["preprocess"]["outline_smooth"]) <= 0.5:
         raise ConfigError("preprocess.outline_smooth is a fraction of the lesion's diameter in [0, 0.5], got "
                           f"{cfg['preprocess']['outline_smooth']!r}")

@@ -21,6 +21,7 @@ from breastai.core.distributed import resolve_device
 from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
+from breastai.engine.losses import make_loss
 from breastai.engine.ood import fit_detector
 from breastai.engine.loops import (
     make_optimizer,
@@ -151,10 +152,8 @@ def fit(
     pos_weight = None
     if tc["class_balance"] == "weighted_loss" or (tc["class_balance"] == "sampler" and dist.is_distributed()):
         pos_weight = torch.tensor((y_train == 0).sum() / max(1, (y_train == 1).sum()), dtype=torch.float32, device=device)
-    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     offset = float(torch.log(pos_weight)) if (pos_weight is not None and cfg["eval"]["calibrate"]) else 0.0
-    eps = float(tc["label_smoothing"])
-    loss_fn = (lambda z, y: bce(z, y * (1 - eps) + eps / 2)) if eps > 0 else bce
+    loss_fn = make_loss(tc, pos_weight)
 
     start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"

@@ -20,9 +20,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from breastai.core.config import CHOICES
+
 __all__ = ["LOSSES", "make_loss", "binary_focal_loss"]
 
-LOSSES = ("ce", "focal")
+LOSSES = CHOICES["train.loss"]
 
 
 def binary_focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float, pos_weight: torch.Tensor | None = None

@@ -46,3 +46,5 @@ def test_loss_from_config():
         load_config(None, ["train.loss=hinge"])
     with pytest.raises(ConfigError, match="focal_gamma"):
         load_config(None, ["train.focal_gamma=-1"])
+    with pytest.raises(ConfigError, match="label_smoothing"):  # it would be silently ignored
+        load_config(None, ["train.loss=focal", "train.label_smoothing=0.1"])

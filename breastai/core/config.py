@@ -267,6 +267,8 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"augment.{name} is a probability in [0, 1], got {cfg['augment'][name]!r}")
     if not float(cfg["train"]["focal_gamma"]) >= 0.0:
         raise ConfigError(f"train.focal_gamma is an exponent >= 0, got {cfg['train']['focal_gamma']!r}")
+    if cfg["train"]["loss"] == "focal" and float(cfg["train"]["label_smoothing"]) > 0:
+        raise ConfigError("train.label_smoothing smooths the cross-entropy's targets; with train.loss=focal set it to 0")
     if not 0.0 <= float(cfg["preprocess"]["outline_smooth"]) <= 0.5:
         raise ConfigError("preprocess.outline_smooth is a fraction of the lesion's diameter in [0, 0.5], got "
                           f"{cfg['preprocess']['outline_smooth']!r}")

@@ -121,3 +121,21 @@ def test_a_fold_checkpoint_predicts_a_new_image_with_no_outline_given(runs, buil
     assert found, "the bundled segmenter finds the disc"
     for r in found:
         assert r["mask_source"] == "segmenter" and 0.0 <= r["probability"] <= 1.0
+
+
+def test_a_given_mask_is_warned_about_once(runs, built, caplog):
+    """The combination was fitted on automatic outlines: a reader's mask is scored, and said to be outside that."""
+    from breastai.inference.predictor import Predictor
+
+    _, _, _, lesions, folder = runs
+    _, ens, _ = built
+    rows = [r for r in csv.DictReader(open(lesions)) if r["fold"] == "0"][:2]
+    pred = Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
+    with caplog.at_level("WARNING", logger="breastai"):
+        pred.predict(str(folder / rows[0]["image"]))
+    assert not [m for m in caplog.messages if "fitted on automatic outlines" in m]
+    with caplog.at_level("WARNING", logger="breastai"):
+        recs = pred.predict([str(folder / r["image"]) for r in rows], masks=[str(folder / r["mask"]) for r in rows])
+    assert [r["mask_source"] for r in recs] == ["given", "given"] and all(r["probability"] is not None for r in recs)
+    told = [m for m in caplog.messages if "fitted on automatic outlines" in m]
+    assert len(told) == 1 and "mask" in told[0]

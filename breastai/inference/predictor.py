@@ -115,6 +115,8 @@ class Predictor:
         mask_providers: tried in order for inputs that come without a mask (see :class:`MaskProvider`).
         recalibration: the checkpoint's local recalibrations (``breastai calibrate``), for the run record.
         adaptation: the checkpoint's batch-norm adaptations (``breastai adapt``), for the run record.
+        fitted_on: what an ensemble's combination was fitted on (its config's ``ensemble.fitted_on``);
+            automatic outlines: a record scored on a given mask or box is warned about, once.
         segmenter: outlines the inputs still without a mask after the providers, one record per
             lesion (see :mod:`breastai.inference.segment`); None: no automatic outlines.
     """
@@ -122,8 +124,11 @@ class Predictor:
     def __init__(self, scorer: ModelScorer | EnsembleScorer, classes: Sequence[str], threshold: float,
                  source: str = "<state>", mask_providers: Sequence[MaskProvider] = (),
                  recalibration: Sequence[Recalibration] | None = None, segmenter: Outliner | None = None,
-                 adaptation: Sequence[Adaptation] | None = None):
+                 adaptation: Sequence[Adaptation] | None = None, fitted_on: str | None = None):
         self.scorer = scorer
+        # An ensemble combined on automatic outlines (`ensemble --segmenter-run`) was not fitted for a
+        # reader's outline: said once per predictor, when the first such record is scored.
+        self.fitted_on, self._told_outline = fitted_on, False
         self.classes = list(classes)
         self.threshold = float(threshold)
         self.source = source
@@ -151,7 +156,8 @@ class Predictor:
         dev = resolve_device(device)
         scorer = build_scorer(ckpt, dev, source)
         return cls(scorer, ckpt.classes, ckpt.threshold, source, mask_providers, ckpt.recalibration,
-                   resolve_segmenter(segmenter, ckpt, dev), ckpt.adaptation)
+                   resolve_segmenter(segmenter, ckpt, dev), ckpt.adaptation,
+                   (ckpt.config.get("ensemble") or {}).get("fitted_on"))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", mask_providers: Sequence[MaskProvider] = (),
@@ -436,6 +442,11 @@ class Predictor:
         if scored.has_mask and origin:
             source = origin.split(":")[0]
             rec.update(mask_source=source, scored_on="lesion" if self.scorer.reads_mask else "image")
+            if source != "segmenter" and self.fitted_on and not self._told_outline:
+                self._told_outline = True
+                log.warning("%s: its members' combination was fitted on %s; %s came with a %s, which it was "
+                            "not fitted for (its probability may be off; predict without the mask to use the "
+                            "segmenter)", self.source, self.fitted_on, rec["source"], "box" if source == "box" else "mask")
             if source != "box":  # a box is no outline: it has no lesion size
                 rec.update(size_fields(scored.lesion_mask, header, pixel_size_mm))
         if scored.ood_score is not None:

@@ -149,8 +149,8 @@ def test_leave_one_site_out_run_reports_per_site(synth_datalist, tmp_path, tiny_
         next(run_folds(tmp_path / "t", 5))
 
 
-def test_ensemble_of_leave_one_site_out_runs_reports_per_site(synth_datalist, tmp_path, tiny_config):
-    from breastai.engine.ensemble import build_ensemble
+def test_ensemble_of_leave_one_site_out_runs_reports_per_site(synth_datalist, tmp_path, tiny_config, capsys):
+    from breastai.cli import main
 
     rows = synth_rows(synth_datalist)
     for i, g in enumerate(dict.fromkeys(r["group"] for r in rows)):
@@ -165,7 +165,10 @@ def test_ensemble_of_leave_one_site_out_runs_reports_per_site(synth_datalist, tm
         train_main(cfg)
         runs.append(tmp_path / name)
     # The members' folds are the two sites, not a 2-fold split: built as such, and reported per site.
-    s = build_ensemble(runs, tmp_path / "ens", device="cpu", n_boot=50)
+    assert main(["ensemble", *map(str, runs), "--out", str(tmp_path / "ens"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "site a: n" in printed and "site b: n" in printed
+    s = json.loads((tmp_path / "ens" / "cv_summary.json").read_text())
     assert [f["site"] for f in s["folds"]] == ["a", "b"]
     assert set(s["per_site"]) == {"a", "b"}
     members = [json.loads((r / "cv_summary.json").read_text()) for r in runs]

@@ -32,6 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the ensemble and print its cross-validated figures."""
+    from breastai.cli.train import print_per_site
     from breastai.engine.ensemble import build_ensemble
 
     out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"ensemble ({args.combine}) of {len(args.runs)} runs: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} "
           f"over {len(out['folds'])} folds, pooled {out['pooled_oof_auc']:.4f}; sensitivity "
           f"{ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
+    print_per_site(out)
     if args.segmenter_run:
         print(f"fitted on automatic outlines from {args.segmenter_run}; each fold's checkpoint is a pipeline")
     print(f"summary: {args.out}/cv_summary.json   checkpoints: {args.out}/fold*/best.pt")

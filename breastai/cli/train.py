@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "print_per_site"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -67,6 +67,13 @@ def _seg_line(s: dict) -> str:
             f"false lesions on {_fmt(s['false_lesion_rate'])} of {s['n_normal']} normal images")
 
 
+def print_per_site(out: dict) -> None:
+    """One line per site of a classifier's CV summary (mixed-site data): n, pooled AUC, ECE."""
+    for site, m in out.get("per_site", {}).items():
+        auc = "undefined (one class)" if m["auc"] is None else f"{m['auc']:.4f}"
+        print(f"  site {site}: n {m['n']}, pooled out-of-fold AUC {auc}, ECE {m['ece']:.3f}")
+
+
 def _print_train_result(out: dict) -> None:
     if out.get("task") == "segmentation":  # a segmenter's cross-validation
         print(f"cross-validation over {len(out['folds'])} folds, all held-out images: {_seg_line(out['pooled'])}")
@@ -82,9 +89,7 @@ def _print_train_result(out: dict) -> None:
         ms = out["mean_sd"]
         print(f"cross-validation: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} over {len(out['folds'])} folds; "
               f"sensitivity {ms['sensitivity']['mean']:.3f}, specificity {ms['specificity']['mean']:.3f}")
-        for site, m in out.get("per_site", {}).items():
-            auc = "undefined (one class)" if m["auc"] is None else f"{m['auc']:.4f}"
-            print(f"  site {site}: n {m['n']}, pooled out-of-fold AUC {auc}, ECE {m['ece']:.3f}")
+        print_per_site(out)
         print(f"summary: {out['run_dir']}/cv_summary.json")
     else:
         print(f"kept epoch {out['best_epoch'] + 1}: validation AUC {out['val_auc']:.4f}")

@@ -30,7 +30,7 @@ from breastai.reporting.levels import ImageScore
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds
 from breastai.reporting.segmentation import segmentation_summary
 
-__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "run_folds", "cv_summary", "seg_cv_summary"]
+__all__ = ["cv_splits", "cross_validate", "load_cv_summary", "run_folds", "label_sites", "cv_summary", "seg_cv_summary"]
 
 log = logging.getLogger("breastai")
 
@@ -86,6 +86,23 @@ def cv_splits(records: Sequence[dict[str, Any]], k: int | str, cfg: dict[str, An
     return out
 
 
+def label_sites(per_fold: list[dict[str, Any]], oof: list[dict[str, Any]], records: Sequence[dict[str, Any]],
+                splits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int | str
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``per_fold`` and ``oof`` with their sites, for the summary's per-site figures: every out-of-fold
+    row gets its case's ``site`` (on data that names sites) and, leave-one-site-out, every fold its
+    held-out ``site``. Rows and folds are returned as new dicts; data without sites is returned as is.
+    """
+    sites = record_sites(records)
+    if sites is None:
+        return per_fold, oof
+    site_of = {str(r[Keys.CASE_ID]): s for r, s in zip(records, sites)}
+    oof = [{**p, "site": site_of[str(p["case_id"])]} for p in oof]
+    if k == "sites":
+        per_fold = [{**f, "site": sites[splits[f["fold"]][2][0]]} for f in per_fold]
+    return per_fold, oof
+
+
 def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: int | str, run_dir: Path, resume: bool = False,
                    splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Stratified group-aware K-fold CV; writes ``cv_summary.json`` and ``oof_predictions.csv``.
@@ -98,8 +115,6 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
     segmenter = model_task(cfg) == "segmentation"
     train_fold = fit_segmenter if segmenter else fit
     splits = cv_splits(records, k, cfg) if splits is None else splits
-    sites = record_sites(records)
-    site_of = {} if sites is None else {str(r[Keys.CASE_ID]): s for r, s in zip(records, sites)}
     # exam, laterality and view go with each out-of-fold row, so that the summary (and a later
     # `evaluate --fit-on oof_predictions.csv`) can combine them per breast and exam
     # (the image by a hash of its path: a DICOM export's path may name the patient)
@@ -123,10 +138,10 @@ def cross_validate(cfg: dict[str, Any], records: Sequence[dict[str, Any]], k: in
                 done = {"best_epoch": res["best_epoch"], "test": res["test"], "test_predictions": res["test_predictions"],
                         "test_case_ids": [str(records[j]["case_id"]) for j in test_idx]}
                 atomic_write_text(fold_dir / "done", json.dumps(done, default=float))
-        held = {"site": sites[test_idx[0]]} if k == "sites" and sites is not None else {}
-        per_fold.append({"fold": i, **held, "best_epoch": res["best_epoch"], **res["test"]})
-        oof += [{**p, "fold": i, **({"site": site_of[str(p["case_id"])]} if site_of else {}),
-                 **({} if segmenter else grouping.get(str(p["case_id"]), {}))} for p in res["test_predictions"]]
+        per_fold.append({"fold": i, "best_epoch": res["best_epoch"], **res["test"]})
+        oof += [{**p, "fold": i, **({} if segmenter else grouping.get(str(p["case_id"]), {}))}
+                for p in res["test_predictions"]]
+    per_fold, oof = label_sites(per_fold, oof, records, splits, k)
     out_dir = run_dir if dist.is_main() else None
     return seg_cv_summary(per_fold, oof, cfg, out_dir) if segmenter else cv_summary(per_fold, oof, cfg, out_dir)
 

@@ -293,8 +293,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         The CV summary.
     """
     from breastai.core.distributed import resolve_device
-    from breastai.data.splits import record_sites
-    from breastai.engine.cv import cv_splits, cv_summary, load_cv_summary
+    from breastai.engine.cv import cv_splits, cv_summary, label_sites, load_cv_summary
 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
@@ -309,10 +308,8 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     cfg = summaries[0]["config"]
     classes = list(cfg["data"]["classes"])
     records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
-    # A leave-one-site-out run's folds are the sites, not a K-fold of their number.
-    k = "sites" if cfg["train"].get("folds") == "sites" else len(summaries[0]["folds"])
+    k = cfg["train"]["folds"]  # the members' fold scheme: K, or "sites" (as engine.cv.run_folds reads it)
     splits = cv_splits(records, k, cfg)
-    sites = record_sites(records)
     # The datalist is read again (its path as the members saw it, relative to where they were
     # trained): the folds it gives must be the members' own, or "held-out" cases were trained on.
     ref_folds = {str(p["case_id"]): int(p["fold"]) for p in summaries[0]["oof_predictions"]}
@@ -362,11 +359,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
                  "probability": float(p)}
                 for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
-    if sites is not None:  # per-site figures, as training reports them
-        site_of = {str(r["case_id"]): site for r, site in zip(records, sites)}
-        oof = [{**p, "site": site_of[p["case_id"]]} for p in oof]
-        if k == "sites":
-            per_fold = [{**f, "site": sites[splits[f["fold"]][2][0]]} for f in per_fold]
+    per_fold, oof = label_sites(per_fold, oof, records, splits, k)
     cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
            "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}
     if seg is not None:

@@ -20,11 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from breastai.core.config import CHOICES
-
-__all__ = ["LOSSES", "make_loss", "binary_focal_loss"]
-
-LOSSES = CHOICES["train.loss"]
+__all__ = ["make_loss", "binary_focal_loss"]
 
 
 def binary_focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float, pos_weight: torch.Tensor | None = None
@@ -45,8 +41,9 @@ def binary_focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float, pos_weight
 
 
 def make_loss(tc: dict, pos_weight: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss ``train.loss`` names, from the ``train`` section ``tc``."""
-    if tc.get("loss", "ce") == "focal":
+    """The loss ``train.loss`` names (``ce`` or ``focal``, checked by the config), from the ``train``
+    section ``tc``."""
+    if tc["loss"] == "focal":
         gamma = float(tc["focal_gamma"])
         return lambda z, y: binary_focal_loss(z, y, gamma, pos_weight)
     bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)

@@ -115,10 +115,11 @@ class Predictor:
         mask_providers: tried in order for inputs that come without a mask (see :class:`MaskProvider`).
         recalibration: the checkpoint's local recalibrations (``breastai calibrate``), for the run record.
         adaptation: the checkpoint's batch-norm adaptations (``breastai adapt``), for the run record.
-        fitted_on: what an ensemble's combination was fitted on (its config's ``ensemble.fitted_on``);
-            automatic outlines: a record scored on a given mask or box is warned about, once.
         segmenter: outlines the inputs still without a mask after the providers, one record per
             lesion (see :mod:`breastai.inference.segment`); None: no automatic outlines.
+        fitted_on: what an ensemble's combination was fitted on (its config's ``ensemble.fitted_on``,
+            set only by ``ensemble --segmenter-run``); a record scored on a given mask or box is
+            then warned about, once.
     """
 
     def __init__(self, scorer: ModelScorer | EnsembleScorer, classes: Sequence[str], threshold: float,

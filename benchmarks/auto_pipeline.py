@@ -98,7 +98,8 @@ def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str]
             union = np.zeros(image.shape[:2], bool)
             for les in found.lesions:
                 union |= les.mask
-            o.update(presence_probability=float(found.presence), lesion_found=bool(found.lesions),
+            o.update(presence_probability=float(found.presence), lesion_score=float(found.score),
+                     lesion_found=bool(found.lesions),
                      n_lesions=len(found.lesions), **mask_metrics(union, t if t.shape == union.shape else np.zeros_like(union)))
         print(f"  outlined {len(paths)} images in {time.time() - t0:.0f} s", flush=True)
     lesion = [i for i, o in enumerate(out) if o["has_lesion"] and o["label"] in ("benign", MALIGNANT)]
@@ -212,6 +213,9 @@ def main() -> None:
         s: dict = {}
         if "presence_probability" in rows[0]:
             s["segmentation"] = segmentation_summary(rows, 2000)
+            if any(not r["has_lesion"] for r in rows):  # lesion against normal images by the lesion score
+                s["segmentation"]["lesion_score_auc"] = roc_auc([int(r["has_lesion"]) for r in rows],
+                                                                [r["lesion_score"] for r in rows])
         for mode in ("automatic", "automatic_box", "traced", "box", "whole"):
             if any(f"p_{mode}" in r for r in rows):
                 s[mode] = malignancy(rows, mode)

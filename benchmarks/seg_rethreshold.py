@@ -1,21 +1,24 @@
-"""Re-choose the presence threshold of a segmenter cross-validation run on each fold's validation part.
+"""Re-choose the presence threshold of a segmenter run on its validation part (each fold's, for a CV run).
 
 The threshold is chosen after training, on validation predictions only
 (:func:`breastai.engine.seg_trainer.choose_presence_threshold`, by the run's ``seg`` settings or
-``--set seg.KEY=VALUE`` overrides), so a rule can change without retraining: each fold's
-``best.pt`` is re-saved with the new threshold, its held-out part re-scored and ``done`` and the
-run's ``cv_summary.json`` / ``oof_predictions.csv`` rewritten. The held-out parts are never looked at
-to choose anything.
+``--set seg.KEY=VALUE`` overrides), so a lesion rule can change without retraining: ``best.pt`` is
+re-saved with the new rules and threshold, its held-out part re-scored and ``done`` (and, for a CV
+run, ``cv_summary.json`` / ``oof_predictions.csv``) rewritten; with ``--out`` into a new run folder,
+the original left as it was (a paired comparison of the same weights). The held-out parts are never
+looked at to choose anything.
 
 Usage::
 
     python benchmarks/seg_rethreshold.py checkpoints/seg_f5 [--set seg.presence_sensitivity=0.95]
+    python benchmarks/seg_rethreshold.py checkpoints/seg_f0 --set seg.peak_fraction=0.5 --out checkpoints/seg_f0_peak
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,10 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.core.config import apply_overrides, load_config  # noqa: E402
+from breastai.core.config import apply_overrides, dump_config, load_config, split_seed  # noqa: E402
 from breastai.core.files import atomic_write_text  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.provenance import join_identical_images  # noqa: E402
+from breastai.data.splits import fixed_split  # noqa: E402
 from breastai.engine.cv import cv_splits, seg_cv_summary  # noqa: E402
 from breastai.engine.loaders import build_dataset, make_loader  # noqa: E402
 from breastai.engine.seg_trainer import choose_presence_threshold, predict_segmentation, score_segmentation  # noqa: E402
@@ -35,20 +39,34 @@ from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint, s
 from breastai.reporting.segmentation import segmentation_summary  # noqa: E402
 
 
+def _splits(cfg: dict, records: list, run: Path) -> list[tuple[str, tuple]]:
+    """``(folder, (train, val, test))`` per fold of a CV run, or the one split of a single run, as training made them."""
+    if (run / "fold0").is_dir():
+        return [(f"fold{i}", s) for i, s in enumerate(cv_splits(records, cfg["train"]["folds"], cfg))]
+    s = fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])
+    return [("", (s["train"], s["val"], s["test"]))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", type=Path, help="a segmenter's cross-validation run folder")
+    ap.add_argument("run", type=Path, help="a segmenter's run folder (single or cross-validation)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="seg.* overrides of the run's config")
+    ap.add_argument("--out", type=Path, help="write the re-thresholded run here (default: in place)")
     args = ap.parse_args()
     cfg = apply_overrides(load_config(args.run / "config.yaml"), args.set)
-    torch.set_num_threads(max(1, int(cfg["train"]["threads"] or 0)) if cfg["train"]["threads"] else torch.get_num_threads())
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(int(cfg["train"]["threads"]))
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
-    splits = cv_splits(records, cfg["train"]["folds"], cfg)
+    splits = _splits(cfg, records, args.run)
     records = join_identical_images(records, source=cfg["data"]["datalist"])
+    out = args.out or args.run
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
     per_fold, oof, nb = [], [], int(cfg["eval"]["bootstrap"])
-    for i, (_, va, te) in enumerate(splits):
-        fold = args.run / f"fold{i}"
-        ckpt = load_checkpoint(fold / "best.pt")
+    for i, (name, (_, va, te)) in enumerate(splits):
+        src, dst = args.run / name, out / name
+        dst.mkdir(parents=True, exist_ok=True)
+        ckpt = load_checkpoint(src / "best.pt")
         model = model_from_checkpoint(ckpt).eval()
 
         def predict(idx):
@@ -59,20 +77,24 @@ def main() -> None:
         old = ckpt.threshold
         ckpt.threshold = choose_presence_threshold(val, cfg, ckpt.temperature)
         ckpt.config = {**ckpt.config, "seg": dict(cfg["seg"])}
-        rows = score_segmentation(test, cfg, ckpt.temperature, ckpt.threshold)
-        summary = segmentation_summary(rows, nb)
+        rows = score_segmentation(test, cfg, ckpt.temperature, ckpt.threshold) if len(te) else []
+        summary = segmentation_summary(rows, nb) if rows else {}
         ckpt.metrics.update({f"test_{k}": v for k, v in summary.items() if v is not None})
-        save_checkpoint(fold / "best.pt", ckpt)
-        done = json.loads((fold / "done").read_text())
-        done.update(test={**summary, "seconds": done["test"].get("seconds")}, test_predictions=rows)
-        atomic_write_text(fold / "done", json.dumps(done, default=float))
-        print(f"fold {i}: presence threshold {old:.3f} -> {ckpt.threshold:.3f}; held-out Dice mean "
-              f"{summary['dice_mean']:.3f}, missed {summary['missed']}/{summary['n_lesion']}, "
-              f"false lesions {summary['false_lesion_rate']}")
+        save_checkpoint(dst / "best.pt", ckpt)
+        if (src / "done").exists():
+            done = json.loads((src / "done").read_text())
+            done.update(test={**summary, "seconds": (done.get("test") or {}).get("seconds")}, test_predictions=rows)
+            atomic_write_text(dst / "done", json.dumps(done, default=float))
+        if out != args.run and (src / "tb").is_dir() and not (dst / "tb").exists():
+            shutil.copytree(src / "tb", dst / "tb")
+        print(f"{name or 'run'}: presence threshold {old:.3f} -> {ckpt.threshold:.3f}" + (
+            f"; held-out Dice mean {summary['dice_mean']:.3f}, missed {summary['missed']}/{summary['n_lesion']}, "
+            f"false lesions {summary['false_lesion_rate']}" if summary else ""))
         per_fold.append({"fold": i, "best_epoch": ckpt.best_epoch, **summary})
         oof += [{**r, "fold": i} for r in rows]
-    s = seg_cv_summary(per_fold, oof, cfg, args.run)
-    print(json.dumps({k: v for k, v in s["pooled"].items()}, indent=1, default=float))
+    if splits[0][0]:
+        s = seg_cv_summary(per_fold, oof, cfg, out)
+        print(json.dumps({k: v for k, v in s["pooled"].items()}, indent=1, default=float))
 
 
 if __name__ == "__main__":

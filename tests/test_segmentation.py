@@ -12,7 +12,7 @@ from conftest import disc, seg_config
 
 from breastai.core.config import ConfigError, load_config
 from breastai.models.checkpoint import load_checkpoint
-from breastai.models.lesions import find_lesions, mask_edge, max_diameter
+from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge, max_diameter
 from breastai.models.registry import check_model_config, create_model, get_spec, list_models
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
@@ -84,6 +84,41 @@ def test_find_lesions_two_lesions_specks_and_presence():
     # A component less sure than the threshold is dropped, the other kept.
     assert [f.component for f in find_lesions(prob, 0.95, presence_threshold=0.8)] == [1]
     assert find_lesions(np.zeros((50, 50)), 0.99, presence_threshold=0.5) == []
+
+
+def test_peak_fraction_outlines_a_faint_lesion_and_leaves_the_decision_to_presence():
+    prob = np.full((100, 100), 0.02, np.float32)
+    lesion = disc(prob.shape, (50, 40), 10)
+    prob[lesion] = 0.3  # nowhere near 0.5: the mask alone finds nothing
+    prob[disc(prob.shape, (50, 40), 14) & ~lesion] = 0.12  # a blurred rim under half the peak
+    assert find_lesions(prob, 0.9, presence_threshold=0.1) == []
+    found = find_lesions(prob, 0.9, presence_threshold=0.1, peak_fraction=0.5)
+    assert len(found) == 1 and np.array_equal(found[0].mask, lesion)  # outlined at half its peak: the rim is out
+    assert found[0].probability == pytest.approx(0.3)  # min(presence, peak), as for any lesion
+    assert find_lesions(prob, 0.9, presence_threshold=0.4, peak_fraction=0.5) == []  # too faint for the threshold
+    assert lesion_score(prob, 0.9, peak_fraction=0.5) == pytest.approx(0.3) and lesion_score(prob, 0.9) == 0.0
+    # A lesion found at the pixel threshold is outlined there, whatever the fallback.
+    prob[lesion] = 0.8
+    assert np.array_equal(find_lesions(prob, 0.9, presence_threshold=0.1, peak_fraction=0.5)[0].mask, lesion)
+    # Rules from a config; a checkpoint that predates the option reads 0 (off).
+    assert lesion_rules({"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1}) == {
+        "pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1, "peak_fraction": 0.0}
+    with pytest.raises(ConfigError, match="peak_fraction"):
+        load_config(None, ["seg.peak_fraction=1.5"])
+
+
+def test_peak_fraction_lets_the_presence_threshold_rise_from_its_floor():
+    from breastai.engine.seg_trainer import choose_presence_threshold
+
+    size = (40, 40)
+    sharp = disc(size, (20, 20), 6).astype(np.float16) * 0.9
+    faint = disc(size, (20, 20), 6).astype(np.float16) * 0.4  # a lesion the mask puts under 0.5
+    truth = np.array([disc(size, (20, 20), 6)] * 4)
+    pred = {"prob": np.array([sharp, sharp, sharp, faint]), "truth": truth, "presence_logit": np.full(4, 2.0)}
+    off = load_config(None, ["model.name=unet_small", "seg.presence_sensitivity=0.9"])
+    on = load_config(None, ["model.name=unet_small", "seg.presence_sensitivity=0.9", "seg.peak_fraction=0.5"])
+    assert choose_presence_threshold(pred, off, 1.0) == pytest.approx(1e-3)  # a quarter never found: the floor
+    assert choose_presence_threshold(pred, on, 1.0) == pytest.approx(0.4, abs=1e-3)  # every lesion has a score
 
 
 def test_presence_threshold_keeps_the_asked_sensitivity_on_validation():
@@ -248,3 +283,21 @@ def test_an_outliner_with_flip_average_outlines_a_mirror_image_as_the_mirror_of_
     assert np.abs(a.probability - b.probability[:, ::-1]).max() < 1e-4
     p = plain.outline(img, meta)
     assert np.abs(p.probability - plain.outline(np.ascontiguousarray(img[:, ::-1]), meta).probability[:, ::-1]).max() > 1e-3
+
+
+def test_an_outliner_reads_its_lesion_rules_and_scores_every_image(seg_ckpt):
+    """The checkpoint's ``seg`` rules reach the outline (``peak_fraction`` included), and every image
+    gets the score its threshold is compared with, found lesion or not."""
+    from conftest import blob_image
+
+    from breastai.models.outliner import Outliner
+
+    ckpt = load_checkpoint(seg_ckpt)
+    assert Outliner(ckpt).rules["peak_fraction"] == 0.0  # the default: off
+    img, _ = blob_image((80, 96), [(40, 30, 12)], seed=3)
+    found = Outliner(ckpt).outline(img, {})
+    assert found.lesions and found.score == pytest.approx(max(les.probability for les in found.lesions))
+    empty = Outliner(ckpt).outline(np.full((80, 96), 0.3, np.float32), {})
+    assert not empty.lesions and empty.score < ckpt.threshold
+    ckpt.config["seg"]["peak_fraction"] = 0.5
+    assert Outliner(ckpt).rules["peak_fraction"] == 0.5

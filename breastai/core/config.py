@@ -262,6 +262,9 @@ def _validate(cfg: dict[str, Any]) -> None:
     if not 0.0 <= float(cfg["seg"]["presence_sensitivity"]) < 1.0:
         raise ConfigError(f"seg.presence_sensitivity is a fraction in [0, 1) (0: eval.threshold_method), got "
                           f"{cfg['seg']['presence_sensitivity']!r}")
+    if not 0.0 <= float(cfg["seg"]["peak_fraction"]) < 1.0:
+        raise ConfigError(f"seg.peak_fraction is a fraction of the mask's peak in [0, 1) (0: off), got "
+                          f"{cfg['seg']['peak_fraction']!r}")
     for name in ("coarse_outline", "outline_jitter", "calipers", "speckle_prob"):
         if not 0.0 <= float(cfg["augment"][name]) <= 1.0:
             raise ConfigError(f"augment.{name} is a probability in [0, 1], got {cfg['augment'][name]!r}")

@@ -129,6 +129,10 @@ DEFAULTS: dict[str, Any] = {
         "min_area_fraction": 0.002,
         # ... and at least this fraction of the largest component (specks beside a lesion are not lesions).
         "min_component_fraction": 0.1,
+        # An image with no component at pixel_threshold is outlined at this fraction of its own highest
+        # mask probability instead (0: never), so the presence threshold, not the pixel threshold,
+        # decides whether a faint lesion is kept.
+        "peak_fraction": 0.0,
         # The presence threshold is the highest that still finds a lesion in this fraction of the
         # validation images holding one (a missed lesion is never scored; a false one is scored and
         # shown); 0: eval.threshold_method on the presence probability alone.

@@ -29,7 +29,7 @@ from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch
 from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
-from breastai.models.lesions import find_lesions, lesion_score, mask_edge
+from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge
 from breastai.models.registry import create_model
 from breastai.models.segmenter import segment
 from breastai.reporting.metrics import choose_threshold
@@ -123,11 +123,10 @@ def score_segmentation(pred: dict[str, Any], cfg: dict[str, Any], temperature: f
     Each row: ``case_id``, ``has_lesion``, ``presence_logit``, ``presence_probability``, ``lesion_found``,
     ``n_lesions``, and ``dice``, ``iou``, ``hd95`` (network grid pixels) of the union of the found lesions.
     """
-    sc, rows = cfg["seg"], []
+    rules, rows = lesion_rules(cfg["seg"]), []
     presence = apply_temperature(pred["presence_logit"], temperature)
     for cid, z, p, prob, truth in zip(pred["case_id"], pred["presence_logit"], presence, pred["prob"], pred["truth"]):
-        lesions = find_lesions(prob, float(p), presence_threshold=threshold, pixel_threshold=sc["pixel_threshold"],
-                               min_area_fraction=sc["min_area_fraction"], min_component_fraction=sc["min_component_fraction"])
+        lesions = find_lesions(prob, float(p), presence_threshold=threshold, **rules)
         found = np.zeros(truth.shape, bool)
         for les in lesions:
             found |= les.mask
@@ -152,9 +151,8 @@ def choose_presence_threshold(pred: dict[str, Any], cfg: dict[str, Any], tempera
     presence = apply_temperature(pred["presence_logit"], temperature)
     q = float(sc["presence_sensitivity"])
     if q > 0:
-        s = np.sort([lesion_score(p, float(z), pixel_threshold=sc["pixel_threshold"], min_area_fraction=sc["min_area_fraction"],
-                                  min_component_fraction=sc["min_component_fraction"])
-                     for p, z, h in zip(pred["prob"], presence, has) if h])
+        rules = lesion_rules(sc)
+        s = np.sort([lesion_score(p, float(z), **rules) for p, z, h in zip(pred["prob"], presence, has) if h])
         if not len(s):
             return 0.5
         return float(max(s[int(np.floor((1.0 - q) * len(s)))], 1e-3))

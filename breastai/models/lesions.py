@@ -7,6 +7,11 @@ A kept component's ``probability`` is ``min(presence, max mask probability insid
 image-level presence head says whether there is a lesion at all, the mask says how sure the model
 is of this one. Components whose probability falls below the presence threshold are dropped;
 none left means "no lesion found".
+
+With ``peak_fraction`` = f > 0, an image where no component passes at ``pixel_threshold`` is
+outlined at f times its own highest mask probability instead (the same floors): a faint lesion
+the mask puts nowhere above 0.5 still gets an outline, and whether it is kept is then the
+presence threshold's decision, not the pixel threshold's.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_score", "lesion_size", "mask_edge", "max_diameter"]
+__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_rules", "lesion_score", "lesion_size", "mask_edge", "max_diameter"]
+
+_RULES = ("pixel_threshold", "min_area_fraction", "min_component_fraction", "peak_fraction")
 
 
 @dataclass
@@ -99,16 +106,32 @@ def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) ->
     return 0.0 if size is None else size.diameter
 
 
-def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,
-                min_component_fraction: float) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
-    """The component labels of ``prob >= pixel_threshold`` and the kept candidates, largest first,
-    as ``(label, area, peak probability)``."""
-    from scipy import ndimage
+def lesion_rules(seg: dict) -> dict[str, float]:
+    """The keyword arguments of :func:`find_lesions` and :func:`lesion_score` from a config's ``seg``
+    section (``peak_fraction`` 0 where a checkpoint predates it)."""
+    return {k: float(seg.get(k, 0.0) if k == "peak_fraction" else seg[k]) for k in _RULES}
 
+
+def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,
+                min_component_fraction: float, peak_fraction: float = 0.0) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """The component labels of ``prob >= pixel_threshold`` and the kept candidates, largest first,
+    as ``(label, area, peak probability)``; with none and ``peak_fraction`` > 0, the same at
+    ``peak_fraction`` times the map's highest probability."""
     prob = np.asarray(prob, np.float32)
     if prob.ndim != 2:
         raise ValueError(f"a mask probability map is 2-D, got shape {prob.shape}")
-    labels, n = ndimage.label(prob >= pixel_threshold, structure=np.ones((3, 3), bool))
+    labels, cands = _components(prob, pixel_threshold, min_area_fraction, min_component_fraction)
+    peak = float(prob.max(initial=0.0))
+    if cands or peak_fraction <= 0 or peak <= 0 or peak_fraction * peak >= pixel_threshold:
+        return labels, cands
+    return _components(prob, peak_fraction * peak, min_area_fraction, min_component_fraction)
+
+
+def _components(prob: np.ndarray, threshold: float, min_area_fraction: float,
+                min_component_fraction: float) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    from scipy import ndimage
+
+    labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3), bool))
     if n == 0:
         return labels, []
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -121,16 +144,17 @@ def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: flo
 
 
 def lesion_score(prob: np.ndarray, presence: float, *, pixel_threshold: float = 0.5, min_area_fraction: float = 0.002,
-                 min_component_fraction: float = 0.1) -> float:
+                 min_component_fraction: float = 0.1, peak_fraction: float = 0.0) -> float:
     """The highest lesion probability :func:`find_lesions` would give this image at any presence
     threshold (0 when no component passes the area floors): the image holds a found lesion exactly
     when this reaches the threshold, which is how the threshold is chosen on validation."""
-    _, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction)
+    _, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
     return max((min(float(presence), peak) for _, _, peak in cands), default=0.0)
 
 
 def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float, pixel_threshold: float = 0.5,
-                 min_area_fraction: float = 0.002, min_component_fraction: float = 0.1) -> list[Lesion]:
+                 min_area_fraction: float = 0.002, min_component_fraction: float = 0.1,
+                 peak_fraction: float = 0.0) -> list[Lesion]:
     """The lesions of one image, largest first (empty: no lesion found).
 
     Args:
@@ -140,8 +164,10 @@ def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float
         pixel_threshold: mask probability at which a pixel is lesion.
         min_area_fraction: smallest component, as a fraction of the image's pixels.
         min_component_fraction: smallest component, as a fraction of the largest one.
+        peak_fraction: with no component at ``pixel_threshold``, outline at this fraction of the
+            map's highest probability instead (0: never).
     """
-    labels, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction)
+    labels, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
     found = []
     for label, area, peak in cands:
         p = float(min(presence, peak))

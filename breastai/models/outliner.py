@@ -30,7 +30,7 @@ from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transform
 from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
                                         model_from_checkpoint)
-from breastai.models.lesions import Lesion, find_lesions
+from breastai.models.lesions import Lesion, find_lesions, lesion_rules, lesion_score
 from breastai.models.segmenter import segment
 
 __all__ = ["Outline", "Outliner", "SegmenterSource", "require_task", "resolve_segmenter"]
@@ -66,6 +66,9 @@ class Outline:
         presence: the calibrated probability that the image holds a lesion.
         lesions: the found lesions, largest first (empty: no lesion found); their masks, areas and
             diameters are on the stored image's pixels.
+        score: the image's lesion score, the highest probability a lesion of it would carry at any
+            presence threshold (:func:`~breastai.models.lesions.lesion_score`; 0: no candidate at
+            all); ``lesions`` is empty exactly when it is under the threshold.
         probability: the mask probabilities (H, W) in [0, 1].
         image: the segmenter's normalised grey image (H, W) in [0, 1], for overlays.
     """
@@ -74,6 +77,7 @@ class Outline:
     lesions: list[Lesion]
     probability: np.ndarray = field(repr=False)
     image: np.ndarray = field(repr=False)
+    score: float = 0.0
 
 
 class Outliner:
@@ -93,8 +97,7 @@ class Outliner:
         try:
             cfg = ckpt.config
             self.reader_options = cfg["data"].get("reader_options") or {}
-            self.rules = {k: float(cfg["seg"][k]) for k in ("pixel_threshold", "min_area_fraction",
-                                                             "min_component_fraction")}
+            self.rules = lesion_rules(cfg["seg"])
             cfg["preprocess"]["size"]
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: segmentation checkpoint lacks its preprocessing or lesion rules "
@@ -130,11 +133,10 @@ class Outliner:
         shape = tuple(int(s) for s in d["orig_shape"])
         stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
         side = float(d["box"][2])
-        lesions = find_lesions(stored, presence, presence_threshold=self.threshold,
-                               pixel_threshold=self.rules["pixel_threshold"],
-                               min_area_fraction=self.rules["min_area_fraction"] * side * side / stored.size,
-                               min_component_fraction=self.rules["min_component_fraction"])
-        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta))
+        rules = {**self.rules, "min_area_fraction": self.rules["min_area_fraction"] * side * side / stored.size}
+        lesions = find_lesions(stored, presence, presence_threshold=self.threshold, **rules)
+        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta),
+                       lesion_score(stored, presence, **rules))
 
     def read(self, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """An image file as the segmenter's own reader options read it (one frame of a multi-frame DICOM),

@@ -102,9 +102,26 @@ def test_peak_fraction_outlines_a_faint_lesion_and_leaves_the_decision_to_presen
     assert np.array_equal(find_lesions(prob, 0.9, presence_threshold=0.1, peak_fraction=0.5)[0].mask, lesion)
     # Rules from a config; a checkpoint that predates the option reads 0 (off).
     assert lesion_rules({"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1}) == {
-        "pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1, "peak_fraction": 0.0}
+        "pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1, "peak_fraction": 0.0,
+        "presence_gate": False}
     with pytest.raises(ConfigError, match="peak_fraction"):
         load_config(None, ["seg.peak_fraction=1.5"])
+
+
+def test_presence_gate_lets_the_presence_head_decide_and_the_mask_place():
+    prob = np.zeros((100, 100), np.float32)
+    prob[disc(prob.shape, (30, 30), 12)] = 0.9
+    prob[disc(prob.shape, (70, 70), 8)] = 0.02  # a faint second lesion: only the fallback could find it
+    # Without the gate the faint peak vetoes a confident presence head; with it the head decides.
+    assert find_lesions(prob * 0.1, 0.8, presence_threshold=0.3, peak_fraction=0.5) == []
+    gated = find_lesions(prob * 0.1, 0.8, presence_threshold=0.3, peak_fraction=0.5, presence_gate=True)
+    assert len(gated) == 1 and gated[0].mask[30, 30] and gated[0].probability == pytest.approx(0.8)
+    assert lesion_score(prob * 0.1, 0.8, peak_fraction=0.5, presence_gate=True) == pytest.approx(0.8)
+    # Under the threshold nothing is kept, however bright the mask; no candidate at all scores 0.
+    assert find_lesions(prob, 0.2, presence_threshold=0.3, presence_gate=True) == []
+    assert lesion_score(np.zeros((50, 50), np.float32), 0.99, presence_gate=True) == 0.0
+    assert lesion_rules({"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1,
+                         "presence_gate": True})["presence_gate"] is True
 
 
 def test_peak_fraction_lets_the_presence_threshold_rise_from_its_floor():

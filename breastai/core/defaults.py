@@ -133,6 +133,9 @@ DEFAULTS: dict[str, Any] = {
         # mask probability instead (0: never), so the presence threshold, not the pixel threshold,
         # decides whether a faint lesion is kept.
         "peak_fraction": 0.0,
+        # true: the presence probability alone decides whether an image holds lesions (the mask only
+        # places them); false: a lesion is kept on min(presence, its mask peak).
+        "presence_gate": False,
         # The presence threshold is the highest that still finds a lesion in this fraction of the
         # validation images holding one (a missed lesion is never scored; a false one is scored and
         # shown); 0: eval.threshold_method on the presence probability alone.

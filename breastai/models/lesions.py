@@ -12,17 +12,22 @@ With ``peak_fraction`` = f > 0, an image where no component passes at ``pixel_th
 outlined at f times its own highest mask probability instead (the same floors): a faint lesion
 the mask puts nowhere above 0.5 still gets an outline, and whether it is kept is then the
 presence threshold's decision, not the pixel threshold's.
+
+With ``presence_gate`` the presence probability alone decides and the mask only places: every
+candidate of an image whose presence reaches the threshold is kept, each carrying that presence
+probability (a mask peak no longer vetoes what the presence head says).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 __all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_rules", "lesion_score", "lesion_size", "mask_edge", "max_diameter"]
 
-_RULES = ("pixel_threshold", "min_area_fraction", "min_component_fraction", "peak_fraction")
+_RULES = ("pixel_threshold", "min_area_fraction", "min_component_fraction", "peak_fraction", "presence_gate")
 
 
 @dataclass
@@ -35,7 +40,8 @@ class Lesion:
         area_px: its area in pixels.
         max_diameter_px: its largest extent (maximum Feret diameter, edge to edge as a ruler on the
             pixels would measure it), pixels.
-        probability: ``min(presence probability, max mask probability in the component)``.
+        probability: ``min(presence probability, max mask probability in the component)``, or the
+            presence probability with ``presence_gate``.
     """
 
     component: int
@@ -108,8 +114,10 @@ def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) ->
 
 def lesion_rules(seg: dict) -> dict[str, float]:
     """The keyword arguments of :func:`find_lesions` and :func:`lesion_score` from a config's ``seg``
-    section (``peak_fraction`` 0 where a checkpoint predates it)."""
-    return {k: float(seg.get(k, 0.0) if k == "peak_fraction" else seg[k]) for k in _RULES}
+    section (``peak_fraction`` 0 and ``presence_gate`` off where a checkpoint predates them)."""
+    rules: dict[str, Any] = {k: float(seg.get(k, 0.0)) for k in _RULES[:-1]}
+    rules["presence_gate"] = bool(seg.get("presence_gate", False))
+    return rules
 
 
 def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,
@@ -144,17 +152,21 @@ def _components(prob: np.ndarray, threshold: float, min_area_fraction: float,
 
 
 def lesion_score(prob: np.ndarray, presence: float, *, pixel_threshold: float = 0.5, min_area_fraction: float = 0.002,
-                 min_component_fraction: float = 0.1, peak_fraction: float = 0.0) -> float:
+                 min_component_fraction: float = 0.1, peak_fraction: float = 0.0, presence_gate: bool = False) -> float:
     """The highest lesion probability :func:`find_lesions` would give this image at any presence
     threshold (0 when no component passes the area floors): the image holds a found lesion exactly
     when this reaches the threshold, which is how the threshold is chosen on validation."""
     _, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
-    return max((min(float(presence), peak) for _, _, peak in cands), default=0.0)
+    return max((_probability(presence, peak, presence_gate) for _, _, peak in cands), default=0.0)
+
+
+def _probability(presence: float, peak: float, presence_gate: bool) -> float:
+    return float(presence) if presence_gate else float(min(presence, peak))
 
 
 def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float, pixel_threshold: float = 0.5,
                  min_area_fraction: float = 0.002, min_component_fraction: float = 0.1,
-                 peak_fraction: float = 0.0) -> list[Lesion]:
+                 peak_fraction: float = 0.0, presence_gate: bool = False) -> list[Lesion]:
     """The lesions of one image, largest first (empty: no lesion found).
 
     Args:
@@ -166,11 +178,13 @@ def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float
         min_component_fraction: smallest component, as a fraction of the largest one.
         peak_fraction: with no component at ``pixel_threshold``, outline at this fraction of the
             map's highest probability instead (0: never).
+        presence_gate: keep every candidate when ``presence`` reaches the threshold, each with
+            probability ``presence`` (else each with ``min(presence, its peak)``, kept on that).
     """
     labels, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
     found = []
     for label, area, peak in cands:
-        p = float(min(presence, peak))
+        p = _probability(presence, peak, presence_gate)
         if p < presence_threshold:
             continue
         mask = labels == label

@@ -10,7 +10,8 @@ a record:
 * ``mask_source``: ``given`` (a mask file or array, from the caller or a datalist), ``box``,
   ``provider`` (a mask provider), ``segmenter``; empty when the model saw no mask;
 * ``component`` (1..n, largest first) and ``lesion_probability`` (the segmenter's confidence in
-  that lesion: ``min(presence, highest mask probability inside it)``), for segmenter records;
+  that lesion: ``min(presence, highest mask probability inside it)``, or the image's presence
+  probability for a segmenter with ``seg.presence_gate``), for segmenter records;
 * ``area_px`` and ``max_diameter_px`` of the outline (given or segmenter; a box is no outline and
   gets none), measured on the image as stored, edge to edge as a ruler would (one pixel measures
   sqrt(2) across; the SR of ``--dicom-out`` reports the same figures), and ``area_mm2``,

@@ -27,24 +27,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.core.config import apply_overrides, dump_config, load_config, split_seed  # noqa: E402
+from breastai.core.config import apply_overrides, dump_config, load_config  # noqa: E402
 from breastai.core.files import atomic_write_text  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.provenance import join_identical_images  # noqa: E402
-from breastai.data.splits import fixed_split  # noqa: E402
-from breastai.engine.cv import cv_splits, seg_cv_summary  # noqa: E402
+from breastai.engine.cv import seg_cv_summary  # noqa: E402
 from breastai.engine.loaders import build_dataset, make_loader  # noqa: E402
+from breastai.engine.run import is_cv, run_splits  # noqa: E402
 from breastai.engine.seg_trainer import choose_presence_threshold, predict_segmentation, score_segmentation  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from breastai.reporting.segmentation import segmentation_summary  # noqa: E402
-
-
-def _splits(cfg: dict, records: list, run: Path) -> list[tuple[str, tuple]]:
-    """``(folder, (train, val, test))`` per fold of a CV run, or the one split of a single run, as training made them."""
-    if (run / "fold0").is_dir():
-        return [(f"fold{i}", s) for i, s in enumerate(cv_splits(records, cfg["train"]["folds"], cfg))]
-    s = fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])
-    return [("", (s["train"], s["val"], s["test"]))]
 
 
 def main() -> None:
@@ -57,13 +49,14 @@ def main() -> None:
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))
     records = read_samples(cfg["data"]["datalist"], cfg["data"])
-    splits = _splits(cfg, records, args.run)
+    parts = run_splits(cfg, records)  # the parts training made, re-derived from the run's config
     records = join_identical_images(records, source=cfg["data"]["datalist"])
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     per_fold, oof, nb = [], [], int(cfg["eval"]["bootstrap"])
-    for i, (name, (_, va, te)) in enumerate(splits):
+    for i, part in enumerate(parts):
+        name, va, te = f"fold{i}" if is_cv(cfg) else "", part["val"], part["test"]
         src, dst = args.run / name, out / name
         dst.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(src / "best.pt")
@@ -92,7 +85,7 @@ def main() -> None:
             f"false lesions {summary['false_lesion_rate']}" if summary else ""))
         per_fold.append({"fold": i, "best_epoch": ckpt.best_epoch, **summary})
         oof += [{**r, "fold": i} for r in rows]
-    if splits[0][0]:
+    if is_cv(cfg):
         s = seg_cv_summary(per_fold, oof, cfg, out)
         print(json.dumps({k: v for k, v in s["pooled"].items()}, indent=1, default=float))
 

@@ -100,8 +100,11 @@ def test_peak_fraction_outlines_a_faint_lesion_and_leaves_the_decision_to_presen
     # A lesion found at the pixel threshold is outlined there, whatever the fallback.
     prob[lesion] = 0.8
     assert np.array_equal(find_lesions(prob, 0.9, presence_threshold=0.1, peak_fraction=0.5)[0].mask, lesion)
-    # Rules from a config; a checkpoint that predates the option reads 0 (off).
-    assert lesion_rules({"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1}) == {
+    # Rules from a config; a checkpoint that predates the options reads them as off (filled in where it is loaded).
+    from breastai.core.config import fill_missing
+
+    old = fill_missing({"seg": {"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1}})
+    assert lesion_rules(old["seg"]) == {
         "pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1, "peak_fraction": 0.0,
         "presence_gate": False}
     with pytest.raises(ConfigError, match="peak_fraction"):
@@ -121,7 +124,7 @@ def test_presence_gate_lets_the_presence_head_decide_and_the_mask_place():
     assert find_lesions(prob, 0.2, presence_threshold=0.3, presence_gate=True) == []
     assert lesion_score(np.zeros((50, 50), np.float32), 0.99, presence_gate=True) == 0.0
     assert lesion_rules({"pixel_threshold": 0.5, "min_area_fraction": 0.002, "min_component_fraction": 0.1,
-                         "presence_gate": True})["presence_gate"] is True
+                         "peak_fraction": 0.5, "presence_gate": True})["presence_gate"] is True
 
 
 def test_peak_fraction_lets_the_presence_threshold_rise_from_its_floor():

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from breastai.core import distributed as dist
@@ -29,7 +30,7 @@ from breastai.engine.seg_trainer import check_seg_parts, fit_segmenter
 from breastai.engine.trainer import check_parts, fit
 from breastai.models.registry import check_model_config, model_task
 
-__all__ = ["main"]
+__all__ = ["main", "is_cv", "run_splits"]
 
 log = logging.getLogger("breastai")
 
@@ -57,6 +58,22 @@ def _remove_if_unused(run_dir: Path) -> None:
         log.warning("could not remove the unused run folder %s: %s", run_dir, exc)
 
 
+def is_cv(cfg: dict[str, Any]) -> bool:
+    """Whether the config asks for cross-validation (``train.folds``: K > 1, or ``sites``)."""
+    k = cfg["train"]["folds"]  # a whole number, or "sites" (leave-one-site-out)
+    return k == "sites" or int(k or 0) > 1
+
+
+def run_splits(cfg: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """The parts training makes of ``records``: each fold's ``train``/``val``/``test`` index arrays
+    (:func:`~breastai.engine.cv.cv_splits`), or the one split of a single run (``split`` column,
+    validation carved as :func:`~breastai.data.splits.fixed_split` carves it). Deterministic, so a
+    later tool re-derives a finished run's parts from its ``config.yaml``."""
+    if is_cv(cfg):
+        return [{"train": tr, "val": va, "test": te} for tr, va, te in cv_splits(records, cfg["train"]["folds"], cfg)]
+    return [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])]
+
+
 def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     """Run what the config asks for: one split (train/val[/test]), K-fold or leave-one-site-out CV.
 
@@ -72,13 +89,7 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         if not cfg["data"]["datalist"]:
             raise ValueError("no datalist: set data.datalist in the config or as an override (data.datalist=FILE)")
         records = read_samples(cfg["data"]["datalist"], cfg["data"])
-        k = cfg["train"]["folds"]  # a whole number, or "sites" (leave-one-site-out)
-        cv = k == "sites" or int(k or 0) > 1
-        if cv:
-            folds = cv_splits(records, k, cfg)
-            splits = [{"train": tr, "val": va, "test": te} for tr, va, te in folds]
-        else:
-            splits = [fixed_split(records, cfg["data"]["val_fraction"], split_seed(cfg), source=cfg["data"]["datalist"])]
+        splits = run_splits(cfg, records)
         # The splitters joined the groups of byte-identical images to make the parts; training needs
         # the joined groups too (the radiomics head's inner folds are group-aware).
         records = join_identical_images(records, source=cfg["data"]["datalist"])
@@ -94,8 +105,9 @@ def main(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
         try:
-            if cv:
-                out = cross_validate(cfg, records, k, run_dir, resume=resume, splits=folds)
+            if is_cv(cfg):
+                out = cross_validate(cfg, records, cfg["train"]["folds"], run_dir, resume=resume,
+                                     splits=[(s["train"], s["val"], s["test"]) for s in splits])
             else:
                 out = (fit_segmenter if segmenter else fit)(cfg, records, splits[0], run_dir, resume=resume)
                 if dist.is_main():

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Lesion", "LesionSize", "find_lesions", "lesion_rules", "lesion_score", "lesion_size", "mask_edge", "max_diameter"]
+__all__ = ["Lesion", "LesionSize", "find_lesions", "find_lesions_and_score", "lesion_rules", "lesion_score", "lesion_size",
+           "mask_edge", "max_diameter"]
 
 _RULES = ("pixel_threshold", "min_area_fraction", "min_component_fraction", "peak_fraction", "presence_gate")
 
@@ -112,12 +113,10 @@ def max_diameter(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) ->
     return 0.0 if size is None else size.diameter
 
 
-def lesion_rules(seg: dict) -> dict[str, float]:
+def lesion_rules(seg: dict) -> dict[str, Any]:
     """The keyword arguments of :func:`find_lesions` and :func:`lesion_score` from a config's ``seg``
-    section (``peak_fraction`` 0 and ``presence_gate`` off where a checkpoint predates them)."""
-    rules: dict[str, Any] = {k: float(seg.get(k, 0.0)) for k in _RULES[:-1]}
-    rules["presence_gate"] = bool(seg.get("presence_gate", False))
-    return rules
+    section (a checkpoint's is complete: keys it predates are filled in where it is loaded)."""
+    return {**{k: float(seg[k]) for k in _RULES[:-1]}, "presence_gate": bool(seg["presence_gate"])}
 
 
 def _candidates(prob: np.ndarray, pixel_threshold: float, min_area_fraction: float,
@@ -156,8 +155,9 @@ def lesion_score(prob: np.ndarray, presence: float, *, pixel_threshold: float = 
     """The highest lesion probability :func:`find_lesions` would give this image at any presence
     threshold (0 when no component passes the area floors): the image holds a found lesion exactly
     when this reaches the threshold, which is how the threshold is chosen on validation."""
-    _, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
-    return max((_probability(presence, peak, presence_gate) for _, _, peak in cands), default=0.0)
+    return find_lesions_and_score(prob, presence, presence_threshold=np.inf, pixel_threshold=pixel_threshold,
+                                  min_area_fraction=min_area_fraction, min_component_fraction=min_component_fraction,
+                                  peak_fraction=peak_fraction, presence_gate=presence_gate)[1]
 
 
 def _probability(presence: float, peak: float, presence_gate: bool) -> float:
@@ -181,12 +181,23 @@ def find_lesions(prob: np.ndarray, presence: float, *, presence_threshold: float
         presence_gate: keep every candidate when ``presence`` reaches the threshold, each with
             probability ``presence`` (else each with ``min(presence, its peak)``, kept on that).
     """
+    return find_lesions_and_score(prob, presence, presence_threshold=presence_threshold, pixel_threshold=pixel_threshold,
+                                  min_area_fraction=min_area_fraction, min_component_fraction=min_component_fraction,
+                                  peak_fraction=peak_fraction, presence_gate=presence_gate)[0]
+
+
+def find_lesions_and_score(prob: np.ndarray, presence: float, *, presence_threshold: float, pixel_threshold: float = 0.5,
+                           min_area_fraction: float = 0.002, min_component_fraction: float = 0.1,
+                           peak_fraction: float = 0.0, presence_gate: bool = False) -> tuple[list[Lesion], float]:
+    """:func:`find_lesions` and :func:`lesion_score` of one image from one pass over its components
+    (arguments as :func:`find_lesions`)."""
     labels, cands = _candidates(prob, pixel_threshold, min_area_fraction, min_component_fraction, peak_fraction)
-    found = []
+    found, score = [], 0.0
     for label, area, peak in cands:
         p = _probability(presence, peak, presence_gate)
+        score = max(score, p)
         if p < presence_threshold:
             continue
         mask = labels == label
         found.append(Lesion(len(found) + 1, mask, area, max_diameter(mask), p))
-    return found
+    return found, score

@@ -30,7 +30,7 @@ from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transform
 from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
                                         model_from_checkpoint)
-from breastai.models.lesions import Lesion, find_lesions, lesion_rules, lesion_score
+from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
 from breastai.models.segmenter import segment
 
 __all__ = ["Outline", "Outliner", "SegmenterSource", "require_task", "resolve_segmenter"]
@@ -134,9 +134,8 @@ class Outliner:
         stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
         side = float(d["box"][2])
         rules = {**self.rules, "min_area_fraction": self.rules["min_area_fraction"] * side * side / stored.size}
-        lesions = find_lesions(stored, presence, presence_threshold=self.threshold, **rules)
-        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta),
-                       lesion_score(stored, presence, **rules))
+        lesions, score = find_lesions_and_score(stored, presence, presence_threshold=self.threshold, **rules)
+        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta), score)
 
     def read(self, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """An image file as the segmenter's own reader options read it (one frame of a multi-frame DICOM),

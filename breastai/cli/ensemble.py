@@ -1,4 +1,4 @@
-"""``breastai ensemble``: combine cross-validation runs trained on the same folds into one model."""
+"""``breastai ensemble``: combine runs trained on the same folds (or the same validation part) into one model."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``breastai ensemble``."""
     n = subparsers.add_parser(
-        "ensemble", help="combine cross-validation runs trained on the same folds into one model",
-        description="Combine CV runs (same datalist, seed and folds) fold by fold: the members' calibrated log-odds "
-        "are added with weights fitted on each fold's validation part, never on its held-out part. Writes one "
-        "self-contained ensemble checkpoint per fold (usable by predict and evaluate), cv_summary.json and "
-        "oof_predictions.csv like 'breastai train --folds K'.",
+        "ensemble", help="combine runs trained on the same folds (or validation part) into one model",
+        description="Combine CV runs (same datalist, split seed and folds) fold by fold: the members' calibrated "
+        "log-odds are added with weights fitted on each fold's validation part, never on its held-out part. Writes "
+        "one self-contained ensemble checkpoint per fold (usable by predict and evaluate), cv_summary.json and "
+        "oof_predictions.csv like 'breastai train --folds K'. Single-split runs that share their validation part "
+        "(seed=1 data.split_seed=0 beside seed=0: a seed ensemble) give one best.pt and summary.json.",
         epilog="example: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole")
-    n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt)")
+    n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt) or single-split run folders (best.pt, summary.json)")
     n.add_argument("--out", required=True, help="output folder")
     n.add_argument("--combine", default="mean", choices=["mean", "stack"],
                    help="mean: one shared weight (default); stack: one non-negative weight per member")
@@ -37,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
                          segmenter_run=args.segmenter_run)
+    if "mean_sd" not in out:  # single-split runs: one checkpoint
+        test = out.get("test")
+        print(f"ensemble ({args.combine}) of {len(args.runs)} runs: weights {[round(w, 3) for w in out['weights']]}, "
+              f"validation AUC {out['val_auc']:.4f}" + (f"; test AUC {test['auc']:.4f} (members "
+              f"{', '.join(f'{a:.4f}' for a in out['member_test_auc'])}), ECE {test['ece']:.3f}" if test else ""))
+        print(f"summary: {args.out}/summary.json   checkpoint: {args.out}/best.pt")
+        return 0
     ms = out["mean_sd"]
     print(f"ensemble ({args.combine}) of {len(args.runs)} runs: AUC {ms['auc']['mean']:.4f} ± {ms['auc']['sd']:.4f} "
           f"over {len(out['folds'])} folds, pooled {out['pooled_oof_auc']:.4f}; sensitivity "

@@ -26,6 +26,7 @@ members that have one (all in the original image geometry).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -270,16 +271,99 @@ def _fit_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], comb
     return pipeline, summary, oof
 
 
+def _combine_part(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict[str, Any]],
+                  names: Sequence[str], va: Sequence[int], te: Sequence[int], cfg: dict[str, Any], dev: Any,
+                  n_boot: int) -> tuple[Checkpoint, dict[str, Any] | None, dict[str, np.ndarray] | None]:
+    """Fit the combination (and the threshold) on the validation rows ``va``, then only score the
+    held-out rows ``te`` (none: no test figures).
+
+    Returns:
+        ``(ensemble checkpoint, held-out report, held-out rows)``; the rows hold ``case_id``,
+        ``label``, the combined ``logit`` and ``probability``; both None without held-out rows.
+    """
+    c_val, val = members_log_odds(members, [records[j] for j in va], dev, names=[names[j] for j in va],
+                                  sources=sources)
+    weights, bias = fit_combiner(c_val, val["label"], combine)
+    z_val = c_val @ weights + bias
+    threshold = choose_threshold(val["label"], 1.0 / (1.0 + np.exp(-z_val)),
+                                 method=cfg.get("eval", {}).get("threshold_method", "youden"))
+    metrics: dict[str, Any] = {"val_auc": roc_auc(val["label"], z_val)}
+    rep = test = None
+    if len(te):
+        c_test, scored = members_log_odds(members, [records[j] for j in te], dev, names=[names[j] for j in te],
+                                          sources=sources)
+        z_test = c_test @ weights + bias
+        test = {"case_id": scored["case_id"], "label": scored["label"], "logit": z_test,
+                "probability": 1.0 / (1.0 + np.exp(-z_test))}
+        rep = evaluation_report(test["label"], test["probability"], threshold, n_boot=n_boot, scores=z_test)
+        metrics.update(test=rep, member_test_auc=[roc_auc(test["label"], c_test[:, j]) for j in range(len(members))])
+    return ensemble_state(members, weights, bias, combine, threshold, metrics, sources), rep, test
+
+
+def _is_single_run(run: Path) -> bool:
+    """A single-split training run (``best.pt`` and ``summary.json``, no ``cv_summary.json``)."""
+    return (run / "best.pt").is_file() and (run / "summary.json").is_file() and not (run / "cv_summary.json").exists()
+
+
+def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: Any, n_boot: int | None
+                          ) -> dict[str, Any]:
+    """Combine single-split runs that share their validation part (a seed ensemble: ``seed=1
+    data.split_seed=0`` beside ``seed=0``): the combination and the threshold fitted on that part,
+    the ``split=test`` rows, if any, only scored. Writes ``out/best.pt`` and ``out/summary.json``.
+
+    Raises:
+        ValueError: the runs were validated (or tested) on other rows, or one is an ensemble.
+    """
+    from breastai.core.files import atomic_write_text
+    from breastai.engine.run import run_splits
+
+    paths = [r / "best.pt" for r in runs]
+    members = [load_checkpoint(p) for p in paths]
+    for p, m in zip(paths, members):
+        if m.is_ensemble:
+            raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
+    cfg = members[0].config
+    classes = list(cfg["data"]["classes"])
+    records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
+    split = run_splits(cfg, records)[0]
+    # Each member's parts re-derived from its own config on the same rows: a member that selected
+    # its epoch on rows another one trained on would make the fit on "validation" rows a fit on
+    # training rows.
+    for run, m in zip(runs[1:], members[1:]):
+        if m.config["data"]["datalist"] != cfg["data"]["datalist"]:
+            raise ValueError(f"{run}: trained on {m.config['data']['datalist']}, {runs[0]} on "
+                             f"{cfg['data']['datalist']}; ensemble members must share their data")
+        other = run_splits(m.config, records)[0]
+        for part in ("val", "test"):
+            if sorted(other.get(part, [])) != sorted(split.get(part, [])):
+                raise ValueError(f"{run}: its {'validation' if part == 'val' else 'test'} part differs from "
+                                 f"{runs[0]}'s; train the members with one data.split_seed (e.g. seed=1 "
+                                 f"data.split_seed=0 beside seed=0)")
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
+    names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
+    state, rep, _ = _combine_part(members, [str(p) for p in paths], combine, records, names, split["val"],
+                                  split.get("test", []), cfg, dev, n_boot)
+    save_checkpoint(out / "best.pt", state)
+    summary = {"members": [str(r) for r in runs], "combine": combine, "weights": list(state.member_weights),
+               "bias": state.bias, "threshold": state.threshold, "val_auc": state.metrics["val_auc"],
+               **({"test": rep, "member_test_auc": state.metrics["member_test_auc"]} if rep is not None else {})}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    return summary
+
+
 def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "mean", device: str = "cpu",
                    n_boot: int | None = None, segmenter_run: str | Path | None = None) -> dict[str, Any]:
     """Combine cross-validation runs fold by fold; write checkpoints and a CV summary into ``out``.
+    Single-split runs that share their validation part are combined once
+    (:func:`build_single_ensemble`).
 
     For each fold, the members' ``fold{i}/best.pt`` score the fold's validation part (carved
     exactly as in training), :func:`fit_combiner` fits the weights and the operating threshold
     is chosen there too; the held-out fold is then only scored.
 
     Args:
-        runs: CV run folders (``cv_summary.json``, ``fold{i}/best.pt``) trained on the same folds.
+        runs: CV run folders (``cv_summary.json``, ``fold{i}/best.pt``) trained on the same folds, or
+            single-split run folders (``best.pt``, ``summary.json``).
         out: output folder: ``fold{i}/best.pt``, ``cv_summary.json``, ``oof_predictions.csv``.
         combine: ``mean`` or ``stack`` (see :func:`fit_combiner`).
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -290,7 +374,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
             scores it.
 
     Returns:
-        The CV summary.
+        The CV summary (or the single-split ensemble's summary).
     """
     from breastai.core.distributed import resolve_device
     from breastai.engine.cv import cv_splits, cv_summary, label_sites, load_cv_summary
@@ -301,8 +385,16 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     if combine not in COMBINE:
         raise ValueError(f"unknown combine {combine!r}; choose {' or '.join(COMBINE)}")
     out = Path(out)
-    if (out / "cv_summary.json").exists():
-        raise ValueError(f"{out} already holds an ensemble (cv_summary.json); choose another --out or remove it")
+    if (out / "cv_summary.json").exists() or (out / "best.pt").exists():
+        raise ValueError(f"{out} already holds an ensemble; choose another --out or remove it")
+    single = [_is_single_run(r) for r in runs]
+    if any(single):
+        if not all(single):
+            raise ValueError(f"{runs[single.index(False)]} is not a single-split run folder (best.pt, summary.json) "
+                             f"like {runs[single.index(True)]}: combine runs of one kind")
+        if segmenter_run is not None:
+            raise ValueError("--segmenter-run fits on out-of-fold outlines: it needs cross-validation runs")
+        return build_single_ensemble(runs, out, combine, resolve_device(device), n_boot)
     summaries = [load_cv_summary(r) for r in runs]
     _check_same_folds(runs, summaries)
     cfg = summaries[0]["config"]
@@ -338,27 +430,15 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
             per_fold.append(fold)
             oof += rows
             continue
-        c_val, val = members_log_odds(members, [records[j] for j in va], dev, names=[names[j] for j in va],
-                                      sources=sources)
-        weights, bias = fit_combiner(c_val, val["label"], combine)
-        z_val = c_val @ weights + bias
-        p_val = 1.0 / (1.0 + np.exp(-z_val))
-        threshold = choose_threshold(val["label"], p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
-        c_test, test = members_log_odds(members, [records[j] for j in te], dev, names=[names[j] for j in te],
-                                        sources=sources)
-        z_test = c_test @ weights + bias
-        p_test = 1.0 / (1.0 + np.exp(-z_test))
-        rep = evaluation_report(test["label"], p_test, threshold, n_boot=n_boot, scores=z_test)
-        member_auc = [roc_auc(test["label"], c_test[:, j]) for j in range(len(members))]
+        state, rep, test = _combine_part(members, sources, combine, records, names, va, te, cfg, dev, n_boot)
         log.info("fold %d/%d: weights %s, bias %.3f; held-out AUC %.4f (members %s)", i + 1, len(splits),
-                 np.round(weights, 3).tolist(), bias, rep["auc"], np.round(member_auc, 4).tolist())
-        metrics = {"val_auc": roc_auc(val["label"], z_val), "test": rep, "member_test_auc": member_auc}
-        save_checkpoint(out / f"fold{i}" / "best.pt",
-                        ensemble_state(members, weights, bias, combine, threshold, metrics, sources))
-        per_fold.append({"fold": i, "weights": weights.tolist(), "bias": bias, **rep})
+                 np.round(state.member_weights, 3).tolist(), state.bias, rep["auc"],
+                 np.round(state.metrics["member_test_auc"], 4).tolist())
+        save_checkpoint(out / f"fold{i}" / "best.pt", state)
+        per_fold.append({"fold": i, "weights": list(state.member_weights), "bias": state.bias, **rep})
         oof += [{"case_id": str(cid), "fold": i, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
                  "probability": float(p)}
-                for cid, y, z, p in zip(test["case_id"], test["label"], z_test, p_test)]
+                for cid, y, z, p in zip(test["case_id"], test["label"], test["logit"], test["probability"])]
     per_fold, oof = label_sites(per_fold, oof, records, splits, k)
     cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
            "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}

@@ -123,6 +123,9 @@ DEFAULTS: dict[str, Any] = {
     # Lesion segmenters (models whose task is segmentation: unet_lite0, unet_small).
     "seg": {
         "loss": "dicece",  # dicece | dicefocal: MONAI's DiceCELoss / DiceFocalLoss on the mask logits
+        # batch: one Dice over all pixels of the batch; lesion_images: a Dice per image that holds a
+        # lesion, averaged (a missed small lesion costs its image a whole Dice, as the metric counts it).
+        "dice": "batch",
         "presence_weight": 0.5,  # weight of the lesion-presence BCE beside the mask loss
         "pixel_threshold": 0.5,  # mask probability at which a pixel is lesion
         # A connected component is a lesion when it covers at least this fraction of the image ...
@@ -164,4 +167,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mask_init": ("zero", "grey"),
     "eval.calibration_targets": ("hard", "platt"),
     "seg.loss": ("dicece", "dicefocal"),
+    "seg.dice": ("batch", "lesion_images"),
 }

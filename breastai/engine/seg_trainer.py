@@ -36,7 +36,7 @@ from breastai.reporting.metrics import choose_threshold
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
-__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "predict_segmentation", "score_segmentation",
+__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "lesion_image_dice_loss", "predict_segmentation", "score_segmentation",
            "choose_presence_threshold"]
 
 log = logging.getLogger("breastai")
@@ -60,14 +60,41 @@ def check_seg_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarr
                                  "(give an image without a lesion an empty mask file)")
 
 
+def lesion_image_dice_loss(pixel_loss: str = "dicece"):
+    """``loss(logits, target)``: the Dice loss of each image that holds a lesion, averaged over those
+    images, plus the pixel term (``dicece``: binary cross-entropy, ``dicefocal``: focal loss) over
+    every pixel of every image.
+
+    A missed small lesion then costs its image a whole Dice, as the per-image metric counts it, where
+    one Dice over the batch would let the batch's large lesions outweigh it; a batch of normal images
+    only (or an image without a lesion) adds nothing to the Dice term, so no 0/0 term arises.
+    """
+    from monai.losses import DiceLoss, FocalLoss
+
+    dice = DiceLoss(sigmoid=True, batch=False, reduction="none")
+    pixel = nn.BCEWithLogitsLoss() if pixel_loss == "dicece" else FocalLoss(use_softmax=False)
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_image = dice(logits, target).flatten(1).mean(1)
+        lesion = target.flatten(1).amax(1) > 0.5
+        d = per_image[lesion].mean() if lesion.any() else logits.sum() * 0.0
+        return d + pixel(logits, target)
+
+    return loss
+
+
 def segmentation_loss(cfg: dict[str, Any]):
-    """``loss(output, batch, device)``: the mask loss (``seg.loss``) plus ``seg.presence_weight`` times
+    """``loss(output, batch, device)``: the mask loss (``seg.loss``; its Dice per batch, or with
+    ``seg.dice: lesion_images`` per lesion image: :func:`lesion_image_dice_loss`) plus ``seg.presence_weight`` times
     the presence BCE, whose target is whether the (augmented) traced mask holds any lesion pixel."""
     from monai.losses import DiceCELoss, DiceFocalLoss
 
     sc = cfg["seg"]
-    # batch=True: Dice over the whole batch, so an image without a lesion adds no 0/0 term.
-    mask_loss = (DiceCELoss if sc["loss"] == "dicece" else DiceFocalLoss)(sigmoid=True, batch=True)
+    if sc["dice"] == "lesion_images":
+        mask_loss = lesion_image_dice_loss(sc["loss"])
+    else:
+        # batch=True: Dice over the whole batch, so an image without a lesion adds no 0/0 term.
+        mask_loss = (DiceCELoss if sc["loss"] == "dicece" else DiceFocalLoss)(sigmoid=True, batch=True)
     bce, weight = nn.BCEWithLogitsLoss(), float(sc["presence_weight"])
 
     def loss(out: Any, batch: dict[str, Any], device: torch.device) -> torch.Tensor:

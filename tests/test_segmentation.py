@@ -323,3 +323,34 @@ def test_an_outliner_reads_its_lesion_rules_and_scores_every_image(seg_ckpt):
     assert not empty.lesions and empty.score < ckpt.threshold
     ckpt.config["seg"]["peak_fraction"] = 0.5
     assert Outliner(ckpt).rules["peak_fraction"] == 0.5
+
+
+@pytest.mark.parametrize("pixel_loss", ["dicece", "dicefocal"])
+def test_dice_per_lesion_image_weighs_a_missed_small_lesion_fully(pixel_loss):
+    from monai.losses import DiceCELoss
+
+    from breastai.engine.seg_trainer import lesion_image_dice_loss, segmentation_loss
+
+    target = torch.zeros(3, 1, 32, 32)
+    target[0, 0, 4:28, 4:28] = 1  # a large lesion
+    target[1, 0, 10:13, 10:13] = 1  # a small one; image 2 is normal
+    good = torch.where(target > 0, 8.0, -8.0)
+    missed = good.clone()
+    missed[1] = -8.0  # the small lesion not found
+    per_image = lesion_image_dice_loss(pixel_loss)
+    batch = DiceCELoss(sigmoid=True, batch=True)
+    # Per image the miss costs about half the Dice term (one of two lesion images); per batch its 9 pixels barely count.
+    assert per_image(missed, target) - per_image(good, target) > 0.45
+    assert batch(missed, target) - batch(good, target) < 0.05
+    # A batch of normal images only: no 0/0 term, a finite loss with gradients.
+    logits = torch.zeros(2, 1, 16, 16, requires_grad=True)
+    value = per_image(logits, torch.zeros(2, 1, 16, 16))
+    value.backward()
+    assert torch.isfinite(value) and logits.grad is not None
+    # The config chooses it.
+    cfg = load_config(None, ["model.name=unet_small", "seg.dice=lesion_images", f"seg.loss={pixel_loss}"])
+    out = create_model("unet_small")(torch.rand(3, 1, 32, 32))
+    loss = segmentation_loss(cfg)(out, {"mask": target}, torch.device("cpu"))
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="seg.dice"):
+        load_config(None, ["model.name=unet_small", "seg.dice=per_pixel"])

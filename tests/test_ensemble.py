@@ -279,3 +279,16 @@ def test_a_seed_ensemble_of_single_runs(single_runs, cv_runs, capsys):
     assert main(["ensemble", str(a), str(b), "--out", str(out / "cli"), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "ensemble (mean) of 2 runs: weights" in printed and "test AUC" in printed and "best.pt" in printed
+
+
+def test_a_seed_ensemble_read_from_another_datalist_is_refused(single_runs, monkeypatch):
+    """The members' validation digests, not only their configs, decide: a datalist that now gives
+    other rows at the same path (another working folder) is refused before anything is fitted."""
+    import breastai.engine.ensemble as ens
+
+    a, b, _, out, _ = single_runs
+    real = ens.read_samples
+    monkeypatch.setattr(ens, "read_samples", lambda *args, **kw: real(*args, **kw)[3:])
+    with pytest.raises(ValueError, match="validation part differs"):
+        build_ensemble([a, b], out / "moved", device="cpu")
+    assert not (out / "moved").exists()

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from breastai.data.frames import read_samples
+from breastai.data.provenance import part_digests
 from breastai.engine.scoring import members_log_odds, row_names
 from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
@@ -312,7 +313,7 @@ def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: An
     the ``split=test`` rows, if any, only scored. Writes ``out/best.pt`` and ``out/summary.json``.
 
     Raises:
-        ValueError: the runs were validated (or tested) on other rows, or one is an ensemble.
+        ValueError: a run was validated on other images than the shared part, or is an ensemble.
     """
     from breastai.core.files import atomic_write_text
     from breastai.engine.run import run_splits
@@ -323,22 +324,18 @@ def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: An
         if m.is_ensemble:
             raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
     cfg = members[0].config
-    classes = list(cfg["data"]["classes"])
-    records = read_samples(cfg["data"]["datalist"], cfg["data"], classes)
+    records = read_samples(cfg["data"]["datalist"], cfg["data"], list(cfg["data"]["classes"]))
     split = run_splits(cfg, records)[0]
-    # Each member's parts re-derived from its own config on the same rows: a member that selected
-    # its epoch on rows another one trained on would make the fit on "validation" rows a fit on
-    # training rows.
-    for run, m in zip(runs[1:], members[1:]):
-        if m.config["data"]["datalist"] != cfg["data"]["datalist"]:
-            raise ValueError(f"{run}: trained on {m.config['data']['datalist']}, {runs[0]} on "
-                             f"{cfg['data']['datalist']}; ensemble members must share their data")
-        other = run_splits(m.config, records)[0]
-        for part in ("val", "test"):
-            if sorted(other.get(part, [])) != sorted(split.get(part, [])):
-                raise ValueError(f"{run}: its {'validation' if part == 'val' else 'test'} part differs from "
-                                 f"{runs[0]}'s; train the members with one data.split_seed (e.g. seed=1 "
-                                 f"data.split_seed=0 beside seed=0)")
+    # Every member keeps the digests of the images it selected its epoch on: they must be the rows
+    # this fit is made on, or "validation" rows would be rows a member trained on (another split
+    # seed, another datalist, or the same relative path read from another folder).
+    val_digests = part_digests([records[j] for j in split["val"]])
+    for run, m in zip(runs, members):
+        if sorted((m.seen_images or {}).get("val", [])) != val_digests:
+            raise ValueError(f"{run}: its validation part differs from the one {cfg['data']['datalist']} (read from "
+                             f"{Path.cwd()}) gives {runs[0]}'s config; train the members with one data.split_seed "
+                             "(e.g. seed=1 data.split_seed=0 beside seed=0) and combine them from the folder they "
+                             "were trained in")
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
     state, rep, _ = _combine_part(members, [str(p) for p in paths], combine, records, names, split["val"],

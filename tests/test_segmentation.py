@@ -257,6 +257,28 @@ def test_segmenter_resume_continues_where_it_stopped(tmp_path):
     assert out["run_dir"] == str(run)
 
 
+def test_segmenter_weight_average_is_validated_saved_and_resumed(tmp_path):
+    """With train.ema the averaged weights are the segmenter; --resume replays the average exactly."""
+    from breastai.core.config import apply_overrides
+    from breastai.engine.run import main
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    cfg = _seg_cfg(tmp_path / "a", "train.epochs=2", "train.ema=0.6", "train.select=last", n=24)
+    main(cfg)
+    run = tmp_path / "a" / "runs" / "busi_seg"
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt", resume=True)
+    averaged = {k[len("module."):]: v for k, v in last.ema.items() if k.startswith("module.")}
+    assert averaged.keys() == best.weights.keys()
+    assert all(torch.equal(best.weights[k], averaged[k]) for k in averaged), "best.pt holds the averaged weights"
+    assert any(v.is_floating_point() and not torch.equal(v, averaged[k]) for k, v in last.weights.items())
+
+    two = _seg_cfg(tmp_path / "b", "train.epochs=1", "train.ema=0.6", "train.select=last", n=24)
+    main(two)
+    main(apply_overrides(two, ["train.epochs=2"]), resume=True)
+    again = load_checkpoint(tmp_path / "b" / "runs" / "busi_seg" / "last.pt", resume=True)
+    assert all(torch.equal(again.ema[k], last.ema[k]) for k in last.ema), "the average resumes where it stopped"
+
+
 @pytest.mark.parametrize("folds", [0, 2])
 def test_breastai_train_prints_a_segmenters_figures(tmp_path, capsys, folds):
     from conftest import blob_datalist

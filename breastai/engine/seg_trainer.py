@@ -26,7 +26,7 @@ from breastai.core.keys import Keys
 from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
 from breastai.engine.loaders import build_dataset, make_loader
-from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch
+from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch, weight_ema
 from breastai.models.calibration import apply_temperature, fit_temperature
 from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
 from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge
@@ -229,6 +229,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     model = create_model(cfg["model"]["name"], in_chans=1, pretrained=cfg["model"]["pretrained"],
                          dropout=cfg["model"]["dropout"]).to(device)
     raw_model = model
+    ema = weight_ema(raw_model, float(tc["ema"]))  # copied before DDP wraps the model
     if dist.is_distributed():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, None, 0)))
@@ -240,7 +241,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     start_epoch, best, done_seconds = 0, {"auc": -1.0, "epoch": -1, "stale": 0}, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume:
-        start_epoch, best, done_seconds = resume_training(last_path, raw_model, optimizer, scheduler, device, tc)
+        start_epoch, best, done_seconds = resume_training(last_path, raw_model, optimizer, scheduler, device, tc, ema)
 
     tb = TBLogger(run_dir / "tb" if (main_rank and cfg["log"]["tensorboard"]) else None)
     val_loader = make_loader(val_ds, cfg, False, None, 0)
@@ -256,8 +257,10 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, make_loader(train_ds, cfg, True, None, epoch), optimizer, scheduler, None, device,
                                      scaler=scaler, amp=amp, grad_clip=tc["grad_clip"], epoch=epoch,
-                                     progress=bool(cfg["log"]["progress"]), batch_loss=loss)
-        val = predict_segmentation(model, val_loader, device, amp, flip)
+                                     progress=bool(cfg["log"]["progress"]), batch_loss=loss, ema=ema)
+        # With train.ema the averaged weights are the segmenter: validated, selected and saved.
+        selected = ema.module if ema is not None else model
+        val = predict_segmentation(selected, val_loader, device, amp, flip)
         scores = _raw_scores(val, sc["pixel_threshold"])
         dice = scores["dice"]
         improved = epoch == tc["epochs"] - 1 if tc["select"] == "last" else dice > best["auc"] + 1e-6
@@ -276,12 +279,12 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
             log.info("epoch %d/%d  train loss %.4f  val Dice %.4f  IoU %.4f  HD95 %.1f px%s  lr %.2e  %.0fs", epoch + 1,
                      tc["epochs"], train_loss, dice, scores["iou"], scores["hd95"], " *" if improved else "", lr, time.time() - t0)
             if improved:
-                save_checkpoint(best_path, _checkpoint(cfg, model, epoch=epoch, best_epoch=epoch, metrics={"val_dice": dice},
+                save_checkpoint(best_path, _checkpoint(cfg, selected, epoch=epoch, best_epoch=epoch, metrics={"val_dice": dice},
                                                        seen_images=seen_images, modalities=modalities))
             save_checkpoint(last_path, _checkpoint(
                 cfg, model, epoch=epoch, best_epoch=best["epoch"], metrics={"val_dice": dice, "train_loss": train_loss},
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), early_stop=dict(best),
-                epoch_seconds=[*epoch_seconds, time.time() - t0]))
+                epoch_seconds=[*epoch_seconds, time.time() - t0], ema=ema.state_dict() if ema is not None else None))
         dist.barrier()
         epoch_seconds.append(time.time() - t0)
         if best["stale"] >= tc["early_stop_patience"]:

@@ -166,8 +166,12 @@ def score_segmentation(pred: dict[str, Any], cfg: dict[str, Any], temperature: f
 def choose_presence_threshold(pred: dict[str, Any], cfg: dict[str, Any], temperature: float) -> float:
     """The presence threshold, from validation predictions.
 
-    With ``seg.presence_sensitivity`` = q > 0: the highest threshold at which at least a fraction q of
-    the validation images holding a traced lesion get a found lesion (:func:`~breastai.models.lesions.lesion_score`).
+    With ``seg.presence_sensitivity`` = q > 0: at least a fraction q of the validation images holding
+    a traced lesion get a found lesion (:func:`~breastai.models.lesions.lesion_score`). Of the
+    thresholds that do so and find the fewest other validation images, the midpoint of the gap
+    between the weakest kept lesion's score and the next lower score of any validation image (0
+    when none is lower), not its top edge: at the edge an unseen lesion as confident as the weakest
+    kept one falls either side by chance, which on a small validation part misses many.
     A segmenter is a detector in front of the classifier: a lesion it misses is never scored,
     while a false one is scored (most often benign) and shown. With q = 0: ``eval.threshold_method``
     on the presence probability alone. 0.5 when validation holds no lesion image (or, with q = 0,
@@ -179,10 +183,13 @@ def choose_presence_threshold(pred: dict[str, Any], cfg: dict[str, Any], tempera
     q = float(sc["presence_sensitivity"])
     if q > 0:
         rules = lesion_rules(sc)
-        s = np.sort([lesion_score(p, float(z), **rules) for p, z, h in zip(pred["prob"], presence, has) if h])
+        scores = np.array([lesion_score(p, float(z), **rules) for p, z in zip(pred["prob"], presence)])
+        s = np.sort(scores[has == 1])
         if not len(s):
             return 0.5
-        return float(max(s[int(np.floor((1.0 - q) * len(s)))], 1e-3))
+        edge = s[int(np.floor((1.0 - q) * len(s)))]
+        below = scores[scores < edge]
+        return float(max((edge + (below.max() if len(below) else 0.0)) / 2, 1e-3))
     if len(set(has.tolist())) < 2:
         return 0.5
     return float(choose_threshold(has, presence, method=cfg["eval"]["threshold_method"]))

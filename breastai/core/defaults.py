@@ -139,9 +139,9 @@ DEFAULTS: dict[str, Any] = {
         # true: the presence probability alone decides whether an image holds lesions (the mask only
         # places them); false: a lesion is kept on min(presence, its mask peak).
         "presence_gate": False,
-        # The presence threshold is the highest that still finds a lesion in this fraction of the
-        # validation images holding one (a missed lesion is never scored; a false one is scored and
-        # shown); 0: eval.threshold_method on the presence probability alone.
+        # The presence threshold still finds a lesion in this fraction of the validation images holding
+        # one (a missed lesion is never scored; a false one is scored and shown), placed in the middle of
+        # the gap below the weakest kept lesion's score; 0: eval.threshold_method on the presence alone.
         "presence_sensitivity": 0.95,
         "overlay_images": 8,  # TensorBoard: predicted against traced outlines of this many fixed validation images
     },

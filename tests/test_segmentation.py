@@ -381,3 +381,33 @@ def test_dice_per_lesion_image_weighs_a_missed_small_lesion_fully(pixel_loss):
     assert torch.isfinite(loss)
     with pytest.raises(ConfigError, match="seg.dice"):
         load_config(None, ["model.name=unet_small", "seg.dice=per_pixel"])
+
+
+def test_class_balance_sampler_draws_normal_and_lesion_images_equally(tmp_path, monkeypatch):
+    """``train.class_balance: sampler`` for a segmenter: lesion-free rows (empty masks) are drawn as
+    often as lesion rows, where a plain shuffle draws them as often as they occur (one in four here)."""
+    from conftest import blob_datalist
+
+    from breastai.data.frames import read_samples
+    from breastai.engine import seg_trainer
+    from breastai.engine.loaders import make_loader
+    from breastai.engine.run import main
+
+    cfg = _seg_cfg(tmp_path, "train.class_balance=sampler", "train.epochs=1", n=24)
+    records = read_samples(str(blob_datalist(tmp_path, 24)), cfg["data"])
+    free = seg_trainer.lesion_free(records)
+    assert free.tolist() == [0 if i % 4 else 1 for i in range(24)]
+    draws = np.concatenate([list(make_loader(list(range(24)), cfg, True, free, e).sampler) for e in range(50)])
+    assert 0.45 < free[draws].mean() < 0.55
+
+    seen: list = []
+    real = seg_trainer.make_loader
+
+    def spy(ds, c, train, labels, epoch):
+        seen.append((train, None if labels is None else labels.tolist()))
+        return real(ds, c, train, labels, epoch)
+
+    monkeypatch.setattr(seg_trainer, "make_loader", spy)
+    main(cfg)
+    balanced = [labels for train, labels in seen if train]
+    assert balanced and all(labels is not None and 0 < sum(labels) < len(labels) for labels in balanced)

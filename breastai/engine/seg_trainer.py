@@ -25,6 +25,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.keys import Keys
 from breastai.data.modality import trained_modalities
 from breastai.data.provenance import part_digests
+from breastai.data.readers.masks import load_mask
 from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch, weight_ema
 from breastai.models.calibration import apply_temperature, fit_temperature
@@ -37,7 +38,7 @@ from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
 __all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "lesion_image_dice_loss", "predict_segmentation", "score_segmentation",
-           "choose_presence_threshold"]
+           "choose_presence_threshold", "lesion_free"]
 
 log = logging.getLogger("breastai")
 
@@ -58,6 +59,12 @@ def check_seg_parts(records: Sequence[dict[str, Any]], split: dict[str, np.ndarr
             if not records[i].get(Keys.MASK):
                 raise ValueError(f"row {records[i][Keys.CASE_ID]!r} has no mask: a segmenter learns from traced masks "
                                  "(give an image without a lesion an empty mask file)")
+
+
+def lesion_free(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """1 for each row whose traced mask is empty (an image without a lesion), else 0: with
+    ``train.class_balance: sampler`` the loader draws these and the lesion images equally often."""
+    return np.array([0 if load_mask(r[Keys.MASK]).any() else 1 for r in records], int)
 
 
 def lesion_image_dice_loss(pixel_loss: str = "dicece"):
@@ -232,6 +239,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
     modalities = trained_modalities([*train_recs, *val_recs], cfg["data"].get("modality"))
     train_ds, val_ds = build_dataset(cfg, train_recs, train=True), build_dataset(cfg, val_recs, train=False)
+    balance = lesion_free(train_recs) if tc["class_balance"] == "sampler" else None
 
     model = create_model(cfg["model"]["name"], in_chans=1, pretrained=cfg["model"]["pretrained"],
                          dropout=cfg["model"]["dropout"]).to(device)
@@ -239,7 +247,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     ema = weight_ema(raw_model, float(tc["ema"]))  # copied before DDP wraps the model
     if dist.is_distributed():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, None, 0)))
+    optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, balance, 0)))
     amp = bool(tc["amp"]) and device.type == "cuda"
     flip = bool(cfg["eval"]["flip_average"])  # validated as inference outlines, so the threshold fits them
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
@@ -262,7 +270,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
         seed_everything(epoch_seed)
         train_ds.transform.set_random_state(seed=epoch_seed % 2**32)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, make_loader(train_ds, cfg, True, None, epoch), optimizer, scheduler, None, device,
+        train_loss = train_one_epoch(model, make_loader(train_ds, cfg, True, balance, epoch), optimizer, scheduler, None, device,
                                      scaler=scaler, amp=amp, grad_clip=tc["grad_clip"], epoch=epoch,
                                      progress=bool(cfg["log"]["progress"]), batch_loss=loss, ema=ema)
         # With train.ema the averaged weights are the segmenter: validated, selected and saved.

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import blob_image, write_rows
+from conftest import blob_image, predict_cli, write_rows
 from PIL import Image
 
 from breastai.engine.recalibrate import TooFewCasesError
@@ -98,3 +98,20 @@ def test_cli_recalibrates_a_segmenter_and_refuses_classifier_options(seg_ckpt, c
                  "--lesion-sensitivity", "0.9"]) == 2
     assert "--lesion-sensitivity is for a segmenter" in capsys.readouterr().err
     assert not (tmp_path / "t.pt").exists() and not (tmp_path / "u.pt").exists()
+
+
+def test_predict_names_the_segmenters_local_threshold(seg_ckpt, ckpt, tmp_path):
+    import json
+
+    local = local_datalist(tmp_path / "site", 20, 8)
+    rec = rethreshold_segmenter(seg_ckpt, local, tmp_path / "local.pt", sensitivity=0.9, device="cpu")
+    image = tmp_path / "site" / "l0.png"
+    for seg, out in ((seg_ckpt, "home"), (tmp_path / "local.pt", "site_out")):
+        assert predict_cli(["predict", "--checkpoint", str(ckpt), "--segmenter", str(seg), str(image),
+                            "--out", str(tmp_path / out), "--saliency", "none", "--device", "cpu"]) == 0
+    home = json.loads((tmp_path / "home" / "predictions.json").read_text())["run"]
+    site = json.loads((tmp_path / "site_out" / "predictions.json").read_text())["run"]
+    assert home["segmenter_threshold"] == 0.5 and home["segmenter_recalibration"] is None
+    assert site["segmenter_threshold"] == pytest.approx(rec.threshold_after)
+    assert site["segmenter_recalibration"]["method"] == METHOD
+    assert site["segmenter_recalibration"]["n_per_class"] == {"lesion": 20, "no lesion": 8}

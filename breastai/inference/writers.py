@@ -330,6 +330,9 @@ def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str
         "recalibration": pred.recalibration[-1].summary() if pred.recalibration else None,
         "adaptation": pred.adaptation[-1].summary() if pred.adaptation else None,
         "preprocess_mode": pred.pre["mode"], "segmenter": pred.segmenter.source if pred.segmenter else None,
+        "segmenter_threshold": pred.segmenter.threshold if pred.segmenter else None,
+        "segmenter_recalibration": pred.segmenter.recalibration[-1].summary()
+        if pred.segmenter and pred.segmenter.recalibration else None,
         "n": journal.n_records, **{f"n_{k}": tally[k] for k in ("failed", "no_lesion", "ood", "shifted")},
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

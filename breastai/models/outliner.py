@@ -104,6 +104,7 @@ class Outliner:
                                   f"({exc}); it was not written by breastai train") from exc
         self.source, self.cfg, self.device = source, cfg, torch.device(device)
         self.calibration, self.threshold = ckpt.calibration, float(ckpt.threshold)
+        self.recalibration = list(ckpt.recalibration or [])  # a site's own threshold (breastai calibrate)
         self.flip = bool(cfg.get("eval", {}).get("flip_average", False))
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None
         self.model = model_from_checkpoint(ckpt).to(self.device).eval()

@@ -32,9 +32,8 @@ from breastai.core.files import atomic_write_text  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.provenance import join_identical_images  # noqa: E402
 from breastai.engine.cv import seg_cv_summary  # noqa: E402
-from breastai.engine.loaders import build_dataset, make_loader  # noqa: E402
 from breastai.engine.run import is_cv, run_splits  # noqa: E402
-from breastai.engine.seg_trainer import choose_presence_threshold, predict_segmentation, score_segmentation  # noqa: E402
+from breastai.engine.seg_trainer import choose_presence_threshold, score_segmentation, segment_records  # noqa: E402
 from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from breastai.reporting.segmentation import segmentation_summary  # noqa: E402
 
@@ -62,9 +61,8 @@ def main() -> None:
         ckpt = load_checkpoint(src / "best.pt")
         model = model_from_checkpoint(ckpt).eval()
 
-        def predict(idx):
-            ds = build_dataset(cfg, [records[j] for j in idx], train=False)
-            return predict_segmentation(model, make_loader(ds, cfg, False, None, 0), torch.device("cpu"))
+        def predict(idx):  # with the run's flip setting, as training scored its validation part
+            return segment_records(model, cfg, [records[j] for j in idx], torch.device("cpu"))
 
         val, test = predict(va), predict(te)
         old = ckpt.threshold

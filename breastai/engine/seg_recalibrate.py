@@ -26,10 +26,9 @@ from breastai.core.distributed import resolve_device
 from breastai.core.files import file_sha256
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
-from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.recalibrate import TooFewCasesError, check_new_checkpoint, warn_seen_before
-from breastai.engine.seg_trainer import (check_seg_parts, choose_presence_threshold, lesion_free, predict_segmentation,
-                                         score_segmentation)
+from breastai.engine.seg_trainer import (check_seg_parts, choose_presence_threshold, lesion_free, score_segmentation,
+                                         segment_records)
 from breastai.models.calibration import Recalibration
 from breastai.models.checkpoint import (CheckpointError, is_segmenter, load_checkpoint, model_from_checkpoint,
                                         package_versions, save_checkpoint, weights_digest)
@@ -91,8 +90,7 @@ def rethreshold_segmenter(checkpoint: str | Path, data: str | Path, out: str | P
     warn_seen_before(ckpt, records)
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    loader = make_loader(build_dataset(cfg, records, train=False), cfg, False, None, 0)
-    pred = predict_segmentation(model, loader, dev, flip=bool(cfg["eval"].get("flip_average", False)))
+    pred = segment_records(model, cfg, records, dev)
     seg = {**cfg["seg"], "presence_sensitivity": q}
     threshold = choose_presence_threshold(pred, {**cfg, "seg": seg}, ckpt.temperature)
     metrics = {**_fractions(score_segmentation(pred, cfg, ckpt.temperature, ckpt.threshold), "before"),

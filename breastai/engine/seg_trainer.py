@@ -38,7 +38,7 @@ from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
 __all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "lesion_image_dice_loss", "predict_segmentation", "score_segmentation",
-           "choose_presence_threshold", "lesion_free"]
+           "segment_records", "choose_presence_threshold", "lesion_free"]
 
 log = logging.getLogger("breastai")
 
@@ -138,6 +138,14 @@ def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, 
     order, keep = np.unique(index, return_index=True)  # DistributedSampler pads with repeats
     return {"index": order, "case_id": [[i for p in parts for i in p[1]][k] for k in keep],
             "presence_logit": cat(2)[keep], "prob": cat(3)[keep], "truth": cat(4)[keep]}
+
+
+def segment_records(model: nn.Module, cfg: dict[str, Any], records: Sequence[dict[str, Any]], device: torch.device,
+                    amp: bool = False) -> dict[str, Any]:
+    """:func:`predict_segmentation` of ``records`` with ``cfg``'s evaluation preprocessing and its
+    ``eval.flip_average``, as validation images are scored, so a threshold chosen on them fits."""
+    loader = make_loader(build_dataset(cfg, records, False), cfg, False, None, 0)
+    return predict_segmentation(model, loader, device, amp, bool(cfg["eval"].get("flip_average", False)))
 
 
 def _raw_scores(pred: dict[str, Any], threshold: float) -> dict[str, float]:
@@ -322,8 +330,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     result: dict[str, Any] = {"best_epoch": kept.best_epoch, "val": segmentation_summary(val_rows, nb),
                               "threshold": kept.threshold, "temperature": kept.temperature, "epoch_seconds": epoch_seconds}
     if test_recs:
-        test = predict_segmentation(model, make_loader(build_dataset(cfg, test_recs, False), cfg, False, None, 0), device,
-                                    amp, flip)
+        test = segment_records(model, cfg, test_recs, device, amp)
         result["test_predictions"] = score_segmentation(test, cfg, kept.temperature, kept.threshold)
         result["test"] = segmentation_summary(result["test_predictions"], nb)
     if main_rank:

@@ -29,12 +29,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bundle the two checkpoints and say what went in."""
-    from breastai.engine.bundle import bundle_files
+    from breastai.engine.bundle import bundle_files, model_names
 
     pipe = bundle_files(args.classifier, args.segmenter, args.out, replace=args.replace)
     seg = pipe.segmenter
-    cls = f"ensemble of {len(pipe.members)}" if pipe.is_ensemble else pipe.model.name
-    print(f"pipeline: classifier {cls} (threshold {pipe.threshold:.3g}) + segmenter {seg.model.name} "
+    print(f"pipeline: classifier {model_names(pipe)} (threshold {pipe.threshold:.3g}) + segmenter {model_names(seg)} "
           f"(lesion presence threshold {seg.threshold:.3g})")
     print(f"written: {args.out}")
     return 0

@@ -16,9 +16,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "log-odds are added with weights fitted on each fold's validation part, never on its held-out part. Writes "
         "one self-contained ensemble checkpoint per fold (usable by predict and evaluate), cv_summary.json and "
         "oof_predictions.csv like 'breastai train --folds K'. Single-split runs that share their validation part "
-        "(seed=1 data.split_seed=0 beside seed=0: a seed ensemble) give one best.pt and summary.json.",
+        "(seed=1 data.split_seed=0 beside seed=0: a seed ensemble) give one best.pt and summary.json. Segmenter "
+        "runs (or their checkpoint files; a CV run gives all its folds) are averaged into one segmenter best.pt: "
+        "mask and presence probabilities, presence threshold the members' median.",
         epilog="example: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole")
-    n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt) or single-split run folders (best.pt, summary.json)")
+    n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt) or single-split run "
+                   "folders (best.pt, summary.json); for segmenters also checkpoint files")
     n.add_argument("--out", required=True, help="output folder")
     n.add_argument("--combine", default="mean", choices=["mean", "stack"],
                    help="mean: one shared weight (default); stack: one non-negative weight per member")
@@ -31,10 +34,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return n
 
 
+def _segmenters(runs: list[str]) -> bool:
+    """Whether the runs are segmenters' (their first checkpoint says); refuses a mixture."""
+    from breastai.engine.seg_ensemble import segmenter_checkpoints
+    from breastai.models.checkpoint import CheckpointError, is_segmenter, load_checkpoint
+
+    kinds = {is_segmenter(load_checkpoint(segmenter_checkpoints(r)[0])) for r in runs}
+    if len(kinds) > 1:
+        raise CheckpointError("the runs mix segmenters and classifiers: an ensemble is of one kind")
+    return kinds == {True}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build the ensemble and print its cross-validated figures."""
+    """Build the ensemble and print its cross-validated figures (a segmenter ensemble: its members and threshold)."""
     from breastai.cli.train import print_per_site
     from breastai.engine.ensemble import build_ensemble
+
+    if _segmenters(args.runs):
+        from breastai.engine.seg_ensemble import build_segmenter_ensemble
+
+        if args.combine != "mean" or args.segmenter_run:
+            raise ValueError("segmenters are averaged (mask and presence probabilities): --combine stack and "
+                             "--segmenter-run are for classifiers")
+        s = build_segmenter_ensemble(args.runs, args.out)
+        print(f"segmenter ensemble of {len(s['members'])}: mask and presence probabilities averaged; presence "
+              f"threshold {s['threshold']:.3g} (median of the members' {', '.join(f'{t:.3g}' for t in s['member_thresholds'])})")
+        print(f"summary: {args.out}/summary.json   checkpoint: {args.out}/best.pt (give it as --segmenter, or bundle it)")
+        return 0
 
     out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
                          segmenter_run=args.segmenter_run)

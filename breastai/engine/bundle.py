@@ -16,15 +16,20 @@ from pathlib import Path
 
 from breastai.models.checkpoint import Checkpoint, CheckpointError, is_segmenter, load_checkpoint, save_checkpoint
 
-__all__ = ["bundle_pipeline", "bundle_files"]
+__all__ = ["bundle_pipeline", "bundle_files", "model_names"]
 
 log = logging.getLogger("breastai")
+
+
+def model_names(ckpt: Checkpoint) -> str:
+    """A checkpoint's model in a few words: its registry name, an ensemble's ``ensemble of N name``."""
+    return f"ensemble of {len(ckpt.members)} {ckpt.members[0].model.name}" if ckpt.members else ckpt.model.name
 
 
 def _what(ckpt: Checkpoint) -> str:
     """A classifier-side checkpoint in a few words, for the refusals."""
     if ckpt.is_pipeline:
-        return f"a pipeline ({ckpt.model.name} with the segmenter {ckpt.segmenter.model.name})"
+        return f"a pipeline ({ckpt.model.name} with the segmenter {model_names(ckpt.segmenter)})"
     return "an ensemble classifier" if ckpt.is_ensemble else f"a classifier ({ckpt.model.name})"
 
 
@@ -45,7 +50,7 @@ def bundle_pipeline(classifier: Checkpoint, segmenter: Checkpoint, replace: bool
 
     Args:
         classifier: a single model's or an ensemble's checkpoint.
-        segmenter: a segmenter's checkpoint.
+        segmenter: a segmenter's checkpoint (a single model's or a segmenter ensemble's).
         replace: swap a segmenter the classifier already carries (without it one is refused).
         names: how the two are named in messages (their files).
 
@@ -63,7 +68,7 @@ def bundle_pipeline(classifier: Checkpoint, segmenter: Checkpoint, replace: bool
         raise CheckpointError(f"{names[1]}: {_what(segmenter)}, not a segmenter; give a segmenter's best.pt "
                               "(a run of a segmentation model such as configs/busi_seg.yaml)")
     if classifier.is_pipeline and not replace:
-        raise CheckpointError(f"{names[0]}: already carries a segmenter ({classifier.segmenter.model.name}); "
+        raise CheckpointError(f"{names[0]}: already carries a segmenter ({model_names(classifier.segmenter)}); "
                               "pass --replace to swap it for the one given")
     warning = _modality_mismatch(classifier, segmenter)
     if warning:

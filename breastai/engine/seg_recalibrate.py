@@ -27,11 +27,11 @@ from breastai.core.files import file_sha256
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
 from breastai.engine.recalibrate import TooFewCasesError, check_new_checkpoint, warn_seen_before
-from breastai.engine.seg_trainer import (check_seg_parts, choose_presence_threshold, lesion_free, score_segmentation,
-                                         segment_records)
+from breastai.engine.seg_ensemble import segment_records_any
+from breastai.engine.seg_trainer import check_seg_parts, choose_presence_threshold, lesion_free, score_segmentation
 from breastai.models.calibration import Recalibration
-from breastai.models.checkpoint import (CheckpointError, is_segmenter, load_checkpoint, model_from_checkpoint,
-                                        package_versions, save_checkpoint, weights_digest)
+from breastai.models.checkpoint import (CheckpointError, is_segmenter, load_checkpoint, package_versions, save_checkpoint,
+                                        weights_digest)
 
 __all__ = ["METHOD", "MIN_LESION_IMAGES", "rethreshold_segmenter"]
 
@@ -54,7 +54,7 @@ def rethreshold_segmenter(checkpoint: str | Path, data: str | Path, out: str | P
     """Re-choose a segmenter's presence threshold on local traced images and write the result to ``out``.
 
     Args:
-        checkpoint: the segmenter's checkpoint (``best.pt`` of a segmentation run).
+        checkpoint: the segmenter's checkpoint (``best.pt`` of a segmentation run, or a segmenter ensemble).
         data: datalist of local images, each with its traced mask (an empty mask file for an image
             without a lesion); at least :data:`MIN_LESION_IMAGES` of them holding a lesion.
         out: the new checkpoint file (never the source).
@@ -89,12 +89,11 @@ def rethreshold_segmenter(checkpoint: str | Path, data: str | Path, out: str | P
                                f"needs at least {MIN_LESION_IMAGES}")
     warn_seen_before(ckpt, records)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev)
-    pred = segment_records(model, cfg, records, dev)
+    pred, temperature = segment_records_any(ckpt, records, dev)
     seg = {**cfg["seg"], "presence_sensitivity": q}
-    threshold = choose_presence_threshold(pred, {**cfg, "seg": seg}, ckpt.temperature)
-    metrics = {**_fractions(score_segmentation(pred, cfg, ckpt.temperature, ckpt.threshold), "before"),
-               **_fractions(score_segmentation(pred, cfg, ckpt.temperature, threshold), "after")}
+    threshold = choose_presence_threshold(pred, {**cfg, "seg": seg}, temperature)
+    metrics = {**_fractions(score_segmentation(pred, cfg, temperature, ckpt.threshold), "before"),
+               **_fractions(score_segmentation(pred, cfg, temperature, threshold), "after")}
     calibration = dict(ckpt.calibration)
     rec = Recalibration(
         method=METHOD, targets="", slope=1.0, intercept=0.0, before=calibration, after=dict(calibration),

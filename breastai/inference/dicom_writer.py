@@ -82,7 +82,7 @@ def _algorithm(predictor: Predictor, checkpoint: str | Path, saliency: str) -> A
     seg = predictor.segmenter
     return AlgorithmInfo(model=model, version=ours, checkpoint_sha256=digest, threshold=predictor.threshold,
                          saliency="" if saliency == "none" else saliency,
-                         segmenter="" if seg is None else str(seg.cfg["model"]["name"]),
+                         segmenter="" if seg is None else seg.name,
                          presence_threshold=None if seg is None else seg.threshold)
 
 

@@ -230,13 +230,9 @@ class Predictor:
         """What decides this predictor's records: its models' fingerprints (weights, calibration,
         configuration), threshold and classes, its segmenter's and its mask providers' names; the
         settings a resumed run must share (``run_predict(..., resume=True)``)."""
-        from breastai.models.digest import content_digest
-
         seg = self.segmenter
         return {"scorer": self.scorer.fingerprint(), "threshold": self.threshold, "classes": self.classes,
-                "segmenter": None if seg is None else {
-                    "weights": content_digest(seg.model.state_dict()), "config": content_digest(seg.cfg),
-                    "calibration": dict(seg.calibration), "threshold": seg.threshold},
+                "segmenter": None if seg is None else seg.fingerprint(),
                 "mask_providers": [_provider_name(p) for p in self.mask_providers]}
 
     def expand(self, inputs: Any, masks: Sequence[Any] | None = None, find_masks: bool = False) -> list[PredictItem]:

@@ -168,7 +168,7 @@ class Checkpoint:
             None: never adapted.
         segmenter: pipeline only: the segmenter checkpoint that outlines the lesions this
             classifier scores (``breastai bundle``); None: a plain checkpoint. A segmenter never
-            carries one, and a bundled segmenter is a single model's best checkpoint.
+            carries one; a bundled segmenter is a best checkpoint (a model's, or an ensemble of them).
         format_version: the format the checkpoint was read in (0: written before it was recorded);
             a saved checkpoint is always written in :data:`FORMAT_VERSION`.
         versions: package versions it was written with (None: fill in the running ones at save).
@@ -321,13 +321,13 @@ def _opt(cast: Any, value: Any) -> Any:
 
 
 def checkpoint_task(ckpt: Checkpoint) -> str:
-    """What the checkpoint's model does: ``classification`` (an ensemble too) or ``segmentation``.
+    """What the checkpoint's model does: ``classification`` or ``segmentation`` (an ensemble: its members').
 
     Raises:
         CheckpointError: its model is not registered in this breastai.
     """
     if ckpt.is_ensemble:
-        return "classification"
+        return checkpoint_task(ckpt.members[0]) if ckpt.members else "classification"
     try:
         return ckpt.model.spec.task
     except KeyError as exc:
@@ -344,7 +344,8 @@ def is_segmenter(ckpt: Checkpoint) -> bool:
 
 
 def _check_pipeline(ckpt: Checkpoint) -> None:
-    """Refuse a segmenter where none can be: on a segmenter, or one that is not a single segmenter.
+    """Refuse a segmenter where none can be: on a segmenter, or one that is no segmenter's best checkpoint
+    (a single model's, or an ensemble of them).
 
     A model this breastai does not know is let through here (its task is unknown, and it cannot be
     rebuilt anyway); :func:`is_segmenter` names it where it matters.
@@ -360,7 +361,6 @@ def _check_pipeline(ckpt: Checkpoint) -> None:
             return None
 
     why = ("a segmenter cannot carry a segmenter" if task(ckpt) == "segmentation"
-           else "its segmenter is an ensemble" if seg.is_ensemble
            else "its segmenter is a resume checkpoint (last.pt)" if seg.is_resume
            else f"its segmenter is a classifier ({seg.model.name})" if task(seg) == "classification" else None)
     if why is not None:

@@ -7,7 +7,9 @@ image exactly as the segmenter was validated (``build_transforms(cfg, train=Fals
 without gradients, sends the mask probabilities back to the image as stored (network square ->
 reader grid -> DICOM crop and flip undone, :func:`breastai.data.geometry.map_to_original`) and
 finds the lesions there (:func:`breastai.models.lesions.find_lesions`), so that each lesion's mask
-can be handed to a classifier as a traced mask would be. Predict (``breastai.inference``) and
+can be handed to a classifier as a traced mask would be. A segmenter ensemble's checkpoint
+(:mod:`breastai.engine.seg_ensemble`) gives one such model per member, each with its own preset
+and calibration; their maps are averaged before any lesion is found. Predict (``breastai.inference``) and
 ``evaluate`` (``breastai.engine``) both use it, which is why it lives here, below both.
 
 ``seg.min_area_fraction`` is a fraction of the network's square input in training and validation;
@@ -80,50 +82,20 @@ class Outline:
     score: float = 0.0
 
 
-class Outliner:
-    """A segmentation checkpoint's model, preset, presence calibration and lesion rules.
+class _Member:
+    """One segmentation model at work: its weights, its own evaluation preset and presence calibration."""
 
-    Args:
-        ckpt: a segmentation checkpoint (its ``model.name`` is a segmentation model).
-        device: where the model runs.
-        source: where the checkpoint came from (for messages).
-
-    Raises:
-        CheckpointError: a classifier checkpoint, or one that lacks what outlining needs.
-    """
-
-    def __init__(self, ckpt: Checkpoint, device: torch.device | str = "cpu", source: str = "<state>"):
-        require_task(ckpt, "segmentation", source)
-        try:
-            cfg = ckpt.config
-            self.reader_options = cfg["data"].get("reader_options") or {}
-            self.rules = lesion_rules(cfg["seg"])
-            cfg["preprocess"]["size"]
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{source}: segmentation checkpoint lacks its preprocessing or lesion rules "
-                                  f"({exc}); it was not written by breastai train") from exc
-        self.source, self.cfg, self.device = source, cfg, torch.device(device)
-        self.calibration, self.threshold = ckpt.calibration, float(ckpt.threshold)
-        self.recalibration = list(ckpt.recalibration or [])  # a site's own threshold (breastai calibrate)
-        self.flip = bool(cfg.get("eval", {}).get("flip_average", False))
-        self.modalities = list(ckpt.modalities) if ckpt.modalities else None
-        self.model = model_from_checkpoint(ckpt).to(self.device).eval()
+    def __init__(self, ckpt: Checkpoint, device: torch.device):
+        self.device, self.calibration = device, ckpt.calibration
+        self.flip = bool(ckpt.config.get("eval", {}).get("flip_average", False))
+        self.model = model_from_checkpoint(ckpt).to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> "Outliner":
-        """Load a segmentation checkpoint (safely, ``weights_only=True``)."""
-        return cls(load_checkpoint(path, map_location="cpu"), device, str(path))
+        self.steps = list(build_transforms(ckpt.config, train=False, full_image=[KeepFullImaged()]).transforms)
 
     @torch.no_grad()
-    def outline(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> Outline:
-        """The lesions of one decoded image (the reader's grid, with the reader's ``meta``).
-
-        Raises:
-            ImageReadError: the image cannot be preprocessed (too small, non-finite pixels).
-        """
+    def maps(self, image: np.ndarray, meta: dict[str, Any], source: str, min_area_fraction: float
+             ) -> tuple[np.ndarray, float, np.ndarray, float]:
         d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
         for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
             d = step(d)
@@ -134,9 +106,99 @@ class Outliner:
         shape = tuple(int(s) for s in d["orig_shape"])
         stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
         side = float(d["box"][2])
-        rules = {**self.rules, "min_area_fraction": self.rules["min_area_fraction"] * side * side / stored.size}
-        lesions, score = find_lesions_and_score(stored, presence, presence_threshold=self.threshold, **rules)
-        return Outline(presence, lesions, stored, reader_to_original(d[FULL_IMAGE], meta), score)
+        return stored, presence, reader_to_original(d[FULL_IMAGE], meta), min_area_fraction * side * side / stored.size
+
+
+class Outliner:
+    """A segmentation checkpoint's model (or an ensemble's models), preset, presence calibration and lesion rules.
+
+    An ensemble of segmenters (``breastai ensemble`` over segmenter runs) outlines with the mean of
+    its members' mask probabilities and of their calibrated presence probabilities, each member
+    reading the image with its own preset; the lesion rules and the presence threshold are the
+    ensemble's.
+
+    Args:
+        ckpt: a segmentation checkpoint (its ``model.name`` is a segmentation model), or an ensemble of them.
+        device: where the models run.
+        source: where the checkpoint came from (for messages).
+
+    Raises:
+        CheckpointError: a classifier checkpoint, or one that lacks what outlining needs.
+    """
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device | str = "cpu", source: str = "<state>"):
+        require_task(ckpt, "segmentation", source)
+        parts = ckpt.members if ckpt.is_ensemble else [ckpt]
+        try:
+            cfg = ckpt.config
+            self.reader_options = cfg["data"].get("reader_options") or {}
+            self.rules = lesion_rules(cfg["seg"])
+            for m in parts:
+                m.config["preprocess"]["size"]
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source}: segmentation checkpoint lacks its preprocessing or lesion rules "
+                                  f"({exc}); it was not written by breastai train") from exc
+        self.source, self.cfg, self.device = source, cfg, torch.device(device)
+        self.threshold = float(ckpt.threshold)
+        self.recalibration = list(ckpt.recalibration or [])  # a site's own threshold (breastai calibrate)
+        self.modalities = list(ckpt.modalities) if ckpt.modalities else None
+        self.members = [_Member(m, self.device) for m in parts]
+
+    @property
+    def flip(self) -> bool:
+        """Whether the (first) model also reads the mirror image; setting it switches every member."""
+        return self.members[0].flip
+
+    @flip.setter
+    def flip(self, value: bool) -> None:
+        for m in self.members:
+            m.flip = bool(value)
+
+    @property
+    def name(self) -> str:
+        """The model's registry name; an ensemble's ``N x name``."""
+        name = str(self.cfg["model"]["name"])
+        return name if len(self.members) == 1 else f"{len(self.members)} x {name}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this segmenter's outlines: weights, configuration, calibrations and threshold."""
+        from breastai.models.digest import content_digest
+
+        return {"weights": content_digest([m.model.state_dict() for m in self.members]) if len(self.members) > 1
+                else content_digest(self.members[0].model.state_dict()),
+                "config": content_digest(self.cfg), "calibration": [dict(m.calibration) for m in self.members]
+                if len(self.members) > 1 else dict(self.members[0].calibration), "threshold": self.threshold}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> "Outliner":
+        """Load a segmentation checkpoint (safely, ``weights_only=True``)."""
+        return cls(load_checkpoint(path, map_location="cpu"), device, str(path))
+
+    def maps(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The segmenter's output on one decoded image, before any lesion is found: the mask
+        probabilities on the image as stored, the calibrated presence probability (an ensemble: the
+        members' means), the normalised grey image, and the smallest lesion as a fraction of the
+        stored image's pixels (the network square's floor rescaled, so a lesion kept at validation is
+        kept here).
+
+        Raises:
+            ImageReadError: the image cannot be preprocessed (too small, non-finite pixels).
+        """
+        out = [m.maps(image, meta, source, self.rules["min_area_fraction"]) for m in self.members]
+        if len(out) == 1:
+            return out[0]
+        return (np.mean([o[0] for o in out], axis=0), float(np.mean([o[1] for o in out])), out[0][2], out[0][3])
+
+    def outline(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> Outline:
+        """The lesions of one decoded image (the reader's grid, with the reader's ``meta``).
+
+        Raises:
+            ImageReadError: the image cannot be preprocessed (too small, non-finite pixels).
+        """
+        stored, presence, grey, floor = self.maps(image, meta, source)
+        lesions, score = find_lesions_and_score(stored, presence, presence_threshold=self.threshold,
+                                                **{**self.rules, "min_area_fraction": floor})
+        return Outline(presence, lesions, stored, grey, score)
 
     def read(self, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """An image file as the segmenter's own reader options read it (one frame of a multi-frame DICOM),

@@ -1,0 +1,139 @@
+"""Segmenters averaged: ``breastai ensemble`` over segmentation runs (the fold models of a recipe, as nnU-Net infers).
+
+Segmenters trained the same way on different folds outline another site's lesions differently
+(three BUSI folds at BrEaST: Dice 0.64 to 0.69, 14 to 37 of 252 lesions missed); their average
+outlines better than any of them (docs/results.md). An ensemble of segmenters is a checkpoint
+whose members are segmenter checkpoints, nothing fitted:
+
+* its mask probabilities and presence probability are the means of the members' (each member
+  reads the image with its own preset and calibration; :class:`~breastai.models.outliner.Outliner`),
+* its lesion rules are the members' (they must agree), its presence threshold is the median of the
+  members' thresholds (no image the ensemble has seen can choose it without bias: every member's
+  validation images are other members' training images; ``breastai calibrate --lesion-sensitivity``
+  chooses it on a site's own traced images),
+* it has seen every image any member trained or validated on (``seen_images``), so ``calibrate``
+  and ``adapt`` warn when given one of them.
+
+:func:`segment_records_any` scores datalist rows as training scores its validation part, for a
+single segmenter or an ensemble (members sharing one preset), for ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from breastai.core.files import atomic_write_text
+from breastai.models.calibration import apply_temperature, calibrated_logit
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, ModelArgs, is_segmenter, load_checkpoint,
+                                        model_from_checkpoint, save_checkpoint)
+from breastai.models.lesions import lesion_rules
+
+__all__ = ["MIN_MEMBERS", "segmenter_checkpoints", "segmenter_ensemble", "build_segmenter_ensemble",
+           "segment_records_any"]
+
+MIN_MEMBERS = 2
+
+
+def segmenter_checkpoints(source: str | Path) -> list[Path]:
+    """The best checkpoints a source names: a ``.pt`` file, a run folder (``best.pt``) or a cross-validation
+    run folder (every ``fold*/best.pt``).
+
+    Raises:
+        CheckpointError: the source holds none of these.
+    """
+    p = Path(source)
+    if p.is_file():
+        return [p]
+    if (p / "best.pt").is_file():
+        return [p / "best.pt"]
+    folds = sorted(p.glob("fold*/best.pt"), key=lambda f: int(f.parent.name[4:]) if f.parent.name[4:].isdigit() else 0)
+    if folds:
+        return folds
+    raise CheckpointError(f"{source}: no checkpoint file, run folder (best.pt) or cross-validation run (fold*/best.pt)")
+
+
+def _agree(members: Sequence[Checkpoint], names: Sequence[str], what: str, get: Any) -> None:
+    first = get(members[0])
+    for m, n in zip(members[1:], names[1:]):
+        if get(m) != first:
+            raise CheckpointError(f"{n}: its {what} differ from {names[0]}'s ({get(m)} against {first}); the "
+                                  f"members of a segmenter ensemble must share them")
+
+
+def segmenter_ensemble(members: Sequence[Checkpoint], names: Sequence[str]) -> Checkpoint:
+    """The ensemble checkpoint of segmenter checkpoints (module docstring for what it holds).
+
+    Raises:
+        CheckpointError: fewer than :data:`MIN_MEMBERS`, a member that is no segmenter's best
+            checkpoint (a classifier, an ensemble, a resume ``last.pt``, a pipeline), or members that
+            read images differently, find lesions by other rules, or preprocess differently.
+    """
+    if len(members) < MIN_MEMBERS:
+        raise CheckpointError(f"a segmenter ensemble needs at least {MIN_MEMBERS} members, got {len(members)}")
+    for m, n in zip(members, names):
+        why = ("is an ensemble" if m.is_ensemble else "is a resume checkpoint (last.pt); give best.pt" if m.is_resume
+               else f"is a classifier ({m.model.name}); ensembles of classifiers are built from their runs"
+               if not is_segmenter(m) else None)
+        if why:
+            raise CheckpointError(f"{n}: {why}")
+    _agree(members, names, "reader options", lambda m: m.config["data"].get("reader_options") or {})
+    _agree(members, names, "lesion rules", lambda m: lesion_rules(m.config["seg"]))
+    _agree(members, names, "preprocessing", lambda m: m.config["preprocess"])
+    seen = {part: sorted({d for m in members for d in (m.seen_images or {}).get(part, [])}) for part in ("train", "val")}
+    modalities = sorted({x for m in members for x in m.modalities}) if all(m.modalities for m in members) else None
+    thresholds = [float(m.threshold) for m in members]
+    config = {**members[0].config, "ensemble": {"members": [str(n) for n in names], "combine": "mean",
+                                                "task": "segmentation", "threshold": "median of the members'"}}
+    return Checkpoint(model=ModelArgs("ensemble"), weights={}, config=config, classes=list(members[0].classes),
+                      threshold=float(np.median(thresholds)), temperature=1.0, metrics={"member_thresholds": thresholds},
+                      seen_images=seen if any(seen.values()) else None, modalities=modalities,
+                      members=list(members), member_weights=[1.0 / len(members)] * len(members), combine="mean")
+
+
+def build_segmenter_ensemble(sources: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """``breastai ensemble`` over segmenters: ``out/best.pt`` (the ensemble) and ``out/summary.json``.
+
+    Args:
+        sources: checkpoint files, run folders or cross-validation run folders (every fold's model).
+        out: the output folder.
+
+    Returns:
+        The summary: members, their thresholds and the ensemble's.
+
+    Raises:
+        CheckpointError: as :func:`segmenter_checkpoints` and :func:`segmenter_ensemble`.
+    """
+    paths = [p for s in sources for p in segmenter_checkpoints(s)]
+    ckpt = segmenter_ensemble([load_checkpoint(p) for p in paths], [str(p) for p in paths])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "best.pt", ckpt)
+    summary = {"task": "segmentation", "combine": "mean", "members": [str(p) for p in paths],
+               "member_thresholds": ckpt.metrics["member_thresholds"], "threshold": ckpt.threshold}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def segment_records_any(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device
+                        ) -> tuple[dict[str, Any], float]:
+    """A segmenter's (or a segmenter ensemble's) predictions on ``records`` as validation scores them
+    (:func:`~breastai.engine.seg_trainer.segment_records`), and the temperature that turns their
+    ``presence_logit`` into the presence probability: an ensemble's are the logits of its members'
+    mean calibrated probabilities, with temperature 1."""
+    from breastai.engine.seg_trainer import segment_records
+
+    if not ckpt.is_ensemble:
+        return segment_records(model_from_checkpoint(ckpt).to(device), ckpt.config, records, device), float(ckpt.temperature)
+    preds = [segment_records(model_from_checkpoint(m).to(device), m.config, records, device) for m in ckpt.members]
+    presence = np.mean([apply_temperature(calibrated_logit(p["presence_logit"], m.calibration), 1.0)
+                        for p, m in zip(preds, ckpt.members)], axis=0)
+    presence = np.clip(presence, 1e-7, 1 - 1e-7)
+    pred = dict(preds[0])
+    pred["prob"] = np.mean([np.asarray(p["prob"], np.float32) for p in preds], axis=0)
+    pred["presence_logit"] = np.log(presence / (1 - presence))
+    return pred, 1.0

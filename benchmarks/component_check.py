@@ -32,10 +32,8 @@ sys.path.insert(0, str(REPO))
 from breastai.core.config import load_config  # noqa: E402
 from breastai.core.keys import Keys  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
-from breastai.data.geometry import reader_to_original  # noqa: E402
 from breastai.data.provenance import join_identical_images  # noqa: E402
-from breastai.data.readers.masks import load_mask  # noqa: E402
-from breastai.data.readers.registry import max_pixels_option  # noqa: E402
+from breastai.engine.auto_outline import traced_on_stored  # noqa: E402
 from breastai.engine.run import run_splits  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit  # noqa: E402
@@ -82,10 +80,8 @@ def is_lesion(mask: np.ndarray, truth: np.ndarray) -> bool:
 def dump_image(outliner: Outliner, rec: dict) -> tuple[dict, list[dict], list[np.ndarray]]:
     image, meta = outliner.read(rec[Keys.IMAGE], rec.get(Keys.FRAME))
     found = outliner.outline(image, meta, str(rec[Keys.IMAGE]))
-    truth = np.zeros(found.probability.shape, bool)
-    if rec.get(Keys.MASK):
-        on_grid = load_mask(rec[Keys.MASK], image.shape, meta, max_pixels_option(outliner.reader_options))
-        truth = reader_to_original(on_grid, meta) > 0.5
+    truth = traced_on_stored(rec, image, meta, outliner.reader_options)
+    truth = np.zeros(found.probability.shape, bool) if truth is None else truth
     lesions = found.lesions
     largest = max((les.area_px for les in lesions), default=0)
     cands = []

@@ -51,7 +51,7 @@ def test_the_ensemble_outlines_with_its_members_mean(members, ens, tmp_path):
     assert not np.allclose(ma[0], mb[0], atol=1e-4)  # two different members
     np.testing.assert_allclose(mboth[0], (ma[0] + mb[0]) / 2, atol=1e-6)
     assert mboth[1] == pytest.approx((ma[1] + mb[1]) / 2)
-    assert both.threshold == pytest.approx(np.median([0.5, 0.3])) and both.name == "2 x unet_small"
+    assert both.threshold == pytest.approx(np.median([0.5, 0.3])) and both.name == "ensemble of 2 unet_small"
     found = both.outline(image, meta)
     assert len(found.lesions) == 1 and found.lesions[0].probability >= both.threshold
     ckpt = load_checkpoint(ens)

@@ -29,7 +29,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bundle the two checkpoints and say what went in."""
-    from breastai.engine.bundle import bundle_files, model_names
+    from breastai.engine.bundle import bundle_files
+    from breastai.models.checkpoint import model_names
 
     pipe = bundle_files(args.classifier, args.segmenter, args.out, replace=args.replace)
     seg = pipe.segmenter

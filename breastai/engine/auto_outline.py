@@ -41,21 +41,28 @@ from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "outlined_log_odds", "score_outlined"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "outlined_log_odds", "score_outlined", "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
 
+def traced_on_stored(rec: dict[str, Any], image: np.ndarray, meta: dict[str, Any], reader_options: dict[str, Any]
+                     ) -> np.ndarray | None:
+    """A row's traced mask on the image as stored (None: the row has none), for comparing with a
+    segmenter's outline there. It is moved like any mask onto the reader's grid, then back, so masks
+    drawn on either grid work."""
+    traced = rec.get(Keys.MASK) or []
+    if not traced:
+        return None
+    return reader_to_original(load_mask(traced, image.shape, meta, max_pixels_option(reader_options)), meta) > 0.5
+
+
 def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The lesion masks (stored geometry) of one row, and its outline facts (with Dice against a traced mask)."""
-    traced = rec.get(Keys.MASK) or []
     try:
         image, meta = outliner.read(rec[Keys.IMAGE], rec.get(Keys.FRAME))
         found = outliner.outline(image, meta, name)
-        truth = None
-        if traced:  # moved like any mask onto the reader's grid, then back: masks drawn on either grid work
-            on_grid = load_mask(traced, image.shape, meta, max_pixels_option(outliner.reader_options))
-            truth = reader_to_original(on_grid, meta) > 0.5
+        truth = traced_on_stored(rec, image, meta, outliner.reader_options)
     except Exception as exc:  # any failure names the row
         msg = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
         raise RecordError(f"{name}: segmenter: {msg}") from exc

@@ -14,16 +14,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from breastai.models.checkpoint import Checkpoint, CheckpointError, is_segmenter, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, is_segmenter, load_checkpoint, model_names,
+                                        save_checkpoint)
 
-__all__ = ["bundle_pipeline", "bundle_files", "model_names"]
+__all__ = ["bundle_pipeline", "bundle_files"]
 
 log = logging.getLogger("breastai")
-
-
-def model_names(ckpt: Checkpoint) -> str:
-    """A checkpoint's model in a few words: its registry name, an ensemble's ``ensemble of N name``."""
-    return f"ensemble of {len(ckpt.members)} {ckpt.members[0].model.name}" if ckpt.members else ckpt.model.name
 
 
 def _what(ckpt: Checkpoint) -> str:

@@ -5,8 +5,9 @@ Segmenters trained the same way on different folds outline another site's lesion
 outlines better than any of them (docs/results.md). An ensemble of segmenters is a checkpoint
 whose members are segmenter checkpoints, nothing fitted:
 
-* its mask probabilities and presence probability are the means of the members' (each member
-  reads the image with its own preset and calibration; :class:`~breastai.models.outliner.Outliner`),
+* its mask probabilities and presence probability are the means of the members' (the image
+  preprocessed once by their shared preset, each presence through its member's own calibration;
+  :class:`~breastai.models.outliner.Outliner`),
 * its lesion rules are the members' (they must agree), its presence threshold is the median of the
   members' thresholds (no image the ensemble has seen can choose it without bias: every member's
   validation images are other members' training images; ``breastai calibrate --lesion-sensitivity``
@@ -28,10 +29,10 @@ import numpy as np
 import torch
 
 from breastai.core.files import atomic_write_text
-from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, ModelArgs, is_segmenter, load_checkpoint,
                                         model_from_checkpoint, save_checkpoint)
 from breastai.models.lesions import lesion_rules
+from breastai.models.outliner import mean_presence
 
 __all__ = ["MIN_MEMBERS", "segmenter_checkpoints", "segmenter_ensemble", "build_segmenter_ensemble",
            "segment_records_any"]
@@ -130,9 +131,8 @@ def segment_records_any(ckpt: Checkpoint, records: Sequence[dict[str, Any]], dev
     if not ckpt.is_ensemble:
         return segment_records(model_from_checkpoint(ckpt).to(device), ckpt.config, records, device), float(ckpt.temperature)
     preds = [segment_records(model_from_checkpoint(m).to(device), m.config, records, device) for m in ckpt.members]
-    presence = np.mean([apply_temperature(calibrated_logit(p["presence_logit"], m.calibration), 1.0)
-                        for p, m in zip(preds, ckpt.members)], axis=0)
-    presence = np.clip(presence, 1e-7, 1 - 1e-7)
+    presence = np.clip(mean_presence([p["presence_logit"] for p in preds], [m.calibration for m in ckpt.members]),
+                       1e-7, 1 - 1e-7)
     pred = dict(preds[0])
     pred["prob"] = np.mean([np.asarray(p["prob"], np.float32) for p in preds], axis=0)
     pred["presence_logit"] = np.log(presence / (1 - presence))

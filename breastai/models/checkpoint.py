@@ -43,7 +43,7 @@ from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "model_from_checkpoint", "package_versions", "state_digest", "weights_digest", "checkpoint_task",
-           "is_segmenter"]
+           "is_segmenter", "model_names"]
 
 FORMAT_VERSION = 1
 
@@ -332,6 +332,11 @@ def checkpoint_task(ckpt: Checkpoint) -> str:
         return ckpt.model.spec.task
     except KeyError as exc:
         raise CheckpointError(f"its model {ckpt.model.name!r} is not registered in this breastai") from exc
+
+
+def model_names(ckpt: Checkpoint) -> str:
+    """The model in a few words: its registry name, an ensemble's ``ensemble of N name``."""
+    return f"ensemble of {len(ckpt.members)} {ckpt.members[0].model.name}" if ckpt.members else ckpt.model.name
 
 
 def is_segmenter(ckpt: Checkpoint) -> bool:

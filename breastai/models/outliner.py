@@ -8,8 +8,8 @@ without gradients, sends the mask probabilities back to the image as stored (net
 reader grid -> DICOM crop and flip undone, :func:`breastai.data.geometry.map_to_original`) and
 finds the lesions there (:func:`breastai.models.lesions.find_lesions`), so that each lesion's mask
 can be handed to a classifier as a traced mask would be. A segmenter ensemble's checkpoint
-(:mod:`breastai.engine.seg_ensemble`) gives one such model per member, each with its own preset
-and calibration; their maps are averaged before any lesion is found. Predict (``breastai.inference``) and
+(:mod:`breastai.engine.seg_ensemble`) gives one such model per member, each with its own
+calibration, behind one shared preset; their maps are averaged before any lesion is found. Predict (``breastai.inference``) and
 ``evaluate`` (``breastai.engine``) both use it, which is why it lives here, below both.
 
 ``seg.min_area_fraction`` is a fraction of the network's square input in training and validation;
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,11 +31,11 @@ from breastai.data.readers.registry import frame_options, load_image
 from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transforms
 from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
-                                        model_from_checkpoint)
+                                        model_from_checkpoint, model_names)
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
 from breastai.models.segmenter import segment
 
-__all__ = ["Outline", "Outliner", "SegmenterSource", "require_task", "resolve_segmenter"]
+__all__ = ["Outline", "Outliner", "SegmenterSource", "mean_presence", "require_task", "resolve_segmenter"]
 
 _FLAGS = {"classification": "--checkpoint", "segmentation": "--segmenter"}
 
@@ -83,38 +83,29 @@ class Outline:
 
 
 class _Member:
-    """One segmentation model at work: its weights, its own evaluation preset and presence calibration."""
+    """One segmentation model of a segmenter (an ensemble has several): its weights, presence calibration
+    and whether it also reads the mirror image. The preprocessing is the segmenter's, shared."""
 
     def __init__(self, ckpt: Checkpoint, device: torch.device):
-        self.device, self.calibration = device, ckpt.calibration
+        self.calibration = ckpt.calibration
         self.flip = bool(ckpt.config.get("eval", {}).get("flip_average", False))
         self.model = model_from_checkpoint(ckpt).to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.steps = list(build_transforms(ckpt.config, train=False, full_image=[KeepFullImaged()]).transforms)
 
-    @torch.no_grad()
-    def maps(self, image: np.ndarray, meta: dict[str, Any], source: str, min_area_fraction: float
-             ) -> tuple[np.ndarray, float, np.ndarray, float]:
-        d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
-        for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
-            d = step(d)
-        out = segment(self.model, d["image"][None].to(self.device), self.flip)
-        prob = torch.sigmoid(out.mask_logits.float())[0, 0].cpu().numpy()
-        z = calibrated_logit(out.presence_logit.float().cpu().numpy(), self.calibration)
-        presence = float(apply_temperature(z, 1.0)[0])
-        shape = tuple(int(s) for s in d["orig_shape"])
-        stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
-        side = float(d["box"][2])
-        return stored, presence, reader_to_original(d[FULL_IMAGE], meta), min_area_fraction * side * side / stored.size
+
+def mean_presence(presence_logits: Sequence[np.ndarray], calibrations: Sequence[dict]) -> np.ndarray:
+    """The segmenters' mean calibrated presence probability: each model's raw presence logits through
+    its own calibration, then averaged (one model: its calibrated probability)."""
+    return np.mean([apply_temperature(calibrated_logit(z, c), 1.0) for z, c in zip(presence_logits, calibrations)], axis=0)
 
 
 class Outliner:
     """A segmentation checkpoint's model (or an ensemble's models), preset, presence calibration and lesion rules.
 
-    An ensemble of segmenters (``breastai ensemble`` over segmenter runs) outlines with the mean of
-    its members' mask probabilities and of their calibrated presence probabilities, each member
-    reading the image with its own preset; the lesion rules and the presence threshold are the
+    An ensemble of segmenters (``breastai ensemble`` over segmenter runs, one preprocessing preset)
+    preprocesses each image once and outlines with the mean of its members' mask probabilities and of
+    their calibrated presence probabilities; the lesion rules and the presence threshold are the
     ensemble's.
 
     Args:
@@ -139,10 +130,12 @@ class Outliner:
             raise CheckpointError(f"{source}: segmentation checkpoint lacks its preprocessing or lesion rules "
                                   f"({exc}); it was not written by breastai train") from exc
         self.source, self.cfg, self.device = source, cfg, torch.device(device)
+        self.name = model_names(ckpt)  # the registry name, or "ensemble of N name"
         self.threshold = float(ckpt.threshold)
         self.recalibration = list(ckpt.recalibration or [])  # a site's own threshold (breastai calibrate)
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None
         self.members = [_Member(m, self.device) for m in parts]
+        self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
 
     @property
     def flip(self) -> bool:
@@ -153,12 +146,6 @@ class Outliner:
     def flip(self, value: bool) -> None:
         for m in self.members:
             m.flip = bool(value)
-
-    @property
-    def name(self) -> str:
-        """The model's registry name; an ensemble's ``N x name``."""
-        name = str(self.cfg["model"]["name"])
-        return name if len(self.members) == 1 else f"{len(self.members)} x {name}"
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides this segmenter's outlines: weights, configuration, calibrations and threshold."""
@@ -174,6 +161,7 @@ class Outliner:
         """Load a segmentation checkpoint (safely, ``weights_only=True``)."""
         return cls(load_checkpoint(path, map_location="cpu"), device, str(path))
 
+    @torch.no_grad()
     def maps(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> tuple[np.ndarray, float, np.ndarray, float]:
         """The segmenter's output on one decoded image, before any lesion is found: the mask
         probabilities on the image as stored, the calibrated presence probability (an ensemble: the
@@ -184,10 +172,19 @@ class Outliner:
         Raises:
             ImageReadError: the image cannot be preprocessed (too small, non-finite pixels).
         """
-        out = [m.maps(image, meta, source, self.rules["min_area_fraction"]) for m in self.members]
-        if len(out) == 1:
-            return out[0]
-        return (np.mean([o[0] for o in out], axis=0), float(np.mean([o[1] for o in out])), out[0][2], out[0][3])
+        d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
+        for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
+            d = step(d)
+        x = d["image"][None].to(self.device)
+        outs = [segment(m.model, x, m.flip) for m in self.members]
+        prob = np.mean([torch.sigmoid(o.mask_logits.float())[0, 0].cpu().numpy() for o in outs], axis=0)
+        presence = float(mean_presence([o.presence_logit.float().cpu().numpy() for o in outs],
+                                       [m.calibration for m in self.members])[0])
+        shape = tuple(int(s) for s in d["orig_shape"])
+        stored = np.clip(map_to_original(prob, d["box"], shape, meta), 0.0, 1.0)
+        side = float(d["box"][2])
+        floor = self.rules["min_area_fraction"] * side * side / stored.size
+        return stored, presence, reader_to_original(d[FULL_IMAGE], meta), floor
 
     def outline(self, image: np.ndarray, meta: dict[str, Any], source: str = "<array>") -> Outline:
         """The lesions of one decoded image (the reader's grid, with the reader's ``meta``).

@@ -34,7 +34,7 @@ from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # no
 from breastai.engine.cv import run_folds  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit, fit_temperature  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.reporting.metrics import ece, roc_auc  # noqa: E402
 
 

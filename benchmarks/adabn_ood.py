@@ -31,7 +31,8 @@ from breastai.core.keys import Keys  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
-from breastai.models.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from breastai.models.checkpoint import Checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 
 
 def detector_view(ckpt: Checkpoint, records: list[dict], device: torch.device) -> dict[str, float]:

@@ -30,7 +30,7 @@ from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.cv import load_cv_summary, run_folds
 from breastai.engine.ensemble import ensemble_state, fit_on_outlines
 from breastai.engine.scoring import row_names
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc
 

@@ -44,7 +44,7 @@ from breastai.data.datalist import read_datalist  # noqa: E402
 from breastai.data.readers.masks import LesionBox, load_mask  # noqa: E402
 from breastai.engine.auto_outline import score_outlined  # noqa: E402
 from breastai.inference.predictor import Predictor  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.models.outliner import Outliner  # noqa: E402
 from breastai.reporting.metrics import binary_metrics, bootstrap_auc_ci, ece, roc_auc  # noqa: E402
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary  # noqa: E402

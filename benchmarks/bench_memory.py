@@ -58,7 +58,8 @@ def largest_dicom(folder: Path) -> tuple[Path, int, int]:
 
 def write_untrained_checkpoint(path: Path, model: str, size: int) -> Path:
     from bench_predict import _untrained_state  # the state bench_predict times; this script's folder is on sys.path
-    from breastai.models.checkpoint import Checkpoint, save_checkpoint
+    from breastai.models.checkpoint import Checkpoint
+    from breastai.models.checkpoint_io import save_checkpoint
 
     return save_checkpoint(path, Checkpoint.from_state(_untrained_state(model, size)))
 

@@ -31,7 +31,8 @@ from bench_predict import _untrained_state  # noqa: E402
 from orthanc import orthanc  # noqa: E402  (the tests' throw-away Orthanc)
 
 from breastai.inference.serve import Destination, DicomNode, ServeOptions, store_files  # noqa: E402
-from breastai.models.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
+from breastai.models.checkpoint import Checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import save_checkpoint  # noqa: E402
 
 DATA = Path(os.environ.get("BREASTAI_DATA", REPO.parent / "shared" / "data"))
 

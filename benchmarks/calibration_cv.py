@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.models.calibration import TARGETS, apply_temperature, fit_temperature  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.reporting.metrics import ece, ece_noise_floor, summarise_folds  # noqa: E402
 from breastai.engine.cv import cv_splits, load_cv_summary  # noqa: E402

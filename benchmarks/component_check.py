@@ -37,7 +37,7 @@ from breastai.engine.auto_outline import traced_on_stored  # noqa: E402
 from breastai.engine.run import run_splits  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.models.outliner import Outliner  # noqa: E402
 
 FEATURES = ("presence_logit", "peak", "mean_prob", "log_area", "area_vs_largest", "log_n_candidates",

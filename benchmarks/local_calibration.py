@@ -42,7 +42,7 @@ from breastai.data.frames import read_samples  # noqa: E402
 from breastai.engine.adapt import adapted_checkpoint, batchnorm_statistics  # noqa: E402
 from breastai.engine.recalibrate import METHODS, TooFewCasesError, fit_local, local_log_odds  # noqa: E402
 from breastai.models.calibration import TARGETS, apply_temperature  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.reporting.metrics import binary_metrics, ece, ece_noise_floor, roc_auc  # noqa: E402
 
 FIGURES = ("ece", "sensitivity", "specificity", "auc")

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.readers.masks import LesionBox  # noqa: E402
 from breastai.engine.ood import refit_detector  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.data.readers.registry import load_image  # noqa: E402
 from breastai.inference.predictor import Predictor  # noqa: E402
 

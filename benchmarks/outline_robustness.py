@@ -32,7 +32,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.data.frames import read_samples  # noqa: E402
 from breastai.data.readers.masks import load_mask  # noqa: E402
 from breastai.data.augment import coarse_outline  # noqa: E402

@@ -36,7 +36,8 @@ from breastai.core.keys import Keys  # noqa: E402
 from breastai.engine.cv import load_cv_summary, run_folds  # noqa: E402
 from breastai.engine.loaders import build_dataset, make_loader  # noqa: E402
 from breastai.models.calibration import fit_temperature  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from breastai.models.checkpoint import model_from_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.reporting.metrics import ece, roc_auc  # noqa: E402
 
 STRENGTHS = (0.5, 1.0, 1.5)

@@ -34,7 +34,8 @@ from breastai.data.provenance import join_identical_images  # noqa: E402
 from breastai.engine.cv import seg_cv_summary  # noqa: E402
 from breastai.engine.run import is_cv, run_splits  # noqa: E402
 from breastai.engine.seg_trainer import choose_presence_threshold, score_segmentation, segment_records  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from breastai.models.checkpoint import model_from_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint  # noqa: E402
 from breastai.reporting.segmentation import segmentation_summary  # noqa: E402
 
 

@@ -41,7 +41,7 @@ from breastai.core.keys import Keys  # noqa: E402
 from breastai.engine.cv import run_folds  # noqa: E402
 from breastai.engine.scoring import predict_records  # noqa: E402
 from breastai.models.calibration import calibrated_logit, fit_platt, fit_temperature  # noqa: E402
-from breastai.models.checkpoint import load_checkpoint  # noqa: E402
+from breastai.models.checkpoint_io import load_checkpoint  # noqa: E402
 from breastai.reporting.metrics import ece, ece_noise_floor, roc_auc  # noqa: E402
 
 METHODS = ("as trained", "offset only", "temperature, platt targets", "platt scaling", "flip average")

@@ -226,7 +226,7 @@ def seg_ckpt(tmp_path_factory) -> Path:
     0.2), so that the tests built on it do not depend on where six validation lesions put it.
     """
     from breastai.engine.run import main
-    from breastai.models.checkpoint import load_checkpoint, save_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
     out = main(seg_config(tmp_path_factory.mktemp("seg"), "data.val_fraction=0.25", "log.tensorboard=false", pairs=True))
     ckpt = load_checkpoint(Path(out["run_dir"]) / "best.pt")

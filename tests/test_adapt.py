@@ -14,7 +14,8 @@ from breastai.data.frames import read_samples
 from breastai.engine.adapt import _even_batch_size, adapted_checkpoint, batchnorm_statistics
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import collate
-from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint
+from breastai.models.checkpoint import model_from_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 
 
 def test_batches_are_split_evenly():
@@ -211,7 +212,8 @@ def test_too_few_images_for_the_detector_leave_none(ckpt, new_site, tmp_path, ca
 
 
 def test_refusals_of_the_command(ckpt, new_site, tmp_path, capsys, monkeypatch):
-    from breastai.models.checkpoint import ModelArgs, save_checkpoint
+    from breastai.models.checkpoint import ModelArgs
+    from breastai.models.checkpoint_io import save_checkpoint
     from conftest import write_rows
 
     def args(src: Path, dl: Path, out: Path) -> list[str]:
@@ -302,7 +304,7 @@ def test_a_segmenter_adapts_on_raw_images_without_masks_or_labels(seg_ckpt, tmp_
 
 def test_a_pipeline_adapts_its_classifier_and_its_segmenter(ckpt, seg_ckpt, new_site, tmp_path):
     from breastai.engine.bundle import bundle_pipeline
-    from breastai.models.checkpoint import save_checkpoint
+    from breastai.models.checkpoint_io import save_checkpoint
 
     pipe = save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(load_checkpoint(ckpt), load_checkpoint(seg_ckpt)))
     out = tmp_path / "pipe_local.pt"

@@ -99,7 +99,8 @@ def test_models_without_a_cam_are_refused():
 
 def test_training_with_attention_loss_puts_evidence_on_the_lesion(synth_datalist, tiny_config, tmp_path):
     """Same seed and data with and without the loss: the guided model's CAM mass on the lesion is higher."""
-    from breastai.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from breastai.models.checkpoint import model_from_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
     from breastai.data.datalist import read_datalist
     from breastai.engine.loaders import make_loader, build_dataset
 
@@ -175,7 +176,7 @@ def test_pointing_game_counts_maps_peaking_in_the_mask_and_leaves_the_model_alon
 def test_select_last_keeps_the_calibrated_last_epoch_without_changing_training(synth_datalist, tiny_config, tmp_path):
     """Same seed: the trajectory is the same; val_auc keeps its best epoch, last the final one (never
     stopped early), calibrated like any kept epoch; the validation pointing game is recorded."""
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     runs = {}
     for select in ("val_auc", "last"):
@@ -209,7 +210,7 @@ def test_validation_pointing_game_is_capped_or_off(synth_datalist, tiny_config, 
     import logging
     import re
 
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     cfg = tiny_config(synth_datalist, tmp_path, "preprocess.mode=whole", "train.epochs=1", "train.attention_loss=0.5",
                       f"log.pointing_images={cap}", "log.tensorboard=false")

@@ -23,7 +23,8 @@ from breastai.inference.predictor import Predictor
 from breastai.inference.segment import NO_LESION
 from breastai.models.outliner import resolve_segmenter
 from breastai.inference.writers import run_predict
-from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import CheckpointError
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
 DICE = 0.85
 SIZE = (80, 96)

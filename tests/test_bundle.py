@@ -14,18 +14,8 @@ from breastai.cli import main
 from breastai.core.config import load_config
 from breastai.engine.bundle import bundle_files, bundle_pipeline
 from breastai.engine.ensemble import ensemble_state
-from breastai.models.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    ModelArgs,
-    checkpoint_task,
-    is_segmenter,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-    state_digest,
-    weights_digest,
-)
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, checkpoint_task, is_segmenter, model_from_checkpoint, state_digest, weights_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.registry import create_model
 from tests.test_checkpoint import _same_weights
 from tests.test_checkpoint_integrity import _small

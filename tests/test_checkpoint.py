@@ -13,16 +13,8 @@ import torch
 from breastai.core.config import load_config
 from breastai.engine.ensemble import ensemble_state
 from breastai.engine.run import main as train_main
-from breastai.models.checkpoint import (
-    FORMAT_VERSION,
-    Checkpoint,
-    CheckpointError,
-    ModelArgs,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-    state_digest,
-)
+from breastai.models.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, ModelArgs, model_from_checkpoint, state_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.registry import create_model
 
 # The top-level keys breastai wrote before checkpoints were typed (read from files it wrote):

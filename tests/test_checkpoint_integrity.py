@@ -17,7 +17,8 @@ import torch
 from breastai.cli import main
 from breastai.core.config import load_config
 from breastai.engine.ensemble import ensemble_state
-from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.registry import create_model
 
 
@@ -95,6 +96,24 @@ def test_corruption_torch_notices_is_still_a_checkpoint_error(tmp_path):
     (tmp_path / "pkl.pt").write_bytes(bytes(bad))
     with pytest.raises(CheckpointError, match=r"pkl\.pt: "):
         load_checkpoint(tmp_path / "pkl.pt")
+
+
+def test_an_unreadable_file_is_named_in_one_line_without_unsafe_advice(tmp_path):
+    """torch's own text for a refused file advises ``weights_only=False`` (running the file's code):
+    the user gets one line saying what is wrong instead."""
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, _small())
+    raw = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 250)))
+    torch.save({"x": __import__("argparse").Namespace(a=1)}, tmp_path / "object.pt")
+    for name, why in [("cut.pt", "incomplete or damaged"), ("noise.pt", "safe load refuses"),
+                      ("object.pt", "safe load refuses")]:
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(tmp_path / name)
+        msg = str(err.value)
+        assert msg.startswith(f"{tmp_path / name}: not a readable breastai checkpoint") and why in msg
+        assert "\n" not in msg and "weights_only" not in msg and len(msg) < 250 + len(str(tmp_path))
 
 
 def _edit(state: dict, part: str) -> None:

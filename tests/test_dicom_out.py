@@ -318,6 +318,6 @@ def test_resumed_run_counts_the_no_lesion_sr(predictor, ckpt, tmp_path):
 
 
 def load_threshold(path) -> float:
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     return load_checkpoint(path).threshold

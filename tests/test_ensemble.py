@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.calibration import calibrated_logit
 from breastai.engine.ensemble import build_ensemble, fit_combiner
 from breastai.engine.run import main as train_main
@@ -225,7 +225,7 @@ def test_a_member_that_scores_nan_is_refused_not_fitted(cv_runs, tmp_path):
     """Weights saved as NaN (the file is intact: its digest matches) give non-finite log-odds."""
     import shutil
 
-    from breastai.models.checkpoint import save_checkpoint
+    from breastai.models.checkpoint_io import save_checkpoint
 
     crop, whole, _, _ = cv_runs
     bad = tmp_path / "crop"

@@ -19,7 +19,7 @@ from breastai.engine import auto_outline
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.ensemble import build_ensemble
 from breastai.engine.run import main as train_main
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
 
 N = 64

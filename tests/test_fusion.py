@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from breastai.models.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
+from breastai.models.checkpoint import Checkpoint, model_from_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.data.datalist import read_datalist, write_datalist
 from breastai.engine.loops import predict_loader
 from breastai.models.registry import create_model

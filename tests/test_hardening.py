@@ -13,7 +13,7 @@ import torch
 from breastai.data.readers.registry import ImageReadError, load_image
 from breastai.inference.predictor import Predictor
 from breastai.inference.writers import OutputBusyError, output_lock, run_predict
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 
 
 def test_a_model_that_scores_nan_gives_an_error_record_not_a_benign_call(ckpt, sample, tmp_path):

@@ -13,7 +13,8 @@ from breastai.inference.ensemble import EnsembleScorer
 from breastai.inference.predictor import Predictor
 from breastai.inference.scorer import ModelScorer
 from breastai.inference.writers import PredictionTables, run_predict
-from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint
+from breastai.models.checkpoint import Checkpoint, ModelArgs
+from breastai.models.checkpoint_io import load_checkpoint
 
 
 def _with_frames(state: Checkpoint, frame) -> Checkpoint:

@@ -16,7 +16,7 @@ REAL_MG = Path("/work/shared/data/dicom-mg")
 
 
 def _with_modalities(ckpt_path: Path, tmp: Path, modalities) -> Path:
-    from breastai.models.checkpoint import load_checkpoint, save_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
     c = load_checkpoint(ckpt_path)
     c.modalities = modalities
@@ -43,7 +43,8 @@ def _lesion() -> np.ndarray:
 
 
 def test_modalities_round_trip_and_digest(us_ckpt, ckpt):
-    from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest
+    from breastai.models.checkpoint import CheckpointError, state_digest
+    from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
     loaded = load_checkpoint(us_ckpt)
     assert loaded.modalities == ["US"]
@@ -107,7 +108,7 @@ def test_checkpoint_without_modalities_refuses_nothing(predictor, tmp_path):
 def test_ensemble_member_refuses(ckpt, us_ckpt, tmp_path):
     from breastai.engine.ensemble import ensemble_state
     from breastai.inference.predictor import Predictor
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     mg = write_dicom(tmp_path / "mg.dcm", _lesion(), modality="MG")
     ens = ensemble_state([load_checkpoint(ckpt), load_checkpoint(us_ckpt)], np.array([0.5, 0.5]), 0.0,
@@ -119,7 +120,7 @@ def test_ensemble_member_refuses(ckpt, us_ckpt, tmp_path):
 
 def test_training_records_datalist_modality(synth_datalist, tmp_path):
     from breastai.engine.run import main
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     rows = [{**r, "modality": "us"} for r in synth_rows(synth_datalist)]
     out = main(_tiny_config(write_rows(tmp_path / "dl.csv", rows), tmp_path / "run", "train.epochs=1"))

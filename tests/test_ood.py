@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from breastai.core.config import ConfigError, load_config
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.ood import FeatureDensity, Gaussians, fit_feature_density
 
 

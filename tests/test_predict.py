@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from conftest import predict_cli as _cli
 
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.inference.predictor import Predictor
 from breastai.inference.writers import run_predict
 
@@ -146,7 +146,7 @@ def test_flip_average_scores_alike_in_training_evaluate_and_predict(synth_datali
 def test_an_older_checkpoint_takes_defaults_for_newer_config_keys(ckpt, sample, tmp_path):
     """Keys added after a checkpoint was written are filled in from the defaults at load time, so
     the checkpoint scores exactly as before."""
-    from breastai.models.checkpoint import save_checkpoint
+    from breastai.models.checkpoint_io import save_checkpoint
 
     state = load_checkpoint(ckpt)
     old = replace(state, config={**state.config,

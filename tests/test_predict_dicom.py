@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from conftest import PATIENT_ID, write_grey_dicom as _write_dicom
 
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.inference.predictor import Predictor
 from breastai.inference.writers import run_predict
 

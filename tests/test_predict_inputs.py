@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from conftest import predict_cli as _cli
 
-from breastai.models.checkpoint import load_checkpoint, save_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.inference.predictor import Predictor
 from breastai.inference.inputs import expand_inputs
 from breastai.models.tta import tta_views

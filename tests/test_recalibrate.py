@@ -13,7 +13,8 @@ import torch
 from breastai.engine.recalibrate import (MIN_PER_CLASS, TooFewCasesError, fit_local, local_log_odds,
                                          recalibrate_checkpoint)
 from breastai.models.calibration import apply_temperature, fit_platt
-from breastai.models.checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from breastai.models.checkpoint import weights_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import ece
 from conftest import synth_rows, write_rows
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from breastai.engine.recalibrate import TooFewCasesError
 from breastai.engine.seg_recalibrate import METHOD, MIN_LESION_IMAGES, rethreshold_segmenter
-from breastai.models.checkpoint import CheckpointError, load_checkpoint, weights_digest
+from breastai.models.checkpoint import CheckpointError, weights_digest
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
 
 

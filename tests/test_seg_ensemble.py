@@ -17,7 +17,8 @@ from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.seg_ensemble import build_segmenter_ensemble, segmenter_ensemble
 from breastai.engine.seg_recalibrate import rethreshold_segmenter
 from breastai.inference.predictor import Predictor
-from breastai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_digest
+from breastai.models.checkpoint import CheckpointError, weights_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.outliner import Outliner
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import disc, seg_config
 
 from breastai.core.config import ConfigError, load_config
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge, max_diameter
 from breastai.models.registry import check_model_config, create_model, get_spec, list_models
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, model_from_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, model_from_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.engine.run import main as train_main
 from conftest import synth_rows, write_rows
 

@@ -46,7 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Recalibrate and print what moved."""
     from breastai.engine.recalibrate import DEFAULT_METHOD, recalibrate_checkpoint
-    from breastai.models.checkpoint import is_segmenter, load_checkpoint
+    from breastai.models.checkpoint import is_segmenter
+    from breastai.models.checkpoint_io import load_checkpoint
 
     if is_segmenter(load_checkpoint(args.checkpoint)):
         return _segmenter(args)

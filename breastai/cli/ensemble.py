@@ -37,7 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _segmenters(runs: list[str]) -> bool:
     """Whether the runs are segmenters' (their first checkpoint says); refuses a mixture."""
     from breastai.engine.seg_ensemble import segmenter_checkpoints
-    from breastai.models.checkpoint import CheckpointError, is_segmenter, load_checkpoint
+    from breastai.models.checkpoint import CheckpointError, is_segmenter
+    from breastai.models.checkpoint_io import load_checkpoint
 
     kinds = {is_segmenter(load_checkpoint(segmenter_checkpoints(r)[0])) for r in runs}
     if len(kinds) > 1:

@@ -39,8 +39,8 @@ from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
 from breastai.engine.scoring import RecordError, _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
 from breastai.models.ood import FeatureDensity, fit_feature_density
-from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
-                                        model_from_checkpoint, package_versions, save_checkpoint)
+from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, package_versions
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
 __all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
            "adapt_checkpoint"]

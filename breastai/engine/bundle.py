@@ -14,8 +14,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from breastai.models.checkpoint import (Checkpoint, CheckpointError, is_segmenter, load_checkpoint, model_names,
-                                        save_checkpoint)
+from breastai.models.checkpoint import Checkpoint, CheckpointError, is_segmenter, model_names
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
 __all__ = ["bundle_pipeline", "bundle_files"]
 

@@ -24,7 +24,7 @@ from breastai.engine.level_scores import pooled_level_summary
 from breastai.engine.scoring import predict_records, score_part
 from breastai.engine.seg_trainer import fit_segmenter
 from breastai.engine.trainer import fit
-from breastai.models.checkpoint import load_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.registry import model_task
 from breastai.reporting.levels import ImageScore
 from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc, summarise_folds

@@ -36,7 +36,8 @@ import numpy as np
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
 from breastai.engine.scoring import members_log_odds, row_names
-from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
 __all__ = ["COMBINE", "fit_combiner", "fit_on_outlines", "ensemble_state", "build_ensemble"]

@@ -30,7 +30,8 @@ from breastai.data.provenance import seen_before
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
-from breastai.models.checkpoint import Checkpoint, load_checkpoint
+from breastai.models.checkpoint import Checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner, SegmenterSource, require_task, resolve_segmenter
 from breastai.reporting.levels import LEVELS, default_rule, level_rows
 from breastai.reporting.subgroups import subgroup_report

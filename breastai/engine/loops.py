@@ -83,7 +83,7 @@ def resume_training(last_path: Path, model: nn.Module, optimizer: torch.optim.Op
         FileNotFoundError: no ``last.pt``.
         ValueError: the run kept a weight average and this one does not, or the reverse.
     """
-    from breastai.models.checkpoint import load_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
 
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: no {last_path} to continue from")

@@ -31,7 +31,8 @@ from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests, seen_before
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names
 from breastai.models.calibration import Recalibration, apply_temperature, calibrated_logit, fit_platt, fit_temperature
-from breastai.models.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint, weights_digest
+from breastai.models.checkpoint import Checkpoint, package_versions, weights_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, ece, nll
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "MIN_PER_CLASS", "KEEP", "LocalFit", "TooFewCasesError", "local_log_odds",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from breastai.core.files import atomic_write_text
-from breastai.models.checkpoint import (Checkpoint, CheckpointError, ModelArgs, is_segmenter, load_checkpoint,
-                                        model_from_checkpoint, save_checkpoint)
+from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs, is_segmenter, model_from_checkpoint
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.lesions import lesion_rules
 from breastai.models.outliner import mean_presence
 

@@ -30,8 +30,8 @@ from breastai.engine.recalibrate import TooFewCasesError, check_new_checkpoint, 
 from breastai.engine.seg_ensemble import segment_records_any
 from breastai.engine.seg_trainer import check_seg_parts, choose_presence_threshold, lesion_free, score_segmentation
 from breastai.models.calibration import Recalibration
-from breastai.models.checkpoint import (CheckpointError, is_segmenter, load_checkpoint, package_versions, save_checkpoint,
-                                        weights_digest)
+from breastai.models.checkpoint import CheckpointError, is_segmenter, package_versions, weights_digest
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
 __all__ = ["METHOD", "MIN_LESION_IMAGES", "rethreshold_segmenter"]
 

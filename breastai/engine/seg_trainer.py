@@ -29,7 +29,8 @@ from breastai.data.readers.masks import load_mask
 from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import autocast, make_optimizer, resume_training, seed_everything, train_one_epoch, weight_ema
 from breastai.models.calibration import apply_temperature, fit_temperature
-from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, ModelArgs
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge
 from breastai.models.registry import create_model
 from breastai.models.segmenter import segment

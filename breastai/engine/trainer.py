@@ -33,7 +33,8 @@ from breastai.engine.loops import (
 )
 from breastai.engine.scoring import score_part
 from breastai.models.calibration import calibrated_probability, fit_temperature
-from breastai.models.checkpoint import Checkpoint, ModelArgs, load_checkpoint, save_checkpoint
+from breastai.models.checkpoint import Checkpoint, ModelArgs
+from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.radiomics_fit import needs_radiomics, radiomics_model_kwargs
 from breastai.models.registry import create_model, get_spec
 from breastai.reporting.metrics import choose_threshold, roc_auc

@@ -58,7 +58,8 @@ from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.adaptation import Adaptation
 from breastai.models.calibration import Recalibration, apply_temperature
-from breastai.models.checkpoint import Checkpoint, load_checkpoint
+from breastai.models.checkpoint import Checkpoint
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion
 from breastai.models.outliner import Outliner, SegmenterSource, resolve_segmenter
 from breastai.models.saliency import METHODS

@@ -92,7 +92,7 @@ class ModelScorer:
     """One checkpoint's model, preset, calibration and explainers.
 
     Args:
-        ckpt: a (non-ensemble) checkpoint (see :func:`breastai.models.checkpoint.load_checkpoint`).
+        ckpt: a (non-ensemble) checkpoint (see :func:`breastai.models.checkpoint_io.load_checkpoint`).
         device: a torch device.
         source: where the checkpoint came from (for messages).
 

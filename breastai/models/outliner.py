@@ -30,8 +30,8 @@ from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import frame_options, load_image
 from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transforms
 from breastai.models.calibration import apply_temperature, calibrated_logit
-from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, load_checkpoint,
-                                        model_from_checkpoint, model_names)
+from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, model_names
+from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
 from breastai.models.segmenter import segment
 

@@ -102,8 +102,8 @@ def test_each_fold_is_a_pipeline_scored_as_evaluate_auto_outline_scores_it(runs,
         for r, p, o in zip(part, probs, out_rows):
             assert oof[r["case_id"]]["probability"] == pytest.approx(float(p), abs=1e-9)
             assert oof[r["case_id"]]["lesion_found"] == bool(o["n_lesions"])
-            if not o["n_lesions"]:
-                assert p == 0.0
+            if not o["n_lesions"]:  # the whole-image member still ranks it
+                assert o["scored_on"] == "image" and 0.0 < p < 1.0
 
 
 def test_a_segmenter_run_on_other_folds_is_refused(runs, tmp_path):
@@ -148,3 +148,58 @@ def test_a_given_mask_is_warned_about_once(runs, built, caplog):
     assert [r["mask_source"] for r in recs] == ["given", "given"] and all(r["probability"] is not None for r in recs)
     told = [m for m in caplog.messages if "fitted on automatic outlines" in m]
     assert len(told) == 1 and "mask" in told[0]
+
+
+def _blind(ckpt):
+    """The pipeline's segmenter with its presence threshold above 1: it finds no lesion anywhere."""
+    import copy
+
+    seg = copy.deepcopy(ckpt.segmenter)
+    seg.threshold = 1.5
+    return seg
+
+
+def test_an_image_with_no_lesion_found_is_ranked_by_the_whole_image_member(runs, built):
+    """evaluate's rule: where nothing is found the whole-image member's own calibrated score ranks
+    the image; a classifier with no such member still gives 0 (docs/experiments.md, "The whole image
+    beside the lesion crop")."""
+    from breastai.data.frames import read_samples
+    from breastai.engine.scoring import members_log_odds
+    from breastai.models.checkpoint import image_members
+
+    _, _, _, lesions, _ = runs
+    _, ens, _ = built
+    ckpt = load_checkpoint(ens / "fold0" / "best.pt")
+    whole = image_members(ckpt)
+    assert len(whole) == 1 and whole[0].config["preprocess"]["mode"] == "whole"
+    part = [r for r in read_samples(str(lesions), ckpt.config["data"], ckpt.classes) if int(r["fold"]) == 0][:6]
+    names = [r["case_id"] for r in part]
+    blind = Outliner(_blind(ckpt), "cpu")
+    _, probs, report, rows = score_outlined(ckpt, part, blind, True, "cpu", 0, names)
+    c, _ = members_log_odds(whole, [{**r, "mask": None} for r in part], "cpu", names=names)
+    np.testing.assert_allclose(probs, 1.0 / (1.0 + np.exp(-c[:, 0])), atol=1e-9)
+    assert [r["scored_on"] for r in rows] == ["image"] * len(part) and all(r["n_lesions"] == 0 for r in rows)
+    assert report["outline"]["n_no_lesion_found"] == report["outline"]["n_no_lesion_scored_on_image"] == len(part)
+    crop = next(m for m in ckpt.members if m not in whole)
+    _, probs, report, _ = score_outlined(crop, part, blind, True, "cpu", 0, names)
+    assert (probs == 0.0).all() and report["outline"]["n_no_lesion_scored_on_image"] == 0
+
+
+def test_predict_gives_an_image_probability_where_no_lesion_is_found(runs, built):
+    """predict keeps the "no lesion found" record (no malignancy probability of a lesion) and adds the
+    whole-image member's probability of the image: the same as that member predicting alone."""
+    from breastai.inference.predictor import Predictor
+    from breastai.inference.segment import NO_LESION
+    from breastai.models.checkpoint import image_members
+
+    _, _, _, lesions, folder = runs
+    _, ens, _ = built
+    ckpt = load_checkpoint(ens / "fold0" / "best.pt")
+    image = str(folder / next(csv.DictReader(open(lesions)))["image"])
+    rec, = Predictor.from_state(ckpt, device="cpu", segmenter=_blind(ckpt)).predict(image)
+    assert rec["label"] == NO_LESION and rec["probability"] is None and rec["error"] is None
+    alone, = Predictor.from_state(image_members(ckpt)[0], device="cpu").predict(image)
+    assert rec["image_probability"] == pytest.approx(alone["probability"], abs=1e-6)
+    crop = next(m for m in ckpt.members if m.config["preprocess"]["mode"] == "crop")
+    rec, = Predictor.from_state(crop, device="cpu", segmenter=_blind(ckpt)).predict(image)
+    assert rec["label"] == NO_LESION and "image_probability" not in rec

@@ -411,3 +411,25 @@ def test_class_balance_sampler_draws_normal_and_lesion_images_equally(tmp_path, 
     main(cfg)
     balanced = [labels for train, labels in seen if train]
     assert balanced and all(labels is not None and 0 < sum(labels) < len(labels) for labels in balanced)
+
+
+def test_a_segmenter_trained_without_lesion_free_images_is_warned_about(tmp_path, caplog):
+    """Trained on lesion images alone (as on BrEaST) the presence head never sees an image without a
+    lesion: the run says so; with BUSI-like normal images (one in four here) it does not."""
+    from breastai.engine.run import main
+
+    cfg = seg_config(tmp_path, "train.epochs=1")
+    dl = tmp_path / "dl.csv"
+    rows = list(csv.DictReader(open(dl)))
+    with caplog.at_level("WARNING", logger="breastai"):
+        main(cfg)
+    assert not [m for m in caplog.messages if "without a lesion" in m]
+    with open(dl, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["label"] != "normal")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="breastai"):
+        main({**cfg, "run_name": "lesions_only"})
+    told = [m for m in caplog.messages if "without a lesion" in m]
+    assert len(told) == 1 and "training images" in told[0] and "empty mask" in told[0]

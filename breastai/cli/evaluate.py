@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 f"lesion(s), {o['missed']} missed" if o.get("n_lesion") else "")
         print(f"automatic outlines: {o['n_outlined']} row(s) outlined, {o['n_lesions_scored']} lesion(s) scored, "
               f"{o['n_no_lesion_found']} with no lesion found ({o['n_no_lesion_positive']} of them positive: "
-              f"probability 0){dice}")
+              + ("scored on the whole image" if o.get("n_no_lesion_scored_on_image") else "probability 0") + f"){dice}")
     extra = ", subgroups.png" if args.by else ""
     print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0

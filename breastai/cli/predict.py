@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
               "on about 50 labelled local cases refits them", file=sys.stderr)
     n, bad = run["n"], run["n_failed"]
     if run.get("segmenter"):
-        print(f"segmenter: {run['n_no_lesion']} image(s) with no lesion found (label '{NO_LESION}', no probability)"
+        print(f"segmenter: {run['n_no_lesion']} image(s) with no lesion found (label '{NO_LESION}', no lesion "
+              "probability; image_probability where the classifier reads the whole image)"
               + (f", outlines in {Path(args.out) / 'outlines' / run['run_id']}" if n > run["n_no_lesion"] + bad else ""))
     unit = "record(s)" if run.get("segmenter") else "image(s)"  # a segmenter's records are lesions
     print(f"predicted {n - bad} of {n} {unit}, {bad} failed, in {run['seconds']:.1f} s "
@@ -141,7 +142,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "a mask or box are outlined automatically, one record per lesion found (component 1..n, outline "
                    "PNG/.npy under OUT/outlines/RUN_ID/, size in pixels and, where the pixel spacing is known, mm), "
                    f"each scored as a traced outline would be; an image without a lesion gets one record labelled "
-                   f"'{NO_LESION}' and no probability (not a failure)")
+                   f"'{NO_LESION}' and no probability (not a failure); a classifier with whole-image members (an ensemble "
+                   "of a lesion crop and a whole-image model) still gives that image an image_probability")
     from breastai.models.saliency import METHODS, UPSAMPLING
 
     p.add_argument("--saliency", choices=METHODS, default="gradcam++",

@@ -13,9 +13,12 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
   classifier, trained with coarse outlines, then reads position and extent but not the
   segmenter's edge (rule and outcome in docs/experiments.md).
 * A row's score is the highest calibrated log-odds over its lesions (the malignant one decides).
-  A row where no lesion is found gets probability 0 (calibrated log-odds
+  A row where no lesion is found is scored by the classifier's whole-image members, if it has any
+  (:func:`~breastai.models.checkpoint.image_members`: their own calibrated log-odds averaged, as
+  ``predict`` gives ``image_probability``); otherwise it gets probability 0 (calibrated log-odds
   :data:`NO_LESION_LOG_ODDS`, below every found lesion): the pipeline said nothing, which a reader
-  takes as "nothing suspicious"; their number, and how many of them were positive, are reported.
+  takes as "nothing suspicious". Their number, how many of them were positive and how many the
+  whole image scored are reported.
 * Where the row has a traced mask: Dice, IoU and HD95 (pixels of the stored image) of the union of
   the found lesions against it (a lesion image where nothing was found counts Dice 0, and is
   ``missed``), summarised by :func:`breastai.reporting.segmentation.segmentation_summary`.
@@ -36,7 +39,7 @@ from breastai.data.readers.masks import LesionBox, load_mask
 from breastai.data.readers.registry import ImageReadError, max_pixels_option
 from breastai.engine.scoring import RecordError, members_log_odds, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
-from breastai.models.checkpoint import Checkpoint
+from breastai.models.checkpoint import Checkpoint, image_members
 from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
@@ -134,7 +137,8 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
     Returns:
         ``pred`` (per row: ``label``, ``case_id``, ``logit``), the calibrated probabilities, the report
         (:func:`~breastai.engine.scoring.score_part`'s, plus ``outline``) and per-row rows with
-        ``mask_source``, ``n_lesions`` and, against a traced mask, ``dice``.
+        ``mask_source``, ``n_lesions``, ``scored_on`` (``lesion``: its lesions decided; ``image``: none was
+        found and the whole-image members scored it; None: probability 0) and, against a traced mask, ``dice``.
 
     Raises:
         RecordError: a row's image or mask cannot be read (naming the row).
@@ -170,16 +174,24 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
                 if zj == best[i] and row_ood[i] is None:
                     row_ood[i] = float(o)
     missed = ~np.isfinite(best)
-    best[missed] = unscored_floor(best[~missed])
+    # Where no lesion is found, whole-image members still rank the image (their own calibration).
+    whole = image_members(ckpt)
+    if whole and missed.any():
+        rows_missed = [{**records[i], Keys.MASK: None} for i in np.flatnonzero(missed)]
+        c, _ = members_log_odds(whole, rows_missed, device, names=[names[i] for i in np.flatnonzero(missed)])
+        best[missed] = c.mean(1)
+    scored = np.isfinite(best)
+    best[~scored] = unscored_floor(best[scored])
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])
     # The row's raw logit is the one its best calibrated log-odds came from, so score_part calibrates it back.
     row_pred = {"label": labels, "case_id": [r[Keys.CASE_ID] for r in records],
                 "logit": best * float(cal.get("temperature", 1.0)) + float(cal.get("logit_offset", 0.0))}
     probs, report, rows = score_part(row_pred, ckpt, n_boot)
-    probs[missed] = 0.0
-    for row, info, miss, o in zip(rows, infos, missed, row_ood):
-        row.update(mask_source=info["mask_source"], n_lesions=info["n_lesions"], dice=info.get("dice"))
-        if miss:
+    probs[~scored] = 0.0
+    for row, info, miss, ok, o in zip(rows, infos, missed, scored, row_ood):
+        row.update(mask_source=info["mask_source"], n_lesions=info["n_lesions"], dice=info.get("dice"),
+                   scored_on=None if not ok else "image" if miss else "lesion")
+        if not ok:
             row["probability"] = 0.0
         if ckpt.ood is not None:
             row["ood_score"] = o  # None where no lesion was found: nothing was scored
@@ -192,6 +204,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         "segmenter": outliner.source, "traced_masks": "ignored" if ignore_masks else "used where present",
         "n_outlined": len(outlined), "n_lesions_scored": sum(info["n_lesions"] for info in outlined),
         "n_no_lesion_found": int(missed.sum()), "n_no_lesion_positive": int((missed & (labels == 1)).sum()),
+        "n_no_lesion_scored_on_image": int((missed & scored).sum()),
         **(segmentation_summary(measured) if measured else {}),
     }
     return row_pred, probs, report, rows

@@ -131,7 +131,7 @@ def evaluate_checkpoint(
             report["subgroups"] = subgroup_report(y, probs, ckpt.threshold, subgroup_columns(records, by, str(data)),
                                                   scores=[r["calibrated_logit"] for r in rows], n_boot=n_boot)
         report["level"] = "lesion"
-        extra = [k for k in ("ood_score", "mask_source", "n_lesions", "dice") if rows and k in rows[0]]
+        extra = [k for k in ("ood_score", "mask_source", "n_lesions", "scored_on", "dice") if rows and k in rows[0]]
         table = (["case_id", "label", "probability", "predicted", *extra], [
             {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)],
              **{k: row[k] for k in extra}}

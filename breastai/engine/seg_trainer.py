@@ -248,7 +248,13 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
     modalities = trained_modalities([*train_recs, *val_recs], cfg["data"].get("modality"))
     train_ds, val_ds = build_dataset(cfg, train_recs, train=True), build_dataset(cfg, val_recs, train=False)
-    balance = lesion_free(train_recs) if tc["class_balance"] == "sampler" else None
+    free = lesion_free(train_recs)
+    balance = free if tc["class_balance"] == "sampler" else None
+    if main_rank and not free.any():
+        log.warning("none of the %d training images is without a lesion (an empty mask): the presence "
+                    "probability cannot learn what an image without one looks like, so the segmenter will find "
+                    "lesions in such images (docs/experiments.md, 'Segmenters trained at the other site'); add "
+                    "lesion-free images with empty mask files", len(train_recs))
 
     model = create_model(cfg["model"]["name"], in_chans=1, pretrained=cfg["model"]["pretrained"],
                          dropout=cfg["model"]["dropout"]).to(device)

@@ -22,7 +22,7 @@ from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
-__all__ = ["EnsembleScorer", "reader_key"]
+__all__ = ["EnsembleScorer", "reader_key", "image_scorer", "image_probability"]
 
 
 def reader_key(options: dict[str, Any]) -> str:
@@ -118,6 +118,35 @@ class EnsembleScorer:
             out.saliency = normalise_map(sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps))
             out.image = base
         return out
+
+
+def image_scorer(scorer: ModelScorer | EnsembleScorer) -> ModelScorer | EnsembleScorer | None:
+    """What still scores an image in which the segmenter found no lesion: the members that read the
+    whole image and no mask, their own calibrated log-odds averaged (a single such model: itself);
+    None when every member reads the lesion. The combination's weights are left out: they were
+    fitted on images with a lesion found."""
+    members = scorer.members if isinstance(scorer, EnsembleScorer) else [scorer]
+    whole = [m for m in members if not m.reads_mask]
+    if len(whole) <= 1:
+        return whole[0] if whole else None
+    return EnsembleScorer(whole, [1.0 / len(whole)] * len(whole), 0.0, source=whole[0].source)
+
+
+def image_probability(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
+                      source: str, case_id: str) -> float | None:
+    """The calibrated probability :func:`image_scorer` gives an image (None: no member reads the whole image).
+
+    Raises:
+        ValueError: the score is not a number (corrupt weights or input).
+    """
+    whole = image_scorer(scorer)
+    if whole is None:
+        return None
+    z = float(whole.score_decoded(decode, None, source, case_id, "none", 0, False).calibrated_logit)
+    if not np.isfinite(z):
+        raise ValueError(f"{source}: the whole-image score is not a number ({z}); the checkpoint's weights or this "
+                         "input are corrupt")
+    return float(1.0 / (1.0 + np.exp(-z)))
 
 
 def _frame_policy(reader_options: dict[str, Any]) -> Any:

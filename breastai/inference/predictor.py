@@ -50,7 +50,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError
-from breastai.inference.ensemble import EnsembleScorer, reader_key
+from breastai.inference.ensemble import EnsembleScorer, image_probability, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
@@ -78,9 +78,10 @@ _PRIVATE = ("_path", "_frame", "_image", "_mask_origin", "_calibrated_logit", "_
 RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
                  *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
 
-# Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header)
-# and, with ``keep_identifiers``, a DICOM's identifiers.
-OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid"]
+# Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header),
+# with ``keep_identifiers`` a DICOM's identifiers, and the whole-image score of an image with no
+# lesion found (a classifier with whole-image members behind a segmenter).
+OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid", "image_probability"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry: map and image are None
 # without a saliency method, the mask None without an outline (the SEG and lesion size need only it)
@@ -395,6 +396,9 @@ class Predictor:
                 outline = self.segmenter.outline(*decode(self.segmenter.reader_options), item.source)
                 if not outline.lesions:  # an answer, not an error: no malignancy score of an empty crop
                     rec.update(no_lesion_fields(outline))
+                    p = image_probability(self.scorer, decode, item.source, rec["id"])
+                    if p is not None:  # whole-image members still rank the image
+                        rec["image_probability"] = p
                     return [(rec, None)]
                 lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
             scores = [self.scorer.score_decoded(decode, mask if les is None else les.mask, item.source, rec["id"],

@@ -21,7 +21,7 @@ from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import FULL_IMAGE, FULL_MASK, KeepFullImaged, build_transforms
 from breastai.inference.inputs import has_mask_input
 from breastai.models.calibration import calibrated_logit
-from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint, reads_mask
 from breastai.models.ood import model_features
 from breastai.models.outliner import require_task
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
@@ -120,6 +120,7 @@ class ModelScorer:
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None  # None: refuses no modality
         self.ood = ckpt.ood
         self.aug = dict(cfg.get("augment") or {})
+        self._reads_mask = reads_mask(ckpt)
         model = model_from_checkpoint(ckpt)
         spec = ckpt.model.spec
         self.needs_radiomics = spec.requires_radiomics
@@ -146,7 +147,7 @@ class ModelScorer:
     def reads_mask(self) -> bool:
         """Whether the lesion mask changes the score (crop, outline channel or radiomics); a whole-image
         model without an outline channel scores the image whatever the mask."""
-        return self.crop_mode or self.needs_radiomics or bool(self.pre["mask_channel"])
+        return self._reads_mask
 
     @property
     def needs_mask(self) -> bool:

@@ -23,7 +23,11 @@ a record:
 
 An image where the segmenter finds no lesion gives ONE record with ``label`` = ``no lesion
 found`` (:data:`NO_LESION`), its presence probability as ``lesion_probability``, and no malignancy
-probability: not an error (the exit status stays 0), and never a score of an empty crop.
+probability: not an error (the exit status stays 0), and never a score of an empty crop. Where the
+classifier has members that read the whole image and no mask (an ensemble of a lesion crop and a
+whole-image model, or a whole-image model itself), they still score the image: ``image_probability``,
+their calibrated probability (averaged log-odds), which ranks the image without any lesion
+(docs/experiments.md, "The whole image beside the lesion crop").
 """
 
 from __future__ import annotations

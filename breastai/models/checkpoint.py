@@ -40,7 +40,8 @@ from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "model_from_checkpoint",
-           "package_versions", "state_digest", "weights_digest", "checkpoint_task", "is_segmenter", "model_names"]
+           "package_versions", "state_digest", "weights_digest", "checkpoint_task", "is_segmenter", "model_names",
+           "reads_mask", "image_members"]
 
 FORMAT_VERSION = 1
 
@@ -333,6 +334,28 @@ def checkpoint_task(ckpt: Checkpoint) -> str:
 def model_names(ckpt: Checkpoint) -> str:
     """The model in a few words: its registry name, an ensemble's ``ensemble of N name``."""
     return f"ensemble of {len(ckpt.members)} {ckpt.members[0].model.name}" if ckpt.members else ckpt.model.name
+
+
+def reads_mask(ckpt: Checkpoint) -> bool:
+    """Whether a single classifier's score depends on the lesion mask (a crop, an outline channel or
+    radiomics); a whole-image model scores the image whatever mask it is given.
+
+    Raises:
+        CheckpointError: its model is not registered in this breastai.
+    """
+    pre = ckpt.config.get("preprocess") or {}
+    try:
+        radiomics = ckpt.model.spec.requires_radiomics
+    except KeyError as exc:
+        raise CheckpointError(f"its model {ckpt.model.name!r} is not registered in this breastai") from exc
+    return pre.get("mode") == "crop" or bool(pre.get("mask_channel")) or radiomics
+
+
+def image_members(ckpt: Checkpoint) -> list[Checkpoint]:
+    """The classifiers in ``ckpt`` that read the whole image and no mask: an ensemble's such members, or
+    the model itself. Where a segmenter finds no lesion they still score the image (the pipeline's
+    fallback, docs/experiments.md "The whole image beside the lesion crop")."""
+    return [m for m in (ckpt.members if ckpt.is_ensemble else [ckpt]) if not reads_mask(m)]
 
 
 def is_segmenter(ckpt: Checkpoint) -> bool:

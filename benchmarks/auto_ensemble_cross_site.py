@@ -28,7 +28,8 @@ import torch
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.cv import load_cv_summary, run_folds
-from breastai.engine.ensemble import ensemble_state, fit_on_outlines
+from breastai.engine.ensemble import ensemble_state
+from breastai.engine.ensemble_outlines import fit_on_outlines
 from breastai.engine.scoring import row_names
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner

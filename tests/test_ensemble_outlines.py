@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from conftest import _tiny_config, blob_datalist, seg_config, write_rows
 
-from breastai.engine import auto_outline
+from breastai.engine import ensemble_outlines
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.ensemble import build_ensemble
+from breastai.engine.ensemble_outlines import OutlineFit
 from breastai.engine.run import main as train_main
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
@@ -47,16 +48,16 @@ def runs(tmp_path_factory):
 def built(runs):
     seg, crop, whole, _, folder = runs
     seen: list[tuple[str, str]] = []
-    real = auto_outline.outlined_log_odds
+    real = ensemble_outlines.outlined_log_odds
 
     def spy(members, records, outliners, device, names):
         seen.extend((str(r["case_id"]), o.source) for r, o in zip(records, outliners))
         return real(members, records, outliners, device, names)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(auto_outline, "outlined_log_odds", spy)
+    mp.setattr(ensemble_outlines, "outlined_log_odds", spy)
     try:
-        summary = build_ensemble([crop, whole], folder / "ens", combine="stack", n_boot=0, segmenter_run=seg)
+        summary = build_ensemble([crop, whole], folder / "ens", combine="stack", n_boot=0, on_outlines=OutlineFit(seg))
     finally:
         mp.undo()
     return summary, folder / "ens", seen
@@ -113,7 +114,7 @@ def test_a_segmenter_run_on_other_folds_is_refused(runs, tmp_path):
     text = (seg / "cv_summary.json").read_text().replace('"fold": 0', '"fold": 9')
     (other / "cv_summary.json").write_text(text)
     with pytest.raises(ValueError, match="another fold than the classifiers"):
-        build_ensemble([crop, whole], tmp_path / "ens", combine="stack", n_boot=0, segmenter_run=other)
+        build_ensemble([crop, whole], tmp_path / "ens", combine="stack", n_boot=0, on_outlines=OutlineFit(other))
 
 
 def test_a_fold_checkpoint_predicts_a_new_image_with_no_outline_given(runs, built):
@@ -203,3 +204,71 @@ def test_predict_gives_an_image_probability_where_no_lesion_is_found(runs, built
     crop = next(m for m in ckpt.members if m.config["preprocess"]["mode"] == "crop")
     rec, = Predictor.from_state(crop, device="cpu", segmenter=_blind(ckpt)).predict(image)
     assert rec["label"] == NO_LESION and "image_probability" not in rec
+
+
+@pytest.fixture(scope="module")
+def single(runs):
+    """Single-split crop and whole-image runs (one seed: one validation part, 8 rows held out as
+    split=test) on the lesion images the 2-fold segmenter run held out once each."""
+    seg, _, _, lesions, folder = runs
+    rows = [{k: v for k, v in r.items() if k != "fold"} for r in csv.DictReader(open(lesions))]
+    for i, r in enumerate(rows):
+        r["split"] = "test" if i < 8 else ""
+    dl = write_rows(folder / "single.csv", rows)
+    cls = ("data.val_fraction=0.3", "train.epochs=1", "data.classes=[benign,malignant]", "log.tensorboard=false")
+    crop = train_main(_tiny_config(dl, folder, "run_name=crop1", "preprocess.mode=crop", *cls))
+    whole = train_main(_tiny_config(dl, folder, "run_name=whole1", "preprocess.mode=whole", *cls))
+    return Path(crop["run_dir"]), Path(whole["run_dir"]), seg, folder
+
+
+def test_single_runs_are_fitted_on_out_of_fold_outlines_and_carry_the_folds_averaged(single, capsys):
+    """``breastai ensemble CROP WHOLE --segmenter-run SEG_CV`` with single runs: validation images outlined by
+    the fold that held each out, one pipeline whose segmenter is the run's folds averaged, the test rows scored."""
+    import json
+
+    from breastai.cli import main
+
+    crop, whole, seg, folder = single
+    seen: list[tuple[str, str]] = []
+    real = ensemble_outlines.outlined_log_odds
+
+    def spy(members, records, outliners, device, names):
+        seen.extend((str(r["case_id"]), o.source) for r, o in zip(records, outliners))
+        return real(members, records, outliners, device, names)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ensemble_outlines, "outlined_log_odds", spy)
+    try:
+        assert main(["ensemble", str(crop), str(whole), "--segmenter-run", str(seg), "--out", str(folder / "ens1"),
+                     "--device", "cpu"]) == 0
+    finally:
+        mp.undo()
+    out = capsys.readouterr().out
+    assert "fitted on automatic outlines" in out and "folds averaged" in out
+    held = {r["case_id"]: r["fold"] for r in json.loads((seg / "cv_summary.json").read_text())["oof_predictions"]}
+    val = load_checkpoint(crop / "best.pt").seen_images["val"]
+    assert len(seen) == len(val) > 0
+    for case, source in seen:
+        assert source == str(seg / f"fold{held[case]}" / "best.pt")
+    ckpt = load_checkpoint(folder / "ens1" / "best.pt")
+    assert ckpt.is_ensemble and ckpt.is_pipeline and ckpt.config["ensemble"]["fitted_on"] == \
+        f"automatic outlines, out of fold ({seg})"
+    assert ckpt.segmenter.is_ensemble and len(ckpt.segmenter.members) == 2  # the two folds averaged
+    summary = json.loads((folder / "ens1" / "summary.json").read_text())
+    assert summary["segmenter"] == [str(seg / f"fold{k}" / "best.pt") for k in (0, 1)]
+    assert summary["n_val_fitted"] + summary["n_val_no_lesion_found"] == len(val)
+    assert ckpt.metrics["test"]["n"] == 8 == summary["test"]["n"]
+
+
+def test_single_runs_need_a_segmenter_run_that_held_out_their_images(single, tmp_path):
+    import json
+
+    crop, whole, seg, _ = single
+    other = tmp_path / "seg_half"
+    other.mkdir()
+    cv = json.loads((seg / "cv_summary.json").read_text())
+    cv["oof_predictions"] = [p for p in cv["oof_predictions"] if p["fold"] == 0]
+    (other / "cv_summary.json").write_text(json.dumps(cv))
+    with pytest.raises(ValueError, match="never held out case"):
+        build_ensemble([crop, whole], tmp_path / "ens", n_boot=0, on_outlines=OutlineFit(other))
+    assert not (tmp_path / "ens").exists()

@@ -26,9 +26,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     n.add_argument("--combine", default="mean", choices=["mean", "stack"],
                    help="mean: one shared weight (default); stack: one non-negative weight per member")
     n.add_argument("--segmenter-run", metavar="SEG_RUN",
-                   help="a segmenter's CV run on the same folds: fit the combination on automatic outlines (each "
-                   "validation image outlined by the segmenter that held it out) and write each fold as a pipeline "
-                   "carrying its segmenter, its held-out fold scored as 'evaluate --auto-outline' scores it")
+                   help="a segmenter's CV run: fit the combination on automatic outlines (each validation image "
+                   "outlined by the segmenter fold that held it out). CV runs on the same folds: each fold is written "
+                   "as a pipeline carrying its segmenter, its held-out fold scored as 'evaluate --auto-outline' scores "
+                   "it. Single-split runs: one pipeline carrying the segmenter run's folds averaged (recommended "
+                   "behind a lesion crop and a whole-image model)")
     n.add_argument("--device", default="auto", help="auto, cpu or cuda")
     n.set_defaults(func=run)
     return n
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the ensemble and print its cross-validated figures (a segmenter ensemble: its members and threshold)."""
     from breastai.cli.train import print_per_site
     from breastai.engine.ensemble import build_ensemble
+    from breastai.engine.ensemble_outlines import OutlineFit
 
     if _segmenters(args.runs):
         from breastai.engine.seg_ensemble import build_segmenter_ensemble
@@ -64,7 +67,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
-                         segmenter_run=args.segmenter_run)
+                         on_outlines=OutlineFit(args.segmenter_run) if args.segmenter_run else None)
+    if "fitted_on" in out:  # single-split runs fitted on automatic outlines: one pipeline
+        test = out.get("test")
+        print(f"ensemble ({args.combine}) of {len(args.runs)} runs: weights {[round(w, 3) for w in out['weights']]}, "
+              f"fitted on automatic outlines from {args.segmenter_run} ({out['n_val_fitted']} validation images with a "
+              f"lesion found, {out['n_val_no_lesion_found']} without); validation AUC {out['val_auc']:.4f}"
+              + (f"; test AUC {test['auc']:.4f}, ECE {test['ece']:.3f} (each test image outlined by the fold that "
+                 "held it out)" if test else ""))
+        print(f"a pipeline carrying the segmenter run's {len(out['segmenter'])} folds averaged: {args.out}/best.pt "
+              f"(predict it with no outline); summary: {args.out}/summary.json")
+        return 0
     if "mean_sd" not in out:  # single-split runs: one checkpoint
         test = out.get("test")
         print(f"ensemble ({args.combine}) of {len(args.runs)} runs: weights {[round(w, 3) for w in out['weights']]}, "

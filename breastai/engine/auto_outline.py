@@ -39,12 +39,12 @@ from breastai.data.readers.masks import LesionBox, load_mask
 from breastai.data.readers.registry import ImageReadError, max_pixels_option
 from breastai.engine.scoring import RecordError, members_log_odds, predict_records, score_part
 from breastai.models.calibration import calibrated_logit
-from breastai.models.checkpoint import Checkpoint, image_members
+from breastai.models.checkpoint import Checkpoint, reads_mask
 from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "outlined_log_odds", "score_outlined", "traced_on_stored"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "image_log_odds", "outlined_log_odds", "score_outlined", "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
@@ -117,6 +117,18 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
     return best, np.isfinite(best[:, 0])
 
 
+def image_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], device: torch.device,
+                   names: Sequence[str]) -> np.ndarray | None:
+    """The score the pipeline gives rows where no lesion was found: the mean calibrated log-odds of the
+    members that read the whole image and no mask (:func:`~breastai.models.checkpoint.reads_mask`),
+    each with its own calibration; None when every member reads the lesion (the row then gets 0)."""
+    whole = [m for m in members if not reads_mask(m)]
+    if not whole:
+        return None
+    c, _ = members_log_odds(whole, [{**r, Keys.MASK: None} for r in records], device, names=names)
+    return c.mean(1)
+
+
 def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,
                    device: torch.device, n_boot: int, names: Sequence[str],
                    progress: bool = False, outline_as: str = "outline") -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], list[dict]]:
@@ -174,12 +186,12 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
                 if zj == best[i] and row_ood[i] is None:
                     row_ood[i] = float(o)
     missed = ~np.isfinite(best)
-    # Where no lesion is found, whole-image members still rank the image (their own calibration).
-    whole = image_members(ckpt)
-    if whole and missed.any():
-        rows_missed = [{**records[i], Keys.MASK: None} for i in np.flatnonzero(missed)]
-        c, _ = members_log_odds(whole, rows_missed, device, names=[names[i] for i in np.flatnonzero(missed)])
-        best[missed] = c.mean(1)
+    if missed.any():  # whole-image members still rank an image where no lesion is found
+        idx = np.flatnonzero(missed)
+        whole = image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
+                               [names[i] for i in idx])
+        if whole is not None:
+            best[idx] = whole
     scored = np.isfinite(best)
     best[~scored] = unscored_floor(best[scored])
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])

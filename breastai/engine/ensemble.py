@@ -40,7 +40,7 @@ from breastai.models.checkpoint import Checkpoint, CheckpointError, ModelArgs
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
-__all__ = ["COMBINE", "fit_combiner", "fit_on_outlines", "ensemble_state", "build_ensemble"]
+__all__ = ["COMBINE", "fit_combiner", "ensemble_state", "load_single_runs", "build_single_ensemble", "build_ensemble"]
 
 log = logging.getLogger("breastai")
 
@@ -161,118 +161,6 @@ def _check_same_folds(runs: Sequence[Path], summaries: Sequence[dict[str, Any]])
                              "ensemble members must share their folds")
 
 
-def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], outliners: Sequence[Any],
-                    combine: str, device: Any, names: Sequence[str]) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """The members' combination fitted on automatic outlines, as the pipeline will score a row.
-
-    Row ``i`` is outlined by ``outliners[i]`` (for out-of-fold outlines, the segmenter that did not
-    train on it); each member's log-odds is the highest over the found lesions
-    (:func:`~breastai.engine.auto_outline.outlined_log_odds`), and rows where nothing was found are
-    left out of the fit (the pipeline scores none of them).
-
-    Returns:
-        ``(weights, bias, log_odds (n, m), found (n,))``.
-
-    Raises:
-        ValueError: the rows with a lesion found hold one class only.
-    """
-    from breastai.engine.auto_outline import outlined_log_odds
-
-    c, found = outlined_log_odds(members, records, outliners, device, names)
-    y = np.array([members[0].classes.index(r["label"]) for r in records])
-    try:
-        weights, bias = fit_combiner(c[found], y[found], combine)
-    except ValueError as exc:
-        raise ValueError(f"{int(found.sum())} of {len(records)} images have a lesion found, too few to fit the "
-                         f"combination on ({exc})") from exc
-    return weights, bias, c, found
-
-
-class _SegmenterFolds:
-    """A segmenter CV run's fold checkpoints, loaded once each, and which fold held out each case.
-
-    Raises:
-        ValueError: the run holds out the classifiers' cases in other folds (or not at all).
-    """
-
-    def __init__(self, run: Path, cls_folds: dict[str, int], device: Any = "cpu"):
-        from breastai.engine.cv import load_cv_summary
-
-        self.run, self.device = run, device
-        held = {str(p["case_id"]): int(p["fold"]) for p in load_cv_summary(run)["oof_predictions"]}
-        moved = sorted(c for c, f in cls_folds.items() if held.get(c) != f)
-        if moved:
-            raise ValueError(f"{run}: the segmenter run holds out case {moved[0]!r} ({len(moved)} cases in all) in "
-                             "another fold than the classifiers, or not at all: train it on the same fold column "
-                             "(a datalist with a 'fold' column, --folds K)")
-        self.fold_of = held
-        self._loaded: dict[int, Any] = {}
-
-    def checkpoint(self, fold: int) -> Checkpoint:
-        """Fold ``fold``'s segmenter checkpoint, loaded on first use."""
-        self.outliner(fold)
-        return self._loaded[fold][0]
-
-    def outliner(self, fold: int) -> Any:
-        """Fold ``fold``'s segmenter at work (an :class:`~breastai.models.outliner.Outliner`)."""
-        from breastai.models.outliner import Outliner
-
-        if fold not in self._loaded:
-            path = self.run / f"fold{fold}" / "best.pt"
-            ckpt = load_checkpoint(path)
-            self._loaded[fold] = (ckpt, Outliner(ckpt, self.device, str(path)))
-        return self._loaded[fold][1]
-
-
-def _fit_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict],
-                     names: Sequence[str], va: Sequence[int], te: Sequence[int], fold: int, seg: _SegmenterFolds,
-                     cfg: dict[str, Any], dev: Any, n_boot: int) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
-    """One fold of an ensemble whose combination is fitted on automatic outlines.
-
-    The validation images are outlined by the segmenters that held them out (out-of-fold
-    outlines: the ones a new image gets), each member's log-odds is the highest over the found
-    lesions, and images where nothing was found are left out of the fit (the pipeline scores none
-    of them). The held-out fold is outlined by this fold's segmenter and scored by the resulting
-    pipeline exactly as ``evaluate --auto-outline`` does (0 where no lesion is found).
-
-    Returns:
-        The fold's pipeline checkpoint, its summary row and its out-of-fold rows.
-    """
-    from breastai.engine.auto_outline import score_outlined
-    from breastai.engine.bundle import bundle_pipeline
-
-    val_rows = [records[j] for j in va]
-    outliners = [seg.outliner(seg.fold_of[str(r["case_id"])]) for r in val_rows]
-    try:
-        weights, bias, c_val, found = fit_on_outlines(members, val_rows, outliners, combine, dev, [names[j] for j in va])
-    except ValueError as exc:
-        raise ValueError(f"fold {fold}: {exc}") from exc
-    y_val = np.array([members[0].classes.index(r["label"]) for r in val_rows])
-    z_val = np.where(found[:, None], c_val, 0.0) @ weights + bias
-    p_val = np.where(found, 1.0 / (1.0 + np.exp(-z_val)), 0.0)  # nothing found: the pipeline's 0
-    threshold = choose_threshold(y_val, p_val, method=cfg.get("eval", {}).get("threshold_method", "youden"))
-    metrics = {"val_auc": roc_auc(y_val, p_val), "n_val_fitted": int(found.sum()),
-               "n_val_no_lesion_found": int((~found).sum())}
-    state = ensemble_state(members, weights, bias, combine, threshold, metrics, sources)
-    state.config["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({seg.run})"
-    seg_path = seg.run / f"fold{fold}" / "best.pt"
-    pipeline = bundle_pipeline(state, seg.checkpoint(fold), names=("the ensemble", str(seg_path)))
-    test_rows = [records[j] for j in te]
-    pred, p_test, rep, rows = score_outlined(pipeline, test_rows, seg.outliner(fold), True, dev, n_boot,
-                                             [names[j] for j in te])
-    pipeline.metrics = {**metrics, "test": rep}
-    log.info("fold %d: weights %s, bias %.3f, fitted on %d validation images (%d with no lesion found); held-out "
-             "AUC %.4f, %d images with no lesion found", fold + 1, np.round(weights, 3).tolist(), bias,
-             int(found.sum()), int((~found).sum()), rep["auc"], rep["outline"]["n_no_lesion_found"])
-    z_test = pred["logit"]
-    oof = [{"case_id": str(cid), "fold": fold, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
-            "probability": float(p), "lesion_found": bool(r["n_lesions"])}
-           for cid, y, z, p, r in zip(pred["case_id"], pred["label"], z_test, p_test, rows)]
-    summary = {"fold": fold, "weights": weights.tolist(), "bias": bias, **{k: v for k, v in rep.items() if k != "outline"},
-               "n_no_lesion_found": rep["outline"]["n_no_lesion_found"]}
-    return pipeline, summary, oof
-
-
 def _combine_part(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict[str, Any]],
                   names: Sequence[str], va: Sequence[int], te: Sequence[int], cfg: dict[str, Any], dev: Any,
                   n_boot: int) -> tuple[Checkpoint, dict[str, Any] | None, dict[str, np.ndarray] | None]:
@@ -307,16 +195,15 @@ def _is_single_run(run: Path) -> bool:
     return (run / "best.pt").is_file() and (run / "summary.json").is_file() and not (run / "cv_summary.json").exists()
 
 
-def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: Any, n_boot: int | None
-                          ) -> dict[str, Any]:
-    """Combine single-split runs that share their validation part (a seed ensemble: ``seed=1
-    data.split_seed=0`` beside ``seed=0``): the combination and the threshold fitted on that part,
-    the ``split=test`` rows, if any, only scored. Writes ``out/best.pt`` and ``out/summary.json``.
+def load_single_runs(runs: Sequence[Path]) -> tuple[list[Checkpoint], list[Path], dict[str, Any], list[dict[str, Any]],
+                                                    dict[str, np.ndarray], list[str]]:
+    """Single-split runs to combine: ``(members, their best.pt, the first's config, the datalist's rows,
+    the split, row names)``, once it is checked that every member selected its epoch on the same
+    validation part.
 
     Raises:
         ValueError: a run was validated on other images than the shared part, or is an ensemble.
     """
-    from breastai.core.files import atomic_write_text
     from breastai.engine.run import run_splits
 
     paths = [r / "best.pt" for r in runs]
@@ -337,8 +224,23 @@ def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: An
                              f"{Path.cwd()}) gives {runs[0]}'s config; train the members with one data.split_seed "
                              "(e.g. seed=1 data.split_seed=0 beside seed=0) and combine them from the folder they "
                              "were trained in")
-    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
+    return members, paths, cfg, records, split, names
+
+
+def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: Any, n_boot: int | None
+                          ) -> dict[str, Any]:
+    """Combine single-split runs that share their validation part (a seed ensemble: ``seed=1
+    data.split_seed=0`` beside ``seed=0``): the combination and the threshold fitted on that part,
+    the ``split=test`` rows, if any, only scored. Writes ``out/best.pt`` and ``out/summary.json``.
+
+    Raises:
+        ValueError: a run was validated on other images than the shared part, or is an ensemble.
+    """
+    from breastai.core.files import atomic_write_text
+
+    members, paths, cfg, records, split, names = load_single_runs(runs)
+    n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     state, rep, _ = _combine_part(members, [str(p) for p in paths], combine, records, names, split["val"],
                                   split.get("test", []), cfg, dev, n_boot)
     save_checkpoint(out / "best.pt", state)
@@ -350,7 +252,7 @@ def build_single_ensemble(runs: Sequence[Path], out: Path, combine: str, dev: An
 
 
 def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "mean", device: str = "cpu",
-                   n_boot: int | None = None, segmenter_run: str | Path | None = None) -> dict[str, Any]:
+                   n_boot: int | None = None, on_outlines: Any = None) -> dict[str, Any]:
     """Combine cross-validation runs fold by fold; write checkpoints and a CV summary into ``out``.
     Single-split runs that share their validation part are combined once
     (:func:`build_single_ensemble`).
@@ -366,10 +268,10 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         combine: ``mean`` or ``stack`` (see :func:`fit_combiner`).
         device: ``cpu``, ``cuda`` or ``auto``.
         n_boot: bootstrap resamples for the AUC intervals (default: the first member's setting).
-        segmenter_run: a segmenter's CV run on the same folds. The combination is then fitted on
-            automatic outlines (:func:`_fit_on_outlines`) and each fold's checkpoint is a pipeline
-            carrying that fold's segmenter, its held-out fold scored as ``evaluate --auto-outline``
-            scores it.
+        on_outlines: fit the combination on automatic outlines instead of traced ones: an
+            :class:`~breastai.engine.ensemble_outlines.OutlineFit` (``breastai ensemble --segmenter-run``),
+            which fits each fold (CV runs; each fold's checkpoint a pipeline carrying its segmenter)
+            or the single-split runs.
 
     Returns:
         The CV summary (or the single-split ensemble's summary).
@@ -390,8 +292,8 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
         if not all(single):
             raise ValueError(f"{runs[single.index(False)]} is not a single-split run folder (best.pt, summary.json) "
                              f"like {runs[single.index(True)]}: combine runs of one kind")
-        if segmenter_run is not None:
-            raise ValueError("--segmenter-run fits on out-of-fold outlines: it needs cross-validation runs")
+        if on_outlines is not None:
+            return on_outlines.single(runs, out, combine, resolve_device(device), n_boot)
         return build_single_ensemble(runs, out, combine, resolve_device(device), n_boot)
     summaries = [load_cv_summary(r) for r in runs]
     _check_same_folds(runs, summaries)
@@ -413,7 +315,6 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
     per_fold, oof = [], []
-    seg = _SegmenterFolds(Path(segmenter_run), now, dev) if segmenter_run is not None else None
     for i, (_, va, te) in enumerate(splits):
         paths = [r / f"fold{i}" / "best.pt" for r in runs]
         members = [load_checkpoint(p) for p in paths]
@@ -421,8 +322,8 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
             if m.is_ensemble:
                 raise ValueError(f"{p} is itself an ensemble: give its member runs instead")
         sources = [str(p) for p in paths]
-        if seg is not None:
-            state, fold, rows = _fit_on_outlines(members, sources, combine, records, names, va, te, i, seg, cfg, dev,
+        if on_outlines is not None:
+            state, fold, rows = on_outlines.fold(members, sources, combine, records, names, va, te, i, now, cfg, dev,
                                                  n_boot)
             save_checkpoint(out / f"fold{i}" / "best.pt", state)
             per_fold.append(fold)
@@ -440,6 +341,6 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, combine: str = "
     per_fold, oof = label_sites(per_fold, oof, records, splits, k)
     cfg = {**cfg, "model": {"name": "ensemble", "members": [str(r) for r in runs]},
            "ensemble": {"combine": combine, "members": [str(r) for r in runs]}}
-    if seg is not None:
-        cfg["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({segmenter_run})"
+    if on_outlines is not None:
+        cfg["ensemble"]["fitted_on"] = on_outlines.fitted_on
     return cv_summary(per_fold, oof, cfg, out)

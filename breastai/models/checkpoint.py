@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch

@@ -1,0 +1,194 @@
+"""The whole image beside the lesion crop, behind the segmenter: BUSI's folds and BrEaST, no human input.
+
+Per BUSI fold K (single runs trained on ``data/busi_fK.csv``: the image-only crop ``--crop``, the
+whole-image model ``--whole``, both seed 0 so that they share the validation part), each member's
+calibrated log-odds per image (the crop's the highest over the lesions found), combined as
+``breastai ensemble --combine mean`` combines them, the scale and bias fitted on the validation part
+outlined by the segmenter that held each image out (its own BUSI fold's, ``--seg`` with ``{fold}``),
+or on the traced outlines (the product's path for single runs). The held-out fold is outlined by
+fold K's segmenter. Rows, over the pooled held-out lesion images:
+
+* ``crop``: the crop behind the segmenter, probability 0 where nothing is found (today's pipeline);
+* ``whole``: the whole-image model alone;
+* ``both``: the combination, the whole-image member alone where nothing is found (the fallback);
+* ``both_no_fallback``: the same, 0 where nothing is found;
+* ``both_traced_fit``: the combination fitted on traced outlines, with the fallback.
+
+With ``--site``: the same pairs (each with its BUSI fit) on another site's datalist, outlined once
+by ``--site-segmenter``; the AUC and ECE of each fold's pair, and their mean. Rule and outcome in
+docs/experiments.md ("The whole image beside the lesion crop").
+
+Usage::
+
+    python benchmarks/whole_beside_crop.py --folds 0 1 2 3 4 --crop checkpoints/auto_f{K}/best.pt \\
+        --whole checkpoints/whole_f{K}/best.pt --seg checkpoints/seg_f{fold}_bal/best.pt \\
+        --fold-column data/busi_all_f5.csv [--site data/breast.csv --site-segmenter checkpoints/seg_avg5/best.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from breastai.core.keys import Keys
+from breastai.data.frames import read_samples
+from breastai.engine.auto_outline import outlined_log_odds
+from breastai.engine.ensemble import fit_combiner
+from breastai.engine.run import run_splits
+from breastai.engine.scoring import members_log_odds, row_names
+from breastai.models.checkpoint_io import load_checkpoint
+from breastai.models.outliner import Outliner
+from breastai.reporting.levels import unscored_floor
+from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc
+
+DEV = torch.device("cpu")
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def scores(crop: np.ndarray, whole: np.ndarray, found: np.ndarray, fit: tuple | None, fallback: bool) -> np.ndarray:
+    """Per-image log-odds: the crop alone (``fit`` None) or ``s * (crop + whole) / 2 + b`` (``fit`` =
+    ``(s, b)``, scalars or one per image); where nothing is found the whole-image member's
+    (``fallback``) or the unscored floor (probability about 0, below everything scored)."""
+    z = crop.copy() if fit is None else fit[0] * (crop + whole) / 2.0 + fit[1]
+    return np.where(found, z, whole if fallback else unscored_floor(z[found]))
+
+
+def summarise(y: np.ndarray, z: np.ndarray, n_boot: int) -> dict[str, float]:
+    p = sigmoid(z)
+    lo, hi = bootstrap_auc_ci(y, z, n_boot)
+    return {"auc": round(roc_auc(y, z), 4), "ci": [round(lo, 4), round(hi, 4)], "ece": round(ece(y, p), 4)}
+
+
+def paired_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, float]:
+    """AUC(a) - AUC(b) on the same images, with a paired percentile bootstrap CI."""
+    rng = np.random.default_rng(seed)
+    d = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[i])) == 2:
+            d.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
+    return {"gain": round(roc_auc(y, a) - roc_auc(y, b), 4),
+            "ci": [round(float(np.percentile(d, 2.5)), 4), round(float(np.percentile(d, 97.5)), 4)]}
+
+
+def fold_of(path: Path) -> dict[str, int]:
+    with open(path, newline="") as f:
+        return {r["case_id"]: int(r["fold"]) for r in csv.DictReader(f)}
+
+
+def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[int, Outliner]) -> dict:
+    crop = load_checkpoint(a.crop.replace("{K}", str(k)))
+    whole = load_checkpoint(a.whole.replace("{K}", str(k)))
+    cfg = crop.config
+    records = read_samples(cfg["data"]["datalist"], cfg["data"], list(cfg["data"]["classes"]))
+    split = run_splits(cfg, records)[0]
+    names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
+
+    def seg(j: int) -> Outliner:
+        if j not in segs:
+            path = a.seg.replace("{fold}", str(j))
+            segs[j] = Outliner(load_checkpoint(path), DEV, path)
+        return segs[j]
+
+    out = {}
+    for part in ("val", "test"):
+        idx = list(split[part])
+        rows = [records[j] for j in idx]
+        nm = [names[j] for j in idx]
+        outl = [seg(k if part == "test" else folds[str(r[Keys.CASE_ID])]) for r in rows]
+        c, found = outlined_log_odds([crop], rows, outl, DEV, nm)
+        w, _ = members_log_odds([whole], [{**r, Keys.MASK: None} for r in rows], DEV, names=nm)
+        t, _ = members_log_odds([crop], rows, DEV, names=nm)  # on the traced outlines
+        y = np.array([crop.classes.index(r[Keys.LABEL]) for r in rows])
+        out[part] = {"crop": c[:, 0], "whole": w[:, 0], "traced": t[:, 0], "found": found, "y": y,
+                     "case_id": [str(r[Keys.CASE_ID]) for r in rows]}
+    v = out["val"]
+    ws, b = fit_combiner(np.stack([v["crop"], v["whole"]], 1)[v["found"]], v["y"][v["found"]], "mean")
+    wt, bt = fit_combiner(np.stack([v["traced"], v["whole"]], 1), v["y"], "mean")
+    # combine="mean" ties the weights: s/2 each, so s = 2 * w_0
+    out["fit"], out["fit_traced"] = (float(2 * ws[0]), float(b)), (float(2 * wt[0]), float(bt))
+    logging.info("fold %d: fit on automatic outlines s=%.3f b=%.3f (%d of %d validation images found); "
+                 "on traced s=%.3f b=%.3f", k, *out["fit"], int(v["found"].sum()), len(v["y"]), *out["fit_traced"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--crop", default="checkpoints/auto_f{K}/best.pt")
+    ap.add_argument("--whole", default="checkpoints/whole_f{K}/best.pt")
+    ap.add_argument("--seg", default="checkpoints/seg_f{fold}_bal/best.pt")
+    ap.add_argument("--fold-column", type=Path, default=Path("data/busi_all_f5.csv"))
+    ap.add_argument("--site", type=Path)
+    ap.add_argument("--site-segmenter")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    folds, segs = fold_of(a.fold_column), {}
+    per = {k: run_fold(k, a, folds, segs) for k in a.folds}
+    te = {key: np.concatenate([per[k]["test"][key] for k in a.folds]) for key in ("crop", "whole", "found", "y")}
+    fits = {key: np.concatenate([[per[k][key]] * len(per[k]["test"]["y"]) for k in a.folds])
+            for key in ("fit", "fit_traced")}
+
+    def combo(fitkey: str, fallback: bool) -> np.ndarray:
+        return scores(te["crop"], te["whole"], te["found"], (fits[fitkey][:, 0], fits[fitkey][:, 1]), fallback)
+
+    y = te["y"]
+    rows = {
+        "crop": scores(te["crop"], te["whole"], te["found"], None, False),
+        "whole": te["whole"],
+        "both": combo("fit", True),
+        "both_no_fallback": combo("fit", False),
+        "both_traced_fit": combo("fit_traced", True),
+    }
+    report = {"busi": {"n": int(len(y)), "n_malignant": int(y.sum()), "no_lesion_found": int((~te["found"]).sum()),
+                       "no_lesion_found_malignant": int((~te["found"] & (y == 1)).sum()),
+                       "fits": {k: {"automatic": per[k]["fit"], "traced": per[k]["fit_traced"]} for k in a.folds},
+                       **{name: summarise(y, z, a.n_boot) for name, z in rows.items()},
+                       "both_minus_whole": paired_gain(y, rows["both"], rows["whole"], a.n_boot),
+                       "both_minus_crop": paired_gain(y, rows["both"], rows["crop"], a.n_boot)}}
+    print(json.dumps(report["busi"], indent=1))
+
+    if a.site:
+        report["site"] = site_report(a, per)
+        print(json.dumps(report["site"], indent=1))
+    if a.out:
+        a.out.write_text(json.dumps(report, indent=1))
+
+
+def site_report(a: argparse.Namespace, per: dict) -> dict:
+    records = read_samples(a.site, {}, ["benign", "malignant"])
+    names = row_names(a.site, records, None)
+    outliner = Outliner(load_checkpoint(a.site_segmenter), DEV, a.site_segmenter)
+    crops = [load_checkpoint(a.crop.replace("{K}", str(k))) for k in a.folds]
+    wholes = [load_checkpoint(a.whole.replace("{K}", str(k))) for k in a.folds]
+    c, found = outlined_log_odds(crops, records, [outliner] * len(records), DEV, names)
+    w, _ = members_log_odds(wholes, [{**r, Keys.MASK: None} for r in records], DEV, names=names)
+    y = np.array([crops[0].classes.index(r[Keys.LABEL]) for r in records])
+    out: dict = {"n": int(len(y)), "no_lesion_found": int((~found).sum()), "per_fold": {}}
+    for i, k in enumerate(a.folds):
+        fit = per[k]["fit"]
+        rows = {"crop": scores(c[:, i], w[:, i], found, None, False), "whole": w[:, i],
+                "both": scores(c[:, i], w[:, i], found, fit, True),
+                "both_no_fallback": scores(c[:, i], w[:, i], found, fit, False)}
+        out["per_fold"][k] = {name: summarise(y, zz, a.n_boot) for name, zz in rows.items()}
+    for name in ("crop", "whole", "both", "both_no_fallback"):
+        out[f"mean_{name}"] = {m: round(float(np.mean([out["per_fold"][k][name][m] for k in a.folds])), 4)
+                               for m in ("auc", "ece")}
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ classifiers' figures on discs with random labels are not the point.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def runs(tmp_path_factory):
     return Path(seg["run_dir"]), Path(crop["run_dir"]), Path(whole["run_dir"]), lesions, folder
 
 
-@pytest.fixture(scope="module")
-def built(runs):
-    seg, crop, whole, _, folder = runs
+@contextlib.contextmanager
+def _outlines_seen():
+    """(case, segmenter checkpoint) of every image the combination's fit had outlined."""
     seen: list[tuple[str, str]] = []
     real = ensemble_outlines.outlined_log_odds
 
@@ -57,9 +58,16 @@ def built(runs):
     mp = pytest.MonkeyPatch()
     mp.setattr(ensemble_outlines, "outlined_log_odds", spy)
     try:
-        summary = build_ensemble([crop, whole], folder / "ens", combine="stack", n_boot=0, on_outlines=OutlineFit(seg))
+        yield seen
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def built(runs):
+    seg, crop, whole, _, folder = runs
+    with _outlines_seen() as seen:
+        summary = build_ensemble([crop, whole], folder / "ens", combine="stack", n_boot=0, on_outlines=OutlineFit(seg))
     return summary, folder / "ens", seen
 
 
@@ -229,20 +237,9 @@ def test_single_runs_are_fitted_on_out_of_fold_outlines_and_carry_the_folds_aver
     from breastai.cli import main
 
     crop, whole, seg, folder = single
-    seen: list[tuple[str, str]] = []
-    real = ensemble_outlines.outlined_log_odds
-
-    def spy(members, records, outliners, device, names):
-        seen.extend((str(r["case_id"]), o.source) for r, o in zip(records, outliners))
-        return real(members, records, outliners, device, names)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(ensemble_outlines, "outlined_log_odds", spy)
-    try:
+    with _outlines_seen() as seen:
         assert main(["ensemble", str(crop), str(whole), "--segmenter-run", str(seg), "--out", str(folder / "ens1"),
                      "--device", "cpu"]) == 0
-    finally:
-        mp.undo()
     out = capsys.readouterr().out
     assert "fitted on automatic outlines" in out and "folds averaged" in out
     held = {r["case_id"]: r["fold"] for r in json.loads((seg / "cv_summary.json").read_text())["oof_predictions"]}

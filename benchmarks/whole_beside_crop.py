@@ -21,7 +21,7 @@ docs/experiments.md ("The whole image beside the lesion crop").
 Usage::
 
     python benchmarks/whole_beside_crop.py --folds 0 1 2 3 4 --crop checkpoints/auto_f{K}/best.pt \\
-        --whole checkpoints/whole_f{K}/best.pt --seg checkpoints/seg_f{fold}_bal/best.pt \\
+        --whole checkpoints/whole_f{K}/best.pt [checkpoints/whole_f{K}_s1/best.pt] --seg checkpoints/seg_f{fold}_bal/best.pt \\
         --fold-column data/busi_all_f5.csv [--site data/breast.csv --site-segmenter checkpoints/seg_avg5/best.pt]
 """
 
@@ -55,11 +55,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def scores(crop: np.ndarray, whole: np.ndarray, found: np.ndarray, fit: tuple | None, fallback: bool) -> np.ndarray:
-    """Per-image log-odds: the crop alone (``fit`` None) or ``s * (crop + whole) / 2 + b`` (``fit`` =
-    ``(s, b)``, scalars or one per image); where nothing is found the whole-image member's
-    (``fallback``) or the unscored floor (probability about 0, below everything scored)."""
-    z = crop.copy() if fit is None else fit[0] * (crop + whole) / 2.0 + fit[1]
-    return np.where(found, z, whole if fallback else unscored_floor(z[found]))
+    """Per-image log-odds: the crop alone (``fit`` None) or ``s * mean(crop, whole members) + b`` (``fit``
+    = ``(s, b)``, scalars or one per image; ``whole`` (n,) or (n, k)); where nothing is found the
+    whole-image members' mean (``fallback``) or the unscored floor (probability about 0)."""
+    w = whole.reshape(len(crop), -1)
+    z = crop.copy() if fit is None else fit[0] * (crop + w.sum(1)) / (1 + w.shape[1]) + fit[1]
+    return np.where(found, z, w.mean(1) if fallback else unscored_floor(z[found]))
 
 
 def summarise(y: np.ndarray, z: np.ndarray, n_boot: int) -> dict[str, float]:
@@ -87,7 +88,7 @@ def fold_of(path: Path) -> dict[str, int]:
 
 def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[int, Outliner]) -> dict:
     crop = load_checkpoint(a.crop.replace("{K}", str(k)))
-    whole = load_checkpoint(a.whole.replace("{K}", str(k)))
+    wholes = [load_checkpoint(w.replace("{K}", str(k))) for w in a.whole]
     cfg = crop.config
     records = read_samples(cfg["data"]["datalist"], cfg["data"], list(cfg["data"]["classes"]))
     split = run_splits(cfg, records)[0]
@@ -106,16 +107,17 @@ def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[in
         nm = [names[j] for j in idx]
         outl = [seg(k if part == "test" else folds[str(r[Keys.CASE_ID])]) for r in rows]
         c, found = outlined_log_odds([crop], rows, outl, DEV, nm)
-        w, _ = members_log_odds([whole], [{**r, Keys.MASK: None} for r in rows], DEV, names=nm)
+        w, _ = members_log_odds(wholes, [{**r, Keys.MASK: None} for r in rows], DEV, names=nm)
         t, _ = members_log_odds([crop], rows, DEV, names=nm)  # on the traced outlines
         y = np.array([crop.classes.index(r[Keys.LABEL]) for r in rows])
-        out[part] = {"crop": c[:, 0], "whole": w[:, 0], "traced": t[:, 0], "found": found, "y": y,
+        out[part] = {"crop": c[:, 0], "whole": w, "traced": t[:, 0], "found": found, "y": y,
                      "case_id": [str(r[Keys.CASE_ID]) for r in rows]}
     v = out["val"]
-    ws, b = fit_combiner(np.stack([v["crop"], v["whole"]], 1)[v["found"]], v["y"][v["found"]], "mean")
-    wt, bt = fit_combiner(np.stack([v["traced"], v["whole"]], 1), v["y"], "mean")
-    # combine="mean" ties the weights: s/2 each, so s = 2 * w_0
-    out["fit"], out["fit_traced"] = (float(2 * ws[0]), float(b)), (float(2 * wt[0]), float(bt))
+    m = 1 + v["whole"].shape[1]
+    ws, b = fit_combiner(np.column_stack([v["crop"], v["whole"]])[v["found"]], v["y"][v["found"]], "mean")
+    wt, bt = fit_combiner(np.column_stack([v["traced"], v["whole"]]), v["y"], "mean")
+    # combine="mean" ties the weights: s/m each, so s = m * w_0
+    out["fit"], out["fit_traced"] = (float(m * ws[0]), float(b)), (float(m * wt[0]), float(bt))
     logging.info("fold %d: fit on automatic outlines s=%.3f b=%.3f (%d of %d validation images found); "
                  "on traced s=%.3f b=%.3f", k, *out["fit"], int(v["found"].sum()), len(v["y"]), *out["fit_traced"])
     return out
@@ -125,7 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--crop", default="checkpoints/auto_f{K}/best.pt")
-    ap.add_argument("--whole", default="checkpoints/whole_f{K}/best.pt")
+    ap.add_argument("--whole", nargs="+", default=["checkpoints/whole_f{K}/best.pt"],
+                    help="one or more whole-image members (their calibrated log-odds enter the mean)")
     ap.add_argument("--seg", default="checkpoints/seg_f{fold}_bal/best.pt")
     ap.add_argument("--fold-column", type=Path, default=Path("data/busi_all_f5.csv"))
     ap.add_argument("--site", type=Path)
@@ -148,7 +151,8 @@ def main() -> None:
     y = te["y"]
     rows = {
         "crop": scores(te["crop"], te["whole"], te["found"], None, False),
-        "whole": te["whole"],
+        "whole": te["whole"][:, 0],
+        **({"whole_mean": te["whole"].mean(1)} if te["whole"].shape[1] > 1 else {}),
         "both": combo("fit", True),
         "both_no_fallback": combo("fit", False),
         "both_traced_fit": combo("fit_traced", True),
@@ -157,7 +161,7 @@ def main() -> None:
                        "no_lesion_found_malignant": int((~te["found"] & (y == 1)).sum()),
                        "fits": {k: {"automatic": per[k]["fit"], "traced": per[k]["fit_traced"]} for k in a.folds},
                        **{name: summarise(y, z, a.n_boot) for name, z in rows.items()},
-                       "both_minus_whole": paired_gain(y, rows["both"], rows["whole"], a.n_boot),
+                       "both_minus_whole": paired_gain(y, rows["both"], rows.get("whole_mean", rows["whole"]), a.n_boot),
                        "both_minus_crop": paired_gain(y, rows["both"], rows["crop"], a.n_boot)}}
     print(json.dumps(report["busi"], indent=1))
 
@@ -173,14 +177,15 @@ def site_report(a: argparse.Namespace, per: dict) -> dict:
     names = row_names(a.site, records, None)
     outliner = Outliner(load_checkpoint(a.site_segmenter), DEV, a.site_segmenter)
     crops = [load_checkpoint(a.crop.replace("{K}", str(k))) for k in a.folds]
-    wholes = [load_checkpoint(a.whole.replace("{K}", str(k))) for k in a.folds]
+    wholes = [load_checkpoint(w.replace("{K}", str(k))) for k in a.folds for w in a.whole]
     c, found = outlined_log_odds(crops, records, [outliner] * len(records), DEV, names)
     w, _ = members_log_odds(wholes, [{**r, Keys.MASK: None} for r in records], DEV, names=names)
+    w = w.reshape(len(records), len(a.folds), len(a.whole))
     y = np.array([crops[0].classes.index(r[Keys.LABEL]) for r in records])
     out: dict = {"n": int(len(y)), "no_lesion_found": int((~found).sum()), "per_fold": {}}
     for i, k in enumerate(a.folds):
         fit = per[k]["fit"]
-        rows = {"crop": scores(c[:, i], w[:, i], found, None, False), "whole": w[:, i],
+        rows = {"crop": scores(c[:, i], w[:, i], found, None, False), "whole": w[:, i].mean(1),
                 "both": scores(c[:, i], w[:, i], found, fit, True),
                 "both_no_fallback": scores(c[:, i], w[:, i], found, fit, False)}
         out["per_fold"][k] = {name: summarise(y, zz, a.n_boot) for name, zz in rows.items()}

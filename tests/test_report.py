@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -92,6 +93,20 @@ def test_predict_report_html(predict_dir, tmp_path):
     assert text.count('<img class="thumb" src="data:image/png;base64,') == 6
     assert text.count('class="zoom" href="data:image/jpeg;base64,') == 6
     assert "Content-Security-Policy" in text
+
+
+def test_predict_report_shows_the_whole_image_probability_of_a_no_lesion_image(predict_dir, tmp_path):
+    """A "no lesion found" record with the whole-image members' ``image_probability`` gets that column;
+    a run without any has none."""
+    assert "whole-image probability" not in _report(predict_dir, tmp_path / "plain.html")
+    folder = tmp_path / "nolesion"
+    shutil.copytree(predict_dir, folder)
+    data = json.loads((folder / "predictions.json").read_text())
+    rec = data["records"][1]
+    rec.update(label="no lesion found", probability=None, logit=None, image_probability=0.8125)
+    (folder / "predictions.json").write_text(json.dumps(data))
+    text = _report(folder, tmp_path / "r.html")
+    assert "whole-image probability (no lesion found)" in text and "0.812" in text
 
 
 def test_predict_report_linked_images(predict_dir, tmp_path):

@@ -118,6 +118,8 @@ def _predict_page(folder: Path, out: Path, link_images: bool) -> str:
     columns = [Column("image", "saliency", "html"), Column("id", "case"), Column("probability", "probability", "num"),
                Column("label", "label"), Column("uncertainty", "uncertainty", "num"), Column("logit", "logit", "num", 2),
                Column("has_mask", "outline"), Column("error", "error"), Column("source", "source")]
+    if any(r.get("image_probability") is not None for r in records):  # whole-image members ranked a no-lesion image
+        columns.insert(4, Column("image_probability", "whole-image probability (no lesion found)", "num"))
     body = (f"<h2>Run</h2>{summary}<h2>Cases</h2><p class=\"sub\">Click a header to sort, a thumbnail to see it "
             f"full size.</p>{sortable_table(columns, rows)}")
     return page("breastai predict report", body, subtitle=str(folder))

@@ -174,12 +174,12 @@ def test_an_image_with_no_lesion_found_is_ranked_by_the_whole_image_member(runs,
     beside the lesion crop")."""
     from breastai.data.frames import read_samples
     from breastai.engine.scoring import members_log_odds
-    from breastai.models.checkpoint import image_members
+    from breastai.models.checkpoint import reads_mask
 
     _, _, _, lesions, _ = runs
     _, ens, _ = built
     ckpt = load_checkpoint(ens / "fold0" / "best.pt")
-    whole = image_members(ckpt)
+    whole = [m for m in ckpt.members if not reads_mask(m)]
     assert len(whole) == 1 and whole[0].config["preprocess"]["mode"] == "whole"
     part = [r for r in read_samples(str(lesions), ckpt.config["data"], ckpt.classes) if int(r["fold"]) == 0][:6]
     names = [r["case_id"] for r in part]
@@ -199,7 +199,7 @@ def test_predict_gives_an_image_probability_where_no_lesion_is_found(runs, built
     whole-image member's probability of the image: the same as that member predicting alone."""
     from breastai.inference.predictor import Predictor
     from breastai.inference.segment import NO_LESION
-    from breastai.models.checkpoint import image_members
+    from breastai.models.checkpoint import reads_mask
 
     _, _, _, lesions, folder = runs
     _, ens, _ = built
@@ -207,7 +207,7 @@ def test_predict_gives_an_image_probability_where_no_lesion_is_found(runs, built
     image = str(folder / next(csv.DictReader(open(lesions)))["image"])
     rec, = Predictor.from_state(ckpt, device="cpu", segmenter=_blind(ckpt)).predict(image)
     assert rec["label"] == NO_LESION and rec["probability"] is None and rec["error"] is None
-    alone, = Predictor.from_state(image_members(ckpt)[0], device="cpu").predict(image)
+    alone, = Predictor.from_state(next(m for m in ckpt.members if not reads_mask(m)), device="cpu").predict(image)
     assert rec["image_probability"] == pytest.approx(alone["probability"], abs=1e-6)
     crop = next(m for m in ckpt.members if m.config["preprocess"]["mode"] == "crop")
     rec, = Predictor.from_state(crop, device="cpu", segmenter=_blind(ckpt)).predict(image)

@@ -14,8 +14,8 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
   segmenter's edge (rule and outcome in docs/experiments.md).
 * A row's score is the highest calibrated log-odds over its lesions (the malignant one decides).
   A row where no lesion is found is scored by the classifier's whole-image members, if it has any
-  (:func:`~breastai.models.checkpoint.image_members`: their own calibrated log-odds averaged, as
-  ``predict`` gives ``image_probability``); otherwise it gets probability 0 (calibrated log-odds
+  (:func:`image_log_odds`: their own calibrated log-odds averaged, as ``predict`` gives
+  ``image_probability``); otherwise it gets probability 0 (calibrated log-odds
   :data:`NO_LESION_LOG_ODDS`, below every found lesion): the pipeline said nothing, which a reader
   takes as "nothing suspicious". Their number, how many of them were positive and how many the
   whole image scored are reported.

@@ -40,7 +40,7 @@ from breastai.models.registry import ModelSpec, create_model, get_spec
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "model_from_checkpoint",
            "package_versions", "state_digest", "weights_digest", "checkpoint_task", "is_segmenter", "model_names",
-           "reads_mask", "image_members"]
+           "reads_mask"]
 
 FORMAT_VERSION = 1
 
@@ -348,13 +348,6 @@ def reads_mask(ckpt: Checkpoint) -> bool:
     except KeyError as exc:
         raise CheckpointError(f"its model {ckpt.model.name!r} is not registered in this breastai") from exc
     return pre.get("mode") == "crop" or bool(pre.get("mask_channel")) or radiomics
-
-
-def image_members(ckpt: Checkpoint) -> list[Checkpoint]:
-    """The classifiers in ``ckpt`` that read the whole image and no mask: an ensemble's such members, or
-    the model itself. Where a segmenter finds no lesion they still score the image (the pipeline's
-    fallback, docs/experiments.md "The whole image beside the lesion crop")."""
-    return [m for m in (ckpt.members if ckpt.is_ensemble else [ckpt]) if not reads_mask(m)]
 
 
 def is_segmenter(ckpt: Checkpoint) -> bool:

@@ -19,7 +19,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(seed=1 data.split_seed=0 beside seed=0: a seed ensemble) give one best.pt and summary.json. Segmenter "
         "runs (or their checkpoint files; a CV run gives all its folds) are averaged into one segmenter best.pt: "
         "mask and presence probabilities, presence threshold the members' median.",
-        epilog="example: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole")
+        epilog="examples: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole; "
+        "the no-reader pipeline: breastai ensemble checkpoints/busi_auto checkpoints/busi_whole --segmenter-run "
+        "checkpoints/busi_seg_cv --out checkpoints/busi_auto_whole")
     n.add_argument("runs", nargs="+", metavar="RUN", help="CV run folders (cv_summary.json, fold*/best.pt) or single-split run "
                    "folders (best.pt, summary.json); for segmenters also checkpoint files")
     n.add_argument("--out", required=True, help="output folder")

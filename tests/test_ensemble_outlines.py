@@ -269,3 +269,27 @@ def test_single_runs_need_a_segmenter_run_that_held_out_their_images(single, tmp
     with pytest.raises(ValueError, match="never held out case"):
         build_ensemble([crop, whole], tmp_path / "ens", n_boot=0, on_outlines=OutlineFit(other))
     assert not (tmp_path / "ens").exists()
+
+
+def test_several_whole_image_members_are_averaged_where_no_lesion_is_found(runs, built):
+    """Two whole-image members (a second seed, here another fold's): ``image_probability`` and evaluate's
+    row score are the sigmoid of their calibrated log-odds' mean; the combination's weights stay out."""
+    from breastai.data.frames import read_samples
+    from breastai.engine.ensemble import ensemble_state
+    from breastai.engine.scoring import members_log_odds
+    from breastai.inference.predictor import Predictor
+    from breastai.inference.segment import NO_LESION
+
+    _, crop, whole, lesions, folder = runs
+    pipe = load_checkpoint(built[1] / "fold0" / "best.pt")
+    members = [load_checkpoint(crop / "fold0" / "best.pt"), load_checkpoint(whole / "fold0" / "best.pt"),
+               load_checkpoint(whole / "fold1" / "best.pt")]
+    three = ensemble_state(members, np.array([0.9, 0.2, 0.7]), 0.4, "stack", 0.5, {}, ["c", "w0", "w1"])
+    part = [r for r in read_samples(str(lesions), three.config["data"], three.classes) if int(r["fold"]) == 1][:4]
+    names = [r["case_id"] for r in part]
+    c, _ = members_log_odds(members[1:], [{**r, "mask": None} for r in part], "cpu", names=names)
+    expected = 1.0 / (1.0 + np.exp(-c.mean(1)))
+    _, probs, _, _ = score_outlined(three, part, Outliner(_blind(pipe), "cpu"), True, "cpu", 0, names)
+    np.testing.assert_allclose(probs, expected, atol=1e-9)
+    rec, = Predictor.from_state(three, device="cpu", segmenter=_blind(pipe)).predict(str(folder / part[0]["image"]))
+    assert rec["label"] == NO_LESION and rec["image_probability"] == pytest.approx(expected[0], abs=1e-6)

@@ -41,6 +41,12 @@ __all__ = ["OutlineFit", "fit_on_outlines", "fit_fold_on_outlines", "build_singl
 log = logging.getLogger("breastai")
 
 
+def fitted_on(segmenter_run: Path) -> str:
+    """How an ensemble's configuration names a fit on automatic outlines (``ensemble.fitted_on``, which
+    ``predict`` reads to warn when a reader's mask comes in)."""
+    return f"automatic outlines, out of fold ({segmenter_run})"
+
+
 def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], outliners: Sequence[Any],
                     combine: str, device: Any, names: Sequence[str]) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """The members' combination fitted on automatic outlines, as the pipeline will score a row.
@@ -130,7 +136,7 @@ def fit_fold_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], 
     threshold, metrics = _validation_threshold(members, val_rows, c_val, found, weights, bias, cfg, dev,
                                                [names[j] for j in va])
     state = ensemble_state(members, weights, bias, combine, threshold, metrics, sources)
-    state.config["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({seg.run})"
+    state.config["ensemble"]["fitted_on"] = fitted_on(seg.run)
     seg_path = seg.run / f"fold{fold}" / "best.pt"
     pipeline = bundle_pipeline(state, seg.checkpoint(fold), names=("the ensemble", str(seg_path)))
     test_rows = [records[j] for j in te]
@@ -188,7 +194,7 @@ def build_single_on_outlines(runs: Sequence[Path], out: Path, combine: str, dev:
     threshold, metrics = _validation_threshold(members, val_rows, c_val, found, weights, bias, cfg, dev,
                                                [names[j] for j in va])
     state = ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths])
-    state.config["ensemble"]["fitted_on"] = f"automatic outlines, out of fold ({seg.run})"
+    state.config["ensemble"]["fitted_on"] = fitted_on(seg.run)
     fold_paths = [seg.run / f"fold{f}" / "best.pt" for f in seg.folds]
     average = segmenter_ensemble([seg.checkpoint(f) for f in seg.folds], [str(p) for p in fold_paths])
     pipeline = bundle_pipeline(state, average, names=("the ensemble", f"{seg.run} (its {len(fold_paths)} folds averaged)"))
@@ -201,7 +207,9 @@ def build_single_on_outlines(runs: Sequence[Path], out: Path, combine: str, dev:
             if part:
                 pred, probs, _, _ = score_outlined(pipeline, [records[j] for j in part], seg.outliner(f), True, dev,
                                                    0, [names[j] for j in part])
-                y.append(pred["label"]), p.append(probs), z.append(pred["logit"])
+                y.append(pred["label"])
+                p.append(probs)
+                z.append(pred["logit"])
         rep = evaluation_report(np.concatenate(y), np.concatenate(p), threshold, n_boot=n_boot, scores=np.concatenate(z))
     pipeline.metrics = {**metrics, **({"test": rep} if rep is not None else {})}
     save_checkpoint(out / "best.pt", pipeline)
@@ -225,7 +233,7 @@ class OutlineFit:
     @property
     def fitted_on(self) -> str:
         """How the ensemble's configuration names the fit."""
-        return f"automatic outlines, out of fold ({self.run})"
+        return fitted_on(self.run)
 
     def fold(self, members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict],
              names: Sequence[str], va: Sequence[int], te: Sequence[int], fold: int, case_folds: dict[str, int],

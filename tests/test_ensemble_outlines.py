@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import _tiny_config, blob_datalist, seg_config, write_rows
 
-from breastai.engine import ensemble_outlines
+from breastai.engine import auto_outline, ensemble_outlines
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.ensemble import build_ensemble
 from breastai.engine.ensemble_outlines import OutlineFit
@@ -293,3 +293,37 @@ def test_several_whole_image_members_are_averaged_where_no_lesion_is_found(runs,
     np.testing.assert_allclose(probs, expected, atol=1e-9)
     rec, = Predictor.from_state(three, device="cpu", segmenter=_blind(pipe)).predict(str(folder / part[0]["image"]))
     assert rec["label"] == NO_LESION and rec["image_probability"] == pytest.approx(expected[0], abs=1e-6)
+
+
+def test_calibrating_a_pipeline_scores_local_images_as_a_new_exam_and_maps_the_whole_image_score(runs, built,
+                                                                                                  tmp_path):
+    """``breastai calibrate`` on a pipeline outlines the local images with its segmenter (not their traced
+    masks), and the fitted map also moves ``image_probability`` of an image with no lesion found."""
+    from breastai.engine.recalibrate import recalibrate_checkpoint
+    from breastai.inference.predictor import Predictor
+
+    _, _, _, lesions, folder = runs
+    src = built[1] / "fold0" / "best.pt"
+    rows = list(csv.DictReader(open(lesions)))
+    calls = []
+    real = auto_outline.score_outlined
+
+    def spy(ckpt, records, outliner, ignore_masks, *args, **kw):
+        calls.append((len(records), ignore_masks, outliner.name))
+        return real(ckpt, records, outliner, ignore_masks, *args, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(auto_outline, "score_outlined", spy)
+    try:
+        rec = recalibrate_checkpoint(src, lesions, tmp_path / "cal.pt", device="cpu")
+    finally:
+        mp.undo()
+    assert calls == [(len(rows), True, "unet_small")]  # the pipeline's segmenter outlines, traced masks unused
+    assert rec.n == len(rows)  # every image scored: its lesions, or the whole image where none is found
+    new, old = load_checkpoint(tmp_path / "cal.pt"), load_checkpoint(src)
+    assert new.is_pipeline and new.recalibration[-1].slope == pytest.approx(rec.slope)
+    image = str(folder / rows[0]["image"])
+    p_old = Predictor.from_state(old, device="cpu", segmenter=_blind(old)).predict(image)[0]["image_probability"]
+    p_new = Predictor.from_state(new, device="cpu", segmenter=_blind(new)).predict(image)[0]["image_probability"]
+    z = np.log(p_old / (1 - p_old))
+    assert p_new == pytest.approx(1.0 / (1.0 + np.exp(-(rec.slope * z + rec.intercept))), abs=1e-6)

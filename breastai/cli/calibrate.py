@@ -22,7 +22,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "about 50 or more are advised (docs/results.md). Given a segmenter, it re-chooses the lesion-presence "
         "threshold instead, on local images with their traced masks (an empty mask for an image without a lesion), "
         "by the training rule: the highest threshold that keeps --lesion-sensitivity of the local lesion images "
-        "found.")
+        "found. Given a pipeline checkpoint (a classifier carrying its segmenter), the local images are scored as "
+        "the pipeline scores a new exam: outlined by its segmenter (their traced masks unused; an image with no lesion "
+        "found scored by the whole-image members, if any).")
     c.add_argument("--checkpoint", required=True, help="best.pt (or an ensemble's checkpoint) to recalibrate")
     c.add_argument("--data", required=True, help="labelled datalist CSV/JSON of local cases")
     c.add_argument("--out", required=True, help="the new checkpoint file (never the source)")
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from breastai.models.checkpoint import is_segmenter
     from breastai.models.checkpoint_io import load_checkpoint
 
-    if is_segmenter(load_checkpoint(args.checkpoint)):
+    source = load_checkpoint(args.checkpoint)
+    if is_segmenter(source):
         return _segmenter(args)
     if args.lesion_sensitivity is not None:
         raise ValueError(f"{args.checkpoint}: --lesion-sensitivity is for a segmenter; this is a classifier")
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
                       for k in rec.after)
     print(f"{rec.method} recalibration on {rec.n} local cases ({per_class}): slope {rec.slope:.4g}, "
           f"intercept {rec.intercept:.4g}")
+    if source.is_pipeline:
+        print("scored as the pipeline scores a new exam: outlined by its segmenter (an image with no lesion found "
+              "by its whole-image members, whose scores the new calibration maps too)")
     print(f"{moved}  threshold {rec.threshold_before:.4g} -> {rec.threshold_after:.4g} ({rec.threshold_method})")
     print(f"local sample (in-sample, optimistic): ECE {rec.metrics['ece_before']:.3f} -> {rec.metrics['ece_after']:.3f}")
     print(f"written: {args.out} (weights unchanged, {rec.weights_digest[:19]}...); check it with breastai evaluate "

@@ -38,7 +38,7 @@ from breastai.data.geometry import reader_to_original
 from breastai.data.readers.masks import LesionBox, load_mask
 from breastai.data.readers.registry import ImageReadError, max_pixels_option
 from breastai.engine.scoring import RecordError, members_log_odds, predict_records, score_part
-from breastai.models.calibration import calibrated_logit
+from breastai.models.calibration import calibrated_logit, recalibrated_log_odds
 from breastai.models.checkpoint import Checkpoint, reads_mask
 from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
@@ -190,8 +190,8 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         idx = np.flatnonzero(missed)
         whole = image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
                                [names[i] for i in idx])
-        if whole is not None:
-            best[idx] = whole
+        if whole is not None:  # an ensemble's site recalibration (in its weights) covers these rows too
+            best[idx] = recalibrated_log_odds(whole, ckpt.recalibration or []) if ckpt.is_ensemble else whole
     scored = np.isfinite(best)
     best[~scored] = unscored_floor(best[scored])
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])

@@ -3,7 +3,8 @@ small labelled sample of the user's own site, never its weights.
 
 A model taken to another hospital often ranks as well as at home but its probabilities are off:
 at BrEaST the BUSI model scored benign lesions far too high. The local rows are scored once with
-the checkpoint's own preset (:func:`local_log_odds`, the checkpoint's calibrated log-odds z), a
+the checkpoint's own preset (:func:`local_log_odds`, the checkpoint's calibrated log-odds z; a
+pipeline's as it scores a new exam, :func:`pipeline_log_odds`: automatic outlines), a
 slope and an intercept on z are fitted (:func:`fit_local`; ``temperature``: slope only), the
 threshold is chosen on the refitted probabilities, and :func:`recalibrated_checkpoint` builds the
 new checkpoint: same weights (same :func:`~breastai.models.checkpoint.weights_digest`), new
@@ -36,7 +37,7 @@ from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, ece, nll
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "MIN_PER_CLASS", "KEEP", "LocalFit", "TooFewCasesError", "local_log_odds",
-           "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint", "check_new_checkpoint",
+           "pipeline_log_odds", "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint", "check_new_checkpoint",
            "warn_seen_before"]
 
 log = logging.getLogger("breastai")
@@ -97,6 +98,27 @@ def local_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: 
     """
     pred = predict_records(ckpt, records, device, progress=progress, names=names)
     return {**pred, "logit": calibrated_logit(pred["logit"], ckpt.calibration)}
+
+
+def pipeline_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: Any, names: Sequence[str]
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A pipeline's calibrated log-odds of local rows as it scores a new exam: each image outlined by its
+    own segmenter (the rows' traced masks unused), the most malignant lesion found deciding, an image
+    with none scored by the whole-image members (the recalibration then maps theirs too). Only the
+    scored images are returned (``found`` marks them): one with no lesion found and no whole-image
+    member gets 0, which no calibration moves.
+
+    Raises:
+        RecordError: a row's image cannot be read or outlined (named by ``names``).
+    """
+    from breastai.engine.auto_outline import score_outlined
+    from breastai.models.outliner import Outliner
+
+    pred, _, _, rows = score_outlined(ckpt, records, Outliner(ckpt.segmenter, device), True, device, 0, names)
+    found = np.array([r["scored_on"] is not None for r in rows], bool)
+    z = calibrated_logit(pred["logit"], ckpt.calibration)
+    return {"label": pred["label"][found], "case_id": [c for c, f in zip(pred["case_id"], found) if f],
+            "logit": z[found]}, found
 
 
 def _check_counts(labels: np.ndarray, classes: Sequence[str], source: str) -> dict[str, int]:
@@ -255,9 +277,14 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | 
     labels = np.array([ckpt.classes.index(r["label"]) for r in records])
     _check_counts(labels, ckpt.classes, f"datalist {data}")  # before scoring a single image
     warn_seen_before(ckpt, records)
+    names = row_names(data, records, cfg["data"].get("reader_options"))
     try:
-        pred = local_log_odds(ckpt, records, resolve_device(device), progress=True,
-                              names=row_names(data, records, cfg["data"].get("reader_options")))
+        if ckpt.is_pipeline:
+            pred, found = pipeline_log_odds(ckpt, records, resolve_device(device), names)
+            records = [r for r, f in zip(records, found) if f]
+            _check_counts(pred["label"], ckpt.classes, f"datalist {data} (images the pipeline scored)")
+        else:
+            pred = local_log_odds(ckpt, records, resolve_device(device), progress=True, names=names)
     except NonFiniteScoreError as exc:
         raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
     fit = fit_local(pred["logit"], pred["label"], method, targets, threshold_method, ckpt.threshold, ckpt.classes,

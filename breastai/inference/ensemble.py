@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
+from breastai.models.calibration import recalibrated_log_odds
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
@@ -133,8 +134,9 @@ def image_scorer(scorer: ModelScorer | EnsembleScorer) -> ModelScorer | Ensemble
 
 
 def image_probability(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
-                      source: str, case_id: str) -> float | None:
-    """The calibrated probability :func:`image_scorer` gives an image (None: no member reads the whole image).
+                      source: str, case_id: str, recalibration: Sequence[Any] = ()) -> float | None:
+    """The calibrated probability :func:`image_scorer` gives an image (None: no member reads the whole image);
+    an ensemble's site ``recalibration`` (``breastai calibrate``, held in its weights) is applied to it too.
 
     Raises:
         ValueError: the score is not a number (corrupt weights or input).
@@ -143,6 +145,8 @@ def image_probability(scorer: ModelScorer | EnsembleScorer, decode: Callable[[di
     if whole is None:
         return None
     z = float(whole.score_decoded(decode, None, source, case_id, "none", 0, False).calibrated_logit)
+    if isinstance(scorer, EnsembleScorer):
+        z = float(recalibrated_log_odds(np.array([z]), recalibration)[0])
     if not np.isfinite(z):
         raise ValueError(f"{source}: the whole-image score is not a number ({z}); the checkpoint's weights or this "
                          "input are corrupt")

@@ -396,7 +396,7 @@ class Predictor:
                 outline = self.segmenter.outline(*decode(self.segmenter.reader_options), item.source)
                 if not outline.lesions:  # an answer, not an error: no malignancy score of an empty crop
                     rec.update(no_lesion_fields(outline))
-                    p = image_probability(self.scorer, decode, item.source, rec["id"])
+                    p = image_probability(self.scorer, decode, item.source, rec["id"], self.recalibration)
                     if p is not None:  # whole-image members still rank the image
                         rec["image_probability"] = p
                     return [(rec, None)]

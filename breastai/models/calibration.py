@@ -18,7 +18,7 @@ checkpoint is scored by the same two fields; :class:`Recalibration` records what
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch
 from breastai.core.config import CHOICES
 
 __all__ = ["TARGETS", "T_MIN", "T_MAX", "Recalibration", "fit_temperature", "fit_platt", "apply_temperature", "calibrated_logit",
+           "recalibrated_log_odds",
            "calibrated_probability"]
 
 
@@ -144,6 +145,16 @@ def calibrated_logit(logits: np.ndarray, state: dict) -> np.ndarray:
     """Calibrated log-odds ``(logit - logit_offset) / temperature`` with a checkpoint's values."""
     z = np.asarray(logits, dtype=np.float64) - float(state.get("logit_offset", 0.0))
     return z / float(state.get("temperature", 1.0))
+
+
+def recalibrated_log_odds(z: np.ndarray, recalibrations: Sequence["Recalibration"]) -> np.ndarray:
+    """``z`` through each local recalibration in turn (``slope * z + intercept``). An ensemble's own
+    recalibrations live in its weights and bias; this carries them to a score made outside the
+    combination (its whole-image members where no lesion is found), so one map covers both."""
+    z = np.asarray(z, dtype=np.float64)
+    for r in recalibrations:
+        z = float(r.slope) * z + float(r.intercept)
+    return z
 
 
 def calibrated_probability(logits: np.ndarray, state: dict) -> np.ndarray:

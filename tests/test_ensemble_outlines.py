@@ -327,3 +327,35 @@ def test_calibrating_a_pipeline_scores_local_images_as_a_new_exam_and_maps_the_w
     p_new = Predictor.from_state(new, device="cpu", segmenter=_blind(new)).predict(image)[0]["image_probability"]
     z = np.log(p_old / (1 - p_old))
     assert p_new == pytest.approx(1.0 / (1.0 + np.exp(-(rec.slope * z + rec.intercept))), abs=1e-6)
+
+
+def test_a_breast_with_no_lesion_found_is_ranked_by_its_whole_image_probability(runs, built, tmp_path):
+    """predict's breast table takes the whole-image members' score of an image with no lesion found (as
+    evaluate's row score does), so a breast where nothing was found still gets a probability."""
+    from breastai.inference.predictor import Predictor
+    from breastai.inference.writers import run_predict
+
+    _, _, _, lesions, folder = runs
+    ckpt = load_checkpoint(built[1] / "fold0" / "best.pt")
+    src = list(csv.DictReader(open(lesions)))[:2]
+    rows = [{"case_id": f"c{i}", "image": str(folder / r["image"]), "exam": "e1", "laterality": "R",
+             "view": ("CC", "MLO")[i], "label": r["label"]} for i, r in enumerate(src)]
+    dl = write_rows(tmp_path / "dl.csv", rows)
+    records, _ = run_predict(Predictor.from_state(ckpt, device="cpu", segmenter=_blind(ckpt)), [dl],
+                             tmp_path / "pred", saliency="none")
+    assert [r["label"] for r in records] == ["no lesion found"] * 2
+    breast, = list(csv.DictReader(open(tmp_path / "pred" / "breasts.csv")))
+    assert (breast["id"], breast["n_images"], breast["n_lesions"]) == ("e1_R", "2", "0")
+    assert float(breast["probability"]) == pytest.approx(max(r["image_probability"] for r in records), abs=1e-6)
+
+
+def test_evaluate_levels_take_a_row_scored_on_the_whole_image():
+    from breastai.engine.level_scores import image_scores
+
+    records = [{"case_id": c, "image": f"{c}.png", "exam": "e1", "laterality": "L", "label": "benign"}
+               for c in ("a", "b", "c")]
+    rows = [{"case_id": "a", "calibrated_logit": 1.5, "label": 0, "n_lesions": 1, "scored_on": "lesion"},
+            {"case_id": "b", "calibrated_logit": -0.5, "label": 0, "n_lesions": 0, "scored_on": "image"},
+            {"case_id": "c", "calibrated_logit": -30.0, "label": 0, "n_lesions": 0, "scored_on": None}]
+    scores = image_scores(records, rows)
+    assert [s.log_odds for s in scores] == [1.5, -0.5, None] and [s.n_lesions for s in scores] == [1, 0, 0]

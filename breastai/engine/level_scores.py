@@ -38,7 +38,8 @@ def image_scores(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
                  where: str = "the datalist") -> list[ImageScore]:
     """The scored ``rows`` joined with their ``records`` (same order) as :class:`ImageScore`, with
     the ``by`` subgroup values in ``fields`` and, for rows of an automatic outline, their
-    ``n_lesions`` (0: no lesion found, the row then unscored).
+    ``n_lesions`` (0: no lesion found, the row then unscored unless the classifier's whole-image
+    members scored it, ``scored_on`` ``image``).
 
     Raises:
         ValueError: rows and records differ, or a ``by`` column is missing (see
@@ -52,8 +53,9 @@ def image_scores(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
         g = grouping_of(rec)
         image = str(rec.get(Keys.IMAGE)) + (f"#{rec[Keys.FRAME]}" if rec.get(Keys.FRAME) is not None else "")
         n_lesions = int(row.get("n_lesions", 1))
+        scored = n_lesions > 0 or row.get("scored_on") == "image"  # no lesion, but whole-image members ranked it
         out.append(ImageScore(case_id=str(row["case_id"]),
-                              log_odds=float(row["calibrated_logit"]) if n_lesions else None,
+                              log_odds=float(row["calibrated_logit"]) if scored else None,
                               label=int(row["label"]), exam=g[Keys.EXAM], laterality=g[Keys.LATERALITY],
                               view=g[Keys.VIEW], image=image, fields={c: v[i] for c, v in cols.items()},
                               n_lesions=n_lesions))

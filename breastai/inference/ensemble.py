@@ -23,7 +23,7 @@ from breastai.models.calibration import recalibrated_log_odds
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
-__all__ = ["EnsembleScorer", "reader_key", "image_scorer", "image_probability"]
+__all__ = ["EnsembleScorer", "reader_key", "image_scorer", "image_log_odds"]
 
 
 def reader_key(options: dict[str, Any]) -> str:
@@ -133,9 +133,9 @@ def image_scorer(scorer: ModelScorer | EnsembleScorer) -> ModelScorer | Ensemble
     return EnsembleScorer(whole, [1.0 / len(whole)] * len(whole), 0.0, source=whole[0].source)
 
 
-def image_probability(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
-                      source: str, case_id: str, recalibration: Sequence[Any] = ()) -> float | None:
-    """The calibrated probability :func:`image_scorer` gives an image (None: no member reads the whole image);
+def image_log_odds(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
+                   source: str, case_id: str, recalibration: Sequence[Any] = ()) -> float | None:
+    """The calibrated log-odds :func:`image_scorer` gives an image (None: no member reads the whole image);
     an ensemble's site ``recalibration`` (``breastai calibrate``, held in its weights) is applied to it too.
 
     Raises:
@@ -150,7 +150,7 @@ def image_probability(scorer: ModelScorer | EnsembleScorer, decode: Callable[[di
     if not np.isfinite(z):
         raise ValueError(f"{source}: the whole-image score is not a number ({z}); the checkpoint's weights or this "
                          "input are corrupt")
-    return float(1.0 / (1.0 + np.exp(-z)))
+    return z
 
 
 def _frame_policy(reader_options: dict[str, Any]) -> Any:

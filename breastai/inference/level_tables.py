@@ -74,12 +74,13 @@ class LevelTables:
 
     def write_item(self, index: int, record: dict[str, Any], maps: Any) -> None:
         z = record.get("_calibrated_logit")
-        found_none = record.get("label") == NO_LESION  # an image with 0 lesions, not scored
+        # An image with 0 lesions: unscored, unless whole-image members scored it (its image_probability).
+        found_none = record.get("label") == NO_LESION
         if record.get("error") is not None or (z is None and not found_none):
             return
         # ``_image`` is the same for every record of one image (and, resumed, comes back from the journal).
         self.scores.append(ImageScore(
-            case_id=str(record["id"]), log_odds=None if found_none else float(z), exam=record.get(Keys.EXAM),
+            case_id=str(record["id"]), log_odds=None if z is None else float(z), exam=record.get(Keys.EXAM),
             laterality=record.get(Keys.LATERALITY), view=record.get(Keys.VIEW), image=record.get("_image"),
             n_lesions=0 if found_none else 1))
 

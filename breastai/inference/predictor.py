@@ -50,7 +50,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError
-from breastai.inference.ensemble import EnsembleScorer, image_probability, reader_key
+from breastai.inference.ensemble import EnsembleScorer, image_log_odds, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
@@ -396,9 +396,10 @@ class Predictor:
                 outline = self.segmenter.outline(*decode(self.segmenter.reader_options), item.source)
                 if not outline.lesions:  # an answer, not an error: no malignancy score of an empty crop
                     rec.update(no_lesion_fields(outline))
-                    p = image_probability(self.scorer, decode, item.source, rec["id"], self.recalibration)
-                    if p is not None:  # whole-image members still rank the image
-                        rec["image_probability"] = p
+                    z = image_log_odds(self.scorer, decode, item.source, rec["id"], self.recalibration)
+                    if z is not None:  # whole-image members still rank the image (and its breast and exam)
+                        rec.update(image_probability=float(apply_temperature(np.array([z]), 1.0)[0]),
+                                   _calibrated_logit=z)
                     return [(rec, None)]
                 lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
             scores = [self.scorer.score_decoded(decode, mask if les is None else les.mask, item.source, rec["id"],

@@ -41,7 +41,8 @@ several rows. A group counts its distinct images (``n_images``: by ``image``, th
 else the row's id) and its lesions (``n_lesions``: the rows' ``n_lesions``, one per scored finding
 or lesion). A row whose image the segmenter found no lesion in is an image with 0 lesions and no
 score (``log_odds`` None): it counts among the images and never enters the combination, so ``z_i``
-above runs over the scored rows only. A group none of whose rows was scored has no score (``raw``,
+above runs over the scored rows only; where the classifier's whole-image members scored that image
+(its ``image_probability``), that score is its ``log_odds`` and it enters like any image. A group none of whose rows was scored has no score (``raw``,
 ``log_odds``, ``probability`` and ``driver`` None: predict reports it as "no lesion found"), or
 with ``unscored_last`` (evaluate and rule fitting, which need a number for every group) the raw
 score ``min(NO_LESION_LOG_ODDS, lowest scored group's raw - 1)``: probability about 0, below every

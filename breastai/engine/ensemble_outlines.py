@@ -54,7 +54,7 @@ def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, A
     Row ``i`` is outlined by ``outliners[i]`` (for out-of-fold outlines, the segmenter that did not
     train on it); each member's log-odds is the highest over the found lesions
     (:func:`~breastai.engine.auto_outline.outlined_log_odds`), and rows where nothing was found are
-    left out of the fit (the pipeline scores none of them).
+    left out of the fit (the pipeline ranks them by its whole-image members alone, or at 0).
 
     Returns:
         ``(weights, bias, log_odds (n, m), found (n,))``.
@@ -113,64 +113,63 @@ class SegmenterFolds:
 
 
 def fit_fold_on_outlines(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict],
-                     names: Sequence[str], va: Sequence[int], te: Sequence[int], fold: int, seg: SegmenterFolds,
-                     cfg: dict[str, Any], dev: Any, n_boot: int) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
-    """One fold of an ensemble whose combination is fitted on automatic outlines.
-
-    The validation images are outlined by the segmenters that held them out (out-of-fold
-    outlines: the ones a new image gets), each member's log-odds is the highest over the found
-    lesions, and images where nothing was found are left out of the fit (the pipeline scores none
-    of them). The held-out fold is outlined by this fold's segmenter and scored by the resulting
-    pipeline exactly as ``evaluate --auto-outline`` does (0 where no lesion is found).
+                         names: Sequence[str], va: Sequence[int], te: Sequence[int], fold: int, seg: SegmenterFolds,
+                         cfg: dict[str, Any], dev: Any, n_boot: int) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
+    """One fold of CV classifier runs: the combination fitted on the fold's validation part
+    (:func:`_fit_state`), written as a pipeline carrying this fold's segmenter, whose held-out fold
+    it outlines and scores exactly as ``evaluate --auto-outline`` does.
 
     Returns:
         The fold's pipeline checkpoint, its summary row and its out-of-fold rows.
     """
-
-    val_rows = [records[j] for j in va]
-    outliners = [seg.outliner(seg.fold_of[str(r["case_id"])]) for r in val_rows]
     try:
-        weights, bias, c_val, found = fit_on_outlines(members, val_rows, outliners, combine, dev, [names[j] for j in va])
+        state = _fit_state(members, sources, combine, records, names, va, seg, cfg, dev)
     except ValueError as exc:
         raise ValueError(f"fold {fold}: {exc}") from exc
-    threshold, metrics = _validation_threshold(members, val_rows, c_val, found, weights, bias, cfg, dev,
-                                               [names[j] for j in va])
-    state = ensemble_state(members, weights, bias, combine, threshold, metrics, sources)
-    state.config["ensemble"]["fitted_on"] = fitted_on(seg.run)
     seg_path = seg.run / f"fold{fold}" / "best.pt"
     pipeline = bundle_pipeline(state, seg.checkpoint(fold), names=("the ensemble", str(seg_path)))
     test_rows = [records[j] for j in te]
     pred, p_test, rep, rows = score_outlined(pipeline, test_rows, seg.outliner(fold), True, dev, n_boot,
                                              [names[j] for j in te])
-    pipeline.metrics = {**metrics, "test": rep}
+    pipeline.metrics = {**state.metrics, "test": rep}
+    weights, bias = np.asarray(state.member_weights), float(state.bias)
     log.info("fold %d: weights %s, bias %.3f, fitted on %d validation images (%d with no lesion found); held-out "
              "AUC %.4f, %d images with no lesion found", fold + 1, np.round(weights, 3).tolist(), bias,
-             int(found.sum()), int((~found).sum()), rep["auc"], rep["outline"]["n_no_lesion_found"])
-    z_test = pred["logit"]
+             state.metrics["n_val_fitted"], state.metrics["n_val_no_lesion_found"], rep["auc"],
+             rep["outline"]["n_no_lesion_found"])
     oof = [{"case_id": str(cid), "fold": fold, "label": int(y), "logit": float(z), "calibrated_logit": float(z),
             "probability": float(p), "lesion_found": bool(r["n_lesions"])}
-           for cid, y, z, p, r in zip(pred["case_id"], pred["label"], z_test, p_test, rows)]
+           for cid, y, z, p, r in zip(pred["case_id"], pred["label"], pred["logit"], p_test, rows)]
     summary = {"fold": fold, "weights": weights.tolist(), "bias": bias, **{k: v for k, v in rep.items() if k != "outline"},
                "n_no_lesion_found": rep["outline"]["n_no_lesion_found"]}
     return pipeline, summary, oof
 
 
-def _validation_threshold(members: Sequence[Checkpoint], rows: Sequence[dict[str, Any]], c: np.ndarray,
-                          found: np.ndarray, weights: np.ndarray, bias: float, cfg: dict[str, Any], dev: Any,
-                          names: Sequence[str]) -> tuple[float, dict[str, Any]]:
-    """The operating threshold chosen on the validation part as the pipeline scores it (the whole-image
-    members' score, else 0, where nothing was found), and the validation figures."""
-    y = np.array([members[0].classes.index(r["label"]) for r in rows])
-    z = np.where(found[:, None], c, 0.0) @ weights + bias
-    p = np.where(found, 1.0 / (1.0 + np.exp(-z)), 0.0)
-    if not found.all():
-        whole = image_log_odds(members, [rows[i] for i in np.flatnonzero(~found)], dev,
-                               [names[i] for i in np.flatnonzero(~found)])
-        if whole is not None:
-            p[~found] = 1.0 / (1.0 + np.exp(-whole))
+def _fit_state(members: Sequence[Checkpoint], sources: Sequence[str], combine: str, records: Sequence[dict],
+               names: Sequence[str], va: Sequence[int], seg: SegmenterFolds, cfg: dict[str, Any], dev: Any) -> Checkpoint:
+    """The ensemble state of ``members`` fitted on the validation rows ``va``, each outlined by the
+    segmenter fold that held it out: the combination on the rows with a lesion found
+    (:func:`fit_on_outlines`), the operating threshold on every row as the pipeline scores it (the
+    whole-image members' score where no lesion is found, else 0), ``fitted_on`` set.
+
+    Raises:
+        ValueError: too few validation images have a lesion found.
+    """
+    rows, row_names = [records[j] for j in va], [names[j] for j in va]
+    outliners = [seg.outliner(seg.fold_of[str(r[Keys.CASE_ID])]) for r in rows]
+    weights, bias, c, found = fit_on_outlines(members, rows, outliners, combine, dev, row_names)
+    y = np.array([members[0].classes.index(r[Keys.LABEL]) for r in rows])
+    p = np.zeros(len(rows))
+    p[found] = 1.0 / (1.0 + np.exp(-(c[found] @ weights + bias)))
+    missed = np.flatnonzero(~found)
+    whole = image_log_odds(members, [rows[i] for i in missed], dev, [row_names[i] for i in missed]) if len(missed) else None
+    if whole is not None:
+        p[missed] = 1.0 / (1.0 + np.exp(-whole))
     threshold = choose_threshold(y, p, method=cfg.get("eval", {}).get("threshold_method", "youden"))
-    return threshold, {"val_auc": roc_auc(y, p), "n_val_fitted": int(found.sum()),
-                       "n_val_no_lesion_found": int((~found).sum())}
+    metrics = {"val_auc": roc_auc(y, p), "n_val_fitted": int(found.sum()), "n_val_no_lesion_found": len(missed)}
+    state = ensemble_state(members, weights, bias, combine, threshold, metrics, sources)
+    state.config["ensemble"]["fitted_on"] = fitted_on(seg.run)
+    return state
 
 
 def build_single_on_outlines(runs: Sequence[Path], out: Path, combine: str, dev: Any, n_boot: int | None,
@@ -188,13 +187,8 @@ def build_single_on_outlines(runs: Sequence[Path], out: Path, combine: str, dev:
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
     va, te = list(split["val"]), list(split.get("test", []))
     seg = SegmenterFolds(Path(segmenter_run), None, dev, [str(records[j][Keys.CASE_ID]) for j in va + te])
-    val_rows = [records[j] for j in va]
-    outliners = [seg.outliner(seg.fold_of[str(r[Keys.CASE_ID])]) for r in val_rows]
-    weights, bias, c_val, found = fit_on_outlines(members, val_rows, outliners, combine, dev, [names[j] for j in va])
-    threshold, metrics = _validation_threshold(members, val_rows, c_val, found, weights, bias, cfg, dev,
-                                               [names[j] for j in va])
-    state = ensemble_state(members, weights, bias, combine, threshold, metrics, [str(p) for p in paths])
-    state.config["ensemble"]["fitted_on"] = fitted_on(seg.run)
+    state = _fit_state(members, [str(p) for p in paths], combine, records, names, va, seg, cfg, dev)
+    metrics, threshold = state.metrics, state.threshold
     fold_paths = [seg.run / f"fold{f}" / "best.pt" for f in seg.folds]
     average = segmenter_ensemble([seg.checkpoint(f) for f in seg.folds], [str(p) for p in fold_paths])
     pipeline = bundle_pipeline(state, average, names=("the ensemble", f"{seg.run} (its {len(fold_paths)} folds averaged)"))
@@ -213,12 +207,13 @@ def build_single_on_outlines(runs: Sequence[Path], out: Path, combine: str, dev:
         rep = evaluation_report(np.concatenate(y), np.concatenate(p), threshold, n_boot=n_boot, scores=np.concatenate(z))
     pipeline.metrics = {**metrics, **({"test": rep} if rep is not None else {})}
     save_checkpoint(out / "best.pt", pipeline)
-    summary = {"members": [str(r) for r in runs], "combine": combine, "weights": [float(w) for w in weights],
-               "bias": bias, "threshold": threshold, **metrics, "fitted_on": state.config["ensemble"]["fitted_on"],
+    summary = {"members": [str(r) for r in runs], "combine": combine, "weights": list(state.member_weights),
+               "bias": state.bias, "threshold": threshold, **metrics, "fitted_on": state.config["ensemble"]["fitted_on"],
                "segmenter": [str(p) for p in fold_paths], **({"test": rep} if rep is not None else {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     log.info("weights %s, bias %.3f, fitted on %d validation images (%d with no lesion found)",
-             np.round(weights, 3).tolist(), bias, metrics["n_val_fitted"], metrics["n_val_no_lesion_found"])
+             np.round(state.member_weights, 3).tolist(), state.bias, metrics["n_val_fitted"],
+             metrics["n_val_no_lesion_found"])
     return summary
 
 

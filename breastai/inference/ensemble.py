@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
-from breastai.models.calibration import recalibrated_log_odds
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
@@ -121,32 +120,33 @@ class EnsembleScorer:
         return out
 
 
-def image_scorer(scorer: ModelScorer | EnsembleScorer) -> ModelScorer | EnsembleScorer | None:
+def image_scorer(scorer: ModelScorer | EnsembleScorer, recalibration: Sequence[Any] = ()
+                 ) -> ModelScorer | EnsembleScorer | None:
     """What still scores an image in which the segmenter found no lesion: the members that read the
-    whole image and no mask, their own calibrated log-odds averaged (a single such model: itself);
-    None when every member reads the lesion. The combination's weights are left out: they were
-    fitted on images with a lesion found."""
-    members = scorer.members if isinstance(scorer, EnsembleScorer) else [scorer]
-    whole = [m for m in members if not m.reads_mask]
-    if len(whole) <= 1:
-        return whole[0] if whole else None
-    return EnsembleScorer(whole, [1.0 / len(whole)] * len(whole), 0.0, source=whole[0].source)
+    whole image and no mask, their own calibrated log-odds averaged, then mapped by the ensemble's
+    site ``recalibration`` (``breastai calibrate``, which an ensemble holds in its weights); a single
+    whole-image model is itself (its calibration already holds any recalibration). None when every
+    member reads the lesion. The combination's weights are left out: they were fitted on images
+    with a lesion found."""
+    if not isinstance(scorer, EnsembleScorer):
+        return None if scorer.reads_mask else scorer
+    whole = [m for m in scorer.members if not m.reads_mask]
+    if not whole:
+        return None
+    a, b = 1.0, 0.0
+    for r in recalibration:  # each maps z to slope * z + intercept, in turn
+        a, b = float(r.slope) * a, float(r.slope) * b + float(r.intercept)
+    return EnsembleScorer(whole, [a / len(whole)] * len(whole), b, source=scorer.source)
 
 
-def image_log_odds(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
-                   source: str, case_id: str, recalibration: Sequence[Any] = ()) -> float | None:
-    """The calibrated log-odds :func:`image_scorer` gives an image (None: no member reads the whole image);
-    an ensemble's site ``recalibration`` (``breastai calibrate``, held in its weights) is applied to it too.
+def image_log_odds(whole: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
+                   source: str, case_id: str) -> float:
+    """The calibrated log-odds an :func:`image_scorer` gives one decoded image.
 
     Raises:
         ValueError: the score is not a number (corrupt weights or input).
     """
-    whole = image_scorer(scorer)
-    if whole is None:
-        return None
     z = float(whole.score_decoded(decode, None, source, case_id, "none", 0, False).calibrated_logit)
-    if isinstance(scorer, EnsembleScorer):
-        z = float(recalibrated_log_odds(np.array([z]), recalibration)[0])
     if not np.isfinite(z):
         raise ValueError(f"{source}: the whole-image score is not a number ({z}); the checkpoint's weights or this "
                          "input are corrupt")

@@ -50,7 +50,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError
-from breastai.inference.ensemble import EnsembleScorer, image_log_odds, reader_key
+from breastai.inference.ensemble import EnsembleScorer, image_log_odds, image_scorer, reader_key
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
@@ -139,6 +139,7 @@ class Predictor:
         self.recalibration = list(recalibration or [])
         self.adaptation = list(adaptation or [])
         self.segmenter = segmenter
+        self.image_scorer = image_scorer(scorer, self.recalibration)
 
     @classmethod
     def from_state(cls, ckpt: Checkpoint | Mapping[str, Any], device: str = "auto", source: str = "<state>",
@@ -396,8 +397,8 @@ class Predictor:
                 outline = self.segmenter.outline(*decode(self.segmenter.reader_options), item.source)
                 if not outline.lesions:  # an answer, not an error: no malignancy score of an empty crop
                     rec.update(no_lesion_fields(outline))
-                    z = image_log_odds(self.scorer, decode, item.source, rec["id"], self.recalibration)
-                    if z is not None:  # whole-image members still rank the image (and its breast and exam)
+                    if self.image_scorer is not None:  # whole-image members still rank the image (and its breast)
+                        z = image_log_odds(self.image_scorer, decode, item.source, rec["id"])
                         rec.update(image_probability=float(apply_temperature(np.array([z]), 1.0)[0]),
                                    _calibrated_logit=z)
                     return [(rec, None)]

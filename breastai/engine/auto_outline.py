@@ -14,7 +14,7 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
   segmenter's edge (rule and outcome in docs/experiments.md).
 * A row's score is the highest calibrated log-odds over its lesions (the malignant one decides).
   A row where no lesion is found is scored by the classifier's whole-image members, if it has any
-  (:func:`image_log_odds`: their own calibrated log-odds averaged, as ``predict`` gives
+  (:func:`whole_image_log_odds`: their own calibrated log-odds averaged, as ``predict`` gives
   ``image_probability``); otherwise it gets probability 0 (calibrated log-odds
   :data:`NO_LESION_LOG_ODDS`, below every found lesion): the pipeline said nothing, which a reader
   takes as "nothing suspicious". Their number, how many of them were positive and how many the
@@ -44,7 +44,7 @@ from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "image_log_odds", "outlined_log_odds", "score_outlined", "traced_on_stored"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "whole_image_log_odds", "outlined_log_odds", "score_outlined", "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
@@ -117,7 +117,7 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
     return best, np.isfinite(best[:, 0])
 
 
-def image_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], device: torch.device,
+def whole_image_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], device: torch.device,
                    names: Sequence[str]) -> np.ndarray | None:
     """The score the pipeline gives rows where no lesion was found: the mean calibrated log-odds of the
     members that read the whole image and no mask (:func:`~breastai.models.checkpoint.reads_mask`),
@@ -188,7 +188,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
     missed = ~np.isfinite(best)
     if missed.any():  # whole-image members still rank an image where no lesion is found
         idx = np.flatnonzero(missed)
-        whole = image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
+        whole = whole_image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
                                [names[i] for i in idx])
         if whole is not None:  # an ensemble's site recalibration (in its weights) covers these rows too
             best[idx] = recalibrated_log_odds(whole, ckpt.recalibration or []) if ckpt.is_ensemble else whole

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from breastai.core.keys import Keys
-from breastai.engine.auto_outline import image_log_odds, outlined_log_odds, score_outlined
+from breastai.engine.auto_outline import whole_image_log_odds, outlined_log_odds, score_outlined
 from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.cv import load_cv_summary
 from breastai.engine.ensemble import ensemble_state, fit_combiner, load_single_runs
@@ -162,7 +162,9 @@ def _fit_state(members: Sequence[Checkpoint], sources: Sequence[str], combine: s
     p = np.zeros(len(rows))
     p[found] = 1.0 / (1.0 + np.exp(-(c[found] @ weights + bias)))
     missed = np.flatnonzero(~found)
-    whole = image_log_odds(members, [rows[i] for i in missed], dev, [row_names[i] for i in missed]) if len(missed) else None
+    whole = None
+    if len(missed):
+        whole = whole_image_log_odds(members, [rows[i] for i in missed], dev, [row_names[i] for i in missed])
     if whole is not None:
         p[missed] = 1.0 / (1.0 + np.exp(-whole))
     threshold = choose_threshold(y, p, method=cfg.get("eval", {}).get("threshold_method", "youden"))

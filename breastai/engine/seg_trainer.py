@@ -248,9 +248,10 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
     seen_images = {"train": part_digests(train_recs), "val": part_digests(val_recs)} if main_rank else {}
     modalities = trained_modalities([*train_recs, *val_recs], cfg["data"].get("modality"))
     train_ds, val_ds = build_dataset(cfg, train_recs, train=True), build_dataset(cfg, val_recs, train=False)
-    free = lesion_free(train_recs)
-    balance = free if tc["class_balance"] == "sampler" else None
-    if main_rank and not free.any():
+    balance = lesion_free(train_recs) if tc["class_balance"] == "sampler" else None
+    # Stops at the first empty mask: every mask is read only where none is empty (or the sampler read them).
+    any_free = balance.any() if balance is not None else any(not load_mask(r[Keys.MASK]).any() for r in train_recs)
+    if main_rank and not any_free:
         log.warning("none of the %d training images is without a lesion (an empty mask): the presence "
                     "probability cannot learn what an image without one looks like, so the segmenter will find "
                     "lesions in such images (docs/experiments.md, 'Segmenters trained at the other site'); add "

@@ -359,3 +359,28 @@ def test_evaluate_levels_take_a_row_scored_on_the_whole_image():
             {"case_id": "c", "calibrated_logit": -30.0, "label": 0, "n_lesions": 0, "scored_on": None}]
     scores = image_scores(records, rows)
     assert [s.log_odds for s in scores] == [1.5, -0.5, None] and [s.n_lesions for s in scores] == [1, 0, 0]
+
+
+def test_the_whole_image_member_scores_an_image_with_two_lesions_once(runs, built, tmp_path):
+    """Two lesions found in one image: the crop member scores each outline, the whole-image member the
+    image once; each record is what scoring that lesion's outline alone gives, map included."""
+    from conftest import blob_image
+    from PIL import Image
+
+    from breastai.inference.predictor import Predictor
+
+    _, ens, _ = built
+    pred = Predictor.from_checkpoint(ens / "fold0" / "best.pt", device="cpu")
+    whole = next(m for m in pred.scorer.members if not m.reads_mask)
+    img, _ = blob_image((80, 96), [(22, 22, 10), (58, 76, 10)], seed=5)
+    Image.fromarray(img).save(tmp_path / "two.png")
+    calls = []
+    real = whole.score_decoded
+    whole.score_decoded = lambda *a, **k: calls.append(1) or real(*a, **k)
+    recs = pred.predict(str(tmp_path / "two.png"), saliency="gradcam", return_maps=True)
+    assert [r["component"] for r in recs] == [1, 2] and len(calls) == 1
+    for r in recs:
+        alone, = pred.predict(str(tmp_path / "two.png"), masks=[r["lesion_mask"]], saliency="gradcam", return_maps=True)
+        assert alone["probability"] == pytest.approx(r["probability"], abs=1e-6)
+        np.testing.assert_allclose(alone["saliency_map"], r["saliency_map"], atol=1e-5)
+        assert (alone["lesion_mask"] == r["lesion_mask"]).all() and r["has_mask"]

@@ -107,6 +107,44 @@ def test_every_image_model_names_layers_that_exist_and_give_channel_means(name):
     assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())  # hooks removed
 
 
+@pytest.mark.parametrize("name", _registered())
+def test_the_scoring_pass_gives_the_same_feature_groups_as_a_separate_pass(name):
+    """predict reads the detector's features off the Grad-CAM++ pass (and evaluate off its scoring
+    pass) instead of running the network twice: the groups must be those of model_features."""
+    from breastai.models.ood import FeatureTap, model_features
+    from breastai.models.registry import create_model, get_spec
+    from breastai.models.saliency import SaliencyExplainer
+
+    spec = get_spec(name)
+    layers = list(spec.feature_layers())
+    kw = {"feature_names": ["a", "b"], "selected": ["a", "b"]} if spec.requires_radiomics else {}
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=2, pretrained=False, dropout=0.5, **kw).eval()
+    r = torch.rand(1, 2) if spec.requires_radiomics else None
+    x = torch.rand(1, 2, 64, 64)
+    want = model_features(model, layers, x, r)
+    with FeatureTap(model, layers) as tap:
+        model(x, radiomics=r) if r is not None else model(x)
+        model(torch.rand(1, 2, 64, 64), radiomics=r) if r is not None else model(torch.rand(1, 2, 64, 64))
+    got = tap.groups()
+    if not hasattr(model, "head"):  # the radiomics logistic regression: the caller runs model_features
+        assert got is None
+        return
+    assert len(got) == len(want)
+    for g, w in zip(got, want):  # the first pass's, not the second's
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # hooks removed
+    if spec.uses_image and r is None:  # the Grad-CAM++ pass of predict (the graph starts at the target layer)
+        with FeatureTap(model, layers) as tap:
+            SaliencyExplainer(model, "gradcam++")(x)
+        for g, w in zip(tap.groups(), want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    model.train()
+    with FeatureTap(model, layers) as tap:
+        model(x, radiomics=r) if r is not None else model(x)
+    assert tap.groups() is None  # dropout on the embedding: not the detector's features
+
+
 def _odd_images() -> dict[str, np.ndarray]:
     """Inputs unlike the synthetic ultrasound lesions: noise, a checkerboard, stripes."""
     rng = np.random.default_rng(0)

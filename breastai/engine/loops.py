@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from breastai.core import distributed as dist
 from breastai.core.keys import Keys
-from breastai.models.ood import model_features
+from breastai.models.ood import FeatureTap, model_features
 from breastai.models.tta import mirror_average
 
 __all__ = ["collate", "warmup_cosine", "weight_ema", "train_one_epoch", "predict_loader", "autocast", "seed_everything", "reseed_worker"]
@@ -223,13 +223,16 @@ def predict_loader(
         x = batch[Keys.IMAGE].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # The detector's features come from the scoring pass (the first; mirrored views run after it).
+        tap = FeatureTap(raw, features) if features is not None else nullcontext()
         with autocast(device, amp):
-            z = _forward(model, x, batch, device).float()
-            if flip:
-                z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
+            with tap:
+                z = _forward(model, x, batch, device).float()
+                if flip:
+                    z = mirror_average(z, lambda v: _forward(model, v, batch, device), x)
             if features is not None:
                 r = batch[Keys.RADIOMICS].to(device, non_blocking=True) if Keys.RADIOMICS in batch else None
-                groups.append(model_features(raw, features, x, r))
+                groups.append(tap.groups() or model_features(raw, features, x, r))
         idx.append(batch[Keys.INDEX].numpy())
         logits.append(z.cpu().numpy())
         labels.append(batch[Keys.LABEL].numpy())

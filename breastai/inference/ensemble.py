@@ -13,6 +13,7 @@ setting and hands every member the decode made with its own options.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from breastai.inference.scorer import ModelInput, ModelScorer, Scored
 from breastai.models.checkpoint import Checkpoint, CheckpointError
 from breastai.models.saliency import normalise_map
 
-__all__ = ["EnsembleScorer", "reader_key", "image_scorer", "image_log_odds"]
+__all__ = ["EnsembleScorer", "reader_key", "score_lesions", "image_scorer", "image_log_odds"]
 
 
 def reader_key(options: dict[str, Any]) -> str:
@@ -92,15 +93,25 @@ class EnsembleScorer:
 
     def score_decoded(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any,
                       source: str, case_id: str, saliency: str, tta: int, mask_given: bool,
-                      ready: Callable[[ModelScorer], ModelInput] | None = None) -> Scored:
+                      ready: Callable[[ModelScorer], ModelInput] | None = None,
+                      memo: dict[int, Scored] | None = None) -> Scored:
         """Score with every member on its own decode (``decode(reader_options)``), or on its input
-        preprocessed ahead (``ready(member)``, see :meth:`ModelScorer.score_decoded`), and combine."""
+        preprocessed ahead (``ready(member)``, see :meth:`ModelScorer.score_decoded`), and combine.
+
+        ``memo`` (one dict per image, see :func:`score_lesions`) keeps what the members that read
+        no mask made of the image, for the image's next lesion, when some member reads the mask
+        (that member gives the lesion's outline)."""
         z = self.bias
         views = np.full(tta, self.bias) if tta > 0 else None
         maps, base, lesion_mask, has_mask = [], None, None, False
         ood: float | None = None
         for w, member in zip(self.weights, self.members):
-            s = member.score_decoded(decode, mask, source, case_id, saliency, tta, mask_given, ready)
+            shared = memo is not None and not member.reads_mask and self.reads_mask
+            s = memo.get(id(member)) if shared else None
+            if s is None:
+                s = member.score_decoded(decode, mask, source, case_id, saliency, tta, mask_given, ready)
+                if shared:
+                    s = memo[id(member)] = replace(s, lesion_mask=None, has_mask=False)
             z += w * s.calibrated_logit
             if views is not None:
                 views = views + w * s.tta_calibrated
@@ -118,6 +129,18 @@ class EnsembleScorer:
             out.saliency = normalise_map(sum((w / total if total > 0 else 1.0 / len(maps)) * mp for w, mp in maps))
             out.image = base
         return out
+
+
+def score_lesions(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict]],
+                  masks: Sequence[Any], source: str, case_id: str, saliency: str, tta: int, mask_given: bool,
+                  ready: Callable[[ModelScorer], ModelInput] | None = None) -> list[Scored]:
+    """Each of one image's lesion masks scored by ``scorer`` (``score_decoded``'s arguments); an
+    ensemble's whole-image members score the image once, not once per lesion (they would give the
+    same score and map each time)."""
+    memo: dict[int, Scored] | None = {} if isinstance(scorer, EnsembleScorer) and len(masks) > 1 else None
+    if memo is None:
+        return [scorer.score_decoded(decode, m, source, case_id, saliency, tta, mask_given, ready) for m in masks]
+    return [scorer.score_decoded(decode, m, source, case_id, saliency, tta, mask_given, ready, memo) for m in masks]
 
 
 def image_scorer(scorer: ModelScorer | EnsembleScorer, recalibration: Sequence[Any] = ()

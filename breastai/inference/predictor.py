@@ -50,7 +50,7 @@ from breastai.core.distributed import resolve_device
 from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError
-from breastai.inference.ensemble import EnsembleScorer, image_log_odds, image_scorer, reader_key
+from breastai.inference.ensemble import EnsembleScorer, image_log_odds, image_scorer, reader_key, score_lesions
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
@@ -403,9 +403,8 @@ class Predictor:
                                    _calibrated_logit=z)
                     return [(rec, None)]
                 lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
-            scores = [self.scorer.score_decoded(decode, mask if les is None else les.mask, item.source, rec["id"],
-                                                saliency, tta, item.mask_given, ready if les is None else None)
-                      for les in lesions]
+            scores = score_lesions(self.scorer, decode, [mask if les is None else les.mask for les in lesions],
+                                   item.source, rec["id"], saliency, tta, item.mask_given, ready if outline is None else None)
         except Exception as exc:  # one bad input must not stop the run; the record says why
             self._fail(loaded, exc)
             return [(rec, None)]

@@ -10,6 +10,7 @@ members.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -22,7 +23,7 @@ from breastai.data.transforms import FULL_IMAGE, FULL_MASK, KeepFullImaged, buil
 from breastai.inference.inputs import has_mask_input
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint, reads_mask
-from breastai.models.ood import model_features
+from breastai.models.ood import FeatureTap, model_features
 from breastai.models.outliner import require_task
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
 from breastai.models.tta import mirror_average, tta_views
@@ -250,7 +251,11 @@ class ModelScorer:
             r = radiomics_of_array(self.cfg, np.asarray(full), np.asarray(full_mask) > 0.5, self.radiomics_names)
             self.model.radiomics = torch.as_tensor(r)[None].to(self.device)
         # A radiomics-only model has no image feature map to explain.
-        logit, smap = self.explainer(saliency if self.uses_image else "none")(x)
+        prefix = "net." if self.needs_radiomics else ""
+        # The detector's features come from the scoring pass itself (one pass, not two).
+        tap = FeatureTap(self.model, self.ood.layers, prefix) if self.ood is not None else nullcontext()
+        with tap:
+            logit, smap = self.explainer(saliency if self.uses_image else "none")(x)
         z = float(logit[0])
         if self.flip_average and self.uses_image:  # scored as in training and evaluate; the map is the image's own
             with torch.no_grad():
@@ -258,9 +263,8 @@ class ModelScorer:
         out = Scored(logit=z, calibrated_logit=float(calibrated_logit(np.array([z]), self.calibration)[0]),
                      has_mask=has_mask)
         if self.ood is not None:
-            with torch.no_grad():
-                groups = model_features(self.model, self.ood.layers, x, prefix="net." if self.needs_radiomics else "")
-                out.ood_score = float(self.ood.score(groups)[0])
+            groups = tap.groups() or model_features(self.model, self.ood.layers, x, prefix=prefix)
+            out.ood_score = float(self.ood.score(groups)[0])
         if tta > 0:
             with torch.no_grad():
                 views = tta_views(x, tta, self.aug, seed=int(self.cfg.get("seed", 0)))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Gaussians", "FeatureDensity", "fit_feature_density", "model_embedding", "model_features"]
+__all__ = ["Gaussians", "FeatureDensity", "fit_feature_density", "model_embedding", "model_features", "FeatureTap"]
 
 
 @dataclass
@@ -189,18 +189,61 @@ def model_features(model: nn.Module, layers: Sequence[str], x: torch.Tensor,
         radiomics: the lesions' feature vectors, for models that take them.
         prefix: where the registry model sits inside ``model`` (``"net."`` for a wrapper).
     """
-    pooled: dict[str, torch.Tensor] = {}
+    with FeatureTap(model, layers, prefix) as tap, torch.no_grad():
+        e = model_embedding(model, x, radiomics)
+    return tap.layer_means() + [e.detach().float().cpu().numpy()]
 
-    def keep(name: str):
-        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-            pooled[name] = out.detach().float().mean(dim=(2, 3))  # before any in-place activation changes it
-        return hook
 
-    handles = [model.get_submodule(prefix + n).register_forward_hook(keep(n)) for n in layers]
-    try:
-        with torch.no_grad():
-            e = model_embedding(model, x, radiomics)
-    finally:
-        for h in handles:
+class FeatureTap:
+    """The feature groups of :func:`model_features`, collected during a forward pass run anyway.
+
+    Scoring already runs the network once (for the logit and its Grad-CAM map); a second pass for
+    the detector doubled the cost of every input. Inside ``with FeatureTap(...) as tap`` forward
+    hooks keep the channel means of ``layers`` and the input of the model's ``head``, each from
+    the first pass only (occlusion maps and mirrored views run more passes after it). The head's
+    input is the embedding only in eval mode (dropout is the identity there).
+
+    Args:
+        model: as for :func:`model_features`.
+        layers: see :func:`model_features`.
+        prefix: see :func:`model_features`.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], prefix: str = ""):
+        self.model, self.layers, self.prefix = model, list(layers), prefix
+        self._pooled: dict[str, torch.Tensor] = {}
+        self._embedding: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> FeatureTap:
+        def keep(name: str):
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if name not in self._pooled:  # before any in-place activation changes it
+                    self._pooled[name] = out.detach().float().mean(dim=(2, 3))
+            return hook
+
+        def keep_embedding(_m: nn.Module, inputs: tuple[Any, ...]) -> None:
+            if self._embedding is None:
+                self._embedding = inputs[0].detach().float()
+
+        self._handles = [self.model.get_submodule(self.prefix + n).register_forward_hook(keep(n)) for n in self.layers]
+        head = dict(self.model.named_modules()).get(self.prefix + "head")
+        if head is not None:
+            self._handles.append(head.register_forward_pre_hook(keep_embedding))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
             h.remove()
-    return [pooled[n].cpu().numpy() for n in layers] + [e.detach().float().cpu().numpy()]
+        self._handles = []
+
+    def layer_means(self) -> list[np.ndarray]:
+        """The intermediate groups, in the order of ``layers``."""
+        return [self._pooled[n].cpu().numpy() for n in self.layers]
+
+    def groups(self) -> list[np.ndarray] | None:
+        """Every group of :func:`model_features` from the pass run inside the ``with``; None when the
+        model has no ``head`` or a training-mode pass (dropout on the embedding) ran instead."""
+        if self._embedding is None or self.model.training or any(n not in self._pooled for n in self.layers):
+            return None
+        return self.layer_means() + [self._embedding.cpu().numpy()]

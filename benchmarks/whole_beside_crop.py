@@ -12,7 +12,9 @@ fold K's segmenter. Rows, over the pooled held-out lesion images:
 * ``whole``: the whole-image model alone;
 * ``both``: the combination, the whole-image member alone where nothing is found (the fallback);
 * ``both_no_fallback``: the same, 0 where nothing is found;
-* ``both_traced_fit``: the combination fitted on traced outlines, with the fallback.
+* ``both_traced_fit``: the combination fitted on traced outlines, with the fallback;
+* with several ``--crop`` members (a lesion's averaged on its one outline): ``crop_first`` and
+  ``both_first_crop``, the same with the first crop member alone (its own fit), and the paired gain.
 
 With ``--site``: the same pairs (each with its BUSI fit) on another site's datalist, outlined once
 by ``--site-segmenter``; the AUC and ECE of each fold's pair, and their mean. Rule and outcome in
@@ -20,7 +22,7 @@ docs/experiments.md ("The whole image beside the lesion crop").
 
 Usage::
 
-    python benchmarks/whole_beside_crop.py --folds 0 1 2 3 4 --crop checkpoints/auto_f{K}/best.pt \\
+    python benchmarks/whole_beside_crop.py --folds 0 1 2 3 4 --crop checkpoints/auto_f{K}/best.pt [checkpoints/auto_f{K}_s1/best.pt] \\
         --whole checkpoints/whole_f{K}/best.pt [checkpoints/whole_f{K}_s1/best.pt] --seg checkpoints/seg_f{fold}_bal/best.pt \\
         --fold-column data/busi_all_f5.csv [--site data/breast.csv --site-segmenter checkpoints/seg_avg5/best.pt]
 """
@@ -54,12 +56,14 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
-def scores(crop: np.ndarray, whole: np.ndarray, found: np.ndarray, fit: tuple | None, fallback: bool) -> np.ndarray:
-    """Per-image log-odds: the crop alone (``fit`` None) or ``s * mean(crop, whole members) + b`` (``fit``
-    = ``(s, b)``, scalars or one per image; ``whole`` (n,) or (n, k)); where nothing is found the
-    whole-image members' mean (``fallback``) or the unscored floor (probability about 0)."""
+def scores(crop: np.ndarray, whole: np.ndarray, found: np.ndarray, fit: tuple | None, fallback: bool,
+           n_crop: int = 1) -> np.ndarray:
+    """Per-image log-odds: the crop alone (``fit`` None) or ``s * mean(crop members, whole members) + b``
+    (``fit`` = ``(s, b)``, scalars or one per image; ``crop`` the ``n_crop`` crop members' mean;
+    ``whole`` (n,) or (n, k)); where nothing is found the whole-image members' mean (``fallback``) or
+    the unscored floor (probability about 0)."""
     w = whole.reshape(len(crop), -1)
-    z = crop.copy() if fit is None else fit[0] * (crop + w.sum(1)) / (1 + w.shape[1]) + fit[1]
+    z = crop.copy() if fit is None else fit[0] * (n_crop * crop + w.sum(1)) / (n_crop + w.shape[1]) + fit[1]
     return np.where(found, z, w.mean(1) if fallback else unscored_floor(z[found]))
 
 
@@ -81,15 +85,28 @@ def paired_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: 
             "ci": [round(float(np.percentile(d, 2.5)), 4), round(float(np.percentile(d, 97.5)), 4)]}
 
 
+def _mean_and_first(z: np.ndarray) -> np.ndarray:
+    """A lesion's crop members (L, nc): their mean, and the first member alone."""
+    return np.column_stack([z.mean(1), z[:, 0]])
+
+
+def _fit(crop: np.ndarray, whole: np.ndarray, y: np.ndarray, found: np.ndarray, nc: int) -> tuple[float, float]:
+    """``(s, b)`` of ``breastai ensemble --combine mean`` over ``nc`` crop members (``crop`` their mean) and
+    the whole-image members, on the rows ``found``."""
+    # combine="mean" ties the weights at s/m each: the crop mean counted nc times is the members' sum
+    ws, b = fit_combiner(np.column_stack([np.tile(crop[:, None], nc), whole])[found], y[found], "mean")
+    return float((nc + whole.shape[1]) * ws[0]), float(b)
+
+
 def fold_of(path: Path) -> dict[str, int]:
     with open(path, newline="") as f:
         return {r["case_id"]: int(r["fold"]) for r in csv.DictReader(f)}
 
 
 def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[int, Outliner]) -> dict:
-    crop = load_checkpoint(a.crop.replace("{K}", str(k)))
+    crops = [load_checkpoint(c.replace("{K}", str(k))) for c in a.crop]
     wholes = [load_checkpoint(w.replace("{K}", str(k))) for w in a.whole]
-    cfg = crop.config
+    cfg = crops[0].config
     records = read_samples(cfg["data"]["datalist"], cfg["data"], list(cfg["data"]["classes"]))
     split = run_splits(cfg, records)[0]
     names = row_names(cfg["data"]["datalist"], records, cfg["data"].get("reader_options"))
@@ -106,18 +123,19 @@ def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[in
         rows = [records[j] for j in idx]
         nm = [names[j] for j in idx]
         outl = [seg(k if part == "test" else folds[str(r[Keys.CASE_ID])]) for r in rows]
-        c, found = outlined_log_odds([crop], rows, outl, DEV, nm)
+        # a lesion's crop members on one outline, averaged (and the first alone); the image's the
+        # highest over its lesions
+        c, found = outlined_log_odds(crops, rows, outl, DEV, nm, per_lesion=_mean_and_first)
         w, _ = members_log_odds(wholes, [{**r, Keys.MASK: None} for r in rows], DEV, names=nm)
-        t, _ = members_log_odds([crop], rows, DEV, names=nm)  # on the traced outlines
-        y = np.array([crop.classes.index(r[Keys.LABEL]) for r in rows])
-        out[part] = {"crop": c[:, 0], "whole": w, "traced": t[:, 0], "found": found, "y": y,
+        t, _ = members_log_odds(crops, rows, DEV, names=nm)  # on the traced outlines
+        y = np.array([crops[0].classes.index(r[Keys.LABEL]) for r in rows])
+        out[part] = {"crop": c[:, 0], "crop1": c[:, 1], "whole": w, "traced": t.mean(1), "found": found, "y": y,
                      "case_id": [str(r[Keys.CASE_ID]) for r in rows]}
     v = out["val"]
-    m = 1 + v["whole"].shape[1]
-    ws, b = fit_combiner(np.column_stack([v["crop"], v["whole"]])[v["found"]], v["y"][v["found"]], "mean")
-    wt, bt = fit_combiner(np.column_stack([v["traced"], v["whole"]]), v["y"], "mean")
-    # combine="mean" ties the weights: s/m each, so s = m * w_0
-    out["fit"], out["fit_traced"] = (float(m * ws[0]), float(b)), (float(m * wt[0]), float(bt))
+    nc = len(crops)
+    out["fit"] = _fit(v["crop"], v["whole"], v["y"], v["found"], nc)
+    out["fit_traced"] = _fit(v["traced"], v["whole"], v["y"], np.ones(len(v["y"]), bool), nc)
+    out["fit_first"] = _fit(v["crop1"], v["whole"], v["y"], v["found"], 1)
     logging.info("fold %d: fit on automatic outlines s=%.3f b=%.3f (%d of %d validation images found); "
                  "on traced s=%.3f b=%.3f", k, *out["fit"], int(v["found"].sum()), len(v["y"]), *out["fit_traced"])
     return out
@@ -126,7 +144,8 @@ def run_fold(k: int, a: argparse.Namespace, folds: dict[str, int], segs: dict[in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--crop", default="checkpoints/auto_f{K}/best.pt")
+    ap.add_argument("--crop", nargs="+", default=["checkpoints/auto_f{K}/best.pt"],
+                    help="one or more crop members (a lesion's are averaged on its one outline)")
     ap.add_argument("--whole", nargs="+", default=["checkpoints/whole_f{K}/best.pt"],
                     help="one or more whole-image members (their calibrated log-odds enter the mean)")
     ap.add_argument("--seg", default="checkpoints/seg_f{fold}_bal/best.pt")
@@ -141,12 +160,15 @@ def main() -> None:
 
     folds, segs = fold_of(a.fold_column), {}
     per = {k: run_fold(k, a, folds, segs) for k in a.folds}
-    te = {key: np.concatenate([per[k]["test"][key] for k in a.folds]) for key in ("crop", "whole", "found", "y")}
+    te = {key: np.concatenate([per[k]["test"][key] for k in a.folds])
+          for key in ("crop", "crop1", "whole", "found", "y")}
     fits = {key: np.concatenate([[per[k][key]] * len(per[k]["test"]["y"]) for k in a.folds])
-            for key in ("fit", "fit_traced")}
+            for key in ("fit", "fit_traced", "fit_first")}
 
-    def combo(fitkey: str, fallback: bool) -> np.ndarray:
-        return scores(te["crop"], te["whole"], te["found"], (fits[fitkey][:, 0], fits[fitkey][:, 1]), fallback)
+    nc = len(a.crop)
+
+    def combo(fitkey: str, fallback: bool, crop: str = "crop", n: int = nc) -> np.ndarray:
+        return scores(te[crop], te["whole"], te["found"], (fits[fitkey][:, 0], fits[fitkey][:, 1]), fallback, n)
 
     y = te["y"]
     rows = {
@@ -156,13 +178,17 @@ def main() -> None:
         "both": combo("fit", True),
         "both_no_fallback": combo("fit", False),
         "both_traced_fit": combo("fit_traced", True),
+        **({"crop_first": scores(te["crop1"], te["whole"], te["found"], None, False),
+            "both_first_crop": combo("fit_first", True, "crop1", 1)} if nc > 1 else {}),
     }
     report = {"busi": {"n": int(len(y)), "n_malignant": int(y.sum()), "no_lesion_found": int((~te["found"]).sum()),
                        "no_lesion_found_malignant": int((~te["found"] & (y == 1)).sum()),
                        "fits": {k: {"automatic": per[k]["fit"], "traced": per[k]["fit_traced"]} for k in a.folds},
                        **{name: summarise(y, z, a.n_boot) for name, z in rows.items()},
                        "both_minus_whole": paired_gain(y, rows["both"], rows.get("whole_mean", rows["whole"]), a.n_boot),
-                       "both_minus_crop": paired_gain(y, rows["both"], rows["crop"], a.n_boot)}}
+                       "both_minus_crop": paired_gain(y, rows["both"], rows["crop"], a.n_boot),
+                       **({"both_minus_both_first_crop": paired_gain(y, rows["both"], rows["both_first_crop"], a.n_boot)}
+                          if nc > 1 else {})}}
     print(json.dumps(report["busi"], indent=1))
 
     if a.site:
@@ -176,9 +202,13 @@ def site_report(a: argparse.Namespace, per: dict) -> dict:
     records = read_samples(a.site, {}, ["benign", "malignant"])
     names = row_names(a.site, records, None)
     outliner = Outliner(load_checkpoint(a.site_segmenter), DEV, a.site_segmenter)
-    crops = [load_checkpoint(a.crop.replace("{K}", str(k))) for k in a.folds]
+    nc = len(a.crop)
+    crops = [load_checkpoint(c.replace("{K}", str(k))) for k in a.folds for c in a.crop]
     wholes = [load_checkpoint(w.replace("{K}", str(k))) for k in a.folds for w in a.whole]
-    c, found = outlined_log_odds(crops, records, [outliner] * len(records), DEV, names)
+    nf = len(a.folds)  # columns: each fold's crop members' mean, then each fold's first crop alone
+    c, found = outlined_log_odds(crops, records, [outliner] * len(records), DEV, names,
+                                 per_lesion=lambda z: np.column_stack([z.reshape(len(z), nf, nc).mean(2),
+                                                                       z.reshape(len(z), nf, nc)[:, :, 0]]))
     w, _ = members_log_odds(wholes, [{**r, Keys.MASK: None} for r in records], DEV, names=names)
     w = w.reshape(len(records), len(a.folds), len(a.whole))
     y = np.array([crops[0].classes.index(r[Keys.LABEL]) for r in records])
@@ -186,10 +216,11 @@ def site_report(a: argparse.Namespace, per: dict) -> dict:
     for i, k in enumerate(a.folds):
         fit = per[k]["fit"]
         rows = {"crop": scores(c[:, i], w[:, i], found, None, False), "whole": w[:, i].mean(1),
-                "both": scores(c[:, i], w[:, i], found, fit, True),
-                "both_no_fallback": scores(c[:, i], w[:, i], found, fit, False)}
+                "both": scores(c[:, i], w[:, i], found, fit, True, nc),
+                "both_no_fallback": scores(c[:, i], w[:, i], found, fit, False, nc),
+                "both_first_crop": scores(c[:, nf + i], w[:, i], found, per[k]["fit_first"], True)}
         out["per_fold"][k] = {name: summarise(y, zz, a.n_boot) for name, zz in rows.items()}
-    for name in ("crop", "whole", "both", "both_no_fallback"):
+    for name in ("crop", "whole", "both", "both_no_fallback", "both_first_crop"):
         out[f"mean_{name}"] = {m: round(float(np.mean([out["per_fold"][k][name][m] for k in a.folds])), 4)
                                for m in ("auc", "ece")}
     return out

@@ -384,3 +384,38 @@ def test_the_whole_image_member_scores_an_image_with_two_lesions_once(runs, buil
         assert alone["probability"] == pytest.approx(r["probability"], abs=1e-6)
         np.testing.assert_allclose(alone["saliency_map"], r["saliency_map"], atol=1e-5)
         assert (alone["lesion_mask"] == r["lesion_mask"]).all() and r["has_mask"]
+
+
+def test_the_no_lesion_sr_carries_the_image_probability(runs, built, tmp_path):
+    """predict --dicom-out on a DICOM where nothing is found: the SR says so and gives the whole-image
+    members' probability of cancer of the image, in a group of its own; dciodvfy finds no error."""
+    import json
+
+    import highdicom as hd
+    from conftest import blob_image, predict_cli
+    from test_dicom import US_SOP, write_dicom
+    from test_dicom_out import _codes, dciodvfy_errors
+
+    from breastai.models.checkpoint_io import save_checkpoint
+
+    _, ens, _ = built
+    ckpt = load_checkpoint(ens / "fold0" / "best.pt")
+    ckpt.segmenter = _blind(ckpt)
+    pipe = save_checkpoint(tmp_path / "blind.pt", ckpt)
+    src = write_dicom(tmp_path / "us.dcm", blob_image((80, 96), [(40, 50, 12)])[0], modality="US", sop=US_SOP)
+    out, dicom = tmp_path / "out", tmp_path / "dicom"
+    assert predict_cli(["predict", "--checkpoint", str(pipe), str(src), "--out", str(out), "--dicom-out", str(dicom),
+                        "--saliency", "none", "--device", "cpu"]) == 0
+    rec, = json.loads((out / "predictions.json").read_text())["records"]
+    assert rec["probability"] is None and 0.0 < rec["image_probability"] < 1.0
+    sr = hd.sr.srread(dicom / rec["dicom_sr"])
+    values = _codes(sr)  # the first group: the lesion search
+    assert values["111017"] == "111241" and "111047" not in values  # all algorithms succeeded; without findings
+    groups = sr.content.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["lesion search", "image"]
+    (m,) = groups[1].get_measurements()
+    assert m.name.value == "111047" and m.value == pytest.approx(rec["image_probability"], abs=1e-6)
+    # no impression (benign/malignant): no operating threshold was chosen for this score
+    assert "121073" not in {q.name.value for q in groups[1].get_qualitative_evaluations()}
+    errors, _ = dciodvfy_errors(dicom / rec["dicom_sr"])
+    assert errors == [], errors

@@ -235,8 +235,9 @@ def test_one_node_per_queue_folder(mg_ckpt, tmp_path):
 
 
 def test_round_results_name_a_no_lesion_image_and_send_its_sr():
-    """round.json says "no lesion found" for an image the segmenter found nothing in (not null), and
-    that image's SR is sent; a scored lesion keeps its probability, a failed image its reason."""
+    """round.json says "no lesion found" for an image the segmenter found nothing in (not null), with the
+    whole-image probability where there is one, and that image's SR is sent; a scored lesion keeps its
+    probability, a failed image its reason."""
     from breastai.inference.segment import NO_LESION
     from breastai.inference.serve import round_results
 
@@ -244,7 +245,9 @@ def test_round_results_name_a_no_lesion_image_and_send_its_sr():
         {"id": "a", "error": None, "label": "malignant", "probability": 0.8, "dicom_sr": "r/a_sr.dcm", "dicom_seg": "r/a_seg.dcm"},
         {"id": "b", "error": None, "label": NO_LESION, "probability": None, "dicom_sr": "r/b_sr.dcm"},
         {"id": "c", "error": "c: truncated", "label": None, "probability": None},
+        {"id": "d", "error": None, "label": NO_LESION, "probability": None, "image_probability": 0.3},
     ]
     results, objects = round_results(records)
-    assert results == {"a": 0.8, "b": NO_LESION, "c": {"error": "c: truncated"}}
+    assert results == {"a": 0.8, "b": NO_LESION, "c": {"error": "c: truncated"},
+                       "d": {"label": NO_LESION, "image_probability": 0.3}}  # whole-image members still scored d
     assert objects == [str(Path("dicom") / p) for p in ("r/a_sr.dcm", "r/a_seg.dcm", "r/b_sr.dcm")]

@@ -28,7 +28,7 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,8 +79,8 @@ def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[li
 
 
 def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]],
-                      outliners: Sequence[Outliner], device: torch.device, names: Sequence[str]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      outliners: Sequence[Outliner], device: torch.device, names: Sequence[str],
+                      per_lesion: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each member's image-level calibrated log-odds on automatic outlines, as the pipeline's rule scores a row.
 
     Row ``i`` is outlined by ``outliners[i]`` (its traced mask, if any, is ignored); every found
@@ -95,9 +95,11 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
         outliners: one segmenter per record (for out-of-fold outlines, the one that did not train on it).
         device: where the members run.
         names: how errors name each row.
+        per_lesion: maps the lesions' (L, m) log-odds to (L, k) before each row's highest is taken
+            (the mean of several mask-reading members, as one lesion's combined score has it).
 
     Returns:
-        ``(log_odds (n, m), found (n,))``: rows where no lesion was found have ``found`` False and
+        ``(log_odds (n, m or k), found (n,))``: rows where no lesion was found have ``found`` False and
         log-odds ``-inf`` (the pipeline scores none of them).
 
     Raises:
@@ -110,10 +112,13 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
         for k, m in enumerate(masks, 1):
             lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
             row_of.append(i)
-    best = np.full((len(records), len(members)), -np.inf)
+    c = np.zeros((0, len(members)))
     if lesions:
         c, _ = members_log_odds(members, lesions, device, names=[names[i] for i in row_of])
-        np.maximum.at(best, np.asarray(row_of), c)
+    if per_lesion is not None:
+        c = per_lesion(c)
+    best = np.full((len(records), c.shape[1]), -np.inf)
+    np.maximum.at(best, np.asarray(row_of, dtype=int), c)
     return best, np.isfinite(best[:, 0])
 
 

@@ -45,7 +45,10 @@ Coded concepts chosen (all in the DICOM and SNOMED CT subsets pydicom ships):
   quantity; ``(111012, DCM, "Certainty of Finding")`` is the certainty of a finding reported, and
   none is), so it is the local concept :data:`LESION_PRESENCE` of the private coding scheme
   ``99BREASTAI`` (PS3.3 8.2: a designator beginning ``99`` is a private scheme), which the SR
-  identifies in its Coding Scheme Identification Sequence.
+  identifies in its Coding Scheme Identification Sequence. Where the classifier has whole-image
+  members (``image_probability``), their probability of cancer for the image is a second group
+  (tracking identifier "image"): ``(111047, DCM, "Probability of cancer")`` of the image as a
+  whole, with no impression (no operating threshold was chosen for that score) and no finding.
 
 The SR is a Comprehensive SR with VerificationFlag UNVERIFIED (nobody has signed it) and
 PreliminaryFlag PRELIMINARY. The saliency map is a Secondary Capture (RGB, the map blended with
@@ -325,24 +328,33 @@ def build_sr(src: Any, record: dict[str, Any], series_uid: str, algorithm: Algor
 
 
 def build_no_lesion_sr(src: Any, presence: float | None, series_uid: str, algorithm: AlgorithmInfo,
-                       device_uid: str, frame: int | None = None) -> Any:
+                       device_uid: str, frame: int | None = None, image_probability: float | None = None) -> Any:
     """A Comprehensive SR (TID 1500) of an image where the segmenter found no lesion: the algorithm,
     the finding "all algorithms succeeded; without findings" and the lesion-presence probability
-    ``presence`` (codes and reasons in the module docstring); no probability of cancer, no SEG."""
+    ``presence`` (codes and reasons in the module docstring); no lesion's probability of cancer, no
+    SEG. ``image_probability`` (the whole-image members' score) is the image's probability of cancer,
+    in a group of its own."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     algo = algorithm.sr()
+    frames = _frames(src, frame)
     summary = hd.sr.QualitativeEvaluation(name=codes.DCM.CADProcessingAndFindingsSummary,
                                           value=codes.DCM.AllAlgorithmsSucceededWithoutFindings)
     measurements = [] if presence is None else [hd.sr.Measurement(
         name=hd.sr.CodedConcept(*LESION_PRESENCE), value=float(presence), unit=codes.UCUM.NoUnits, algorithm_id=algo)]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion search"),
         algorithm_id=algo, measurements=measurements or None, qualitative_evaluations=[summary],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
-            src, referenced_frame_numbers=_frames(src, frame))])
-    sr = _report(src, [group], series_uid, algorithm, device_uid, None, "breastai: no lesion found (unverified)")
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=frames)])]
+    if image_probability is not None:
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image"), algorithm_id=algo,
+            measurements=[hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=float(image_probability),
+                                            unit=codes.UCUM.NoUnits, algorithm_id=algo)],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                src, referenced_frame_numbers=frames)]))
+    sr = _report(src, groups, series_uid, algorithm, device_uid, None, "breastai: no lesion found (unverified)")
     if measurements:
         from pydicom.dataset import Dataset
 

@@ -160,7 +160,9 @@ def round_results(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], li
     """A scoring round's ``round.json`` results and the DICOM objects to send, from predict's records.
 
     Per record id: the calibrated probability; ``"no lesion found"`` where the segmenter found none
-    (its SR, which says so, is sent like any object); ``{"error": why}`` where the image got no result.
+    (its SR, which says so, is sent like any object), or ``{"label": "no lesion found",
+    "image_probability": p}`` where whole-image members still scored the image; ``{"error": why}``
+    where the image got no result.
     """
     results: dict[str, Any] = {}
     objects: list[str] = []
@@ -168,7 +170,12 @@ def round_results(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], li
         if rec["error"]:
             results[rec["id"]] = {"error": rec["error"]}
             continue
-        results[rec["id"]] = NO_LESION if rec.get("label") == NO_LESION else rec["probability"]
+        if rec.get("label") != NO_LESION:
+            results[rec["id"]] = rec["probability"]
+        elif rec.get("image_probability") is None:
+            results[rec["id"]] = NO_LESION
+        else:
+            results[rec["id"]] = {"label": NO_LESION, "image_probability": rec["image_probability"]}
         objects += [str(Path("dicom") / rec[k]) for k in DICOM_FIELDS if rec.get(k)]
     return results, objects
 

@@ -203,8 +203,10 @@ def test_wrong_checkpoint_kinds_are_refused(ckpt, seg_ckpt, tmp_path, capsys):
     assert predict_cli(["predict", str(f), "--checkpoint", str(ckpt), "--segmenter", str(ckpt), "--out", str(tmp_path / "o")]) == 2
     assert "outlines nothing: give it as --checkpoint" in capsys.readouterr().err
     dl = write_rows(tmp_path / "dl.csv", [{"image": f.name, "label": "benign"}])
+    # evaluate measures a segmenter on its own outlines (tests/test_seg_evaluate.py): it needs traced masks
     assert main(["evaluate", "--checkpoint", str(seg_ckpt), "--data", str(dl), "--out", str(tmp_path / "e")]) == 2
-    assert "give it as --segmenter" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dl.csv, row 2" in err and "no traced mask" in err
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(dl), "--out", str(tmp_path / "e"),
                  "--auto-outline"]) == 2
     assert "--auto-outline needs --segmenter" in capsys.readouterr().err

@@ -24,7 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description="Evaluate a checkpoint: metrics.json (AUC with bootstrap CI, sensitivity and "
                               "specificity at the checkpoint's threshold, Brier, ECE), predictions.csv, roc.png, "
                               "calibration.png; per breast or exam with --level, per subgroup with --by.")
-    e.add_argument("--checkpoint", required=True, help="best.pt from a training run")
+    e.add_argument("--checkpoint", required=True,
+                   help="best.pt from a training run; a segmenter's is measured on its own outlines against the "
+                   "datalist's traced masks (Dice, IoU, HD95, lesion presence AUC with lesion-free images)")
     e.add_argument("--data", required=True, help="labelled datalist CSV/JSON")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -60,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     rep = evaluate_checkpoint(args.checkpoint, args.data, args.out, device=args.device, level=args.level,
                               by=args.by, fit_on=args.fit_on, segmenter=args.segmenter, ignore_masks=args.auto_outline)
+    if rep.get("task") == "segmentation":
+        _print_segmentation(rep, args.out)
+        return 0
     print(
         f"{rep['level']} level: n={rep['n']}  AUC {rep['auc']:.4f} (95% CI {rep['auc_ci_low']:.3f}-{rep['auc_ci_high']:.3f})  "
         f"sensitivity {rep['sensitivity']:.3f}  specificity {rep['specificity']:.3f}  ECE {rep['ece']:.3f}"
@@ -80,3 +85,15 @@ def run(args: argparse.Namespace) -> int:
     extra = ", subgroups.png" if args.by else ""
     print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0
+
+
+def _print_segmentation(rep: dict[str, Any], out: str) -> None:
+    ci = rep.get("presence_auc_ci")
+    auc = "n/a (needs lesion and lesion-free images)" if rep["presence_auc"] is None else (
+        f"{rep['presence_auc']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
+    print(f"segmenter on {rep['n_images']} image(s), {rep['n_lesion']} with a traced lesion, {rep['n_normal']} without: "
+          f"Dice mean {_figure(rep['dice_mean'])} median {_figure(rep['dice_median'])}, HD95 median "
+          f"{_figure(rep['hd95_median'])} px, {rep['missed']} lesion image(s) missed; lesion presence AUC {auc}, "
+          f"lesion-free images given a lesion {_figure(rep['false_lesion_rate'])} (threshold "
+          f"{rep['presence_threshold']:.3f})")
+    print(f"report: {out}/metrics.json, predictions.csv" + (", roc.png" if rep["presence_auc"] is not None else ""))

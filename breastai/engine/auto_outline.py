@@ -44,7 +44,8 @@ from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "whole_image_log_odds", "outlined_log_odds", "score_outlined", "traced_on_stored"]
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "whole_image_log_odds", "outlined_log_odds", "outline_row", "score_outlined",
+           "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
 
@@ -60,7 +61,7 @@ def traced_on_stored(rec: dict[str, Any], image: np.ndarray, meta: dict[str, Any
     return reader_to_original(load_mask(traced, image.shape, meta, max_pixels_option(reader_options)), meta) > 0.5
 
 
-def _outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+def outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The lesion masks (stored geometry) of one row, and its outline facts (with Dice against a traced mask)."""
     try:
         image, meta = outliner.read(rec[Keys.IMAGE], rec.get(Keys.FRAME))
@@ -108,7 +109,7 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
     lesions: list[dict[str, Any]] = []
     row_of: list[int] = []
     for i, (rec, outliner, name) in enumerate(zip(records, outliners, names)):
-        masks, _ = _outline_row({**rec, Keys.MASK: None}, outliner, name)
+        masks, _ = outline_row({**rec, Keys.MASK: None}, outliner, name)
         for k, m in enumerate(masks, 1):
             lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
             row_of.append(i)
@@ -170,7 +171,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         if rec.get(Keys.MASK) and not ignore_masks:
             masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
         else:
-            masks, info = _outline_row(rec, outliner, name)
+            masks, info = outline_row(rec, outliner, name)
             if outline_as == "box":
                 masks = [LesionBox.around(m) for m in masks]
         for k, m in enumerate(masks, 1):

@@ -6,6 +6,7 @@ breast and exam levels (``level``) the images are combined by :mod:`breastai.rep
 the default rule at the checkpoint's image threshold, or by a rule, recalibration and threshold
 fitted on other validation data with that structure (``fit_on``), never on the evaluation data.
 
+A segmentation checkpoint is measured on its own outlines (:mod:`breastai.engine.seg_evaluate`).
 With a segmenter (``segmenter``) the rows without a traced mask, or every row with
 ``ignore_masks``, are outlined automatically and scored by :mod:`breastai.engine.auto_outline`:
 one score per row (its most malignant lesion; probability 0 where no lesion is found), and
@@ -30,9 +31,10 @@ from breastai.data.provenance import seen_before
 from breastai.engine.auto_outline import score_outlined
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
+from breastai.engine.seg_evaluate import evaluate_segmenter
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.checkpoint_io import load_checkpoint
-from breastai.models.outliner import Outliner, SegmenterSource, require_task, resolve_segmenter
+from breastai.models.outliner import Outliner, SegmenterSource, is_segmenter, require_task, resolve_segmenter
 from breastai.reporting.levels import LEVELS, default_rule, level_rows
 from breastai.reporting.subgroups import subgroup_report
 
@@ -105,6 +107,14 @@ def evaluate_checkpoint(
     if fit_on is not None and level == "lesion":
         raise ValueError("--fit-on fits a rule that combines images: give --level image, breast or exam")
     ckpt = load_checkpoint(checkpoint)
+    if is_segmenter(ckpt):
+        given = [flag for flag, v in (("--segmenter", segmenter is not None), ("--auto-outline", ignore_masks),
+                                      ("--level", level != "lesion"), ("--by", bool(by)), ("--fit-on", fit_on is not None))
+                 if v]
+        if given:
+            raise ValueError(f"{checkpoint} is a segmenter, measured on its own outlines: {', '.join(given)} "
+                             "apply to a classifier checkpoint")
+        return evaluate_segmenter(ckpt, checkpoint, data, out, device, n_boot)
     require_task(ckpt, "classification", str(checkpoint))
     if ignore_masks and segmenter is None and ckpt.segmenter is None:
         raise ValueError("--auto-outline needs --segmenter (or a pipeline checkpoint): the segmenter draws the "

@@ -35,9 +35,17 @@ from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
 from breastai.models.segmenter import segment
 
-__all__ = ["Outline", "Outliner", "SegmenterSource", "mean_presence", "require_task", "resolve_segmenter"]
+__all__ = ["Outline", "Outliner", "SegmenterSource", "is_segmenter", "mean_presence", "require_task", "resolve_segmenter"]
 
 _FLAGS = {"classification": "--checkpoint", "segmentation": "--segmenter"}
+
+
+def is_segmenter(ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` is a segmentation checkpoint (False for a model not registered here)."""
+    try:
+        return checkpoint_task(ckpt) == "segmentation"
+    except CheckpointError:
+        return False
 
 
 def require_task(ckpt: Checkpoint, task: str, source: str) -> None:

@@ -419,3 +419,20 @@ def test_the_no_lesion_sr_carries_the_image_probability(runs, built, tmp_path):
     assert "121073" not in {q.name.value for q in groups[1].get_qualitative_evaluations()}
     errors, _ = dciodvfy_errors(dicom / rec["dicom_sr"])
     assert errors == [], errors
+
+
+def test_two_crop_members_enter_a_mean_fit_as_their_mean_on_one_lesion(monkeypatch):
+    """Under tied weights a row's score is the highest over its lesions of the members' mean: two crop
+    members that disagree on which lesion is worse must not each contribute their own maximum."""
+    from breastai.engine.ensemble_outlines import tied_lesion_mean
+
+    monkeypatch.setattr(auto_outline, "outline_row",
+                        lambda rec, outliner, name: (["l1", "l2"] if rec["case_id"] == "a" else [], {}))
+    lesion_scores = np.array([[2.0, -1.0, 0.5], [-1.0, 2.0, 0.5]])  # crop, crop seed, whole image
+    monkeypatch.setattr(auto_outline, "members_log_odds", lambda members, lesions, device, names: (lesion_scores, None))
+    rows = [{"case_id": "a"}, {"case_id": "b"}]
+    plain, found = auto_outline.outlined_log_odds([0, 1, 2], rows, [None, None], "cpu", ["a", "b"])
+    assert plain[0].tolist() == [2.0, 2.0, 0.5] and found.tolist() == [True, False]  # each member's maximum
+    tied, _ = auto_outline.outlined_log_odds([0, 1, 2], rows, [None, None], "cpu", ["a", "b"],
+                                             per_lesion=tied_lesion_mean(np.array([True, True, False])))
+    assert tied[0].tolist() == [0.5, 0.5, 0.5] and np.isneginf(tied[1]).all()

@@ -88,7 +88,9 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
     lesion is scored by every member with its own mask, and a member's log-odds for the row is the
     highest over the row's lesions. With non-negative weights and members that do not read the mask
     (a whole-image model) this is exactly the row's combined score under the pipeline's rule; with
-    two mask-reading members it is the members' maxima combined, a bound the rule can only meet.
+    two mask-reading members it is the members' maxima combined, a bound the rule can only meet,
+    unless ``per_lesion`` combines them on each lesion first (their mean, for tied weights:
+    :func:`breastai.engine.ensemble_outlines.tied_lesion_mean`).
 
     Args:
         members: the classifier checkpoints (not ensembles).

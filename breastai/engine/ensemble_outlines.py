@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,12 +31,13 @@ from breastai.engine.bundle import bundle_pipeline
 from breastai.engine.cv import load_cv_summary
 from breastai.engine.ensemble import ensemble_state, fit_combiner, load_single_runs
 from breastai.engine.seg_ensemble import segmenter_ensemble
-from breastai.models.checkpoint import Checkpoint
+from breastai.models.checkpoint import Checkpoint, reads_mask
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.outliner import Outliner
 from breastai.reporting.metrics import choose_threshold, evaluation_report, roc_auc
 
-__all__ = ["OutlineFit", "fit_on_outlines", "fit_fold_on_outlines", "build_single_on_outlines", "SegmenterFolds"]
+__all__ = ["OutlineFit", "fit_on_outlines", "tied_lesion_mean", "fit_fold_on_outlines", "build_single_on_outlines",
+           "SegmenterFolds"]
 
 log = logging.getLogger("breastai")
 
@@ -54,7 +55,10 @@ def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, A
     Row ``i`` is outlined by ``outliners[i]`` (for out-of-fold outlines, the segmenter that did not
     train on it); each member's log-odds is the highest over the found lesions
     (:func:`~breastai.engine.auto_outline.outlined_log_odds`), and rows where nothing was found are
-    left out of the fit (the pipeline ranks them by its whole-image members alone, or at 0).
+    left out of the fit (the pipeline ranks them by its whole-image members alone, or at 0). With
+    ``combine="mean"`` and several members reading the mask (two crop seeds), each of them enters as
+    their mean on one lesion, highest over the row's lesions (:func:`tied_lesion_mean`), which is
+    exactly the pipeline's score of the row under tied weights.
 
     Returns:
         ``(weights, bias, log_odds (n, m), found (n,))``.
@@ -62,7 +66,9 @@ def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, A
     Raises:
         ValueError: the rows with a lesion found hold one class only.
     """
-    c, found = outlined_log_odds(members, records, outliners, device, names)
+    reading = np.array([reads_mask(m) for m in members])
+    per_lesion = tied_lesion_mean(reading) if combine == "mean" and reading.sum() > 1 else None
+    c, found = outlined_log_odds(members, records, outliners, device, names, per_lesion=per_lesion)
     y = np.array([members[0].classes.index(r["label"]) for r in records])
     try:
         weights, bias = fit_combiner(c[found], y[found], combine)
@@ -70,6 +76,20 @@ def fit_on_outlines(members: Sequence[Checkpoint], records: Sequence[dict[str, A
         raise ValueError(f"{int(found.sum())} of {len(records)} images have a lesion found, too few to fit the "
                          f"combination on ({exc})") from exc
     return weights, bias, c, found
+
+
+def tied_lesion_mean(reading: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``per_lesion`` map for :func:`~breastai.engine.auto_outline.outlined_log_odds`: the columns of
+    the members that read the mask (``reading``, bool per member) replaced on each lesion by their
+    mean. With tied weights a lesion's combined score is that mean plus the (lesion-independent)
+    whole-image members', so the row's highest is taken over the mean, not member by member."""
+    def per_lesion(z: np.ndarray) -> np.ndarray:
+        z = np.array(z, dtype=np.float64, copy=True)
+        if len(z):
+            z[:, reading] = z[:, reading].mean(1, keepdims=True)
+        return z
+
+    return per_lesion
 
 
 class SegmenterFolds:

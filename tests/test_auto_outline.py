@@ -257,6 +257,41 @@ def test_evaluate_the_automatic_pipeline_against_traced_outlines(crop_ckpt, seg_
     assert float(given["l0"]["probability"]) == pytest.approx(traced[0]["probability"], abs=1e-5)
 
 
+def test_evaluate_auto_outline_measures_lesion_free_images_outside_the_malignancy_figures(crop_ckpt, seg_ckpt, tmp_path):
+    """Rows labelled ``normal`` (BUSI's lesion-free images, empty masks) are outlined and scored like any
+    row: they give lesion presence (AUC against the lesion images, false lesions) and how many the
+    pipeline calls positive, and stay out of the benign/malignant AUC."""
+    from breastai.engine.evaluate import evaluate_checkpoint
+
+    rows = []
+    for i, (r, c) in enumerate([(30, 30), (40, 60), (50, 40), (35, 70)]):
+        f, mask = png(tmp_path / f"l{i}.png", [(r, c, 11)], seed=10 + i)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"l{i}_mask.png")
+        rows.append({"case_id": f"l{i}", "image": f.name, "mask": f"l{i}_mask.png", "label": ("benign", "malignant")[i % 2]})
+    for i in range(3):
+        f, mask = png(tmp_path / f"n{i}.png", [], seed=20 + i)
+        Image.fromarray(mask.astype(np.uint8)).save(tmp_path / f"n{i}_mask.png")
+        rows.append({"case_id": f"n{i}", "image": f.name, "mask": f"n{i}_mask.png" if i else "", "label": "normal"})
+    dl = write_rows(tmp_path / "dl.csv", rows)
+    rep = evaluate_checkpoint(crop_ckpt, dl, tmp_path / "ev", device="cpu", n_boot=0, segmenter=seg_ckpt,
+                              ignore_masks=True)
+    assert (rep["n"], rep["n_pos"]) == (4, 2)  # the malignancy figures: lesion images only
+    o = rep["outline"]
+    assert (o["n_lesion"], o["n_normal"], o["missed"], o["false_lesion_rate"], o["presence_auc"]) == (4, 3, 0, 0.0, 1.0)
+    assert o["lesion_free"] == {"n": 3, "given_a_lesion": 0, "scored_on_image": 0, "called_positive": 0,
+                                "threshold": pytest.approx(load_checkpoint(crop_ckpt).threshold)}
+    table = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    assert len(table) == 7 and {table[f"n{i}"]["label"] for i in range(3)} == {"normal"}
+    assert all(float(table[f"n{i}"]["probability"]) == 0.0 and table[f"n{i}"]["n_lesions"] == "0" for i in range(3))
+    # Without --auto-outline a "normal" row is no class of this classifier; one with a lesion traced is a mistake.
+    with pytest.raises(Exception, match="unknown label 'normal'"):
+        evaluate_checkpoint(crop_ckpt, dl, tmp_path / "e2", device="cpu", segmenter=seg_ckpt)
+    rows[-1]["mask"] = "l0_mask.png"
+    bad = write_rows(tmp_path / "bad.csv", rows)
+    with pytest.raises(Exception, match="n2.*labelled 'normal' but its traced mask holds a lesion"):
+        evaluate_checkpoint(crop_ckpt, bad, tmp_path / "e3", device="cpu", segmenter=seg_ckpt, ignore_masks=True)
+
+
 def test_outlines_are_removed_when_the_run_fails(auto, tmp_path):
     f, _ = png(tmp_path / "a.png", [(40, 50, 12)])
 

@@ -51,9 +51,9 @@ def _outlines_seen():
     seen: list[tuple[str, str]] = []
     real = ensemble_outlines.outlined_log_odds
 
-    def spy(members, records, outliners, device, names):
+    def spy(members, records, outliners, device, names, per_lesion=None):
         seen.extend((str(r["case_id"]), o.source) for r, o in zip(records, outliners))
-        return real(members, records, outliners, device, names)
+        return real(members, records, outliners, device, names, per_lesion)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(ensemble_outlines, "outlined_log_odds", spy)

@@ -47,7 +47,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--auto-outline", action="store_true",
                    help="with --segmenter: outline EVERY row automatically, the datalist's traced masks set aside for "
                    "scoring (they only measure the outlines: Dice, IoU, HD95 in metrics.json's outline), so the "
-                   "automatic pipeline is evaluated as a user without an annotation tool would run it")
+                   "automatic pipeline is evaluated as a user without an annotation tool would run it; rows labelled "
+                   "'normal' (lesion-free images) are outlined and scored too, for lesion presence and false calls, "
+                   "outside the malignancy figures")
     e.set_defaults(func=run)
     return e
 
@@ -82,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"automatic outlines: {o['n_outlined']} row(s) outlined, {o['n_lesions_scored']} lesion(s) scored, "
               f"{o['n_no_lesion_found']} with no lesion found ({o['n_no_lesion_positive']} of them positive: "
               + ("scored on the whole image" if o.get("n_no_lesion_scored_on_image") else "probability 0") + f"){dice}")
+        if "lesion_free" in o:
+            f = o["lesion_free"]
+            print(f"lesion-free images (label normal, outside the figures above): {f['n']}, {f['given_a_lesion']} given a "
+                  f"lesion, {f['called_positive']} called positive at {f['threshold']:.3f}; lesion presence AUC "
+                  f"{_figure(o['presence_auc'])}")
     extra = ", subgroups.png" if args.by else ""
     print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0

@@ -28,7 +28,7 @@ The rule, fixed before any held-out figure was seen (docs/experiments.md, "Autom
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -44,10 +44,13 @@ from breastai.models.outliner import Outliner
 from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
-__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "whole_image_log_odds", "outlined_log_odds", "outline_row", "score_outlined",
+__all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "OUTLINE_FACTS", "PipelineScores", "whole_image_log_odds",
+           "outlined_log_odds", "outline_row", "pipeline_log_odds", "score_outlined", "scored_on", "outline_report",
            "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
+# what an outlined row's facts add to its row, beside mask_source, n_lesions and dice
+OUTLINE_FACTS = ("presence_probability", "has_lesion", "lesion_found", "iou", "hd95")
 
 
 def traced_on_stored(rec: dict[str, Any], image: np.ndarray, meta: dict[str, Any], reader_options: dict[str, Any]
@@ -137,6 +140,66 @@ def whole_image_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[s
     return c.mean(1)
 
 
+class PipelineScores(NamedTuple):
+    """Rows scored through the automatic pipeline, before any label is read.
+
+    Attributes:
+        log_odds: (n,) each row's calibrated log-odds; ``-inf`` where nothing scored it (no lesion
+            found and no whole-image member).
+        missed: (n,) no lesion was found (the row was outlined and came back empty).
+        infos: per row, :func:`outline_row`'s facts (``mask_source``, ``n_lesions``, presence, Dice...).
+        ood: per row, the OOD score of the lesion whose score it carries (None: none scored).
+    """
+
+    log_odds: np.ndarray
+    missed: np.ndarray
+    infos: list[dict[str, Any]]
+    ood: list[float | None]
+
+
+def pipeline_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,
+                      device: torch.device, names: Sequence[str], progress: bool = False,
+                      outline_as: str = "outline") -> PipelineScores:
+    """Each row's calibrated log-odds under the module's rule (arguments as for :func:`score_outlined`);
+    no label is read, so lesion-free images are scored the same way."""
+    if outline_as not in OUTLINE_AS:
+        raise ValueError(f"outline_as must be one of {OUTLINE_AS}, got {outline_as!r}")
+    lesions: list[dict[str, Any]] = []
+    row_of: list[int] = []
+    infos: list[dict[str, Any]] = []
+    for i, (rec, name) in enumerate(zip(records, names)):
+        if rec.get(Keys.MASK) and not ignore_masks:
+            masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
+        else:
+            masks, info = outline_row(rec, outliner, name)
+            if outline_as == "box":
+                masks = [LesionBox.around(m) for m in masks]
+        for k, m in enumerate(masks, 1):
+            cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
+            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})
+            row_of.append(i)
+        infos.append(info)
+    best = np.full(len(records), -np.inf)
+    row_ood: list[float | None] = [None] * len(records)
+    if lesions:
+        pred = predict_records(ckpt, lesions, device, progress=progress, names=[names[i] for i in row_of])
+        z = calibrated_logit(pred["logit"], ckpt.calibration)
+        np.maximum.at(best, np.asarray(row_of), z)
+        if ckpt.ood is not None and pred.get("features"):
+            # A row's OOD score is that of the lesion whose score it carries.
+            for i, zj, o in zip(row_of, z, ckpt.ood.score(pred["features"])):
+                if zj == best[i] and row_ood[i] is None:
+                    row_ood[i] = float(o)
+    missed = ~np.isfinite(best)
+    if missed.any():  # whole-image members still rank an image where no lesion is found
+        idx = np.flatnonzero(missed)
+        whole = whole_image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
+                                     [names[i] for i in idx])
+        if whole is not None:  # an ensemble's site recalibration (in its weights) covers these rows too
+            best[idx] = recalibrated_log_odds(whole, ckpt.recalibration or []) if ckpt.is_ensemble else whole
+    return PipelineScores(best, missed, infos, row_ood)
+
+
 def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner: Outliner, ignore_masks: bool,
                    device: torch.device, n_boot: int, names: Sequence[str],
                    progress: bool = False, outline_as: str = "outline") -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], list[dict]]:
@@ -164,42 +227,9 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
         RecordError: a row's image or mask cannot be read (naming the row).
         NonFiniteScoreError: a lesion's score is NaN or infinite.
     """
-    if outline_as not in OUTLINE_AS:
-        raise ValueError(f"outline_as must be one of {OUTLINE_AS}, got {outline_as!r}")
-    lesions: list[dict[str, Any]] = []
-    row_of: list[int] = []
-    infos: list[dict[str, Any]] = []
-    for i, (rec, name) in enumerate(zip(records, names)):
-        if rec.get(Keys.MASK) and not ignore_masks:
-            masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
-        else:
-            masks, info = outline_row(rec, outliner, name)
-            if outline_as == "box":
-                masks = [LesionBox.around(m) for m in masks]
-        for k, m in enumerate(masks, 1):
-            cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
-            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})
-            row_of.append(i)
-        infos.append(info)
+    best, missed, infos, row_ood = pipeline_log_odds(ckpt, records, outliner, ignore_masks, device, names, progress,
+                                                     outline_as)
     cal = ckpt.calibration
-    best = np.full(len(records), -np.inf)
-    row_ood: list[float | None] = [None] * len(records)
-    if lesions:
-        pred = predict_records(ckpt, lesions, device, progress=progress, names=[names[i] for i in row_of])
-        z = calibrated_logit(pred["logit"], cal)
-        np.maximum.at(best, np.asarray(row_of), z)
-        if ckpt.ood is not None and pred.get("features"):
-            # A row's OOD score is that of the lesion whose score it carries.
-            for i, zj, o in zip(row_of, z, ckpt.ood.score(pred["features"])):
-                if zj == best[i] and row_ood[i] is None:
-                    row_ood[i] = float(o)
-    missed = ~np.isfinite(best)
-    if missed.any():  # whole-image members still rank an image where no lesion is found
-        idx = np.flatnonzero(missed)
-        whole = whole_image_log_odds(ckpt.members if ckpt.is_ensemble else [ckpt], [records[i] for i in idx], device,
-                               [names[i] for i in idx])
-        if whole is not None:  # an ensemble's site recalibration (in its weights) covers these rows too
-            best[idx] = recalibrated_log_odds(whole, ckpt.recalibration or []) if ckpt.is_ensemble else whole
     scored = np.isfinite(best)
     best[~scored] = unscored_floor(best[scored])
     labels = np.array([ckpt.classes.index(r[Keys.LABEL]) for r in records])
@@ -210,7 +240,7 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
     probs[~scored] = 0.0
     for row, info, miss, ok, o in zip(rows, infos, missed, scored, row_ood):
         row.update(mask_source=info["mask_source"], n_lesions=info["n_lesions"], dice=info.get("dice"),
-                   scored_on=None if not ok else "image" if miss else "lesion")
+                   scored_on=scored_on(ok, miss), **{k: info[k] for k in OUTLINE_FACTS if k in info})
         if not ok:
             row["probability"] = 0.0
         if ckpt.ood is not None:
@@ -218,13 +248,25 @@ def score_outlined(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outliner
     scored_ood = [o for o in row_ood if o is not None]
     if scored_ood:
         report["ood_flagged"] = float(np.mean(np.asarray(scored_ood) > 1.0))
+    report["outline"] = outline_report(infos, missed, scored, labels, outliner, ignore_masks)
+    return row_pred, probs, report, rows
+
+
+def scored_on(scored: bool, missed: bool) -> str | None:
+    """A row's ``scored_on``: ``lesion``, ``image`` (no lesion found, the whole image scored it) or None."""
+    return None if not scored else "image" if missed else "lesion"
+
+
+def outline_report(infos: Sequence[dict[str, Any]], missed: np.ndarray, scored: np.ndarray, labels: np.ndarray,
+                   outliner: Outliner, ignore_masks: bool) -> dict[str, Any]:
+    """``metrics.json``'s ``outline``: what was outlined and found, and the outlines against the traced masks
+    (``infos``: :func:`outline_row`'s facts, or rows carrying them; ``labels`` 1 for a positive row)."""
     outlined = [info for info in infos if info["mask_source"] == "segmenter"]
     measured = [info for info in outlined if "has_lesion" in info]
-    report["outline"] = {
+    return {
         "segmenter": outliner.source, "traced_masks": "ignored" if ignore_masks else "used where present",
         "n_outlined": len(outlined), "n_lesions_scored": sum(info["n_lesions"] for info in outlined),
         "n_no_lesion_found": int(missed.sum()), "n_no_lesion_positive": int((missed & (labels == 1)).sum()),
         "n_no_lesion_scored_on_image": int((missed & scored).sum()),
         **(segmentation_summary(measured) if measured else {}),
     }
-    return row_pred, probs, report, rows

@@ -25,42 +25,93 @@ import numpy as np
 
 from breastai.core.distributed import resolve_device
 from breastai.core.files import atomic_write_csv, atomic_write_text
+from breastai.core.keys import Keys
 from breastai.data.frames import read_samples
 from breastai.data.grouping import subgroup_columns
 from breastai.data.provenance import seen_before
-from breastai.engine.auto_outline import score_outlined
+from breastai.engine.auto_outline import pipeline_log_odds, score_outlined, scored_on
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
-from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names, score_part
+from breastai.engine.scoring import NonFiniteScoreError, RecordError, predict_records, row_names, score_part
 from breastai.engine.seg_evaluate import evaluate_segmenter
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner, SegmenterSource, is_segmenter, require_task, resolve_segmenter
 from breastai.reporting.levels import LEVELS, default_rule, level_rows
+from breastai.reporting.segmentation import segmentation_summary
 from breastai.reporting.subgroups import subgroup_report
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["evaluate_checkpoint", "lesion_free_report", "LESION_FREE"]
 
 log = logging.getLogger("breastai")
+
+# The label of an image without a lesion (BUSI's, `prepare --include-normal`): with --auto-outline such
+# rows are outlined and scored, and measure lesion presence and false calls, outside the malignancy figures.
+LESION_FREE = "normal"
 
 
 def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, dev: Any, n_boot: int,
                     outliner: Outliner | None = None,
-                    ignore_masks: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any], list[dict]]:
+                    ignore_masks: bool = False
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any], Any, dict[str, Any], list[dict], list[dict]]:
     """Records, raw predictions, probabilities, image-level report and rows of a labelled datalist
-    (through the automatic pipeline with ``outliner``)."""
+    (through the automatic pipeline with ``outliner``), and the ``predictions.csv`` rows of its
+    lesion-free images (:func:`lesion_free_report`; none unless every row is outlined)."""
     cfg = ckpt.config
-    records = read_samples(data, cfg["data"], ckpt.classes)  # same frame policy as in training
+    # With every row outlined, an image labelled lesion-free is a question the pipeline can answer.
+    free_label = [LESION_FREE] if outliner is not None and ignore_masks and LESION_FREE not in ckpt.classes else []
+    records = read_samples(data, cfg["data"], [*ckpt.classes, *free_label])  # same frame policy as in training
     names = row_names(data, records, cfg["data"].get("reader_options"))
+    free = [r[Keys.LABEL] == LESION_FREE for r in records] if free_label else [False] * len(records)
+    free_records, free_names = [r for r, f in zip(records, free) if f], [n for n, f in zip(names, free) if f]
+    records, names = [r for r, f in zip(records, free) if not f], [n for n, f in zip(names, free) if not f]
+    free_rows: list[dict[str, Any]] = []
     try:
         if outliner is not None:
             pred, probs, report, rows = score_outlined(ckpt, records, outliner, ignore_masks, dev, n_boot, names,
                                                        progress=True)
+            if free_records:
+                free_rows = lesion_free_report(ckpt, report, rows, free_records, free_names, outliner, dev, n_boot)
         else:
             pred = predict_records(ckpt, records, dev, progress=True, names=names)
             probs, report, rows = score_part(pred, ckpt, n_boot)
     except NonFiniteScoreError as exc:  # the checkpoint's fault, or its inputs': say which checkpoint
         raise NonFiniteScoreError(f"{checkpoint}: {exc}") from exc
-    return records, pred, probs, report, rows
+    return records, pred, probs, report, rows, free_rows
+
+
+def lesion_free_report(ckpt: Checkpoint, report: dict[str, Any], rows: list[dict], records: Sequence[dict[str, Any]],
+                       names: Sequence[str], outliner: Outliner, dev: Any, n_boot: int) -> list[dict[str, Any]]:
+    """Score the rows labelled :data:`LESION_FREE` through the pipeline and add them to ``report['outline']``.
+
+    They enter no malignancy figure (they are neither class); ``outline`` gets the segmentation
+    summary over lesion and lesion-free images together (lesion-presence AUC, ``false_lesion_rate``)
+    and ``lesion_free``: how many, how many were given a lesion, scored on the whole image, and called
+    positive at the checkpoint's threshold. Returns their ``predictions.csv`` rows.
+
+    Raises:
+        RecordError: a row labelled lesion-free whose traced mask holds a lesion.
+    """
+    got = pipeline_log_odds(ckpt, records, outliner, True, dev, names, progress=True)
+    for info, name in zip(got.infos, names):
+        if info.get("has_lesion"):
+            raise RecordError(f"{name}: labelled {LESION_FREE!r} but its traced mask holds a lesion")
+        info["has_lesion"] = False  # the label says so, traced mask or not
+        info["lesion_found"] = info["n_lesions"] > 0
+    scored = np.isfinite(got.log_odds)
+    probs = np.where(scored, 1.0 / (1.0 + np.exp(-np.where(scored, got.log_odds, 0.0))), 0.0)
+    called = probs >= ckpt.threshold
+    lesion = [r for r in rows if r.get("mask_source") == "segmenter" and "has_lesion" in r]
+    report["outline"].update(segmentation_summary([*lesion, *got.infos], n_boot))
+    report["outline"]["lesion_free"] = {
+        "n": len(records), "given_a_lesion": int(sum(i["lesion_found"] for i in got.infos)),
+        "scored_on_image": int((got.missed & scored).sum()), "called_positive": int(called.sum()),
+        "threshold": float(ckpt.threshold)}
+    out = []
+    for rec, p, c, info, ok, miss, o in zip(records, probs, called, got.infos, scored, got.missed, got.ood):
+        out.append({"case_id": rec[Keys.CASE_ID], "label": LESION_FREE, "probability": float(p),
+                    "predicted": ckpt.classes[int(c)], "ood_score": o, "mask_source": info["mask_source"],
+                    "n_lesions": info["n_lesions"], "scored_on": scored_on(ok, miss), "dice": None})
+    return out
 
 
 def evaluate_checkpoint(
@@ -124,7 +175,8 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     outliner = resolve_segmenter(segmenter, ckpt, dev)  # a pipeline checkpoint brings its own
     n_boot = int(n_boot if n_boot is not None else cfg.get("eval", {}).get("bootstrap", 2000))
-    records, pred, probs, report, rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot, outliner, ignore_masks)
+    records, pred, probs, report, rows, free_rows = _score_datalist(ckpt, checkpoint, data, dev, n_boot, outliner,
+                                                                    ignore_masks)
     flagged = report.get("ood_flagged")  # of the images, whatever level the report is at
     seen = seen_before(ckpt.seen_images, records)
     if seen["train"] is None:
@@ -145,10 +197,11 @@ def evaluate_checkpoint(
         table = (["case_id", "label", "probability", "predicted", *extra], [
             {"case_id": c, "label": classes[yy], "probability": float(p), "predicted": classes[int(p >= ckpt.threshold)],
              **{k: row[k] for k in extra}}
-            for c, yy, p, row in zip(pred["case_id"], y, probs, rows)])
+            for c, yy, p, row in zip(pred["case_id"], y, probs, rows)] + [
+            {k: r.get(k) for k in ("case_id", "label", "probability", "predicted", *extra)} for r in free_rows])
     else:
         def score(path: Path) -> tuple[list[dict[str, Any]], list[dict]]:
-            val_records, _, _, _, val_rows = _score_datalist(ckpt, checkpoint, path, dev, n_boot, outliner, ignore_masks)
+            val_records, _, _, _, val_rows, _ = _score_datalist(ckpt, checkpoint, path, dev, n_boot, outliner, ignore_masks)
             return val_records, val_rows
 
         rule = default_rule(level) if fit_on is None else fit_rule_on(

@@ -9,9 +9,11 @@ fitted on other validation data with that structure (``fit_on``), never on the e
 A segmentation checkpoint is measured on its own outlines (:mod:`breastai.engine.seg_evaluate`).
 With a segmenter (``segmenter``) the rows without a traced mask, or every row with
 ``ignore_masks``, are outlined automatically and scored by :mod:`breastai.engine.auto_outline`:
-one score per row (its most malignant lesion; probability 0 where no lesion is found), and
-``metrics.json`` gets ``outline`` (Dice of the automatic outlines against the traced ones where a
-row has both, and how many rows had no lesion found).
+one score per row (its most malignant lesion; where no lesion is found, the classifier's
+whole-image members, else probability 0), and ``metrics.json`` gets ``outline`` (Dice of the
+automatic outlines against the traced ones where a row has both, and how many rows had no lesion
+found). With ``ignore_masks``, rows labelled :data:`LESION_FREE` are scored too, outside the
+malignancy figures (:func:`lesion_free_report`).
 """
 
 from __future__ import annotations

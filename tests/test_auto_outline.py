@@ -70,9 +70,12 @@ def test_a_lesion_is_found_outlined_measured_and_scored_as_its_traced_outline(au
     assert ra["max_diameter_mm"] == pytest.approx(ra["max_diameter_px"] * 0.1, rel=1e-4)
     assert 23 < ra["max_diameter_px"] < 28  # a 25-pixel disc, edge to edge
     assert rb["area_px"] > 0 and rb["area_mm2"] is None and rb["max_diameter_mm"] is None and rb["spacing_source"] is None
+    # The image's probability of cancer: its presence probability times the lesion's malignancy probability.
+    presence = auto.segmenter.outline(*auto.segmenter.read(a)).presence
+    assert ra["cancer_probability"] == pytest.approx(presence * ra["probability"], abs=1e-6)
     # Scored exactly as the same outline given as a traced mask would be.
     traced = auto.predict(a, masks=[ra["lesion_mask"]])[0]
-    assert traced["mask_source"] == "given" and traced["component"] is None
+    assert traced["mask_source"] == "given" and traced["component"] is None and "cancer_probability" not in traced
     assert traced["probability"] == pytest.approx(ra["probability"], abs=1e-6)
 
 
@@ -278,8 +281,17 @@ def test_evaluate_auto_outline_measures_lesion_free_images_outside_the_malignanc
     assert (rep["n"], rep["n_pos"]) == (4, 2)  # the malignancy figures: lesion images only
     o = rep["outline"]
     assert (o["n_lesion"], o["n_normal"], o["missed"], o["false_lesion_rate"], o["presence_auc"]) == (4, 3, 0, 0.0, 1.0)
-    assert o["lesion_free"] == {"n": 3, "given_a_lesion": 0, "scored_on_image": 0, "called_positive": 0,
-                                "threshold": pytest.approx(load_checkpoint(crop_ckpt).threshold)}
+    f = o["lesion_free"]
+    assert (f["n"], f["given_a_lesion"], f["scored_on_image"], f["called_positive"]) == (3, 0, 0, 0)
+    assert f["threshold"] == pytest.approx(load_checkpoint(crop_ckpt).threshold)
+    # Malignant against benign and lesion-free images, by probability and by presence x probability
+    # (the lesion-free images score 0 here: no lesion found and no whole-image member).
+    y = np.array([0, 1, 0, 1, 0, 0, 0])
+    table0 = {r["case_id"]: float(r["probability"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    p = np.array([table0[c] for c in ("l0", "l1", "l2", "l3", "n0", "n1", "n2")])
+    from breastai.reporting.metrics import roc_auc
+    assert f["auc_all_images"] == pytest.approx(roc_auc(y, p))
+    assert 0.0 <= f["auc_all_images_cancer_probability"] <= 1.0
     table = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     assert len(table) == 7 and {table[f"n{i}"]["label"] for i in range(3)} == {"normal"}
     assert all(float(table[f"n{i}"]["probability"]) == 0.0 and table[f"n{i}"]["n_lesions"] == "0" for i in range(3))

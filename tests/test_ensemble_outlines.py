@@ -209,6 +209,8 @@ def test_predict_gives_an_image_probability_where_no_lesion_is_found(runs, built
     assert rec["label"] == NO_LESION and rec["probability"] is None and rec["error"] is None
     alone, = Predictor.from_state(next(m for m in ckpt.members if not reads_mask(m)), device="cpu").predict(image)
     assert rec["image_probability"] == pytest.approx(alone["probability"], abs=1e-6)
+    # the image's probability of cancer: presence (the no-lesion record's lesion_probability) x that score
+    assert rec["cancer_probability"] == pytest.approx(rec["lesion_probability"] * rec["image_probability"], abs=2e-6)
     crop = next(m for m in ckpt.members if m.config["preprocess"]["mode"] == "crop")
     rec, = Predictor.from_state(crop, device="cpu", segmenter=_blind(ckpt)).predict(image)
     assert rec["label"] == NO_LESION and "image_probability" not in rec
@@ -387,8 +389,9 @@ def test_the_whole_image_member_scores_an_image_with_two_lesions_once(runs, buil
 
 
 def test_the_no_lesion_sr_carries_the_image_probability(runs, built, tmp_path):
-    """predict --dicom-out on a DICOM where nothing is found: the SR says so and gives the whole-image
-    members' probability of cancer of the image, in a group of its own; dciodvfy finds no error."""
+    """predict --dicom-out on a DICOM where nothing is found: the SR says so and gives the image's
+    probability of cancer (presence x the whole-image members' score), in a group of its own; dciodvfy
+    finds no error."""
     import json
 
     import highdicom as hd
@@ -407,14 +410,14 @@ def test_the_no_lesion_sr_carries_the_image_probability(runs, built, tmp_path):
     assert predict_cli(["predict", "--checkpoint", str(pipe), str(src), "--out", str(out), "--dicom-out", str(dicom),
                         "--saliency", "none", "--device", "cpu"]) == 0
     rec, = json.loads((out / "predictions.json").read_text())["records"]
-    assert rec["probability"] is None and 0.0 < rec["image_probability"] < 1.0
+    assert rec["probability"] is None and 0.0 < rec["cancer_probability"] <= rec["image_probability"] < 1.0
     sr = hd.sr.srread(dicom / rec["dicom_sr"])
     values = _codes(sr)  # the first group: the lesion search
     assert values["111017"] == "111241" and "111047" not in values  # all algorithms succeeded; without findings
     groups = sr.content.get_image_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["lesion search", "image"]
     (m,) = groups[1].get_measurements()
-    assert m.name.value == "111047" and m.value == pytest.approx(rec["image_probability"], abs=1e-6)
+    assert m.name.value == "111047" and m.value == pytest.approx(rec["cancer_probability"], abs=1e-6)
     # no impression (benign/malignant): no operating threshold was chosen for this score
     assert "121073" not in {q.name.value for q in groups[1].get_qualitative_evaluations()}
     errors, _ = dciodvfy_errors(dicom / rec["dicom_sr"])

@@ -103,10 +103,11 @@ def test_predict_report_shows_the_whole_image_probability_of_a_no_lesion_image(p
     shutil.copytree(predict_dir, folder)
     data = json.loads((folder / "predictions.json").read_text())
     rec = data["records"][1]
-    rec.update(label="no lesion found", probability=None, logit=None, image_probability=0.8125)
+    rec.update(label="no lesion found", probability=None, logit=None, image_probability=0.8125, cancer_probability=0.40625)
     (folder / "predictions.json").write_text(json.dumps(data))
     text = _report(folder, tmp_path / "r.html")
     assert "whole-image probability (no lesion found)" in text and "0.812" in text
+    assert "probability of cancer (presence x probability)" in text and "0.406" in text
 
 
 def test_predict_report_linked_images(predict_dir, tmp_path):

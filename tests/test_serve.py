@@ -245,9 +245,10 @@ def test_round_results_name_a_no_lesion_image_and_send_its_sr():
         {"id": "a", "error": None, "label": "malignant", "probability": 0.8, "dicom_sr": "r/a_sr.dcm", "dicom_seg": "r/a_seg.dcm"},
         {"id": "b", "error": None, "label": NO_LESION, "probability": None, "dicom_sr": "r/b_sr.dcm"},
         {"id": "c", "error": "c: truncated", "label": None, "probability": None},
-        {"id": "d", "error": None, "label": NO_LESION, "probability": None, "image_probability": 0.3},
+        {"id": "d", "error": None, "label": NO_LESION, "probability": None, "image_probability": 0.3,
+         "cancer_probability": 0.06},
     ]
     results, objects = round_results(records)
     assert results == {"a": 0.8, "b": NO_LESION, "c": {"error": "c: truncated"},
-                       "d": {"label": NO_LESION, "image_probability": 0.3}}  # whole-image members still scored d
+                       "d": {"label": NO_LESION, "image_probability": 0.3, "cancer_probability": 0.06}}  # still scored
     assert objects == [str(Path("dicom") / p) for p in ("r/a_sr.dcm", "r/a_seg.dcm", "r/b_sr.dcm")]

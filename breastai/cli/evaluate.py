@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"lesion-free images (label normal, outside the figures above): {f['n']}, {f['given_a_lesion']} given a "
                   f"lesion, {f['called_positive']} called positive at {f['threshold']:.3f}; lesion presence AUC "
                   f"{_figure(o['presence_auc'])}")
+            if "auc_all_images" in f:
+                print(f"malignant against benign and lesion-free images: AUC {f['auc_all_images']:.3f} by probability, "
+                      f"{f['auc_all_images_cancer_probability']:.3f} by cancer_probability (presence x probability)")
     extra = ", subgroups.png" if args.by else ""
     print(f"report: {args.out}/metrics.json, predictions.csv, roc.png, calibration.png{extra}")
     return 0

@@ -39,6 +39,7 @@ from breastai.models.checkpoint import Checkpoint
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner, SegmenterSource, is_segmenter, require_task, resolve_segmenter
 from breastai.reporting.levels import LEVELS, default_rule, level_rows
+from breastai.reporting.metrics import roc_auc
 from breastai.reporting.segmentation import segmentation_summary
 from breastai.reporting.subgroups import subgroup_report
 
@@ -107,13 +108,27 @@ def lesion_free_report(ckpt: Checkpoint, report: dict[str, Any], rows: list[dict
     report["outline"]["lesion_free"] = {
         "n": len(records), "given_a_lesion": int(sum(i["lesion_found"] for i in got.infos)),
         "scored_on_image": int((got.missed & scored).sum()), "called_positive": int(called.sum()),
-        "threshold": float(ckpt.threshold)}
+        "threshold": float(ckpt.threshold), **_all_images_auc(rows, probs, got.infos)}
     out = []
     for rec, p, c, info, ok, miss, o in zip(records, probs, called, got.infos, scored, got.missed, got.ood):
         out.append({"case_id": rec[Keys.CASE_ID], "label": LESION_FREE, "probability": float(p),
                     "predicted": ckpt.classes[int(c)], "ood_score": o, "mask_source": info["mask_source"],
                     "n_lesions": info["n_lesions"], "scored_on": scored_on(ok, miss), "dice": None})
     return out
+
+
+def _all_images_auc(rows: Sequence[dict[str, Any]], free_probs: np.ndarray, free_infos: Sequence[dict[str, Any]]
+                    ) -> dict[str, float]:
+    """Malignant against benign and lesion-free images together: ranked by the row probability ``p``
+    (``auc_all_images``) and by ``presence x p`` (``auc_all_images_cancer_probability``, predict's
+    ``cancer_probability``; docs/experiments.md, "The image's probability of cancer as lesion presence
+    times malignancy"). Empty without a malignant row or without every row's presence."""
+    q = [r.get("presence_probability") for r in rows] + [i.get("presence_probability") for i in free_infos]
+    y = np.array([int(r["label"]) for r in rows] + [0] * len(free_infos))
+    if None in q or not y.any():
+        return {}
+    p = np.concatenate([[float(r["probability"]) for r in rows], free_probs])
+    return {"auc_all_images": roc_auc(y, p), "auc_all_images_cancer_probability": roc_auc(y, np.asarray(q, float) * p)}
 
 
 def evaluate_checkpoint(

@@ -46,9 +46,10 @@ Coded concepts chosen (all in the DICOM and SNOMED CT subsets pydicom ships):
   none is), so it is the local concept :data:`LESION_PRESENCE` of the private coding scheme
   ``99BREASTAI`` (PS3.3 8.2: a designator beginning ``99`` is a private scheme), which the SR
   identifies in its Coding Scheme Identification Sequence. Where the classifier has whole-image
-  members (``image_probability``), their probability of cancer for the image is a second group
-  (tracking identifier "image"): ``(111047, DCM, "Probability of cancer")`` of the image as a
-  whole, with no impression (no operating threshold was chosen for that score) and no finding.
+  members, the image's probability of cancer (the record's ``cancer_probability``: presence times
+  their ``image_probability``) is a second group (tracking identifier "image"): ``(111047, DCM,
+  "Probability of cancer")`` of the image as a whole, with no impression (no operating threshold
+  was chosen for that score) and no finding.
 
 The SR is a Comprehensive SR with VerificationFlag UNVERIFIED (nobody has signed it) and
 PreliminaryFlag PRELIMINARY. The saliency map is a Secondary Capture (RGB, the map blended with
@@ -332,8 +333,8 @@ def build_no_lesion_sr(src: Any, presence: float | None, series_uid: str, algori
     """A Comprehensive SR (TID 1500) of an image where the segmenter found no lesion: the algorithm,
     the finding "all algorithms succeeded; without findings" and the lesion-presence probability
     ``presence`` (codes and reasons in the module docstring); no lesion's probability of cancer, no
-    SEG. ``image_probability`` (the whole-image members' score) is the image's probability of cancer,
-    in a group of its own."""
+    SEG. ``image_probability`` (the record's ``cancer_probability``) is the image's probability of
+    cancer, in a group of its own."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 

@@ -164,7 +164,7 @@ class DicomObjects:
 
         if record.get("label") == NO_LESION:  # the segmenter looked and found nothing: that SR alone
             objects = {"sr": build_no_lesion_sr(src, record.get("lesion_probability"), UID(), self.algorithm,
-                                                self.device_uid, frame, record.get("image_probability"))}
+                                                self.device_uid, frame, record.get("cancer_probability"))}
         else:
             objects = self._result_objects(src, record, smap, image, mask, frame)
         stem = f"{index:05d}_{safe_stem(str(record['id']))}"

@@ -55,7 +55,8 @@ from breastai.inference.inputs import PredictItem, expand_frames_of_items, expan
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
-from breastai.inference.segment import LESION_FIELDS, dicom_header, lesion_id, no_lesion_fields, size_fields
+from breastai.inference.segment import (LESION_FIELDS, cancer_probability, dicom_header, lesion_id, no_lesion_fields,
+                                       size_fields)
 from breastai.models.adaptation import Adaptation
 from breastai.models.calibration import Recalibration, apply_temperature
 from breastai.models.checkpoint import Checkpoint
@@ -81,7 +82,8 @@ RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit",
 # Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header),
 # with ``keep_identifiers`` a DICOM's identifiers, and the whole-image score of an image with no
 # lesion found (a classifier with whole-image members behind a segmenter).
-OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid", "image_probability"]
+OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid", "image_probability",
+                   "cancer_probability"]
 
 # (map, image, lesion mask) of one record, all in the stored image geometry: map and image are None
 # without a saliency method, the mask None without an outline (the SEG and lesion size need only it)
@@ -399,7 +401,8 @@ class Predictor:
                     rec.update(no_lesion_fields(outline))
                     if self.image_scorer is not None:  # whole-image members still rank the image (and its breast)
                         z = image_log_odds(self.image_scorer, decode, item.source, rec["id"])
-                        rec.update(image_probability=float(apply_temperature(np.array([z]), 1.0)[0]),
+                        p = float(apply_temperature(np.array([z]), 1.0)[0])
+                        rec.update(image_probability=p, cancer_probability=cancer_probability(outline.presence, p),
                                    _calibrated_logit=z)
                     return [(rec, None)]
                 lesions, rec["_mask_origin"] = list(outline.lesions), "segmenter"
@@ -415,7 +418,10 @@ class Predictor:
             if les is not None and outline is not None:
                 r.update(id=lesion_id(rec["id"], les.component, len(lesions)), component=les.component,
                          lesion_probability=round(les.probability, 6), _outline=(outline.image, les.mask))
-            out.append((r, self._scored_record(r, scored, header, item.pixel_size_mm)))
+            s = self._scored_record(r, scored, header, item.pixel_size_mm)
+            if outline is not None and s is not None:
+                r["cancer_probability"] = cancer_probability(outline.presence, r["probability"])
+            out.append((r, s))
         return out
 
     @staticmethod

@@ -28,6 +28,14 @@ classifier has members that read the whole image and no mask (an ensemble of a l
 whole-image model, or a whole-image model itself), they still score the image: ``image_probability``,
 their calibrated probability (averaged log-odds), which ranks the image without any lesion
 (docs/experiments.md, "The whole image beside the lesion crop").
+
+Every segmenter record also gets ``cancer_probability`` (:func:`cancer_probability`): the image's
+presence probability ``q`` times the record's malignancy probability ``p`` (its ``probability``, or
+``image_probability`` where no lesion was found). ``p`` is a probability of malignancy *given a
+lesion* (the classifiers never saw normal tissue); ``q x p`` is the probability that the image shows
+a cancer, which ranks images with and without a lesion together: on BUSI's held-out folds, malignant
+against benign and normal images 0.960 against 0.945 by ``p``, the lesion images alone unchanged
+(docs/experiments.md, "The image's probability of cancer as lesion presence times malignancy").
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from breastai.data.spacing import lesion_spacing
 from breastai.models.lesions import lesion_size
 from breastai.models.outliner import Outline
 
-__all__ = ["NO_LESION", "LESION_FIELDS", "dicom_header", "size_fields", "lesion_id", "no_lesion_fields"]
+__all__ = ["NO_LESION", "LESION_FIELDS", "dicom_header", "size_fields", "lesion_id", "cancer_probability",
+           "no_lesion_fields"]
 
 NO_LESION = "no lesion found"
 
@@ -76,6 +85,11 @@ def size_fields(mask: np.ndarray | None, header: Any, pixel_size_mm: Any = None)
 def lesion_id(image_id: str, component: int, n_lesions: int) -> str:
     """A lesion record's id: the image's, suffixed ``_l<component>`` only when the image has several lesions."""
     return image_id if n_lesions <= 1 else f"{image_id}_l{component}"
+
+
+def cancer_probability(presence: float, probability: float) -> float:
+    """``q x p``: the image's lesion-presence probability times a malignancy probability given a lesion."""
+    return round(float(presence) * float(probability), 6)
 
 
 def no_lesion_fields(outline: Outline) -> dict[str, Any]:

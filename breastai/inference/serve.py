@@ -161,8 +161,8 @@ def round_results(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], li
 
     Per record id: the calibrated probability; ``"no lesion found"`` where the segmenter found none
     (its SR, which says so, is sent like any object), or ``{"label": "no lesion found",
-    "image_probability": p}`` where whole-image members still scored the image; ``{"error": why}``
-    where the image got no result.
+    "image_probability": p, "cancer_probability": q x p}`` where whole-image members still scored
+    the image; ``{"error": why}`` where the image got no result.
     """
     results: dict[str, Any] = {}
     objects: list[str] = []
@@ -175,7 +175,8 @@ def round_results(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], li
         elif rec.get("image_probability") is None:
             results[rec["id"]] = NO_LESION
         else:
-            results[rec["id"]] = {"label": NO_LESION, "image_probability": rec["image_probability"]}
+            results[rec["id"]] = {"label": NO_LESION, "image_probability": rec["image_probability"],
+                                  "cancer_probability": rec.get("cancer_probability")}
         objects += [str(Path("dicom") / rec[k]) for k in DICOM_FIELDS if rec.get(k)]
     return results, objects
 

@@ -120,6 +120,8 @@ def _predict_page(folder: Path, out: Path, link_images: bool) -> str:
                Column("has_mask", "outline"), Column("error", "error"), Column("source", "source")]
     if any(r.get("image_probability") is not None for r in records):  # whole-image members ranked a no-lesion image
         columns.insert(4, Column("image_probability", "whole-image probability (no lesion found)", "num"))
+    if any(r.get("cancer_probability") is not None for r in records):  # segmenter records: presence x probability
+        columns.insert(3, Column("cancer_probability", "probability of cancer (presence x probability)", "num"))
     body = (f"<h2>Run</h2>{summary}<h2>Cases</h2><p class=\"sub\">Click a header to sort, a thumbnail to see it "
             f"full size.</p>{sortable_table(columns, rows)}")
     return page("breastai predict report", body, subtitle=str(folder))

@@ -80,8 +80,9 @@ RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit",
                  *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
 
 # Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header),
-# with ``keep_identifiers`` a DICOM's identifiers, and the whole-image score of an image with no
-# lesion found (a classifier with whole-image members behind a segmenter).
+# with ``keep_identifiers`` a DICOM's identifiers, the whole-image score of an image with no lesion
+# found (a classifier with whole-image members behind a segmenter) and, behind a segmenter, the
+# image's probability of cancer (``segment.cancer_probability``).
 OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid", "image_probability",
                    "cancer_probability"]
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from breastai.core.files import atomic_write_bytes
 from breastai.inference.inputs import RUN_MARKER
-from breastai.inference.predictor import Maps
+from breastai.inference.records import Maps
 from breastai.models.saliency import heat_overlay
 
 __all__ = ["SaliencyMaps", "OutlineMaps", "MAP_MAX_SIDE", "MAP_FOLDERS", "safe_stem"]

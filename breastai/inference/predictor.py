@@ -47,48 +47,26 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from breastai.core.distributed import resolve_device
-from breastai.core.keys import Keys
 from breastai.data.readers.masks import LesionBox
 from breastai.data.readers.registry import ImageReadError
 from breastai.inference.ensemble import EnsembleScorer, image_log_odds, image_scorer, reader_key, score_lesions
 from breastai.inference.inputs import PredictItem, expand_frames_of_items, expand_inputs
 from breastai.inference.loading import (Loaded, Outcome, attempt, decode_item, failure_message, grouping, identifiers,
                                         identity, image_key, loaded_inputs, refused_modality)
+from breastai.inference.records import RECORD_FIELDS, Maps, check_saliency, strip_private
 from breastai.inference.scorer import ModelInput, ModelScorer, Scored
-from breastai.inference.segment import (LESION_FIELDS, cancer_probability, dicom_header, lesion_id, no_lesion_fields,
-                                       size_fields)
+from breastai.inference.segment import cancer_probability, dicom_header, lesion_id, no_lesion_fields, size_fields
 from breastai.models.adaptation import Adaptation
 from breastai.models.calibration import Recalibration, apply_temperature
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion
 from breastai.models.outliner import Outliner, SegmenterSource, resolve_segmenter
-from breastai.models.saliency import METHODS
 
-__all__ = ["Predictor", "MaskProvider", "Maps", "RECORD_FIELDS", "OPTIONAL_FIELDS", "check_saliency", "strip_private"]
+__all__ = ["Predictor", "MaskProvider"]
 
 log = logging.getLogger("breastai")
 
-# Record keys a writer may read during ``on_item`` and that are removed right after: the input's
-# path (unredacted), its DICOM frame, which image it is (``loading.image_key``: the records of one
-# image share it), who drew its mask (``given``, ``box``, ``provider:<name>``, ``segmenter``), its
-# calibrated log-odds (what breast and exam scores combine) and, for a segmenter's lesion,
-# ``(image, outline)`` on the stored image (the outline writer's).
-_PRIVATE = ("_path", "_frame", "_image", "_mask_origin", "_calibrated_logit", "_outline")
-
-RECORD_FIELDS = ["id", "source", "probability", "label", "uncertainty", "logit", "ood", "ood_score", "has_mask",
-                 *LESION_FIELDS, "saliency_png", "saliency_npy", "error"]
-
-# Fields the predictor adds where an input has them: its exam grouping (datalist or DICOM header),
-# with ``keep_identifiers`` a DICOM's identifiers, the whole-image score of an image with no lesion
-# found (a classifier with whole-image members behind a segmenter) and, behind a segmenter, the
-# image's probability of cancer (``segment.cancer_probability``).
-OPTIONAL_FIELDS = [Keys.EXAM, Keys.LATERALITY, Keys.VIEW, "patient_id", "sop_instance_uid", "image_probability",
-                   "cancer_probability"]
-
-# (map, image, lesion mask) of one record, all in the stored image geometry: map and image are None
-# without a saliency method, the mask None without an outline (the SEG and lesion size need only it)
-Maps = tuple["np.ndarray | None", "np.ndarray | None", "np.ndarray | None"]
 
 
 class MaskProvider(Protocol):
@@ -481,19 +459,3 @@ def _maps(scored: Scored | None) -> Maps | None:
 
 def _provider_name(provide: Any) -> str:
     return getattr(provide, "__name__", type(provide).__name__)
-
-
-def check_saliency(method: str) -> None:
-    """Refuse an unknown saliency method.
-
-    Raises:
-        ValueError: ``method`` is not one of :data:`~breastai.models.saliency.METHODS`.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
-
-
-def strip_private(record: dict[str, Any]) -> dict[str, Any]:
-    """Remove a record's private (writer-only) keys; returns them. The unredacted path never reaches
-    the records."""
-    return {key: record.pop(key) for key in _PRIVATE if key in record}

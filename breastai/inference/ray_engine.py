@@ -31,7 +31,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from breastai.inference.inputs import PredictItem
-from breastai.inference.predictor import Maps, Predictor
+from breastai.inference.predictor import Predictor
+from breastai.inference.records import Maps
 from breastai.models.outliner import SegmenterSource
 
 __all__ = ["RayScoring", "ScoringActor", "require_ray"]

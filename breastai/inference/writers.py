@@ -39,8 +39,8 @@ from breastai.inference.inputs import RUN_MARKER, PredictItem
 from breastai.inference.level_tables import LevelTables
 from breastai.inference.maps import MAP_FOLDERS, MAP_MAX_SIDE, OutlineMaps, SaliencyMaps
 from breastai.inference.journal import RunJournal
-from breastai.inference.predictor import (OPTIONAL_FIELDS, RECORD_FIELDS, Maps, MaskProvider, Predictor,
-                                          check_saliency, strip_private)
+from breastai.inference.predictor import MaskProvider, Predictor
+from breastai.inference.records import OPTIONAL_FIELDS, RECORD_FIELDS, Maps, check_saliency, strip_private
 from breastai.inference.segment import NO_LESION
 from breastai.models.outliner import SegmenterSource
 

@@ -129,6 +129,37 @@ def test_evaluate_report_html(eval_dir, tmp_path):
     assert "ROC with 95% bootstrap band" in text and re.search(r">(TP|FP|TN|FN)<", text)
 
 
+def test_evaluate_report_lists_lesion_free_images_outside_the_figures(eval_dir, tmp_path):
+    """evaluate --auto-outline's rows labelled normal: listed (a positive call is a false positive),
+    counted in the summary, and left out of the ROC and the metrics; without the outline record such a
+    row is still refused."""
+    import csv
+    import json
+
+    folder = tmp_path / "free"
+    shutil.copytree(eval_dir, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(folder / "predictions.csv")))
+    threshold = float(metrics["threshold"])
+    extra = [{**rows[0], "case_id": "n1", "label": "normal", "probability": str(threshold + 0.01)},
+             {**rows[0], "case_id": "n2", "label": "normal", "probability": str(threshold / 2)}]
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + extra)
+    with pytest.raises(Exception):  # no lesion-free record in metrics.json: an unknown label
+        from breastai.reporting.report import build_report
+        build_report(folder, tmp_path / "x.html")
+    metrics["outline"] = {"lesion_free": {"n": 2, "given_a_lesion": 1, "called_positive": 1,
+                                          "auc_all_images": 0.9, "auc_all_images_cancer_probability": 0.95}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = _report(folder, tmp_path / "r.html")
+    assert _case_rows(text) == metrics["n"] + 2
+    assert "2: 1 given a lesion, 1 called positive" in text and "0.900 / 0.950" in text
+    row = {cid: re.search(rf"<tr[^>]*>(?:(?!</tr>).)*>{cid}<(?:(?!</tr>).)*</tr>", text, re.S).group(0) for cid in ("n1", "n2")}
+    assert ">normal<" in row["n1"] and ">FP<" in row["n1"] and ">TN<" in row["n2"]
+
+
 def test_cv_report_html(cv_dir, tmp_path):
     text = _report(cv_dir, tmp_path / "cv.html")
     _assert_offline(text)

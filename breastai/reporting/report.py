@@ -141,8 +141,11 @@ def _evaluate_cases(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any],
         if len(over) != 1 or len(under) != 1:
             raise ReportError(f"{folder / 'metrics.json'}: names no classes and predictions.csv does not show them")
         classes = [under.pop(), over.pop()]
+    # evaluate --auto-outline's lesion-free rows (label normal): outside the figures, listed in the table
+    lesion_free = "lesion_free" in (metrics.get("outline") or {})
     try:
-        cases = [{"case_id": r["case_id"], "y": classes.index(r["label"]), "probability": float(r["probability"]),
+        cases = [{"case_id": r["case_id"], "y": classes.index(r["label"]) if r["label"] in classes or not lesion_free
+                  else None, "label": r["label"], "probability": float(r["probability"]),
                   "score": _float(r.get("calibrated_logit", r["probability"])), "threshold": threshold} for r in rows]
     except (KeyError, ValueError) as exc:
         raise ReportError(f"{folder / 'predictions.csv'}: unexpected row ({exc})") from None
@@ -182,7 +185,8 @@ def _outcome(c: dict[str, Any]) -> str:
 
 
 def _scored_page(kind: str, folder: Path) -> str:
-    cases, info, classes = (_cv_cases if kind == "cv" else _evaluate_cases)(folder)
+    listed, info, classes = (_cv_cases if kind == "cv" else _evaluate_cases)(folder)
+    cases = [c for c in listed if c["y"] is not None]  # the figures' cases (not the lesion-free images)
     if not cases:
         raise ReportError(f"{folder}: no cases in the predictions")
     y = np.array([c["y"] for c in cases])
@@ -208,6 +212,13 @@ def _scored_page(kind: str, folder: Path) -> str:
                 ("threshold", m.get("threshold")), ("sensitivity", m.get("sensitivity")),
                 ("specificity", m.get("specificity")), ("PPV", m.get("ppv")), ("NPV", m.get("npv")),
                 ("Brier", m.get("brier")), ("ECE", m.get("ece"))]
+        free = (m.get("outline") or {}).get("lesion_free")
+        if free:
+            head.append(("lesion-free images (outside the figures)",
+                         f"{free['n']}: {free['given_a_lesion']} given a lesion, {free['called_positive']} called positive"))
+            if "auc_all_images" in free:
+                head.append(("AUC with them (probability / cancer_probability)",
+                             f"{free['auc_all_images']:.3f} / {free['auc_all_images_cancer_probability']:.3f}"))
         title, sub, where = "breastai evaluation report", str(folder), f"threshold {float(m['threshold']):.3f}"
     cm = np.array([[k["tn"], k["fp"]], [k["fn"], k["tp"]]])
     figs = [
@@ -218,9 +229,11 @@ def _scored_page(kind: str, folder: Path) -> str:
     ]
     fig_html = "".join(zoom_link(uri, f'<img src="{uri}" alt="{esc(cap)}">', cap)
                        for uri, cap in ((figure_uri(f), c) for f, c in figs))
-    rows = [{"case_id": c["case_id"], "fold": c.get("fold"), "label": classes[c["y"]], "probability": c["probability"],
-             "predicted": classes[int(c["probability"] >= c["threshold"])], "outcome": _outcome(c),
-             "_class": "positive" if c["y"] else ""} for c in cases]
+    rows = [{"case_id": c["case_id"], "fold": c.get("fold"), "probability": c["probability"],
+             "label": classes[c["y"]] if c["y"] is not None else c["label"],
+             "predicted": classes[int(c["probability"] >= c["threshold"])],
+             # a lesion-free image has no cancer: called positive, it is a false positive
+             "outcome": _outcome({**c, "y": c["y"] or 0}), "_class": "positive" if c["y"] else ""} for c in listed]
     columns = [Column("case_id", "case"), *([Column("fold", "fold", "num", 0)] if kind == "cv" else []),
                Column("label", "true label"), Column("probability", "probability", "num"),
                Column("predicted", "predicted"), Column("outcome", "outcome")]

@@ -308,14 +308,14 @@ def test_calibrating_a_pipeline_scores_local_images_as_a_new_exam_and_maps_the_w
     src = built[1] / "fold0" / "best.pt"
     rows = list(csv.DictReader(open(lesions)))
     calls = []
-    real = auto_outline.score_outlined
+    real = auto_outline.pipeline_log_odds
 
     def spy(ckpt, records, outliner, ignore_masks, *args, **kw):
         calls.append((len(records), ignore_masks, outliner.name))
         return real(ckpt, records, outliner, ignore_masks, *args, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(auto_outline, "score_outlined", spy)
+    mp.setattr(auto_outline, "pipeline_log_odds", spy)
     try:
         rec = recalibrate_checkpoint(src, lesions, tmp_path / "cal.pt", device="cpu")
     finally:

@@ -4,7 +4,7 @@ small labelled sample of the user's own site, never its weights.
 A model taken to another hospital often ranks as well as at home but its probabilities are off:
 at BrEaST the BUSI model scored benign lesions far too high. The local rows are scored once with
 the checkpoint's own preset (:func:`local_log_odds`, the checkpoint's calibrated log-odds z; a
-pipeline's as it scores a new exam, :func:`pipeline_log_odds`: automatic outlines), a
+pipeline's as it scores a new exam, :func:`local_pipeline_log_odds`: automatic outlines), a
 slope and an intercept on z are fitted (:func:`fit_local`; ``temperature``: slope only), the
 threshold is chosen on the refitted probabilities, and :func:`recalibrated_checkpoint` builds the
 new checkpoint: same weights (same :func:`~breastai.models.checkpoint.weights_digest`), new
@@ -30,14 +30,14 @@ from breastai.core.distributed import resolve_device
 from breastai.core.files import file_sha256
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests, seen_before
-from breastai.engine.scoring import NonFiniteScoreError, predict_records, row_names
+from breastai.engine.scoring import NonFiniteScoreError, check_finite, predict_records, row_names
 from breastai.models.calibration import Recalibration, apply_temperature, calibrated_logit, fit_platt, fit_temperature
 from breastai.models.checkpoint import Checkpoint, package_versions, weights_digest
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.reporting.metrics import choose_threshold, ece, nll
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "MIN_PER_CLASS", "KEEP", "LocalFit", "TooFewCasesError", "local_log_odds",
-           "pipeline_log_odds", "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint", "check_new_checkpoint",
+           "local_pipeline_log_odds", "fit_local", "recalibrated_checkpoint", "recalibrate_checkpoint", "check_new_checkpoint",
            "warn_seen_before"]
 
 log = logging.getLogger("breastai")
@@ -100,25 +100,27 @@ def local_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: 
     return {**pred, "logit": calibrated_logit(pred["logit"], ckpt.calibration)}
 
 
-def pipeline_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: Any, names: Sequence[str]
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """A pipeline's calibrated log-odds of local rows as it scores a new exam: each image outlined by its
-    own segmenter (the rows' traced masks unused), the most malignant lesion found deciding, an image
-    with none scored by the whole-image members (the recalibration then maps theirs too). Only the
-    scored images are returned (``found`` marks them): one with no lesion found and no whole-image
-    member gets 0, which no calibration moves.
+def local_pipeline_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: Any, names: Sequence[str]
+                            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A pipeline's calibrated log-odds of local rows as it scores a new exam
+    (:func:`breastai.engine.auto_outline.pipeline_log_odds`: each image outlined by its own segmenter,
+    the rows' traced masks unused, the most malignant lesion found deciding, an image with none scored
+    by the whole-image members, whose score the recalibration then maps too). Only the scored images
+    are returned (``found`` marks them): one with no lesion found and no whole-image member gets 0,
+    which no calibration moves.
 
     Raises:
         RecordError: a row's image cannot be read or outlined (named by ``names``).
     """
-    from breastai.engine.auto_outline import score_outlined
+    from breastai.engine.auto_outline import pipeline_log_odds
     from breastai.models.outliner import Outliner
 
-    pred, _, _, rows = score_outlined(ckpt, records, Outliner(ckpt.segmenter, device), True, device, 0, names)
-    found = np.array([r["scored_on"] is not None for r in rows], bool)
-    z = calibrated_logit(pred["logit"], ckpt.calibration)
-    return {"label": pred["label"][found], "case_id": [c for c, f in zip(pred["case_id"], found) if f],
-            "logit": z[found]}, found
+    z = pipeline_log_odds(ckpt, records, Outliner(ckpt.segmenter, device), True, device, names).log_odds
+    found = z != -np.inf  # -inf: nothing scored the image; NaN or +inf: a corrupt calibration, refused
+    check_finite(z[found], [r["case_id"] for r, f in zip(records, found) if f], "calibrated logit",
+                 f"the checkpoint's calibration (temperature {ckpt.temperature}) is unusable")
+    labels = np.array([ckpt.classes.index(r["label"]) for r in records])
+    return {"label": labels[found], "case_id": [r["case_id"] for r, f in zip(records, found) if f], "logit": z[found]}, found
 
 
 def _check_counts(labels: np.ndarray, classes: Sequence[str], source: str) -> dict[str, int]:
@@ -280,7 +282,7 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | 
     names = row_names(data, records, cfg["data"].get("reader_options"))
     try:
         if ckpt.is_pipeline:
-            pred, found = pipeline_log_odds(ckpt, records, resolve_device(device), names)
+            pred, found = local_pipeline_log_odds(ckpt, records, resolve_device(device), names)
             records = [r for r, f in zip(records, found) if f]
             _check_counts(pred["label"], ckpt.classes, f"datalist {data} (images the pipeline scored)")
         else:

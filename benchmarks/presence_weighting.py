@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from breastai.reporting.metrics import roc_auc  # noqa: E402
+from breastai.reporting.metrics import paired_auc_difference_ci, roc_auc  # noqa: E402
 
 
 def load_pair(pipeline: Path, segmenter: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,15 +38,10 @@ def load_pair(pipeline: Path, segmenter: Path) -> tuple[np.ndarray, np.ndarray, 
             np.array([q[r["case_id"]] for r in rows]))
 
 
-def paired_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> list[float]:
-    """95 % percentile bootstrap CI of AUC(a) - AUC(b) on the same resampled images."""
-    rng = np.random.default_rng(seed)
-    d = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[i])) == 2:
-            d.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
-    return [round(float(np.percentile(d, 2.5)), 4), round(float(np.percentile(d, 97.5)), 4)]
+def paired_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int) -> list[float]:
+    """95 % paired bootstrap CI of AUC(a) - AUC(b) on the same images."""
+    _, lo, hi = paired_auc_difference_ci(y, a, b, n_boot)
+    return [round(lo, 4), round(hi, 4)]
 
 
 def figures(labels: np.ndarray, p: np.ndarray, q: np.ndarray, n_boot: int) -> dict:

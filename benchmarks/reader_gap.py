@@ -40,7 +40,7 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.reporting.metrics import bootstrap_auc_ci, roc_auc  # noqa: E402
+from breastai.reporting.metrics import bootstrap_auc_ci, paired_auc_difference_ci, roc_auc  # noqa: E402
 
 SITE = "breast-lesions-usg"
 BIRADS = {"2": 2.0, "3": 3.0, "4a": 4.1, "4b": 4.2, "4c": 4.3, "5": 5.0}
@@ -121,13 +121,8 @@ def _added(y: np.ndarray, x: np.ndarray, subset: np.ndarray, repeats: int = 50) 
 
 def _paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 2000) -> str:
     """AUC(a) - AUC(b) on the same cases, with its paired bootstrap 95% interval (cases resampled)."""
-    rng, diffs = np.random.default_rng(0), []
-    while len(diffs) < n_boot:
-        i = rng.integers(0, len(y), len(y))
-        if y[i].min() != y[i].max():
-            diffs.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return f"{roc_auc(y, a) - roc_auc(y, b):+.3f} ({lo:+.3f} to {hi:+.3f})"
+    d, lo, hi = paired_auc_difference_ci(y, a, b, n_boot)
+    return f"{d:+.3f} ({lo:+.3f} to {hi:+.3f})"
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from breastai.engine.scoring import members_log_odds, row_names
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
 from breastai.reporting.levels import unscored_floor
-from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc
+from breastai.reporting.metrics import bootstrap_auc_ci, ece, paired_auc_difference_ci, roc_auc
 
 DEV = torch.device("cpu")
 
@@ -73,16 +73,10 @@ def summarise(y: np.ndarray, z: np.ndarray, n_boot: int) -> dict[str, float]:
     return {"auc": round(roc_auc(y, z), 4), "ci": [round(lo, 4), round(hi, 4)], "ece": round(ece(y, p), 4)}
 
 
-def paired_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, float]:
+def paired_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int) -> dict[str, float]:
     """AUC(a) - AUC(b) on the same images, with a paired percentile bootstrap CI."""
-    rng = np.random.default_rng(seed)
-    d = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[i])) == 2:
-            d.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
-    return {"gain": round(roc_auc(y, a) - roc_auc(y, b), 4),
-            "ci": [round(float(np.percentile(d, 2.5)), 4), round(float(np.percentile(d, 97.5)), 4)]}
+    d, lo, hi = paired_auc_difference_ci(y, a, b, n_boot)
+    return {"gain": round(d, 4), "ci": [round(lo, 4), round(hi, 4)]}
 
 
 def _mean_and_first(z: np.ndarray) -> np.ndarray:

@@ -308,3 +308,19 @@ def test_youden_ties_go_to_the_highest_threshold_exactly():
 
     # J = 1/3 at thresholds 0.6 and 0.5; in floats tpr - fpr differs in the last bit between them.
     assert choose_threshold([0, 1, 1, 0, 1, 0], [0.8, 0.5, 0.6, 0.5, 0.8, 0.2]) == 0.6
+
+
+def test_paired_auc_difference_ci_resamples_cases_jointly():
+    """The difference of two scorings' AUCs on the same cases, inside its own paired interval; a scoring
+    against itself differs by exactly 0; the interval is deterministic by seed."""
+    from breastai.reporting.metrics import paired_auc_difference_ci, roc_auc
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    a, b = y + rng.normal(0, 1, 200), y + rng.normal(0, 1.3, 200)
+    d, lo, hi = paired_auc_difference_ci(y, a, b, 500)
+    assert d == pytest.approx(roc_auc(y, a) - roc_auc(y, b)) and lo < d < hi and hi - lo < 0.25
+    assert paired_auc_difference_ci(y, a, b, 500) == (d, lo, hi)
+    assert paired_auc_difference_ci(y, a, a, 200) == (0.0, 0.0, 0.0)
+    with pytest.raises(Exception, match="n_boot"):
+        paired_auc_difference_ci(y, a, b, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -302,6 +303,33 @@ def test_evaluate_auto_outline_measures_lesion_free_images_outside_the_malignanc
     bad = write_rows(tmp_path / "bad.csv", rows)
     with pytest.raises(Exception, match="n2.*labelled 'normal' but its traced mask holds a lesion"):
         evaluate_checkpoint(crop_ckpt, bad, tmp_path / "e3", device="cpu", segmenter=seg_ckpt, ignore_masks=True)
+
+
+def test_evaluate_warns_when_the_segmenter_trained_on_the_evaluation_images(crop_ckpt, seg_ckpt, tmp_path, caplog):
+    """The classifier's overlap check does not cover the segmenter (a pipeline's segmenters averaged over
+    folds have trained on images its classifier never saw): evaluating on the segmenter's own training
+    datalist says so, and metrics.json counts them."""
+    from breastai.engine.evaluate import evaluate_checkpoint
+
+    own = Path(seg_ckpt).parents[2] / "dl.csv"  # conftest's seg_config: the datalist beside runs/
+    n = len(list(csv.DictReader(open(own))))
+    with caplog.at_level("WARNING", logger="breastai"):
+        rep = evaluate_checkpoint(crop_ckpt, own, tmp_path / "ev", device="cpu", n_boot=0, segmenter=seg_ckpt,
+                                  ignore_masks=True)
+    o = rep["outline"]
+    assert o["n_seen_in_segmenter_training"] + o["n_seen_in_segmenter_validation"] == n
+    assert any("the segmenter" in m and "not an independent test" in m for m in caplog.messages)
+    fresh = evaluate_checkpoint(crop_ckpt, _lesion_datalist(tmp_path), tmp_path / "ev2", device="cpu", n_boot=0,
+                                segmenter=seg_ckpt, ignore_masks=True)
+    assert (fresh["outline"]["n_seen_in_segmenter_training"], fresh["outline"]["n_seen_in_segmenter_validation"]) == (0, 0)
+
+
+def _lesion_datalist(tmp_path):
+    rows = []
+    for i, (r, c) in enumerate([(30, 30), (40, 60), (50, 40), (35, 70)]):
+        f, mask = png(tmp_path / f"f{i}.png", [(r, c, 11)], seed=40 + i)
+        rows.append({"case_id": f"f{i}", "image": f.name, "label": ("benign", "malignant")[i % 2]})
+    return write_rows(tmp_path / "fresh.csv", rows)
 
 
 def test_outlines_are_removed_when_the_run_fails(auto, tmp_path):

@@ -68,10 +68,19 @@ def _score_datalist(ckpt: Checkpoint, checkpoint: str | Path, data: str | Path, 
     free_records, free_names = [r for r, f in zip(records, free) if f], [n for n, f in zip(names, free) if f]
     records, names = [r for r, f in zip(records, free) if not f], [n for n, f in zip(names, free) if not f]
     free_rows: list[dict[str, Any]] = []
+    # The segmenter is checked apart from the classifier: a pipeline carrying segmenters averaged over
+    # folds has trained on images its classifier never saw.
+    seg_seen = seen_before(outliner.seen_images, [*records, *free_records]) if outliner is not None else None
+    if seg_seen and (seg_seen["train"] or seg_seen["val"]):
+        log.warning("warning: %d of the %d images are identical to images the segmenter (%s) was trained on and %d to "
+                    "its validation images: the outlines, and the figures built on them, are not an independent test",
+                    seg_seen["train"], len(records) + len(free_records), outliner.source, seg_seen["val"])
     try:
         if outliner is not None:
             pred, probs, report, rows = score_outlined(ckpt, records, outliner, ignore_masks, dev, n_boot, names,
                                                        progress=True)
+            report["outline"].update(n_seen_in_segmenter_training=seg_seen["train"],
+                                     n_seen_in_segmenter_validation=seg_seen["val"])
             if free_records:
                 free_rows = lesion_free_report(ckpt, report, rows, free_records, free_names, outliner, dev, n_boot)
         else:

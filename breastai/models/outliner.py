@@ -142,6 +142,7 @@ class Outliner:
         self.threshold = float(ckpt.threshold)
         self.recalibration = list(ckpt.recalibration or [])  # a site's own threshold (breastai calibrate)
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None
+        self.seen_images = ckpt.seen_images  # its training and validation images' digests (an ensemble's union)
         self.members = [_Member(m, self.device) for m in parts]
         self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
 

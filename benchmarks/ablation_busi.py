@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breastai.core.files import atomic_write_text  # noqa: E402
-from breastai.reporting.metrics import delong_test  # noqa: E402
+from breastai.reporting.auc_compare import delong_test  # noqa: E402
 from breastai.engine.cv import load_cv_summary as load_run  # noqa: E402
 
 __all__ = ["load_run", "ablation", "format_table", "main"]

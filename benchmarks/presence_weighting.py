@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from breastai.reporting.metrics import paired_auc_difference_ci, roc_auc  # noqa: E402
+from breastai.reporting.auc_compare import paired_auc_difference_ci  # noqa: E402
+from breastai.reporting.metrics import roc_auc  # noqa: E402
 
 
 def load_pair(pipeline: Path, segmenter: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

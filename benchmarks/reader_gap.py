@@ -40,7 +40,8 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breastai.reporting.metrics import bootstrap_auc_ci, paired_auc_difference_ci, roc_auc  # noqa: E402
+from breastai.reporting.auc_compare import paired_auc_difference_ci  # noqa: E402
+from breastai.reporting.metrics import bootstrap_auc_ci, roc_auc  # noqa: E402
 
 SITE = "breast-lesions-usg"
 BIRADS = {"2": 2.0, "3": 3.0, "4a": 4.1, "4b": 4.2, "4c": 4.3, "5": 5.0}

@@ -46,8 +46,9 @@ from breastai.engine.run import run_splits
 from breastai.engine.scoring import members_log_odds, row_names
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner
+from breastai.reporting.auc_compare import paired_auc_difference_ci
 from breastai.reporting.levels import unscored_floor
-from breastai.reporting.metrics import bootstrap_auc_ci, ece, paired_auc_difference_ci, roc_auc
+from breastai.reporting.metrics import bootstrap_auc_ci, ece, roc_auc
 
 DEV = torch.device("cpu")
 

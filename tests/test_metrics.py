@@ -9,7 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from breastai.reporting.metrics import MetricError, binary_metrics, bootstrap_auc_ci, brier, choose_threshold, delong_auc_variance, delong_test, ece, evaluation_report, nll, reliability_curve, roc_auc, summarise_folds
+from breastai.reporting.auc_compare import delong_auc_variance, delong_test
+from breastai.reporting.metrics import MetricError, binary_metrics, bootstrap_auc_ci, brier, choose_threshold, ece, evaluation_report, nll, reliability_curve, roc_auc, summarise_folds
 from breastai.reporting.plots import figure_calibration, figure_confusion, figure_roc, plot_calibration, plot_confusion, plot_pr, plot_roc
 
 # The small worked example used throughout.
@@ -313,7 +314,8 @@ def test_youden_ties_go_to_the_highest_threshold_exactly():
 def test_paired_auc_difference_ci_resamples_cases_jointly():
     """The difference of two scorings' AUCs on the same cases, inside its own paired interval; a scoring
     against itself differs by exactly 0; the interval is deterministic by seed."""
-    from breastai.reporting.metrics import paired_auc_difference_ci, roc_auc
+    from breastai.reporting.auc_compare import paired_auc_difference_ci
+    from breastai.reporting.metrics import roc_auc
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)

@@ -315,3 +315,44 @@ def test_a_pipeline_adapts_its_classifier_and_its_segmenter(ckpt, seg_ckpt, new_
         return [k for k in a.weights if k.endswith("running_mean") and not torch.equal(a.weights[k], b.weights[k])]
 
     assert moved(before, after) and moved(before.segmenter, after.segmenter)
+
+
+def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp_path):
+    """A site with no tracing: the segmenter adapts on the raw images, then the member that reads the
+    lesion on the lesions the *adapted* segmenter outlines, the whole-image member on the whole images;
+    the segmenter of a pipeline whose classifier is an ensemble is adapted too."""
+    from breastai.engine.adapt import batchnorm_statistics, outlined_rows
+    from breastai.engine.bundle import bundle_pipeline
+    from breastai.engine.ensemble import ensemble_state
+    from breastai.engine.scoring import row_names
+    from breastai.models.checkpoint import reads_mask
+    from breastai.models.checkpoint_io import save_checkpoint
+    from conftest import blob_datalist, synth_rows, write_rows
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = synth_rows(blob_datalist(src, 28, pairs=True))
+    raw = write_rows(tmp_path / "raw.csv", [{"case_id": r["case_id"], "image": r["image"]} for r in rows])
+    whole = load_checkpoint(ckpt)  # a whole-image model; the same network on the lesion's crop reads the mask
+    crop = dataclasses.replace(whole, config={**whole.config, "preprocess": {**whole.config["preprocess"], "mode": "crop"}})
+    assert reads_mask(crop) and not reads_mask(whole)
+    ens = ensemble_state([crop, whole], np.ones(2), 0.0, "mean", 0.5, {}, ["crop", "whole"])
+    pipe = load_checkpoint(save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(ens, load_checkpoint(seg_ckpt))))
+    out = tmp_path / "local.pt"
+    assert _adapt_cli(["--checkpoint", str(tmp_path / "pipe.pt"), "--data", str(raw), "--out", str(out),
+                       "--device", "cpu"]) == 0
+    after, cpu = load_checkpoint(out), torch.device("cpu")
+    records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
+    names = row_names(raw, records, {})
+
+    def same(adapted, stats):
+        return all(torch.allclose(adapted.weights[k], v, atol=1e-6) for k, v in stats.items())
+
+    seg_stats = batchnorm_statistics(pipe.segmenter, records, cpu, 32, names)
+    assert same(after.segmenter, seg_stats) and not same(pipe.segmenter, seg_stats)
+    lesions, lesion_names, outlined, empty = outlined_rows(after.segmenter, records, cpu, names)
+    assert outlined == len(lesions) >= 20 and empty <= 10  # 21 images with a disc, 7 of them with two; 7 empty
+    assert all(isinstance(r["mask"], np.ndarray) and r["mask"].any() for r in lesions)
+    assert same(after.members[0], batchnorm_statistics(crop, lesions, cpu, 32, lesion_names))
+    assert same(after.members[1], batchnorm_statistics(whole, records, cpu, 32, names))
+    assert after.adaptation[-1].n == 28 and pipe.adaptation is None

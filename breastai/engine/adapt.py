@@ -6,8 +6,9 @@ the first reads features off-centre. :func:`batchnorm_statistics` re-estimates t
 statistics on the new site's images, preprocessed exactly as the checkpoint scores them, without
 labels and without touching a learnt weight; :func:`adapted_checkpoint` puts them into a copy of
 the checkpoint. :func:`adapt_checkpoint` is the command: it checks the checkpoint and the
-datalist, estimates the statistics (for a pipeline its segmenter's too, for an ensemble each
-member's), refits the out-of-distribution detector on the local images (:func:`local_detector`: a
+datalist, estimates the statistics (for an ensemble each member's; for a pipeline its segmenter's
+first, then its members' on what they will read there: the lesions the adapted segmenter outlines,
+:func:`outlined_rows`, so that a site with no tracing can adapt it), refits the out-of-distribution detector on the local images (:func:`local_detector`: a
 detector is tied to the statistics it was fitted under), and writes the new checkpoint with its
 :class:`~breastai.models.adaptation.Adaptation` record.
 ``benchmarks/adabn_cross_site.py`` measured the adaptation across sites, ``benchmarks/adabn_ood.py``
@@ -21,7 +22,7 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,11 +40,12 @@ from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
 from breastai.engine.scoring import RecordError, _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
 from breastai.models.ood import FeatureDensity, fit_feature_density
-from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, package_versions
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, package_versions,
+                                        reads_mask)
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 
 __all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
-           "adapt_checkpoint"]
+           "outlined_rows", "adapt_checkpoint"]
 
 log = logging.getLogger("breastai")
 
@@ -208,18 +210,12 @@ def local_detector(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: 
 
 def _adapt_model(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device, batch_size: int,
                  names: Sequence[str]) -> tuple[Checkpoint, int, float | None, float | None]:
-    """One model adapted (with a pipeline's segmenter), its detector refitted: the new checkpoint, the
-    layers adapted, and the share of the images flagged before and after (None: no detector)."""
+    """One model adapted, its detector refitted: the new checkpoint, the layers adapted, and the share
+    of the images flagged before and after (None: no detector)."""
     before = _ood_flagged(ckpt, records, device, names)
     log.info("estimating batch-norm statistics of %s on %d local images", ckpt.model.name, len(records))
     stats = batchnorm_statistics(ckpt, records, device, batch_size, names)
     adapted = adapted_checkpoint(ckpt, stats)
-    if ckpt.segmenter is not None:
-        # A pipeline's segmenter reads the whole image: its statistics come from the same images, no
-        # mask needed (at a second site this found 23 more of 252 lesions; docs/experiments.md).
-        log.info("estimating the bundled segmenter's batch-norm statistics on the same images")
-        seg_stats = batchnorm_statistics(ckpt.segmenter, records, device, batch_size, names)
-        adapted = dataclasses.replace(adapted, segmenter=adapted_checkpoint(ckpt.segmenter, seg_stats))
     after = None
     if ckpt.ood is not None and len(records) >= MIN_DETECTOR_IMAGES:
         log.info("refitting the out-of-distribution detector on the local images")
@@ -231,6 +227,54 @@ def _adapt_model(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: to
                     "of the site to keep one", len(records), MIN_DETECTOR_IMAGES)
         adapted = dataclasses.replace(adapted, ood=None)
     return adapted, len(batchnorm_layers(stats)), before, after
+
+
+Rows = tuple[Sequence[dict[str, Any]], Sequence[str]]
+
+
+def _adapt_any(ckpt: Checkpoint, rows_for: Callable[[Checkpoint], Rows], device: torch.device, batch_size: int
+               ) -> tuple[Checkpoint, int, float | None, float | None]:
+    """A single model or an ensemble adapted, each model on the rows ``rows_for`` gives it (members
+    without batch norm, such as radiomics models, kept; an ensemble's weights kept, and no flagged
+    shares reported for it)."""
+    if not ckpt.is_ensemble:
+        records, names = rows_for(ckpt)
+        return _adapt_model(ckpt, records, device, batch_size, names)
+    members, layers = [], 0
+    for m in ckpt.members:
+        if batchnorm_layers(m.weights):
+            records, names = rows_for(m)
+            m, n, _, _ = _adapt_model(m, records, device, batch_size, names)
+            layers += n
+        members.append(m)
+    return dataclasses.replace(ckpt, members=members), layers, None, None
+
+
+def outlined_rows(segmenter: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
+                  names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int, int]:
+    """What a pipeline's mask-reading members see at a site: each row's own mask where it has one (a
+    given mask wins, as in predict), else one row per lesion ``segmenter`` outlines on the image.
+
+    Returns:
+        The rows, their names, how many lesions the segmenter outlined, and how many rows had no mask
+        and no lesion found (left out).
+    """
+    from breastai.engine.auto_outline import outline_row
+    from breastai.models.outliner import Outliner
+
+    outliner = Outliner(segmenter, device)
+    rows, row_names_, outlined, empty = [], [], 0, 0
+    for rec, name in zip(records, names):
+        if rec.get(Keys.MASK) or rec.get(Keys.BOX):
+            rows.append(rec)
+            row_names_.append(name)
+            continue
+        masks, _ = outline_row(rec, outliner, name)
+        outlined, empty = outlined + len(masks), empty + (not masks)
+        for k, m in enumerate(masks, 1):
+            rows.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
+            row_names_.append(f"{name} (lesion {k} outlined by the segmenter)")
+    return rows, row_names_, outlined, empty
 
 
 def _learnt_digest(ckpt: Checkpoint) -> str:
@@ -247,10 +291,13 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
 
     Args:
         checkpoint: the source checkpoint: a single classifier's, a segmenter's (whole images, no
-            mask needed), a pipeline's (its classifier and its segmenter both adapted), or an
-            ensemble's (each member with batch norm adapted with its own preset; the combination kept).
+            mask needed), an ensemble's (each member with batch norm adapted with its own preset; the
+            combination kept), or a pipeline's (its segmenter on the raw images, then its classifier
+            or each member: one that reads the lesion on the lesions the adapted segmenter outlines,
+            or on a row's own mask where it has one, as predict scores; no mask needed).
         data: datalist of local images, at least :data:`MIN_IMAGES`; labels are not needed (nor
-            read); a lesion mask per row where the model crops the lesion or reads radiomics.
+            read); a lesion mask per row where a model that is not a pipeline crops the lesion or
+            reads radiomics.
         out: the new checkpoint file.
         device: auto, cpu or cuda.
         batch_size: at most this many images per batch of the statistics.
@@ -261,7 +308,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     Raises:
         CheckpointError: the checkpoint is missing, corrupted, or has no batch norm.
         DatalistError, RecordError: the datalist or one of its images is unusable (named).
-        TooFewImagesError: fewer than :data:`MIN_IMAGES` images.
+        TooFewImagesError: fewer than :data:`MIN_IMAGES` images (or, for a pipeline, lesions found).
         ValueError: ``out`` is the source checkpoint or a folder; rows without the mask the model needs.
     """
     out = check_new_checkpoint(out, checkpoint)
@@ -275,9 +322,13 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                            require_label=False)
     names = row_names(data, records, cfg["data"].get("reader_options"))
     models = [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]
-    for m in models:
-        _check_masks(m, records, names)  # before any image is read
-    skipped = unreadable_rows([*models, *([ckpt.segmenter] if ckpt.segmenter is not None else [])], records, names)
+    pipeline = ckpt.segmenter is not None
+    if not pipeline:  # a pipeline outlines the rows without a mask itself, as it does when it scores them
+        for m in models:
+            _check_masks(m, records, names)  # before any image is read
+    # a pipeline's lesion readers are given their rows later (outlined by its segmenter, which reads every image)
+    readers = [m for m in models if not reads_mask(m)] if pipeline else models
+    skipped = unreadable_rows([*readers, *([ckpt.segmenter] if pipeline else [])], records, names)
     for _, why in skipped:
         log.warning("skipped: %s", why)
     if skipped:
@@ -298,16 +349,30 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "
                     "statistics this replaces: run breastai calibrate again on the adapted checkpoint", checkpoint)
     dev = resolve_device(device)
-    if ckpt.is_ensemble:  # each member has its own statistics and detector; the combination is kept
-        members, layers, before, after = [], 0, None, None
-        for m in ckpt.members:
-            if batchnorm_layers(m.weights):
-                m, n, _, _ = _adapt_model(m, records, dev, batch_size, names)
-                layers += n
-            members.append(m)
-        adapted = dataclasses.replace(ckpt, members=members)
-    else:
-        adapted, layers, before, after = _adapt_model(ckpt, records, dev, batch_size, names)
+    seg, lesions = None, None
+    if pipeline:
+        # The segmenter first, on the raw images; then the members that read the lesion see the lesions
+        # the adapted segmenter outlines, as they will when the pipeline scores this site's images.
+        log.info("adapting the bundled segmenter on the %d images", len(records))
+        seg, seg_layers, _, _ = _adapt_any(ckpt.segmenter, lambda m: (records, names), dev, batch_size)
+        if _learnt_digest(seg) != _learnt_digest(ckpt.segmenter):
+            raise RuntimeError("adapting changed a learnt weight of the segmenter; nothing was written")
+        if any(reads_mask(m) for m in models):
+            rows, row_labels, outlined, empty = outlined_rows(seg, records, dev, names)
+            log.info("the adapted segmenter outlined %d lesion(s); %d image(s) without a mask had none found and are "
+                     "left out of the statistics of the members that read the lesion", outlined, empty)
+            if len(rows) < MIN_IMAGES:
+                raise TooFewImagesError(f"datalist {data}: {len(rows)} lesion(s) to read ({outlined} outlined by the "
+                                        f"segmenter in {len(records)} images, {empty} with none found); the members "
+                                        f"that read the lesion need at least {MIN_IMAGES}")
+            lesions = (rows, row_labels)
+
+    def rows_for(m: Checkpoint) -> Rows:
+        return lesions if lesions is not None and reads_mask(m) else (records, names)
+
+    adapted, layers, before, after = _adapt_any(ckpt, rows_for, dev, batch_size)
+    if seg is not None:
+        adapted, layers = dataclasses.replace(adapted, segmenter=seg), layers + seg_layers
     learnt = _learnt_digest(ckpt)
     if _learnt_digest(adapted) != learnt:  # only the buffers may move
         raise RuntimeError("adapting changed a learnt weight; nothing was written")

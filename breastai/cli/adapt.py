@@ -18,9 +18,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "checkpoint's own preprocessing and replace its batch-norm running means and variances by theirs, then write "
         "a new checkpoint. No label is read and no learnt weight changes; the calibration and threshold are the "
         "source's, the out-of-distribution detector is refitted on these images. Takes a classifier, a segmenter "
-        "(raw images suffice), a pipeline (both adapted) or an ensemble (each member). The new checkpoint records how "
+        "(raw images suffice), an ensemble (each member) or a pipeline (raw images suffice: its segmenter first, then "
+        "its lesion readers on the lesions the adapted segmenter outlines). The new checkpoint records how "
         f"many images, their digests and the source's digest. Needs at least {MIN_IMAGES} images, and a lesion mask "
-        "per row for a model that crops the lesion. Run breastai calibrate after it when labelled local cases exist.")
+        "per row for a model that crops the lesion outside a pipeline. Run breastai calibrate after it when labelled "
+        "local cases exist.")
     c.add_argument("--checkpoint", required=True, help="best.pt of a classifier, segmenter, pipeline or ensemble to adapt")
     c.add_argument("--data", required=True, help="datalist CSV/JSON of local images; the label column may be "
                    "missing or empty")

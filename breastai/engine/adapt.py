@@ -34,12 +34,14 @@ from breastai.core.files import file_sha256
 from breastai.core.keys import Keys
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
+from breastai.engine.auto_outline import outline_row
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
 from breastai.engine.scoring import RecordError, _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
 from breastai.models.ood import FeatureDensity, fit_feature_density
+from breastai.models.outliner import Outliner
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, package_versions,
                                         reads_mask)
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
@@ -259,9 +261,6 @@ def outlined_rows(segmenter: Checkpoint, records: Sequence[dict[str, Any]], devi
         The rows, their names, how many lesions the segmenter outlined, and how many rows had no mask
         and no lesion found (left out).
     """
-    from breastai.engine.auto_outline import outline_row
-    from breastai.models.outliner import Outliner
-
     outliner = Outliner(segmenter, device)
     rows, row_names_, outlined, empty = [], [], 0, 0
     for rec, name in zip(records, names):

@@ -317,7 +317,7 @@ def test_a_pipeline_adapts_its_classifier_and_its_segmenter(ckpt, seg_ckpt, new_
     assert moved(before, after) and moved(before.segmenter, after.segmenter)
 
 
-def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp_path):
+def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp_path, capsys):
     """A site with no tracing: the segmenter adapts on the raw images, then the member that reads the
     lesion on the lesions the *adapted* segmenter outlines, the whole-image member on the whole images;
     the segmenter of a pipeline whose classifier is an ensemble is adapted too."""
@@ -341,6 +341,8 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     out = tmp_path / "local.pt"
     assert _adapt_cli(["--checkpoint", str(tmp_path / "pipe.pt"), "--data", str(raw), "--out", str(out),
                        "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "made the recommended segmenters (five averaged) miss more lesions" in printed.out + printed.err
     after, cpu = load_checkpoint(out), torch.device("cpu")
     records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
     names = row_names(raw, records, {})

@@ -339,10 +339,15 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                                 + (f" readable ({len(skipped)} unreadable, skipped)" if skipped else "")
                                 + f"; breastai adapt needs at least {MIN_IMAGES} images of the site (the statistics "
                                 "of fewer are mostly noise)")
-    if not segmenter and not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
-        log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models and the "
-                    "segmenter but made a whole-image model's calibration worse (docs/results.md); check the adapted "
-                    "checkpoint on a few labelled cases of your site before relying on it")
+    if segmenter or pipeline:
+        log.warning("warning: measured at a second ultrasound site, adapting made the recommended segmenters (five "
+                    "averaged) miss more lesions and the three-member pipeline rank and calibrate worse "
+                    "(docs/results.md); check the adapted checkpoint on a few traced or labelled cases of your site "
+                    "before relying on it")
+    elif not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
+        log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models but made "
+                    "a whole-image model's calibration worse (docs/results.md); check the adapted checkpoint on a few "
+                    "labelled cases of your site before relying on it")
     warn_seen_before(ckpt, records)
     if ckpt.recalibration:
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "

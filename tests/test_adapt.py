@@ -317,29 +317,42 @@ def test_a_pipeline_adapts_its_classifier_and_its_segmenter(ckpt, seg_ckpt, new_
     assert moved(before, after) and moved(before.segmenter, after.segmenter)
 
 
+def _blob_site(tmp_path: Path, n: int = 28) -> tuple[list[dict], Path]:
+    """A site's raw images (discs on noise, some with two), in a datalist with no mask and no label."""
+    from conftest import blob_datalist, synth_rows, write_rows
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = synth_rows(blob_datalist(src, n, pairs=True))
+    return rows, write_rows(tmp_path / "raw.csv", [{"case_id": r["case_id"], "image": r["image"]} for r in rows])
+
+
+def _crop_and_whole_pipeline(ckpt: Path, seg_ckpt: Path, tmp_path: Path):
+    """A pipeline of an ensemble (a lesion-crop member and a whole-image one) with the test segmenter."""
+    from breastai.engine.bundle import bundle_pipeline
+    from breastai.engine.ensemble import ensemble_state
+    from breastai.models.checkpoint_io import save_checkpoint
+
+    whole = load_checkpoint(ckpt)  # a whole-image model; the same network on the lesion's crop reads the mask
+    crop = dataclasses.replace(whole, config={**whole.config, "preprocess": {**whole.config["preprocess"], "mode": "crop"}})
+    ens = ensemble_state([crop, whole], np.ones(2), 0.0, "mean", 0.5, {}, ["crop", "whole"])
+    return save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(ens, load_checkpoint(seg_ckpt))), crop, whole
+
+
 def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp_path, capsys):
     """A site with no tracing: the segmenter adapts on the raw images, then the member that reads the
     lesion on the lesions the *adapted* segmenter outlines, the whole-image member on the whole images;
     the segmenter of a pipeline whose classifier is an ensemble is adapted too."""
     from breastai.engine.adapt import batchnorm_statistics, outlined_rows
-    from breastai.engine.bundle import bundle_pipeline
-    from breastai.engine.ensemble import ensemble_state
     from breastai.engine.scoring import row_names
     from breastai.models.checkpoint import reads_mask
-    from breastai.models.checkpoint_io import save_checkpoint
-    from conftest import blob_datalist, synth_rows, write_rows
 
-    src = tmp_path / "src"
-    src.mkdir()
-    rows = synth_rows(blob_datalist(src, 28, pairs=True))
-    raw = write_rows(tmp_path / "raw.csv", [{"case_id": r["case_id"], "image": r["image"]} for r in rows])
-    whole = load_checkpoint(ckpt)  # a whole-image model; the same network on the lesion's crop reads the mask
-    crop = dataclasses.replace(whole, config={**whole.config, "preprocess": {**whole.config["preprocess"], "mode": "crop"}})
+    rows, raw = _blob_site(tmp_path)
+    pipe_path, crop, whole = _crop_and_whole_pipeline(ckpt, seg_ckpt, tmp_path)
+    pipe = load_checkpoint(pipe_path)
     assert reads_mask(crop) and not reads_mask(whole)
-    ens = ensemble_state([crop, whole], np.ones(2), 0.0, "mean", 0.5, {}, ["crop", "whole"])
-    pipe = load_checkpoint(save_checkpoint(tmp_path / "pipe.pt", bundle_pipeline(ens, load_checkpoint(seg_ckpt))))
     out = tmp_path / "local.pt"
-    assert _adapt_cli(["--checkpoint", str(tmp_path / "pipe.pt"), "--data", str(raw), "--out", str(out),
+    assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(raw), "--out", str(out),
                        "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     assert "made the recommended segmenters (five averaged) miss more lesions" in printed.out + printed.err
@@ -358,3 +371,20 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     assert same(after.members[0], batchnorm_statistics(crop, lesions, cpu, 32, lesion_names))
     assert same(after.members[1], batchnorm_statistics(whole, records, cpu, 32, names))
     assert after.adaptation[-1].n == 28 and pipe.adaptation is None
+
+
+def test_a_pipeline_skips_a_row_whose_own_mask_is_unreadable(ckpt, seg_ckpt, tmp_path, capsys):
+    """A row with its own mask is read by the lesion-reading member (the segmenter does not outline it):
+    a corrupt mask there is skipped and named, and the rest adapts."""
+    from conftest import write_rows
+
+    rows, _ = _blob_site(tmp_path)
+    (tmp_path / "bad_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    data = write_rows(tmp_path / "mixed.csv", [{"case_id": r["case_id"], "image": r["image"], "mask": ""} for r in rows]
+                      + [{"case_id": "badmask", "image": rows[1]["image"], "mask": str(tmp_path / "bad_mask.png")}])
+    pipe_path, _, _ = _crop_and_whole_pipeline(ckpt, seg_ckpt, tmp_path)
+    out = tmp_path / "local.pt"
+    assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "skipped:" in printed.out + printed.err and "badmask" in printed.out + printed.err
+    assert load_checkpoint(out).adaptation[-1].n == 28 and len(load_checkpoint(out).adaptation[-1].skipped) == 1

@@ -7,9 +7,10 @@ statistics on the new site's images, preprocessed exactly as the checkpoint scor
 labels and without touching a learnt weight; :func:`adapted_checkpoint` puts them into a copy of
 the checkpoint. :func:`adapt_checkpoint` is the command: it checks the checkpoint and the
 datalist, estimates the statistics (for an ensemble each member's; for a pipeline its segmenter's
-first, then its members' on what they will read there: the lesions the adapted segmenter outlines,
-:func:`outlined_rows`, so that a site with no tracing can adapt it), refits the out-of-distribution detector on the local images (:func:`local_detector`: a
-detector is tied to the statistics it was fitted under), and writes the new checkpoint with its
+first, then its members' on what they will read there, the lesions the adapted segmenter outlines
+(:func:`outlined_rows`), so that a site with no tracing can adapt it), refits the
+out-of-distribution detector on the local images (:func:`local_detector`: a detector is tied to the
+statistics it was fitted under), and writes the new checkpoint with its
 :class:`~breastai.models.adaptation.Adaptation` record.
 ``benchmarks/adabn_cross_site.py`` measured the adaptation across sites, ``benchmarks/adabn_ood.py``
 what it does to the detector.
@@ -40,11 +41,11 @@ from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
 from breastai.engine.scoring import RecordError, _Named, default_names, predict_records, row_names
 from breastai.models.adaptation import BN_BUFFERS, Adaptation, batchnorm_layers, learnt_weights_digest
-from breastai.models.ood import FeatureDensity, fit_feature_density
-from breastai.models.outliner import Outliner
 from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, package_versions,
                                         reads_mask)
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
+from breastai.models.ood import FeatureDensity, fit_feature_density
+from breastai.models.outliner import Outliner
 
 __all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
            "outlined_rows", "adapt_checkpoint"]
@@ -325,9 +326,10 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     if not pipeline:  # a pipeline outlines the rows without a mask itself, as it does when it scores them
         for m in models:
             _check_masks(m, records, names)  # before any image is read
-    # a pipeline's lesion readers are given their rows later (outlined by its segmenter, which reads every image)
-    readers = [m for m in models if not reads_mask(m)] if pipeline else models
-    skipped = unreadable_rows([*readers, *([ckpt.segmenter] if pipeline else [])], records, names)
+    # A pipeline's lesion readers get their rows from its segmenter, whose preset reads every image and
+    # every row's own mask (its target), so that is where an unreadable row of theirs shows too.
+    readers = [ckpt.segmenter, *[m for m in models if not reads_mask(m)]] if pipeline else models
+    skipped = unreadable_rows(readers, records, names)
     for _, why in skipped:
         log.warning("skipped: %s", why)
     if skipped:

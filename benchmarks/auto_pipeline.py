@@ -75,7 +75,7 @@ def _predict(pred: Predictor, paths: list[str], masks: list | None = None) -> li
     return out
 
 
-def _outliner(seg_path: str, flip: bool | None) -> Outliner:
+def _outliner(seg_path: str, flip: str | None) -> Outliner:
     """The segmenter, its mirror-image averaging switched as asked (None: as its checkpoint says)."""
     outliner = Outliner.from_checkpoint(seg_path)
     if flip is not None:
@@ -84,7 +84,7 @@ def _outliner(seg_path: str, flip: bool | None) -> Outliner:
 
 
 def score_part(rows: list[dict], seg_path: str | None, cls_paths: dict[str, str], measure: bool = True,
-               outline_as: tuple[str, ...] = ("outline",), seg_flip: bool | None = None) -> list[dict]:
+               outline_as: tuple[str, ...] = ("outline",), seg_flip: str | None = None) -> list[dict]:
     """Per-image results of one part: segmentation figures (unless ``measure`` is False) and each mode's
     malignancy score (the automatic one once per ``outline_as``: ``p_automatic``, ``p_automatic_box``)."""
     paths = [str(r["image"]) for r in rows]
@@ -205,8 +205,8 @@ def main() -> None:
     ap.add_argument("--no-segmenter", action="store_true", help="the single form without a segmenter")
     ap.add_argument("--outline-as", nargs="+", default=["outline"], choices=["outline", "box"],
                     help="what of each found lesion the classifier is given (several: each is scored)")
-    ap.add_argument("--seg-flip", choices=["on", "off"],
-                    help="switch the segmenter's mirror-image averaging (default: as its checkpoint says)")
+    ap.add_argument("--seg-flip", choices=["on", "off", "mask"],
+                    help="the segmenter's mirror-image averaging: on (mask and presence), mask (the mask alone) or off (default: as its checkpoint says)")
     ap.add_argument("--seg-only", action="store_true", help="measure the outlines only (no classifier)")
     ap.add_argument("--out", type=Path, help="write the per-image rows and the summary as JSON")
     ap.add_argument("--pool", type=Path, nargs="+", help="summarise the rows of earlier --out files together (e.g. one per fold)")
@@ -218,7 +218,7 @@ def main() -> None:
         ap.error("--data is required unless --pool is given")
     logging.getLogger("breastai").setLevel(logging.WARNING)
     records = read_datalist(args.data, classes=None)
-    flip = None if args.seg_flip is None else args.seg_flip == "on"
+    flip = None if args.seg_flip is None else {"on": "both", "off": "none", "mask": "mask"}[args.seg_flip]
     results: dict[str, list[dict]] = {}
     if args.seg_run is not None:
         folds = sorted({int(r["fold"]) for r in records})

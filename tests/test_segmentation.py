@@ -311,6 +311,33 @@ def test_flip_average_is_the_mean_of_the_image_and_its_mirror():
     assert torch.allclose(both.mask_logits, (plain.mask_logits + torch.flip(mirror.mask_logits, dims=[-1])) / 2)
     assert torch.allclose(both.presence_logit, (plain.presence_logit + mirror.presence_logit) / 2)
     assert not torch.allclose(plain.mask_logits, both.mask_logits)  # the untrained net is not symmetric
+    with torch.no_grad():
+        mask_only = segment(model, x, flip="mask")
+    assert torch.allclose(mask_only.mask_logits, both.mask_logits)
+    assert torch.equal(mask_only.presence_logit, plain.presence_logit)  # the presence is the image's own
+    with pytest.raises(ValueError, match="mirror mode must be one of none, both, mask"):
+        segment(model, x, flip="left")
+
+
+def test_a_mask_only_mirror_keeps_the_presence_and_makes_the_outline_symmetric(seg_ckpt):
+    """``seg.flip_mask``: the outline of a mirrored image is the mirror of the image's outline, and the
+    presence probability is exactly the plain outliner's."""
+    from conftest import blob_image
+
+    from breastai.core.config import ConfigError, load_config
+    from breastai.models.outliner import Outliner
+
+    ckpt = load_checkpoint(seg_ckpt)
+    img, _ = blob_image((80, 96), [(40, 30, 12)], seed=3)
+    plain = Outliner(ckpt)
+    ckpt.config["seg"]["flip_mask"] = True
+    masked = Outliner(ckpt)
+    assert masked.flip == "mask"
+    a, b, p = masked.outline(img, {}), masked.outline(np.ascontiguousarray(img[:, ::-1]), {}), plain.outline(img, {})
+    assert a.presence == p.presence
+    assert np.abs(a.probability - b.probability[:, ::-1]).max() < 1e-4
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_config(None, ["seg.flip_mask=true", "eval.flip_average=true"])
 
 
 def test_an_outliner_with_flip_average_outlines_a_mirror_image_as_the_mirror_of_its_outline(seg_ckpt):
@@ -322,7 +349,7 @@ def test_an_outliner_with_flip_average_outlines_a_mirror_image_as_the_mirror_of_
     ckpt = load_checkpoint(seg_ckpt)
     img, _ = blob_image((80, 96), [(40, 30, 12)], seed=3)
     plain = Outliner(ckpt)
-    assert not plain.flip  # the key's default: an older segmenter outlines as it always did
+    assert plain.flip == "none"  # the key's default: an older segmenter outlines as it always did
     ckpt.config["eval"]["flip_average"] = True
     averaged = Outliner(ckpt)
     meta = {}

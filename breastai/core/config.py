@@ -282,6 +282,9 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"eval.ood_quantile is a quantile in (0, 1] (0 fits no detector), got {cfg['eval']['ood_quantile']!r}")
     if not float(cfg["eval"]["ood_margin"]) >= 1.0:
         raise ConfigError(f"eval.ood_margin is a factor >= 1 over the validation quantile, got {cfg['eval']['ood_margin']!r}")
+    if cfg["seg"]["flip_mask"] and cfg["eval"]["flip_average"]:
+        raise ConfigError("seg.flip_mask averages the segmenter's mask alone over the mirror image and "
+                          "eval.flip_average its mask and presence: set one of them")
     if int(cfg["log"]["pointing_images"]) < 0:
         raise ConfigError(f"log.pointing_images is a count (0 turns it off), got {cfg['log']['pointing_images']!r}")
     # A classifier needs exactly two (checked with the model: models.registry.check_model_config);

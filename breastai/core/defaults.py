@@ -139,6 +139,9 @@ DEFAULTS: dict[str, Any] = {
         # true: the presence probability alone decides whether an image holds lesions (the mask only
         # places them); false: a lesion is kept on min(presence, its mask peak).
         "presence_gate": False,
+        # true: the mask is read from the image and its mirror image (logits averaged), the presence from
+        # the image alone (eval.flip_average averages both; set one of the two)
+        "flip_mask": False,
         # The presence threshold still finds a lesion in this fraction of the validation images holding
         # one (a missed lesion is never scored; a false one is scored and shown), placed in the middle of
         # the gap below the weakest kept lesion's score; 0: eval.threshold_method on the presence alone.

@@ -33,7 +33,7 @@ from breastai.models.checkpoint import Checkpoint, ModelArgs
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.lesions import find_lesions, lesion_rules, lesion_score, mask_edge
 from breastai.models.registry import create_model
-from breastai.models.segmenter import segment
+from breastai.models.segmenter import mirror_mode, segment
 from breastai.reporting.metrics import choose_threshold
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
@@ -115,9 +115,10 @@ def segmentation_loss(cfg: dict[str, Any]):
 
 @torch.no_grad()
 def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                         amp: bool = False, flip: bool = False) -> dict[str, Any]:
+                         amp: bool = False, flip: bool | str = False) -> dict[str, Any]:
     """Mask probabilities (float16, network grid), presence logits and traced masks of every sample
-    (with ``flip``, of the image and its mirror image averaged: :func:`~breastai.models.segmenter.segment`).
+    (with ``flip``, of the image and its mirror image averaged, both outputs or the mask alone:
+    :func:`~breastai.models.segmenter.segment`).
 
     Returns ``index``, ``case_id``, ``presence_logit`` (N,), ``prob`` (N, S, S) and ``truth`` (N, S, S) bool,
     sorted by dataset index.
@@ -144,9 +145,10 @@ def predict_segmentation(model: nn.Module, loader: torch.utils.data.DataLoader, 
 def segment_records(model: nn.Module, cfg: dict[str, Any], records: Sequence[dict[str, Any]], device: torch.device,
                     amp: bool = False) -> dict[str, Any]:
     """:func:`predict_segmentation` of ``records`` with ``cfg``'s evaluation preprocessing and its
-    ``eval.flip_average``, as validation images are scored, so a threshold chosen on them fits."""
+    mirror mode (:func:`~breastai.models.segmenter.mirror_mode`), as validation images are scored, so a
+    threshold chosen on them fits."""
     loader = make_loader(build_dataset(cfg, records, False), cfg, False, None, 0)
-    return predict_segmentation(model, loader, device, amp, bool(cfg["eval"].get("flip_average", False)))
+    return predict_segmentation(model, loader, device, amp, mirror_mode(cfg))
 
 
 def _raw_scores(pred: dict[str, Any], threshold: float) -> dict[str, float]:
@@ -265,7 +267,7 @@ def fit_segmenter(cfg: dict[str, Any], records: Sequence[dict[str, Any]], split:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer, scheduler = make_optimizer(raw_model, tc, len(make_loader(train_ds, cfg, True, balance, 0)))
     amp = bool(tc["amp"]) and device.type == "cuda"
-    flip = bool(cfg["eval"]["flip_average"])  # validated as inference outlines, so the threshold fits them
+    flip = mirror_mode(cfg)  # validated as inference outlines, so the threshold fits them
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     loss = segmentation_loss(cfg)
 

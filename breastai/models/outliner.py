@@ -33,7 +33,7 @@ from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, model_names
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
-from breastai.models.segmenter import segment
+from breastai.models.segmenter import MIRROR, mirror_mode, segment
 
 __all__ = ["Outline", "Outliner", "SegmenterSource", "is_segmenter", "mean_presence", "require_task", "resolve_segmenter"]
 
@@ -96,7 +96,7 @@ class _Member:
 
     def __init__(self, ckpt: Checkpoint, device: torch.device):
         self.calibration = ckpt.calibration
-        self.flip = bool(ckpt.config.get("eval", {}).get("flip_average", False))
+        self.flip = mirror_mode(ckpt.config)
         self.model = model_from_checkpoint(ckpt).to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -147,14 +147,18 @@ class Outliner:
         self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
 
     @property
-    def flip(self) -> bool:
-        """Whether the (first) model also reads the mirror image; setting it switches every member."""
+    def flip(self) -> str:
+        """How the (first) model reads the mirror image (a :data:`~breastai.models.segmenter.MIRROR`
+        mode); setting it (a mode, or True for ``both``, False for ``none``) switches every member."""
         return self.members[0].flip
 
     @flip.setter
-    def flip(self, value: bool) -> None:
+    def flip(self, value: bool | str) -> None:
+        mode = {True: "both", False: "none"}.get(value, value)
+        if mode not in MIRROR:
+            raise ValueError(f"mirror mode must be one of {', '.join(MIRROR)}, got {value!r}")
         for m in self.members:
-            m.flip = bool(value)
+            m.flip = mode
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides this segmenter's outlines: weights, configuration, calibrations and threshold."""

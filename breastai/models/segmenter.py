@@ -22,7 +22,7 @@ from breastai.models.backbones import efficientnet_lite
 from breastai.models.classifier import _GREY_MEAN, _GREY_STD
 from breastai.models.registry import ModelSpec, register_model
 
-__all__ = ["SegOutput", "LesionSegmenter", "lite_encoder", "segment", "small_encoder"]
+__all__ = ["MIRROR", "SegOutput", "LesionSegmenter", "lite_encoder", "mirror_mode", "segment", "small_encoder"]
 
 
 class SegOutput(NamedTuple):
@@ -155,15 +155,31 @@ class LesionSegmenter(nn.Module):
         return SegOutput(logits, self.presence_head(feats[-1]).squeeze(1))
 
 
-def segment(model: nn.Module, x: torch.Tensor, flip: bool = False) -> SegOutput:
-    """The segmenter's output for a batch; with ``flip`` the mean of the image's and its mirror
-    image's logits (the mirror's mask mirrored back), ``eval.flip_average`` for a segmenter."""
+MIRROR = ("none", "both", "mask")
+
+
+def mirror_mode(cfg: dict[str, Any]) -> str:
+    """How a segmenter's config reads the mirror image: ``both`` (``eval.flip_average``: mask and
+    presence logits averaged), ``mask`` (``seg.flip_mask``: the mask's averaged, the presence the
+    image's own) or ``none``."""
+    if cfg.get("eval", {}).get("flip_average"):
+        return "both"
+    return "mask" if cfg.get("seg", {}).get("flip_mask") else "none"
+
+
+def segment(model: nn.Module, x: torch.Tensor, flip: bool | str = False) -> SegOutput:
+    """The segmenter's output for a batch; with ``flip`` (a :data:`MIRROR` mode, or True for ``both``)
+    the mean of the image's and its mirror image's logits (the mirror's mask mirrored back): both
+    outputs', or the mask's alone."""
+    mode = {True: "both", False: "none"}.get(flip, flip)
+    if mode not in MIRROR:
+        raise ValueError(f"mirror mode must be one of {', '.join(MIRROR)}, got {flip!r}")
     out = model(x)
-    if not flip:
+    if mode == "none":
         return out
     mirror = model(torch.flip(x, dims=[-1]))
-    return SegOutput((out.mask_logits + torch.flip(mirror.mask_logits, dims=[-1])) / 2,
-                     (out.presence_logit + mirror.presence_logit) / 2)
+    mask = (out.mask_logits + torch.flip(mirror.mask_logits, dims=[-1])) / 2
+    return SegOutput(mask, (out.presence_logit + mirror.presence_logit) / 2 if mode == "both" else out.presence_logit)
 
 
 def _factory(encoder: Callable[[int, bool], tuple[nn.Module, tuple[int, ...]]], normalize: bool):

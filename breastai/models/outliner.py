@@ -33,7 +33,7 @@ from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, model_names
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
-from breastai.models.segmenter import MIRROR, mirror_mode, segment
+from breastai.models.segmenter import as_mirror_mode, mirror_mode, segment
 
 __all__ = ["Outline", "Outliner", "SegmenterSource", "is_segmenter", "mean_presence", "require_task", "resolve_segmenter"]
 
@@ -154,9 +154,7 @@ class Outliner:
 
     @flip.setter
     def flip(self, value: bool | str) -> None:
-        mode = {True: "both", False: "none"}.get(value, value)
-        if mode not in MIRROR:
-            raise ValueError(f"mirror mode must be one of {', '.join(MIRROR)}, got {value!r}")
+        mode = as_mirror_mode(value)
         for m in self.members:
             m.flip = mode
 

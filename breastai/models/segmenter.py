@@ -22,7 +22,7 @@ from breastai.models.backbones import efficientnet_lite
 from breastai.models.classifier import _GREY_MEAN, _GREY_STD
 from breastai.models.registry import ModelSpec, register_model
 
-__all__ = ["MIRROR", "SegOutput", "LesionSegmenter", "lite_encoder", "mirror_mode", "segment", "small_encoder"]
+__all__ = ["MIRROR", "SegOutput", "LesionSegmenter", "as_mirror_mode", "lite_encoder", "mirror_mode", "segment", "small_encoder"]
 
 
 class SegOutput(NamedTuple):
@@ -167,13 +167,23 @@ def mirror_mode(cfg: dict[str, Any]) -> str:
     return "mask" if cfg.get("seg", {}).get("flip_mask") else "none"
 
 
-def segment(model: nn.Module, x: torch.Tensor, flip: bool | str = False) -> SegOutput:
-    """The segmenter's output for a batch; with ``flip`` (a :data:`MIRROR` mode, or True for ``both``)
-    the mean of the image's and its mirror image's logits (the mirror's mask mirrored back): both
-    outputs', or the mask's alone."""
+def as_mirror_mode(flip: bool | str) -> str:
+    """A :data:`MIRROR` mode from a mode or a switch (True: ``both``, False: ``none``).
+
+    Raises:
+        ValueError: anything else.
+    """
     mode = {True: "both", False: "none"}.get(flip, flip)
     if mode not in MIRROR:
         raise ValueError(f"mirror mode must be one of {', '.join(MIRROR)}, got {flip!r}")
+    return mode
+
+
+def segment(model: nn.Module, x: torch.Tensor, flip: bool | str = False) -> SegOutput:
+    """The segmenter's output for a batch; with ``flip`` (:func:`as_mirror_mode`) the mean of the
+    image's and its mirror image's logits (the mirror's mask mirrored back): both outputs', or the
+    mask's alone."""
+    mode = as_mirror_mode(flip)
     out = model(x)
     if mode == "none":
         return out

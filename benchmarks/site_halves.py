@@ -1,15 +1,17 @@
-"""The automatic pipeline at a new site as trained, with its segmenter adapted, and adapted whole.
+"""Pipelines at a new site, changed on one half of its images and evaluated on the other.
 
-Reads ``breastai evaluate --auto-outline`` folders (``predictions.csv``: per image probability,
+Reads ``breastai evaluate --auto-outline`` folders (``predictions.csv``: per image probability, call,
 n_lesions, dice) of each (pipeline, evaluation half) and prints per variant the mean over them of
-the AUC, the ECE, the lesions missed and the Dice mean, and each one's figures. A variant is a
-pattern with ``{K}`` (the pipeline) and ``{H}`` (the half evaluated); ``--as-trained`` may point at
-folders over the whole site, which are cut to each half's case_ids. Rule and outcome:
-docs/experiments.md, "The automatic pipeline adapted to a new site's raw images".
+the AUC, the ECE, the sensitivity and specificity of the calls, the lesions missed and the Dice mean,
+and each one's AUC. A variant is a pattern with ``{K}`` (the pipeline) and ``{H}`` (the half
+evaluated); ``--as-trained`` may point at folders over the whole site, which are cut to each half's
+case_ids. Used for docs/experiments.md, "The automatic pipeline adapted to a new site's raw images"
+(``adapt`` on one half) and "What local recalibration buys the automatic pipeline's calls at a new
+site" (``calibrate`` on one half).
 
-    python benchmarks/adapted_pipeline.py --halves data/breast_half_a.csv data/breast_half_b.csv \\
+    python benchmarks/site_halves.py --halves data/breast_half_a.csv data/breast_half_b.csv \\
         --as-trained '/tmp/ev_br_p3_f{K}' --variant segmenter '/tmp/adapt_br/evB_f{K}_{H}' \\
-        --variant pipeline '/tmp/adapt_br/evC_f{K}_{H}'
+        --variant pipeline '/tmp/adapt_br/evC_f{K}_{H}' --variant calibrated '/tmp/cal/ev{K}_{H}'
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def figures(rows: list[dict]) -> dict[str, float]:
     y = np.array([r["label"] == "malignant" for r in rows], dtype=int)
     p = np.array([float(r["probability"]) for r in rows])
     dice = [float(r["dice"]) if r.get("dice") not in (None, "") else 0.0 for r in rows]
-    return {"auc": roc_auc(y, p), "ece": ece(y, p), "missed": sum(int(r["n_lesions"] or 0) == 0 for r in rows),
+    called = np.array([r["predicted"] == "malignant" for r in rows])
+    return {"auc": roc_auc(y, p), "ece": ece(y, p), "sens": float(called[y == 1].mean()),
+            "spec": float(1 - called[y == 0].mean()), "missed": sum(int(r["n_lesions"] or 0) == 0 for r in rows),
             "dice": float(np.mean(dice)), "n": len(rows)}
 
 
@@ -53,8 +57,9 @@ def main() -> None:
                 if (folder / "predictions.csv").exists():
                     out.setdefault(name, []).append(figures(list(csv.DictReader(open(folder / "predictions.csv")))))
     for name, figs in out.items():
-        mean = {key: float(np.mean([f[key] for f in figs])) for key in ("auc", "ece", "missed", "dice")}
-        print(f"{name:12s} n={len(figs):2d}  AUC {mean['auc']:.3f}  ECE {mean['ece']:.3f}  missed {mean['missed']:.1f}"
+        mean = {key: float(np.mean([f[key] for f in figs])) for key in ("auc", "ece", "sens", "spec", "missed", "dice")}
+        print(f"{name:12s} n={len(figs):2d}  AUC {mean['auc']:.3f}  ECE {mean['ece']:.3f}  sensitivity {mean['sens']:.3f}"
+              f"  specificity {mean['spec']:.3f}  missed {mean['missed']:.1f}"
               f"  Dice {mean['dice']:.3f}  | AUC each " + " ".join(f"{f['auc']:.3f}" for f in figs))
 
 

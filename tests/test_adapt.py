@@ -343,7 +343,9 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     """A site with no tracing: the segmenter adapts on the raw images, then the member that reads the
     lesion on the lesions the *adapted* segmenter outlines, the whole-image member on the whole images;
     the segmenter of a pipeline whose classifier is an ensemble is adapted too."""
-    from breastai.engine.adapt import batchnorm_statistics, outlined_rows
+    from breastai.engine.adapt import batchnorm_statistics
+    from breastai.engine.auto_outline import lesion_records
+    from breastai.models.outliner import Outliner
     from breastai.engine.scoring import row_names
     from breastai.models.checkpoint import reads_mask
 
@@ -365,7 +367,9 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
 
     seg_stats = batchnorm_statistics(pipe.segmenter, records, cpu, 32, names)
     assert same(after.segmenter, seg_stats) and not same(pipe.segmenter, seg_stats)
-    lesions, lesion_names, outlined, empty = outlined_rows(after.segmenter, records, cpu, names)
+    lesions, row_of, infos = lesion_records(records, [Outliner(after.segmenter, cpu)] * len(records), names, False)
+    lesion_names = [names[i] for i in row_of]
+    outlined, empty = sum(i["n_lesions"] for i in infos), sum(i["n_lesions"] == 0 for i in infos)
     assert outlined == len(lesions) >= 20 and empty <= 10  # 21 images with a disc, 7 of them with two; 7 empty
     assert all(isinstance(r["mask"], np.ndarray) and r["mask"].any() for r in lesions)
     assert same(after.members[0], batchnorm_statistics(crop, lesions, cpu, 32, lesion_names))

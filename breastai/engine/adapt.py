@@ -8,7 +8,7 @@ labels and without touching a learnt weight; :func:`adapted_checkpoint` puts the
 the checkpoint. :func:`adapt_checkpoint` is the command: it checks the checkpoint and the
 datalist, estimates the statistics (for an ensemble each member's; for a pipeline its segmenter's
 first, then its members' on what they will read there, the lesions the adapted segmenter outlines
-(:func:`outlined_rows`), so that a site with no tracing can adapt it), refits the
+(:func:`~breastai.engine.auto_outline.lesion_records`), so that a site with no tracing can adapt it), refits the
 out-of-distribution detector on the local images (:func:`local_detector`: a detector is tied to the
 statistics it was fitted under), and writes the new checkpoint with its
 :class:`~breastai.models.adaptation.Adaptation` record.
@@ -35,7 +35,7 @@ from breastai.core.files import file_sha256
 from breastai.core.keys import Keys
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
-from breastai.engine.auto_outline import outline_row
+from breastai.engine.auto_outline import lesion_records
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
@@ -48,7 +48,7 @@ from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.outliner import Outliner
 
 __all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
-           "outlined_rows", "adapt_checkpoint"]
+           "adapt_checkpoint"]
 
 log = logging.getLogger("breastai")
 
@@ -253,30 +253,6 @@ def _adapt_any(ckpt: Checkpoint, rows_for: Callable[[Checkpoint], Rows], device:
     return dataclasses.replace(ckpt, members=members), layers, None, None
 
 
-def outlined_rows(segmenter: Checkpoint, records: Sequence[dict[str, Any]], device: torch.device,
-                  names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int, int]:
-    """What a pipeline's mask-reading members see at a site: each row's own mask where it has one (a
-    given mask wins, as in predict), else one row per lesion ``segmenter`` outlines on the image.
-
-    Returns:
-        The rows, their names, how many lesions the segmenter outlined, and how many rows had no mask
-        and no lesion found (left out).
-    """
-    outliner = Outliner(segmenter, device)
-    rows, row_names_, outlined, empty = [], [], 0, 0
-    for rec, name in zip(records, names):
-        if rec.get(Keys.MASK) or rec.get(Keys.BOX):
-            rows.append(rec)
-            row_names_.append(name)
-            continue
-        masks, _ = outline_row(rec, outliner, name)
-        outlined, empty = outlined + len(masks), empty + (not masks)
-        for k, m in enumerate(masks, 1):
-            rows.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
-            row_names_.append(f"{name} (lesion {k} outlined by the segmenter)")
-    return rows, row_names_, outlined, empty
-
-
 def _learnt_digest(ckpt: Checkpoint) -> str:
     """:func:`~breastai.models.adaptation.learnt_weights_digest` of a model, or of an ensemble's members in order."""
     if not ckpt.is_ensemble:
@@ -364,7 +340,10 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         if _learnt_digest(seg) != _learnt_digest(ckpt.segmenter):
             raise RuntimeError("adapting changed a learnt weight of the segmenter; nothing was written")
         if any(reads_mask(m) for m in models):
-            rows, row_labels, outlined, empty = outlined_rows(seg, records, dev, names)
+            rows, row_of, infos = lesion_records(records, [Outliner(seg, dev)] * len(records), names, False)
+            row_labels = [names[i] for i in row_of]
+            outlined = sum(i["n_lesions"] for i in infos if i["mask_source"] == "segmenter")
+            empty = sum(i["n_lesions"] == 0 for i in infos)
             log.info("the adapted segmenter outlined %d lesion(s); %d image(s) without a mask had none found and are "
                      "left out of the statistics of the members that read the lesion", outlined, empty)
             if len(rows) < MIN_IMAGES:

@@ -45,7 +45,7 @@ from breastai.reporting.levels import NO_LESION_LOG_ODDS, unscored_floor
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 
 __all__ = ["NO_LESION_LOG_ODDS", "OUTLINE_AS", "OUTLINE_FACTS", "PipelineScores", "whole_image_log_odds",
-           "outlined_log_odds", "outline_row", "pipeline_log_odds", "score_outlined", "scored_on", "outline_report",
+           "outlined_log_odds", "outline_row", "lesion_records", "pipeline_log_odds", "score_outlined", "scored_on", "outline_report",
            "traced_on_stored"]
 
 OUTLINE_AS = ("outline", "box")  # what of a found lesion the classifier is given
@@ -82,6 +82,41 @@ def outline_row(rec: dict[str, Any], outliner: Outliner, name: str) -> tuple[lis
     return masks, info
 
 
+def lesion_records(records: Sequence[dict[str, Any]], outliners: Sequence[Outliner], names: Sequence[str],
+                   ignore_masks: bool, outline_as: str = "outline"
+                   ) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
+    """One record per lesion to score, as the pipeline scores rows: a row's own mask where it has one
+    (unless ``ignore_masks``; a given mask wins, as in predict), else each lesion ``outliners[i]``
+    finds on the stored image (its mask, or with ``outline_as="box"`` its bounding box), the case_id
+    suffixed ``_lK`` where a row has several.
+
+    Returns:
+        The lesion records, the row index of each, and each row's outline facts (:func:`outline_row`'s;
+        ``mask_source`` ``given`` for a row's own mask).
+
+    Raises:
+        RecordError: a row's image cannot be read or outlined (naming the row).
+    """
+    if outline_as not in OUTLINE_AS:
+        raise ValueError(f"outline_as must be one of {OUTLINE_AS}, got {outline_as!r}")
+    lesions: list[dict[str, Any]] = []
+    row_of: list[int] = []
+    infos: list[dict[str, Any]] = []
+    for i, (rec, outliner, name) in enumerate(zip(records, outliners, names)):
+        if rec.get(Keys.MASK) and not ignore_masks:
+            masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
+        else:
+            masks, info = outline_row(rec, outliner, name)
+            if outline_as == "box":
+                masks = [LesionBox.around(m) for m in masks]
+        for k, m in enumerate(masks, 1):
+            cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
+            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})
+            row_of.append(i)
+        infos.append(info)
+    return lesions, row_of, infos
+
+
 def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]],
                       outliners: Sequence[Outliner], device: torch.device, names: Sequence[str],
                       per_lesion: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +146,8 @@ def outlined_log_odds(members: Sequence[Checkpoint], records: Sequence[dict[str,
     Raises:
         RecordError: a row's image cannot be read or outlined (naming the row).
     """
-    lesions: list[dict[str, Any]] = []
-    row_of: list[int] = []
-    for i, (rec, outliner, name) in enumerate(zip(records, outliners, names)):
-        masks, _ = outline_row({**rec, Keys.MASK: None}, outliner, name)
-        for k, m in enumerate(masks, 1):
-            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: f"{rec[Keys.CASE_ID]}_l{k}"})
-            row_of.append(i)
+    # the traced masks set aside (no Dice is wanted here), every row outlined
+    lesions, row_of, _ = lesion_records([{**r, Keys.MASK: None} for r in records], outliners, names, True)
     c = np.zeros((0, len(members)))
     if lesions:
         c, _ = members_log_odds(members, lesions, device, names=[names[i] for i in row_of])
@@ -162,23 +192,7 @@ def pipeline_log_odds(ckpt: Checkpoint, records: Sequence[dict[str, Any]], outli
                       outline_as: str = "outline") -> PipelineScores:
     """Each row's calibrated log-odds under the module's rule (arguments as for :func:`score_outlined`);
     no label is read, so lesion-free images are scored the same way."""
-    if outline_as not in OUTLINE_AS:
-        raise ValueError(f"outline_as must be one of {OUTLINE_AS}, got {outline_as!r}")
-    lesions: list[dict[str, Any]] = []
-    row_of: list[int] = []
-    infos: list[dict[str, Any]] = []
-    for i, (rec, name) in enumerate(zip(records, names)):
-        if rec.get(Keys.MASK) and not ignore_masks:
-            masks, info = [rec[Keys.MASK]], {"mask_source": "given", "n_lesions": 1}
-        else:
-            masks, info = outline_row(rec, outliner, name)
-            if outline_as == "box":
-                masks = [LesionBox.around(m) for m in masks]
-        for k, m in enumerate(masks, 1):
-            cid = rec[Keys.CASE_ID] if len(masks) == 1 else f"{rec[Keys.CASE_ID]}_l{k}"
-            lesions.append({**rec, Keys.MASK: m, Keys.CASE_ID: cid})
-            row_of.append(i)
-        infos.append(info)
+    lesions, row_of, infos = lesion_records(records, [outliner] * len(records), names, ignore_masks, outline_as)
     best = np.full(len(records), -np.inf)
     row_ood: list[float | None] = [None] * len(records)
     if lesions:

@@ -35,6 +35,7 @@ from breastai.engine.auto_outline import pipeline_log_odds, score_outlined, scor
 from breastai.engine.level_scores import fit_rule_on, image_scores, level_report
 from breastai.engine.scoring import NonFiniteScoreError, RecordError, predict_records, row_names, score_part
 from breastai.engine.seg_evaluate import evaluate_segmenter
+from breastai.models.calibration import apply_temperature
 from breastai.models.checkpoint import Checkpoint
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.outliner import Outliner, SegmenterSource, is_segmenter, require_task, resolve_segmenter
@@ -110,7 +111,7 @@ def lesion_free_report(ckpt: Checkpoint, report: dict[str, Any], rows: list[dict
         info["has_lesion"] = False  # the label says so, traced mask or not
         info["lesion_found"] = info["n_lesions"] > 0
     scored = np.isfinite(got.log_odds)
-    probs = np.where(scored, 1.0 / (1.0 + np.exp(-np.where(scored, got.log_odds, 0.0))), 0.0)
+    probs = np.where(scored, apply_temperature(np.where(scored, got.log_odds, 0.0), 1.0), 0.0)
     called = probs >= ckpt.threshold
     lesion = [r for r in rows if r.get("mask_source") == "segmenter" and "has_lesion" in r]
     report["outline"].update(segmentation_summary([*lesion, *got.infos], n_boot))

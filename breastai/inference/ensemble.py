@@ -137,9 +137,9 @@ def score_lesions(scorer: ModelScorer | EnsembleScorer, decode: Callable[[dict[s
     """Each of one image's lesion masks scored by ``scorer`` (``score_decoded``'s arguments); an
     ensemble's whole-image members score the image once, not once per lesion (they would give the
     same score and map each time)."""
-    memo: dict[int, Scored] | None = {} if isinstance(scorer, EnsembleScorer) and len(masks) > 1 else None
-    if memo is None:
+    if not isinstance(scorer, EnsembleScorer):
         return [scorer.score_decoded(decode, m, source, case_id, saliency, tta, mask_given, ready) for m in masks]
+    memo: dict[int, Scored] = {}  # one per image
     return [scorer.score_decoded(decode, m, source, case_id, saliency, tta, mask_given, ready, memo) for m in masks]
 
 

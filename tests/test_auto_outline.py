@@ -116,6 +116,24 @@ def test_no_lesion_gives_one_no_lesion_record_and_exit_status_0(ckpt, seg_ckpt, 
     assert (out / found["outline_npy"]).is_file() and (out / found["outline_png"]).is_file()
     run = json.loads((out / "predictions.json").read_text())["run"]
     assert run["segmenter"] == str(seg_ckpt) and run["n_no_lesion"] == 1 and run["n_failed"] == 0
+    # The site-shift note counts only records scored against the OOD detector: not "no lesion found".
+    assert run["n_ood_scored"] == (found["ood_score"] != "") and empty["ood_score"] == ""
+
+
+@pytest.mark.parametrize("n_scored, n_shifted, n_no_lesion, fires", [
+    (10, 5, 0, True), (10, 4, 0, False), (9, 9, 0, False),
+    (18, 10, 3, True),  # 10 of 21 records, but of the 18 that carry a score: more than half
+    (0, 0, 12, False),  # a checkpoint without a detector
+])
+def test_site_shift_note_counts_the_records_with_a_score(n_scored, n_shifted, n_no_lesion, fires):
+    from breastai.cli.predict import site_shift_note
+
+    run = {"n": n_scored + n_no_lesion, "n_failed": 0, "n_no_lesion": n_no_lesion,
+           "n_ood_scored": n_scored, "n_shifted": n_shifted}
+    note = site_shift_note(run)
+    assert (note is not None) == fires
+    if fires:
+        assert f"{n_shifted} of {n_scored} scored images" in note and "--threshold-method sensitivity@0.9" in note
 
 
 def _flipped_cropped_mg(path):

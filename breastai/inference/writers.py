@@ -333,7 +333,7 @@ def _run_locked(pred: Predictor, scored: Iterator[tuple[int, list[tuple[dict[str
         "segmenter_threshold": pred.segmenter.threshold if pred.segmenter else None,
         "segmenter_recalibration": pred.segmenter.recalibration[-1].summary()
         if pred.segmenter and pred.segmenter.recalibration else None,
-        "n": journal.n_records, **{f"n_{k}": tally[k] for k in ("failed", "no_lesion", "ood", "shifted")},
+        "n": journal.n_records, **{f"n_{k}": tally[k] for k in ("failed", "no_lesion", "ood", "ood_scored", "shifted")},
         "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if journal.resumed:
@@ -353,5 +353,6 @@ def _count(tally: Counter[str], rec: dict[str, Any], margin: float | None) -> di
     tally["failed"] += rec["error"] is not None
     tally["no_lesion"] += rec.get("label") == NO_LESION
     tally["ood"] += rec.get("ood") is True
+    tally["ood_scored"] += rec.get("ood_score") is not None  # a "no lesion found" record has none
     tally["shifted"] += rec.get("ood_score") is not None and rec["ood_score"] * margin > 1
     return private

@@ -24,7 +24,8 @@ Usage::
 
     python benchmarks/whole_beside_crop.py --folds 0 1 2 3 4 --crop checkpoints/auto_f{K}/best.pt [checkpoints/auto_f{K}_s1/best.pt] \\
         --whole checkpoints/whole_f{K}/best.pt [checkpoints/whole_f{K}_s1/best.pt] --seg checkpoints/seg_f{fold}_bal/best.pt \\
-        --fold-column data/busi_all_f5.csv [--site data/breast.csv --site-segmenter checkpoints/seg_avg5/best.pt]
+        --fold-column data/busi_all_f5.csv [--site data/breast.csv --site-segmenter checkpoints/seg_avg5/best.pt] \\
+        [--scores this.npz] [--against control.npz]
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ def main() -> None:
     ap.add_argument("--site-segmenter")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--scores", type=Path, help="write the combination's per-image log-odds here (.npz)")
+    ap.add_argument("--against", type=Path,
+                    help="another run's --scores file (same images): the paired gain of this combination over it")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -185,15 +189,35 @@ def main() -> None:
                        **({"both_minus_both_first_crop": paired_gain(y, rows["both"], rows["both_first_crop"], a.n_boot)}
                           if nc > 1 else {})}}
     print(json.dumps(report["busi"], indent=1))
+    saved = {"busi_y": y, "busi_both": rows["both"]}
 
     if a.site:
-        report["site"] = site_report(a, per)
+        report["site"], saved["site_y"], saved["site_both"] = site_report(a, per)
         print(json.dumps(report["site"], indent=1))
+    if a.scores:
+        np.savez(a.scores, **saved)
+    if a.against:
+        report["against"] = against(saved, dict(np.load(a.against)), a.n_boot)
+        print(json.dumps(report["against"], indent=1))
     if a.out:
         a.out.write_text(json.dumps(report, indent=1))
 
 
-def site_report(a: argparse.Namespace, per: dict) -> dict:
+def against(this: dict[str, np.ndarray], other: dict[str, np.ndarray], n_boot: int) -> dict:
+    """This combination against another run's on the same images: BUSI's pooled paired gain with its
+    bootstrap CI, and the site's per-fold AUC differences with their mean."""
+    if not np.array_equal(this["busi_y"], other["busi_y"]):
+        raise SystemExit("--against: the two runs did not score the same BUSI images")
+    out = {"busi": paired_gain(this["busi_y"], this["busi_both"], other["busi_both"], n_boot)}
+    if "site_both" in this and "site_both" in other:
+        ys = this["site_y"]
+        d = [roc_auc(ys, this["site_both"][:, i]) - roc_auc(ys, other["site_both"][:, i])
+             for i in range(this["site_both"].shape[1])]
+        out["site"] = {"per_fold": [round(x, 4) for x in d], "mean": round(float(np.mean(d)), 4)}
+    return out
+
+
+def site_report(a: argparse.Namespace, per: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     records = read_samples(a.site, {}, ["benign", "malignant"])
     names = row_names(a.site, records, None)
     outliner = Outliner(load_checkpoint(a.site_segmenter), DEV, a.site_segmenter)
@@ -208,6 +232,7 @@ def site_report(a: argparse.Namespace, per: dict) -> dict:
     w = w.reshape(len(records), len(a.folds), len(a.whole))
     y = np.array([crops[0].classes.index(r[Keys.LABEL]) for r in records])
     out: dict = {"n": int(len(y)), "no_lesion_found": int((~found).sum()), "per_fold": {}}
+    both = np.zeros((len(y), len(a.folds)))
     for i, k in enumerate(a.folds):
         fit = per[k]["fit"]
         rows = {"crop": scores(c[:, i], w[:, i], found, None, False), "whole": w[:, i].mean(1),
@@ -215,10 +240,11 @@ def site_report(a: argparse.Namespace, per: dict) -> dict:
                 "both_no_fallback": scores(c[:, i], w[:, i], found, fit, False, nc),
                 "both_first_crop": scores(c[:, nf + i], w[:, i], found, per[k]["fit_first"], True)}
         out["per_fold"][k] = {name: summarise(y, zz, a.n_boot) for name, zz in rows.items()}
+        both[:, i] = rows["both"]
     for name in ("crop", "whole", "both", "both_no_fallback", "both_first_crop"):
         out[f"mean_{name}"] = {m: round(float(np.mean([out["per_fold"][k][name][m] for k in a.folds])), 4)
                                for m in ("auc", "ece")}
-    return out
+    return out, y, both
 
 
 if __name__ == "__main__":

@@ -357,7 +357,7 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(raw), "--out", str(out),
                        "--device", "cpu"]) == 0
     printed = capsys.readouterr()
-    assert "made the recommended segmenters (five averaged) miss more lesions" in printed.out + printed.err
+    assert "should hold lesion-free images in about equal number" in printed.out + printed.err
     after, cpu = load_checkpoint(out), torch.device("cpu")
     records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
     names = row_names(raw, records, {})

@@ -318,10 +318,13 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                                 + f"; breastai adapt needs at least {MIN_IMAGES} images of the site (the statistics "
                                 "of fewer are mostly noise)")
     if segmenter or pipeline:
-        log.warning("warning: measured at a second ultrasound site, adapting made the recommended segmenters (five "
-                    "averaged) miss more lesions and the three-member pipeline rank and calibrate worse "
-                    "(docs/results.md); check the adapted checkpoint on a few traced or labelled cases of your site "
-                    "before relying on it")
+        # A segmenter trained with lesion-free images learnt its statistics on batches holding them; at BrEaST,
+        # statistics from lesion images alone missed more lesions, with as many lesion-free images added fewer.
+        log.warning("warning: a segmenter's images to adapt on should hold lesion-free images in about equal number to "
+                    "images with a lesion: at a second ultrasound site, adapting on lesion images alone made the "
+                    "recommended segmenters miss more lesions than as trained, and adapting on them mixed with as many "
+                    "lesion-free images made them miss fewer (docs/experiments.md); check the adapted checkpoint on a "
+                    "few traced or labelled cases of your site before relying on it")
     elif not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
         log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models but made "
                     "a whole-image model's calibration worse (docs/results.md); check the adapted checkpoint on a few "

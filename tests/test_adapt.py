@@ -377,6 +377,32 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     assert after.adaptation[-1].n == 28 and pipe.adaptation is None
 
 
+def test_segmenter_only_adapts_a_pipelines_segmenter_and_keeps_its_classifier(ckpt, seg_ckpt, tmp_path, capsys):
+    """``--segmenter-only``: the bundled segmenter gets the site's statistics, every classifier weight and
+    buffer (and its detector) stays the source's; a checkpoint that is no pipeline is refused, naming it."""
+    from breastai.engine.adapt import batchnorm_statistics
+    from breastai.engine.scoring import row_names
+
+    rows, raw = _blob_site(tmp_path)
+    pipe_path, _, _ = _crop_and_whole_pipeline(ckpt, seg_ckpt, tmp_path)
+    pipe = load_checkpoint(pipe_path)
+    out = tmp_path / "seg_only.pt"
+    assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(raw), "--out", str(out), "--device", "cpu",
+                       "--segmenter-only"]) == 0
+    after, cpu = load_checkpoint(out), torch.device("cpu")
+    records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
+    stats = batchnorm_statistics(pipe.segmenter, records, cpu, 32, row_names(raw, records, {}))
+    assert all(torch.allclose(after.segmenter.weights[k], v, atol=1e-6) for k, v in stats.items())
+    for m_before, m_after in zip(pipe.members, after.members):
+        assert all(torch.equal(m_before.weights[k], m_after.weights[k]) for k in m_before.weights)
+        assert (m_before.ood is None) == (m_after.ood is None)
+    assert after.adaptation[-1].n == len(records) and after.adaptation[-1].task == "segmentation"
+    assert "classifier kept as it was" in capsys.readouterr().out
+    assert _adapt_cli(["--checkpoint", str(ckpt), "--data", str(raw), "--out", str(tmp_path / "x.pt"),
+                       "--device", "cpu", "--segmenter-only"]) != 0
+    assert "is not a pipeline" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
 def test_a_pipeline_skips_a_row_whose_own_mask_is_unreadable(ckpt, seg_ckpt, tmp_path, capsys):
     """A row with its own mask is read by the lesion-reading member (the segmenter does not outline it):
     a corrupt mask there is skipped and named, and the rest adapts."""

@@ -27,6 +27,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, help="datalist CSV/JSON of local images; the label column may be "
                    "missing or empty")
     c.add_argument("--out", required=True, help="the new checkpoint file (never the source)")
+    c.add_argument("--segmenter-only", action="store_true",
+                   help="for a pipeline: adapt its segmenter alone and keep its classifier as it is (at a second "
+                   "site this helped where adapting the whole pipeline did not; give lesion-free images in about "
+                   "equal number)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     c.set_defaults(func=run)
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rec = adapt_checkpoint(args.checkpoint, args.data, args.out, device=args.device)
+    rec = adapt_checkpoint(args.checkpoint, args.data, args.out, device=args.device,
+                           segmenter_only=args.segmenter_only)
     print(f"batch-norm statistics of {rec.layers} layers re-estimated on {rec.n} local images (no labels read)")
     if rec.skipped:
         print(f"{len(rec.skipped)} row(s) could not be read and were left out:")
@@ -55,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
               f"its training site); refitted on them, it flags {rec.ood_flagged_after:.0%} and from now on flags what "
               "is unlike this site's images")
-    then = ("presence calibration and threshold unchanged" if rec.task == "segmentation" else
+    then = ("the pipeline's classifier kept as it was; " if args.segmenter_only else "") + (
+            "presence calibration and threshold unchanged" if rec.task == "segmentation" else
             "calibration and threshold unchanged: run breastai calibrate on it when labelled local cases exist")
     print(f"written: {args.out} (learnt weights unchanged, {rec.learnt_weights_digest[:19]}...; {then})")
     return 0

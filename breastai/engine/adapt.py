@@ -261,7 +261,7 @@ def _learnt_digest(ckpt: Checkpoint) -> str:
 
 
 def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, device: str = "auto",
-                     batch_size: int = 32) -> Adaptation:
+                     batch_size: int = 32, segmenter_only: bool = False) -> Adaptation:
     """``breastai adapt``: re-estimate ``checkpoint``'s batch-norm statistics on the unlabeled datalist
     ``data`` and write the adapted checkpoint to ``out`` atomically (the source is left as it is).
 
@@ -277,6 +277,9 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
         out: the new checkpoint file.
         device: auto, cpu or cuda.
         batch_size: at most this many images per batch of the statistics.
+        segmenter_only: for a pipeline, adapt its segmenter alone and keep its classifier as it is
+            (at BrEaST the pipeline's members adapted ranked worse, its segmenter adapted on a mix
+            with lesion-free images better: docs/experiments.md).
 
     Returns:
         The recorded :class:`~breastai.models.adaptation.Adaptation`.
@@ -290,6 +293,9 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     out = check_new_checkpoint(out, checkpoint)
     ckpt = load_checkpoint(checkpoint)
     check_adaptable(ckpt, checkpoint)
+    if segmenter_only and ckpt.segmenter is None:
+        raise ValueError(f"{checkpoint} is not a pipeline: segmenter_only (--segmenter-only) adapts a pipeline's "
+                         "segmenter alone; adapt a segmenter's own checkpoint without it")
     cfg = ckpt.config
     # A segmenter's classes are its target's ("no lesion", "lesion"); a row's label, where given, is a
     # stratum of its datalist (benign, malignant, normal), checked against those.
@@ -298,6 +304,8 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                            require_label=False)
     names = row_names(data, records, cfg["data"].get("reader_options"))
     models = [m for m in ckpt.members if batchnorm_layers(m.weights)] if ckpt.is_ensemble else [ckpt]
+    if segmenter_only:
+        models = []  # no classifier row is read
     pipeline = ckpt.segmenter is not None
     if not pipeline:  # a pipeline outlines the rows without a mask itself, as it does when it scores them
         for m in models:
@@ -330,7 +338,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                     "a whole-image model's calibration worse (docs/results.md); check the adapted checkpoint on a few "
                     "labelled cases of your site before relying on it")
     warn_seen_before(ckpt, records)
-    if ckpt.recalibration:
+    if ckpt.recalibration and not segmenter_only:  # a kept classifier keeps the statistics it was fitted under
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "
                     "statistics this replaces: run breastai calibrate again on the adapted checkpoint", checkpoint)
     dev = resolve_device(device)
@@ -358,7 +366,10 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     def rows_for(m: Checkpoint) -> Rows:
         return lesions if lesions is not None and reads_mask(m) else (records, names)
 
-    adapted, layers, before, after = _adapt_any(ckpt, rows_for, dev, batch_size)
+    if segmenter_only:  # the classifier as it was, with its own statistics and detector
+        adapted, layers, before, after = ckpt, 0, None, None
+    else:
+        adapted, layers, before, after = _adapt_any(ckpt, rows_for, dev, batch_size)
     if seg is not None:
         adapted, layers = dataclasses.replace(adapted, segmenter=seg), layers + seg_layers
     learnt = _learnt_digest(ckpt)
@@ -368,7 +379,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                      image_digests=part_digests(records), source_checkpoint=file_sha256(checkpoint),
                      learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      breastai_version=package_versions()["breastai"], ood_flagged_before=before,
-                     ood_flagged_after=after, task="segmentation" if segmenter else "classification",
+                     ood_flagged_after=after, task="segmentation" if segmenter or segmenter_only else "classification",
                      skipped=[why for _, why in skipped])
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))

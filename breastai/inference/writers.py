@@ -353,6 +353,7 @@ def _count(tally: Counter[str], rec: dict[str, Any], margin: float | None) -> di
     tally["failed"] += rec["error"] is not None
     tally["no_lesion"] += rec.get("label") == NO_LESION
     tally["ood"] += rec.get("ood") is True
-    tally["ood_scored"] += rec.get("ood_score") is not None  # a "no lesion found" record has none
-    tally["shifted"] += rec.get("ood_score") is not None and rec["ood_score"] * margin > 1
+    scored = rec.get("ood_score") is not None  # a "no lesion found" record has none
+    tally["ood_scored"] += scored
+    tally["shifted"] += scored and rec["ood_score"] * margin > 1
     return private

@@ -356,8 +356,7 @@ def test_a_pipeline_adapts_on_raw_images_its_segmenter_first(ckpt, seg_ckpt, tmp
     out = tmp_path / "local.pt"
     assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(raw), "--out", str(out),
                        "--device", "cpu"]) == 0
-    printed = capsys.readouterr()
-    assert "should hold lesion-free images in about equal number" in printed.out + printed.err
+    assert "finds a lesion in" in capsys.readouterr().out  # the mix is counted by the segmenter as it was
     after, cpu = load_checkpoint(out), torch.device("cpu")
     records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
     names = row_names(raw, records, {})
@@ -401,6 +400,42 @@ def test_segmenter_only_adapts_a_pipelines_segmenter_and_keeps_its_classifier(ck
     assert _adapt_cli(["--checkpoint", str(ckpt), "--data", str(raw), "--out", str(tmp_path / "x.pt"),
                        "--device", "cpu", "--segmenter-only"]) != 0
     assert "is not a pipeline" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_adapt_counts_where_the_source_segmenter_finds_a_lesion_and_warns_outside_the_band(
+        ckpt, seg_ckpt, tmp_path, capsys, monkeypatch):
+    """The share of images holding a lesion is counted by the segmenter as it was before adapting, recorded,
+    printed, and warned about only outside the band where adapting helped."""
+    import breastai.engine.adapt as adapt
+    from breastai.engine.auto_outline import outline_row
+    from breastai.models.outliner import Outliner
+
+    rows, raw = _blob_site(tmp_path)
+    pipe_path, _, _ = _crop_and_whole_pipeline(ckpt, seg_ckpt, tmp_path)
+    pipe = load_checkpoint(pipe_path)
+    outliner = Outliner(pipe.segmenter, torch.device("cpu"))
+    records = read_samples(raw, pipe.config["data"], pipe.classes, require_label=False)
+    found = np.mean([outline_row(r, outliner, r["case_id"])[1]["n_lesions"] > 0 for r in records])
+    assert 0.5 < found < 1.0  # 21 of the 28 images hold a disc
+    out = tmp_path / "a.pt"
+    monkeypatch.setattr(adapt, "LESION_SHARE_BAND", (0.0, found - 0.1))
+    assert _adapt_cli(["--checkpoint", str(pipe_path), "--data", str(raw), "--out", str(out), "--device", "cpu",
+                       "--segmenter-only"]) == 0
+    printed = capsys.readouterr()
+    assert load_checkpoint(out).adaptation[-1].lesion_share == pytest.approx(found)
+    assert f"finds a lesion in {found:.0%} of these images: OUTSIDE" in printed.out
+    assert "add lesion-free images" in printed.out + printed.err
+    monkeypatch.setattr(adapt, "LESION_SHARE_BAND", (found + 0.1, 1.0))
+    assert _adapt_cli(["--checkpoint", str(seg_ckpt), "--data", str(raw), "--out", str(tmp_path / "b.pt"),
+                       "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "add images with a lesion" in printed.out + printed.err
+    monkeypatch.setattr(adapt, "LESION_SHARE_BAND", (0.0, 1.0))
+    assert _adapt_cli(["--checkpoint", str(seg_ckpt), "--data", str(raw), "--out", str(tmp_path / "c.pt"),
+                       "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert ": within" in printed.out and "warning: the segmenter" not in printed.out + printed.err
+    assert load_checkpoint(tmp_path / "c.pt").adaptation[-1].lesion_share == pytest.approx(found)
 
 
 def test_a_pipeline_skips_a_row_whose_own_mask_is_unreadable(ckpt, seg_ckpt, tmp_path, capsys):

@@ -30,7 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--segmenter-only", action="store_true",
                    help="for a pipeline: adapt its segmenter alone and keep its classifier as it is (at a second "
                    "site this helped where adapting the whole pipeline did not; give lesion-free images in about "
-                   "equal number)")
+                   "equal number: adapt counts the images where the segmenter finds a lesion and warns outside "
+                   "the share that helped)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     c.set_defaults(func=run)
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Adapt and print what was done and what was not."""
     import torch
 
-    from breastai.engine.adapt import MIN_DETECTOR_IMAGES, adapt_checkpoint
+    from breastai.engine.adapt import LESION_SHARE_BAND, MIN_DETECTOR_IMAGES, adapt_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rec.skipped)} row(s) could not be read and were left out:")
         for why in rec.skipped:
             print(f"  {why}")
+    if rec.lesion_share is not None:
+        lo, hi = LESION_SHARE_BAND
+        verdict = "within" if lo <= rec.lesion_share <= hi else "OUTSIDE"
+        print(f"the segmenter as trained finds a lesion in {rec.lesion_share:.0%} of these images: {verdict} "
+              f"{lo:.0%}-{hi:.0%} (above: nearly all hold a lesion, and adapting on such images hurt at a second site)")
     if rec.ood_flagged_before is not None and rec.ood_flagged_after is None:
         print(f"out-of-distribution detector: the source's flags {rec.ood_flagged_before:.0%} of these images (unlike "
               f"its training site); too few images to refit it on (at least {MIN_DETECTOR_IMAGES}), so the adapted "

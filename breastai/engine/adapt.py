@@ -47,8 +47,8 @@ from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.outliner import Outliner
 
-__all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "TooFewImagesError", "batchnorm_statistics", "adapted_checkpoint", "check_adaptable",
-           "adapt_checkpoint"]
+__all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "LESION_SHARE_BAND", "TooFewImagesError", "batchnorm_statistics",
+           "adapted_checkpoint", "check_adaptable", "lesion_share", "adapt_checkpoint"]
 
 log = logging.getLogger("breastai")
 
@@ -59,6 +59,13 @@ MIN_IMAGES = 20
 # of the mini-MIAS films and none of the mammography DICOMs, on 126 all the films and 7 of 8
 # (docs/experiments.md). Below this the adapted checkpoint carries no detector rather than a loose one.
 MIN_DETECTOR_IMAGES = 100
+# The share of images in which the source segmenter finds a lesion, outside which adapt warns. At
+# BrEaST adapting helped on mixes where it found a lesion in 39-51 % of the images and did not with
+# 68-94 %; but on a site's own normal images the segmenter finds false lesions (33-77 % of BUSI's
+# held-out ones), so a half-and-half mix there reads up to 88 %, while images nearly all holding a
+# lesion read at least 93 % (docs/experiments.md). The upper edge is between those; below the lower,
+# the least tried, nothing was measured.
+LESION_SHARE_BAND = (0.38, 0.90)
 _SHOWN = 5  # rows named in a refusal; the count says how many more
 
 
@@ -232,6 +239,40 @@ def _adapt_model(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device: to
     return adapted, len(batchnorm_layers(stats)), before, after
 
 
+def lesion_share(segmenter: Checkpoint, records: Sequence[dict[str, Any]], names: Sequence[str],
+                 device: torch.device) -> float:
+    """The share of ``records`` in which ``segmenter``, as it is, finds a lesion (a row's own mask is not read).
+
+    A segmenter trained with lesion-free images learnt its batch statistics on batches holding them,
+    and statistics re-estimated on a set of another mix describe different batches: this is how
+    ``adapt`` checks the mix without reading a label.
+
+    Raises:
+        RecordError: a row's image cannot be read or outlined (named by ``names``).
+    """
+    _, _, infos = lesion_records(records, [Outliner(segmenter, device)] * len(records), names, ignore_masks=True)
+    return float(np.mean([i["n_lesions"] > 0 for i in infos]))
+
+
+def _check_mix(share: float, n: int) -> None:
+    """Say where the images' lesion share lies against :data:`LESION_SHARE_BAND`."""
+    lo, hi = LESION_SHARE_BAND
+    found = f"the segmenter as trained finds a lesion in {share:.0%} of the {n} images"
+    if lo <= share <= hi:
+        log.info("%s: adapting it helped at a second site when about half or more of the images held no lesion; "
+                 "the count reads high where it gives false lesions on normal exams", found)
+        return
+    if share > hi:
+        why = ("nearly all hold a lesion, and at a second site adapting on such images made it miss more lesions, "
+               "while with about as many lesion-free images added it missed fewer: add lesion-free images of your "
+               "site (normal exams) to the datalist and adapt again")
+    else:
+        why = (f"fewer than {lo:.0%} was not tried at a second site: add images with a lesion of your site to the "
+               "datalist and adapt again")
+    log.warning("warning: %s; %s (docs/experiments.md), and check the adapted checkpoint on a few traced or labelled "
+                "cases before relying on it", found, why)
+
+
 Rows = tuple[Sequence[dict[str, Any]], Sequence[str]]
 
 
@@ -325,14 +366,11 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                                 + (f" readable ({len(skipped)} unreadable, skipped)" if skipped else "")
                                 + f"; breastai adapt needs at least {MIN_IMAGES} images of the site (the statistics "
                                 "of fewer are mostly noise)")
+    dev = resolve_device(device)
+    share = None
     if segmenter or pipeline:
-        # A segmenter trained with lesion-free images learnt its statistics on batches holding them; at BrEaST,
-        # statistics from lesion images alone missed more lesions, with as many lesion-free images added fewer.
-        log.warning("warning: a segmenter's images to adapt on should hold lesion-free images in about equal number to "
-                    "images with a lesion: at a second ultrasound site, adapting on lesion images alone made the "
-                    "recommended segmenters miss more lesions than as trained, and adapting on them mixed with as many "
-                    "lesion-free images made them miss fewer (docs/experiments.md); check the adapted checkpoint on a "
-                    "few traced or labelled cases of your site before relying on it")
+        share = lesion_share(ckpt if segmenter else ckpt.segmenter, records, names, dev)
+        _check_mix(share, len(records))
     elif not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
         log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models but made "
                     "a whole-image model's calibration worse (docs/results.md); check the adapted checkpoint on a few "
@@ -341,7 +379,6 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     if ckpt.recalibration and not segmenter_only:  # a kept classifier keeps the statistics it was fitted under
         log.warning("warning: %s carries a local recalibration (breastai calibrate) fitted under the batch-norm "
                     "statistics this replaces: run breastai calibrate again on the adapted checkpoint", checkpoint)
-    dev = resolve_device(device)
     seg, lesions = None, None
     if pipeline:
         # The segmenter first, on the raw images; then the members that read the lesion see the lesions
@@ -380,7 +417,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                      learnt_weights_digest=learnt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      breastai_version=package_versions()["breastai"], ood_flagged_before=before,
                      ood_flagged_after=after, task="segmentation" if segmenter or segmenter_only else "classification",
-                     skipped=[why for _, why in skipped])
+                     skipped=[why for _, why in skipped], lesion_share=share)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dataclasses.replace(adapted, adaptation=[*(ckpt.adaptation or []), rec]))
     return rec

@@ -79,6 +79,8 @@ class Adaptation:
         task: ``classification`` (a classifier, a pipeline, an ensemble: each member's statistics)
             or ``segmentation`` (a segmenter).
         skipped: the datalist rows that could not be prepared (each named, with why), left out.
+        lesion_share: for a segmenter or a pipeline, the share of the images in which the segmenter
+            as trained found a lesion (:func:`breastai.engine.adapt.lesion_share`); None otherwise.
     """
 
     method: str
@@ -93,6 +95,7 @@ class Adaptation:
     ood_flagged_after: float | None = None
     task: str = "classification"
     skipped: list[str] = field(default_factory=list)
+    lesion_share: float | None = None
 
     def to_state(self) -> dict[str, Any]:
         """The on-disk entry (plain containers)."""

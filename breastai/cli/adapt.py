@@ -30,8 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--segmenter-only", action="store_true",
                    help="for a pipeline: adapt its segmenter alone and keep its classifier as it is (at a second "
                    "site this helped where adapting the whole pipeline did not; give lesion-free images in about "
-                   "equal number: adapt counts the images where the segmenter finds a lesion and warns outside "
-                   "the share that helped)")
+                   "equal number: adapt counts the images where the segmenter finds a lesion and warns where "
+                   "nearly all hold one)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
     c.set_defaults(func=run)

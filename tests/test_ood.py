@@ -39,6 +39,20 @@ def test_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
         det.score([x])
 
 
+def test_distance_with_a_full_precision_matrix_is_the_quadratic_form():
+    """A correlated, wide group (as a network's embedding is): each row's (x - m)^T P (x - m), written out."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(64, 64))
+    precision = (a @ a.T / 64 + np.eye(64)).astype(np.float32)
+    means = rng.normal(size=(3, 64)).astype(np.float32)
+    x = rng.normal(size=(5, 64))
+    g = Gaussians(means, precision, shrinkage=0.1)
+    p, m = precision.astype(np.float64), means.astype(np.float64)
+    want = [min(np.sqrt((r - c) @ p @ (r - c)) for c in m) for r in x]
+    np.testing.assert_allclose(g.distance(x), want, rtol=1e-10)
+    np.testing.assert_allclose(g.distance(x[:1]), want[:1], rtol=1e-10)  # the cached precision is reused
+
+
 def test_threshold_is_the_validation_quantile_and_far_points_are_flagged():
     rng = np.random.default_rng(0)
     train, labels = _clusters(rng, 400)

@@ -32,6 +32,7 @@ the intermediate maps keep it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -61,8 +62,15 @@ class Gaussians:
         if f.ndim != 2 or f.shape[1] != self.means.shape[1]:
             raise ValueError(f"expected features of shape (N, {self.means.shape[1]}), got {f.shape}")
         diffs = f[:, None, :] - self.means.astype(np.float64)[None]  # (N, C, D)
-        d2 = np.einsum("ncd,de,nce->nc", diffs, self.precision.astype(np.float64), diffs)
+        # one matrix product, then a row-wise dot: numpy's three-operand einsum took 4 ms per member and
+        # image for a 1280-wide embedding, and numpy's own BLAS threads fight torch's for the cores
+        d = torch.from_numpy(diffs)
+        d2 = ((d @ self._precision64) * d).sum(-1).numpy()
         return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
+
+    @cached_property
+    def _precision64(self) -> torch.Tensor:
+        return torch.from_numpy(self.precision.astype(np.float64))
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray) -> Gaussians:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Adapt and print what was done and what was not."""
     import torch
 
-    from breastai.engine.adapt import LESION_SHARE_BAND, MIN_DETECTOR_IMAGES, adapt_checkpoint
+    from breastai.engine.adapt import LESION_SHARE_BAND, MIN_DETECTOR_IMAGES, adapt_checkpoint, share_in_band
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {why}")
     if rec.lesion_share is not None:
         lo, hi = LESION_SHARE_BAND
-        verdict = "within" if lo <= rec.lesion_share <= hi else "OUTSIDE"
+        verdict = "within" if share_in_band(rec.lesion_share) else "OUTSIDE"
         print(f"the segmenter as trained finds a lesion in {rec.lesion_share:.0%} of these images: {verdict} "
               f"{lo:.0%}-{hi:.0%} (above: nearly all hold a lesion, and adapting on such images hurt at a second site)")
     if rec.ood_flagged_before is not None and rec.ood_flagged_after is None:

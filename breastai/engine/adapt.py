@@ -35,7 +35,7 @@ from breastai.core.files import file_sha256
 from breastai.core.keys import Keys
 from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
-from breastai.engine.auto_outline import lesion_records
+from breastai.engine.auto_outline import lesion_records, outline_row
 from breastai.engine.loaders import build_dataset
 from breastai.engine.loops import _forward, collate
 from breastai.engine.recalibrate import check_new_checkpoint, warn_seen_before
@@ -48,7 +48,7 @@ from breastai.models.ood import FeatureDensity, fit_feature_density
 from breastai.models.outliner import Outliner
 
 __all__ = ["MIN_IMAGES", "MIN_DETECTOR_IMAGES", "LESION_SHARE_BAND", "TooFewImagesError", "batchnorm_statistics",
-           "adapted_checkpoint", "check_adaptable", "lesion_share", "adapt_checkpoint"]
+           "adapted_checkpoint", "check_adaptable", "lesion_share", "share_in_band", "adapt_checkpoint"]
 
 log = logging.getLogger("breastai")
 
@@ -250,18 +250,21 @@ def lesion_share(segmenter: Checkpoint, records: Sequence[dict[str, Any]], names
     Raises:
         RecordError: a row's image cannot be read or outlined (named by ``names``).
     """
-    _, _, infos = lesion_records(records, [Outliner(segmenter, device)] * len(records), names, ignore_masks=True)
-    return float(np.mean([i["n_lesions"] > 0 for i in infos]))
+    outliner = Outliner(segmenter, device)
+    return float(np.mean([outline_row(r, outliner, n)[1]["n_lesions"] > 0 for r, n in zip(records, names)]))
 
 
-def _check_mix(share: float, n: int) -> None:
-    """Say where the images' lesion share lies against :data:`LESION_SHARE_BAND`."""
+def share_in_band(share: float) -> bool:
+    """Whether a :func:`lesion_share` lies within :data:`LESION_SHARE_BAND` (``adapt`` warns outside it)."""
     lo, hi = LESION_SHARE_BAND
-    found = f"the segmenter as trained finds a lesion in {share:.0%} of the {n} images"
-    if lo <= share <= hi:
-        log.info("%s: adapting it helped at a second site when about half or more of the images held no lesion; "
-                 "the count reads high where it gives false lesions on normal exams", found)
+    return lo <= share <= hi
+
+
+def _warn_mix(share: float, n: int) -> None:
+    """Warn where the images' lesion share lies outside :data:`LESION_SHARE_BAND`, saying which images to add."""
+    if share_in_band(share):
         return
+    lo, hi = LESION_SHARE_BAND
     if share > hi:
         why = ("nearly all hold a lesion, and at a second site adapting on such images made it miss more lesions, "
                "while with about as many lesion-free images added it missed fewer: add lesion-free images of your "
@@ -269,8 +272,9 @@ def _check_mix(share: float, n: int) -> None:
     else:
         why = (f"fewer than {lo:.0%} was not tried at a second site: add images with a lesion of your site to the "
                "datalist and adapt again")
-    log.warning("warning: %s; %s (docs/experiments.md), and check the adapted checkpoint on a few traced or labelled "
-                "cases before relying on it", found, why)
+    log.warning("warning: the segmenter as trained finds a lesion in %.0f%% of the %d images; %s (docs/experiments.md), "
+                "and check the adapted checkpoint on a few traced or labelled cases before relying on it",
+                100 * share, n, why)
 
 
 Rows = tuple[Sequence[dict[str, Any]], Sequence[str]]
@@ -370,7 +374,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     share = None
     if segmenter or pipeline:
         share = lesion_share(ckpt if segmenter else ckpt.segmenter, records, names, dev)
-        _check_mix(share, len(records))
+        _warn_mix(share, len(records))
     elif not ckpt.is_ensemble and cfg["preprocess"]["mode"] != "crop":
         log.warning("warning: measured across two ultrasound sites, adapting helped the lesion-crop models but made "
                     "a whole-image model's calibration worse (docs/results.md); check the adapted checkpoint on a few "

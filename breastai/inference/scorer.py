@@ -21,8 +21,10 @@ from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import FULL_IMAGE, FULL_MASK, KeepFullImaged, build_transforms
 from breastai.inference.inputs import has_mask_input
+from breastai.models.bnfold import fold_batchnorm
 from breastai.models.calibration import calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint, reads_mask
+from breastai.models.digest import content_digest
 from breastai.models.ood import FeatureTap, model_features
 from breastai.models.outliner import require_task
 from breastai.models.saliency import SaliencyExplainer, check_upsampling, normalise_map
@@ -130,6 +132,9 @@ class ModelScorer:
         if self.needs_radiomics:
             model = _WithRadiomics(model)
         self.model = model.to(device).eval()
+        self._checkpoint_weights = ckpt.weights  # what the fingerprint digests: the folded copy's differ
+        prefix = "net." if self.needs_radiomics else ""
+        fold_batchnorm(self.model, keep=[self.model.target_layer_name, *(prefix + n for n in (self.ood.layers if self.ood else ()))])
         # channels-last convolutions are about 1.5x faster on CPU (and on tensor cores).
         self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():  # saliency needs activation gradients only
@@ -170,9 +175,7 @@ class ModelScorer:
     def fingerprint(self) -> dict[str, Any]:
         """What decides this model's scores: weights, calibration, configuration (preset, reader options,
         flip averaging) and out-of-distribution detector, as plain values and digests."""
-        from breastai.models.digest import content_digest
-
-        return {"weights": content_digest(self.model.state_dict()), "calibration": dict(self.calibration),
+        return {"weights": content_digest(self._checkpoint_weights), "calibration": dict(self.calibration),
                 "config": content_digest(self.cfg), "ood": None if self.ood is None else content_digest(self.ood.to_state())}
 
     def prepare(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any, source: str,

@@ -29,6 +29,7 @@ import torch
 from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import frame_options, load_image
 from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transforms
+from breastai.models.bnfold import fold_batchnorm
 from breastai.models.calibration import apply_temperature, calibrated_logit
 from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, model_names
 from breastai.models.checkpoint_io import load_checkpoint
@@ -98,6 +99,8 @@ class _Member:
         self.calibration = ckpt.calibration
         self.flip = mirror_mode(ckpt.config)
         self.model = model_from_checkpoint(ckpt).to(device).eval()
+        self.weights = ckpt.weights  # what the fingerprint digests: the folded model's differ
+        fold_batchnorm(self.model)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -162,8 +165,8 @@ class Outliner:
         """What decides this segmenter's outlines: weights, configuration, calibrations and threshold."""
         from breastai.models.digest import content_digest
 
-        return {"weights": content_digest([m.model.state_dict() for m in self.members]) if len(self.members) > 1
-                else content_digest(self.members[0].model.state_dict()),
+        return {"weights": content_digest([m.weights for m in self.members]) if len(self.members) > 1
+                else content_digest(self.members[0].weights),
                 "config": content_digest(self.cfg), "calibration": [dict(m.calibration) for m in self.members]
                 if len(self.members) > 1 else dict(self.members[0].calibration), "threshold": self.threshold}
 

@@ -114,3 +114,63 @@ def test_calibrate_rechooses_the_ensembles_threshold(ens, tmp_path):
     assert new.is_ensemble and weights_digest(new) == weights_digest(load_checkpoint(ens))
     assert rec.metrics["found_after"] >= 0.9 and new.threshold == pytest.approx(rec.threshold_after)
     assert Outliner.from_checkpoint(tmp_path / "local.pt").threshold == pytest.approx(rec.threshold_after)
+
+
+@pytest.fixture(scope="module")
+def seed_pair(seg_ckpt, tmp_path_factory):
+    """The trained segmenter and a 'second seed' of it: weights nudged, the same training and validation parts."""
+    folder = tmp_path_factory.mktemp("seeds")
+    other = load_checkpoint(seg_ckpt)
+    gen = torch.Generator().manual_seed(1)
+    other.weights = {k: v + 0.1 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) if v.is_floating_point()
+                     and v.numel() > 1 else v for k, v in other.weights.items()}
+    other.threshold = 0.9
+    return [seg_ckpt, save_checkpoint(folder / "seed1.pt", other)]
+
+
+def test_a_seed_pairs_threshold_is_chosen_on_its_shared_validation_part(seed_pair, tmp_path, monkeypatch):
+    """The same threshold as calibrate chooses on those rows (found independently, from the run's split)."""
+    from breastai.engine import seg_recalibrate
+    from breastai.data.datalist import read_datalist, write_datalist
+    from breastai.data.frames import read_samples
+    from breastai.engine.run import run_splits
+
+    first = load_checkpoint(seed_pair[0])
+    datalist = first.config["data"]["datalist"]
+    records = read_samples(datalist, first.config["data"])
+    val = [records[i] for i in run_splits(first.config, records)[0]["val"]]
+    s = build_segmenter_ensemble(seed_pair, tmp_path / "pair", threshold_from=datalist, device="cpu")
+    chosen = s["threshold_chosen_on"]
+    masks = [[r["mask"]] if isinstance(r["mask"], str) else r["mask"] for r in val]
+    assert chosen["images"] == len(val)
+    assert chosen["lesion_images"] == sum(any(np.asarray(Image.open(m)).any() for m in ms) for ms in masks)
+    median = build_segmenter_ensemble(seed_pair, tmp_path / "median")
+    assert median["threshold"] == pytest.approx(np.median([0.5, 0.9])) and median["threshold_chosen_on"] is None
+    ids, val_csv = {r["case_id"] for r in val}, tmp_path / "val.csv"
+    write_datalist([row for row in read_datalist(datalist) if row["case_id"] in ids], val_csv)
+    monkeypatch.setattr(seg_recalibrate, "MIN_LESION_IMAGES", 1)  # the tiny run validated on 6 lesion images
+    rec = rethreshold_segmenter(tmp_path / "median" / "best.pt", val_csv, tmp_path / "cal.pt", device="cpu")
+    assert s["threshold"] == pytest.approx(rec.threshold_after) and s["threshold"] != pytest.approx(median["threshold"])
+    assert chosen["found"] >= first.config["seg"]["presence_sensitivity"]
+    ens = load_checkpoint(tmp_path / "pair" / "best.pt")
+    assert ens.threshold == pytest.approx(s["threshold"]) and "shared validation" in ens.config["ensemble"]["threshold"]
+    assert Outliner.from_checkpoint(tmp_path / "pair" / "best.pt").threshold == pytest.approx(s["threshold"])
+
+
+def test_threshold_from_refuses_members_without_a_shared_part_and_another_datalist(seed_pair, members, tmp_path, capsys):
+    datalist = load_checkpoint(seed_pair[0]).config["data"]["datalist"]
+    with pytest.raises(CheckpointError, match="keeps no digests of its validation images"):
+        build_segmenter_ensemble(members, tmp_path / "a", threshold_from=datalist, device="cpu")
+    other = local_datalist(tmp_path / "site", 12, 4)
+    with pytest.raises(ValueError, match="0 of its 16 images are in every member's validation part"):
+        build_segmenter_ensemble(seed_pair, tmp_path / "b", threshold_from=other, device="cpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(["ensemble", *map(str, seed_pair), "--out", str(tmp_path / "c"), "--threshold-from", datalist,
+                 "--device", "cpu"]) == 0
+    assert "chosen on the members' shared validation part: 8 images" in capsys.readouterr().out
+
+
+def test_threshold_from_is_for_segmenters(ckpt, tmp_path, capsys):
+    run = ckpt.parent
+    assert main(["ensemble", str(run), str(run), "--out", str(tmp_path / "x"), "--threshold-from", "x.csv"]) == 2
+    assert "--threshold-from is for segmenter ensembles" in capsys.readouterr().err

@@ -18,7 +18,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "oof_predictions.csv like 'breastai train --folds K'. Single-split runs that share their validation part "
         "(seed=1 data.split_seed=0 beside seed=0: a seed ensemble) give one best.pt and summary.json. Segmenter "
         "runs (or their checkpoint files; a CV run gives all its folds) are averaged into one segmenter best.pt: "
-        "mask and presence probabilities, presence threshold the members' median.",
+        "mask and presence probabilities, presence threshold the members' median, or, for seeds sharing their "
+        "validation part, chosen there (--threshold-from).",
         epilog="examples: breastai ensemble checkpoints/busi_crop checkpoints/busi_whole --out checkpoints/busi_crop+whole; "
         "the no-reader pipeline: breastai ensemble checkpoints/busi_auto checkpoints/busi_whole --segmenter-run "
         "checkpoints/busi_seg_cv --out checkpoints/busi_auto_whole")
@@ -33,6 +34,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "as a pipeline carrying its segmenter, its held-out fold scored as 'evaluate --auto-outline' scores "
                    "it. Single-split runs: one pipeline carrying the segmenter run's folds averaged (recommended "
                    "behind a lesion crop and a whole-image model)")
+    n.add_argument("--threshold-from", metavar="DATALIST",
+                   help="segmenters only: the datalist the members were trained on, when they share their validation "
+                   "part (seeds of one split: seed=1 data.split_seed=0 beside seed=0); the ensemble's presence "
+                   "threshold is chosen on that part by the training rule (seg.presence_sensitivity of its lesion "
+                   "images keep a found lesion) instead of the members' median")
     n.add_argument("--device", default="auto", help="auto, cpu or cuda")
     n.set_defaults(func=run)
     return n
@@ -50,6 +56,24 @@ def _segmenters(runs: list[str]) -> bool:
     return kinds == {True}
 
 
+def _segmenter_ensemble(args: argparse.Namespace) -> int:
+    from breastai.engine.seg_ensemble import build_segmenter_ensemble
+
+    s = build_segmenter_ensemble(args.runs, args.out, threshold_from=args.threshold_from, device=args.device)
+    members = ", ".join(f"{t:.3g}" for t in s["member_thresholds"])
+    v = s["threshold_chosen_on"]
+    if v is None:
+        where = f"median of the members' {members}"
+    else:
+        false = f", {v['false_lesions']:.0%} of the others given a lesion" if v["false_lesions"] is not None else ""
+        where = (f"chosen on the members' shared validation part: {v['images']} images of {args.threshold_from}, "
+                 f"{v['found']:.0%} of its {v['lesion_images']} lesion images found{false}; the members' own {members}")
+    print(f"segmenter ensemble of {len(s['members'])}: mask and presence probabilities averaged; presence threshold "
+          f"{s['threshold']:.3g} ({where})")
+    print(f"summary: {args.out}/summary.json   checkpoint: {args.out}/best.pt (give it as --segmenter, or bundle it)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the ensemble and print its cross-validated figures (a segmenter ensemble: its members and threshold)."""
     from breastai.cli.train import print_per_site
@@ -57,17 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from breastai.engine.ensemble_outlines import OutlineFit
 
     if _segmenters(args.runs):
-        from breastai.engine.seg_ensemble import build_segmenter_ensemble
-
         if args.combine != "mean" or args.segmenter_run:
             raise ValueError("segmenters are averaged (mask and presence probabilities): --combine stack and "
                              "--segmenter-run are for classifiers")
-        s = build_segmenter_ensemble(args.runs, args.out)
-        print(f"segmenter ensemble of {len(s['members'])}: mask and presence probabilities averaged; presence "
-              f"threshold {s['threshold']:.3g} (median of the members' {', '.join(f'{t:.3g}' for t in s['member_thresholds'])})")
-        print(f"summary: {args.out}/summary.json   checkpoint: {args.out}/best.pt (give it as --segmenter, or bundle it)")
-        return 0
-
+        return _segmenter_ensemble(args)
+    if args.threshold_from:
+        raise ValueError("--threshold-from is for segmenter ensembles: a classifier ensemble's threshold is chosen on "
+                         "its members' validation parts already")
     out = build_ensemble(args.runs, args.out, combine=args.combine, device=args.device,
                          on_outlines=OutlineFit(args.segmenter_run) if args.segmenter_run else None)
     if "fitted_on" in out:  # single-split runs fitted on automatic outlines: one pipeline

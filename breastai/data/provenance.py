@@ -21,7 +21,7 @@ from breastai.core.keys import Keys
 from breastai.data.datalist import DatalistError
 from breastai.data.dedup import union_find_groups
 
-__all__ = ["file_digest", "part_digests", "seen_before", "join_identical_images"]
+__all__ = ["file_digest", "part_digests", "record_digests", "seen_before", "join_identical_images"]
 
 log = logging.getLogger("breastai")
 
@@ -46,6 +46,12 @@ def part_digests(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({d for d in _digests_by_path(records).values() if d})
 
 
+def record_digests(records: Sequence[dict[str, Any]]) -> list[str | None]:
+    """The digest of each record's image file, in order (None for an array input or an unreadable file)."""
+    by_path = _digests_by_path(records)
+    return [by_path.get(str(r.get("image"))) for r in records]
+
+
 def seen_before(seen_images: Mapping[str, Sequence[str]] | None, records: Sequence[dict[str, Any]]
                 ) -> dict[str, int | None]:
     """How many of ``records`` have an image file identical to one of a checkpoint's ``train`` /
@@ -54,8 +60,7 @@ def seen_before(seen_images: Mapping[str, Sequence[str]] | None, records: Sequen
     seen = {part: set((seen_images or {}).get(part, [])) for part in ("train", "val")}
     if not (seen["train"] or seen["val"]):
         return {"train": None, "val": None}
-    by_path = _digests_by_path(records)
-    digests = [by_path.get(str(r.get("image"))) for r in records]
+    digests = record_digests(records)
     return {part: sum(d is not None and d in known for d in digests) for part, known in seen.items()}
 
 

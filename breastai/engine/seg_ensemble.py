@@ -14,9 +14,9 @@ whose members are segmenter checkpoints, nothing fitted:
   chooses it on a site's own traced images). Members that share their validation part (seeds of
   one split, ``data.split_seed`` fixed) are the exception: :func:`shared_validation_rows` finds that
   part in the training datalist and the ensemble's own threshold is chosen there, by the training
-  rule (``--threshold-from``). Averaging pulls a doubtful image's presence toward the middle, so
-  the median of thresholds chosen for single members misses lesions the pair would find
-  (BUSI folds at BrEaST: 24.4 of 252 missed against 20.0 with the pair's own threshold),
+  rule (``--threshold-from``): averaging pulls a doubtful image's presence toward the middle, so
+  the median of thresholds chosen for single members misses lesions the ensemble would find
+  (docs/experiments.md),
 * it has seen every image any member trained or validated on (``seen_images``), so ``calibrate``
   and ``adapt`` warn when given one of them.
 

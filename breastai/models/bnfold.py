@@ -4,7 +4,7 @@ In eval mode a batch-norm layer is a fixed per-channel affine map, so a convolut
 equals a single convolution with rescaled weights and a bias: ``W' = W * g / sqrt(v + eps)`` and
 ``b' = (b - m) * g / sqrt(v + eps) + beta`` (``m``, ``v`` the running mean and variance, ``g``,
 ``beta`` the learnt scale and shift). Folding removes one pass over every feature map, forward and
-(for Grad-CAM++) backward: about a tenth of the automatic pipeline's time on a CPU.
+(for Grad-CAM++) backward, which on a CPU is a sizeable share of inference (docs/results.md).
 
 Only pairs whose data flow is known are folded: consecutive children of an ``nn.Sequential``, and
 the named pairs of the registry's own building blocks (timm's EfficientNet blocks, torchvision's

@@ -22,17 +22,24 @@ from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 from breastai.models.outliner import Outliner
 
 
+def _nudged(seg_ckpt, path, seed: int, scale: float, **changes):
+    """A copy of the trained segmenter with its weights nudged by ``scale`` of each tensor's spread,
+    and ``changes`` (threshold, seen images) set on it."""
+    other = load_checkpoint(seg_ckpt)
+    gen = torch.Generator().manual_seed(seed)
+    other.weights = {k: v + scale * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) if v.is_floating_point()
+                     and v.numel() > 1 else v for k, v in other.weights.items()}
+    for k, v in changes.items():
+        setattr(other, k, v)
+    return save_checkpoint(path, other)
+
+
 @pytest.fixture(scope="module")
 def members(seg_ckpt, tmp_path_factory):
     """The trained segmenter and a second one: its weights nudged, its threshold and seen images its own."""
-    folder = tmp_path_factory.mktemp("members")
-    other = load_checkpoint(seg_ckpt)
-    gen = torch.Generator().manual_seed(0)
-    other.weights = {k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) if v.is_floating_point()
-                     and v.numel() > 1 else v for k, v in other.weights.items()}
-    other.threshold = 0.3
-    other.seen_images = {"train": ["sha256:other"], "val": []}
-    return [seg_ckpt, save_checkpoint(folder / "other.pt", other)]
+    other = _nudged(seg_ckpt, tmp_path_factory.mktemp("members") / "other.pt", 0, 0.05, threshold=0.3,
+                    seen_images={"train": ["sha256:other"], "val": []})
+    return [seg_ckpt, other]
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +126,7 @@ def test_calibrate_rechooses_the_ensembles_threshold(ens, tmp_path):
 @pytest.fixture(scope="module")
 def seed_pair(seg_ckpt, tmp_path_factory):
     """The trained segmenter and a 'second seed' of it: weights nudged, the same training and validation parts."""
-    folder = tmp_path_factory.mktemp("seeds")
-    other = load_checkpoint(seg_ckpt)
-    gen = torch.Generator().manual_seed(1)
-    other.weights = {k: v + 0.1 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) if v.is_floating_point()
-                     and v.numel() > 1 else v for k, v in other.weights.items()}
-    other.threshold = 0.9
-    return [seg_ckpt, save_checkpoint(folder / "seed1.pt", other)]
+    return [seg_ckpt, _nudged(seg_ckpt, tmp_path_factory.mktemp("seeds") / "seed1.pt", 1, 0.1, threshold=0.9)]
 
 
 def test_a_seed_pairs_threshold_is_chosen_on_its_shared_validation_part(seed_pair, tmp_path, monkeypatch):

@@ -169,6 +169,11 @@ def test_threshold_from_refuses_members_without_a_shared_part_and_another_datali
     assert main(["ensemble", *map(str, seed_pair), "--out", str(tmp_path / "c"), "--threshold-from", datalist,
                  "--device", "cpu"]) == 0
     assert "chosen on the members' shared validation part: 8 images" in capsys.readouterr().out
+    # Without the option the median stays, and the user is told where the threshold could be chosen.
+    assert main(["ensemble", *map(str, seed_pair), "--out", str(tmp_path / "d")]) == 0
+    assert f"add --threshold-from {datalist}" in capsys.readouterr().out
+    assert main(["ensemble", *map(str, members), "--out", str(tmp_path / "e")]) == 0
+    assert "--threshold-from" not in capsys.readouterr().out  # members that validated on other images
 
 
 def test_threshold_from_is_for_segmenters(ckpt, tmp_path, capsys):

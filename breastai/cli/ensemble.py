@@ -70,6 +70,10 @@ def _segmenter_ensemble(args: argparse.Namespace) -> int:
                  f"{v['found']:.0%} of its {v['lesion_images']} lesion images found{false}; the members' own {members}")
     print(f"segmenter ensemble of {len(s['members'])}: mask and presence probabilities averaged; presence threshold "
           f"{s['threshold']:.3g} ({where})")
+    if v is None and s["shared_validation_datalist"]:
+        print(f"note: these members validated on the same images (seeds of one split): add --threshold-from "
+              f"{s['shared_validation_datalist']} (the datalist they trained on) to choose the ensemble's own threshold "
+              "there; the median of thresholds chosen for single members misses lesions the ensemble would find")
     print(f"summary: {args.out}/summary.json   checkpoint: {args.out}/best.pt (give it as --segmenter, or bundle it)")
     return 0
 

@@ -184,7 +184,9 @@ def build_segmenter_ensemble(sources: Sequence[str | Path], out: str | Path, thr
         device: auto, cpu or cuda (used with ``threshold_from``).
 
     Returns:
-        The summary: members, their thresholds and the ensemble's (and where it was chosen).
+        The summary: members, their thresholds and the ensemble's (and where it was chosen); with
+        ``shared_validation_datalist`` the datalist the members trained on when they validated on
+        the same images (seeds of one split), where ``threshold_from`` can choose it.
 
     Raises:
         CheckpointError: as :func:`segmenter_checkpoints` and :func:`segmenter_ensemble`.
@@ -194,12 +196,16 @@ def build_segmenter_ensemble(sources: Sequence[str | Path], out: str | Path, thr
     ckpt = segmenter_ensemble([load_checkpoint(p) for p in paths], [str(p) for p in paths])
     if threshold_from is not None:
         ckpt = threshold_on_shared_validation(ckpt, threshold_from, device)
+    vals = [frozenset((m.seen_images or {}).get("val", [])) for m in ckpt.members]
+    shared = bool(vals[0]) and all(v == vals[0] for v in vals)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "best.pt", ckpt)
     summary = {"task": "segmentation", "combine": "mean", "members": [str(p) for p in paths],
                "member_thresholds": ckpt.metrics["member_thresholds"], "threshold": ckpt.threshold,
-               "threshold_chosen_on": ckpt.metrics.get("threshold_validation")}
+               "threshold_chosen_on": ckpt.metrics.get("threshold_validation"),
+               # where the threshold could be chosen instead of the median: the members' own datalist
+               "shared_validation_datalist": str(ckpt.members[0].config["data"]["datalist"]) if shared else None}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 

@@ -116,8 +116,7 @@ def shared_validation_rows(members: Sequence[Checkpoint], records: Sequence[dict
             ``source`` is not the datalist they were trained on).
     """
     from breastai.data.provenance import record_digests
-    from breastai.engine.seg_recalibrate import MIN_LESION_IMAGES
-    from breastai.engine.seg_trainer import lesion_free
+    from breastai.engine.seg_trainer import MIN_LESION_IMAGES, lesion_free
 
     parts = [m.seen_images or {} for m in members]
     if not all(p.get("val") for p in parts):

@@ -28,7 +28,8 @@ from breastai.data.frames import read_samples
 from breastai.data.provenance import part_digests
 from breastai.engine.recalibrate import TooFewCasesError, check_new_checkpoint, warn_seen_before
 from breastai.engine.seg_ensemble import segment_records_any
-from breastai.engine.seg_trainer import check_seg_parts, choose_presence_threshold, lesion_free, score_segmentation
+from breastai.engine.seg_trainer import (MIN_LESION_IMAGES, check_seg_parts, choose_presence_threshold, lesion_free,
+                                         score_segmentation)
 from breastai.models.calibration import Recalibration
 from breastai.models.checkpoint import CheckpointError, is_segmenter, package_versions, weights_digest
 from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
@@ -36,8 +37,6 @@ from breastai.models.checkpoint_io import load_checkpoint, save_checkpoint
 __all__ = ["METHOD", "MIN_LESION_IMAGES", "rethreshold_segmenter"]
 
 METHOD = "presence_threshold"
-# With fewer lesion images a sensitivity of 0.9-0.95 is decided by one or two of them.
-MIN_LESION_IMAGES = 10
 
 
 def _fractions(rows: list[dict], prefix: str) -> dict[str, float]:

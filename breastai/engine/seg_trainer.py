@@ -38,7 +38,7 @@ from breastai.reporting.metrics import choose_threshold
 from breastai.reporting.segmentation import mask_metrics, segmentation_summary
 from breastai.reporting.tblog import TBLogger, flat_hparams
 
-__all__ = ["fit_segmenter", "check_seg_parts", "segmentation_loss", "lesion_image_dice_loss", "predict_segmentation", "score_segmentation",
+__all__ = ["MIN_LESION_IMAGES", "fit_segmenter", "check_seg_parts", "segmentation_loss", "lesion_image_dice_loss", "predict_segmentation", "score_segmentation",
            "segment_records", "choose_presence_threshold", "lesion_free"]
 
 log = logging.getLogger("breastai")
@@ -179,6 +179,11 @@ def score_segmentation(pred: dict[str, Any], cfg: dict[str, Any], temperature: f
                      "presence_probability": float(p), "lesion_found": bool(lesions), "n_lesions": len(lesions),
                      **mask_metrics(found, truth)})
     return rows
+
+
+# Fewer lesion images than this leave a sensitivity of 0.9-0.95 decided by one or two of them:
+# `calibrate` refuses to choose a threshold on fewer, and `ensemble --threshold-from` warns.
+MIN_LESION_IMAGES = 10
 
 
 def choose_presence_threshold(pred: dict[str, Any], cfg: dict[str, Any], temperature: float) -> float:

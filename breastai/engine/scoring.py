@@ -21,8 +21,7 @@ from breastai.data.transforms import root_cause
 from breastai.engine.loaders import build_dataset, make_loader
 from breastai.engine.loops import predict_loader
 from breastai.models.calibration import apply_temperature, calibrated_logit
-from breastai.models.bnfold import fold_batchnorm
-from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
+from breastai.models.checkpoint import Checkpoint, CheckpointError, inference_model
 from breastai.reporting.metrics import ece, evaluation_report
 
 __all__ = ["NonFiniteScoreError", "RecordError", "check_finite", "row_names", "default_names", "score_part", "predict_records",
@@ -159,8 +158,7 @@ def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device:
     if ckpt.is_ensemble:
         return ensemble_predict_records(ckpt, records, device, progress, names)
     cfg = {**ckpt.config, "data": {**ckpt.config["data"], "cache": "none"}}
-    model = model_from_checkpoint(ckpt).to(device)
-    fold_batchnorm(model, keep=ckpt.ood.layers if ckpt.ood is not None else ())  # the detector reads these by name
+    model = inference_model(ckpt, device, keep=ckpt.ood.layers if ckpt.ood is not None else ())  # the detector's
     ds = _Named(build_dataset(cfg, records, False), names)
     pred = predict_loader(model, make_loader(ds, cfg, False, None, 0), device,
                           progress=progress, flip=bool(cfg["eval"]["flip_average"]), features=None if ckpt.ood is None else ckpt.ood.layers)

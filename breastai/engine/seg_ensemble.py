@@ -42,7 +42,7 @@ from breastai.models.lesions import lesion_rules
 from breastai.models.outliner import mean_presence
 
 __all__ = ["MIN_MEMBERS", "segmenter_checkpoints", "segmenter_ensemble", "build_segmenter_ensemble",
-           "segment_records_any", "shared_validation_rows", "threshold_on_shared_validation"]
+           "segment_records_any", "shared_validation", "shared_validation_rows", "threshold_on_shared_validation"]
 
 MIN_MEMBERS = 2
 
@@ -105,6 +105,15 @@ def segmenter_ensemble(members: Sequence[Checkpoint], names: Sequence[str]) -> C
                       members=list(members), member_weights=[1.0 / len(members)] * len(members), combine="mean")
 
 
+def shared_validation(members: Sequence[Checkpoint]) -> frozenset[str]:
+    """The digests of the images in every member's validation part and in no member's training part:
+    the part seeds of one split share (empty for fold runs, whose validation parts are disjoint, or
+    for members that keep no digests)."""
+    parts = [m.seen_images or {} for m in members]
+    val = frozenset.intersection(*(frozenset(p.get("val", [])) for p in parts))
+    return val - frozenset().union(*(p.get("train", []) for p in parts))
+
+
 def shared_validation_rows(members: Sequence[Checkpoint], records: Sequence[dict[str, Any]], source: str
                            ) -> list[dict[str, Any]]:
     """The rows of ``records`` whose image is in every member's validation part and in no member's
@@ -118,15 +127,13 @@ def shared_validation_rows(members: Sequence[Checkpoint], records: Sequence[dict
     from breastai.data.provenance import record_digests
     from breastai.engine.seg_trainer import MIN_LESION_IMAGES, lesion_free
 
-    parts = [m.seen_images or {} for m in members]
-    if not all(p.get("val") for p in parts):
+    if not all((m.seen_images or {}).get("val") for m in members):
         raise CheckpointError("a member keeps no digests of its validation images (written by an older breastai, or "
                               "trained without a validation part): the shared part cannot be found; choose the "
                               "threshold with 'breastai calibrate --lesion-sensitivity' on traced images none of the "
                               "members trained on")
-    val = set.intersection(*(set(p["val"]) for p in parts))
-    train = set().union(*(set(p.get("train", [])) for p in parts))
-    rows = [r for r, d in zip(records, record_digests(records)) if d is not None and d in val and d not in train]
+    shared = shared_validation(members)
+    rows = [r for r, d in zip(records, record_digests(records)) if d in shared]
     n_lesion = int(len(rows) - lesion_free(rows).sum()) if rows else 0
     if not n_lesion:
         raise ValueError(f"{source}: {len(rows)} of its {len(records)} images are in every member's validation part "
@@ -195,8 +202,7 @@ def build_segmenter_ensemble(sources: Sequence[str | Path], out: str | Path, thr
     ckpt = segmenter_ensemble([load_checkpoint(p) for p in paths], [str(p) for p in paths])
     if threshold_from is not None:
         ckpt = threshold_on_shared_validation(ckpt, threshold_from, device)
-    vals = [frozenset((m.seen_images or {}).get("val", [])) for m in ckpt.members]
-    shared = bool(vals[0]) and all(v == vals[0] for v in vals)
+    shared = bool(shared_validation(ckpt.members))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "best.pt", ckpt)

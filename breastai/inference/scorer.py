@@ -21,9 +21,8 @@ from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import ImageReadError
 from breastai.data.transforms import FULL_IMAGE, FULL_MASK, KeepFullImaged, build_transforms
 from breastai.inference.inputs import has_mask_input
-from breastai.models.bnfold import fold_batchnorm
 from breastai.models.calibration import calibrated_logit
-from breastai.models.checkpoint import Checkpoint, CheckpointError, model_from_checkpoint, reads_mask
+from breastai.models.checkpoint import Checkpoint, CheckpointError, inference_model, reads_mask, weights_digest
 from breastai.models.digest import content_digest
 from breastai.models.ood import FeatureTap, model_features
 from breastai.models.outliner import require_task
@@ -124,21 +123,16 @@ class ModelScorer:
         self.ood = ckpt.ood
         self.aug = dict(cfg.get("augment") or {})
         self._reads_mask = reads_mask(ckpt)
-        model = model_from_checkpoint(ckpt)
+        # Saliency and the detector read these layers by name: folding keeps their outputs.
+        model = inference_model(ckpt, device, keep=[ckpt.model.saliency_layer, *(self.ood.layers if self.ood else ())])
+        self.weights_digest = weights_digest(ckpt)  # the checkpoint's weights, not the folded copy's
         spec = ckpt.model.spec
         self.needs_radiomics = spec.requires_radiomics
         self.uses_image = spec.uses_image
         self.radiomics_names = ckpt.model.init_kwargs.get("feature_names")
-        if self.needs_radiomics:
-            model = _WithRadiomics(model)
-        self.model = model.to(device).eval()
-        self._checkpoint_weights = ckpt.weights  # what the fingerprint digests: the folded copy's differ
-        prefix = "net." if self.needs_radiomics else ""
-        fold_batchnorm(self.model, keep=[self.model.target_layer_name, *(prefix + n for n in (self.ood.layers if self.ood else ()))])
+        self.model = (_WithRadiomics(model) if self.needs_radiomics else model).eval()
         # channels-last convolutions are about 1.5x faster on CPU (and on tensor cores).
         self.model.to(memory_format=torch.channels_last)
-        for p in self.model.parameters():  # saliency needs activation gradients only
-            p.requires_grad_(False)
         self.steps = list(build_transforms({**cfg, "preprocess": self.pre}, train=False,
                                            full_image=[KeepFullImaged()]).transforms)
         self._explainers: dict[str, SaliencyExplainer] = {}
@@ -175,7 +169,7 @@ class ModelScorer:
     def fingerprint(self) -> dict[str, Any]:
         """What decides this model's scores: weights, calibration, configuration (preset, reader options,
         flip averaging) and out-of-distribution detector, as plain values and digests."""
-        return {"weights": content_digest(self._checkpoint_weights), "calibration": dict(self.calibration),
+        return {"weights": self.weights_digest, "calibration": dict(self.calibration),
                 "config": content_digest(self.cfg), "ood": None if self.ood is None else content_digest(self.ood.to_state())}
 
     def prepare(self, decode: Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]], mask: Any, source: str,

@@ -27,18 +27,19 @@ from __future__ import annotations
 import functools
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from breastai.models.adaptation import Adaptation
+from breastai.models.bnfold import fold_batchnorm
 from breastai.models.calibration import Recalibration
 from breastai.models.digest import content_digest
 from breastai.models.ood import FeatureDensity
 from breastai.models.registry import ModelSpec, create_model, get_spec
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "model_from_checkpoint",
+__all__ = ["FORMAT_VERSION", "Checkpoint", "ModelArgs", "CheckpointError", "model_from_checkpoint", "inference_model",
            "package_versions", "state_digest", "weights_digest", "checkpoint_task", "is_segmenter", "model_names",
            "reads_mask"]
 
@@ -419,4 +420,20 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint model {ckpt.model.name!r} cannot be rebuilt here: {exc}") from exc
     model.eval()
+    return model
+
+
+def inference_model(ckpt: Checkpoint, device: torch.device | str, keep: Sequence[str] = ()) -> nn.Module:
+    """The model of ``ckpt`` ready to score, for every scorer: rebuilt (:func:`model_from_checkpoint`), on
+    ``device``, in eval mode, each batch norm folded into the convolution before it
+    (:func:`~breastai.models.bnfold.fold_batchnorm`; the modules named in ``keep``, read by hooks, keep
+    their outputs) and its weights frozen (saliency needs activation gradients only).
+
+    Never written back: ``adapt`` re-estimates the batch-norm statistics folding removes, and the
+    checkpoint's digests stay those of its own weights (:func:`weights_digest`).
+    """
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    fold_batchnorm(model, keep=keep)
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model

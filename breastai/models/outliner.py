@@ -29,9 +29,9 @@ import torch
 from breastai.data.geometry import map_to_original, reader_to_original
 from breastai.data.readers.registry import frame_options, load_image
 from breastai.data.transforms import FULL_IMAGE, KeepFullImaged, build_transforms
-from breastai.models.bnfold import fold_batchnorm
 from breastai.models.calibration import apply_temperature, calibrated_logit
-from breastai.models.checkpoint import Checkpoint, CheckpointError, checkpoint_task, model_from_checkpoint, model_names
+from breastai.models.checkpoint import (Checkpoint, CheckpointError, checkpoint_task, inference_model, model_names,
+                                        weights_digest)
 from breastai.models.checkpoint_io import load_checkpoint
 from breastai.models.lesions import Lesion, find_lesions_and_score, lesion_rules
 from breastai.models.segmenter import as_mirror_mode, mirror_mode, segment
@@ -98,11 +98,7 @@ class _Member:
     def __init__(self, ckpt: Checkpoint, device: torch.device):
         self.calibration = ckpt.calibration
         self.flip = mirror_mode(ckpt.config)
-        self.model = model_from_checkpoint(ckpt).to(device).eval()
-        self.weights = ckpt.weights  # what the fingerprint digests: the folded model's differ
-        fold_batchnorm(self.model)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = inference_model(ckpt, device)
 
 
 def mean_presence(presence_logits: Sequence[np.ndarray], calibrations: Sequence[dict]) -> np.ndarray:
@@ -147,6 +143,7 @@ class Outliner:
         self.modalities = list(ckpt.modalities) if ckpt.modalities else None
         self.seen_images = ckpt.seen_images  # its training and validation images' digests (an ensemble's union)
         self.members = [_Member(m, self.device) for m in parts]
+        self.weights_digest = weights_digest(ckpt)  # the checkpoint's weights, not the folded copies'
         self.steps = list(build_transforms(cfg, train=False, full_image=[KeepFullImaged()]).transforms)
 
     @property
@@ -165,9 +162,7 @@ class Outliner:
         """What decides this segmenter's outlines: weights, configuration, calibrations and threshold."""
         from breastai.models.digest import content_digest
 
-        return {"weights": content_digest([m.weights for m in self.members]) if len(self.members) > 1
-                else content_digest(self.members[0].weights),
-                "config": content_digest(self.cfg), "calibration": [dict(m.calibration) for m in self.members]
+        return {"weights": self.weights_digest, "config": content_digest(self.cfg), "calibration": [dict(m.calibration) for m in self.members]
                 if len(self.members) > 1 else dict(self.members[0].calibration), "threshold": self.threshold}
 
     @classmethod

@@ -78,3 +78,22 @@ def test_a_sequential_with_its_own_forward_is_left_alone():
 
     net = _with_random_statistics(Skip(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
     assert fold_batchnorm(net) == 0 and isinstance(net[1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("which", ["ckpt", "seg_ckpt"])
+def test_the_inference_model_is_folded_frozen_channels_last_and_scores_the_same(which, request):
+    """``inference_model`` (every scorer's loader) against the checkpoint's plain rebuilt model."""
+    from breastai.models.checkpoint import inference_model, model_from_checkpoint
+    from breastai.models.checkpoint_io import load_checkpoint
+
+    ck = load_checkpoint(request.getfixturevalue(which))
+    plain, fast = model_from_checkpoint(ck), inference_model(ck, "cpu")
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not any(p.requires_grad for p in fast.parameters())
+    n_bn = [sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) for net in (plain, fast)]
+    assert n_bn[0] > 0 and n_bn[1] < n_bn[0]
+    x = torch.rand(2, int(ck.model.create_kwargs().get("in_chans", 1)), 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for a, b in zip(_run(plain, x, None), _run(fast, x.contiguous(memory_format=torch.channels_last), None), strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-6)

@@ -160,7 +160,7 @@ def predict_records(ckpt: Checkpoint, records: Sequence[dict[str, Any]], device:
     cfg = {**ckpt.config, "data": {**ckpt.config["data"], "cache": "none"}}
     model = inference_model(ckpt, device, keep=ckpt.ood.layers if ckpt.ood is not None else ())  # the detector's
     ds = _Named(build_dataset(cfg, records, False), names)
-    pred = predict_loader(model, make_loader(ds, cfg, False, None, 0), device,
+    pred = predict_loader(model, make_loader(ds, cfg, False, None, 0), device, channels_last=True,
                           progress=progress, flip=bool(cfg["eval"]["flip_average"]), features=None if ckpt.ood is None else ckpt.ood.layers)
     check_finite(pred["logit"], pred["case_id"])
     return pred

@@ -184,7 +184,7 @@ class Outliner:
         d: dict[str, Any] = {"image": image, "reader_meta": meta, "mask": None, "case_id": "", "source": source}
         for step in self.steps:  # step by step: MONAI's Compose would wrap the specific errors
             d = step(d)
-        x = d["image"][None].to(self.device)
+        x = d["image"][None].to(self.device).contiguous(memory_format=torch.channels_last)  # the members' layout
         outs = [segment(m.model, x, m.flip) for m in self.members]
         prob = np.mean([torch.sigmoid(o.mask_logits.float())[0, 0].cpu().numpy() for o in outs], axis=0)
         presence = float(mean_presence([o.presence_logit.float().cpu().numpy() for o in outs],
